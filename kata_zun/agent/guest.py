@@ -1,0 +1,1125 @@
+"""The kata-zun guest agent.
+
+Runs as PID 1 inside the VM (exec'd by the initrd's tiny /init), standard
+library only, single-threaded: one ``poll`` loop serves the host link, the
+stdio of every container process and child reaping. Heavy modules (ctypes,
+termios) are imported lazily: under TCG every import costs milliseconds of
+boot time.
+
+The host talks to us over the virtio-serial port named ``agent.0`` using
+:mod:`kata_zun.agent.protocol`. Every request is answered with exactly one
+RESPONSE; process exits arrive as EVENT frames after the process's output
+has been drained, so the host never sees an exit before the last byte.
+"""
+
+import errno
+import os
+import re
+import select
+import signal
+import struct
+import sys
+import time
+
+from kata_zun.agent import protocol
+
+PORT_NAME = 'agent.0'
+RUN_DIR = '/run/kz'
+CGROUP_ROOT = '/sys/fs/cgroup'
+DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+# Stop reading process output while this much is queued for the host:
+# back-pressure reaches the process through its pipe instead of our RAM.
+MAX_QUEUED_OUT = 4 * 1024 * 1024
+# How long a reaped process may keep its output pipes open (a daemonized
+# grandchild holding them) before its exit is reported anyway.
+EXIT_DRAIN_GRACE = 2.0
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+RB_POWER_OFF = 0x4321FEDC
+
+_ID_RE = re.compile(r'^[0-9a-f]{1,64}$')
+_SERIAL_RE = re.compile(r'^[A-Za-z0-9_-]{1,20}$')
+_HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
+_FSTYPES = ('erofs', 'ext4')
+
+_DEV_NODES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
+              ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0))
+
+
+def log(msg):
+    try:
+        os.write(2, ('kata-agent: %s\n' % msg).encode())
+    except OSError:
+        pass
+
+
+class OpError(Exception):
+    """A request failed; ``code`` is a short machine-readable reason."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL('libc.so.6', use_errno=True)
+    return _libc
+
+
+def _check(ret, what):
+    if ret != 0:
+        import ctypes
+        err = ctypes.get_errno()
+        raise OSError(err, '%s: %s' % (what, os.strerror(err)))
+
+
+def mount(source, target, fstype, flags=0, data=None):
+    def b(s):
+        return s.encode() if isinstance(s, str) else s
+    _check(libc().mount(b(source), b(target), b(fstype), flags, b(data)),
+           'mount %s' % target)
+
+
+def umount(target, flags=0):
+    _check(libc().umount2(target.encode(), flags), 'umount %s' % target)
+
+
+def write_file(path, data, mode=0o644):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+    finally:
+        os.close(fd)
+
+
+def read_file(path, limit=1024 * 1024):
+    with open(path, 'rb') as f:
+        return f.read(limit)
+
+
+# ---------------------------------------------------------------- validation
+
+def _str(args, key, default=None, maxlen=4096, required=False):
+    value = args.get(key, default)
+    if value is None:
+        if required:
+            raise OpError('invalid', '%s is required' % key)
+        return default
+    if not isinstance(value, str) or len(value) > maxlen or '\0' in value:
+        raise OpError('invalid', '%s must be a string' % key)
+    return value
+
+
+def _strlist(args, key, required=False, maxitems=4096):
+    value = args.get(key) or []
+    if (not isinstance(value, list) or len(value) > maxitems or
+            not all(isinstance(v, str) and '\0' not in v for v in value)):
+        raise OpError('invalid', '%s must be a list of strings' % key)
+    if required and not value:
+        raise OpError('invalid', '%s must not be empty' % key)
+    return value
+
+
+def _num(args, key, default=None, minimum=0):
+    value = args.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OpError('invalid', '%s must be a number' % key)
+    if value < minimum:
+        raise OpError('invalid', '%s must be >= %s' % (key, minimum))
+    return value
+
+
+def _id(args, key='id'):
+    value = _str(args, key, required=True, maxlen=64)
+    if not _ID_RE.match(value):
+        raise OpError('invalid', '%s must be lowercase hex' % key)
+    return value
+
+
+# ---------------------------------------------------------- users and groups
+
+def _parse_db(path):
+    try:
+        text = read_file(path).decode('utf-8', 'replace')
+    except OSError:
+        return []
+    return [line.split(':') for line in text.splitlines()
+            if line and not line.startswith('#')]
+
+
+def resolve_user(rootfs, spec):
+    """Resolve a Docker-style user spec inside the container rootfs.
+
+    :returns: (uid, gid, [supplementary gids], home)
+    :raises: OpError if a name is not found.
+    """
+    user, _, group = (spec or '').partition(':')
+    passwd = _parse_db(rootfs + '/etc/passwd')
+    uid, gid, home, name = 0, 0, '/', 'root'
+    entry = None
+    if user:
+        for fields in passwd:
+            if len(fields) >= 7 and (fields[0] == user or
+                                     (user.isdigit() and fields[2] == user)):
+                entry = fields
+                break
+        if entry is None and not user.isdigit():
+            raise OpError('user', 'unable to find user %s: no matching '
+                          'entries in passwd file' % user)
+        if entry is not None:
+            name, uid, gid, home = (entry[0], int(entry[2]), int(entry[3]),
+                                    entry[5] or '/')
+        else:
+            uid, name = int(user), None
+    else:
+        for fields in passwd:
+            if len(fields) >= 7 and fields[2] == '0':
+                home = fields[5] or '/'
+                break
+    groups = _parse_db(rootfs + '/etc/group')
+    if group:
+        for fields in groups:
+            if len(fields) >= 3 and (fields[0] == group or
+                                     (group.isdigit() and
+                                      fields[2] == group)):
+                gid = int(fields[2])
+                break
+        else:
+            if not group.isdigit():
+                raise OpError('user', 'unable to find group %s: no '
+                              'matching entries in group file' % group)
+            gid = int(group)
+    extra = []
+    if name:
+        for fields in groups:
+            if len(fields) >= 4 and name in fields[3].split(','):
+                try:
+                    extra.append(int(fields[2]))
+                except ValueError:
+                    pass
+    return uid, gid, extra, home
+
+
+# ----------------------------------------------------------------- processes
+
+class Process(object):
+    def __init__(self, handle, container, tty, stdin):
+        self.handle = handle
+        self.container = container
+        self.tty = tty
+        self.wants_stdin = stdin
+        self.pid = None
+        self.master = None            # pty master (tty mode)
+        self.stdin_fd = None          # pipe write end (interactive)
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.out_fds = {}             # fd -> frame type
+        self.status = None            # (exit_code, signal) once reaped
+        self.reaped_at = None
+        self.reported = False
+
+
+class Container(object):
+    def __init__(self, cid, spec):
+        self.id = cid
+        self.spec = spec
+        self.dir = os.path.join(RUN_DIR, cid)
+        self.rootfs = os.path.join(self.dir, 'rootfs')
+        self.cgroup = os.path.join(CGROUP_ROOT, 'kz-' + cid)
+        self.main = None
+        self.init_pid = None
+        self.user = None
+
+
+class Agent(object):
+
+    def __init__(self, port_fd):
+        self.chan = protocol.Channel(port_fd)
+        self.containers = {}
+        self.procs = {}               # handle -> Process
+        self.fd_owner = {}            # fd -> Process (outputs and stdin)
+        self.pid_proc = {}            # pid -> Process
+        self.next_handle = 1
+        self.hello = False
+        self.port_idle_until = 0.0
+        self.poweroff = False
+        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+        signal.set_wakeup_fd(sig_w)
+        # We speak first: guest writes wait until the host side connects,
+        # while host writes to a port the guest has not opened are lost.
+        self.chan.send(protocol.encode_json(protocol.HELLO, {
+            'version': protocol.VERSION, 'agent': 'kata-zun',
+            'pid': os.getpid()}))
+        self.ops = {
+            'ping': self.op_ping,
+            'create_sandbox': self.op_create_sandbox,
+            'create_container': self.op_create_container,
+            'start': self.op_start,
+            'exec': self.op_exec,
+            'signal': self.op_signal,
+            'resize': self.op_resize,
+            'stats': self.op_stats,
+            'ps': self.op_ps,
+            'update': self.op_update,
+            'shutdown': self.op_shutdown,
+        }
+
+    # ------------------------------------------------------------- the loop
+    def run(self):
+        poller = select.poll()
+        registered = {}
+        while not (self.poweroff and not self.chan.pending_out):
+            want = {self.sig_r: select.POLLIN}
+            now = time.monotonic()
+            port_ev = select.POLLOUT if self.chan.pending_out else 0
+            if now >= self.port_idle_until:
+                port_ev |= select.POLLIN
+            if port_ev:
+                want[self.chan.fd] = port_ev
+            reading = self.chan.pending_out < MAX_QUEUED_OUT
+            for fd, proc in self.fd_owner.items():
+                ev = 0
+                if fd in proc.out_fds and reading:
+                    ev |= select.POLLIN
+                if fd == proc.stdin_fd and (proc.stdin_buf or
+                                            proc.stdin_eof):
+                    ev |= select.POLLOUT
+                if ev:
+                    want[fd] = ev
+            for fd in list(registered):
+                if fd not in want:
+                    poller.unregister(fd)
+                    del registered[fd]
+            for fd, ev in want.items():
+                if registered.get(fd) != ev:
+                    poller.register(fd, ev)
+                    registered[fd] = ev
+            timeout = self._timeout(now)
+            try:
+                events = poller.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd == self.sig_r:
+                    self._drain_signals()
+                elif fd == self.chan.fd:
+                    self._port_event(ev)
+                elif fd in self.fd_owner:
+                    self._proc_event(fd, ev)
+            self._report_exits()
+        self._power_off()
+
+    def _timeout(self, now):
+        deadlines = [self.port_idle_until] if self.port_idle_until else []
+        deadlines += [p.reaped_at + EXIT_DRAIN_GRACE
+                      for p in self.procs.values()
+                      if p.reaped_at and not p.reported]
+        future = [d - now for d in deadlines if d > now]
+        return int(min(future) * 1000) + 1 if future else 1000
+
+    def _drain_signals(self):
+        try:
+            while os.read(self.sig_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.pid_proc.pop(pid, None)
+            if proc is not None:
+                self._reaped(proc, status)
+
+    def _reaped(self, proc, status):
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            proc.status = (128 + sig, sig)
+        else:
+            proc.status = (os.WEXITSTATUS(status), 0)
+        proc.reaped_at = time.monotonic()
+
+    def _port_event(self, ev):
+        if ev & select.POLLOUT:
+            try:
+                self.chan.flush()
+            except OSError:
+                self._host_gone()
+        if ev & (select.POLLIN | select.POLLHUP):
+            try:
+                frames, eof = self.chan.read()
+            except protocol.ProtocolError as exc:
+                log('bad frame from host: %s' % exc)
+                self.chan.decoder = protocol.Decoder()
+                return
+            for frame in frames:
+                self._handle_frame(frame)
+            if eof or (ev & select.POLLHUP and not frames):
+                self._host_gone()
+
+    def _host_gone(self):
+        # No host connected to the port: reads return EOF straight away.
+        # Poll again a little later instead of spinning.
+        self.port_idle_until = time.monotonic() + 0.05
+
+    def _proc_event(self, fd, ev):
+        proc = self.fd_owner[fd]
+        if fd == proc.stdin_fd and ev & (select.POLLOUT | select.POLLERR):
+            self._write_stdin(proc)
+        if fd in proc.out_fds and ev & (select.POLLIN | select.POLLHUP |
+                                        select.POLLERR):
+            self._read_output(proc, fd)
+
+    def _read_output(self, proc, fd):
+        try:
+            data = os.read(fd, protocol.STREAM_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b''                 # EIO: pty closed by the last user
+        if data:
+            self.chan.send(protocol.encode_stream(proc.out_fds[fd],
+                                                  proc.handle, data))
+            return
+        del self.fd_owner[fd]
+        del proc.out_fds[fd]
+        if fd == proc.master:
+            proc.master = None
+            proc.stdin_fd = None
+        os.close(fd)
+
+    def _write_stdin(self, proc):
+        fd = proc.stdin_fd
+        try:
+            while proc.stdin_buf:
+                n = os.write(fd, proc.stdin_buf[:65536])
+                del proc.stdin_buf[:n]
+        except BlockingIOError:
+            return
+        except OSError:
+            proc.stdin_buf.clear()
+            proc.stdin_eof = True
+        if proc.stdin_eof and not proc.stdin_buf:
+            if proc.master is None:
+                self.fd_owner.pop(fd, None)
+                os.close(fd)
+                proc.stdin_fd = None
+            else:
+                # A tty has no half-close: send EOT like a terminal would.
+                try:
+                    os.write(fd, b'\x04')
+                except OSError:
+                    pass
+                proc.stdin_eof = False
+                proc.stdin_fd = None
+
+    def _report_exits(self):
+        now = time.monotonic()
+        for proc in list(self.procs.values()):
+            if proc.reported or proc.reaped_at is None:
+                continue
+            if proc.out_fds and now < proc.reaped_at + EXIT_DRAIN_GRACE:
+                continue
+            for fd in list(proc.out_fds):
+                self._read_output(proc, fd)
+                if fd in proc.out_fds:
+                    del self.fd_owner[fd]
+                    del proc.out_fds[fd]
+                    os.close(fd)
+            if proc.stdin_fd is not None:
+                self.fd_owner.pop(proc.stdin_fd, None)
+                if proc.stdin_fd != proc.master:
+                    os.close(proc.stdin_fd)
+                proc.stdin_fd = None
+            proc.reported = True
+            event = {'event': 'exit', 'proc': proc.handle,
+                     'container': proc.container.id,
+                     'exit_code': proc.status[0], 'signal': proc.status[1],
+                     'oom_killed': False}
+            if proc is proc.container.main:
+                event['oom_killed'] = self._oom_killed(proc.container)
+                self._kill_all(proc.container)
+            self.chan.send(protocol.encode_json(protocol.EVENT, event))
+            del self.procs[proc.handle]
+
+    # -------------------------------------------------------------- frames
+    def _handle_frame(self, frame):
+        if frame.type in protocol.STREAM_TYPES:
+            if frame.type != protocol.STDIN:
+                return
+            try:
+                handle, data = frame.stream()
+            except protocol.ProtocolError:
+                return
+            proc = self.procs.get(handle)
+            if proc is None or proc.stdin_fd is None:
+                return
+            if data:
+                proc.stdin_buf += data
+            else:
+                proc.stdin_eof = True
+            self._write_stdin(proc)
+            return
+        try:
+            msg = frame.json()
+        except protocol.ProtocolError as exc:
+            log('malformed control frame: %s' % exc)
+            return
+        if frame.type == protocol.HELLO:
+            # The host answers our HELLO with the version it speaks.
+            self.hello = msg.get('version') == protocol.VERSION
+            if not self.hello:
+                log('host speaks protocol %r, we speak %d' %
+                    (msg.get('version'), protocol.VERSION))
+            return
+        if frame.type != protocol.REQUEST:
+            return
+        rid = msg.get('id')
+        op = msg.get('op')
+        args = msg.get('args') or {}
+        try:
+            if not self.hello:
+                raise OpError('handshake', 'HELLO first')
+            if op not in self.ops or not isinstance(args, dict):
+                raise OpError('unknown', 'unknown operation %r' % (op,))
+            result = self.ops[op](args)
+            reply = {'id': rid, 'result': result}
+        except OpError as exc:
+            reply = {'id': rid, 'error': {'code': exc.code,
+                                          'message': exc.message}}
+        except OSError as exc:
+            reply = {'id': rid, 'error': {'code': 'os', 'message': str(exc)}}
+        except Exception as exc:      # never let one request kill PID 1
+            reply = {'id': rid, 'error': {'code': 'internal',
+                                          'message': repr(exc)}}
+        self.chan.send(protocol.encode_json(protocol.RESPONSE, reply))
+
+    # ----------------------------------------------------------- operations
+    def op_ping(self, args):
+        return {'time': time.time()}
+
+    def op_create_sandbox(self, args):
+        now = _num(args, 'time')
+        if now:
+            time.clock_settime(time.CLOCK_REALTIME, float(now))
+        entropy = _str(args, 'entropy', maxlen=8192)
+        if entropy:
+            import base64
+            import fcntl
+            data = base64.b64decode(entropy)[:4096]
+            fd = os.open('/dev/urandom', os.O_WRONLY)
+            try:
+                fcntl.ioctl(fd, RNDADDENTROPY,
+                            struct.pack('ii', len(data) * 8, len(data)) +
+                            data)
+                fcntl.ioctl(fd, RNDRESEEDCRNG)
+            finally:
+                os.close(fd)
+        hostname = _str(args, 'hostname', maxlen=63)
+        if hostname:
+            if not _HOSTNAME_RE.match(hostname):
+                raise OpError('invalid', 'bad hostname')
+            import socket
+            socket.sethostname(hostname)
+        return {}
+
+    def op_create_container(self, args):
+        cid = _id(args)
+        if cid in self.containers:
+            raise OpError('exists', 'container %s exists' % cid)
+        spec = {
+            'argv': _strlist(args, 'argv', required=True),
+            'env': _strlist(args, 'env'),
+            'workdir': _str(args, 'workdir', '/') or '/',
+            'user': _str(args, 'user', '', maxlen=256),
+            'tty': bool(args.get('tty')),
+            'stdin': bool(args.get('stdin')),
+            'hostname': _str(args, 'hostname', '', maxlen=63),
+            'dns': _strlist(args, 'dns', maxitems=8),
+            'dns_search': _strlist(args, 'dns_search', maxitems=8),
+            'hosts': _strlist(args, 'hosts', maxitems=64),
+        }
+        if spec['hostname'] and not _HOSTNAME_RE.match(spec['hostname']):
+            raise OpError('invalid', 'bad hostname')
+        image_serial = _str(args, 'image_serial', required=True)
+        layer_serial = _str(args, 'layer_serial', required=True)
+        image_fs = _str(args, 'image_fs', 'erofs')
+        if (not _SERIAL_RE.match(image_serial) or
+                not _SERIAL_RE.match(layer_serial) or
+                image_fs not in _FSTYPES):
+            raise OpError('invalid', 'bad disk description')
+        c = Container(cid, spec)
+        os.makedirs(c.dir, exist_ok=True)
+        self._mount_rootfs(c, find_disk(image_serial), image_fs,
+                           find_disk(layer_serial))
+        c.user = resolve_user(c.rootfs, spec['user'])
+        self._make_cgroup(c, args)
+        self._write_etc(c)
+        c.main = self._new_proc(c, spec['tty'], spec['stdin'])
+        self.containers[cid] = c
+        return {'proc': c.main.handle}
+
+    def _mount_rootfs(self, c, image_dev, image_fs, layer_dev):
+        lower = os.path.join(c.dir, 'lower')
+        rw = os.path.join(c.dir, 'rw')
+        for d in (lower, rw, c.rootfs):
+            os.makedirs(d, exist_ok=True)
+        mount(image_dev, lower, image_fs, MS_RDONLY)
+        mount(layer_dev, rw, 'ext4', MS_NODEV)
+        for d in ('upper', 'work'):
+            os.makedirs(os.path.join(rw, d), exist_ok=True)
+        mount('overlay', c.rootfs, 'overlay', 0,
+              'lowerdir=%s,upperdir=%s/upper,workdir=%s/work' %
+              (lower, rw, rw))
+
+    def _make_cgroup(self, c, args):
+        os.makedirs(c.cgroup, exist_ok=True)
+        self._apply_limits(c, args)
+
+    def _apply_limits(self, c, args):
+        memory = _num(args, 'memory_bytes', minimum=0)
+        cpus = _num(args, 'cpus', minimum=0)
+        if memory:
+            memory = max(int(memory), 4 * 1024 * 1024)
+            write_file(c.cgroup + '/memory.max', str(memory))
+            try:
+                write_file(c.cgroup + '/memory.swap.max', '0')
+            except OSError:
+                pass                   # no swap accounting in this kernel
+        if cpus:
+            period = 100000
+            write_file(c.cgroup + '/cpu.max',
+                       '%d %d' % (max(1000, int(cpus * period)), period))
+
+    def _write_etc(self, c):
+        spec = c.spec
+        name = spec['hostname'] or c.id[:12]
+        write_file(os.path.join(c.dir, 'hostname'), name + '\n')
+        hosts = ['127.0.0.1\tlocalhost', '::1\tlocalhost ip6-localhost',
+                 '127.0.1.1\t%s' % name] + spec['hosts']
+        write_file(os.path.join(c.dir, 'hosts'), '\n'.join(hosts) + '\n')
+        resolv = ['nameserver %s' % s for s in spec['dns']]
+        if spec['dns_search']:
+            resolv.append('search %s' % ' '.join(spec['dns_search']))
+        write_file(os.path.join(c.dir, 'resolv.conf'),
+                   '\n'.join(resolv) + '\n')
+
+    def _new_proc(self, c, tty, stdin):
+        proc = Process(self.next_handle, c, tty, stdin)
+        self.next_handle += 1
+        self.procs[proc.handle] = proc
+        return proc
+
+    def _container(self, args):
+        c = self.containers.get(_id(args))
+        if c is None:
+            raise OpError('notfound', 'no such container')
+        return c
+
+    def op_start(self, args):
+        c = self._container(args)
+        if c.init_pid is not None:
+            raise OpError('state', 'container already started')
+        spec = c.spec
+        env = self._env(spec['env'], c.user)
+        error = self._spawn(c, c.main, spec['argv'], env, spec['workdir'],
+                            c.user, join=False)
+        c.init_pid = c.main.pid
+        return {'pid': c.main.pid, 'error': error}
+
+    def op_exec(self, args):
+        c = self._container(args)
+        if c.init_pid is None or c.init_pid not in self.pid_proc:
+            raise OpError('state', 'container is not running')
+        argv = _strlist(args, 'argv', required=True)
+        user = c.user
+        if args.get('user'):
+            user = resolve_user(c.rootfs, _str(args, 'user', maxlen=256))
+        env = self._env(c.spec['env'] + _strlist(args, 'env'), user)
+        proc = self._new_proc(c, bool(args.get('tty')),
+                              bool(args.get('stdin')))
+        error = self._spawn(c, proc, argv, env,
+                            _str(args, 'workdir') or c.spec['workdir'],
+                            user, join=True)
+        return {'proc': proc.handle, 'pid': proc.pid, 'error': error}
+
+    @staticmethod
+    def _env(env, user):
+        merged = {}
+        for item in env:
+            key, sep, value = item.partition('=')
+            if key and sep:
+                merged[key] = value
+        merged.setdefault('PATH', DEFAULT_PATH)
+        merged.setdefault('HOME', user[3])
+        merged.setdefault('HOSTNAME', '')
+        return merged
+
+    def _spawn(self, c, proc, argv, env, workdir, user, join):
+        """Fork a container process: an intermediate child enters (or
+        creates) the namespaces and forks the real process, which then
+        reparents to us (PID 1) so we reap it like any other child.
+
+        :returns: None, or the exec error text (the process then exits
+                  126/127 like Docker reports it).
+        """
+        parent_fds = []
+        if proc.tty:
+            master, slave = os.openpty()
+            child_io = (slave, slave, slave)
+            proc.master = master
+            proc.out_fds = {master: protocol.STDOUT}
+            if proc.wants_stdin:
+                proc.stdin_fd = master
+            parent_fds = [master]
+            close_after = [slave]
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            if proc.wants_stdin:
+                in_r, in_w = os.pipe()
+                proc.stdin_fd = in_w
+                parent_fds.append(in_w)
+            else:
+                in_r = os.open('/dev/null', os.O_RDONLY)
+            child_io = (in_r, out_w, err_w)
+            proc.out_fds = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
+            parent_fds += [out_r, err_r]
+            close_after = [in_r, out_w, err_w]
+        for fd in parent_fds:
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        pid_r, pid_w = os.pipe()
+        err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
+        root_fd = None
+        if join:
+            root_fd = os.open('/proc/%d/root' % c.init_pid,
+                              os.O_RDONLY | os.O_DIRECTORY)
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(pid_r)
+                os.close(err_pipe_r)
+                self._child(c, proc, argv, env, workdir, user, join,
+                            child_io, pid_w, err_pipe_w, root_fd)
+            except BaseException as exc:
+                try:
+                    os.write(err_pipe_w, ('%s' % exc).encode()[:4000])
+                except BaseException:
+                    pass
+            os._exit(126)
+        for fd in close_after + [pid_w, err_pipe_w]:
+            os.close(fd)
+        if root_fd is not None:
+            os.close(root_fd)
+        raw = b''
+        while True:
+            chunk = os.read(pid_r, 16)
+            if not chunk:
+                break
+            raw += chunk
+        os.close(pid_r)
+        _, istatus = os.waitpid(child, 0)
+        error = b''
+        while True:
+            chunk = os.read(err_pipe_r, 4096)
+            if not chunk:
+                break
+            error += chunk
+        os.close(err_pipe_r)
+        for fd in parent_fds:
+            self.fd_owner[fd] = proc
+        if not raw:
+            # The intermediate failed before forking: no process exists.
+            text = error.decode('utf-8', 'replace') or 'spawn failed'
+            proc.status = (126, 0)
+            proc.reaped_at = time.monotonic()
+            self._stderr_note(proc, text)
+            return text
+        proc.pid = int(raw)
+        self.pid_proc[proc.pid] = proc
+        self._drain_signals()          # it may be gone already
+        if error:
+            text = error.decode('utf-8', 'replace')
+            self._stderr_note(proc, text)
+            return text
+        return None
+
+    def _stderr_note(self, proc, text):
+        self.chan.send(protocol.encode_stream(
+            protocol.STDERR, proc.handle, (text + '\n').encode()))
+
+    def _child(self, c, proc, argv, env, workdir, user, join, child_io,
+               pid_w, err_w, root_fd):
+        """Runs in the intermediate child: never returns normally."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        write_file(c.cgroup + '/cgroup.procs', str(os.getpid()))
+        if join:
+            for ns in ('ipc', 'uts', 'pid', 'mnt'):
+                fd = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
+                             os.O_RDONLY)
+                _check(libc().setns(fd, 0), 'setns %s' % ns)
+                os.close(fd)
+        else:
+            _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS |
+                                  CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
+        pid = os.fork()
+        if pid:
+            os.write(pid_w, str(pid).encode())
+            os._exit(0)
+        os.close(pid_w)
+        if join:
+            os.fchdir(root_fd)
+            os.chroot('.')
+            os.close(root_fd)
+        else:
+            self._enter_rootfs(c)
+        os.setsid()
+        for target, fd in enumerate(child_io):
+            os.dup2(fd, target)
+        if proc.tty:
+            import fcntl
+            fcntl.ioctl(0, TIOCSCTTY, 0)
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, 65536)
+        uid, gid, groups, _home = user
+        if workdir:
+            try:
+                os.makedirs(workdir, exist_ok=True)
+            except OSError:
+                pass
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        try:
+            os.chdir(workdir or '/')
+        except OSError as exc:
+            os.write(err_w, ('chdir to cwd (%r) set in config.json failed: '
+                             '%s' % (workdir, exc.strerror)).encode())
+            os._exit(126)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
+                    signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            code = 127 if exc.errno == errno.ENOENT else 126
+            what = ('executable file not found in $PATH'
+                    if code == 127 and '/' not in argv[0]
+                    else exc.strerror)
+            os.write(err_w, ('exec: "%s": %s' % (argv[0], what)).encode())
+            os._exit(code)
+
+    def _enter_rootfs(self, c):
+        """Give the (new) mount namespace the container's root."""
+        root = c.rootfs
+        mount(None, '/', None, MS_REC | MS_PRIVATE)
+        for d in ('proc', 'sys', 'dev', 'etc', 'tmp'):
+            os.makedirs(root + '/' + d, exist_ok=True)
+        mount('proc', root + '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount('sysfs', root + '/sys', 'sysfs',
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount('tmpfs', root + '/dev', 'tmpfs', MS_NOSUID, 'mode=755')
+        for name, major, minor in _DEV_NODES:
+            os.mknod(root + '/dev/' + name, 0o20666,
+                     os.makedev(major, minor))
+            os.chmod(root + '/dev/' + name, 0o666)
+        os.mkdir(root + '/dev/pts')
+        mount('/dev/pts', root + '/dev/pts', None, MS_BIND)
+        os.mkdir(root + '/dev/shm', 0o1777)
+        mount('shm', root + '/dev/shm', 'tmpfs',
+              MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=1777')
+        for link, target in (('ptmx', 'pts/ptmx'), ('fd', '/proc/self/fd'),
+                             ('stdin', '/proc/self/fd/0'),
+                             ('stdout', '/proc/self/fd/1'),
+                             ('stderr', '/proc/self/fd/2')):
+            os.symlink(target, root + '/dev/' + link)
+        for name in ('hostname', 'hosts', 'resolv.conf'):
+            target = root + '/etc/' + name
+            # Never follow a symlink the image put at /etc/<name>.
+            if os.path.islink(target):
+                os.unlink(target)
+            if not os.path.exists(target):
+                write_file(target, '')
+            mount(os.path.join(c.dir, name), target, None, MS_BIND)
+        import socket
+        socket.sethostname(c.spec['hostname'] or c.id[:12])
+        os.chdir(root)
+        mount(root, '/', None, MS_MOVE)
+        os.chroot('.')
+        os.chdir('/')
+
+    def op_signal(self, args):
+        handle = _num(args, 'proc', minimum=1)
+        sig = int(_num(args, 'signal', signal.SIGTERM, minimum=1))
+        if sig >= signal.NSIG:
+            raise OpError('invalid', 'bad signal')
+        proc = self.procs.get(handle)
+        if proc is None or proc.pid is None or proc.reaped_at:
+            raise OpError('notfound', 'no such running process')
+        os.kill(proc.pid, sig)
+        return {}
+
+    def op_resize(self, args):
+        proc = self.procs.get(_num(args, 'proc', minimum=1))
+        if proc is None or proc.master is None:
+            raise OpError('notfound', 'no such process with a tty')
+        rows = int(_num(args, 'rows', 24, minimum=1))
+        cols = int(_num(args, 'cols', 80, minimum=1))
+        import fcntl
+        fcntl.ioctl(proc.master, TIOCSWINSZ,
+                    struct.pack('HHHH', min(rows, 65535), min(cols, 65535),
+                                0, 0))
+        return {}
+
+    def op_update(self, args):
+        c = self._container(args)
+        self._apply_limits(c, args)
+        return {}
+
+    def op_stats(self, args):
+        c = self._container(args)
+        cg = c.cgroup
+
+        def value(name, default=0):
+            try:
+                text = read_file(cg + '/' + name).decode().strip()
+            except OSError:
+                return default
+            return text
+
+        cpu = 0
+        for line in value('cpu.stat', '').splitlines():
+            key, _, val = line.partition(' ')
+            if key == 'usage_usec':
+                cpu = int(val)
+        rbytes = wbytes = 0
+        for line in value('io.stat', '').splitlines():
+            for field in line.split()[1:]:
+                key, _, val = field.partition('=')
+                if key == 'rbytes':
+                    rbytes += int(val)
+                elif key == 'wbytes':
+                    wbytes += int(val)
+        rx = tx = 0
+        try:
+            for line in read_file('/proc/net/dev').decode().splitlines()[2:]:
+                name, _, rest = line.partition(':')
+                if name.strip() != 'lo':
+                    fields = rest.split()
+                    rx += int(fields[0])
+                    tx += int(fields[8])
+        except (OSError, ValueError, IndexError):
+            pass
+        mem_limit = value('memory.max', 'max')
+        total = 0
+        for line in read_file('/proc/meminfo').decode().splitlines():
+            if line.startswith('MemTotal:'):
+                total = int(line.split()[1]) * 1024
+        return {
+            'cpu_usage_usec': cpu,
+            'memory_usage': int(value('memory.current', 0)),
+            'memory_limit': total if mem_limit == 'max'
+            else min(int(mem_limit), total),
+            'pids': int(value('pids.current', 0)),
+            'blkio_read': rbytes, 'blkio_write': wbytes,
+            'net_rx': rx, 'net_tx': tx,
+            'online_cpus': os.cpu_count(), 'time': time.time(),
+        }
+
+    def op_ps(self, args):
+        c = self._container(args)
+        try:
+            pids = [int(p) for p in
+                    read_file(c.cgroup + '/cgroup.procs').split()]
+        except OSError:
+            pids = []
+        ticks = os.sysconf('SC_CLK_TCK')
+        boot = time.time() - float(read_file('/proc/uptime').split()[0])
+        out = []
+        for pid in sorted(pids):
+            try:
+                stat = read_file('/proc/%d/stat' % pid).decode()
+                cmd = read_file('/proc/%d/cmdline' % pid, 65536)
+                status = read_file('/proc/%d/status' % pid).decode()
+            except OSError:
+                continue
+            comm = stat[stat.index('(') + 1:stat.rindex(')')]
+            fields = stat[stat.rindex(')') + 2:].split()
+            uid = 0
+            for line in status.splitlines():
+                if line.startswith('Uid:'):
+                    uid = int(line.split()[1])
+            args_ = [a.decode('utf-8', 'replace')
+                     for a in cmd.split(b'\0') if a]
+            out.append({
+                'pid': pid, 'ppid': int(fields[1]), 'state': fields[0],
+                'uid': uid,
+                'cpu_time': (int(fields[11]) + int(fields[12])) / ticks,
+                'start_time': boot + int(fields[19]) / ticks,
+                'rss_kb': int(fields[21]) * 4,
+                'cmd': ' '.join(args_) if args_ else '[%s]' % comm,
+            })
+        return {'processes': out}
+
+    def op_shutdown(self, args):
+        for c in self.containers.values():
+            self._kill_all(c)
+        os.sync()
+        for c in self.containers.values():
+            for d in (c.rootfs, os.path.join(c.dir, 'rw'),
+                      os.path.join(c.dir, 'lower')):
+                try:
+                    umount(d, MNT_DETACH)
+                except OSError:
+                    pass
+        os.sync()
+        self.poweroff = True
+        return {}
+
+    def _kill_all(self, c):
+        try:
+            write_file(c.cgroup + '/cgroup.kill', '1')
+            return
+        except OSError:
+            pass
+        try:
+            for pid in read_file(c.cgroup + '/cgroup.procs').split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+        except OSError:
+            pass
+
+    def _oom_killed(self, c):
+        try:
+            for line in read_file(c.cgroup + '/memory.events').splitlines():
+                key, _, val = line.decode().partition(' ')
+                if key == 'oom_kill' and int(val) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def _power_off(self):
+        os.sync()
+        libc().reboot(RB_POWER_OFF)
+        while True:                    # PID 1 must never exit
+            time.sleep(60)
+
+
+def find_port(name=PORT_NAME, timeout=10.0):
+    """:returns: the /dev path of the virtio-serial port called ``name``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for port in os.listdir('/sys/class/virtio-ports'):
+                try:
+                    pname = read_file('/sys/class/virtio-ports/%s/name' %
+                                      port).decode().strip()
+                except OSError:
+                    continue
+                if pname == name:
+                    return '/dev/' + port
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError('virtio port %s not found' % name)
+        time.sleep(0.01)
+
+
+def find_disk(serial, timeout=5.0):
+    """:returns: the /dev path of the virtio-blk disk with ``serial``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for dev in os.listdir('/sys/block'):
+            try:
+                if read_file('/sys/block/%s/serial' % dev).decode().strip() \
+                        == serial:
+                    return '/dev/' + dev
+            except OSError:
+                continue
+        if time.monotonic() > deadline:
+            raise OpError('disk', 'no disk with serial %s' % serial)
+        time.sleep(0.01)
+
+
+def setup_guest():
+    """Mounts the agent needs beyond what /init did."""
+    for path, fstype, flags, data in (
+            ('/dev/pts', 'devpts', MS_NOSUID | MS_NOEXEC,
+             'ptmxmode=0666,mode=0620'),
+            (CGROUP_ROOT, 'cgroup2', MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+            ('/run', 'tmpfs', MS_NOSUID | MS_NODEV, 'mode=755'),
+            ('/tmp', 'tmpfs', MS_NOSUID | MS_NODEV, 'mode=1777')):
+        os.makedirs(path, exist_ok=True)
+        try:
+            mount(fstype, path, fstype, flags, data)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log('mount %s: %s' % (path, exc))
+    try:
+        os.unlink('/dev/ptmx')
+    except OSError:
+        pass
+    os.symlink('pts/ptmx', '/dev/ptmx')
+    controllers = read_file(CGROUP_ROOT + '/cgroup.controllers').split()
+    for ctl in controllers:
+        try:
+            write_file(CGROUP_ROOT + '/cgroup.subtree_control',
+                       '+' + ctl.decode())
+        except OSError:
+            pass
+    os.makedirs(RUN_DIR, exist_ok=True)
+
+
+def main():
+    try:
+        setup_guest()
+        fd = os.open(find_port(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        log('ready')
+        Agent(fd).run()
+    except BaseException as exc:       # PID 1: report and power off
+        log('fatal: %r' % (exc,))
+        try:
+            os.sync()
+            libc().reboot(RB_POWER_OFF)
+        finally:
+            while True:
+                time.sleep(60)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The kata-zun agent protocol: framing shared by host and guest.
+
+This module is standard library only: it is copied into the guest initrd
+and imported by the agent, and it is also what the shim uses to talk to
+both the agent and its own API clients.
+
+Wire format: every frame is a 5-byte header followed by a payload::
+
+    +--------+----------------+----------------------+
+    | type:1 | length:4 (BE)  | payload: length bytes|
+    +--------+----------------+----------------------+
+
+Control frames (HELLO, REQUEST, RESPONSE, EVENT) carry one JSON object.
+Stream frames (STDIN, STDOUT, STDERR) carry a 4-byte big-endian process
+handle followed by raw bytes; an empty STDIN body means end of input.
+
+One connection multiplexes control requests and the stdio of every process.
+The reader is the one who bounds a frame: a length above ``max_frame`` or an
+unknown type raises :class:`ProtocolError` and the caller closes the link.
+Nothing here ever blocks: :class:`Channel` works on non-blocking fds.
+"""
+
+import errno
+import json
+import os
+import struct
+
+VERSION = 1
+
+HELLO = 1
+REQUEST = 2
+RESPONSE = 3
+EVENT = 4
+STDIN = 5
+STDOUT = 6
+STDERR = 7
+
+CONTROL_TYPES = (HELLO, REQUEST, RESPONSE, EVENT)
+STREAM_TYPES = (STDIN, STDOUT, STDERR)
+_ALL_TYPES = CONTROL_TYPES + STREAM_TYPES
+
+HEADER = struct.Struct('>BI')
+HANDLE = struct.Struct('>I')
+
+DEFAULT_MAX_FRAME = 1024 * 1024
+# Payload bytes the sender puts in one stream frame: well under any limit.
+STREAM_CHUNK = 64 * 1024
+# Bounded nesting and string sizes keep a hostile JSON document cheap.
+_MAX_JSON_DEPTH = 16
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the link must be closed."""
+
+
+class Frame(object):
+    __slots__ = ('type', 'payload')
+
+    def __init__(self, ftype, payload):
+        self.type = ftype
+        self.payload = payload
+
+    def json(self):
+        """:returns: the payload of a control frame as a dict.
+
+        :raises: ProtocolError if it is not a JSON object.
+        """
+        return decode_json(self.payload)
+
+    def stream(self):
+        """:returns: (handle, data) of a stream frame.
+
+        :raises: ProtocolError if the payload is shorter than a handle.
+        """
+        if len(self.payload) < HANDLE.size:
+            raise ProtocolError('stream frame without a process handle')
+        (handle,) = HANDLE.unpack_from(self.payload)
+        return handle, self.payload[HANDLE.size:]
+
+    def __repr__(self):
+        return 'Frame(%d, %d bytes)' % (self.type, len(self.payload))
+
+
+def _check_depth(obj, depth=0):
+    if depth > _MAX_JSON_DEPTH:
+        raise ProtocolError('JSON nested too deeply')
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _check_depth(value, depth + 1)
+    elif isinstance(obj, list):
+        for value in obj:
+            _check_depth(value, depth + 1)
+
+
+def decode_json(payload):
+    """Decode a control payload.
+
+    :param payload: bytes.
+    :returns: a dict.
+    :raises: ProtocolError if it is not UTF-8 JSON holding an object.
+    """
+    try:
+        obj = json.loads(payload.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError('malformed JSON payload: %s' % exc)
+    if not isinstance(obj, dict):
+        raise ProtocolError('JSON payload is not an object')
+    _check_depth(obj)
+    return obj
+
+
+def encode(ftype, payload):
+    """:returns: the bytes of one frame."""
+    return HEADER.pack(ftype, len(payload)) + payload
+
+
+def encode_json(ftype, obj):
+    """:returns: the bytes of one control frame holding ``obj``."""
+    return encode(ftype, json.dumps(obj, separators=(',', ':')).encode())
+
+
+def encode_stream(ftype, handle, data):
+    """:returns: the bytes of one stream frame (data must be small)."""
+    return encode(ftype, HANDLE.pack(handle) + data)
+
+
+class Decoder(object):
+    """Incremental frame decoder with a hard size limit."""
+
+    def __init__(self, max_frame=DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """Add received bytes.
+
+        :param data: bytes as read from the link.
+        :returns: a list of complete :class:`Frame` objects.
+        :raises: ProtocolError on an unknown type or oversized frame.
+        """
+        self._buf += data
+        frames = []
+        while len(self._buf) >= HEADER.size:
+            ftype, length = HEADER.unpack_from(self._buf)
+            if ftype not in _ALL_TYPES:
+                raise ProtocolError('unknown frame type %d' % ftype)
+            if length > self.max_frame:
+                raise ProtocolError('frame of %d bytes exceeds the limit '
+                                    'of %d' % (length, self.max_frame))
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            frames.append(Frame(ftype, bytes(self._buf[HEADER.size:end])))
+            del self._buf[:end]
+        return frames
+
+    @property
+    def pending(self):
+        """:returns: bytes of an incomplete frame held back."""
+        return len(self._buf)
+
+
+class Channel(object):
+    """Frames over one non-blocking file descriptor (socket or port).
+
+    Reads go through a :class:`Decoder`; writes are queued and flushed when
+    the fd is writable, so a slow peer never blocks the caller. The caller
+    applies back-pressure by looking at :attr:`pending_out`.
+    """
+
+    READ_SIZE = 256 * 1024
+
+    def __init__(self, fd, max_frame=DEFAULT_MAX_FRAME):
+        self.fd = fd
+        self.decoder = Decoder(max_frame)
+        self._out = bytearray()
+        self.closed = False
+
+    def fileno(self):
+        return self.fd
+
+    def read(self):
+        """Read what is available.
+
+        :returns: (frames, eof) where eof tells the peer closed the link.
+        :raises: ProtocolError (see :class:`Decoder`), OSError.
+        """
+        try:
+            data = os.read(self.fd, self.READ_SIZE)
+        except BlockingIOError:
+            return [], False
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+                return [], True
+            raise
+        if not data:
+            return [], True
+        return self.decoder.feed(data), False
+
+    def send(self, data):
+        """Queue encoded frame bytes and try to write them now."""
+        self._out += data
+        self.flush()
+
+    def flush(self):
+        """Write as much queued data as the fd takes.
+
+        :returns: True when everything queued has been written.
+        :raises: OSError if the peer went away.
+        """
+        while self._out:
+            try:
+                n = os.write(self.fd, self._out[:self.READ_SIZE])
+            except BlockingIOError:
+                return False
+            if n <= 0:
+                return False
+            del self._out[:n]
+        return True
+
+    @property
+    def pending_out(self):
+        return len(self._out)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass

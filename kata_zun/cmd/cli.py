@@ -1,0 +1,577 @@
+"""kata-zun: a Docker-like command line for containers in micro-VMs.
+
+No OpenStack service is needed: images come from local archives, state
+lives under ``[kata] state_path``. Every sub-command maps to one method of
+:class:`kata_zun.runtime.manager.Runtime`; this module only parses, prints
+and pumps the terminal.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shlex
+import signal
+import sys
+import time
+
+from oslo_log import log as logging
+
+from kata_zun.agent import protocol
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.shim import logs
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+
+class CliError(Exception):
+    def __init__(self, message, code=1):
+        super().__init__(message)
+        self.code = code
+
+
+def _runtime():
+    from kata_zun.runtime import manager
+    return manager.Runtime()
+
+
+def parse_signal(value):
+    """:returns: a signal number from 9, KILL or SIGKILL."""
+    text = str(value).strip().upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signal.NSIG:
+            return num
+    else:
+        name = text if text.startswith('SIG') else 'SIG' + text
+        sig = getattr(signal.Signals, name, None) if name.isidentifier() \
+            else None
+        if isinstance(sig, signal.Signals):
+            return int(sig)
+    raise CliError('invalid signal: %s' % value)
+
+
+# ------------------------------------------------------------ the terminal
+
+@contextlib.contextmanager
+def _raw_terminal(enabled):
+    if not enabled or not os.isatty(0):
+        yield
+        return
+    import termios
+    import tty
+    saved = termios.tcgetattr(0)
+    tty.setraw(0)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _terminal_size():
+    try:
+        size = os.get_terminal_size(0)
+        return size.lines, size.columns
+    except OSError:
+        return None
+
+
+def stream(client, handle, stdin=False, tty=False):
+    """Pump stdio between this process and a container process.
+
+    :returns: the process's exit code once its exit event arrives.
+    :raises: CliError if the shim goes away first.
+    """
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    watch_stdin = stdin
+    if tty and os.isatty(0):
+        size = _terminal_size()
+        if size:
+            client.call('resize', {'proc': handle, 'rows': size[0],
+                                   'cols': size[1]})
+    with _raw_terminal(tty and stdin):
+        while True:
+            frames = client.read_frames(0)
+            if not frames:
+                fds = [client.fileno()] + ([0] if watch_stdin else [])
+                ready, _, _ = select.select(fds, [], [], 1.0)
+                if 0 in ready:
+                    data = os.read(0, 65536)
+                    client.send_stdin(handle, data)
+                    if not data:
+                        watch_stdin = False
+                if client.fileno() not in ready:
+                    continue
+                try:
+                    frames = client.read_frames(0)
+                except exception.ShimError as exc:
+                    raise CliError('lost the container: %s' % exc, 125)
+            for frame in frames:
+                if frame.type in (protocol.STDOUT, protocol.STDERR):
+                    h, data = frame.stream()
+                    if h == handle:
+                        target = out if frame.type == protocol.STDOUT \
+                            else err
+                        target.write(data)
+                        target.flush()
+                elif frame.type == protocol.EVENT:
+                    event = frame.json()
+                    if (event.get('event') == 'exit' and
+                            event.get('proc') == handle):
+                        if event.get('oom_killed'):
+                            err.write(b'kata-zun: the container was killed '
+                                      b'by the OOM killer (memory limit)\n')
+                            err.flush()
+                        return int(event.get('exit_code', 255))
+
+
+# --------------------------------------------------------------- commands
+
+def cmd_run(rt, args):
+    container = rt.create(
+        args.image, command=args.command or None,
+        entrypoint=(shlex.split(args.entrypoint)
+                    if args.entrypoint is not None else None),
+        env=args.env, workdir=args.workdir, user=args.user, tty=args.tty,
+        stdin=args.interactive, memory_mb=args.memory, cpus=args.cpus,
+        name=args.name, hostname=args.hostname, auto_remove=args.rm)
+    holder = {}
+
+    def attach(client, main):
+        holder['main'] = main
+        if not args.detach:
+            client.call('attach', {'stdin': args.interactive})
+    try:
+        container, client = rt.start(container.id, before_start=attach)
+    except exception.KataZunException as exc:
+        if args.rm:
+            rt.remove(container.id, force=True)
+        raise CliError(str(exc), 125)
+    if args.detach:
+        client.close()
+        print(container.id)
+        return 0
+    with client:
+        with _forward_signals(rt, container.id, enabled=not args.tty):
+            code = stream(client, holder['main'], stdin=args.interactive,
+                          tty=args.tty)
+    if args.rm:
+        rt._wait_shim_gone(container)
+    return code
+
+
+@contextlib.contextmanager
+def _forward_signals(rt, cid, enabled):
+    """Like docker's sig-proxy: SIGINT/SIGTERM go to the container."""
+    if not enabled:
+        yield
+        return
+
+    def forward(signum, _frame):
+        try:
+            rt.kill(cid, signum)
+        except exception.KataZunException:
+            pass
+    old = {s: signal.signal(s, forward)
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def cmd_start(rt, args):
+    code = 0
+    for ref in args.containers:
+        holder = {}
+
+        def attach(client, main):
+            holder['main'] = main
+            if args.attach:
+                client.call('attach', {'stdin': args.interactive})
+        container, client = rt.start(ref, before_start=attach)
+        with client:
+            if args.attach:
+                code = stream(client, holder['main'],
+                              stdin=args.interactive)
+            else:
+                print(ref)
+    return code
+
+
+def cmd_exec(rt, args):
+    client, handle, _error = rt.exec_client(
+        args.container, args.command, env=args.env, workdir=args.workdir,
+        user=args.user, tty=args.tty, stdin=args.interactive)
+    with client:
+        return stream(client, handle, stdin=args.interactive, tty=args.tty)
+
+
+def cmd_ps(rt, args):
+    rows = [('CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS',
+             'NAMES')]
+    for c in rt.list():
+        if not args.all and c.status not in ('running', 'paused'):
+            continue
+        if args.quiet:
+            print(c.id[:12])
+            continue
+        command = ' '.join(c.config['agent_spec']['argv'])
+        if len(command) > 30:
+            command = command[:29] + '…'
+        rows.append((c.id[:12], c.config['image']['name'],
+                     '"%s"' % command, _ago(c.config['created']),
+                     _status_text(c), c.name))
+    if not args.quiet:
+        _table(rows)
+    return 0
+
+
+def _status_text(c):
+    if c.status == 'running':
+        return 'Up %s' % _ago(c.state.get('started_at') or time.time(),
+                              suffix='')
+    if c.status == 'paused':
+        return 'Up (Paused)'
+    if c.status == 'exited':
+        text = 'Exited (%s) %s' % (c.exit_code, _ago(
+            c.state.get('finished_at') or time.time()))
+        return text + (' [%s]' % c.error if c.error else '')
+    return 'Created'
+
+
+def _ago(ts, suffix=' ago'):
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (('day', 86400), ('hour', 3600), ('minute', 60)):
+        if seconds >= size:
+            n = seconds // size
+            return '%d %s%s%s' % (n, unit, 's' if n > 1 else '', suffix)
+    return '%d second%s%s' % (seconds, '' if seconds == 1 else 's', suffix)
+
+
+def _table(rows):
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print('   '.join(str(v).ljust(w) for v, w in zip(row, widths))
+              .rstrip())
+
+
+def _print_records(records, timestamps):
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    for ts, stream_id, data in records:
+        target = out if stream_id == logs.STDOUT else err
+        if timestamps:
+            target.write(logs.format_time(ts).encode() + b' ')
+        target.write(data)
+    out.flush()
+    err.flush()
+
+
+def cmd_logs(rt, args):
+    try:
+        since = logs.parse_since(args.since)
+    except ValueError as exc:
+        raise CliError(str(exc))
+    tail = None
+    if args.tail not in (None, 'all'):
+        if not str(args.tail).isdigit():
+            raise CliError('--tail takes a number or "all"')
+        tail = int(args.tail)
+    c, records = rt.logs(args.container, since=since, tail=tail)
+    path = os.path.join(c.dir, 'container.log')
+    offset = os.path.getsize(path) if os.path.exists(path) else 0
+    _print_records(records, args.timestamps)
+    if not args.follow:
+        return 0
+    follower = logs.Follower(path, offset=offset)
+    try:
+        while True:
+            new = follower.poll()
+            _print_records([r for r in new
+                            if since is None or r[0] >= since],
+                           args.timestamps)
+            if not new:
+                current = rt.get(c.id)
+                if current.status not in ('running', 'paused', 'created') \
+                        or not current.shim_alive:
+                    _print_records(follower.poll(), args.timestamps)
+                    return 0
+                time.sleep(0.1)
+    finally:
+        follower.close()
+
+
+def cmd_stop(rt, args):
+    for ref in args.containers:
+        rt.stop(ref, timeout=args.time)
+        print(ref)
+    return 0
+
+
+def cmd_kill(rt, args):
+    sig = parse_signal(args.signal)
+    for ref in args.containers:
+        rt.kill(ref, sig)
+        print(ref)
+    return 0
+
+
+def cmd_pause(rt, args):
+    for ref in args.containers:
+        rt.pause(ref)
+        print(ref)
+    return 0
+
+
+def cmd_unpause(rt, args):
+    for ref in args.containers:
+        rt.unpause(ref)
+        print(ref)
+    return 0
+
+
+def cmd_rm(rt, args):
+    code = 0
+    for ref in args.containers:
+        try:
+            rt.remove(ref, force=args.force)
+            print(ref)
+        except exception.KataZunException as exc:
+            print('kata-zun: error: %s' % exc, file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_inspect(rt, args):
+    out = []
+    for ref in args.containers:
+        out.append(rt.get(ref).to_dict())
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_stats(rt, args):
+    rows = [('CONTAINER', 'CPU TIME', 'MEM USAGE / LIMIT', 'PIDS')]
+    for ref in args.containers:
+        c = rt.get(ref)
+        s = rt.call(c.id, 'stats')
+        rows.append((c.id[:12], '%.2fs' % (s['cpu_usage_usec'] / 1e6),
+                     '%.1fMiB / %.1fMiB' % (s['memory_usage'] / 2 ** 20,
+                                            s['memory_limit'] / 2 ** 20),
+                     s['pids']))
+    _table(rows)
+    return 0
+
+
+def cmd_top(rt, args):
+    c = rt.get(args.container)
+    rows = [('UID', 'PID', 'PPID', 'STAT', 'TIME', 'CMD')]
+    for p in rt.call(c.id, 'ps')['processes']:
+        rows.append((p['uid'], p['pid'], p['ppid'], p['state'],
+                     '%.2f' % p['cpu_time'], p['cmd']))
+    _table(rows)
+    return 0
+
+
+def cmd_images(rt, args):
+    rows = [('REPOSITORY', 'TAG', 'IMAGE ID', 'CREATED', 'SIZE')]
+    for image in rt.images.list():
+        tags = image.repo_tags or ['<none>:<none>']
+        for tag in tags:
+            repo, _, version = tag.rpartition(':')
+            rows.append((repo, version, image.id.split(':')[-1][:12],
+                         str(image.created or '')[:19],
+                         '%.1fMB' % (image.size / 1e6)))
+    _table(rows)
+    return 0
+
+
+def cmd_rmi(rt, args):
+    for ref in args.images:
+        image = rt.images.get(ref)
+        rt.images.remove(ref, users=rt.image_users(image.id))
+        print('Deleted: %s' % ref)
+    return 0
+
+
+def cmd_load(rt, args):
+    def progress(msg):
+        print(msg, file=sys.stderr)
+    for image in rt.images.load_archive(args.input, progress=progress):
+        for tag in image.repo_tags or [image.id]:
+            print('Loaded image: %s' % tag)
+    return 0
+
+
+def cmd_check(rt, args):
+    from kata_zun.hypervisor import hostcheck
+    results = hostcheck.run_checks()
+    for r in results:
+        mark = 'ok' if r.ok else ('FAIL' if r.required else 'warn')
+        print('%-5s %-28s %s' % (mark, r.name, r.detail))
+    ok = hostcheck.can_run(results)
+    print('System is capable of running kata-zun containers' if ok else
+          'System is NOT capable of running kata-zun containers')
+    return 0 if ok else 1
+
+
+def cmd_guest_build(rt, args):
+    from kata_zun.guest import builder
+
+    def progress(msg):
+        print(msg, file=sys.stderr)
+    assets = builder.build(force=args.force, progress=progress)
+    print('kernel: %s\ninitrd: %s\nversion: %s' % (
+        assets.kernel, assets.initrd, assets.version))
+    return 0
+
+
+# ----------------------------------------------------------------- parser
+
+def _add_process_options(p):
+    p.add_argument('-e', '--env', action='append', default=[],
+                   metavar='KEY=VALUE')
+    p.add_argument('-w', '--workdir')
+    p.add_argument('-u', '--user')
+    p.add_argument('-i', '--interactive', action='store_true')
+    p.add_argument('-t', '--tty', action='store_true')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='kata-zun',
+        description='Run OCI containers, each in its own QEMU micro-VM.')
+    parser.add_argument('--config-file', action='append', default=[],
+                        help='oslo.config file (repeatable)')
+    parser.add_argument('--debug', action='store_true')
+    sub = parser.add_subparsers(dest='cmd', metavar='COMMAND')
+    sub.required = True
+
+    p = sub.add_parser('run', help='create and start a container')
+    p.add_argument('-d', '--detach', action='store_true')
+    p.add_argument('--rm', action='store_true')
+    p.add_argument('--name')
+    p.add_argument('--hostname')
+    p.add_argument('--memory', type=int, metavar='MiB')
+    p.add_argument('--cpus', type=float)
+    p.add_argument('--entrypoint')
+    _add_process_options(p)
+    p.add_argument('image')
+    p.add_argument('command', nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser('start', help='start stopped containers')
+    p.add_argument('-a', '--attach', action='store_true')
+    p.add_argument('-i', '--interactive', action='store_true')
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser('exec', help='run a command in a running container')
+    _add_process_options(p)
+    p.add_argument('container')
+    p.add_argument('command', nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser('ps', help='list containers')
+    p.add_argument('-a', '--all', action='store_true')
+    p.add_argument('-q', '--quiet', action='store_true')
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser('logs', help='show a container log')
+    p.add_argument('-f', '--follow', action='store_true')
+    p.add_argument('--tail')
+    p.add_argument('--since')
+    p.add_argument('-t', '--timestamps', action='store_true')
+    p.add_argument('container')
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser('stop', help='stop containers (SIGTERM, SIGKILL)')
+    p.add_argument('-t', '--time', type=int, default=None)
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser('kill', help='signal containers')
+    p.add_argument('-s', '--signal', default='KILL')
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_kill)
+
+    for name, func in (('pause', cmd_pause), ('unpause', cmd_unpause)):
+        p = sub.add_parser(name, help='%s the VMs of containers' % name)
+        p.add_argument('containers', nargs='+')
+        p.set_defaults(func=func)
+
+    p = sub.add_parser('rm', help='remove containers')
+    p.add_argument('-f', '--force', action='store_true')
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser('inspect', help='show container records as JSON')
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser('stats', help='resource usage of containers')
+    p.add_argument('containers', nargs='+')
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser('top', help='processes of a container')
+    p.add_argument('container')
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser('images', help='list images')
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser('rmi', help='remove images')
+    p.add_argument('images', nargs='+')
+    p.set_defaults(func=cmd_rmi)
+
+    p = sub.add_parser('load', help='load a docker-save or OCI archive')
+    p.add_argument('-i', '--input', required=True)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser('check', help='can this host run kata-zun VMs?')
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser('guest', help='guest assets')
+    gsub = p.add_subparsers(dest='guest_cmd', metavar='COMMAND')
+    gsub.required = True
+    g = gsub.add_parser('build', help='build the guest kernel and initrd')
+    g.add_argument('--force', action='store_true')
+    g.set_defaults(func=cmd_guest_build)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, 'command', None) is not None and args.cmd in (
+            'run', 'exec') and args.command[:1] == ['--']:
+        args.command = args.command[1:]
+    if args.cmd == 'exec' and not args.command:
+        parser.error('exec needs a command')
+    logging.register_options(CONF)
+    CONF([], project='kata-zun',
+         default_config_files=args.config_file or None)
+    if args.debug:
+        CONF.set_override('debug', True)
+    logging.setup(CONF, 'kata-zun')
+    try:
+        rt = _runtime() if args.cmd not in ('guest',) else None
+        return args.func(rt, args)
+    except CliError as exc:
+        print('kata-zun: error: %s' % exc, file=sys.stderr)
+        return exc.code
+    except exception.KataZunException as exc:
+        print('kata-zun: error: %s' % exc, file=sys.stderr)
+        return 125 if args.cmd == 'run' else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""kata-zun-shim: the per-sandbox daemon (see kata_zun.shim.server).
+
+Started by the runtime as ``python -m kata_zun.cmd.shim``; it daemonizes
+at once so whoever started it can exit or restart without touching the
+sandbox, and reports readiness (``ok`` or an error line) on --ready-fd.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun.hypervisor import base
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+
+def _daemonize(log_path):
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir('/')
+    null = os.open(os.devnull, os.O_RDWR)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o600)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+
+
+def _report(fd, text):
+    if fd is None:
+        return
+    try:
+        os.write(fd, text.encode('utf-8', 'replace')[:4000])
+    finally:
+        os.close(fd)
+
+
+def vm_config(shim, run_dir):
+    vm = shim.config['vm']
+    return base.VMConfig(
+        name='kz-' + shim.cid[:12], vcpus=vm['vcpus'],
+        memory_mb=vm['memory_mb'], kernel=vm['kernel'],
+        initrd=vm['initrd'], run_dir=run_dir,
+        console_log=os.path.join(shim.state_dir, 'console.log'),
+        disks=(base.Disk(shim.config['image']['block_image'],
+                         shim.config['agent_spec']['image_serial'],
+                         read_only=True),
+               base.Disk(os.path.join(shim.state_dir, 'rw.img'),
+                         shim.config['agent_spec']['layer_serial'])))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='kata-zun-shim')
+    parser.add_argument('--state-dir', required=True)
+    parser.add_argument('--run-dir', required=True)
+    parser.add_argument('--ready-fd', type=int)
+    parser.add_argument('--config-file', action='append', default=[])
+    parser.add_argument('--foreground', action='store_true')
+    args = parser.parse_args(argv)
+    if not args.foreground:
+        _daemonize(os.path.join(args.state_dir, 'shim.log'))
+    logging.register_options(CONF)
+    CONF([], project='kata-zun', default_config_files=args.config_file)
+    logging.setup(CONF, 'kata-zun-shim')
+
+    from kata_zun.hypervisor.qemu import vm as qemu_vm
+    from kata_zun.shim import server
+
+    ready_fd = args.ready_fd
+    shim = server.Shim(args.state_dir, args.run_dir,
+                       qemu_vm.QemuHypervisor(),
+                       max_frame=CONF.kata_agent.max_frame_bytes,
+                       agent_timeout=CONF.kata_agent.connect_timeout,
+                       log_max_bytes=CONF.kata.log_max_bytes,
+                       stop_timeout=CONF.kata.stop_timeout)
+    try:
+        shim.boot(vm_config(shim, args.run_dir))
+    except Exception as exc:
+        LOG.exception('sandbox %s failed to start', shim.cid)
+        message = str(exc)
+        console = os.path.join(args.state_dir, 'console.log')
+        shim.save_state(status='exited', exit_code=255, error=message)
+        if shim.vm is not None:
+            shim.vm.stop(0)
+        _report(ready_fd, 'error: %s (guest console: %s)' % (message,
+                                                             console))
+        return 1
+    _report(ready_fd, 'ok\n')
+    try:
+        shim.serve()
+    except Exception:
+        LOG.exception('sandbox %s: shim failed', shim.cid)
+        if shim.vm is not None:
+            shim.vm.stop(0)
+        shim.save_state(status='exited', exit_code=255,
+                        error='the sandbox shim failed; see shim.log')
+        return 1
+    finally:
+        shutil.rmtree(args.run_dir, ignore_errors=True)
+    if shim.config.get('auto_remove'):
+        shutil.rmtree(args.state_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,47 @@
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup('kata_hypervisor', title='QEMU options')
+
+OPTS = [
+    cfg.StrOpt('qemu_path', default='/usr/bin/qemu-system-x86_64',
+               help='QEMU system emulator binary.'),
+    cfg.StrOpt('machine_type', default='microvm',
+               choices=['microvm', 'q35'],
+               help='QEMU machine type. microvm boots fastest; q35 gives '
+                    'PCI (hotplug).'),
+    cfg.StrOpt('accelerator', default='auto',
+               choices=['auto', 'kvm', 'tcg'],
+               help='auto: use KVM when a probe really runs the guest '
+                    'kernel on it, else TCG with a warning.'),
+    cfg.StrOpt('cpu_model', default='max',
+               help='QEMU -cpu model. With KVM, "max" means the host CPU.'),
+    cfg.IntOpt('default_vcpus', default=1, min=1, max=64,
+               help='vCPUs of a VM when the container sets no CPU limit.'),
+    cfg.IntOpt('default_memory_mb', default=256, min=64,
+               help='Guest RAM when the container sets no memory limit.'),
+    cfg.IntOpt('memory_overhead_mb', default=96, min=32,
+               help='Guest RAM added on top of a container memory limit '
+                    'for the guest kernel and agent.'),
+    cfg.BoolOpt('seccomp_sandbox', default=True,
+                help='Run QEMU with -sandbox on,obsolete=deny,'
+                     'elevateprivileges=deny,spawn=deny,'
+                     'resourcecontrol=deny.'),
+    cfg.IntOpt('tsc_khz', default=0, min=0,
+               help='Host TSC rate passed as tsc_early_khz (microvm hangs '
+                    'in calibration without it). 0 reads it from the '
+                    'host.'),
+    cfg.IntOpt('shutdown_timeout', default=5, min=0,
+               help='Seconds to wait for a graceful VM power-off before '
+                    'QEMU is killed.'),
+    cfg.IntOpt('accel_probe_timeout', default=15, min=1,
+               help='Seconds the KVM probe boot may take.'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}

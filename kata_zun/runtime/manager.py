@@ -1,0 +1,529 @@
+"""Sandboxes on this host: records on disk, lifecycle, reconciliation.
+
+Each container is one sandbox VM. Its record lives in
+``<state_path>/containers/<id>/``::
+
+    config.json     what to run (written once, atomically, at create)
+    state.json      status, exit code, pids (the shim updates it)
+    rw.img          the container's writable layer (sparse ext4)
+    container.log   stdout/stderr records (see kata_zun.shim.logs)
+    shim.log        the shim's own log
+
+Sockets live in ``<run_path>/<id[:16]>/``. The shim of a running
+container outlives whoever started it; any new process finds it again
+through the record and checks it is really alive before trusting
+``state.json`` (a shim killed with the host leaves "running" behind: that
+is reported as exited with an error, never as running).
+
+This module knows nothing about Zun.
+"""
+
+import fcntl
+import math
+import os
+import re
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.runtime import fileutils
+from kata_zun.shim import client as shim_client
+from kata_zun.shim import logs
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$')
+_ENV_RE = re.compile(r'^[^=\0]+=[^\0]*$')
+_HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
+IMAGE_SERIAL = 'kz-image'
+LAYER_SERIAL = 'kz-rw'
+
+CREATED = 'created'
+RUNNING = 'running'
+PAUSED = 'paused'
+EXITED = 'exited'
+
+
+class Container(object):
+    """A container record with its live status resolved."""
+
+    def __init__(self, directory, config, state, alive):
+        self.dir = directory
+        self.config = config
+        self.state = state
+        self.shim_alive = alive
+
+    @property
+    def id(self):
+        return self.config['id']
+
+    @property
+    def name(self):
+        return self.config['name']
+
+    @property
+    def status(self):
+        """created, running, paused or exited (resolved, not as stored)."""
+        stored = self.state.get('status', CREATED)
+        if stored in (RUNNING, PAUSED):
+            return stored if self.shim_alive else EXITED
+        if stored == CREATED and self.shim_alive:
+            return CREATED
+        return stored
+
+    @property
+    def exit_code(self):
+        if self.status == EXITED and self.state.get('status') != EXITED:
+            return 255
+        return self.state.get('exit_code')
+
+    @property
+    def error(self):
+        if self.status == EXITED and self.state.get('status') != EXITED:
+            return 'the sandbox shim died (host restart or crash)'
+        return self.state.get('error')
+
+    def to_dict(self):
+        return {'Id': self.id, 'Name': self.name,
+                'Created': self.config['created'],
+                'Image': self.config['image']['name'],
+                'ImageId': self.config['image']['id'],
+                'Config': {k: self.config['agent_spec'].get(k) for k in
+                           ('argv', 'env', 'workdir', 'user', 'tty',
+                            'stdin', 'hostname')},
+                'Limits': {'memory_mb': self.config.get('memory_mb'),
+                           'cpus': self.config.get('cpus')},
+                'VM': self.config['vm'],
+                'Labels': self.config.get('labels', {}),
+                'AutoRemove': self.config.get('auto_remove', False),
+                'State': {'Status': self.status,
+                          'ExitCode': self.exit_code,
+                          'OOMKilled': self.state.get('oom_killed', False),
+                          'Error': self.error,
+                          'StartedAt': self.state.get('started_at'),
+                          'FinishedAt': self.state.get('finished_at'),
+                          'ShimPid': self.state.get('shim_pid'),
+                          'VMPid': self.state.get('vm_pid')},
+                'LogPath': os.path.join(self.dir, 'container.log')}
+
+
+def _pid_is_shim(pid, cid):
+    if not pid:
+        return False
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b'kata_zun.cmd.shim' in cmdline and cid.encode() in cmdline
+
+
+class Runtime(object):
+    """Entry point for everything that manages containers on this host."""
+
+    def __init__(self):
+        self.state_path = CONF.kata.state_path
+        self.run_path = CONF.kata.run_path
+        self.containers_dir = os.path.join(self.state_path, 'containers')
+        os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.run_path, mode=0o700, exist_ok=True)
+        self._images = None
+
+    @property
+    def images(self):
+        if self._images is None:
+            from kata_zun.image import store
+            self._images = store.ImageStore(
+                os.path.join(self.state_path, 'images'))
+        return self._images
+
+    # ------------------------------------------------------------- records
+    def _lock(self):
+        fd = os.open(os.path.join(self.containers_dir, '.lock'),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _load(self, cid):
+        directory = os.path.join(self.containers_dir, cid)
+        try:
+            config = fileutils.read_json(os.path.join(directory,
+                                                      'config.json'))
+            state = fileutils.read_json(os.path.join(directory,
+                                                     'state.json'))
+        except (OSError, ValueError):
+            return None
+        alive = _pid_is_shim(state.get('shim_pid'), cid)
+        return Container(directory, config, state, alive)
+
+    def list(self):
+        """:returns: every container record on this host, oldest first."""
+        out = []
+        for cid in os.listdir(self.containers_dir):
+            if cid.startswith('.'):
+                continue
+            c = self._load(cid)
+            if c is not None:
+                out.append(c)
+        return sorted(out, key=lambda c: c.config['created'])
+
+    def get(self, ref):
+        """Find a container by id, unique id prefix or name.
+
+        :raises: ContainerNotFound
+        """
+        if not ref or '/' in ref or ref.startswith('.'):
+            raise exception.ContainerNotFound(ref=ref)
+        exact = self._load(ref) if re.match('^[0-9a-f]{64}$', ref) else None
+        if exact is not None:
+            return exact
+        matches = [c for c in self.list()
+                   if c.name == ref or c.id.startswith(ref)]
+        named = [c for c in matches if c.name == ref]
+        if named:
+            return named[0]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise exception.InvalidInput(
+                reason='%r matches several containers' % ref)
+        raise exception.ContainerNotFound(ref=ref)
+
+    # -------------------------------------------------------------- create
+    def create(self, image_ref, command=None, entrypoint=None, env=(),
+               workdir=None, user=None, tty=False, stdin=False,
+               memory_mb=None, cpus=None, name=None, hostname=None,
+               auto_remove=False, labels=None, dns=(), cid=None):
+        """Create a container record (nothing boots until start).
+
+        :param image_ref: a local image name, id or id prefix.
+        :param command: argv replacing the image's Cmd (list or None).
+        :param entrypoint: argv replacing the image's Entrypoint; an empty
+                           list clears it; None keeps the image's.
+        :param env: iterable of ``KEY=VALUE`` added to the image's Env.
+        :param memory_mb: memory limit in MiB (the VM gets overhead on top).
+        :param cpus: CPU limit (the VM gets ceil(cpus) vCPUs).
+        :param cid: use this id (64 hex) instead of a random one.
+        :returns: the :class:`Container`.
+        :raises: InvalidInput, ImageNotFound, ContainerNameInUse
+        """
+        image = self.images.get(image_ref)
+        cid = cid or secrets.token_hex(32)
+        if not re.match('^[0-9a-f]{64}$', cid):
+            raise exception.InvalidInput(reason='container id must be 64 '
+                                         'lowercase hex digits')
+        name = name or 'kz-' + cid[:12]
+        if not _NAME_RE.match(name):
+            raise exception.InvalidInput(reason='invalid container name '
+                                         '%r' % name)
+        hostname = hostname or cid[:12]
+        if not _HOSTNAME_RE.match(hostname):
+            raise exception.InvalidInput(reason='invalid hostname %r' %
+                                         hostname)
+        for item in env:
+            if not _ENV_RE.match(item):
+                raise exception.InvalidInput(reason='invalid environment '
+                                             'entry %r (want KEY=VALUE)' %
+                                             item)
+        if memory_mb is not None and memory_mb < 6:
+            raise exception.InvalidInput(reason='memory limit must be at '
+                                         'least 6 MiB')
+        if cpus is not None and not 0 < cpus <= 64:
+            raise exception.InvalidInput(reason='cpus must be in (0, 64]')
+        argv = self._argv(image.config or {}, command, entrypoint)
+        image_env = list((image.config or {}).get('Env') or [])
+        merged = _merge_env(image_env, list(env))
+        workdir = workdir or (image.config or {}).get('WorkingDir') or '/'
+        if not workdir.startswith('/'):
+            raise exception.InvalidInput(reason='working directory must be '
+                                         'absolute')
+        user = user if user is not None else (
+            (image.config or {}).get('User') or '')
+        from kata_zun.guest import builder
+        assets = builder.find()
+        vcpus = (max(1, math.ceil(cpus)) if cpus
+                 else CONF.kata_hypervisor.default_vcpus)
+        vm_memory = (memory_mb + CONF.kata_hypervisor.memory_overhead_mb
+                     if memory_mb else
+                     CONF.kata_hypervisor.default_memory_mb)
+        config = {
+            'id': cid, 'name': name, 'created': time.time(),
+            'image': {'id': image.id, 'name': image_ref,
+                      'block_image': image.block_image,
+                      'block_fs': image.block_fs},
+            'memory_mb': memory_mb, 'cpus': cpus,
+            'auto_remove': bool(auto_remove), 'labels': labels or {},
+            'vm': {'vcpus': vcpus, 'memory_mb': vm_memory,
+                   'kernel': assets.kernel, 'initrd': assets.initrd},
+            'sandbox': {'hostname': hostname},
+            'agent_spec': {
+                'id': cid, 'argv': argv, 'env': merged, 'workdir': workdir,
+                'user': user, 'tty': bool(tty), 'stdin': bool(stdin),
+                'hostname': hostname, 'dns': list(dns),
+                'image_serial': IMAGE_SERIAL, 'layer_serial': LAYER_SERIAL,
+                'image_fs': image.block_fs,
+                'memory_bytes': memory_mb * 1024 * 1024 if memory_mb
+                else None,
+                'cpus': cpus},
+        }
+        lock = self._lock()
+        try:
+            for other in self.list():
+                if other.name == name:
+                    raise exception.ContainerNameInUse(name=name,
+                                                       id=other.id[:12])
+            directory = os.path.join(self.containers_dir, cid)
+            os.mkdir(directory, 0o700)
+            try:
+                self._make_layer(os.path.join(directory, 'rw.img'))
+                fileutils.write_json(os.path.join(directory, 'state.json'),
+                                     {'status': CREATED})
+                # config.json last: a record without it is incomplete and
+                # is ignored (and can be removed) by every reader.
+                fileutils.write_json(os.path.join(directory,
+                                                  'config.json'), config)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+        finally:
+            os.close(lock)
+        return self._load(cid)
+
+    @staticmethod
+    def _argv(image_config, command, entrypoint):
+        if entrypoint is not None:
+            ep = list(entrypoint)
+            cmd = list(command) if command else []
+        else:
+            ep = list(image_config.get('Entrypoint') or [])
+            cmd = (list(command) if command
+                   else list(image_config.get('Cmd') or []))
+        argv = ep + cmd
+        if not argv:
+            raise exception.InvalidInput(reason='no command specified')
+        return argv
+
+    @staticmethod
+    def _make_layer(path):
+        with open(path, 'wb') as f:
+            f.truncate(CONF.kata.writable_layer_mb * 1024 * 1024)
+        try:
+            subprocess.run(['mkfs.ext4', '-q', '-F', '-m', '0',
+                            '-E', 'lazy_itable_init=1,lazy_journal_init=1',
+                            '-L', 'kz-rw', path],
+                           check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError as exc:
+            raise exception.KataZunException(
+                'mkfs.ext4 failed: %s' % exc.stderr.decode(errors='replace'))
+
+    # --------------------------------------------------------------- start
+    def _run_dir(self, cid):
+        return os.path.join(self.run_path, cid[:16])
+
+    def start(self, ref, before_start=None):
+        """Boot the container's VM and start its process.
+
+        :param ref: container reference.
+        :param before_start: optional callable(client, main_handle) run
+                             after the VM is up and before the process
+                             starts (``run`` attaches here so no output is
+                             missed).
+        :returns: (container, connected ShimClient)
+        :raises: Conflict if it runs already; ShimError if the VM failed.
+        """
+        c = self.get(ref)
+        if c.status in (RUNNING, PAUSED) or c.shim_alive:
+            raise exception.Conflict(reason='container %s is already '
+                                     'running' % c.id[:12])
+        fileutils.write_json(os.path.join(c.dir, 'state.json'), {
+            'status': CREATED, 'restart_count':
+            c.state.get('restart_count', 0) + (1 if c.state.get(
+                'started_at') else 0)})
+        run_dir = self._run_dir(c.id)
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        self._spawn_shim(c, run_dir)
+        client = self.connect(c)
+        main = client.call('state').get('main')
+        if before_start is not None:
+            before_start(client, main)
+        result = client.call('start', timeout=CONF.kata_agent.request_timeout)
+        client.start_error = result.get('error')
+        return self._load(c.id), client
+
+    def _spawn_shim(self, c, run_dir):
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, '-m', 'kata_zun.cmd.shim',
+                '--state-dir', c.dir, '--run-dir', run_dir,
+                '--ready-fd', str(write_fd)]
+        for path in CONF.config_file or []:
+            argv += ['--config-file', path]
+        try:
+            # The shim daemonizes (double fork): this child exits at once,
+            # so neither the CLI nor zun-compute keeps a zombie.
+            proc = subprocess.Popen(argv, pass_fds=(write_fd,),
+                                    stdin=subprocess.DEVNULL,
+                                    close_fds=True)
+        finally:
+            os.close(write_fd)
+        proc.wait()
+        message = b''
+        deadline = time.monotonic() + CONF.kata.shim_start_timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise exception.ShimError(
+                        reason='the VM did not come up within %s s' %
+                        CONF.kata.shim_start_timeout)
+                ready, _, _ = select.select([read_fd], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    break
+                message += chunk
+        finally:
+            os.close(read_fd)
+        text = message.decode('utf-8', 'replace').strip()
+        if text != 'ok':
+            raise exception.ShimError(reason=text or 'the shim died while '
+                                      'starting; see %s' %
+                                      os.path.join(c.dir, 'shim.log'))
+
+    def connect(self, c, timeout=10.0):
+        """:returns: a ShimClient connected to a running container."""
+        return shim_client.ShimClient(
+            os.path.join(self._run_dir(c.id), 'shim.sock'), timeout=timeout)
+
+    def _running_client(self, ref):
+        c = self.get(ref)
+        if c.status not in (RUNNING, PAUSED, CREATED) or not c.shim_alive:
+            raise exception.Conflict(reason='container %s is not running' %
+                                     c.id[:12])
+        return c, self.connect(c)
+
+    # ------------------------------------------------------- operations
+    def stop(self, ref, timeout=None):
+        """Stop: SIGTERM, SIGKILL after ``timeout`` s, VM powered off.
+
+        :returns: the exit information dict.
+        """
+        c = self.get(ref)
+        if not c.shim_alive:
+            return {'exited': True, 'exit_code': c.exit_code}
+        timeout = CONF.kata.stop_timeout if timeout is None else timeout
+        with self.connect(c) as client:
+            result = client.call('stop', {'timeout': timeout},
+                                 timeout=timeout + 30)
+        self._wait_shim_gone(c)
+        return result
+
+    def _wait_shim_gone(self, c, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        pid = c.state.get('shim_pid')
+        while _pid_is_shim(pid, c.id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def kill(self, ref, sig):
+        c, client = self._running_client(ref)
+        with client:
+            client.call('signal', {'signal': int(sig)})
+
+    def pause(self, ref):
+        c, client = self._running_client(ref)
+        with client:
+            client.call('pause')
+
+    def unpause(self, ref):
+        c, client = self._running_client(ref)
+        with client:
+            client.call('unpause')
+
+    def exec_client(self, ref, argv, env=(), workdir=None, user=None,
+                    tty=False, stdin=False):
+        """Start an extra process in a running container.
+
+        :returns: (client, handle, exec_error or None); the client receives
+                  the process's output and exit event.
+        """
+        if not argv:
+            raise exception.InvalidInput(reason='no command given')
+        for item in env:
+            if not _ENV_RE.match(item):
+                raise exception.InvalidInput(reason='invalid environment '
+                                             'entry %r' % item)
+        c, client = self._running_client(ref)
+        if c.status != RUNNING:
+            client.close()
+            raise exception.Conflict(reason='container %s is %s' %
+                                     (c.id[:12], c.status))
+        try:
+            result = client.call('exec', {
+                'argv': list(argv), 'env': list(env), 'workdir': workdir,
+                'user': user, 'tty': tty, 'stdin': stdin},
+                timeout=CONF.kata_agent.request_timeout)
+        except Exception:
+            client.close()
+            raise
+        return client, result.get('proc'), result.get('error')
+
+    def call(self, ref, op, args=None, timeout=None):
+        """Run a shim operation (stats, ps, update) on a running container.
+        """
+        c, client = self._running_client(ref)
+        with client:
+            return client.call(op, args or {},
+                               timeout or CONF.kata_agent.request_timeout)
+
+    def remove(self, ref, force=False):
+        """Delete a container and everything it owns.
+
+        :raises: Conflict when it runs and ``force`` is not set.
+        """
+        c = self.get(ref)
+        if c.shim_alive:
+            if not force:
+                raise exception.Conflict(
+                    reason='container %s is %s: stop it first or use '
+                    'force' % (c.id[:12], c.status))
+            try:
+                self.stop(c.id, timeout=0)
+            except exception.KataZunException as exc:
+                LOG.warning('stopping %s before removal: %s', c.id, exc)
+                pid = c.state.get('shim_pid')
+                if _pid_is_shim(pid, c.id):
+                    os.kill(pid, 9)
+            self._wait_shim_gone(c)
+        shutil.rmtree(self._run_dir(c.id), ignore_errors=True)
+        shutil.rmtree(c.dir, ignore_errors=True)
+        return c
+
+    def logs(self, ref, stdout=True, stderr=True, since=None, tail=None):
+        """:returns: (container, records) from its log file."""
+        c = self.get(ref)
+        return c, logs.read(os.path.join(c.dir, 'container.log'),
+                            stdout=stdout, stderr=stderr, since=since,
+                            tail=tail)
+
+    def image_users(self, image_id):
+        return [c.id for c in self.list()
+                if c.config['image']['id'] == image_id]
+
+
+def _merge_env(base, extra):
+    merged = {}
+    order = []
+    for item in list(base) + list(extra):
+        key = item.partition('=')[0]
+        if key not in merged:
+            order.append(key)
+        merged[key] = item
+    return [merged[k] for k in order]

@@ -1,0 +1,35 @@
+import os
+from unittest import mock
+
+import fixtures
+from oslotest import base
+
+from kata_zun.runtime import fileutils
+
+
+class FileutilsTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+
+    def test_write_read(self):
+        path = os.path.join(self.dir, 'state.json')
+        fileutils.write_json(path, {'a': 1})
+        fileutils.write_json(path, {'a': 2})
+        self.assertEqual({'a': 2}, fileutils.read_json(path))
+        self.assertEqual(['state.json'], os.listdir(self.dir))
+        self.assertEqual(0o600, os.stat(path).st_mode & 0o777)
+
+    def test_failed_write_keeps_old_content_and_no_temp(self):
+        path = os.path.join(self.dir, 'state.json')
+        fileutils.write_json(path, {'a': 1})
+        with mock.patch('os.replace', side_effect=OSError('disk full')):
+            self.assertRaises(OSError, fileutils.write_json, path, {'a': 2})
+        self.assertEqual({'a': 1}, fileutils.read_json(path))
+        self.assertEqual(['state.json'], os.listdir(self.dir))
+
+    def test_read_limit(self):
+        path = os.path.join(self.dir, 'big.json')
+        fileutils.write_atomic(path, '[' + '1,' * 100 + '1]')
+        self.assertRaises(ValueError, fileutils.read_json, path, limit=50)

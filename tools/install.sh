@@ -1,0 +1,34 @@
+#!/bin/bash
+# Install everything kata-zun needs on a Debian 12 host: system packages
+# (only those missing), a virtualenv in .venv with kata-zun and its test
+# requirements, and the guest kernel + initrd ("kata-zun guest build").
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
+erofs-utils e2fsprogs lz4 cpio iproute2 skopeo docker-registry
+apache2-utils openssl pciutils python3-venv"
+
+missing=""
+for pkg in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
+        || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    echo "Installing system packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q -U pip
+.venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
+.venv/bin/pip install -q -e .
+
+.venv/bin/kata-zun guest build

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Install what is needed (see tools/install.sh), then run the style check,
+# the unit tests and the functional tests (real QEMU VMs under TCG or KVM).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tools/install.sh || exit 1
+.venv/bin/flake8 || exit 1
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+OS_TEST_PATH=./kata_zun/tests/unit .venv/bin/stestr --test-path \
+    ./kata_zun/tests/unit run 2>&1 | tee -a "$log" || status=1
+# The functional suite boots VMs: two at a time on a 2-core host.
+OS_TEST_PATH=./kata_zun/tests/functional .venv/bin/stestr --test-path \
+    ./kata_zun/tests/functional run --concurrency 2 2>&1 | tee -a "$log" \
+    || status=1
+
+passed=$(grep -E '^ - Passed: ' "$log" | awk '{s+=$3} END {print s+0}')
+failed=$(grep -E '^ - Failed: ' "$log" | awk '{s+=$3} END {print s+0}')
+skipped=$(grep -E '^ - Skipped: ' "$log" | awk '{s+=$3} END {print s+0}')
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
+exit $status
