@@ -170,8 +170,9 @@ class Channel(object):
 
     READ_SIZE = 256 * 1024
 
-    def __init__(self, fd, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(self, fd, max_frame=DEFAULT_MAX_FRAME, owns_fd=True):
         self.fd = fd
+        self.owns_fd = owns_fd
         self.decoder = Decoder(max_frame)
         self._out = bytearray()
         self.closed = False
@@ -225,6 +226,8 @@ class Channel(object):
     def close(self):
         if not self.closed:
             self.closed = True
+            if not self.owns_fd:
+                return
             try:
                 os.close(self.fd)
             except OSError:

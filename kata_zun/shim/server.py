@@ -50,7 +50,8 @@ class Client(object):
     def __init__(self, sock, max_frame):
         sock.setblocking(False)
         self.sock = sock
-        self.chan = protocol.Channel(sock.fileno(), max_frame)
+        self.chan = protocol.Channel(sock.fileno(), max_frame,
+                                     owns_fd=False)
         self.hello = False
         self.subs = set()             # process handles it receives
         self.stdin = set()            # process handles it may feed
@@ -59,7 +60,7 @@ class Client(object):
         self.chan.send(protocol.encode_json(ftype, obj))
 
     def close(self):
-        self.chan.closed = True
+        self.chan.close()
         self.sock.close()
 
 
@@ -112,7 +113,8 @@ class Shim(object):
         sock.settimeout(self.agent_timeout)
         sock.connect(self.vm.agent_socket)
         self._agent_sock = sock
-        self.agent = protocol.Channel(sock.fileno(), self.max_frame)
+        self.agent = protocol.Channel(sock.fileno(), self.max_frame,
+                                      owns_fd=False)
         hello = self._sync_frame(protocol.HELLO, self.agent_timeout)
         if hello.json().get('version') != protocol.VERSION:
             raise ShimSetupError('agent speaks protocol version %r' %
@@ -166,7 +168,10 @@ class Shim(object):
                                  self.agent_timeout)
         if not data:
             return [], True
-        return self.agent.decoder.feed(data), False
+        try:
+            return self.agent.decoder.feed(data), False
+        except protocol.ProtocolError as exc:
+            raise ShimSetupError('agent protocol violation: %s' % exc)
 
     def _sync_call(self, op, args):
         rid = self._rid()

@@ -1,0 +1,97 @@
+"""Base for functional tests that drive the real CLI and boot real VMs.
+
+Each test gets its own state and run directories and config file, and
+shares the guest assets built by ``kata-zun guest build`` (tools/install.sh
+builds them into the default state path).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import fixtures
+from oslotest import base
+
+DEFAULT_GUEST_DIR = '/var/lib/kata-zun/guest'
+CLI_TIMEOUT = 180
+
+
+class Result(object):
+    def __init__(self, proc):
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    @property
+    def text(self):
+        return self.out.decode('utf-8', 'replace')
+
+    def __repr__(self):
+        return 'Result(code=%s, out=%r, err=%r)' % (
+            self.code, self.out[-2000:], self.err[-2000:])
+
+
+class KataZunFunctionalTest(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(600, gentle=True))
+        root = self.useFixture(fixtures.TempDir()).path
+        self.state_path = os.path.join(root, 'state')
+        os.makedirs(self.state_path)
+        guest_dir = os.environ.get('KATA_ZUN_GUEST_DIR', DEFAULT_GUEST_DIR)
+        if not os.path.isdir(guest_dir):
+            self.fail('guest assets missing in %s: run tools/install.sh' %
+                      guest_dir)
+        os.symlink(guest_dir, os.path.join(self.state_path, 'guest'))
+        # Unix socket paths must stay short: not under the deep TempDir.
+        self.run_path = tempfile.mkdtemp(prefix='kz', dir='/tmp')
+        self.addCleanup(self._cleanup_run_path)
+        self.conf_file = os.path.join(root, 'kata-zun.conf')
+        with open(self.conf_file, 'w') as f:
+            f.write('[DEFAULT]\n'
+                    'debug = True\n'
+                    '[kata]\n'
+                    'state_path = %s\n'
+                    'run_path = %s\n'
+                    'writable_layer_mb = 256\n'
+                    '[kata_hypervisor]\n'
+                    'accelerator = %s\n' % (
+                        self.state_path, self.run_path,
+                        os.environ.get('KATA_ZUN_ACCEL', 'auto')))
+        self.addCleanup(self._remove_all)
+
+    def _cleanup_run_path(self):
+        shutil.rmtree(self.run_path, ignore_errors=True)
+
+    def _remove_all(self):
+        # Never leave VMs behind, whatever the test did.
+        ids = self.kz('ps', '-a', '-q').text.split()
+        if ids:
+            self.kz('rm', '-f', *ids)
+
+    def kz(self, *args, input=None, timeout=CLI_TIMEOUT, check=None):
+        """Run the kata-zun CLI in a new process.
+
+        :param check: expected exit code, or None not to check.
+        :returns: a :class:`Result`.
+        """
+        argv = [sys.executable, '-m', 'kata_zun.cmd.cli',
+                '--config-file', self.conf_file] + list(args)
+        stdio = ({'input': input} if input is not None
+                 else {'stdin': subprocess.DEVNULL})
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout,
+                              **stdio)
+        result = Result(proc)
+        if check is not None:
+            self.assertEqual(check, result.code, result)
+        return result
+
+    def load_busybox(self, tag='busybox:latest'):
+        from kata_zun.image import busybox
+        path = os.path.join(self.state_path, 'busybox.tar')
+        busybox.write_docker_archive(path, repo_tags=(tag,))
+        self.kz('load', '-i', path, check=0)
+        os.unlink(path)

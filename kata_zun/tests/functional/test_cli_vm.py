@@ -1,0 +1,176 @@
+"""Containers in real VMs, driven through the real CLI.
+
+Every ``kz`` call is a new process: a detached container is always found
+again by a CLI process other than the one that started it.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+from kata_zun.tests.functional import base
+
+
+class RunTestCase(base.KataZunFunctionalTest):
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+
+    def test_output_and_exit_codes(self):
+        r = self.kz('run', '--rm', 'busybox', 'echo', 'hello world',
+                    check=0)
+        self.assertEqual(b'hello world\n', r.out)
+        self.kz('run', '--rm', 'busybox', 'false', check=1)
+        r = self.kz('run', '--rm', 'busybox', 'sh', '-c',
+                    'echo out; echo err >&2; exit 42', check=42)
+        self.assertEqual(b'out\n', r.out)
+        self.assertEqual(b'err\n', r.err)
+        r = self.kz('run', '--rm', 'busybox', 'no-such-command', check=127)
+        self.assertIn(b'executable file not found', r.err)
+        # --rm left nothing behind.
+        self.assertEqual(b'', self.kz('ps', '-a', '-q', check=0).out)
+
+    def test_env_workdir_user_hostname(self):
+        r = self.kz('run', '--rm', '-e', 'FOO=bar baz', '-w', '/srv/app',
+                    '-u', 'app', '--hostname', 'box1', 'busybox', 'sh',
+                    '-c', 'echo "$FOO"; pwd; id -u; id -g; hostname; '
+                    'echo $HOME; echo $PATH', check=0)
+        lines = r.text.splitlines()
+        self.assertEqual(['bar baz', '/srv/app', '1000', '1000', 'box1',
+                          '/home/app'], lines[:6])
+        self.assertIn('/usr/bin', lines[6])
+        r = self.kz('run', '--rm', '-u', '0:65534', 'busybox', 'sh', '-c',
+                    'id -u; id -g', check=0)
+        self.assertEqual(['0', '65534'], r.text.split())
+        r = self.kz('run', '--rm', '-u', 'nosuchuser', 'busybox', 'true')
+        self.assertNotEqual(0, r.code)
+        self.assertIn(b'unable to find user nosuchuser', r.err)
+
+    def test_entrypoint(self):
+        r = self.kz('run', '--rm', '--entrypoint', 'echo', 'busybox',
+                    'from', 'entrypoint', check=0)
+        self.assertEqual(b'from entrypoint\n', r.out)
+
+    def test_stdin(self):
+        data = os.urandom(1 << 20)
+        r = self.kz('run', '--rm', '-i', 'busybox', 'sha256sum',
+                    input=data, check=0)
+        self.assertEqual(hashlib.sha256(data).hexdigest(),
+                         r.text.split()[0])
+
+    def test_ten_megabytes_of_stdout_no_byte_lost(self):
+        r = self.kz('run', '--name', 'big', 'busybox', 'sh', '-c',
+                    'head -c 10000000 /dev/urandom > /tmp/blob; '
+                    'sha256sum /tmp/blob >&2; cat /tmp/blob', check=0)
+        self.assertEqual(10000000, len(r.out))
+        digest = hashlib.sha256(r.out).hexdigest()
+        self.assertEqual(digest, r.err.split()[0].decode())
+        # The log kept the very same bytes.
+        logs = self.kz('logs', 'big', check=0)
+        self.assertEqual(digest, hashlib.sha256(logs.out).hexdigest())
+
+    def test_memory_limit_oom_kill_is_reported(self):
+        r = self.kz('run', '--name', 'oom', '--memory', '32', 'busybox',
+                    'sh', '-c', 'echo filling; tail /dev/zero', check=137)
+        self.assertIn(b'OOM', r.err)
+        info = json.loads(self.kz('inspect', 'oom', check=0).out)[0]
+        self.assertTrue(info['State']['OOMKilled'])
+        self.assertEqual(137, info['State']['ExitCode'])
+        self.assertEqual(32, info['Limits']['memory_mb'])
+
+    def test_bad_input(self):
+        r = self.kz('run', '--rm', 'no-such-image', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(b'No such image', r.err)
+        r = self.kz('run', '--rm', '-e', 'NOEQUALS', 'busybox', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(b'KEY=VALUE', r.err)
+        r = self.kz('logs', 'nothing-here')
+        self.assertEqual(1, r.code)
+        self.assertIn(b'No such container', r.err)
+        r = self.kz('kill', '-s', 'NOTASIGNAL', 'x')
+        self.assertEqual(1, r.code)
+        self.assertEqual(1, len(r.err.splitlines()))
+
+
+class DetachedTestCase(base.KataZunFunctionalTest):
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+
+    def _status(self, ref):
+        return json.loads(self.kz('inspect', ref, check=0).out)[0]['State']
+
+    def test_detach_logs_exec_stop_start_rm(self):
+        cid = self.kz('run', '-d', '--name', 'web', 'busybox', 'sh', '-c',
+                      'echo started; while true; do sleep 1; done',
+                      check=0).text.strip()
+        self.assertEqual(64, len(cid))
+        ps = self.kz('ps', check=0).text
+        self.assertIn('web', ps)
+        self.assertIn('Up', ps)
+        deadline = time.time() + 30
+        while b'started' not in self.kz('logs', 'web').out:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        r = self.kz('logs', '-t', '--tail', '1', 'web', check=0)
+        self.assertRegex(r.text, r'^\d{4}-\d\d-\d\dT[\d:.]+Z started\n$')
+        r = self.kz('exec', 'web', 'cat', '/etc/hostname', check=0)
+        self.assertEqual(cid[:12], r.text.strip())
+        self.kz('exec', 'web', 'sh', '-c', 'exit 3', check=3)
+        r = self.kz('exec', '-i', 'web', 'sh', '-c', 'cat > /data.txt',
+                    input=b'persisted\n', check=0)
+        r = self.kz('exec', '-u', 'app', '-w', '/tmp', 'web', 'sh', '-c',
+                    'id -un; pwd', check=0)
+        self.assertEqual(['app', '/tmp'], r.text.split())
+        top = self.kz('top', 'web', check=0).text
+        self.assertIn('sleep', top)
+        # sh as the namespace's PID 1 ignores SIGTERM: stop must SIGKILL.
+        start = time.time()
+        self.kz('stop', '-t', '1', 'web', check=0)
+        self.assertLess(time.time() - start, 60)
+        state = self._status('web')
+        self.assertEqual('exited', state['Status'])
+        self.assertEqual(137, state['ExitCode'])
+        self.assertNotIn('web', self.kz('ps', check=0).text)
+        self.assertIn('web', self.kz('ps', '-a', check=0).text)
+        # The writable layer survives a restart of the container.
+        self.kz('start', 'web', check=0)
+        self.assertEqual('running', self._status('web')['Status'])
+        r = self.kz('exec', 'web', 'cat', '/data.txt', check=0)
+        self.assertEqual(b'persisted\n', r.out)
+        self.kz('rm', 'web', check=1)           # running: refused
+        self.kz('rm', '-f', 'web', check=0)
+        self.assertEqual(b'', self.kz('ps', '-a', '-q', check=0).out)
+        self.assertEqual([], os.listdir(self.run_path))
+
+    def test_kill_pause_unpause(self):
+        self.kz('run', '-d', '--name', 'p', 'busybox', 'sleep', '600',
+                check=0)
+        self.kz('pause', 'p', check=0)
+        self.assertEqual('paused', self._status('p')['Status'])
+        self.kz('unpause', 'p', check=0)
+        self.assertEqual('running', self._status('p')['Status'])
+        self.kz('exec', 'p', 'true', check=0)
+        self.kz('kill', 'p', check=0)
+        deadline = time.time() + 30
+        while self._status('p')['Status'] != 'exited':
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        self.assertEqual(137, self._status('p')['ExitCode'])
+
+    def test_name_conflict_and_image_in_use(self):
+        self.kz('run', '-d', '--name', 'one', 'busybox', 'sleep', '600',
+                check=0)
+        r = self.kz('run', '-d', '--name', 'one', 'busybox', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(b'already in use', r.err)
+        r = self.kz('rmi', 'busybox')
+        self.assertEqual(1, r.code)
+        self.assertIn(b'used by', r.err)
+        self.kz('rm', '-f', 'one', check=0)
+        self.kz('rmi', 'busybox', check=0)
+        self.assertNotIn('busybox', self.kz('images', check=0).text)
