@@ -1,0 +1,17 @@
+#!/bin/bash
+# DevStack plugin for kata-zun: enable it after zun.
+
+source "$DEST/kata-zun/devstack/lib/kata_zun"
+
+if is_service_enabled zun-compute; then
+    if [[ "$1" == "stack" && "$2" == "install" ]]; then
+        echo_summary "Installing kata-zun"
+        install_kata_zun
+    elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
+        echo_summary "Configuring kata-zun"
+        configure_kata_zun
+    elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
+        echo_summary "Checking this host for kata-zun"
+        check_kata_zun
+    fi
+fi
