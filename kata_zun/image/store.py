@@ -1,0 +1,383 @@
+"""The local image store.
+
+Layout under the store root::
+
+    .lock               flock held while the store is changed
+    tags.json           {"name:tag": "sha256:<hex>"}: the only tag record
+    images/<hex>.json   one record per image, named by its config digest
+    block/<hex>.img     the read-only block image, shared by every
+                        container of the image
+    tmp/<work>/         archives being loaded (flock held by the loader)
+
+Files that must survive a crash are replaced atomically.  A load unpacks
+and builds its block image in its work directory without the store lock
+and only takes the lock to rename the result in and write the record and
+tags, so a crash leaves at most a work directory, removed when the store
+is next opened.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.image import archive
+from kata_zun.image import blockimage
+from kata_zun.image import layers
+from kata_zun.image import reference
+from kata_zun.runtime import fileutils
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+MIN_PREFIX = 4
+_HEX = re.compile(r'[0-9a-f]+\Z')
+_HEX64 = re.compile(r'[0-9a-f]{64}\Z')
+
+
+@dataclasses.dataclass
+class ImageRecord(object):
+    """An image of the store.
+
+    ``config`` is the ``config`` object of the OCI image configuration
+    (Entrypoint, Cmd, Env, WorkingDir, User, ...); ``size`` the unpacked
+    size in bytes.
+    """
+
+    id: str
+    repo_tags: list
+    config: dict
+    architecture: str
+    os: str
+    created: str
+    size: int
+    block_image: str
+    block_fs: str
+
+
+def _rmtree(path):
+    if os.geteuid() != 0:
+        # Without root, the contents of read-only image directories could
+        # not be removed.
+        for top, dirs, _files in os.walk(path):
+            for name in dirs:
+                sub = os.path.join(top, name)
+                if not os.path.islink(sub):
+                    os.chmod(sub, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_file(path):
+    with open(path, 'rb') as f:
+        os.fsync(f.fileno())
+
+
+class ImageStore(object):
+    """Images loaded from archives, as block images ready for guests."""
+
+    def __init__(self, root):
+        """Open (and create) the store, removing leftovers of crashes.
+
+        :param root: the store directory, e.g. /var/lib/kata-zun/images.
+        """
+        self.root = os.path.abspath(root)
+        self._images = os.path.join(self.root, 'images')
+        self._block = os.path.join(self.root, 'block')
+        self._tmp = os.path.join(self.root, 'tmp')
+        self._tags_path = os.path.join(self.root, 'tags.json')
+        for path in (self.root, self._images, self._block, self._tmp):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        self._cleanup()
+
+    # Public API.
+
+    def load_archive(self, path, progress=None):
+        """Load every image of a ``docker save`` or OCI archive.
+
+        Images already in the store are not unpacked again; their tags
+        are updated.  A tag naming another image moves to the new one.
+        Images are committed one by one: when one fails, those before it
+        stay loaded.
+
+        :param path: the archive file.
+        :param progress: optional callable receiving progress messages.
+        :returns: list of :class:`ImageRecord`, one per image.
+        :raises: ImageError (and its subclasses), OSError
+        """
+        report = progress or (lambda message: None)
+        with self._workdir() as work:
+            blobs = os.path.join(work, 'blobs')
+            os.mkdir(blobs)
+            report('Reading %s' % path)
+            images = archive.read_archive(path, blobs)
+            return [self._load(image, work, report) for image in images]
+
+    def get(self, ref):
+        """Find an image.
+
+        :param ref: a name (``busybox``, ``repo:tag``), a full id
+            ``sha256:<hex>`` or a unique prefix of at least 4 hex digits.
+        :returns: :class:`ImageRecord`
+        :raises: ImageNotFound
+        """
+        tags = self._read_tags()
+        return self._record(self._resolve(ref, tags)[0], tags)
+
+    def list(self):
+        """All images of the store, newest first.
+
+        :returns: list of :class:`ImageRecord`.
+        """
+        tags = self._read_tags()
+        records = []
+        for hexid in self._ids():
+            try:
+                records.append(self._record(hexid, tags))
+            except exception.KataZunException as e:
+                LOG.warning('Skipping image %s: %s', hexid, e)
+        records.sort(key=lambda r: (r.created or '', r.id), reverse=True)
+        return records
+
+    def remove(self, ref, users=()):
+        """Untag or delete an image.
+
+        A name of an image that has other names is only untagged;
+        otherwise the image and all its names are deleted.
+
+        :param ref: as for :meth:`get`.
+        :param users: ids of the containers using the image.
+        :returns: True if the image was deleted, False if only untagged.
+        :raises: ImageNotFound, ImageInUse
+        """
+        with self._lock():
+            tags = self._read_tags()
+            hexid, tag = self._resolve(ref, tags)
+            users = sorted(users)
+            if users:
+                raise exception.ImageInUse(ref=ref,
+                                           containers=', '.join(users))
+            image_id = 'sha256:' + hexid
+            names = [t for t, i in tags.items() if i == image_id]
+            if tag and len(names) > 1:
+                del tags[tag]
+                self._write_tags(tags)
+                LOG.info('Untagged %s', tag)
+                return False
+            for name in names:
+                del tags[name]
+            if names:
+                self._write_tags(tags)
+            # The record goes first: a block image without one is removed
+            # as a leftover when the store is next opened.
+            os.unlink(self._record_path(hexid))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._block_path(hexid))
+            fileutils.fsync_dir(self._images)
+            LOG.info('Deleted image %s', image_id)
+            return True
+
+    # Loading.
+
+    def _load(self, image, work, report):
+        hexid = image.id.split(':', 1)[1]
+        with self._lock():
+            if self._complete(hexid):
+                self._tag(image.id, image.repo_tags)
+                report('Image %s is already loaded' % image.id)
+                return self._record(hexid, self._read_tags())
+
+        staging = os.path.join(work, 'rootfs-' + hexid)
+        os.mkdir(staging)
+        os.chmod(staging, 0o755)
+        count = len(image.layers)
+        with layers.LayerApplier(staging) as applier:
+            for i, (layer, diff_id) in enumerate(
+                    zip(image.layers, image.diff_ids), 1):
+                report('Loading layer %d/%d (%s)' % (i, count, diff_id))
+                actual = applier.apply(layer.path, name=diff_id)
+                if actual != diff_id:
+                    raise exception.ImageError(
+                        reason='layer %d/%d is %s, the config says %s' % (
+                            i, count, actual, diff_id))
+            applier.finish()
+            size = applier.size
+        fs_type = CONF.kata_image.block_fs
+        report('Building the %s block image' % fs_type)
+        built = os.path.join(work, hexid + '.img')
+        blockimage.build(staging, built, fs_type)
+        os.chmod(built, 0o644)
+        _fsync_file(built)
+        _rmtree(staging)
+
+        config = image.config
+        doc = {'id': image.id,
+               'config': config.get('config') or {},
+               'architecture': config.get('architecture'),
+               'os': config.get('os'),
+               'created': config.get('created'),
+               'size': size,
+               'block_fs': fs_type}
+        with self._lock():
+            # A concurrent load of the same image may have won the race.
+            if not self._complete(hexid):
+                os.replace(built, self._block_path(hexid))
+                fileutils.fsync_dir(self._block)
+                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+            self._tag(image.id, image.repo_tags)
+            record = self._record(hexid, self._read_tags())
+        report('Loaded image %s %s' % (image.id, ' '.join(image.repo_tags)))
+        return record
+
+    def _complete(self, hexid):
+        return (os.path.exists(self._record_path(hexid)) and
+                os.path.exists(self._block_path(hexid)))
+
+    def _tag(self, image_id, names):
+        tags = self._read_tags()
+        changed = False
+        for name in names:
+            old = tags.get(name)
+            if old != image_id:
+                if old:
+                    LOG.info('Moving tag %s from %s to %s', name, old,
+                             image_id)
+                tags[name] = image_id
+                changed = True
+        if changed:
+            self._write_tags(tags)
+
+    # Records and tags.
+
+    def _record_path(self, hexid):
+        return os.path.join(self._images, hexid + '.json')
+
+    def _block_path(self, hexid):
+        return os.path.join(self._block, hexid + '.img')
+
+    def _ids(self):
+        return sorted(name[:-5] for name in os.listdir(self._images)
+                      if name.endswith('.json') and _HEX64.match(name[:-5]))
+
+    def _record(self, hexid, tags):
+        try:
+            doc = fileutils.read_json(self._record_path(hexid))
+        except FileNotFoundError:
+            raise exception.ImageNotFound(ref='sha256:' + hexid)
+        except (OSError, ValueError) as e:
+            raise exception.ImageError(
+                reason='unreadable record of sha256:%s: %s' % (hexid, e))
+        image_id = 'sha256:' + hexid
+        return ImageRecord(
+            id=image_id,
+            repo_tags=sorted(t for t, i in tags.items() if i == image_id),
+            config=doc.get('config') or {},
+            architecture=doc.get('architecture'),
+            os=doc.get('os'),
+            created=doc.get('created'),
+            size=doc.get('size', 0),
+            block_image=self._block_path(hexid),
+            block_fs=doc.get('block_fs'))
+
+    def _resolve(self, ref, tags):
+        """Find the image id of a reference.
+
+        :returns: (hex id, the tag if ``ref`` is a name, else None).
+        :raises: ImageNotFound
+        """
+        if not isinstance(ref, str) or not ref:
+            raise exception.ImageNotFound(ref=ref)
+        hexpart = ref[len('sha256:'):] if ref.startswith('sha256:') else ref
+        if _HEX64.match(hexpart) and hexpart in self._ids():
+            return hexpart, None
+        if not ref.startswith('sha256:'):
+            try:
+                name = reference.parse(ref).name
+            except exception.InvalidReference:
+                name = None
+            if name in tags:
+                return tags[name].split(':', 1)[1], name
+        if len(hexpart) >= MIN_PREFIX and _HEX.match(hexpart):
+            matches = [h for h in self._ids() if h.startswith(hexpart)]
+            if len(matches) == 1:
+                return matches[0], None
+            if matches:
+                raise exception.ImageNotFound(
+                    ref='%s (ambiguous id prefix)' % ref)
+        raise exception.ImageNotFound(ref=ref)
+
+    def _read_tags(self):
+        try:
+            tags = fileutils.read_json(self._tags_path)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise exception.ImageError(reason='unreadable %s: %s' % (
+                self._tags_path, e))
+        return tags if isinstance(tags, dict) else {}
+
+    def _write_tags(self, tags):
+        fileutils.write_json(self._tags_path, tags, 0o644)
+
+    # Locking and leftovers.
+
+    @contextlib.contextmanager
+    def _lock(self):
+        fd = os.open(os.path.join(self.root, '.lock'),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _workdir(self):
+        # Created and locked under the store lock, so that _cleanup never
+        # sees it unlocked.
+        with self._lock():
+            path = tempfile.mkdtemp(prefix='load-', dir=self._tmp)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            _rmtree(path)
+            os.close(fd)
+
+    def _cleanup(self):
+        with self._lock():
+            for name in os.listdir(self._tmp):
+                path = os.path.join(self._tmp, name)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY |
+                                 os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    os.unlink(path)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # a load in progress
+                LOG.info('Removing the leftover of a failed load: %s', path)
+                _rmtree(path)
+                os.close(fd)
+            ids = set(self._ids())
+            leftovers = [os.path.join(self._block, n)
+                         for n in os.listdir(self._block)
+                         if not (n.endswith('.img') and n[:-4] in ids)]
+            # Temporary files of interrupted atomic writes.
+            for directory in (self.root, self._images):
+                leftovers += [os.path.join(directory, n)
+                              for n in os.listdir(directory)
+                              if n.startswith('.tmp-')]
+            for path in leftovers:
+                LOG.info('Removing leftover %s', path)
+                os.unlink(path)
