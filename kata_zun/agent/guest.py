@@ -831,15 +831,12 @@ class Agent(object):
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
                     signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
-        try:
-            os.execvpe(argv[0], argv, env)
-        except OSError as exc:
-            code = 127 if exc.errno == errno.ENOENT else 126
-            what = ('executable file not found in $PATH'
-                    if code == 127 and '/' not in argv[0]
-                    else exc.strerror)
-            os.write(err_w, ('exec: "%s": %s' % (argv[0], what)).encode())
-            os._exit(code)
+        exc = exec_path(argv, env)
+        code = 127 if exc.errno == errno.ENOENT else 126
+        what = ('executable file not found in $PATH'
+                if code == 127 and '/' not in argv[0] else exc.strerror)
+        os.write(err_w, ('exec: "%s": %s' % (argv[0], what)).encode())
+        os._exit(code)
 
     def _enter_rootfs(self, c):
         """Give the (new) mount namespace the container's root."""
@@ -1038,6 +1035,32 @@ class Agent(object):
         libc().reboot(RB_POWER_OFF)
         while True:                    # PID 1 must never exit
             time.sleep(60)
+
+
+def exec_path(argv, env):
+    """execve ``argv[0]`` searched in the container's PATH.
+
+    os.execvpe is no use here: it imports modules lazily, and after the
+    chroot into the container the guest's stdlib is out of sight.
+
+    :returns: the OSError of the best candidate (only if all failed).
+    """
+    name = argv[0]
+    if '/' in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or '.', name)
+                      for d in env.get('PATH', DEFAULT_PATH).split(':')]
+    error = None
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)
+        except OSError as exc:
+            # Like execvp: remember a "found but not runnable" error over
+            # a plain "not here".
+            if error is None or exc.errno != errno.ENOENT:
+                error = exc
+    return error or OSError(errno.ENOENT, 'not found')
 
 
 def find_port(name=PORT_NAME, timeout=10.0):

@@ -62,10 +62,13 @@ class ShimClient(object):
 
     def _fill(self, deadline):
         remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        # A deadline already passed still takes what is there right now.
+        self.sock.settimeout(None if remaining is None
+                             else max(remaining, 0.0))
+        try:
+            data = self.sock.recv(256 * 1024)
+        except BlockingIOError:
             raise socket.timeout('timed out')
-        self.sock.settimeout(remaining)
-        data = self.sock.recv(256 * 1024)
         if not data:
             raise exception.ShimError(reason='the shim closed the '
                                       'connection')
