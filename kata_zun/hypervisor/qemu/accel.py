@@ -1,0 +1,213 @@
+"""Choosing the accelerator: KVM only when it really runs our guest.
+
+``/dev/kvm`` existing proves little: nested or paravirtualized KVM (PVM)
+can open fine and then fail to run a stock kernel. So ``auto`` boots the
+real guest kernel under KVM with no initrd and accepts KVM only when the
+serial console shows the kernel got as far as looking for its init (it then
+panics, ``panic=-1`` reboots, ``-no-reboot`` ends QEMU). Anything else means
+TCG, with one warning per process saying why.
+
+The verdict is cached in ``<run_path>/accel-probe.json`` under a key made of
+the host boot id, QEMU binary, kernel and CPU model (paths and mtimes), so
+the probe runs again only after a reboot or an upgrade.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun.hypervisor.qemu import argv as qargv
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+CACHE_FILE = 'accel-probe.json'
+MAX_CACHE_ENTRIES = 16
+# Serial output proving the kernel ran through its boot under KVM.
+BOOT_MARKERS = ('Run /init', 'Kernel panic - not syncing', 'VFS: Unable')
+_warned = []
+
+
+@dataclasses.dataclass(frozen=True)
+class Accel:
+    name: str           # 'kvm' or 'tcg'
+    reason: str
+
+
+def _file_key(path):
+    try:
+        return [path, os.stat(path).st_mtime_ns]
+    except OSError:
+        return [path, None]
+
+
+def _boot_id():
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def probe_key(qemu_path, kernel, cpu_model, machine_type):
+    """The cache key of one probe.
+
+    :param qemu_path: the QEMU binary.
+    :param kernel: the guest kernel booted by the probe.
+    :param cpu_model: the ``-cpu`` model.
+    :param machine_type: the machine type.
+    :returns: a string.
+    """
+    return json.dumps([_boot_id(), _file_key(qemu_path), _file_key(kernel),
+                       cpu_model, machine_type])
+
+
+def _tail(path, size=600):
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(os.path.getsize(path) - size, 0))
+            return f.read().decode('utf-8', 'replace').strip()
+    except OSError:
+        return ''
+
+
+def probe_kvm(qemu_path, kernel, cpu_model, machine_type, timeout):
+    """Boot ``kernel`` under KVM and see whether it really runs.
+
+    :param qemu_path: the QEMU binary.
+    :param kernel: the guest kernel (vmlinux or bzImage).
+    :param cpu_model: the ``-cpu`` model.
+    :param machine_type: the machine type.
+    :param timeout: seconds the boot may take.
+    :returns: (usable, reason) with reason a one-line explanation.
+    :raises: nothing
+    """
+    if not os.path.exists('/dev/kvm'):
+        return False, '/dev/kvm does not exist'
+    try:
+        os.close(os.open('/dev/kvm', os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        return False, 'cannot open /dev/kvm: %s' % exc
+    # vm imports this module: import it only when needed.
+    from kata_zun.hypervisor.qemu import vm as qemu_vm
+    tmp = tempfile.mkdtemp(prefix='kz-accel-')
+    serial = os.path.join(tmp, 'console.log')
+    log = os.path.join(tmp, 'qemu.log')
+    argv = [qemu_path, '-nodefaults', '-no-user-config', '-nographic',
+            '-no-reboot']
+    for part in (qargv.Machine(machine_type), qargv.Accelerator('kvm'),
+                 qargv.Cpu(cpu_model), qargv.Memory(128), qargv.Smp(1),
+                 qargv.SerialConsole(serial)):
+        argv.extend(part.args())
+    argv += ['-kernel', kernel,
+             '-append', 'console=ttyS0 reboot=k panic=-1 cryptomgr.notests']
+    proc = None
+    try:
+        proc = qemu_vm.spawn(argv, log)
+        deadline = time.monotonic() + timeout
+        while True:
+            # Poll before reading: output written just before an exit counts.
+            exited = proc.poll() is not None
+            if any(m in _tail(serial, 1 << 18) for m in BOOT_MARKERS):
+                return True, 'the guest kernel booted under KVM'
+            if exited:
+                return False, 'QEMU exited with status %s under KVM: %s' % (
+                    proc.returncode, _tail(log).replace('\n', ' | '))
+            if time.monotonic() > deadline:
+                return False, ('the guest kernel did not boot under KVM '
+                               'within %s s' % timeout)
+            time.sleep(0.05)
+    except OSError as exc:
+        return False, 'cannot run %s: %s' % (qemu_path, exc)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cache(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(path, data):
+    """Write atomically: a reader never sees half a file."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.accel-', dir=os.path.dirname(path))
+        with os.fdopen(fd, 'w') as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        LOG.debug('Cannot cache the KVM probe in %s: %s', path, exc)
+
+
+def detect(kernel, qemu_path=None, cpu_model=None, machine_type=None,
+           probe=probe_kvm):
+    """Whether KVM can run the guest here, from the cache or a probe.
+
+    :param kernel: the guest kernel the VMs boot.
+    :param qemu_path: QEMU binary (default from config).
+    :param cpu_model: ``-cpu`` model (default from config).
+    :param machine_type: machine type (default from config).
+    :param probe: the probe function (tests replace it).
+    :returns: :class:`Accel`, 'kvm' or 'tcg' with the reason.
+    :raises: nothing
+    """
+    hv = CONF.kata_hypervisor
+    qemu_path = qemu_path or hv.qemu_path
+    cpu_model = cpu_model or hv.cpu_model
+    machine_type = machine_type or hv.machine_type
+    path = os.path.join(CONF.kata.run_path, CACHE_FILE)
+    key = probe_key(qemu_path, kernel, cpu_model, machine_type)
+    cache = _load_cache(path)
+    entry = cache.get(key)
+    if not isinstance(entry, dict) or 'ok' not in entry:
+        started = time.monotonic()
+        ok, reason = probe(qemu_path, kernel, cpu_model, machine_type,
+                           hv.accel_probe_timeout)
+        LOG.info('KVM probe took %.2f s: %s', time.monotonic() - started,
+                 reason)
+        entry = {'ok': ok, 'reason': reason, 'at': time.time()}
+        cache[key] = entry
+        for old in sorted(cache, key=lambda k: cache[k].get('at', 0)
+                          if isinstance(cache[k], dict) else 0
+                          )[:-MAX_CACHE_ENTRIES]:
+            del cache[old]
+        _save_cache(path, cache)
+    return Accel('kvm' if entry['ok'] else 'tcg', entry['reason'])
+
+
+def choose(kernel, qemu_path=None, cpu_model=None, machine_type=None,
+           probe=probe_kvm):
+    """The accelerator to start a VM with.
+
+    :param kernel: the guest kernel the VM boots.
+    :param qemu_path: QEMU binary (default from config).
+    :param cpu_model: ``-cpu`` model (default from config).
+    :param machine_type: machine type (default from config).
+    :param probe: the probe function (tests replace it).
+    :returns: :class:`Accel`.
+    :raises: nothing
+    """
+    mode = CONF.kata_hypervisor.accelerator
+    if mode in ('kvm', 'tcg'):
+        return Accel(mode, '[kata_hypervisor] accelerator = %s' % mode)
+    result = detect(kernel, qemu_path, cpu_model, machine_type, probe)
+    if result.name == 'tcg' and not _warned:
+        _warned.append(True)
+        LOG.warning('KVM is not usable here, running VMs under TCG '
+                    '(emulation, much slower): %s', result.reason)
+    return result

@@ -1,0 +1,166 @@
+import os
+
+import fixtures
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.hypervisor import base as hv_base
+from kata_zun.hypervisor.qemu import argv
+
+QEMU = '/usr/bin/qemu-system-x86_64'
+SANDBOX = ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,'
+                       'resourcecontrol=deny']
+
+
+def _config(**kwargs):
+    values = dict(name='sb1', vcpus=2, memory_mb=512, kernel='/g/vmlinux',
+                  initrd='/g/initrd.img', run_dir='/run/kz/sb1',
+                  console_log='/var/log/kz/sb1,console.log')
+    values.update(kwargs)
+    return hv_base.VMConfig(**values)
+
+
+class BuildArgvTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(tsc_khz=2596138, group='kata_hypervisor')
+
+    def test_microvm_tcg_disks_sandbox(self):
+        config = _config(
+            disks=(hv_base.Disk('/img/rootfs.erofs', 'rootfs', True),
+                   hv_base.Disk('/var/lib/kz/rw.img', 'rw0')),
+            kernel_params=('kz.debug=1',))
+        self.assertEqual([
+            QEMU,
+            '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+            '-name', 'sb1',
+            '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
+                        'isa-serial=on,acpi=on,memory-backend=mem',
+            '-accel', 'tcg',
+            '-cpu', 'max',
+            '-m', '512M', '-object', 'memory-backend-memfd,id=mem,size=512M',
+            '-smp', '2',
+            '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.img',
+            '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
+                       'cryptomgr.notests rdinit=/init quiet kz.debug=1',
+            '-chardev', 'file,id=console,path=/var/log/kz/sb1,,console.log',
+            '-serial', 'chardev:console',
+            '-chardev', 'socket,id=qmp,path=/run/kz/sb1/qmp.sock,server=on,'
+                        'wait=off',
+            '-mon', 'chardev=qmp,mode=control',
+            '-device', 'virtio-serial-device,id=vser0,max_ports=2',
+            '-chardev', 'socket,id=agent,path=/run/kz/sb1/agent.sock,'
+                        'server=on,wait=off',
+            '-device', 'virtserialport,bus=vser0.0,chardev=agent,'
+                       'name=agent.0',
+            '-blockdev', '{"driver":"raw","node-name":"disk0",'
+                         '"read-only":true,"file":{"driver":"file",'
+                         '"filename":"/img/rootfs.erofs"}}',
+            '-device', 'virtio-blk-device,drive=disk0,serial=rootfs',
+            '-blockdev', '{"driver":"raw","node-name":"disk1",'
+                         '"read-only":false,"file":{"driver":"file",'
+                         '"filename":"/var/lib/kz/rw.img"}}',
+            '-device', 'virtio-blk-device,drive=disk1,serial=rw0',
+        ] + SANDBOX, argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU))
+
+    def test_q35_kvm_no_sandbox_operator_params(self):
+        self.cfg.config(seccomp_sandbox=False, group='kata_hypervisor')
+        self.cfg.config(kernel_params='loglevel=3  kz.x=1', group='kata_guest')
+        config = _config(vcpus=1, memory_mb=256, console_log='/c.log',
+                         disks=(hv_base.Disk('/img/a,b.raw', 'a', True),))
+        self.assertEqual([
+            '/opt/qemu',
+            '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+            '-name', 'sb1',
+            '-machine', 'q35,acpi=on,vmport=off,memory-backend=mem',
+            '-accel', 'kvm',
+            '-cpu', 'host',
+            '-m', '256M', '-object', 'memory-backend-memfd,id=mem,size=256M',
+            '-smp', '1',
+            '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.img',
+            '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
+                       'cryptomgr.notests rdinit=/init quiet loglevel=3 '
+                       'kz.x=1',
+            '-chardev', 'file,id=console,path=/c.log',
+            '-serial', 'chardev:console',
+            '-chardev', 'socket,id=qmp,path=/run/kz/sb1/qmp.sock,server=on,'
+                        'wait=off',
+            '-mon', 'chardev=qmp,mode=control',
+            '-device', 'virtio-serial-pci,id=vser0,max_ports=2',
+            '-chardev', 'socket,id=agent,path=/run/kz/sb1/agent.sock,'
+                        'server=on,wait=off',
+            '-device', 'virtserialport,bus=vser0.0,chardev=agent,'
+                       'name=agent.0',
+            '-blockdev', '{"driver":"raw","node-name":"disk0",'
+                         '"read-only":true,"file":{"driver":"file",'
+                         '"filename":"/img/a,b.raw"}}',
+            '-device', 'virtio-blk-pci,drive=disk0,serial=a',
+        ], argv.build_argv(config, 'kvm', 'q35', 'host', '/opt/qemu'))
+
+    def test_no_tsc_no_tsc_param(self):
+        self.cfg.config(tsc_khz=0, group='kata_hypervisor')
+        self.useFixture(fixtures.MockPatchObject(argv, '_tsc_cache', [None]))
+        self.assertEqual(['console=ttyS0', 'reboot=k', 'panic=-1',
+                          'cryptomgr.notests', 'rdinit=/init', 'quiet'],
+                         argv.kernel_params(_config()))
+
+    def test_rejects_smuggled_kernel_param(self):
+        for bad in ('a b', 'x\ninit=/bin/sh', ''):
+            self.assertRaises(exception.HypervisorError, argv.kernel_params,
+                              _config(kernel_params=(bad,)))
+
+    def test_rejects_bad_disk_serial(self):
+        for bad in ('a,drive=x', 'x' * 21, ''):
+            config = _config(disks=(hv_base.Disk('/d', bad),))
+            self.assertRaises(exception.HypervisorError, argv.build_argv,
+                              config, 'tcg', 'microvm', 'max', QEMU)
+
+    def test_rejects_long_socket_path_and_unknown_types(self):
+        config = _config(run_dir='/' + 'r' * 100)
+        self.assertRaises(exception.HypervisorError, argv.build_argv,
+                          config, 'tcg', 'microvm', 'max', QEMU)
+        self.assertRaises(exception.HypervisorError, argv.build_argv,
+                          _config(), 'hvf', 'microvm', 'max', QEMU)
+        self.assertRaises(exception.HypervisorError, argv.build_argv,
+                          _config(), 'tcg', 'pc', 'max', QEMU)
+
+
+class TscTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        for name in ('_TSC_SYSFS', '_KMSG', '_CPUINFO'):
+            self.useFixture(fixtures.MockPatchObject(
+                argv, name, os.path.join(self.dir, name)))
+
+    def _write(self, name, text):
+        with open(os.path.join(self.dir, name), 'w') as f:
+            f.write(text)
+
+    def test_sources_in_order(self):
+        self.assertIsNone(argv._read_tsc_khz())
+        self._write('_CPUINFO', 'processor\t: 0\ncpu MHz\t\t: 2596.138\n')
+        self.assertEqual(2596138, argv._read_tsc_khz())
+        self._write('_KMSG', '6,1,2,-;tsc: Detected 2596.1 MHz processor\n')
+        self.assertEqual(2596100, argv._read_tsc_khz())
+        self._write('_KMSG', '6,1,2,-;tsc: Detected 2596.1 MHz processor\n'
+                             '6,9,9,-;tsc: Refined TSC clocksource '
+                             'calibration: 2595.991 MHz\n')
+        self.assertEqual(2595991, argv._read_tsc_khz())
+        self._write('_TSC_SYSFS', '2600000\n')
+        self.assertEqual(2600000, argv._read_tsc_khz())
+
+    def test_config_wins_and_host_value_is_cached(self):
+        self.useFixture(fixtures.MockPatchObject(argv, '_tsc_cache', []))
+        self._write('_TSC_SYSFS', '2600000\n')
+        self.assertEqual(2600000, argv.host_tsc_khz())
+        self._write('_TSC_SYSFS', '1\n')
+        self.assertEqual(2600000, argv.host_tsc_khz())
+        self.cfg.config(tsc_khz=1234, group='kata_hypervisor')
+        self.assertEqual(1234, argv.host_tsc_khz())

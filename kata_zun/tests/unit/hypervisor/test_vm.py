@@ -1,0 +1,129 @@
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import fixtures
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.hypervisor import base as hv_base
+from kata_zun.hypervisor.qemu import vm as qemu_vm
+
+# Stands in for QEMU: serves QMP on the socket named on its command line,
+# logs every command, exits on "quit" (or ignores it with IGNORE_QUIT).
+FAKE_QEMU = '''#!%(python)s
+import json, os, socket, sys
+args = sys.argv[1:]
+qmp = [a for a in args if a.startswith('socket,id=qmp,path=')][0]
+path = qmp.split('path=')[1].split(',')[0]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+conn, _ = srv.accept()
+f = conn.makefile('rb')
+conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\\n')
+log = open(os.path.join(os.path.dirname(path), 'commands'), 'a')
+for line in f:
+    msg = json.loads(line)
+    log.write(msg['execute'] + '\\n')
+    log.flush()
+    ret = {'status': 'running', 'running': True} \\
+        if msg['execute'] == 'query-status' else {}
+    conn.sendall(json.dumps({'return': ret, 'id': msg['id']}).encode() +
+                 b'\\n')
+    if msg['execute'] == 'quit' and '%(ignore_quit)s' != 'yes':
+        sys.exit(0)
+'''
+
+
+class QemuVMTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(60, gentle=True))
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(accelerator='tcg', tsc_khz=1000000,
+                        group='kata_hypervisor')
+        self.dir = tempfile.mkdtemp(prefix='kzt', dir='/tmp')
+        self.addCleanup(lambda: subprocess.call(['rm', '-rf', self.dir]))
+        self.config = hv_base.VMConfig(
+            name='t', vcpus=1, memory_mb=128, kernel='/k', initrd='/i',
+            run_dir=os.path.join(self.dir, 'vm'),
+            console_log=os.path.join(self.dir, 'console.log'))
+
+    def _qemu(self, body):
+        path = os.path.join(self.dir, 'qemu')
+        with open(path, 'w') as f:
+            f.write(body)
+        os.chmod(path, 0o755)
+        return path
+
+    def _fake_qemu(self, ignore_quit=False):
+        return self._qemu(FAKE_QEMU % {
+            'python': sys.executable,
+            'ignore_quit': 'yes' if ignore_quit else 'no'})
+
+    def _commands(self):
+        with open(os.path.join(self.config.run_dir, 'commands')) as f:
+            return f.read().split()
+
+    def test_qemu_exits_at_start(self):
+        qemu = self._qemu('#!/bin/sh\necho "bad option -foo" >&2\nexit 3\n')
+        hv = qemu_vm.QemuHypervisor(qemu_path=qemu)
+        exc = self.assertRaises(exception.HypervisorError, hv.start,
+                                self.config)
+        self.assertIn('status 3', str(exc))
+        self.assertIn('bad option -foo', str(exc))
+
+    def test_lifecycle_quit_path(self):
+        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu())
+        vm = hv.start(self.config)
+        self.assertEqual(os.path.join(self.config.run_dir, 'agent.sock'),
+                         vm.agent_socket)
+        self.assertIsNone(vm.poll())
+        vm.pause()
+        vm.resume()
+        self.assertTrue(vm.query_status()['running'])
+        self.assertIsNone(vm.wait(0.01))
+        vm.stop(0.1)
+        self.assertEqual(0, vm.poll())
+        self.assertEqual(['qmp_capabilities', 'stop', 'cont', 'query-status',
+                          'quit'], self._commands())
+        self.assertFalse(os.path.exists(vm.qmp_socket))
+
+    def test_stop_kills_when_quit_is_ignored(self):
+        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu(True))
+        vm = hv.start(self.config)
+        self.useFixture(fixtures.MockPatchObject(qemu_vm, 'QUIT_GRACE', 0.2))
+        vm.stop(0)
+        self.assertEqual(-9, vm.poll())
+        self.assertRaises(ProcessLookupError, os.kill, vm.pid, 0)
+
+    def test_child_dies_with_its_owner(self):
+        # The owner spawns a long sleep, prints its pid and exits.
+        owner = subprocess.run(
+            [sys.executable, '-c', textwrap.dedent('''
+                import sys
+                from kata_zun.hypervisor.qemu import vm
+                p = vm.spawn(['sleep', '60'], sys.argv[1])
+                print(p.pid)
+            '''), os.path.join(self.dir, 'log')],
+            stdout=subprocess.PIPE, check=True)
+        pid = int(owner.stdout)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                with open('/proc/%d/stat' % pid) as f:
+                    if f.read().split()[2] == 'Z':
+                        break       # dead, waiting for init to reap it
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            self.fail('child outlived its owner')
