@@ -46,11 +46,14 @@ def _report(fd, text):
 
 
 def vm_config(shim, run_dir):
+    from kata_zun.guest import builder
+    assets = builder.find()
+    shim.save_state(guest_version=assets.version)
     vm = shim.config['vm']
     return base.VMConfig(
         name='kz-' + shim.cid[:12], vcpus=vm['vcpus'],
-        memory_mb=vm['memory_mb'], kernel=vm['kernel'],
-        initrd=vm['initrd'], run_dir=run_dir,
+        memory_mb=vm['memory_mb'], kernel=assets.kernel,
+        initrd=assets.initrd, run_dir=run_dir,
         console_log=os.path.join(shim.state_dir, 'console.log'),
         disks=(base.Disk(shim.config['image']['block_image'],
                          shim.config['agent_spec']['image_serial'],

@@ -247,8 +247,10 @@ class Runtime(object):
                                          'absolute')
         user = user if user is not None else (
             (image.config or {}).get('User') or '')
+        # Fail now, not at start, when the guest assets are missing. They
+        # are looked up again at every boot: a rebuild may replace them.
         from kata_zun.guest import builder
-        assets = builder.find()
+        builder.find()
         vcpus = (max(1, math.ceil(cpus)) if cpus
                  else CONF.kata_hypervisor.default_vcpus)
         vm_memory = (memory_mb + CONF.kata_hypervisor.memory_overhead_mb
@@ -261,8 +263,7 @@ class Runtime(object):
                       'block_fs': image.block_fs},
             'memory_mb': memory_mb, 'cpus': cpus,
             'auto_remove': bool(auto_remove), 'labels': labels or {},
-            'vm': {'vcpus': vcpus, 'memory_mb': vm_memory,
-                   'kernel': assets.kernel, 'initrd': assets.initrd},
+            'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
             'sandbox': {'hostname': hostname},
             'agent_spec': {
                 'id': cid, 'argv': argv, 'env': merged, 'workdir': workdir,

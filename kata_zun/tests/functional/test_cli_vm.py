@@ -176,3 +176,67 @@ class DetachedTestCase(base.KataZunFunctionalTest):
         self.kz('rm', '-f', 'one', check=0)
         self.kz('rmi', 'busybox', check=0)
         self.assertNotIn('busybox', self.kz('images', check=0).text)
+
+
+class MoreTestCase(base.KataZunFunctionalTest):
+
+    def test_tty_stats_logs_follow_since(self):
+        self.load_busybox()
+        r = self.kz('run', '--rm', '-t', 'busybox', 'sh', '-c',
+                    'tty; echo a-b', check=0)
+        # A tty turns \n into \r\n, as with docker run -t.
+        self.assertIn(b'/dev/pts/', r.out)
+        self.assertIn(b'a-b\r\n', r.out)
+        self.kz('run', '-d', '--name', 's', '--memory', '64', '--cpus',
+                '0.5', 'busybox', 'sh', '-c',
+                'i=0; while [ $i -lt 3 ]; do echo tick $i; i=$((i+1)); '
+                'sleep 1; done', check=0)
+        stats = self.kz('stats', 's', check=0).text
+        self.assertRegex(stats, r'MiB / 64\.0MiB')
+        # -f returns once the container has exited, with every line.
+        r = self.kz('logs', '-f', 's', check=0)
+        self.assertEqual(b'tick 0\ntick 1\ntick 2\n', r.out)
+        self.assertEqual(b'', self.kz('logs', '--since', '1h', '--tail',
+                                      '0', 's', check=0).out)
+        future = str(int(time.time()) + 3600)
+        self.assertEqual(b'', self.kz('logs', '--since', future, 's',
+                                      check=0).out)
+        self.assertEqual(b'tick 2\n',
+                         self.kz('logs', '--tail', '1', 's', check=0).out)
+
+    def test_oci_archive_and_multi_layer_whiteouts(self):
+        from kata_zun.image import busybox
+        path = os.path.join(self.state_path, 'oci.tar')
+        busybox.write_oci_archive(
+            path, image_name='layered:v1',
+            extra_files={'etc/gone.txt': b'x', 'opt/old/a': b'1'},
+            layers=[[('etc/gone.txt', 'whiteout'),
+                     ('opt/old', 'opaque'),
+                     ('opt/old/new', 'file', b'2')]],
+            config_overrides={'Cmd': ['sh', '-c', 'ls /opt/old; '
+                                      'test ! -e /etc/gone.txt && echo ok'],
+                              'WorkingDir': '/opt'})
+        self.kz('load', '-i', path, check=0)
+        r = self.kz('run', '--rm', 'layered:v1', check=0)
+        self.assertEqual(b'new\nok\n', r.out)
+
+    def test_malicious_archive_rejected_and_nothing_written(self):
+        from kata_zun.image import busybox
+        outside = os.path.join(self.state_path, 'outside')
+        os.mkdir(outside)
+        for i, entries in enumerate((
+                [('../../outside/evil', 'file', b'x')],
+                [('escape', 'symlink', outside),
+                 ('escape/pwned', 'file', b'x')])):
+            path = os.path.join(self.state_path, 'evil%d.tar' % i)
+            busybox.write_docker_archive(path, repo_tags=('evil:%d' % i,),
+                                         layers=[entries])
+            r = self.kz('load', '-i', path)
+            self.assertEqual(1, r.code, r)
+            self.assertIn(b'Unsafe layer member', r.err)
+            self.assertEqual([], os.listdir(outside))
+        self.assertNotIn('evil', self.kz('images', check=0).text)
+
+    def test_check(self):
+        r = self.kz('check', check=0)
+        self.assertIn(b'capable of running', r.out)
