@@ -31,6 +31,11 @@ DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # Stop reading process output while this much is queued for the host:
 # back-pressure reaches the process through its pipe instead of our RAM.
 MAX_QUEUED_OUT = 4 * 1024 * 1024
+# Output is read in big chunks from 1 MiB pipes: under TCG every pass
+# through the Python loop is expensive, bytes are not.
+OUTPUT_READ = 256 * 1024
+PIPE_SIZE = 1024 * 1024
+F_SETPIPE_SZ = 1031
 # How long a reaped process may keep its output pipes open (a daemonized
 # grandchild holding them) before its exit is reported anyway.
 EXIT_DRAIN_GRACE = 2.0
@@ -402,14 +407,13 @@ class Agent(object):
 
     def _read_output(self, proc, fd):
         try:
-            data = os.read(fd, protocol.STREAM_CHUNK)
+            data = os.read(fd, OUTPUT_READ)
         except BlockingIOError:
             return
         except OSError:
             data = b''                 # EIO: pty closed by the last user
         if data:
-            self.chan.send(protocol.encode_stream(proc.out_fds[fd],
-                                                  proc.handle, data))
+            self.chan.send_stream(proc.out_fds[fd], proc.handle, data)
             return
         del self.fd_owner[fd]
         del proc.out_fds[fd]
@@ -706,6 +710,12 @@ class Agent(object):
         else:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
+            import fcntl
+            for fd in (out_r, err_r):
+                try:
+                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+                except OSError:
+                    pass
             if proc.wants_stdin:
                 in_r, in_w = os.pipe()
                 proc.stdin_fd = in_w
@@ -1132,7 +1142,8 @@ def main():
     try:
         setup_guest()
         fd = os.open(find_port(), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        log('ready')
+        log('ready at %s s of uptime' %
+            read_file('/proc/uptime').split()[0].decode())
         Agent(fd).run()
     except BaseException as exc:       # PID 1: report and power off
         log('fatal: %r' % (exc,))

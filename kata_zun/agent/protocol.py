@@ -20,6 +20,7 @@ unknown type raises :class:`ProtocolError` and the caller closes the link.
 Nothing here ever blocks: :class:`Channel` works on non-blocking fds.
 """
 
+import collections
 import errno
 import json
 import os
@@ -150,7 +151,9 @@ class Decoder(object):
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
-            frames.append(Frame(ftype, bytes(self._buf[HEADER.size:end])))
+            with memoryview(self._buf) as view:
+                payload = bytes(view[HEADER.size:end])
+            frames.append(Frame(ftype, payload))
             del self._buf[:end]
         return frames
 
@@ -165,16 +168,19 @@ class Channel(object):
 
     Reads go through a :class:`Decoder`; writes are queued and flushed when
     the fd is writable, so a slow peer never blocks the caller. The caller
-    applies back-pressure by looking at :attr:`pending_out`.
+    applies back-pressure by looking at :attr:`pending_out`. Queued chunks
+    go out with ``writev`` so stream data is never copied into a frame.
     """
 
     READ_SIZE = 256 * 1024
+    _WRITEV_MAX = 64
 
     def __init__(self, fd, max_frame=DEFAULT_MAX_FRAME, owns_fd=True):
         self.fd = fd
         self.owns_fd = owns_fd
         self.decoder = Decoder(max_frame)
-        self._out = bytearray()
+        self._out = collections.deque()
+        self._out_bytes = 0
         self.closed = False
 
     def fileno(self):
@@ -198,10 +204,18 @@ class Channel(object):
             return [], True
         return self.decoder.feed(data), False
 
-    def send(self, data):
-        """Queue encoded frame bytes and try to write them now."""
-        self._out += data
+    def send(self, *chunks):
+        """Queue the bytes of encoded frames and try to write them now."""
+        for chunk in chunks:
+            if chunk:
+                self._out.append(chunk)
+                self._out_bytes += len(chunk)
         self.flush()
+
+    def send_stream(self, ftype, handle, data):
+        """Queue one stream frame without copying ``data``."""
+        self.send(HEADER.pack(ftype, HANDLE.size + len(data)) +
+                  HANDLE.pack(handle), data)
 
     def flush(self):
         """Write as much queued data as the fd takes.
@@ -209,19 +223,29 @@ class Channel(object):
         :returns: True when everything queued has been written.
         :raises: OSError if the peer went away.
         """
-        while self._out:
+        out = self._out
+        while out:
+            batch = [out[i] for i in range(min(len(out), self._WRITEV_MAX))]
             try:
-                n = os.write(self.fd, self._out[:self.READ_SIZE])
+                n = os.writev(self.fd, batch)
             except BlockingIOError:
                 return False
             if n <= 0:
                 return False
-            del self._out[:n]
+            self._out_bytes -= n
+            while n:
+                head = out[0]
+                if n >= len(head):
+                    n -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = memoryview(head)[n:]
+                    n = 0
         return True
 
     @property
     def pending_out(self):
-        return len(self._out)
+        return self._out_bytes
 
     def close(self):
         if not self.closed:
