@@ -74,6 +74,11 @@ def main(argv=None):
         _daemonize(os.path.join(args.state_dir, 'shim.log'))
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=args.config_file)
+    # The config may be zun.conf: never write into zun-compute's log file,
+    # our stderr is the sandbox's shim.log.
+    for opt in ('log_file', 'log_dir'):
+        CONF.set_override(opt, None)
+    CONF.set_override('use_syslog', False)
     logging.setup(CONF, 'kata-zun-shim')
 
     from kata_zun.hypervisor.qemu import vm as qemu_vm

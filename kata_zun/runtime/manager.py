@@ -40,6 +40,8 @@ from kata_zun.shim import logs
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
+# 64 hex digits of our own, or a Zun uuid without its dashes (32).
+_ID_RE = re.compile(r'^[0-9a-f]{32,64}$')
 _NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$')
 _ENV_RE = re.compile(r'^[^=\0]+=[^\0]*$')
 _HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
@@ -182,7 +184,7 @@ class Runtime(object):
         """
         if not ref or '/' in ref or ref.startswith('.'):
             raise exception.ContainerNotFound(ref=ref)
-        exact = self._load(ref) if re.match('^[0-9a-f]{64}$', ref) else None
+        exact = self._load(ref) if _ID_RE.match(ref) else None
         if exact is not None:
             return exact
         matches = [c for c in self.list()
@@ -217,9 +219,9 @@ class Runtime(object):
         """
         image = self.images.get(image_ref)
         cid = cid or secrets.token_hex(32)
-        if not re.match('^[0-9a-f]{64}$', cid):
-            raise exception.InvalidInput(reason='container id must be 64 '
-                                         'lowercase hex digits')
+        if not _ID_RE.match(cid):
+            raise exception.InvalidInput(reason='container id must be 32 '
+                                         'to 64 lowercase hex digits')
         name = name or 'kz-' + cid[:12]
         if not _NAME_RE.match(name):
             raise exception.InvalidInput(reason='invalid container name '
