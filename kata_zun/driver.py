@@ -436,15 +436,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
     @_wrap
     def update(self, context, container):
         changes = container.obj_get_changes()
-        args = {}
-        if changes.get('memory'):
-            args['memory_bytes'] = int(changes['memory']) * units.Mi
-        if changes.get('cpu'):
-            args['cpus'] = float(changes['cpu'])
-        if args:
-            c = self.rt.get(container.container_id)
-            if c.status in (manager.RUNNING, manager.PAUSED):
-                self.rt.call(c.id, 'update', args)
+        memory = int(changes['memory']) if changes.get('memory') else None
+        cpus = float(changes['cpu']) if changes.get('cpu') else None
+        if memory is not None or cpus is not None:
+            live = self.rt.update(container.container_id, memory_mb=memory,
+                                  cpus=cpus)
+            if not live:
+                LOG.info('container %s: new limits apply at its next '
+                         'start (the running VM is too small)',
+                         container.uuid)
         return container
 
     def get_archive(self, context, container, path):

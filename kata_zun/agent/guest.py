@@ -272,6 +272,7 @@ class Agent(object):
         self.pid_proc = {}            # pid -> Process
         self.next_handle = 1
         self.hello = False
+        self.after_reply = []
         self.port_idle_until = 0.0
         self.poweroff = False
         self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -526,7 +527,9 @@ class Agent(object):
         except Exception as exc:      # never let one request kill PID 1
             reply = {'id': rid, 'error': {'code': 'internal',
                                           'message': repr(exc)}}
-        self.chan.send(protocol.encode_json(protocol.RESPONSE, reply))
+        self.chan.send(protocol.encode_json(protocol.RESPONSE, reply),
+                       *self.after_reply)
+        self.after_reply = []
 
     # ----------------------------------------------------------- operations
     def op_ping(self, args):
@@ -786,7 +789,9 @@ class Agent(object):
         return None
 
     def _stderr_note(self, proc, text):
-        self.chan.send(protocol.encode_stream(
+        # Sent after the reply: the host subscribes to a process's output
+        # when it learns its handle from that reply.
+        self.after_reply.append(protocol.encode_stream(
             protocol.STDERR, proc.handle, (text + '\n').encode()))
 
     def _child(self, c, proc, argv, env, workdir, user, join, child_io,

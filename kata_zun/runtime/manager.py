@@ -486,6 +486,55 @@ class Runtime(object):
             return client.call(op, args or {},
                                timeout or CONF.kata_agent.request_timeout)
 
+    def update(self, ref, memory_mb=None, cpus=None):
+        """Change the memory and/or CPU limit of a container.
+
+        The record is updated so the next boot sizes the VM for it; a
+        running container gets the new cgroup limit at once when it fits
+        in the VM it already has (its RAM and vCPUs cannot grow live).
+
+        :returns: True when applied live, False when it waits for a
+                  restart.
+        :raises: InvalidInput
+        """
+        if memory_mb is not None and memory_mb < 6:
+            raise exception.InvalidInput(reason='memory limit must be at '
+                                         'least 6 MiB')
+        if cpus is not None and not 0 < cpus <= 64:
+            raise exception.InvalidInput(reason='cpus must be in (0, 64]')
+        lock = self._lock()
+        try:
+            c = self.get(ref)
+            config = c.config
+            live_vm = dict(config['vm'])
+            spec = config['agent_spec']
+            if memory_mb is not None:
+                config['memory_mb'] = memory_mb
+                spec['memory_bytes'] = memory_mb * 1024 * 1024
+                config['vm']['memory_mb'] = (
+                    memory_mb + CONF.kata_hypervisor.memory_overhead_mb)
+            if cpus is not None:
+                config['cpus'] = spec['cpus'] = cpus
+                config['vm']['vcpus'] = max(1, math.ceil(cpus))
+            fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
+        finally:
+            os.close(lock)
+        if c.status not in (RUNNING, PAUSED):
+            return False
+        fits = ((memory_mb is None or memory_mb +
+                 CONF.kata_hypervisor.memory_overhead_mb <=
+                 live_vm['memory_mb']) and
+                (cpus is None or math.ceil(cpus) <= live_vm['vcpus']))
+        if not fits:
+            return False
+        args = {}
+        if memory_mb is not None:
+            args['memory_bytes'] = memory_mb * 1024 * 1024
+        if cpus is not None:
+            args['cpus'] = cpus
+        self.call(c.id, 'update', args)
+        return True
+
     def remove(self, ref, force=False):
         """Delete a container and everything it owns.
 

@@ -382,7 +382,8 @@ class Shim(object):
             self.logw.close()
             self.logw = None
         self.save_state(status='exited', exit_code=code, oom_killed=oom,
-                        error=error, finished_at=time.time())
+                        error=error or self.state.get('start_error'),
+                        finished_at=time.time())
         for client, rid, _deadline in self.waiters:
             self._respond(client, rid, result=self._exit_info())
         self.waiters = []
@@ -541,8 +542,11 @@ class Shim(object):
                 self.state.get('status')})
 
         def started(result):
+            # An exec failure (no such command) stays the container's
+            # error after its exit, as Zun shows it.
             self.save_state(status='running', started_at=time.time(),
-                            pid=result.get('pid'))
+                            pid=result.get('pid'),
+                            start_error=result.get('error'))
         self._forward(client, rid, 'start', {'id': self.cid}, started)
 
     def op_exec(self, client, rid, args):
