@@ -12,9 +12,6 @@ OPTS = [
                max=16 * 1024 * 1024,
                help='Largest frame accepted from the guest. A bigger frame '
                     'closes the link.'),
-    cfg.StrOpt('transport', default='virtio-serial',
-               choices=['virtio-serial', 'vsock'],
-               help='Agent transport. vsock needs /dev/vhost-vsock.'),
 ]
 
 
