@@ -368,25 +368,14 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
     def execute_run(self, exec_id, command):
         cid, argv, _interactive = self._execs.pop(exec_id)
         client, handle, _error = self.rt.exec_client(cid, argv)
-        from kata_zun.agent import protocol
-        chunks = []
-        size = 0
-        deadline = time.monotonic() + CONF.kata_agent.request_timeout * 10
         with client:
-            while time.monotonic() < deadline:
-                for frame in client.read_frames(1.0):
-                    if frame.type in (protocol.STDOUT, protocol.STDERR):
-                        h, data = frame.stream()
-                        if h == handle and size < 16 * units.Mi:
-                            chunks.append(data)
-                            size += len(data)
-                    elif frame.type == protocol.EVENT:
-                        event = frame.json()
-                        if event.get('proc') == handle:
-                            return (b''.join(chunks).decode('utf-8',
-                                                            'replace'),
-                                    int(event.get('exit_code', 255)))
-        raise zun_exc.Conflict('Timeout on executing command: %s' % command)
+            try:
+                out, err, code = client.collect(
+                    handle, timeout=CONF.kata_agent.request_timeout * 10)
+            except exception.ShimError:
+                raise zun_exc.Conflict('Timeout on executing command: %s' %
+                                       command)
+        return (out + err).decode('utf-8', 'replace'), code
 
     def execute_resize(self, exec_id, height, width):
         raise zun_exc.Invalid('interactive exec is not supported by the '
@@ -447,13 +436,13 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                          container.uuid)
         return container
 
+    @_wrap
     def get_archive(self, context, container, path):
-        raise zun_exc.Invalid('copying files is not supported by the kata '
-                              'driver yet')
+        return self.rt.get_archive(container.container_id, path)
 
+    @_wrap
     def put_archive(self, context, container, path, data):
-        raise zun_exc.Invalid('copying files is not supported by the kata '
-                              'driver yet')
+        self.rt.put_archive(container.container_id, path, data)
 
     def commit(self, context, container, repository=None, tag=None):
         raise zun_exc.Invalid('commit is not supported by the kata driver '

@@ -284,6 +284,8 @@ class Agent(object):
             'version': protocol.VERSION, 'agent': 'kata-zun',
             'pid': os.getpid()}))
         self.ops = {
+            'archive_get': self.op_archive_get,
+            'archive_put': self.op_archive_put,
             'ping': self.op_ping,
             'create_sandbox': self.op_create_sandbox,
             'create_container': self.op_create_container,
@@ -700,38 +702,7 @@ class Agent(object):
         :returns: None, or the exec error text (the process then exits
                   126/127 like Docker reports it).
         """
-        parent_fds = []
-        if proc.tty:
-            master, slave = os.openpty()
-            child_io = (slave, slave, slave)
-            proc.master = master
-            proc.out_fds = {master: protocol.STDOUT}
-            if proc.wants_stdin:
-                proc.stdin_fd = master
-            parent_fds = [master]
-            close_after = [slave]
-        else:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            import fcntl
-            for fd in (out_r, err_r):
-                try:
-                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-                except OSError:
-                    pass
-            if proc.wants_stdin:
-                in_r, in_w = os.pipe()
-                proc.stdin_fd = in_w
-                parent_fds.append(in_w)
-            else:
-                in_r = os.open('/dev/null', os.O_RDONLY)
-            child_io = (in_r, out_w, err_w)
-            proc.out_fds = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
-            parent_fds += [out_r, err_r]
-            close_after = [in_r, out_w, err_w]
-        for fd in parent_fds:
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
+        child_io, parent_fds, close_after = self._stdio(proc)
         pid_r, pid_w = os.pipe()
         err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
         root_fd = None
@@ -787,6 +758,115 @@ class Agent(object):
             self._stderr_note(proc, text)
             return text
         return None
+
+    def _stdio(self, proc):
+        """Make the pipes (or pty) of a new process.
+
+        :returns: (the child's stdin/stdout/stderr fds, our ends, fds to
+                  close once the child has them)
+        """
+        parent_fds = []
+        if proc.tty:
+            master, slave = os.openpty()
+            child_io = (slave, slave, slave)
+            proc.master = master
+            proc.out_fds = {master: protocol.STDOUT}
+            if proc.wants_stdin:
+                proc.stdin_fd = master
+            parent_fds = [master]
+            close_after = [slave]
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            import fcntl
+            for fd in (out_r, err_r):
+                try:
+                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+                except OSError:
+                    pass
+            if proc.wants_stdin:
+                in_r, in_w = os.pipe()
+                proc.stdin_fd = in_w
+                parent_fds.append(in_w)
+            else:
+                in_r = os.open('/dev/null', os.O_RDONLY)
+            child_io = (in_r, out_w, err_w)
+            proc.out_fds = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
+            parent_fds += [out_r, err_r]
+            close_after = [in_r, out_w, err_w]
+        for fd in parent_fds:
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        return child_io, parent_fds, close_after
+
+    # -------------------------------------------------------- archives
+    def op_archive_get(self, args):
+        """Stream a tar of ``path`` in the container.
+
+        The tar is the output of a helper process; its stat is in the
+        reply.
+        """
+        c = self._container(args)
+        inner = secure_resolve(c.rootfs, _str(args, 'path', required=True))
+        try:
+            st = os.lstat(c.rootfs + inner)
+        except FileNotFoundError:
+            raise OpError('notfound', 'no such file or directory: %s' %
+                          args['path'])
+        stat_info = {'name': os.path.basename(inner) or '/',
+                     'size': st.st_size, 'mode': st.st_mode,
+                     'mtime': st.st_mtime, 'linkTarget': ''}
+        if os.path.islink(c.rootfs + inner):
+            stat_info['linkTarget'] = os.readlink(c.rootfs + inner)
+        proc = self._new_proc(c, False, False)
+        self._spawn_helper(c, proc, _tar_out, inner)
+        return {'proc': proc.handle, 'stat': stat_info}
+
+    def op_archive_put(self, args):
+        """Extract a tar under ``path`` (a directory in the container).
+
+        The tar is fed on a helper process's stdin.
+        """
+        c = self._container(args)
+        inner = secure_resolve(c.rootfs, _str(args, 'path', required=True),
+                               follow_final=True)
+        if not os.path.isdir(c.rootfs + inner):
+            raise OpError('notfound', 'not a directory in the container: '
+                          '%s' % args['path'])
+        proc = self._new_proc(c, False, True)
+        self._spawn_helper(c, proc, _tar_in, inner)
+        return {'proc': proc.handle}
+
+    def _spawn_helper(self, c, proc, func, inner):
+        """Fork a helper chrooted into the container's root: whatever
+        the image holds (symlinks included), the helper cannot reach out.
+        """
+        import tarfile  # noqa: F401  (imported before the chroot)
+        child_io, parent_fds, close_after = self._stdio(proc)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                for target, fd in enumerate(child_io):
+                    os.dup2(fd, target)
+                os.closerange(3, 65536)
+                os.chroot(c.rootfs)
+                os.chdir('/')
+                func(inner)
+                code = 0
+            except BaseException as exc:
+                try:
+                    os.write(2, ('%s\n' % exc).encode()[:4000])
+                except BaseException:
+                    pass
+            os._exit(code)
+        for fd in close_after:
+            os.close(fd)
+        for fd in parent_fds:
+            self.fd_owner[fd] = proc
+        proc.pid = pid
+        self.pid_proc[pid] = proc
 
     def _stderr_note(self, proc, text):
         # Sent after the reply: the host subscribes to a process's output
@@ -1050,6 +1130,64 @@ class Agent(object):
         libc().reboot(RB_POWER_OFF)
         while True:                    # PID 1 must never exit
             time.sleep(60)
+
+
+def secure_resolve(root, path, follow_final=False, max_links=40):
+    """Resolve ``path`` inside ``root`` the way a chroot would: '..'
+    stops at the root and absolute symlinks start again from it.
+
+    :returns: the resolved path relative to ``root`` (starting with /).
+    :raises: OpError on a symlink loop.
+    """
+    parts = [p for p in path.split('/') if p not in ('', '.')]
+    resolved = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == '..':
+            if resolved:
+                resolved.pop()
+            continue
+        full = root + '/' + '/'.join(resolved + [name])
+        if os.path.islink(full) and (parts or follow_final):
+            links += 1
+            if links > max_links:
+                raise OpError('invalid', 'too many levels of symbolic '
+                              'links: %s' % path)
+            target = os.readlink(full)
+            if target.startswith('/'):
+                resolved = []
+            parts = [p for p in target.split('/')
+                     if p not in ('', '.')] + parts
+            continue
+        resolved.append(name)
+    return '/' + '/'.join(resolved)
+
+
+def _tar_out(inner):
+    """Runs chrooted: write a tar of ``inner`` to stdout."""
+    import tarfile
+    parent, name = os.path.split(inner)
+    os.chdir(parent or '/')
+    with os.fdopen(1, 'wb', closefd=False) as out:
+        with tarfile.open(fileobj=out, mode='w|') as tar:
+            tar.add(name or '.', arcname=name or '.')
+
+
+def _tar_in(inner):
+    """Runs chrooted: extract the tar read from stdin into ``inner``."""
+    import tarfile
+    os.chdir(inner)
+    with os.fdopen(0, 'rb', closefd=False) as src:
+        with tarfile.open(fileobj=src, mode='r|') as tar:
+            for member in tar:
+                parts = member.name.split('/')
+                if member.name.startswith('/') or '..' in parts:
+                    raise ValueError('refusing archive member %r' %
+                                     member.name)
+                if member.isdev():
+                    continue
+                tar.extract(member, path='.', set_attrs=True)
 
 
 def exec_path(argv, env):

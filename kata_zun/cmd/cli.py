@@ -348,6 +348,26 @@ def cmd_rm(rt, args):
     return code
 
 
+def cmd_cp(rt, args):
+    """docker cp with a tar stream on the host side.
+
+    ``C:PATH -`` writes a tar to stdout, ``- C:DIR`` extracts a tar read
+    from stdin.
+    """
+    if args.src != '-' and args.dest == '-' and ':' in args.src:
+        ref, path = args.src.split(':', 1)
+        data, _stat = rt.get_archive(ref, path)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    if args.src == '-' and ':' in args.dest:
+        ref, path = args.dest.split(':', 1)
+        rt.put_archive(ref, path, sys.stdin.buffer.read())
+        return 0
+    raise CliError('use "cp CONTAINER:PATH -" or "cp - CONTAINER:DIR" '
+                   '(tar streams)')
+
+
 def cmd_inspect(rt, args):
     out = []
     for ref in args.containers:
@@ -510,6 +530,12 @@ def build_parser():
     p.add_argument('-f', '--force', action='store_true')
     p.add_argument('containers', nargs='+')
     p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser('cp', help='copy files out of / into a container '
+                       'as tar streams')
+    p.add_argument('src', help='CONTAINER:PATH or -')
+    p.add_argument('dest', help='- or CONTAINER:DIR')
+    p.set_defaults(func=cmd_cp)
 
     p = sub.add_parser('inspect', help='show container records as JSON')
     p.add_argument('containers', nargs='+')

@@ -62,7 +62,8 @@ STDLIB_REQUIRED = ('encodings', 'encodings.aliases', 'encodings.utf_8',
                    'encodings.ascii', 'encodings.latin_1', 'os', 'sys',
                    'json', 'struct', 'selectors', 'select', 'socket',
                    'signal', 'errno', 'time', 'fcntl', 'termios', 'ctypes',
-                   'base64', 'stat', 'shutil', 'traceback', 're')
+                   'base64', 'stat', 'shutil', 'traceback', 're',
+                   'tarfile')
 # Reached only through optional or lazy imports the agent never uses
 # (archives, decimal maths, OpenSSL hashes, ...): keeps the initrd small.
 STDLIB_EXCLUDES = ('_bz2', '_decimal', '_hashlib', '_lzma', '_pydecimal',
@@ -71,7 +72,7 @@ STDLIB_EXCLUDES = ('_bz2', '_decimal', '_hashlib', '_lzma', '_pydecimal',
                    'hashlib', 'http', 'importlib.metadata',
                    'importlib.resources', 'inspect', 'locale', 'logging',
                    'lzma', 'multiprocessing', 'pdb', 'pickle', 'pydoc',
-                   'py_compile', 'statistics', 'tarfile', 'tkinter',
+                   'py_compile', 'statistics', 'tkinter',
                    'tracemalloc', 'unittest', 'urllib', 'xml', 'zipfile')
 ROOT_DIRS = ('bin', 'dev', 'etc', 'lib', 'mnt', 'opt', 'proc', 'run', 'sbin',
              'sys', 'tmp', 'usr', 'usr/bin', 'usr/sbin')

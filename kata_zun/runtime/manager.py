@@ -535,6 +535,54 @@ class Runtime(object):
         self.call(c.id, 'update', args)
         return True
 
+    def get_archive(self, ref, path, limit=256 * 1024 * 1024):
+        """A tar of ``path`` in a running container (like docker cp).
+
+        :returns: (tar bytes, stat dict: name, size, mode, mtime,
+                  linkTarget)
+        :raises: NotFound, Conflict, ImageLimitExceeded (over ``limit``)
+        """
+        c, client = self._running_client(ref)
+        with client:
+            result = self._process_call(client, 'archive_get',
+                                        {'path': path})
+            out, err, code = client.collect(result['proc'], limit + 1)
+        if code != 0:
+            raise exception.NotFound(what='%s in %s: %s' % (
+                path, c.id[:12], err.decode('utf-8', 'replace').strip()))
+        if len(out) > limit:
+            raise exception.ImageLimitExceeded(
+                reason='archive of %s is larger than %d bytes' % (
+                    path, limit))
+        return out, result.get('stat') or {}
+
+    def put_archive(self, ref, path, data):
+        """Extract the tar ``data`` under directory ``path``.
+
+        :raises: NotFound, Conflict, InvalidInput (bad archive)
+        """
+        c, client = self._running_client(ref)
+        with client:
+            result = self._process_call(client, 'archive_put',
+                                        {'path': path})
+            client.send_stdin(result['proc'], data)
+            client.send_stdin(result['proc'], b'')
+            _out, err, code = client.collect(result['proc'])
+        if code != 0:
+            raise exception.InvalidInput(reason='cannot extract into %s: '
+                                         '%s' % (path, err.decode(
+                                             'utf-8', 'replace').strip()))
+
+    @staticmethod
+    def _process_call(client, op, args):
+        try:
+            return client.call(op, args,
+                               timeout=CONF.kata_agent.request_timeout)
+        except exception.ShimError as exc:
+            if 'no such file' in str(exc) or 'not a directory' in str(exc):
+                raise exception.NotFound(what=str(exc))
+            raise
+
     def remove(self, ref, force=False):
         """Delete a container and everything it owns.
 

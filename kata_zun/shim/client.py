@@ -148,3 +148,33 @@ class ShimClient(object):
         for i in range(0, max(len(data), 1), protocol.STREAM_CHUNK):
             self.sock.sendall(protocol.encode_stream(
                 protocol.STDIN, handle, data[i:i + protocol.STREAM_CHUNK]))
+
+    def collect(self, handle, limit=16 * 1024 * 1024, timeout=300.0):
+        """Gather a process's output until it exits.
+
+        :param handle: the process handle.
+        :param limit: most bytes kept per stream (the rest is dropped, the
+                      process is never blocked by it).
+        :param timeout: seconds the process may run.
+        :returns: (stdout bytes, stderr bytes, exit code)
+        :raises: ShimError on timeout or when the shim goes away.
+        """
+        out = {protocol.STDOUT: bytearray(), protocol.STDERR: bytearray()}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for frame in self.read_frames(min(1.0, max(
+                    0.0, deadline - time.monotonic()))):
+                if frame.type in out:
+                    h, data = frame.stream()
+                    buf = out[frame.type]
+                    if h == handle and len(buf) < limit:
+                        buf += data[:limit - len(buf)]
+                elif frame.type == protocol.EVENT:
+                    event = frame.json()
+                    if event.get('proc') == handle:
+                        code = event.get('exit_code')
+                        return (bytes(out[protocol.STDOUT]),
+                                bytes(out[protocol.STDERR]),
+                                code if isinstance(code, int) else 255)
+        raise exception.ShimError(reason='process %s did not finish within '
+                                  '%s s' % (handle, timeout))

@@ -557,16 +557,31 @@ class Shim(object):
             if args.get(key):
                 spec[key] = args[key]
 
+        self._forward_process(client, rid, 'exec', spec, spec['stdin'])
+
+    def _forward_process(self, client, rid, op, spec, stdin):
+        """Forward an operation that starts a process in the guest.
+
+        The client receives its output (and may feed its stdin).
+        """
         def subscribed(result):
             handle = result.get('proc')
             if isinstance(handle, int):
                 client.subs.add(handle)
-                if spec['stdin']:
+                if stdin:
                     client.stdin.add(handle)
         if self.state.get('status') == 'paused':
             return self._respond(client, rid, error={
                 'code': 'state', 'message': 'container is paused'})
-        self._forward(client, rid, 'exec', spec, subscribed)
+        self._forward(client, rid, op, spec, subscribed)
+
+    def op_archive_get(self, client, rid, args):
+        self._forward_process(client, rid, 'archive_get', {
+            'id': self.cid, 'path': str(args['path'])}, False)
+
+    def op_archive_put(self, client, rid, args):
+        self._forward_process(client, rid, 'archive_put', {
+            'id': self.cid, 'path': str(args['path'])}, True)
 
     def op_signal(self, client, rid, args):
         self._forward(client, rid, 'signal', {

@@ -240,3 +240,57 @@ class MoreTestCase(base.KataZunFunctionalTest):
     def test_check(self):
         r = self.kz('check', check=0)
         self.assertIn(b'capable of running', r.out)
+
+
+class ArchiveTestCase(base.KataZunFunctionalTest):
+
+    def test_copy_in_and_out(self):
+        import io
+        import tarfile
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'a', 'busybox', 'sh', '-c',
+                'mkdir -p /srv/in; ln -s / /srv/root-link; '
+                'ln -s /etc/passwd /srv/pw; sleep 600', check=0)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode='w') as tar:
+            data = b'payload\n' * 1000
+            info = tarfile.TarInfo('dir/file.txt')
+            info.size = len(data)
+            info.mode = 0o640
+            tar.addfile(info, io.BytesIO(data))
+        deadline = time.time() + 30
+        while self.kz('exec', 'a', 'test', '-L', '/srv/pw').code != 0:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        self.kz('cp', '-', 'a:/srv/in', input=buf.getvalue(), check=0)
+        r = self.kz('exec', 'a', 'sh', '-c',
+                    'stat -c %a /srv/in/dir/file.txt; '
+                    'md5sum < /srv/in/dir/file.txt', check=0)
+        self.assertEqual('640', r.text.split()[0])
+        self.assertEqual(hashlib.md5(data).hexdigest(), r.text.split()[1])
+        # Out again, as a tar stream.
+        r = self.kz('cp', 'a:/srv/in/dir', '-', check=0)
+        with tarfile.open(fileobj=io.BytesIO(r.out)) as tar:
+            self.assertEqual(data, tar.extractfile('dir/file.txt').read())
+        # A symlink to / in the path resolves to the container's root,
+        # never to the guest's.
+        r = self.kz('cp', 'a:/srv/root-link/srv/in/dir/file.txt', '-',
+                    check=0)
+        with tarfile.open(fileobj=io.BytesIO(r.out)) as tar:
+            self.assertEqual(['file.txt'], tar.getnames())
+            self.assertEqual(data, tar.extractfile('file.txt').read())
+        r = self.kz('cp', 'a:/srv/root-link/init', '-')
+        self.assertEqual(1, r.code)     # the guest's /init is out of reach
+        # An archive member that climbs out is refused.
+        evil = io.BytesIO()
+        with tarfile.open(fileobj=evil, mode='w') as tar:
+            info = tarfile.TarInfo('../../escape')
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b'x'))
+        r = self.kz('cp', '-', 'a:/srv/in', input=evil.getvalue())
+        self.assertEqual(1, r.code)
+        self.assertIn(b'refusing archive member', r.err)
+        self.kz('exec', 'a', 'test', '!', '-e', '/escape', check=0)
+        r = self.kz('cp', 'a:/no/such/file', '-')
+        self.assertEqual(1, r.code)
+        self.assertIn(b'no such file', r.err)

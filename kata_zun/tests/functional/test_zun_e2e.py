@@ -122,6 +122,20 @@ class ZunEndToEndTest(base.BaseTestCase):
         self.assertRegex(self.os('appcontainer', 'stats', 'c1')[1],
                          r'MEM LIMIT\(MiB\) *\| 64\.0 ')
 
+        # cp both ways (zun tars and untars on the client side).
+        local = os.path.join(self.state_path, 'upload.txt')
+        with open(local, 'w') as f:
+            f.write('uploaded through zun\n')
+        self.os('appcontainer', 'cp', local, 'c1:/tmp/')
+        out = self.os('appcontainer', 'exec', 'c1', 'cat',
+                      '/tmp/upload.txt')[1]
+        self.assertIn('uploaded through zun', out)
+        back = os.path.join(self.state_path, 'back')
+        os.mkdir(back)
+        self.os('appcontainer', 'cp', 'c1:/tmp/upload.txt', back)
+        with open(os.path.join(back, 'upload.txt')) as f:
+            self.assertEqual('uploaded through zun\n', f.read())
+
         # zun-compute crashes and comes back: the VM never noticed.
         self.env.restart_compute(kill=True)
         self.assertEqual('Running', self.show('c1')['status'])
