@@ -11,6 +11,7 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 (unpacking an image) goes through ``eventlet.tpool``.
 """
 
+import copy
 import datetime
 import math
 import os
@@ -20,6 +21,7 @@ import signal as signal_mod
 import time
 
 from eventlet import tpool
+import os_resource_classes as orc
 from oslo_log import log as logging
 from oslo_utils import units
 from zun.common import consts
@@ -476,6 +478,28 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         data['mem_available'] = max(0, data['mem_available'] -
                                     overhead * counts['running'])
         return data
+
+    def update_provider_tree(self, provider_tree, nodename):
+        """Report what VMs can really get.
+
+        Zun's inventory is the host's; every running sandbox also costs
+        its guest kernel and agent, which placement never allocates. That
+        overhead is reserved, and no single container may be so big that
+        its VM could not fit.
+        """
+        super().update_provider_tree(provider_tree, nodename)
+        inventory = copy.deepcopy(provider_tree.data(nodename).inventory)
+        memory = inventory.get(orc.MEMORY_MB)
+        if not memory:
+            return
+        overhead = CONF.kata_hypervisor.memory_overhead_mb
+        live = sum(1 for c in self.rt.list() if c.shim_alive)
+        memory['reserved'] = min(memory['total'],
+                                 memory.get('reserved', 0) + overhead * live)
+        memory['max_unit'] = max(1, memory['total'] - overhead -
+                                 memory['reserved'])
+        provider_tree.update_inventory(nodename, inventory)
+        self.provider_tree = copy.deepcopy(provider_tree)
 
     def get_host_default_base_size(self):
         return int(math.ceil(CONF.kata.writable_layer_mb / 1024.0))
