@@ -1,6 +1,7 @@
 #!/bin/bash
-# DevStack plugin for kata-zun: enable it after zun.
+# DevStack plugin for kata-zun: enable it after zun in local.conf.
 
+# shellcheck source=/dev/null
 source "$DEST/kata-zun/devstack/lib/kata_zun"
 
 if is_service_enabled zun-compute; then
@@ -13,5 +14,8 @@ if is_service_enabled zun-compute; then
     elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
         echo_summary "Checking this host for kata-zun"
         check_kata_zun
+    fi
+    if [[ "$1" == "unstack" ]]; then
+        cleanup_kata_zun
     fi
 fi

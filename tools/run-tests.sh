@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/install.sh || exit 1
 .venv/bin/flake8 || exit 1
+.venv/bin/bashate -i E006 devstack/plugin.sh devstack/settings \
+    devstack/lib/kata_zun tools/*.sh || exit 1
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
