@@ -132,8 +132,11 @@ def stream(client, handle, stdin=False, tty=False):
 # --------------------------------------------------------------- commands
 
 def cmd_run(rt, args):
+    image = _pull(rt, args.image, _RUN_PULL[args.pull])
     container = rt.create(
-        args.image, command=args.command or None,
+        # Images pulled by digest have no name: run them by id.
+        image.id if '@' in args.image else args.image,
+        command=args.command or None,
         entrypoint=(shlex.split(args.entrypoint)
                     if args.entrypoint is not None else None),
         env=args.env, workdir=args.workdir, user=args.user, tty=args.tty,
@@ -429,6 +432,27 @@ def cmd_load(rt, args):
     return 0
 
 
+_RUN_PULL = {'missing': 'ifnotpresent', 'always': 'always', 'never': 'never'}
+
+
+def _pull(rt, ref, policy, credentials=None):
+    return rt.images.pull(ref, policy=policy, credentials=credentials,
+                          progress=lambda msg: print(msg, file=sys.stderr))
+
+
+def cmd_pull(rt, args):
+    credentials = None
+    if args.password_stdin:
+        if not args.username:
+            raise CliError('--password-stdin needs --username')
+        credentials = {'username': args.username,
+                       'password': sys.stdin.readline().rstrip('\r\n')}
+    elif args.username:
+        raise CliError('--username needs --password-stdin')
+    print(_pull(rt, args.image, 'always', credentials).id)
+    return 0
+
+
 def cmd_check(rt, args):
     from kata_zun.hypervisor import hostcheck
     results = hostcheck.run_checks()
@@ -481,6 +505,9 @@ def build_parser():
     p.add_argument('--memory', type=int, metavar='MiB')
     p.add_argument('--cpus', type=float)
     p.add_argument('--entrypoint')
+    p.add_argument('--pull', choices=sorted(_RUN_PULL), default='missing',
+                   help='pull the image: always, when missing (default) '
+                        'or never')
     _add_process_options(p)
     p.add_argument('image')
     p.add_argument('command', nargs=argparse.REMAINDER)
@@ -559,6 +586,13 @@ def build_parser():
     p = sub.add_parser('load', help='load a docker-save or OCI archive')
     p.add_argument('-i', '--input', required=True)
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser('pull', help='pull an image from a registry')
+    p.add_argument('--username', '-u')
+    p.add_argument('--password-stdin', action='store_true',
+                   help='read the password from the first line of stdin')
+    p.add_argument('image')
+    p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser('check', help='can this host run kata-zun VMs?')
     p.set_defaults(func=cmd_check)

@@ -15,11 +15,35 @@ OPTS = [
                help='Largest manifest/config/index document read.'),
 ]
 
+REGISTRY_OPTS = [
+    cfg.StrOpt('default_registry', default='docker.io',
+               help='Registry (host[:port]) of image names without one, '
+                    'e.g. a Docker Hub mirror: like Docker Hub, one-word '
+                    'names get the "library/" namespace there. Docker Hub '
+                    'names (docker.io/...) are pulled from it too.'),
+    cfg.ListOpt('insecure_registries', default=[],
+                help='Registries (host[:port]) reached over plain HTTP '
+                     'instead of HTTPS; this also applies to token '
+                     'servers and redirects.'),
+    cfg.StrOpt('ca_file',
+               help='PEM bundle of CAs trusted for registries, in addition '
+                    'to the system CAs.'),
+    cfg.FloatOpt('registry_timeout', default=60.0, min=1,
+                 help='Seconds to wait for a registry to connect or send '
+                      'data.'),
+    cfg.IntOpt('max_concurrent_downloads', default=3, min=1, max=16,
+               help='Layers downloaded at the same time by one pull.'),
+    cfg.StrOpt('credentials_file',
+               help='JSON file {"registry": {"username": ..., "password": '
+                    '...}} of registry credentials, used when a pull gets '
+                    'none. Docker Hub is "docker.io".'),
+]
+
 
 def register_opts(conf):
     conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
+    conf.register_opts(OPTS + REGISTRY_OPTS, group=GROUP)
 
 
 def list_opts():
-    return {GROUP: OPTS}
+    return {GROUP: OPTS + REGISTRY_OPTS}

@@ -2,10 +2,12 @@
 
 The archive is read once, member by member, and its files are copied to
 a work directory (hashing them on the way), so neither layers nor the
-archive are ever held in memory.  Then the JSON documents are parsed and
-every blob referenced by digest is checked against its hash.  Layers of
-both formats are verified once more when applied: the digest of each
-uncompressed layer must be the config's diff id.
+archive are ever held in memory.  An image layout may also be a
+directory (a pulled image): its files are hashed and used in place.
+Then the JSON documents are parsed and every blob referenced by digest
+is checked against its hash.  Layers of both formats are verified once
+more when applied: the digest of each uncompressed layer must be the
+config's diff id.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import json
 import os
 import posixpath
 import re
+import stat
 import tarfile
 import zlib
 
@@ -124,23 +127,25 @@ class _Members(object):
     def __init__(self, path, workdir):
         self._files = {}
         self._links = {}
-        opts = CONF.kata_image
-        max_members = opts.max_entries
-        max_bytes = opts.max_unpacked_mb * 1024 * 1024
-        total = count = 0
+        self._count = self._total = 0
         try:
             with tarfile.open(path, 'r|*',
                               tarinfo=layers_mod.BoundedTarInfo) as tar:
                 for member in layers_mod.iter_members(tar):
-                    count += 1
-                    total += member.size
-                    if count > max_members or total > max_bytes:
-                        raise exception.ImageLimitExceeded(
-                            reason='archive has more than %d members or '
-                                   '%d bytes' % (max_members, max_bytes))
-                    self._add(tar, member, workdir, count)
+                    self._count_member(member.size)
+                    self._add(tar, member, workdir, self._count)
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise _bad('%s is not a valid archive: %s' % (path, e))
+
+    def _count_member(self, size):
+        opts = CONF.kata_image
+        max_bytes = opts.max_unpacked_mb * 1024 * 1024
+        self._count += 1
+        self._total += size
+        if self._count > opts.max_entries or self._total > max_bytes:
+            raise exception.ImageLimitExceeded(
+                reason='archive has more than %d members or %d bytes' % (
+                    opts.max_entries, max_bytes))
 
     def _add(self, tar, member, workdir, count):
         name = _archive_path(member.name, 'archive member')
@@ -182,6 +187,32 @@ class _Members(object):
 
     def load_json(self, name):
         return _load_json(self.get(name))
+
+
+class _DirMembers(_Members):
+    """The regular files of an image layout directory, hashed in place."""
+
+    def __init__(self, path):
+        self._files = {}
+        self._links = {}
+        self._count = self._total = 0
+        for top, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(top, name)
+                st = os.lstat(full)
+                rel = os.path.relpath(full, path).replace(os.sep, '/')
+                if not stat.S_ISREG(st.st_mode):
+                    raise _bad('%s: %s is not a regular file' % (path, rel))
+                self._count_member(st.st_size)
+                sha = hashlib.sha256()
+                with open(full, 'rb') as f:
+                    while True:
+                        chunk = f.read(CHUNK)
+                        if not chunk:
+                            break
+                        sha.update(chunk)
+                self._files[rel] = _Blob(full, st.st_size, sha.hexdigest())
 
 
 def _load_json(blob):
@@ -372,14 +403,18 @@ def read_archive(path, workdir):
     A ``docker save`` archive (``manifest.json``) is read as such, even
     when it is also an OCI layout (Docker 25 and later write both).
 
-    :param path: the archive file (tar, possibly compressed).
+    :param path: the archive file (tar, possibly compressed), or an OCI
+        image layout directory whose files are used in place.
     :param workdir: an empty directory that the caller removes later; the
-        layer paths of the result point into it.
+        layer paths of the result point into it (or into ``path``).
     :returns: list of :class:`ArchiveImage`.
     :raises: ImageError, ImageLimitExceeded, OSError (writing the work
         directory)
     """
-    members = _Members(path, workdir)
+    if os.path.isdir(path):
+        members = _DirMembers(path)
+    else:
+        members = _Members(path, workdir)
     if members.has('manifest.json'):
         images = _docker_images(members)
     elif members.has('oci-layout') and members.has('index.json'):

@@ -8,6 +8,7 @@ Layout under the store root::
     block/<hex>.img     the read-only block image, shared by every
                         container of the image
     tmp/<work>/         archives being loaded (flock held by the loader)
+    registry/           pull locks and manifest digests (see registry.py)
 
 Files that must survive a crash are replaced atomically.  A load unpacks
 and builds its block image in its work directory without the store lock
@@ -32,6 +33,7 @@ from kata_zun.image import archive
 from kata_zun.image import blockimage
 from kata_zun.image import layers
 from kata_zun.image import reference
+from kata_zun.image import registry
 from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
@@ -101,12 +103,14 @@ class ImageStore(object):
     def load_archive(self, path, progress=None):
         """Load every image of a ``docker save`` or OCI archive.
 
+        An OCI image layout may also be a directory.
+
         Images already in the store are not unpacked again; their tags
         are updated.  A tag naming another image moves to the new one.
         Images are committed one by one: when one fails, those before it
         stay loaded.
 
-        :param path: the archive file.
+        :param path: the archive file or layout directory.
         :param progress: optional callable receiving progress messages.
         :returns: list of :class:`ImageRecord`, one per image.
         :raises: ImageError (and its subclasses), OSError
@@ -118,6 +122,49 @@ class ImageStore(object):
             report('Reading %s' % path)
             images = archive.read_archive(path, blobs)
             return [self._load(image, work, report) for image in images]
+
+    def pull(self, ref, policy='ifnotpresent', credentials=None,
+             progress=None):
+        """Pull an image from its registry (see :mod:`registry`).
+
+        Concurrent pulls of one reference share the work: the later ones
+        wait and find the image.
+
+        :param ref: an image reference; ``busybox`` means
+            ``library/busybox:latest`` of ``[kata_image] default_registry``.
+        :param policy: ``ifnotpresent`` pulls unless the store has the
+            image; ``never`` only looks in the store; ``always`` fetches
+            the manifest and downloads the image unless the store has it.
+        :param credentials: dict with ``username`` and ``password``, or
+            None for ``[kata_image] credentials_file`` or anonymous.
+        :param progress: optional callable receiving progress messages.
+        :returns: :class:`ImageRecord`
+        :raises: ImageNotFound, ImageError (and its subclasses),
+            registry.RegistryError, InvalidInput, OSError
+        """
+        return registry.pull(self, ref, policy=policy,
+                             credentials=credentials, progress=progress)
+
+    def tag(self, ref, name):
+        """Name an image; a name of another image moves to this one.
+
+        :param ref: as for :meth:`get`.
+        :param name: an image name, e.g. ``busybox:1.36``.
+        :returns: :class:`ImageRecord`
+        :raises: ImageNotFound, InvalidReference
+        """
+        name = reference.parse(name).name
+        with self._lock():
+            hexid = self._resolve(ref, self._read_tags())[0]
+            self._tag('sha256:' + hexid, [name])
+            return self._record(hexid, self._read_tags())
+
+    def workdir(self):
+        """A context manager: a new work directory on the store's file
+        system, removed at exit or, after a crash, when the store is next
+        opened.
+        """
+        return self._workdir()
 
     def get(self, ref):
         """Find an image.
@@ -301,6 +348,10 @@ class ImageStore(object):
                 name = reference.parse(ref).name
             except exception.InvalidReference:
                 name = None
+            if name in tags:
+                return tags[name].split(':', 1)[1], name
+            # A short name of an image pulled from the default registry.
+            name = registry.qualified_name(ref)
             if name in tags:
                 return tags[name].split(':', 1)[1], name
         if len(hexpart) >= MIN_PREFIX and _HEX.match(hexpart):

@@ -1,0 +1,183 @@
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.image import registry
+
+CONF = conf.CONF
+HEX = 'b' * 64
+DIGEST = 'sha256:' + HEX
+
+
+class ResolveTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags = self.useFixture(config_fixture.Config(CONF)).config
+
+    def check(self, ref, registry_, repository, tag, digest, name, host):
+        remote = registry.resolve(ref)
+        self.assertEqual((registry_, repository, tag, digest),
+                         (remote.registry, remote.repository, remote.tag,
+                          remote.digest), ref)
+        self.assertEqual(name, remote.name, ref)
+        self.assertEqual(host, remote.host, ref)
+
+    def test_docker_hub(self):
+        hub = 'registry-1.docker.io'
+        for ref in ('busybox', 'busybox:latest', 'library/busybox',
+                    'docker.io/busybox', 'docker.io/library/busybox:latest',
+                    'index.docker.io/library/busybox'):
+            self.check(ref, 'docker.io', 'library/busybox', 'latest', None,
+                       'busybox:latest', hub)
+        self.check('bitnami/nginx:1.25', 'docker.io', 'bitnami/nginx',
+                   '1.25', None, 'bitnami/nginx:1.25', hub)
+        self.check('busybox@' + DIGEST, 'docker.io', 'library/busybox',
+                   None, DIGEST, None, hub)
+        self.check('busybox:1.36@' + DIGEST, 'docker.io', 'library/busybox',
+                   '1.36', DIGEST, None, hub)
+        self.assertEqual('docker.io/library/busybox:latest',
+                         str(registry.resolve('busybox')))
+
+    def test_explicit_registry(self):
+        self.check('quay.io/coreos/etcd:v3', 'quay.io', 'coreos/etcd', 'v3',
+                   None, 'quay.io/coreos/etcd:v3', 'quay.io')
+        # No library/ for registries that are named.
+        self.check('localhost:5000/app', 'localhost:5000', 'app', 'latest',
+                   None, 'localhost:5000/app:latest', 'localhost:5000')
+        self.assertEqual('localhost:5000/app@' + DIGEST,
+                         str(registry.resolve('localhost:5000/app@' +
+                                              DIGEST)))
+
+    def test_default_registry_mirror(self):
+        self.flags(default_registry='mirror.example:5000',
+                   group='kata_image')
+        mirror = 'mirror.example:5000'
+        for ref in ('busybox', 'library/busybox:latest',
+                    'docker.io/library/busybox'):
+            self.check(ref, mirror, 'library/busybox', 'latest', None,
+                       mirror + '/library/busybox:latest', mirror)
+        self.check('team/app:2', mirror, 'team/app', '2', None,
+                   mirror + '/team/app:2', mirror)
+        self.check('other.example/app', 'other.example', 'app', 'latest',
+                   None, 'other.example/app:latest', 'other.example')
+
+    def test_default_registry_hub_aliases(self):
+        for value in ('docker.io', 'index.docker.io',
+                      'registry-1.docker.io'):
+            self.flags(default_registry=value, group='kata_image')
+            self.assertEqual('docker.io', registry.default_registry())
+
+    def test_invalid(self):
+        for ref in ('', 'Busybox', 'busybox@sha256:12', 'a//b', 'x:'):
+            self.assertRaises(exception.InvalidReference, registry.resolve,
+                              ref)
+
+    def test_qualified_name(self):
+        self.assertIsNone(registry.qualified_name('busybox'))
+        self.flags(default_registry='10.0.0.1:5000', group='kata_image')
+        full = '10.0.0.1:5000/library/busybox:latest'
+        self.assertEqual(full, registry.qualified_name('busybox'))
+        self.assertEqual(full, registry.qualified_name('busybox:latest'))
+        self.assertEqual('10.0.0.1:5000/ns/app:v1',
+                         registry.qualified_name('ns/app:v1'))
+        for ref in (full, 'busybox@' + DIGEST, 'Bad',
+                    'quay.io/x/y'):
+            self.assertIsNone(registry.qualified_name(ref), ref)
+
+
+class WWWAuthenticateTestCase(base.BaseTestCase):
+
+    def test_docker_hub(self):
+        header = ('Bearer realm="https://auth.docker.io/token",'
+                  'service="registry.docker.io",'
+                  'scope="repository:library/busybox:pull"')
+        self.assertEqual(
+            [('bearer', {'realm': 'https://auth.docker.io/token',
+                         'service': 'registry.docker.io',
+                         'scope': 'repository:library/busybox:pull'})],
+            registry.parse_www_authenticate(header))
+
+    def test_commas_and_escapes_in_quotes(self):
+        header = (r'bearer  Realm = "https://a/t?x=1,y=2" , '
+                  r'scope="repository:a/b:pull,push", error="say \"hi\""')
+        self.assertEqual(
+            [('bearer', {'realm': 'https://a/t?x=1,y=2',
+                         'scope': 'repository:a/b:pull,push',
+                         'error': 'say "hi"'})],
+            registry.parse_www_authenticate(header))
+
+    def test_several_challenges(self):
+        header = ('Basic realm="Registry Realm", charset=UTF-8, '
+                  'Bearer realm="https://t/token",service=reg')
+        self.assertEqual(
+            [('basic', {'realm': 'Registry Realm', 'charset': 'UTF-8'}),
+             ('bearer', {'realm': 'https://t/token', 'service': 'reg'})],
+            registry.parse_www_authenticate(header))
+
+    def test_odd_input(self):
+        self.assertEqual([], registry.parse_www_authenticate(''))
+        self.assertEqual([('basic', {})],
+                         registry.parse_www_authenticate('Basic'))
+        self.assertEqual([('bearer', {})],
+                         registry.parse_www_authenticate('Bearer realm='))
+        self.assertEqual([('negotiate', {}), ('x', {})],
+                         registry.parse_www_authenticate('Negotiate, x'))
+        # An unterminated quote stops the parse without an exception.
+        self.assertEqual([('bearer', {})],
+                         registry.parse_www_authenticate('Bearer realm="x'))
+
+
+class ManifestChecksTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags = self.useFixture(config_fixture.Config(CONF)).config
+
+    def manifest(self, nlayers=1, size=10, layer_type=None):
+        layer_type = layer_type or 'application/vnd.oci.image.layer.v1.tar'
+        return {'config': {'mediaType':
+                           'application/vnd.oci.image.config.v1+json',
+                           'digest': DIGEST, 'size': 100},
+                'layers': [{'mediaType': layer_type, 'digest': DIGEST,
+                            'size': size}] * nlayers}
+
+    def test_platform(self):
+        index = {'manifests': [
+            {'digest': 'a', 'platform': {'os': 'linux',
+                                         'architecture': 'arm64'}},
+            {'digest': 'b', 'platform': {'os': 'linux',
+                                         'architecture': 'amd64'}}]}
+        self.assertEqual('b', registry._select_platform(index, 'x')['digest'])
+        del index['manifests'][1]
+        e = self.assertRaises(exception.ImageError,
+                              registry._select_platform, index, 'img')
+        self.assertIn('img has no linux/amd64 image (it has linux/arm64)',
+                      str(e))
+
+    def test_limits(self):
+        config, layers = registry._check_manifest(self.manifest(2), 'x')
+        self.assertEqual(100, config['size'])
+        self.assertEqual(2, len(layers))
+        self.flags(max_layers=1, group='kata_image')
+        self.assertRaises(exception.ImageLimitExceeded,
+                          registry._check_manifest, self.manifest(2), 'x')
+        self.flags(max_unpacked_mb=1, group='kata_image')
+        self.assertRaises(exception.ImageLimitExceeded,
+                          registry._check_manifest,
+                          self.manifest(1, size=2 * 1024 * 1024), 'x')
+
+    def test_bad_layers(self):
+        e = self.assertRaises(
+            exception.ImageError, registry._check_manifest,
+            self.manifest(layer_type='application/vnd.oci.image.layer.v1'
+                                     '.tar+zstd'), 'x')
+        self.assertIn('zstd', str(e))
+        e = self.assertRaises(exception.ImageError, registry._check_manifest,
+                              self.manifest(layer_type='text/plain'), 'x')
+        self.assertIn("unsupported media type 'text/plain'", str(e))
+        doc = self.manifest()
+        doc['layers'][0] = dict(doc['layers'][0], size=-1)
+        self.assertRaises(exception.ImageError, registry._check_manifest,
+                          doc, 'x')
