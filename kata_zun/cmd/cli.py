@@ -619,6 +619,9 @@ def main(argv=None):
          default_config_files=args.config_file or None)
     if args.debug:
         CONF.set_override('debug', True)
+    # Our stdout is the container's: log lines go to stderr (oslo.log
+    # would pick stdout when no log file is configured).
+    CONF.set_default('use_stderr', True)
     logging.setup(CONF, 'kata-zun')
     try:
         rt = _runtime() if args.cmd not in ('guest',) else None
