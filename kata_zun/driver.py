@@ -44,6 +44,7 @@ _STATUS = {
     manager.CREATED: consts.CREATED,
     manager.RUNNING: consts.RUNNING,
     manager.PAUSED: consts.PAUSED,
+    manager.RESTARTING: consts.RESTARTING,
     manager.EXITED: consts.STOPPED,
 }
 
@@ -165,6 +166,13 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         env = ['%s=%s' % (k, v) for k, v in
                (container.environment or {}).items()]
         memory = int(container.memory) if container.memory else None
+        policy = None
+        if container.restart_policy:
+            name = container.restart_policy.get('Name') or 'no'
+            count = container.restart_policy.get('MaximumRetryCount')
+            policy = manager.parse_restart_policy(
+                '%s:%s' % (name, count) if name == 'on-failure' and count
+                else name)
         c = self.rt.create(
             record.id, command=list(container.command or []) or None,
             entrypoint=(list(container.entrypoint)
@@ -175,7 +183,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             name='zun-' + container.uuid,
             hostname=container.hostname or None,
             auto_remove=False, labels=dict(container.labels or {}),
-            cid=runtime_id(container))
+            cid=runtime_id(container), restart_policy=policy)
         container.container_id = c.id
         container.status = consts.CREATED
         container.status_reason = None
@@ -267,6 +275,8 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             container.status_detail = 'Up %s' % _ago(
                 c.state.get('started_at'))
             container.status_reason = None
+        elif status == manager.RESTARTING:
+            container.status_detail = 'Restarting'
         elif status == manager.PAUSED:
             container.status_detail = 'Up %s (paused)' % _ago(
                 c.state.get('started_at'))

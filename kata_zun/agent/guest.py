@@ -260,6 +260,7 @@ class Container(object):
         self.main = None
         self.init_pid = None
         self.user = None
+        self.oom_base = 0
 
 
 class Agent(object):
@@ -657,14 +658,19 @@ class Agent(object):
 
     def op_start(self, args):
         c = self._container(args)
-        if c.init_pid is not None:
-            raise OpError('state', 'container already started')
+        if c.init_pid is not None and not c.main.reported:
+            raise OpError('state', 'container already running')
         spec = c.spec
+        if c.main.reported:
+            # A restart (restart policy): a fresh main process in fresh
+            # namespaces, on the same root filesystem.
+            c.main = self._new_proc(c, spec['tty'], spec['stdin'])
+        c.oom_base = self._oom_count(c)
         env = self._env(spec['env'], c.user)
         error = self._spawn(c, c.main, spec['argv'], env, spec['workdir'],
                             c.user, join=False)
         c.init_pid = c.main.pid
-        return {'pid': c.main.pid, 'error': error}
+        return {'pid': c.main.pid, 'error': error, 'proc': c.main.handle}
 
     def op_exec(self, args):
         c = self._container(args)
@@ -1115,15 +1121,19 @@ class Agent(object):
         except OSError:
             pass
 
-    def _oom_killed(self, c):
+    def _oom_count(self, c):
         try:
             for line in read_file(c.cgroup + '/memory.events').splitlines():
                 key, _, val = line.decode().partition(' ')
-                if key == 'oom_kill' and int(val) > 0:
-                    return True
+                if key == 'oom_kill':
+                    return int(val)
         except (OSError, ValueError):
             pass
-        return False
+        return 0
+
+    def _oom_killed(self, c):
+        # The counter is cumulative: compare with its value at start.
+        return self._oom_count(c) > c.oom_base
 
     def _power_off(self):
         os.sync()

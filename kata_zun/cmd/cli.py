@@ -132,6 +132,9 @@ def stream(client, handle, stdin=False, tty=False):
 # --------------------------------------------------------------- commands
 
 def cmd_run(rt, args):
+    from kata_zun.runtime import manager
+    if args.rm and args.restart != 'no':
+        raise CliError('--rm and --restart cannot be combined', 125)
     image = _pull(rt, args.image, _RUN_PULL[args.pull])
     container = rt.create(
         # Images pulled by digest have no name: run them by id.
@@ -141,7 +144,8 @@ def cmd_run(rt, args):
                     if args.entrypoint is not None else None),
         env=args.env, workdir=args.workdir, user=args.user, tty=args.tty,
         stdin=args.interactive, memory_mb=args.memory, cpus=args.cpus,
-        name=args.name, hostname=args.hostname, auto_remove=args.rm)
+        name=args.name, hostname=args.hostname, auto_remove=args.rm,
+        restart_policy=manager.parse_restart_policy(args.restart))
     holder = {}
 
     def attach(client, main):
@@ -241,6 +245,8 @@ def _status_text(c):
                               suffix='')
     if c.status == 'paused':
         return 'Up (Paused)'
+    if c.status == 'restarting':
+        return 'Restarting (%s)' % c.exit_code
     if c.status == 'exited':
         text = 'Exited (%s) %s' % (c.exit_code, _ago(
             c.state.get('finished_at') or time.time()))
@@ -505,6 +511,8 @@ def build_parser():
     p.add_argument('--memory', type=int, metavar='MiB')
     p.add_argument('--cpus', type=float)
     p.add_argument('--entrypoint')
+    p.add_argument('--restart', default='no',
+                   help='no, always, unless-stopped or on-failure[:N]')
     p.add_argument('--pull', choices=sorted(_RUN_PULL), default='missing',
                    help='pull the image: always, when missing (default) '
                         'or never')

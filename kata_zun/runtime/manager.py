@@ -51,7 +51,26 @@ LAYER_SERIAL = 'kz-rw'
 CREATED = 'created'
 RUNNING = 'running'
 PAUSED = 'paused'
+RESTARTING = 'restarting'      # between two runs of a restart policy
 EXITED = 'exited'
+LIVE = (RUNNING, PAUSED, RESTARTING)
+RESTART_POLICIES = ('no', 'on-failure', 'always', 'unless-stopped')
+
+
+def parse_restart_policy(value):
+    """Parse Docker's ``--restart``: no, always, unless-stopped,
+    on-failure[:N].
+
+    :returns: {'name': ..., 'max_retries': N}
+    :raises: InvalidInput
+    """
+    name, _, count = (value or 'no').partition(':')
+    if name not in RESTART_POLICIES or (count and (
+            name != 'on-failure' or not count.isdigit())):
+        raise exception.InvalidInput(reason='invalid restart policy %r '
+                                     '(no, always, unless-stopped, '
+                                     'on-failure[:N])' % value)
+    return {'name': name, 'max_retries': int(count or 0)}
 
 
 class Container(object):
@@ -75,7 +94,7 @@ class Container(object):
     def status(self):
         """created, running, paused or exited (resolved, not as stored)."""
         stored = self.state.get('status', CREATED)
-        if stored in (RUNNING, PAUSED):
+        if stored in LIVE:
             return stored if self.shim_alive else EXITED
         if stored == CREATED and self.shim_alive:
             return CREATED
@@ -110,6 +129,8 @@ class Container(object):
                           'ExitCode': self.exit_code,
                           'OOMKilled': self.state.get('oom_killed', False),
                           'Error': self.error,
+                          'RestartCount': self.state.get('restart_count',
+                                                         0),
                           'StartedAt': self.state.get('started_at'),
                           'FinishedAt': self.state.get('finished_at'),
                           'ShimPid': self.state.get('shim_pid'),
@@ -203,7 +224,8 @@ class Runtime(object):
     def create(self, image_ref, command=None, entrypoint=None, env=(),
                workdir=None, user=None, tty=False, stdin=False,
                memory_mb=None, cpus=None, name=None, hostname=None,
-               auto_remove=False, labels=None, dns=(), cid=None):
+               auto_remove=False, labels=None, dns=(), cid=None,
+               restart_policy=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -265,6 +287,8 @@ class Runtime(object):
                       'block_fs': image.block_fs},
             'memory_mb': memory_mb, 'cpus': cpus,
             'auto_remove': bool(auto_remove), 'labels': labels or {},
+            'restart_policy': restart_policy or {'name': 'no',
+                                                 'max_retries': 0},
             'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
             'sandbox': {'hostname': hostname},
             'agent_spec': {
@@ -343,13 +367,13 @@ class Runtime(object):
         :raises: Conflict if it runs already; ShimError if the VM failed.
         """
         c = self.get(ref)
-        if c.status in (RUNNING, PAUSED) or c.shim_alive:
+        if c.status in LIVE or c.shim_alive:
             raise exception.Conflict(reason='container %s is already '
                                      'running' % c.id[:12])
-        fileutils.write_json(os.path.join(c.dir, 'state.json'), {
-            'status': CREATED, 'restart_count':
-            c.state.get('restart_count', 0) + (1 if c.state.get(
-                'started_at') else 0)})
+        # A start by the user begins a new life: no exit code, no error,
+        # and a restart count of its restart policy back at zero.
+        fileutils.write_json(os.path.join(c.dir, 'state.json'),
+                             {'status': CREATED})
         run_dir = self._run_dir(c.id)
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self._spawn_shim(c, run_dir)
@@ -408,7 +432,7 @@ class Runtime(object):
 
     def _running_client(self, ref):
         c = self.get(ref)
-        if c.status not in (RUNNING, PAUSED, CREATED) or not c.shim_alive:
+        if c.status not in LIVE + (CREATED,) or not c.shim_alive:
             raise exception.Conflict(reason='container %s is not running' %
                                      c.id[:12])
         return c, self.connect(c)

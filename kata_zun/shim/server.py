@@ -91,6 +91,9 @@ class Shim(object):
         self.main = None               # agent handle of the main process
         self.exited = False
         self.finished = False
+        self.restarts = 0
+        # A stop or kill by the user: restart policies no longer apply.
+        self.manually_stopped = False
         self.logw = None
 
     def _path(self, name):
@@ -361,10 +364,57 @@ class Shim(object):
                 client.subs.discard(handle)
                 client.stdin.discard(handle)
         if handle == self.main and not self.exited:
+            if self._should_restart(code):
+                return self._schedule_restart(code, oom)
             self._container_exited(code, oom)
             self._agent_call('shutdown', {}, lambda r, e: self._stop_vm())
             # A guest that never answers must not keep the VM alive.
             self.timers.append((time.monotonic() + 5, self._stop_vm))
+
+    # ----------------------------------------------------- restart policy
+    def _should_restart(self, code):
+        """Docker's restart policies, applied inside the running VM."""
+        policy = self.config.get('restart_policy') or {}
+        name = policy.get('name', 'no')
+        if self.manually_stopped or name == 'no':
+            return False
+        if name in ('always', 'unless-stopped'):
+            return True
+        limit = int(policy.get('max_retries') or 0)
+        return (name == 'on-failure' and code != 0 and
+                (limit == 0 or self.restarts < limit))
+
+    def _schedule_restart(self, code, oom):
+        self.restarts += 1
+        self.save_state(status='restarting', exit_code=code,
+                        oom_killed=oom, finished_at=time.time(),
+                        restart_count=self.state.get('restart_count', 0) + 1)
+        # Back off like Docker: 100 ms, doubling, at most a minute.
+        delay = min(0.1 * 2 ** (self.restarts - 1), 60.0)
+        self.timers.append((time.monotonic() + delay, self._restart))
+
+    def _restart(self):
+        if self.exited or self.manually_stopped:
+            if not self.exited:
+                self._container_exited(self.state.get('exit_code', 0),
+                                       self.state.get('oom_killed', False))
+                self._agent_call('shutdown', {},
+                                 lambda r, e: self._stop_vm())
+            return
+
+        def started(result, error):
+            handle = result.get('proc')
+            if error or not isinstance(handle, int):
+                self._container_exited(255, False, error='restart failed: '
+                                       '%s' % _error_text(error))
+                self._agent_call('shutdown', {},
+                                 lambda r, e: self._stop_vm())
+                return
+            self.main = handle
+            self.save_state(status='running', started_at=time.time(),
+                            pid=result.get('pid'),
+                            start_error=result.get('error'))
+        self._agent_call('start', {'id': self.cid}, started)
 
     def _agent_call(self, op, args, callback):
         if self.agent is None or self.agent.closed:
@@ -584,9 +634,15 @@ class Shim(object):
             'id': self.cid, 'path': str(args['path'])}, True)
 
     def op_signal(self, client, rid, args):
-        self._forward(client, rid, 'signal', {
-            'proc': self._handle(args),
-            'signal': int(args.get('signal', signal.SIGKILL))})
+        handle = self._handle(args)
+        sig = int(args.get('signal', signal.SIGKILL))
+        if handle == self.main and sig in (signal.SIGKILL, signal.SIGTERM,
+                                           signal.SIGINT):
+            self.manually_stopped = True
+        if self.state.get('status') == 'restarting':
+            return self._respond(client, rid)    # nothing runs right now
+        self._forward(client, rid, 'signal', {'proc': handle,
+                                              'signal': sig})
 
     def op_resize(self, client, rid, args):
         self._forward(client, rid, 'resize', {
@@ -621,6 +677,11 @@ class Shim(object):
         """
         if self.exited:
             return self._respond(client, rid, result=self._exit_info())
+        self.manually_stopped = True
+        if self.state.get('status') == 'restarting':
+            # Between two runs: nothing to signal, just do not restart.
+            self.waiters.append((client, rid, None))
+            return
         timeout = float(args.get('timeout', self.stop_timeout))
         if self.state.get('status') == 'paused':
             self._unpause()

@@ -16,6 +16,8 @@ from oslotest import base
 
 DEFAULT_GUEST_DIR = '/var/lib/kata-zun/guest'
 CLI_TIMEOUT = 180
+# The discard port on loopback: nothing listens there.
+CLOSED_REGISTRY = '127.0.0.1:9'
 
 
 class Result(object):
@@ -58,9 +60,15 @@ class KataZunFunctionalTest(base.BaseTestCase):
                     'run_path = %s\n'
                     'writable_layer_mb = 256\n'
                     '[kata_hypervisor]\n'
-                    'accelerator = %s\n' % (
+                    'accelerator = %s\n'
+                    '[kata_image]\n'
+                    # Never reach out of this machine: an image missing
+                    # locally is pulled from a closed loopback port unless
+                    # a test starts a registry of its own.
+                    'default_registry = %s\n' % (
                         self.state_path, self.run_path,
-                        os.environ.get('KATA_ZUN_ACCEL', 'auto')))
+                        os.environ.get('KATA_ZUN_ACCEL', 'auto'),
+                        CLOSED_REGISTRY))
         self.addCleanup(self._remove_all)
 
     def _cleanup_run_path(self):

@@ -81,9 +81,13 @@ class RunTestCase(base.KataZunFunctionalTest):
         self.assertEqual(32, info['Limits']['memory_mb'])
 
     def test_bad_input(self):
-        r = self.kz('run', '--rm', 'no-such-image', 'true')
+        r = self.kz('run', '--rm', '--pull', 'never', 'no-such-image',
+                    'true')
         self.assertEqual(125, r.code)
         self.assertIn(b'No such image', r.err)
+        r = self.kz('run', '--rm', 'no-such-image', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(base.CLOSED_REGISTRY.encode(), r.err)
         r = self.kz('run', '--rm', '-e', 'NOEQUALS', 'busybox', 'true')
         self.assertEqual(125, r.code)
         self.assertIn(b'KEY=VALUE', r.err)
@@ -294,3 +298,51 @@ class ArchiveTestCase(base.KataZunFunctionalTest):
         r = self.kz('cp', 'a:/no/such/file', '-')
         self.assertEqual(1, r.code)
         self.assertIn(b'no such file', r.err)
+
+
+class RestartPolicyTestCase(base.KataZunFunctionalTest):
+
+    def _state(self, ref):
+        return json.loads(self.kz('inspect', ref, check=0).out)[0]['State']
+
+    def _wait_exited(self, ref, timeout=60):
+        deadline = time.time() + timeout
+        while self._state(ref)['Status'] != 'exited':
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.3)
+        return self._state(ref)
+
+    def test_on_failure_restarts_in_the_same_vm(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'r', '--restart', 'on-failure:2',
+                'busybox', 'sh', '-c', 'echo run; echo x >> /count; '
+                'exit 3', check=0)
+        state = self._wait_exited('r')
+        self.assertEqual(3, state['ExitCode'])
+        self.assertEqual(2, state['RestartCount'])
+        self.assertEqual(b'run\nrun\nrun\n',
+                         self.kz('logs', 'r', check=0).out)
+        # Success ends on-failure at once.
+        self.kz('run', '-d', '--name', 'ok', '--restart', 'on-failure',
+                'busybox', 'true', check=0)
+        self.assertEqual(0, self._wait_exited('ok')['RestartCount'])
+
+    def test_always_until_stopped(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'a', '--restart', 'always',
+                'busybox', 'sh', '-c', 'echo tick; sleep 0.3', check=0)
+        deadline = time.time() + 60
+        while self._state('a')['RestartCount'] < 2:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.3)
+        self.kz('stop', '-t', '1', 'a', check=0)
+        state = self._state('a')
+        self.assertEqual('exited', state['Status'])
+        count = state['RestartCount']
+        time.sleep(1)
+        self.assertEqual(count, self._state('a')['RestartCount'])
+        r = self.kz('run', '--rm', '--restart', 'always', 'busybox', 'true')
+        self.assertEqual(125, r.code)
+        r = self.kz('run', '--restart', 'sometimes', 'busybox', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(b'invalid restart policy', r.err)

@@ -42,7 +42,10 @@ class ZunEndToEndTest(base.BaseTestCase):
                 'writable_layer_mb': '256'}
         self.env = zun_env.ZunEnvironment(
             sys.prefix, os.path.join(work, 'zun'), driver='kata',
-            extra_conf={'kata': kata})
+            extra_conf={'kata': kata, 'kata_image': {
+                # Nothing leaves this machine: missing images are pulled
+                # from a closed loopback port.
+                'default_registry': kz_base.CLOSED_REGISTRY}})
         self.addCleanup(self.env.stop)
         self.env.start()
         # The image is loaded into the compute host's store, as an
@@ -167,6 +170,7 @@ class ZunEndToEndTest(base.BaseTestCase):
                 'true')
         info = self.wait_status('noimg', ('Error',))
         self.assertIn('no-such-image', info['status_reason'])
+        self.assertIn(kz_base.CLOSED_REGISTRY, info['status_reason'])
         self.os('appcontainer', 'run', '--name', 'nocmd',
                 '--image-pull-policy', 'ifnotpresent', 'busybox',
                 'no-such-command')
