@@ -62,3 +62,13 @@ def read_json(path, limit=4 * 1024 * 1024):
     if len(data) > limit:
         raise ValueError('%s is larger than %d bytes' % (path, limit))
     return json.loads(data.decode('utf-8'))
+
+
+def tail(path, size):
+    """:returns: the last ``size`` bytes of a text file ('' if missing)."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(os.path.getsize(path) - size, 0))
+            return f.read().decode('utf-8', 'replace').strip()
+    except OSError:
+        return ''

@@ -23,6 +23,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun.hypervisor.qemu import argv as qargv
+from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -68,15 +69,6 @@ def probe_key(qemu_path, kernel, cpu_model, machine_type):
                        cpu_model, machine_type])
 
 
-def _tail(path, size=600):
-    try:
-        with open(path, 'rb') as f:
-            f.seek(max(os.path.getsize(path) - size, 0))
-            return f.read().decode('utf-8', 'replace').strip()
-    except OSError:
-        return ''
-
-
 def probe_kvm(qemu_path, kernel, cpu_model, machine_type, timeout):
     """Boot ``kernel`` under KVM and see whether it really runs.
 
@@ -114,11 +106,12 @@ def probe_kvm(qemu_path, kernel, cpu_model, machine_type, timeout):
         while True:
             # Poll before reading: output written just before an exit counts.
             exited = proc.poll() is not None
-            if any(m in _tail(serial, 1 << 18) for m in BOOT_MARKERS):
+            if any(m in fileutils.tail(serial, 1 << 18) for m in BOOT_MARKERS):
                 return True, 'the guest kernel booted under KVM'
             if exited:
                 return False, 'QEMU exited with status %s under KVM: %s' % (
-                    proc.returncode, _tail(log).replace('\n', ' | '))
+                    proc.returncode,
+                    fileutils.tail(log, 600).replace('\n', ' | '))
             if time.monotonic() > deadline:
                 return False, ('the guest kernel did not boot under KVM '
                                'within %s s' % timeout)
@@ -143,13 +136,9 @@ def _load_cache(path):
 
 
 def _save_cache(path, data):
-    """Write atomically: a reader never sees half a file."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix='.accel-', dir=os.path.dirname(path))
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
+        fileutils.write_json(path, data)
     except OSError as exc:
         LOG.debug('Cannot cache the KVM probe in %s: %s', path, exc)
 

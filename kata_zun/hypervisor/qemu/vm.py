@@ -20,6 +20,7 @@ from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel
 from kata_zun.hypervisor.qemu import argv as qargv
 from kata_zun.hypervisor.qemu import qmp
+from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -58,15 +59,6 @@ def spawn(argv, log_path):
             stderr=subprocess.STDOUT, close_fds=True,
             start_new_session=False,
             preexec_fn=lambda: _child_setup(_prctl[0], parent))
-
-
-def _tail(path, size=2000):
-    try:
-        with open(path, 'rb') as f:
-            f.seek(max(os.path.getsize(path) - size, 0))
-            return f.read().decode('utf-8', 'replace').strip()
-    except OSError:
-        return ''
 
 
 def _unlink(path):
@@ -114,7 +106,8 @@ class QemuVM(base.VM):
             if self._proc.poll() is not None:
                 raise exception.HypervisorError(
                     reason='QEMU exited with status %s: %s' % (
-                        self._proc.returncode, _tail(self.log_path)))
+                        self._proc.returncode,
+                        fileutils.tail(self.log_path, 2000)))
             raise exception.HypervisorError(
                 reason='QEMU did not answer on QMP within %s s: %s'
                 % (timeout, exc))
