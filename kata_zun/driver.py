@@ -106,6 +106,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         """
         ref = '%s:%s' % (repo, tag) if tag else repo
         store = self.rt.images
+        if driver_name == 'glance':
+            return self._pull_glance(context, repo, tag, image_pull_policy,
+                                     registry)
         pull = getattr(store, 'pull', None)
         if pull is not None and image_pull_policy != 'never':
             credentials = None
@@ -456,9 +459,88 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
     def put_archive(self, context, container, path, data):
         self.rt.put_archive(container.container_id, path, data)
 
+    # ------------------------------------------- commit and Glance
+    @_wrap
     def commit(self, context, container, repository=None, tag=None):
-        raise zun_exc.Invalid('commit is not supported by the kata driver '
-                              'yet')
+        """Commit the container as ``repository:tag`` in the store.
+
+        zun pauses the container first; the runtime unpauses its VM for
+        the read (the agent freezes the container's cgroup instead) and
+        pauses it again.
+
+        :returns: the new image id.
+        """
+        ref = str(repository)
+        if tag is not None and str(tag) != 'None':
+            ref += ':' + str(tag)
+        record = tpool.execute(self.rt.commit, container.container_id, ref)
+        return record.id
+
+    @_wrap
+    def get_image(self, name):
+        """The ``docker save`` stream of an image, for zun's upload.
+
+        A file-like iterator of chunks, not a generator: zun's Glance
+        driver would join a generator in memory, while glanceclient
+        streams a file-like object.
+        """
+        from kata_zun.image import export
+        self.rt.images.get(name)
+        return export.ExportStream(self.rt.images, [name])
+
+    def create_image(self, context, image_name, image_driver):
+        try:
+            return image_driver.create_image(context, image_name)
+        except Exception as exc:
+            LOG.exception('creating Glance image %s failed', image_name)
+            raise zun_exc.ZunException(str(exc))
+
+    def upload_image_data(self, context, image, image_tag, image_data,
+                          image_driver):
+        try:
+            image_driver.update_image(context, image.id, tag=image_tag)
+            return image_driver.upload_image_data(context, image.id,
+                                                  image_data)
+        except Exception as exc:
+            LOG.exception('uploading Glance image %s failed', image.id)
+            raise zun_exc.ZunException(str(exc))
+
+    def delete_committed_image(self, context, img_id, image_driver):
+        try:
+            image_driver.delete_committed_image(context, img_id)
+        except Exception as exc:
+            LOG.exception('deleting Glance image %s failed', img_id)
+            raise zun_exc.ZunException(str(exc))
+
+    def _pull_glance(self, context, repo, tag, image_pull_policy, registry):
+        """Download through zun's Glance driver, load into the store."""
+        from zun.image.glance import driver as glance_driver
+        image, _loaded = glance_driver.GlanceDriver().pull_image(
+            context, repo, tag, image_pull_policy, registry)
+        records = tpool.execute(self.rt.images.load_archive, image['path'])
+        image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
+                      'id': records[0].id})
+        image.setdefault('tags', [])
+        return image, True
+
+    def read_tar_image(self, image):
+        """Name the image after the first RepoTags of its tar, like
+        zun's docker driver (``repo``, ``tag``); ``tags`` stays Glance's.
+        """
+        from kata_zun.image import reference
+        image.setdefault('tags', [])
+        try:
+            record = self.rt.images.get(image.get('id') or image['repo'])
+        except (exception.KataZunException, KeyError) as exc:
+            LOG.warning('reading the tar image %s: %s', image.get('path'),
+                        exc)
+            return
+        image['id'] = record.id
+        if record.repo_tags:
+            ref = reference.parse(record.repo_tags[0])
+            image['repo'], image['tag'] = ref.repo, ref.tag
+        else:
+            image['repo'], image['tag'] = record.id.split(':', 1)[1], ''
 
     # ------------------------------------------------------------ host
     def get_available_resources(self):
@@ -490,12 +572,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return data
 
     def update_provider_tree(self, provider_tree, nodename):
-        """Report what VMs can really get.
+        """Report what a VM can really get.
 
-        Zun's inventory is the host's; every running sandbox also costs
-        its guest kernel and agent, which placement never allocates. That
-        overhead is reserved, and no single container may be so big that
-        its VM could not fit.
+        Zun's inventory is the host's; every sandbox also costs its guest
+        kernel and agent, which placement never allocates: no single
+        container may be so big that its VM could not fit. The inventory
+        must stay the same from one call to the next (placement answers a
+        changed inventory during a claim with 409), so the per-VM overhead
+        is accounted in max_unit and in get_available_resources, not as a
+        reservation that moves with the number of VMs.
         """
         super().update_provider_tree(provider_tree, nodename)
         inventory = copy.deepcopy(provider_tree.data(nodename).inventory)
@@ -503,13 +588,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         if not memory:
             return
         overhead = CONF.kata_hypervisor.memory_overhead_mb
-        live = sum(1 for c in self.rt.list() if c.shim_alive)
-        memory['reserved'] = min(memory['total'],
-                                 memory.get('reserved', 0) + overhead * live)
         memory['max_unit'] = max(1, memory['total'] - overhead -
-                                 memory['reserved'])
+                                 memory.get('reserved', 0))
         provider_tree.update_inventory(nodename, inventory)
-        self.provider_tree = copy.deepcopy(provider_tree)
 
     def get_host_default_base_size(self):
         return int(math.ceil(CONF.kata.writable_layer_mb / 1024.0))

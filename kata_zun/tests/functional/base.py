@@ -20,6 +20,12 @@ CLI_TIMEOUT = 180
 CLOSED_REGISTRY = '127.0.0.1:9'
 
 
+def tail_file(path, size):
+    """:returns: the end of a log file, for failure details."""
+    from kata_zun.runtime import fileutils
+    return fileutils.tail(path, size)
+
+
 class Result(object):
     def __init__(self, proc):
         self.code = proc.returncode

@@ -47,6 +47,7 @@ class ZunEndToEndTest(base.BaseTestCase):
                 # from a closed loopback port.
                 'default_registry': kz_base.CLOSED_REGISTRY}})
         self.addCleanup(self.env.stop)
+        self.addOnException(self._attach_logs)
         self.env.start()
         # The image is loaded into the compute host's store, as an
         # operator would with `kata-zun load` (no registry needed).
@@ -70,6 +71,11 @@ class ZunEndToEndTest(base.BaseTestCase):
             subprocess.run(cli + ['rm', '-f'] + [i.decode() for i in ids],
                            capture_output=True,
                            timeout=functional.CLI_TIMEOUT)
+
+    def _attach_logs(self, exc_info):
+        from testtools import content
+        self.addDetail('zun-compute.log', content.text_content(
+            kz_base.tail_file(self.env.compute_log, 20000)))
 
     def _no_vm_left(self):
         out = subprocess.run(['pgrep', '-f', 'kata_zun.cmd.shim.*%s' %
