@@ -77,6 +77,8 @@ STDLIB_EXCLUDES = ('_bz2', '_decimal', '_hashlib', '_lzma', '_pydecimal',
 ROOT_DIRS = ('bin', 'dev', 'etc', 'lib', 'mnt', 'opt', 'proc', 'run', 'sbin',
              'sys', 'tmp', 'usr', 'usr/bin', 'usr/sbin')
 LZ4_MAGIC = b'\x02\x21\x4c\x18'
+# Old guest asset versions are kept this long (seconds) after their build.
+PRUNE_MIN_AGE = 24 * 3600
 MAIN_PY = ("import sys\n"
            "sys.path.insert(0, '/opt/kata-agent')\n"
            "from kata_zun.agent import guest  # noqa: E402\n"
@@ -699,9 +701,14 @@ def _link_or_copy(src, dst):
         shutil.copyfile(src, dst)
 
 
-def _prune(keep):
-    """Remove all but the newest ``keep`` asset versions: a running QEMU
-    has read its kernel and initrd already.
+def _prune(keep, min_age=PRUNE_MIN_AGE):
+    """Remove old asset versions.
+
+    The newest ``keep`` always stay, and so does anything built in the
+    last ``min_age`` seconds: another installation of a different version
+    sharing this state path (an upgrade in progress, a CI checkout) may
+    be about to boot it. A running QEMU has read its kernel and initrd
+    already.
     """
     gdir = _guest_dir()
     versions = []
@@ -710,8 +717,10 @@ def _prune(keep):
         manifest = None if name == 'cache' else _read_manifest(path)
         if manifest:
             versions.append((manifest.get('built_at', 0), path))
-    for _, path in sorted(versions)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    now = time.time()
+    for built_at, path in sorted(versions)[:-keep]:
+        if now - built_at > min_age:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def build(force=False, progress=None, agent_dir=None):

@@ -204,3 +204,16 @@ class FindTestCase(base.BaseTestCase):
                              builder._apt_candidates(['libc6', 'zlib1g']))
             self.assertRaises(exception.GuestAssetError,
                               builder._apt_candidates, ['libc6', 'libnope'])
+
+    def test_prune_keeps_newest_and_recent_versions(self):
+        import time
+        now = time.time()
+        ancient = self._install('ancient', 'k', now - 3 * 86400)
+        old = self._install('old', 'k', now - 2 * 86400)
+        recent = self._install('recent', 'k', now - 60)
+        newest = self._install('newest', 'k', now)
+        builder._prune(keep=1)
+        for path in (recent, newest):
+            self.assertTrue(os.path.isdir(path), path)
+        for path in (ancient, old):
+            self.assertFalse(os.path.exists(path), path)
