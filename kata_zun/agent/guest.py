@@ -287,6 +287,7 @@ class Agent(object):
         self.ops = {
             'archive_get': self.op_archive_get,
             'archive_put': self.op_archive_put,
+            'layer_diff': self.op_layer_diff,
             'ping': self.op_ping,
             'create_sandbox': self.op_create_sandbox,
             'create_container': self.op_create_container,
@@ -377,6 +378,10 @@ class Agent(object):
         else:
             proc.status = (os.WEXITSTATUS(status), 0)
         proc.reaped_at = time.monotonic()
+        on_exit = getattr(proc, 'on_exit', None)
+        if on_exit is not None:
+            proc.on_exit = None
+            on_exit()
 
     def _port_event(self, ev):
         if ev & select.POLLOUT:
@@ -561,6 +566,15 @@ class Agent(object):
                 raise OpError('invalid', 'bad hostname')
             import socket
             socket.sethostname(hostname)
+        # --- network (issue 5): interfaces, routes; lo up even without NICs
+        network = args.get('network')
+        if network is not None:
+            from kata_zun.agent import guestnet
+            try:
+                return {'network': guestnet.configure(network)}
+            except ValueError as exc:
+                raise OpError('invalid', 'network: %s' % exc)
+        # --- end network
         return {}
 
     def op_create_container(self, args):
@@ -841,6 +855,25 @@ class Agent(object):
                           '%s' % args['path'])
         proc = self._new_proc(c, False, True)
         self._spawn_helper(c, proc, _tar_in, inner)
+        return {'proc': proc.handle}
+
+    def op_layer_diff(self, args):
+        """Stream the writable layer as an OCI layer tar (see
+        kata_zun.agent.guestlayer); the container stays frozen until the
+        helper exits.
+        """
+        from kata_zun.agent import guestlayer
+        c = self._container(args)
+        proc = self._new_proc(c, False, False)
+        thaw = guestlayer.freeze(c.cgroup)
+        try:
+            self._spawn_helper(
+                guestlayer.Upper(os.path.join(c.dir, 'rw', 'upper')), proc,
+                guestlayer.layer_out, '/')
+        except BaseException:
+            thaw()
+            raise
+        proc.on_exit = thaw
         return {'proc': proc.handle}
 
     def _spawn_helper(self, c, proc, func, inner):

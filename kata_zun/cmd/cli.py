@@ -145,7 +145,10 @@ def cmd_run(rt, args):
         env=args.env, workdir=args.workdir, user=args.user, tty=args.tty,
         stdin=args.interactive, memory_mb=args.memory, cpus=args.cpus,
         name=args.name, hostname=args.hostname, auto_remove=args.rm,
-        restart_policy=manager.parse_restart_policy(args.restart))
+        restart_policy=manager.parse_restart_policy(args.restart),
+        # --- network (issue 5)
+        network=args.network or CONF.kata_network.driver,
+        ports=args.publish)
     holder = {}
 
     def attach(client, main):
@@ -168,6 +171,7 @@ def cmd_run(rt, args):
                           tty=args.tty)
     if args.rm:
         rt._wait_shim_gone(container)
+        rt.release_network(container.id)      # network (issue 5)
     return code
 
 
@@ -516,6 +520,14 @@ def build_parser():
     p.add_argument('--pull', choices=sorted(_RUN_PULL), default='missing',
                    help='pull the image: always, when missing (default) '
                         'or never')
+    # --- network (issue 5)
+    p.add_argument('--network', metavar='NETWORK',
+                   help='bridge or none (default: [kata_network] driver)')
+    p.add_argument('-p', '--publish', action='append', default=[],
+                   metavar='[HOSTIP:]HOSTPORT:CONTAINERPORT[/PROTO]',
+                   help='publish a container port on the host '
+                        '(repeatable; tcp unless /udp)')
+    # --- end network
     _add_process_options(p)
     p.add_argument('image')
     p.add_argument('command', nargs=argparse.REMAINDER)
@@ -601,6 +613,9 @@ def build_parser():
                    help='read the password from the first line of stdin')
     p.add_argument('image')
     p.set_defaults(func=cmd_pull)
+
+    from kata_zun.cmd import imagecli
+    imagecli.add_parsers(sub)
 
     p = sub.add_parser('check', help='can this host run kata-zun VMs?')
     p.set_defaults(func=cmd_check)

@@ -50,6 +50,12 @@ def vm_config(shim, run_dir):
     assets = builder.find()
     shim.save_state(guest_version=assets.version)
     vm = shim.config['vm']
+    # --- network (issue 5): the tap the runtime made before this boot
+    from kata_zun import network
+    attachment = network.read_attachment(shim.state_dir) or {}
+    nics = tuple(base.Nic(n['tap'], n['mac'])
+                 for n in attachment.get('nics') or ())
+    # --- end network
     return base.VMConfig(
         name='kz-' + shim.cid[:12], vcpus=vm['vcpus'],
         memory_mb=vm['memory_mb'], kernel=assets.kernel,
@@ -59,7 +65,8 @@ def vm_config(shim, run_dir):
                          shim.config['agent_spec']['image_serial'],
                          read_only=True),
                base.Disk(os.path.join(shim.state_dir, 'rw.img'),
-                         shim.config['agent_spec']['layer_serial'])))
+                         shim.config['agent_spec']['layer_serial'])),
+        nics=nics)
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ from kata_zun.conf import agent
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
+from kata_zun.conf import network
 from kata_zun.conf import runtime
 
 CONF = cfg.CONF
@@ -19,3 +20,4 @@ hypervisor.register_opts(CONF)
 agent.register_opts(CONF)
 guest.register_opts(CONF)
 image.register_opts(CONF)
+network.register_opts(CONF)

@@ -4,9 +4,10 @@ from kata_zun.conf import agent
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
+from kata_zun.conf import network
 from kata_zun.conf import runtime
 
-_MODULES = (runtime, hypervisor, agent, guest, image)
+_MODULES = (runtime, hypervisor, agent, guest, image, network)
 
 
 def list_opts():

@@ -45,7 +45,8 @@ from kata_zun.guest import cpio
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
-AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py')
+AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
+               'guestlayer.py')
 AGENT_ROOT = 'opt/kata-agent'
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',

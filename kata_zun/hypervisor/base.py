@@ -24,6 +24,16 @@ class Disk:
 
 
 @dataclasses.dataclass(frozen=True)
+class Nic:
+    """A virtio-net NIC backed by a host tap device that already exists.
+
+    The guest finds it by ``mac``, never by probe order.
+    """
+    tap: str
+    mac: str
+
+
+@dataclasses.dataclass(frozen=True)
 class VMConfig:
     """Everything needed to boot one sandbox VM."""
     name: str
@@ -35,6 +45,7 @@ class VMConfig:
     console_log: str             # guest serial console is written here
     disks: typing.Tuple[Disk, ...] = ()
     kernel_params: typing.Tuple[str, ...] = ()
+    nics: typing.Tuple[Nic, ...] = ()
 
 
 class VM(metaclass=abc.ABCMeta):

@@ -81,6 +81,7 @@ class ArchiveImage(object):
     config: dict
     repo_tags: list
     layers: list
+    config_path: str = None
 
     @property
     def diff_ids(self):
@@ -295,7 +296,7 @@ def _docker_images(members):
         if tags is not None and not isinstance(tags, list):
             raise _bad('%s: RepoTags is not a list' % what)
         images.append(ArchiveImage('sha256:' + config_hex, config,
-                                   _tags(tags, what), layers))
+                                   _tags(tags, what), layers, blob.path))
     return images
 
 
@@ -373,7 +374,8 @@ class _OCILayout(object):
                             'is loaded untagged', what, name)
                 name = None
         return ArchiveImage('sha256:' + config_blob.sha256, config,
-                            _tags([name] if name else [], what), layers)
+                            _tags([name] if name else [], what), layers,
+                            config_blob.path)
 
 
 def _manifests(index, what):

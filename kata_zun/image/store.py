@@ -7,6 +7,11 @@ Layout under the store root::
     images/<hex>.json   one record per image, named by its config digest
     block/<hex>.img     the read-only block image, shared by every
                         container of the image
+    blobs/sha256/<hex>  content-addressed blobs: image configurations
+                        (named by the image id) and uncompressed layer
+                        tars (named by their diff id), kept for commit
+                        and export; a blob is referenced by the records
+                        naming it and removed with the last of them
     tmp/<work>/         archives being loaded (flock held by the loader)
     registry/           pull locks and manifest digests (see registry.py)
 
@@ -20,6 +25,8 @@ is next opened.
 import contextlib
 import dataclasses
 import fcntl
+import gzip
+import hashlib
 import os
 import re
 import shutil
@@ -62,6 +69,14 @@ class ImageRecord(object):
     size: int
     block_image: str
     block_fs: str
+    layers: list = dataclasses.field(default_factory=list)
+
+
+def _hex_of(digest):
+    hexpart = digest.split(':', 1)[1] if ':' in digest else digest
+    if not _HEX64.match(hexpart):
+        raise exception.ImageError(reason='bad digest %r' % digest)
+    return hexpart
 
 
 def _rmtree(path):
@@ -94,7 +109,9 @@ class ImageStore(object):
         self._block = os.path.join(self.root, 'block')
         self._tmp = os.path.join(self.root, 'tmp')
         self._tags_path = os.path.join(self.root, 'tags.json')
-        for path in (self.root, self._images, self._block, self._tmp):
+        self._blobs = os.path.join(self.root, 'blobs', 'sha256')
+        for path in (self.root, self._images, self._block, self._tmp,
+                     self._blobs):
             os.makedirs(path, mode=0o755, exist_ok=True)
         self._cleanup()
 
@@ -227,15 +244,162 @@ class ImageStore(object):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._block_path(hexid))
             fileutils.fsync_dir(self._images)
+            self._remove_unused_blobs()
             LOG.info('Deleted image %s', image_id)
             return True
+
+    def blob_path(self, digest):
+        """The file of blob ``sha256:<hex>`` (which may not exist)."""
+        return os.path.join(self._blobs, _hex_of(digest))
+
+    def open_blobs(self, ref):
+        """Open the configuration and the layer tars of an image.
+
+        Open files survive a concurrent removal of the image.
+
+        :returns: (record, config file, [(diff id, layer file), ...]); the
+            caller closes the files.
+        :raises: ImageNotFound, ImageError (an image loaded before the
+            store kept blobs)
+        """
+        files = []
+        with self._lock():
+            tags = self._read_tags()
+            record = self._record(self._resolve(ref, tags)[0], tags)
+            if not self._has_blobs(record.id.split(':', 1)[1]):
+                raise exception.ImageError(
+                    reason='image %s was loaded before the store kept its '
+                    'layers: load or pull it again to export or commit '
+                    'it' % record.id)
+            try:
+                for digest in [record.id] + record.layers:
+                    files.append(open(self.blob_path(digest), 'rb'))
+            except BaseException:
+                for f in files:
+                    f.close()
+                raise
+        return record, files[0], list(zip(record.layers, files[1:]))
+
+    def export(self, refs, fileobj):
+        """Write a ``docker save`` tarball of images to ``fileobj``.
+
+        Streams the blobs: no image is held in memory.  See
+        :mod:`kata_zun.image.export`.
+
+        :param refs: image references (as for :meth:`get`).
+        :raises: ImageNotFound, ImageError
+        """
+        from kata_zun.image import export
+        export.write(self, refs, fileobj)
+
+    def gc(self):
+        """Remove what no image uses: blobs no record references,
+        block images without a record, leftovers of failed loads.
+
+        :returns: dict with the lists of removed ``blobs`` and ``block``
+            images.
+        """
+        with self._lock():
+            blobs = self._remove_unused_blobs()
+            ids = set(self._ids())
+            block = []
+            for name in os.listdir(self._block):
+                if not (name.endswith('.img') and name[:-4] in ids):
+                    os.unlink(os.path.join(self._block, name))
+                    block.append(name)
+        self._cleanup()
+        for name in blobs + block:
+            LOG.info('Garbage collected %s', name)
+        return {'blobs': blobs, 'block': block}
+
+    # Blobs.
+
+    def _has_blobs(self, hexid):
+        try:
+            doc = fileutils.read_json(self._record_path(hexid))
+        except (OSError, ValueError):
+            return False
+        digests = ['sha256:' + hexid] + list(doc.get('layers') or [])
+        return bool(doc.get('layers')) and all(
+            os.path.exists(self.blob_path(d)) for d in digests)
+
+    def _stage_blob(self, path, work, digest):
+        """A verified, uncompressed copy (or link) of a blob in the work
+        directory, to be kept by :meth:`_keep_blob`.
+        """
+        hexdigest = _hex_of(digest)
+        staged = os.path.join(work, 'keep-' + hexdigest)
+        if os.path.exists(staged):
+            return staged
+        with contextlib.suppress(FileNotFoundError):
+            # Linked, so a concurrent gc cannot take it away.
+            os.link(self.blob_path(digest), staged)
+            return staged
+        with open(path, 'rb') as f:
+            compressed = f.read(2) == b'\x1f\x8b'
+        if not compressed:
+            try:
+                os.link(path, staged)
+            except OSError:
+                shutil.copyfile(path, staged)
+            return staged
+        sha = hashlib.sha256()
+        with gzip.open(path, 'rb') as src, open(staged + '.part',
+                                                'wb') as dst:
+            while True:
+                chunk = src.read(archive.CHUNK)
+                if not chunk:
+                    break
+                sha.update(chunk)
+                dst.write(chunk)
+        if sha.hexdigest() != hexdigest:
+            raise exception.ImageError(
+                reason='layer %s decompresses to sha256:%s' % (
+                    digest, sha.hexdigest()))
+        os.rename(staged + '.part', staged)
+        return staged
+
+    def _keep_blob(self, digest, staged):
+        dest = self.blob_path(digest)
+        if os.path.exists(dest) or not os.path.exists(staged):
+            return
+        os.chmod(staged, 0o644)
+        _fsync_file(staged)
+        try:
+            os.link(staged, dest)
+        except FileExistsError:
+            pass
+
+    def _referenced_blobs(self):
+        used = set()
+        for hexid in self._ids():
+            try:
+                doc = fileutils.read_json(self._record_path(hexid))
+            except (OSError, ValueError):
+                continue
+            used.add(hexid)
+            used.update(_hex_of(d) for d in doc.get('layers') or ()
+                        if isinstance(d, str) and d.startswith('sha256:'))
+        return used
+
+    def _remove_unused_blobs(self):
+        """Under the lock: remove blobs that no record references."""
+        used = self._referenced_blobs()
+        removed = []
+        for name in os.listdir(self._blobs):
+            if name not in used:
+                os.unlink(os.path.join(self._blobs, name))
+                removed.append('sha256:' + name)
+        if removed:
+            fileutils.fsync_dir(self._blobs)
+        return removed
 
     # Loading.
 
     def _load(self, image, work, report):
         hexid = image.id.split(':', 1)[1]
         with self._lock():
-            if self._complete(hexid):
+            if self._complete(hexid) and self._has_blobs(hexid):
                 self._tag(image.id, image.repo_tags)
                 report('Image %s is already loaded' % image.id)
                 return self._record(hexid, self._read_tags())
@@ -244,6 +408,10 @@ class ImageStore(object):
         os.mkdir(staging)
         os.chmod(staging, 0o755)
         count = len(image.layers)
+        staged = {}
+        if image.config_path:
+            staged[image.id] = self._stage_blob(image.config_path, work,
+                                                image.id)
         with layers.LayerApplier(staging) as applier:
             for i, (layer, diff_id) in enumerate(
                     zip(image.layers, image.diff_ids), 1):
@@ -253,6 +421,8 @@ class ImageStore(object):
                     raise exception.ImageError(
                         reason='layer %d/%d is %s, the config says %s' % (
                             i, count, actual, diff_id))
+                staged[diff_id] = self._stage_blob(layer.path, work,
+                                                   diff_id)
             applier.finish()
             size = applier.size
         fs_type = CONF.kata_image.block_fs
@@ -270,12 +440,19 @@ class ImageStore(object):
                'os': config.get('os'),
                'created': config.get('created'),
                'size': size,
-               'block_fs': fs_type}
+               'block_fs': fs_type,
+               'layers': list(image.diff_ids) if image.config_path else []}
         with self._lock():
+            for digest, path in staged.items():
+                self._keep_blob(digest, path)
+            fileutils.fsync_dir(self._blobs)
             # A concurrent load of the same image may have won the race.
             if not self._complete(hexid):
                 os.replace(built, self._block_path(hexid))
                 fileutils.fsync_dir(self._block)
+                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+            elif not self._has_blobs(hexid):
+                # Loaded before the store kept blobs: now it has them.
                 fileutils.write_json(self._record_path(hexid), doc, 0o644)
             self._tag(image.id, image.repo_tags)
             record = self._record(hexid, self._read_tags())
@@ -330,7 +507,8 @@ class ImageStore(object):
             created=doc.get('created'),
             size=doc.get('size', 0),
             block_image=self._block_path(hexid),
-            block_fs=doc.get('block_fs'))
+            block_fs=doc.get('block_fs'),
+            layers=list(doc.get('layers') or []))
 
     def _resolve(self, ref, tags):
         """Find the image id of a reference.

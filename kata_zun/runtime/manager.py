@@ -123,6 +123,7 @@ class Container(object):
                 'Limits': {'memory_mb': self.config.get('memory_mb'),
                            'cpus': self.config.get('cpus')},
                 'VM': self.config['vm'],
+                'NetworkSettings': self._network_settings(),
                 'Labels': self.config.get('labels', {}),
                 'AutoRemove': self.config.get('auto_remove', False),
                 'State': {'Status': self.status,
@@ -136,6 +137,11 @@ class Container(object):
                           'ShimPid': self.state.get('shim_pid'),
                           'VMPid': self.state.get('vm_pid')},
                 'LogPath': os.path.join(self.dir, 'container.log')}
+
+    def _network_settings(self):
+        # --- network (issue 5)
+        from kata_zun import network
+        return network.settings(self.dir, self.config.get('network'))
 
 
 def _pid_is_shim(pid, cid):
@@ -225,7 +231,7 @@ class Runtime(object):
                workdir=None, user=None, tty=False, stdin=False,
                memory_mb=None, cpus=None, name=None, hostname=None,
                auto_remove=False, labels=None, dns=(), cid=None,
-               restart_policy=None):
+               restart_policy=None, network=None, ports=()):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -236,8 +242,12 @@ class Runtime(object):
         :param memory_mb: memory limit in MiB (the VM gets overhead on top).
         :param cpus: CPU limit (the VM gets ceil(cpus) vCPUs).
         :param cid: use this id (64 hex) instead of a random one.
+        :param network: 'bridge' or 'none' (None: 'none'); see
+                        :mod:`kata_zun.network`.
+        :param ports: published ports, ``[HOSTIP:]HOSTPORT:CPORT[/PROTO]``.
         :returns: the :class:`Container`.
-        :raises: InvalidInput, ImageNotFound, ContainerNameInUse
+        :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
+                 (host port taken), NetworkError
         """
         image = self.images.get(image_ref)
         cid = cid or secrets.token_hex(32)
@@ -271,6 +281,12 @@ class Runtime(object):
                                          'absolute')
         user = user if user is not None else (
             (image.config or {}).get('User') or '')
+        # --- network (issue 5): checked now, made at start
+        from kata_zun import network as network_mod
+        net_request = network_mod.make_request(network or 'none', ports)
+        network_mod.validate(self.state_path, net_request,
+                             self._record_exists)
+        # --- end network
         # Fail now, not at start, when the guest assets are missing. They
         # are looked up again at every boot: a rebuild may replace them.
         from kata_zun.guest import builder
@@ -291,6 +307,7 @@ class Runtime(object):
                                                  'max_retries': 0},
             'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
             'sandbox': {'hostname': hostname},
+            'network': net_request,
             'agent_spec': {
                 'id': cid, 'argv': argv, 'env': merged, 'workdir': workdir,
                 'user': user, 'tty': bool(tty), 'stdin': bool(stdin),
@@ -376,6 +393,7 @@ class Runtime(object):
                              {'status': CREATED})
         run_dir = self._run_dir(c.id)
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        self._plug_network(c)
         self._spawn_shim(c, run_dir)
         client = self.connect(c)
         main = client.call('state').get('main')
@@ -384,6 +402,42 @@ class Runtime(object):
         result = client.call('start', timeout=CONF.kata_agent.request_timeout)
         client.start_error = result.get('error')
         return self._load(c.id), client
+
+    # ------------------------------------------- network (issue 5)
+    def _record_exists(self, cid):
+        return os.path.exists(os.path.join(self.containers_dir, cid,
+                                           'config.json'))
+
+    def _plug_network(self, c):
+        """Make the network before the VM boots (tap, lease, rules); it
+        stays the container's, stopped or not, until rm.
+        """
+        request = c.config.get('network')
+        if request is None:
+            return None                # a record from before networking
+        from kata_zun import network
+        return network.plug(self.state_path, c.dir, c.id,
+                            c.config['sandbox']['hostname'], request,
+                            self._record_exists)
+
+    def _unplug_network(self, c, force):
+        from kata_zun import network
+        try:
+            network.unplug(self.state_path, c.id)
+        except Exception as exc:
+            if not force:
+                raise
+            # The lease stays: the next start's reconciliation retries.
+            LOG.warning('removing the network of %s: %s', c.id, exc)
+
+    def release_network(self, cid):
+        """Release the network of a container whose shim removed its
+        record (``--rm``): nothing else would before the next start.
+        """
+        if not self._record_exists(cid):
+            from kata_zun import network
+            network.unplug(self.state_path, cid)
+    # ------------------------------------------- end network
 
     def _spawn_shim(self, c, run_dir):
         read_fd, write_fd = os.pipe()
@@ -626,6 +680,7 @@ class Runtime(object):
                 if _pid_is_shim(pid, c.id):
                     os.kill(pid, 9)
             self._wait_shim_gone(c)
+        self._unplug_network(c, force)
         shutil.rmtree(self._run_dir(c.id), ignore_errors=True)
         shutil.rmtree(c.dir, ignore_errors=True)
         return c
@@ -636,6 +691,17 @@ class Runtime(object):
         return c, logs.read(os.path.join(c.dir, 'container.log'),
                             stdout=stdout, stderr=stderr, since=since,
                             tail=tail)
+
+    def commit(self, ref, repo_tag=None, changes=None, comment=None,
+               progress=None):
+        """Commit a container's filesystem as a new image (see
+        :mod:`kata_zun.runtime.commit`).
+
+        :returns: the new image's record.
+        """
+        from kata_zun.runtime import commit
+        return commit.commit(self, ref, repo_tag, changes=changes,
+                             comment=comment, progress=progress)
 
     def image_users(self, image_id):
         return [c.id for c in self.list()

@@ -128,11 +128,22 @@ class Shim(object):
         sock.sendall(protocol.encode_json(
             protocol.HELLO, {'version': protocol.VERSION}))
         sandbox = self.config['sandbox']
-        self._sync_call('create_sandbox', {
+        sandbox_args = {
             'hostname': sandbox['hostname'], 'time': time.time(),
-            'entropy': base64.b64encode(os.urandom(64)).decode()})
-        result = self._sync_call('create_container',
-                                 self.config['agent_spec'])
+            'entropy': base64.b64encode(os.urandom(64)).decode()}
+        # --- network (issue 5): guest interface, DNS, /etc/hosts entry
+        from kata_zun import network
+        attachment = network.read_attachment(self.state_dir)
+        if attachment is not None:
+            sandbox_args['network'] = attachment.get('guest') or {}
+        result = self._sync_call('create_sandbox', sandbox_args)
+        timing['sandbox_created'] = time.monotonic() - t0
+        if isinstance(result.get('network'), dict):
+            timing['guest_network'] = result['network'].get('seconds', 0)
+        spec = network.container_spec(self.config['agent_spec'],
+                                      attachment)
+        # --- end network
+        result = self._sync_call('create_container', spec)
         timing['container_created'] = time.monotonic() - t0
         self.main = result.get('proc')
         if not isinstance(self.main, int):
@@ -632,6 +643,10 @@ class Shim(object):
     def op_archive_put(self, client, rid, args):
         self._forward_process(client, rid, 'archive_put', {
             'id': self.cid, 'path': str(args['path'])}, True)
+
+    def op_layer_diff(self, client, rid, args):
+        self._forward_process(client, rid, 'layer_diff', {'id': self.cid},
+                              False)
 
     def op_signal(self, client, rid, args):
         handle = self._handle(args)

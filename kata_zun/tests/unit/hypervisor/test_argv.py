@@ -129,6 +129,58 @@ class BuildArgvTestCase(base.BaseTestCase):
                           _config(), 'tcg', 'pc', 'max', QEMU)
 
 
+class NetDeviceTestCase(base.BaseTestCase):
+    """Golden argv of virtio-net NICs on host taps (issue 5)."""
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(tsc_khz=2596138, group='kata_hypervisor')
+
+    def test_microvm_nics_before_sandbox(self):
+        config = _config(nics=(
+            hv_base.Nic('kzt0123456789ab', '02:6b:0a:58:00:02'),
+            hv_base.Nic('kzt0123456789ac', '02:6b:0a:58:00:03')))
+        full = argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU)
+        self.assertEqual([
+            '-netdev', 'tap,id=net0,ifname=kzt0123456789ab,script=no,'
+                       'downscript=no,vhost=off',
+            '-device', 'virtio-net-device,netdev=net0,'
+                       'mac=02:6b:0a:58:00:02',
+            '-netdev', 'tap,id=net1,ifname=kzt0123456789ac,script=no,'
+                       'downscript=no,vhost=off',
+            '-device', 'virtio-net-device,netdev=net1,'
+                       'mac=02:6b:0a:58:00:03',
+        ] + SANDBOX, full[-10:])
+
+    def test_q35_nic_has_no_option_rom(self):
+        config = _config(nics=(hv_base.Nic('kzt0123456789ab',
+                                           '02:6b:0a:58:00:02'),))
+        self.assertEqual(
+            ['-netdev', 'tap,id=net0,ifname=kzt0123456789ab,script=no,'
+                        'downscript=no,vhost=off',
+             '-device', 'virtio-net-pci,netdev=net0,mac=02:6b:0a:58:00:02,'
+                        'romfile='] + SANDBOX,
+            argv.build_argv(config, 'kvm', 'q35', 'host', QEMU)[-6:])
+
+    def test_no_nics_no_netdev(self):
+        full = argv.build_argv(_config(), 'tcg', 'microvm', 'max', QEMU)
+        self.assertNotIn('-netdev', full)
+
+    def test_rejects_bad_tap_and_mac(self):
+        for tap, mac in (('kz,ifname=eth0', '02:00:00:00:00:01'),
+                         ('x' * 16, '02:00:00:00:00:01'),
+                         ('', '02:00:00:00:00:01'),
+                         ('kzt1\n', '02:00:00:00:00:01'),
+                         ('kzt1', '02:00:00:00:00:01\n'),
+                         ('kzt1', '01:00:00:00:00:01'),      # multicast
+                         ('kzt1', '02:00:00:00:00:01,x=y'),
+                         ('kzt1', '02:00:00:00:00')):
+            config = _config(nics=(hv_base.Nic(tap, mac),))
+            self.assertRaises(exception.HypervisorError, argv.build_argv,
+                              config, 'tcg', 'microvm', 'max', QEMU)
+
+
 class TscTestCase(base.BaseTestCase):
 
     def setUp(self):

@@ -1,0 +1,42 @@
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup('kata_network',
+                     title='kata-zun standalone container networking')
+
+OPTS = [
+    cfg.StrOpt('driver', default='bridge', choices=('bridge', 'none'),
+               help='Network of containers started by the kata-zun CLI '
+                    'when "--network" is not given. "bridge": a tap per VM '
+                    'on a host bridge with its own subnet, outbound NAT '
+                    'and published ports (needs root, or sudo for '
+                    'privsep-helper, and nftables). "none": loopback '
+                    'only. Containers made through the Zun driver do not '
+                    'use it (Zun mode takes Neutron ports).'),
+    cfg.StrOpt('bridge', default='kz0',
+               help='Host bridge of the "bridge" network; created when '
+                    'missing. Must start with "kz" (at most 15 '
+                    'characters): kata-zun only ever touches links named '
+                    'kz*.'),
+    cfg.StrOpt('subnet', default='10.88.0.0/16',
+               help='IPv4 subnet of the bridge network. The first address '
+                    'is the bridge (the guests\' gateway); the others are '
+                    'leased to containers. Refused when it overlaps an '
+                    'address or route of the host.'),
+    cfg.IntOpt('mtu', default=0, min=0, max=65535,
+               help='MTU of the bridge, the taps and the guest interfaces; '
+                    '0 takes the MTU of the host\'s default-route '
+                    'interface (1500 without one).'),
+    cfg.ListOpt('dns_servers', default=[],
+                help='Name servers written to the containers\' '
+                     'resolv.conf; empty takes the non-loopback '
+                     'nameservers of the host\'s /etc/resolv.conf.'),
+]
+
+
+def register_opts(conf):
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}

@@ -1,0 +1,164 @@
+"""Container networking: the facade the runtime and the shim use.
+
+Standalone mode (this package): ``none`` (loopback only) and ``bridge``
+(:mod:`kata_zun.network.bridge`: a tap per VM on a host bridge, leases on
+disk, outbound NAT, published ports with nftables). Zun mode (Neutron
+ports, os-vif) is not here yet.
+
+The lifecycle, driven by :mod:`kata_zun.runtime.manager`:
+
+* ``create``: :func:`make_request` parses ``--network``/``-p`` and
+  :func:`validate` checks them (makes nothing); the request is stored in
+  the record's config.json;
+* ``start``: :func:`plug` releases what removed containers left
+  (reconciliation), makes this container's network and writes the
+  attachment (``network.json``) the shim reads to give QEMU its NIC and
+  the agent its interface, DNS and /etc/hosts entry;
+* ``stop``/exit: nothing (the tap, address and ports stay the
+  container's until it is removed);
+* ``rm``: :func:`unplug` removes every rule, tap and lease it made.
+
+Light on purpose: the shim imports it; the privileged side (oslo.privsep,
+which pulls in eventlet) is imported only when a bridge is plugged or
+unplugged.
+"""
+
+import os
+import time
+
+from kata_zun import exception
+from kata_zun.network import ports as ports_mod
+from kata_zun.runtime import fileutils
+
+NETWORKS = ('none', 'bridge')
+ATTACHMENT = 'network.json'
+
+
+def state_dir(state_path):
+    return os.path.join(state_path, 'network')
+
+
+def get_plugin(name, state_path):
+    """:returns: the :class:`~kata_zun.network.base.NetworkPlugin` of
+    network ``name``.
+
+    :raises: InvalidInput for an unknown network.
+    """
+    if name == 'none':
+        from kata_zun.network import null
+        return null.NullPlugin(state_dir(state_path))
+    if name == 'bridge':
+        from kata_zun.network import bridge
+        return bridge.BridgePlugin(state_dir(state_path))
+    raise exception.InvalidInput(
+        reason='unknown network %r (kata-zun has: %s)' % (
+            name, ', '.join(NETWORKS)))
+
+
+def make_request(network, publish=()):
+    """Parse what the user asked for.
+
+    :param network: 'none' or 'bridge'.
+    :param publish: ``-p`` values.
+    :returns: {'network': name, 'ports': [mapping, ...]}
+    :raises: InvalidInput
+    """
+    if network not in NETWORKS:
+        raise exception.InvalidInput(
+            reason='unknown network %r (kata-zun has: %s)' % (
+                network, ', '.join(NETWORKS)))
+    return {'network': network, 'ports': ports_mod.parse_all(publish)}
+
+
+def validate(state_path, request, is_known=None):
+    """Check a request at create time: makes nothing.
+
+    :param is_known: callable(cid) -> bool; leases of other containers
+                     are ignored (they are released at the next start).
+    :raises: InvalidInput, Conflict, NetworkError
+    """
+    get_plugin(request['network'], state_path).validate(request, is_known)
+
+
+def reconcile(state_path, is_known):
+    """Release what was made for containers that no longer exist.
+
+    :param is_known: callable(cid) -> True while the record exists.
+    :returns: the container ids cleaned up.
+    """
+    return get_plugin('bridge', state_path).reconcile(is_known)
+
+
+def plug(state_path, container_dir, cid, hostname, request, is_known):
+    """Make a container's network before its VM boots and record it.
+
+    :returns: the attachment (also written to ``network.json``).
+    :raises: InvalidInput, Conflict, NetworkError
+    """
+    t0 = time.monotonic()
+    reconcile(state_path, is_known)
+    attachment = get_plugin(request['network'], state_path).plug(
+        cid, hostname, request)
+    attachment['setup_seconds'] = round(time.monotonic() - t0, 4)
+    fileutils.write_json(os.path.join(container_dir, ATTACHMENT),
+                         attachment)
+    return attachment
+
+
+def unplug(state_path, cid):
+    """Remove every tap, rule and lease made for ``cid`` (whatever its
+    network: the leases say what exists).
+
+    :returns: True if something was removed.
+    """
+    return get_plugin('bridge', state_path).unplug(cid)
+
+
+def read_attachment(container_dir):
+    """:returns: the attachment of a container, or None (never started,
+    or recorded before networking existed).
+    """
+    try:
+        return fileutils.read_json(os.path.join(container_dir, ATTACHMENT))
+    except (OSError, ValueError):
+        return None
+
+
+def settings(container_dir, request):
+    """Docker-like ``NetworkSettings`` for ``inspect``."""
+    request = request or {}
+    att = read_attachment(container_dir) or {}
+    mappings = att.get('ports', request.get('ports')) or []
+    published = {}
+    for m in mappings:
+        published.setdefault('%d/%s' % (m['container_port'], m['proto']),
+                             []).append({'HostIp': m['host_ip'],
+                                         'HostPort': str(m['host_port'])})
+    return {'Network': att.get('network', request.get('network')),
+            'Bridge': att.get('bridge'),
+            'IPAddress': att.get('address'),
+            'IPPrefixLen': att.get('prefix'),
+            'Gateway': att.get('gateway'),
+            'MacAddress': att.get('mac'),
+            'MTU': att.get('mtu'),
+            'Tap': (att.get('nics') or [{}])[0].get('tap'),
+            'DNS': (att.get('guest') or {}).get('dns'),
+            'Ports': published,
+            'SetupSeconds': att.get('setup_seconds')}
+
+
+def container_spec(spec, attachment):
+    """The agent's create_container spec with the network's DNS servers
+    (unless the user gave some) and the container's address in /etc/hosts.
+    """
+    if not attachment:
+        return spec
+    spec = dict(spec)
+    guest = attachment.get('guest') or {}
+    if not spec.get('dns') and guest.get('dns'):
+        spec['dns'] = list(guest['dns'])
+    name = spec.get('hostname') or guest.get('hostname')
+    if attachment.get('address') and name:
+        spec['hosts'] = list(spec.get('hosts') or []) + [
+            '%s\t%s' % (attachment['address'], name)]
+    return spec

@@ -1,0 +1,131 @@
+import os
+import socket
+import struct
+from unittest import mock
+
+import fixtures
+from oslotest import base
+
+from kata_zun.agent import guestnet
+
+MAC = '02:6b:0a:58:00:02'
+SPEC = {'interfaces': [{'mac': MAC, 'address': '10.88.0.2', 'prefix': 16,
+                        'mtu': 1400, 'gateway': '10.88.0.1'}],
+        'dns': ['10.88.0.1', 'fd00::1'], 'hostname': 'web'}
+
+
+class EncodingTestCase(base.BaseTestCase):
+
+    def test_attr_padding(self):
+        self.assertEqual(struct.pack('=HH', 7, 3) + b'kz\0\0',
+                         guestnet.attr(3, 'kz'))
+        self.assertEqual(struct.pack('=HHI', 8, 4, 1500),
+                         guestnet.attr(4, 1500))
+        self.assertEqual(struct.pack('=HH', 8, 1) + socket.inet_aton(
+            '10.0.0.1'), guestnet.attr(1, socket.inet_aton('10.0.0.1')))
+
+    def test_requests(self):
+        sent = []
+        nl = guestnet.Netlink.__new__(guestnet.Netlink)
+        nl.request = lambda *a: sent.append(a)
+        nl.addr_add(5, '10.88.0.2', 16)
+        mtype, flags, payload, _what = sent[-1]
+        self.assertEqual(guestnet.RTM_NEWADDR, mtype)
+        self.assertEqual(guestnet.NLM_F_CREATE | guestnet.NLM_F_REPLACE,
+                         flags)
+        self.assertEqual((socket.AF_INET, 16, 0, 0, 5),
+                         struct.unpack_from('=BBBBI', payload))
+        self.assertIn(socket.inet_aton('10.88.255.255'), payload)
+        nl.link_set(5, up=True, mtu=1400, master=3)
+        _t, _f, payload, _w = sent[-1]
+        self.assertEqual((0, 0, 5, 1, 1),
+                         struct.unpack_from('=BxHiII', payload))
+        self.assertTrue(payload.endswith(guestnet.attr(4, 1400) +
+                                         guestnet.attr(10, 3)))
+        nl.default_route(5, '10.88.0.1')
+        mtype, _f, payload, _w = sent[-1]
+        self.assertEqual(guestnet.RTM_NEWROUTE, mtype)
+        self.assertIn(socket.inet_aton('10.88.0.1'), payload)
+
+    def test_real_ack_parsing(self):
+        # Ask the kernel for something that fails without privileges or
+        # with a bad index: the errno comes back as an OSError.
+        with guestnet.Netlink() as nl:
+            exc = self.assertRaises(OSError, nl.link_set, 2 ** 31 - 1,
+                                    up=True)
+        self.assertIn('configure link', str(exc))
+
+
+class ValidateTestCase(base.BaseTestCase):
+
+    def test_good(self):
+        self.assertEqual([{'mac': MAC, 'address': '10.88.0.2', 'prefix': 16,
+                           'mtu': 1400, 'gateway': '10.88.0.1'}],
+                         guestnet.validate(SPEC))
+        self.assertEqual([], guestnet.validate({'interfaces': []}))
+
+    def test_bad(self):
+        def iface(**kw):
+            d = dict(SPEC['interfaces'][0])
+            d.update(kw)
+            return {'interfaces': [d]}
+        for bad in (None, [], {'interfaces': 'x'},
+                    {'interfaces': [None]},
+                    {'interfaces': [SPEC['interfaces'][0]] * 9},
+                    iface(mac='02:6b:0a:58:00'), iface(mac=None),
+                    iface(address='10.88.0.256'), iface(address=None),
+                    iface(prefix=33), iface(prefix=None),
+                    iface(prefix=True), iface(mtu=20),
+                    iface(gateway='x'),
+                    {'interfaces': [], 'dns': 'x'},
+                    {'interfaces': [], 'dns': ['nope']},
+                    {'interfaces': [], 'dns': ['1.1.1.1'] * 9}):
+            self.assertRaises(ValueError, guestnet.validate, bad)
+
+
+class ConfigureTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.sys_net = os.path.join(self.dir, 'net')
+        for name, mac in (('lo', '00:00:00:00:00:00'), ('eth0', MAC)):
+            os.makedirs(os.path.join(self.sys_net, name))
+            with open(os.path.join(self.sys_net, name, 'address'),
+                      'w') as f:
+                f.write(mac.upper() + '\n')
+        self.nl = mock.MagicMock()
+        self.useFixture(fixtures.MockPatchObject(
+            guestnet, 'Netlink', return_value=self.nl))
+        self.nl.__enter__.return_value = self.nl
+        self.useFixture(fixtures.MockPatch(
+            'socket.if_nametoindex',
+            side_effect=lambda n: {'lo': 1, 'eth0': 2}[n]))
+
+    def test_configure(self):
+        resolv = os.path.join(self.dir, 'resolv.conf')
+        result = guestnet.configure(SPEC, sys_net=self.sys_net,
+                                    resolv_conf=resolv)
+        self.assertEqual([{'name': 'eth0', 'mac': MAC,
+                           'address': '10.88.0.2'}], result['interfaces'])
+        self.assertEqual([mock.call.link_set(1, up=True),
+                          mock.call.link_set(2, up=True, mtu=1400),
+                          mock.call.addr_add(2, '10.88.0.2', 16),
+                          mock.call.default_route(2, '10.88.0.1')],
+                         [c for c in self.nl.mock_calls
+                          if c[0] in ('link_set', 'addr_add',
+                                      'default_route')])
+        with open(resolv) as f:
+            self.assertEqual('nameserver 10.88.0.1\nnameserver fd00::1\n',
+                             f.read())
+
+    def test_loopback_only_and_missing_nic(self):
+        guestnet.configure({'interfaces': []}, sys_net=self.sys_net,
+                           resolv_conf=None)
+        self.nl.link_set.assert_called_once_with(1, up=True)
+        self.useFixture(fixtures.MockPatchObject(guestnet, 'NIC_WAIT', 0))
+        spec = {'interfaces': [dict(SPEC['interfaces'][0],
+                                    mac='02:00:00:00:00:09')]}
+        exc = self.assertRaises(ValueError, guestnet.configure, spec,
+                                sys_net=self.sys_net, resolv_conf=None)
+        self.assertIn('02:00:00:00:00:09', str(exc))
