@@ -185,7 +185,8 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             cpus=float(container.cpu) if container.cpu else None,
             name='zun-' + container.uuid,
             hostname=container.hostname or None,
-            auto_remove=False, labels=dict(container.labels or {}),
+            auto_remove=bool(container.auto_remove),
+            labels=dict(container.labels or {}),
             cid=runtime_id(container), restart_policy=policy)
         container.container_id = c.id
         container.status = consts.CREATED
