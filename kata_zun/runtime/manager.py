@@ -64,8 +64,8 @@ def parse_restart_policy(value):
     :returns: {'name': ..., 'max_retries': N}
     :raises: InvalidInput
     """
-    name, _, count = (value or 'no').partition(':')
-    if name not in RESTART_POLICIES or (count and (
+    name, sep, count = (value or 'no').partition(':')
+    if name not in RESTART_POLICIES or (sep and (
             name != 'on-failure' or not count.isdigit())):
         raise exception.InvalidInput(reason='invalid restart policy %r '
                                      '(no, always, unless-stopped, '
@@ -632,7 +632,7 @@ class Runtime(object):
             raise exception.ImageLimitExceeded(
                 reason='archive of %s is larger than %d bytes' % (
                     path, limit))
-        return out, result.get('stat') or {}
+        return out, _clean_stat(result.get('stat'))
 
     def put_archive(self, ref, path, data):
         """Extract the tar ``data`` under directory ``path``.
@@ -706,6 +706,26 @@ class Runtime(object):
     def image_users(self, image_id):
         return [c.id for c in self.list()
                 if c.config['image']['id'] == image_id]
+
+
+def _clean_stat(stat):
+    """Type-check and bound the guest's stat of an archived path.
+
+    It goes to Zun's API as it is.
+    """
+    stat = stat if isinstance(stat, dict) else {}
+
+    def number(key):
+        value = stat.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return value if ok and 0 <= value < 2 ** 63 else 0
+
+    def text(key):
+        value = stat.get(key)
+        return value[:4096] if isinstance(value, str) else ''
+    return {'name': text('name'), 'size': int(number('size')),
+            'mode': int(number('mode')), 'mtime': number('mtime'),
+            'linkTarget': text('linkTarget')}
 
 
 def _merge_env(base, extra):
