@@ -38,6 +38,8 @@ CLIENT_HIGH_WATER = 8 * 1024 * 1024
 CLIENT_MAX_BACKLOG = 64 * 1024 * 1024
 # Time for attached clients to read the last frames before the shim exits.
 DRAIN_TIMEOUT = 5.0
+# How often the shim checks that its sandbox record still exists.
+RECORD_CHECK_INTERVAL = 5.0
 
 
 class ShimSetupError(Exception):
@@ -229,6 +231,8 @@ class Shim(object):
         self.vm_fd = os.pidfd_open(self.vm.pid)
         self.sel.register(self.vm_fd, selectors.EVENT_READ, 'vm')
         self.sel.register(self.agent.fd, selectors.EVENT_READ, 'agent')
+        self.timers.append((time.monotonic() + RECORD_CHECK_INTERVAL,
+                            self._check_record))
         drain_deadline = None
         while True:
             if self.finished:
@@ -285,6 +289,23 @@ class Shim(object):
             self.sel.unregister(fileobj)
         elif key.events != events:
             self.sel.modify(fileobj, events, data)
+
+    def _check_record(self):
+        """Stop the VM when the sandbox record was deleted behind our back.
+
+        After an rm -rf of the state path nobody could reach it again: it
+        must not live on as an orphan VM.
+        """
+        if self.finished:
+            return
+        if not os.path.exists(self._path('config.json')):
+            LOG.error('the record of sandbox %s is gone: stopping its VM',
+                      self.cid)
+            self.exited = True
+            self._stop_vm()
+            return
+        self.timers.append((time.monotonic() + RECORD_CHECK_INTERVAL,
+                            self._check_record))
 
     def _run_timers(self):
         now = time.monotonic()

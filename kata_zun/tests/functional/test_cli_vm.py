@@ -346,3 +346,28 @@ class RestartPolicyTestCase(base.KataZunFunctionalTest):
         r = self.kz('run', '--restart', 'sometimes', 'busybox', 'true')
         self.assertEqual(125, r.code)
         self.assertIn(b'invalid restart policy', r.err)
+
+
+class OrphanTestCase(base.KataZunFunctionalTest):
+
+    def test_vm_stops_when_its_record_is_deleted(self):
+        import shutil
+        import subprocess
+        self.load_busybox()
+        cid = self.kz('run', '-d', 'busybox', 'sleep', '600',
+                      check=0).text.strip()
+        info = json.loads(self.kz('inspect', cid, check=0).out)[0]
+        vm_pid = info['State']['VMPid']
+        self.assertTrue(os.path.exists('/proc/%d' % vm_pid))
+        shutil.rmtree(os.path.join(self.state_path, 'containers', cid))
+        deadline = time.time() + 30
+        while subprocess.run(['pgrep', '-f', 'kata_zun.cmd.shim.*%s' % cid],
+                             capture_output=True).returncode == 0:
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.5)
+        try:
+            with open('/proc/%d/cmdline' % vm_pid, 'rb') as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = b''
+        self.assertNotIn(b'qemu', cmdline)      # the VM went with it
