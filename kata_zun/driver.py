@@ -374,8 +374,16 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return ''.join(out)
 
     def execute_create(self, context, container, command, interactive=False):
+        if interactive:
+            # zun-wsproxy drives interactive exec through Docker's own
+            # exec-start API, which kata-zun does not serve (yet).
+            raise zun_exc.Invalid('interactive exec is not supported by '
+                                  'the kata driver yet; run the command '
+                                  'without --interactive')
         argv = shlex.split(command) if isinstance(command, str) \
             else list(command)
+        if not argv:
+            raise zun_exc.Invalid('no command given')
         exec_id = os.urandom(16).hex()
         self._execs[exec_id] = (container.container_id, argv, interactive)
         return exec_id

@@ -129,3 +129,15 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual(reserved, memory['reserved'])
         self.assertEqual(8192 - 100 - reserved, memory['max_unit'])
         self.assertEqual(first, memory)     # stable from call to call
+
+    def test_interactive_exec_is_refused_clearly(self):
+        from zun.common import exception as zun_exc
+        c = self._container()
+        self.assertRaisesRegex(zun_exc.Invalid, 'interactive exec',
+                               self.driver.execute_create, None, c,
+                               'sh', interactive=True)
+        self.assertRaises(zun_exc.Invalid, self.driver.execute_create,
+                          None, c, '')
+        exec_id = self.driver.execute_create(None, c, 'echo "a b"')
+        self.assertEqual((c.container_id, ['echo', 'a b'], False),
+                         self.driver._execs[exec_id])
