@@ -225,7 +225,7 @@ def cmd_exec(rt, args):
 
 def cmd_ps(rt, args):
     rows = [('CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS',
-             'NAMES')]
+             'PORTS', 'NAMES')]
     for c in rt.list():
         if not args.all and c.status not in ('running', 'paused'):
             continue
@@ -237,10 +237,18 @@ def cmd_ps(rt, args):
             command = command[:29] + '…'
         rows.append((c.id[:12], c.config['image']['name'],
                      '"%s"' % command, _ago(c.config['created']),
-                     _status_text(c), c.name))
+                     _status_text(c), _ports_text(c), c.name))
     if not args.quiet:
         _table(rows)
     return 0
+
+
+def _ports_text(c):
+    """Docker's PORTS column: 0.0.0.0:8080->80/tcp, ..."""
+    ports = (c.config.get('network') or {}).get('ports') or []
+    return ', '.join('%s:%s->%s/%s' % (p['host_ip'], p['host_port'],
+                                       p['container_port'], p['proto'])
+                     for p in ports)
 
 
 def _status_text(c):
