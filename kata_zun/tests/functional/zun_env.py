@@ -382,16 +382,28 @@ class ZunEnvironment(object):
     :param extra_conf: ``{section: {key: value}}`` merged into zun.conf
         last (e.g. the driver's ``[kata]`` options).
     :param timeout: seconds start() and restart_compute() wait.
+    :param glance: also start glance-api (a file store, keystone auth,
+        under gunicorn) and register its ``image`` endpoint; needs glance
+        installed in ``venv``.
+    :param zun: start placement, the fake Neutron, zun-api and
+        zun-compute; False brings up keystone (and glance) only.
     """
 
     SERVICES = ('fake-neutron', 'keystone', 'placement', 'zun-api',
                 'zun-compute')
 
     def __init__(self, venv, workdir, driver='kata', extra_conf=None,
-                 timeout=START_TIMEOUT):
+                 timeout=START_TIMEOUT, glance=False, zun=True):
         self.venv = os.path.abspath(venv)
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
+        self.glance = glance
+        self.zun = zun
+        #: The services this environment runs, in start order.
+        self.services = tuple(
+            name for name in self.SERVICES
+            if zun or name == 'keystone') + (
+                ('glance-api',) if glance else ())
         self.extra_conf = extra_conf or {}
         self.timeout = timeout
         self.log_dir = os.path.join(self.workdir, 'logs')
@@ -448,6 +460,20 @@ class ZunEnvironment(object):
     def admin_password(self):
         """Password of ``admin`` (project ``admin``, domain Default)."""
         return self._state.get('admin_password')
+
+    @property
+    def glance_url(self):
+        """The glance-api URL (with ``glance=True``)."""
+        return 'http://%s:%s' % (HOST_IP, self.ports['glance-api'])
+
+    @property
+    def glance_store_dir(self):
+        """The file store of glance-api: one file per image."""
+        return os.path.join(self.workdir, 'glance', 'images')
+
+    def _databases(self):
+        return (('keystone', 'placement', 'zun') if self.zun
+                else ('keystone',)) + (('glance',) if self.glance else ())
 
     def _identity_client(self):
         if self._identity is None:
@@ -597,7 +623,7 @@ class ZunEnvironment(object):
         """
         return '\n'.join('---- %s (%s)\n%s' % (name, self._log_path(name),
                                                _tail(self._log_path(name)))
-                         for name in self.SERVICES)
+                         for name in self.services)
 
     def _db_url(self, service):
         return 'mysql+pymysql://%s:%s@%s:%s/%s_%s?charset=utf8' % (
@@ -681,11 +707,51 @@ class ZunEnvironment(object):
             'glance_client': {'region_name': REGION},
         }
         _write_ini(self.conf_path, _merge(conf, self.extra_conf))
+        if self.glance:
+            self._write_glance_config()
         with open(self.openrc_path, 'w') as f:
             f.write('export PATH=%s/bin:"$PATH"\n' % self.venv)
             f.write('export no_proxy=%s,localhost\n' % HOST_IP)
             for key, value in sorted(self.os_environ().items()):
                 f.write('export %s=%s\n' % (key, value))
+
+    def _write_glance_config(self):
+        gl_dir = os.path.join(self.workdir, 'glance')
+        for d in (self.glance_store_dir, os.path.join(gl_dir, 'staging'),
+                  os.path.join(gl_dir, 'lock')):
+            os.makedirs(d, exist_ok=True)
+        # pip installs glance's paste file as data under <venv>/etc.
+        paste = os.path.join(self.venv, 'etc', 'glance',
+                             'glance-api-paste.ini')
+        if not os.path.exists(paste):
+            raise ZunEnvironmentError('glance is not installed in %s (no '
+                                      '%s)' % (self.venv, paste))
+        shutil.copy(paste, os.path.join(gl_dir, 'glance-api-paste.ini'))
+        authtoken = self._auth_section('glance',
+                                       self._state['service_password'])
+        authtoken.pop('region_name')
+        _write_ini(os.path.join(gl_dir, 'glance-api.conf'), {
+            'DEFAULT': {
+                'debug': False,
+                'bind_host': HOST_IP,
+                'bind_port': self.ports['glance-api'],
+                'worker_self_reference_url': self.glance_url,
+                'image_cache_dir': os.path.join(gl_dir, 'cache'),
+                'node_staging_uri': 'file://' + os.path.join(gl_dir,
+                                                             'staging'),
+            },
+            'database': {'connection': self._db_url('glance')},
+            'glance_store': {'stores': 'file', 'default_store': 'file',
+                             'filesystem_store_datadir':
+                             self.glance_store_dir},
+            'keystone_authtoken': authtoken,
+            'paste_deploy': {'flavor': 'keystone', 'config_file':
+                             os.path.join(gl_dir, 'glance-api-paste.ini')},
+            'oslo_concurrency': {'lock_path': os.path.join(gl_dir, 'lock')},
+        })
+        with open(os.path.join(gl_dir, 'wsgi_app.py'), 'w') as f:
+            f.write(_WSGI_SHIM % {'module': 'glance.wsgi', 'name': 'api',
+                                  'call': 'api.application'})
 
     def os_environ(self):
         """The OS_* variables of the admin for the openstack CLI.
@@ -713,13 +779,13 @@ class ZunEnvironment(object):
         ensure_mariadb()
         name, pw = self.name, self._state['db_password']
         statements = []
-        for service in ('keystone', 'placement', 'zun'):
+        for service in self._databases():
             statements.append('CREATE DATABASE `%s_%s` CHARACTER SET utf8' % (
                 name, service))
         for host in (HOST_IP, 'localhost'):
             statements.append("CREATE USER '%s'@'%s' IDENTIFIED BY '%s'" % (
                 name, host, pw))
-            for service in ('keystone', 'placement', 'zun'):
+            for service in self._databases():
                 statements.append("GRANT ALL ON `%s_%s`.* TO '%s'@'%s'" % (
                     name, service, name, host))
         with self._lock:
@@ -816,15 +882,22 @@ class ZunEnvironment(object):
                 'create project')
             role = pool.submit(call, 'GET', '/roles?name=admin', None,
                                'find admin role')
-            users = [pool.submit(create_user, name)
-                     for name in ('zun', 'placement')]
-            services = [pool.submit(create_service, *args) for args in (
-                ('container', 'zun', 'http://%s:%s/v1' % (
-                    HOST_IP, self.ports['zun-api'])),
-                ('placement', 'placement', 'http://%s:%s' % (
-                    HOST_IP, self.ports['placement'])),
-                ('network', 'neutron', 'http://%s:%s' % (
-                    HOST_IP, self.ports['fake-neutron'])))]
+            names = (('zun', 'placement') if self.zun else ()) + (
+                ('glance',) if self.glance else ())
+            users = [pool.submit(create_user, name) for name in names]
+            endpoints = []
+            if self.zun:
+                endpoints += [
+                    ('container', 'zun', 'http://%s:%s/v1' % (
+                        HOST_IP, self.ports['zun-api'])),
+                    ('placement', 'placement', 'http://%s:%s' % (
+                        HOST_IP, self.ports['placement'])),
+                    ('network', 'neutron', 'http://%s:%s' % (
+                        HOST_IP, self.ports['fake-neutron']))]
+            if self.glance:
+                endpoints.append(('image', 'glance', self.glance_url))
+            services = [pool.submit(create_service, *args)
+                        for args in endpoints]
             project_id = project.result()['project']['id']
             role_id = role.result()['roles'][0]['id']
             grants = [pool.submit(call, 'PUT',
@@ -849,6 +922,21 @@ class ZunEnvironment(object):
         self._wait_http('placement', 'http://%s:%s/' % (
             HOST_IP, self.ports['placement']), self.timeout)
         self._phase('placement up', t)
+
+    def _glance_api(self, db_ready):
+        gl_dir = os.path.join(self.workdir, 'glance')
+        env = self._env(OS_GLANCE_CONFIG_DIR=gl_dir)
+        db_ready.result()
+        t = time.monotonic()
+        self._run('glance-manage', [
+            self._bin('glance-manage'), '--config-file',
+            os.path.join(gl_dir, 'glance-api.conf'), 'db_sync'], env=env)
+        self._phase('glance-manage db_sync', t)
+        t = time.monotonic()
+        self._gunicorn('glance-api', gl_dir, self.ports['glance-api'], env)
+        self._wait_http('glance-api', self.glance_url + '/healthcheck',
+                        self.timeout)
+        self._phase('glance-api up', t)
 
     def _zun_api(self, db_ready, mq_ready):
         db_ready.result()
@@ -977,8 +1065,9 @@ class ZunEnvironment(object):
             'db_password': secrets.token_hex(12),
             'ports': {name: _free_port()
                       for name in ('keystone', 'placement', 'zun-api',
-                                   'fake-neutron')},
+                                   'fake-neutron', 'glance-api')},
             'procs': {},
+            'databases': list(self._databases()),
         }
         self._identity = None
         self._save_state()
@@ -996,6 +1085,9 @@ class ZunEnvironment(object):
     def _start(self):
         self._abort.clear()
         self._write_configs()
+        if not self.zun:
+            self._start_identity_only()
+            return
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             db = pool.submit(self._prepare_database)
             mq = pool.submit(self._prepare_rabbitmq)
@@ -1004,6 +1096,8 @@ class ZunEnvironment(object):
             keystone = pool.submit(self._keystone, db)
             placement = pool.submit(self._placement, db)
             api = pool.submit(self._zun_api, db, mq)
+            glance = (pool.submit(self._glance_api, db) if self.glance
+                      else None)
             try:
                 for future in (lspci, neutron, keystone):
                     future.result()
@@ -1011,16 +1105,34 @@ class ZunEnvironment(object):
                 # soon as it starts: keystone must know that user first.
                 t = time.monotonic()
                 self._start_compute()
-                for future in (placement, api):
-                    future.result()
+                for future in (placement, api, glance):
+                    if future is not None:
+                        future.result()
             except BaseException:
                 self._abort.set()
                 for future in (db, mq, lspci, neutron, keystone,
-                               placement, api):
-                    future.cancel()
+                               placement, api, glance):
+                    if future is not None:
+                        future.cancel()
                 raise
         self._wait_compute()
         self._phase('zun-compute ready', t)
+
+    def _start_identity_only(self):
+        # zun=False: keystone (and glance-api), no RabbitMQ, no zun.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            db = pool.submit(self._prepare_database)
+            futures = [db, pool.submit(self._keystone, db)]
+            if self.glance:
+                futures.append(pool.submit(self._glance_api, db))
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                self._abort.set()
+                for future in futures:
+                    future.cancel()
+                raise
 
     def stop(self):
         """Kill every service, drop the databases and the vhost.
@@ -1046,10 +1158,12 @@ class ZunEnvironment(object):
                 errors.append('kill %s: %s' % (name, e))
         self.venv = self._state.get('venv', self.venv)
         name = self.name
+        databases = self._state.get('databases',
+                                    ('keystone', 'placement', 'zun'))
 
         def drop_databases():
             self._sql(*(['DROP DATABASE IF EXISTS `%s_%s`' % (name, service)
-                         for service in ('keystone', 'placement', 'zun')] +
+                         for service in databases] +
                         ["DROP USER IF EXISTS '%s'@'%s'" % (name, host)
                          for host in (HOST_IP, 'localhost')]))
 
@@ -1161,6 +1275,10 @@ def main(argv=None):
     parser.add_argument('--conf', action='append', default=[],
                         metavar='SECTION.KEY=VALUE',
                         help='extra zun.conf option (repeatable)')
+    parser.add_argument('--glance', action='store_true',
+                        help='also start glance-api (file store)')
+    parser.add_argument('--no-zun', dest='zun', action='store_false',
+                        help='keystone (and glance) only')
     parser.add_argument('action', choices=('up', 'down'))
     args = parser.parse_args(argv)
     extra = {}
@@ -1171,7 +1289,7 @@ def main(argv=None):
             parser.error('--conf wants SECTION.KEY=VALUE, not %r' % item)
         extra.setdefault(section, {})[option] = value
     env = ZunEnvironment(args.venv, args.workdir, driver=args.driver,
-                         extra_conf=extra)
+                         extra_conf=extra, glance=args.glance, zun=args.zun)
     try:
         if args.action == 'down':
             env.stop()
@@ -1180,6 +1298,10 @@ def main(argv=None):
     except ZunEnvironmentError as e:
         _log(str(e))
         return 1
+    if not args.zun:
+        print('keystone is up: source %s; logs in %s' % (
+            env.openrc_path, env.log_dir))
+        return 0
     print('Zun is up: compute host %s, zun.conf %s, logs in %s\n'
           'source %s; openstack --os-container-api-version %s '
           'appcontainer list' % (env.host, env.conf_path, env.log_dir,
