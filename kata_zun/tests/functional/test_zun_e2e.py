@@ -20,7 +20,11 @@ from kata_zun.tests.functional import base as kz_base
 from kata_zun.tests.functional import zun_env
 
 
-class ZunEndToEndTest(base.BaseTestCase):
+class ZunEndToEndBase(base.BaseTestCase):
+    """An environment per test, and helpers; no tests of its own."""
+
+    #: Also start glance-api next to zun (commit uploads to Glance).
+    GLANCE = False
 
     def setUp(self):
         super().setUp()
@@ -45,7 +49,8 @@ class ZunEndToEndTest(base.BaseTestCase):
             extra_conf={'kata': kata, 'kata_image': {
                 # Nothing leaves this machine: missing images are pulled
                 # from a closed loopback port.
-                'default_registry': kz_base.CLOSED_REGISTRY}})
+                'default_registry': kz_base.CLOSED_REGISTRY}},
+            glance=self.GLANCE)
         self.addCleanup(self.env.stop)
         self.addOnException(self._attach_logs)
         self.env.start()
@@ -104,6 +109,9 @@ class ZunEndToEndTest(base.BaseTestCase):
                                 info['status'], info.get('status_reason'),
                                 want))
             time.sleep(1)
+
+
+class ZunEndToEndTest(ZunEndToEndBase):
 
     def test_lifecycle_and_compute_restart(self):
         self.os('appcontainer', 'run', '--name', 'c1',

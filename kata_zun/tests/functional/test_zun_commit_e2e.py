@@ -1,0 +1,82 @@
+"""End to end: ``openstack appcontainer commit`` uploads to a real Glance.
+
+zun-api creates the Glance image record, zun-compute pauses the
+container, calls the driver's commit and get_image, and streams the
+``docker save`` archive into glance-api (file store); a new container
+then runs from that Glance image on a host store that no longer has it.
+"""
+
+import re
+import subprocess
+import sys
+import time
+
+from kata_zun.tests.functional import base as kz_base
+from kata_zun.tests.functional import test_zun_e2e
+
+
+class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
+
+    GLANCE = True
+
+    def kz(self, *args):
+        return subprocess.run(
+            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+             self.env.conf_path] + list(args), capture_output=True,
+            text=True, timeout=kz_base.CLI_TIMEOUT)
+
+    def glance_image(self, image_id, timeout=120):
+        idc = self.env._identity_client()
+        deadline = time.time() + timeout
+        while True:
+            status, _, meta = idc.request(
+                'GET', '%s/v2/images/%s' % (self.env.glance_url, image_id))
+            self.assertEqual(200, status, meta)
+            if meta['status'] == 'active':
+                return meta
+            self.assertNotIn(meta['status'], ('killed', 'deleted'), meta)
+            self.assertLess(time.time(), deadline, meta)
+            time.sleep(1)
+
+    def test_commit_uploads_to_glance_and_runs_from_it(self):
+        self.os('appcontainer', 'run', '--name', 'c1',
+                '--image-pull-policy', 'ifnotpresent', 'busybox', 'sh',
+                '-c', 'echo committed through zun > /root/mark; '
+                'while true; do sleep 1; done')
+        self.wait_status('c1', ('Running',))
+        deadline = time.time() + 30
+        while 'committed' not in self.os('appcontainer', 'exec', 'c1',
+                                         'cat', '/root/mark', check=False)[1]:
+            self.assertLess(time.time(), deadline)
+            time.sleep(1)
+
+        out = self.os('appcontainer', 'commit', 'c1', 'kzsnap:v1')[1]
+        # zun-api answers with the Glance image it created.
+        image_id = re.findall(
+            r'\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b', out)
+        self.assertEqual(1, len(image_id), out)
+        meta = self.glance_image(image_id[0])
+        self.assertEqual('docker', meta['container_format'])
+        self.assertEqual('kzsnap', meta['name'])
+        self.assertEqual(['v1'], meta['tags'])
+        self.assertGreater(meta['size'], 100 * 1024)
+        # zun paused the container for the commit, then unpaused it.
+        info = self.wait_status('c1', ('Running',), timeout=60)
+        self.assertEqual('Running', info['status'])
+
+        # Forget the committed image on the host: the next container can
+        # only get it from Glance.
+        r = self.kz('rmi', 'kzsnap:v1')
+        self.assertEqual(0, r.returncode, r.stderr)
+        self.assertNotIn('kzsnap', self.kz('images').stdout)
+
+        self.os('appcontainer', 'run', '--name', 'c2', '--image-driver',
+                'glance', 'kzsnap:v1', 'cat', '/root/mark')
+        info = self.wait_status('c2', ('Stopped', 'Error'), timeout=180)
+        self.assertEqual('Stopped', info['status'], info)
+        self.assertIn('committed through zun',
+                      self.os('appcontainer', 'logs', 'c2')[1])
+        self.assertIn('kzsnap', self.kz('images').stdout)
+
+        for name in ('c1', 'c2'):
+            self.os('appcontainer', 'delete', '--force', name)
