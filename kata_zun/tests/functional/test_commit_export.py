@@ -5,7 +5,11 @@ import json
 import os
 import tarfile
 
+import fixtures
+
+from kata_zun.image import busybox
 from kata_zun.tests.functional import base
+from kata_zun.tests.functional import registry_fixture as rf
 
 
 def _blobs(state_path):
@@ -171,3 +175,52 @@ class CommitExportTestCase(base.KataZunFunctionalTest):
         self.assertIn(b'nosuchimage', r.err)
         self.assertFalse(os.path.exists(os.path.join(self.state_path,
                                                      'x.tar')))
+
+
+class PulledRoundTripTestCase(base.KataZunFunctionalTest):
+    """pull -> run -> commit -> save -> load -> run, from a real registry,
+    and the committed image pushed back (skopeo reads our archive the way
+    Docker's ``load`` does) and pulled by a store that never saw it.
+    """
+
+    def test_pull_run_commit_save_load_run_push_pull(self):
+        reg = self.useFixture(rf.Registry('http'))
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata_image]\ndefault_registry = %s\n'
+                    'insecure_registries = %s\n' % (reg.address,
+                                                    reg.address))
+        tmp = self.useFixture(fixtures.TempDir()).path
+        source = os.path.join(tmp, 'base.tar')
+        busybox.write_oci_archive(source, extra_files={
+            'etc/motd': b'from the registry\n'})
+        reg.push('oci-archive:' + source, 'team/base:1')
+
+        self.kz('run', '-d', '--name', 'c1', 'team/base:1', 'sleep',
+                '1000', check=0)
+        self.kz('exec', 'c1', 'sh', '-c',
+                'echo committed > /root/mark && rm /etc/motd', check=0)
+        self.kz('commit', 'c1', 'team/snap:2', check=0)
+        out = os.path.join(tmp, 'snap.tar')
+        self.kz('save', '-o', out, 'team/snap:2', check=0)
+        self.kz('rm', '-f', 'c1', check=0)
+        self.kz('rmi', 'team/snap:2', check=0)
+        self.kz('rmi', 'team/base:1', check=0)
+        self.assertEqual([], _blobs(self.state_path))
+
+        r = self.kz('load', '-i', out, check=0)
+        self.assertIn('team/snap:2', r.text)
+        r = self.kz('run', '--rm', '--pull', 'never', 'team/snap:2', 'sh',
+                    '-c', 'cat /root/mark; test -e /etc/motd || echo gone',
+                    check=0)
+        self.assertEqual(b'committed\ngone\n', r.out)
+
+        # Push our docker-save archive with skopeo, pull it into a store
+        # that never had it, and run it.
+        reg.push('docker-archive:' + out, 'team/snap:pushed')
+        self.kz('rmi', 'team/snap:2', check=0)
+        self.assertEqual([], _blobs(self.state_path))
+        r = self.kz('run', '--rm', 'team/snap:pushed', 'cat', '/root/mark',
+                    check=0)
+        self.assertEqual(b'committed\n', r.out[-10:])
+        self.assertIn(b'Pulling %s/team/snap:pushed' % reg.address.encode(),
+                      r.err)
