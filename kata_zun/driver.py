@@ -533,8 +533,13 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return image, True
 
     def read_tar_image(self, image):
-        """Name the image after the first RepoTags of its tar, like
-        zun's docker driver (``repo``, ``tag``); ``tags`` stays Glance's.
+        """Name the image after a RepoTags entry of its tar (``repo``,
+        ``tag``), like zun's docker driver; ``tags`` stays Glance's.
+
+        zun's docker driver takes the first entry; an archive with
+        several names is better served by the one that was asked for:
+        the requested repo and tag, else the requested repo, else the
+        first.
         """
         from kata_zun.image import reference
         image.setdefault('tags', [])
@@ -545,11 +550,14 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                         exc)
             return
         image['id'] = record.id
-        if record.repo_tags:
-            ref = reference.parse(record.repo_tags[0])
-            image['repo'], image['tag'] = ref.repo, ref.tag
-        else:
+        if not record.repo_tags:
             image['repo'], image['tag'] = record.id.split(':', 1)[1], ''
+            return
+        refs = [reference.parse(t) for t in record.repo_tags]
+        wanted = (image.get('repo'), image.get('tag') or 'latest')
+        ref = next((r for r in refs if (r.repo, r.tag) == wanted), None) \
+            or next((r for r in refs if r.repo == wanted[0]), refs[0])
+        image['repo'], image['tag'] = ref.repo, ref.tag
 
     # ------------------------------------------------------------ host
     def get_available_resources(self):

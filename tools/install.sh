@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
 erofs-utils e2fsprogs lz4 cpio iproute2 nftables skopeo docker-registry
-apache2-utils openssl pciutils python3-venv"
+apache2-utils openssl pciutils python3-venv tinyproxy"
 
 missing=""
 for pkg in $PACKAGES; do

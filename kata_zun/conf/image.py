@@ -31,6 +31,23 @@ REGISTRY_OPTS = [
     cfg.FloatOpt('registry_timeout', default=60.0, min=1,
                  help='Seconds to wait for a registry to connect or send '
                       'data.'),
+    cfg.IntOpt('registry_retries', default=3, min=0, max=10,
+               help='Times a registry request is repeated after a lost '
+                    'connection or an answer that asks for it (429, 500, '
+                    '502, 503, 504), with exponential back-off or the '
+                    'Retry-After it gives (at most 30 s).'),
+    cfg.StrOpt('https_proxy',
+               help='http://[user:password@]host:port of the proxy for '
+                    'HTTPS registries (a CONNECT tunnel). Unset: the '
+                    'HTTPS_PROXY environment variable; empty: none.'),
+    cfg.StrOpt('http_proxy',
+               help='http://[user:password@]host:port of the proxy for '
+                    'plain HTTP registries. Unset: the HTTP_PROXY '
+                    'environment variable; empty: none.'),
+    cfg.StrOpt('no_proxy',
+               help='Comma-separated hosts and domain suffixes reached '
+                    'without a proxy. Unset: the NO_PROXY environment '
+                    'variable.'),
     cfg.IntOpt('max_concurrent_downloads', default=3, min=1, max=16,
                help='Layers downloaded at the same time by one pull.'),
     cfg.StrOpt('credentials_file',

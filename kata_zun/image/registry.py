@@ -30,10 +30,12 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 
 from oslo_log import log as logging
 
@@ -53,6 +55,10 @@ MANIFEST_ACCEPT = ', '.join(archive.MANIFEST_TYPES + archive.INDEX_TYPES)
 MAX_REDIRECTS = 5
 MAX_SMALL_BODY = 1024 * 1024  # tokens, error documents
 BLOB_ATTEMPTS = 3
+# Answers that mean "try again later", and the longest Retry-After we
+# honour (a registry cannot park a pull for an hour).
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_RETRY_AFTER = 30.0
 CHUNK = 1024 * 1024
 PROGRESS_INTERVAL = 2.0
 LOCK_POLL = 0.1
@@ -74,7 +80,11 @@ class RegistryAuthError(RegistryError):
 
 
 class _ConnectionFailed(RegistryError):
-    """The connection failed or broke: worth another try."""
+    """The connection failed or broke: worth another try, unless nothing
+    listens there or the name does not resolve (``retryable`` False).
+    """
+
+    retryable = True
 
 
 def _bad(reason):
@@ -196,6 +206,63 @@ def _ssl_context():
     return context
 
 
+class Proxy(object):
+    """An HTTP proxy: where it is and the header that authenticates."""
+
+    def __init__(self, url):
+        parts = urllib.parse.urlsplit(url if '://' in url
+                                      else 'http://' + url)
+        if parts.scheme != 'http' or not parts.hostname:
+            raise ValueError('%r is not an http:// proxy URL' % url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.authorization = None
+        if parts.username is not None:
+            pair = '%s:%s' % (urllib.parse.unquote(parts.username),
+                              urllib.parse.unquote(parts.password or ''))
+            self.authorization = 'Basic ' + base64.b64encode(
+                pair.encode('utf-8')).decode('ascii')
+        self.display = '%s:%d' % (self.host, self.port)
+
+
+def proxy_for(scheme, netloc):
+    """The proxy for a request, as ``[kata_image] https_proxy``,
+    ``http_proxy`` and ``no_proxy`` say, or else the environment
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) like curl and Docker.
+
+    :param scheme: ``http`` or ``https``, of the request.
+    :param netloc: ``host[:port]`` of the request.
+    :returns: a :class:`Proxy`, or None to connect directly.
+    :raises: RegistryError for a proxy URL that is not ``http://``.
+    """
+    env = urllib.request.getproxies_environment()
+    opts = CONF.kata_image
+    url = (opts.https_proxy if scheme == 'https' else opts.http_proxy)
+    if url is None:
+        url = env.get(scheme)
+    if not url:
+        return None
+    no_proxy = opts.no_proxy if opts.no_proxy is not None else env.get('no')
+    if no_proxy and urllib.request.proxy_bypass_environment(
+            netloc, {'no': no_proxy}):
+        return None
+    try:
+        return Proxy(url)
+    except ValueError as e:
+        raise RegistryError(registry=netloc, reason='proxy: %s' % e)
+
+
+def _retry_delay(attempt, resp=None):
+    """Seconds before retry ``attempt`` (1, 2...).
+
+    Retry-After when the registry gives one in seconds, else exponential
+    back-off.
+    """
+    value = resp.getheader('Retry-After') if resp is not None else None
+    if value and value.strip().isdigit():
+        return min(float(value.strip()), MAX_RETRY_AFTER)
+    return min(0.5 * 2 ** (attempt - 1), 8.0)
+
+
 def _configured_credentials(registry):
     path = CONF.kata_image.credentials_file
     if not path:
@@ -306,30 +373,32 @@ class Client(object):
         headers = dict(headers)
         for _hop in range(MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
-            timeout = CONF.kata_image.registry_timeout
-            if parts.scheme == 'https':
-                conn = http.client.HTTPSConnection(
-                    parts.hostname, parts.port, timeout=timeout,
-                    context=self._context)
-            elif parts.scheme == 'http' and _plain_http_allowed(
-                    parts.netloc):
-                conn = http.client.HTTPConnection(
-                    parts.hostname, parts.port, timeout=timeout)
-            else:
+            if parts.scheme not in ('http', 'https') or (
+                    parts.scheme == 'http' and
+                    not _plain_http_allowed(parts.netloc)):
                 raise self._error(
                     'refusing %s: plain HTTP only goes to hosts in '
                     '[kata_image] insecure_registries' % url)
             path = parts.path or '/'
             if parts.query:
                 path += '?' + parts.query
+            conn, path, via = self._connection(parts, path, headers)
             try:
                 conn.request('GET', path, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise _ConnectionFailed(registry=self.registry,
-                                        reason='GET %s: %s' % (url, e))
+                failed = _ConnectionFailed(registry=self.registry,
+                                           reason='GET %s%s: %s' % (
+                                               url, via, e))
+                # Nothing listens, no such name, or the proxy refused
+                # the tunnel: another try would get the same answer.
+                failed.retryable = not (
+                    isinstance(e, (ConnectionRefusedError, socket.gaierror))
+                    or str(e).startswith('Tunnel connection failed'))
+                raise failed
             resp.url_netloc, resp.url_path = parts.netloc, parts.path
+            resp.via = via
             location = resp.getheader('Location')
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return conn, resp
@@ -340,6 +409,60 @@ class Client(object):
                 headers.pop('Authorization', None)
         raise self._error('too many redirects from %s' % url)
 
+    def _connection(self, parts, path, headers):
+        """A connection for one request, through a proxy if one is set:
+        a CONNECT tunnel for HTTPS (TLS stays end to end, the proxy sees
+        no credentials of the registry), the absolute URL for HTTP.
+
+        :returns: (connection, request target, text for messages).
+        """
+        timeout = CONF.kata_image.registry_timeout
+        proxy = proxy_for(parts.scheme, parts.netloc)
+        headers.pop('Proxy-Authorization', None)
+        if parts.scheme == 'https':
+            host = proxy.host if proxy else parts.hostname
+            port = proxy.port if proxy else parts.port
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                               context=self._context)
+            if proxy:
+                conn.set_tunnel(parts.hostname, parts.port or 443, headers={
+                    'Proxy-Authorization': proxy.authorization}
+                    if proxy.authorization else None)
+        elif proxy:
+            conn = http.client.HTTPConnection(proxy.host, proxy.port,
+                                              timeout=timeout)
+            path = '%s://%s%s' % (parts.scheme, parts.netloc, path)
+            if proxy.authorization:
+                headers['Proxy-Authorization'] = proxy.authorization
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port,
+                                              timeout=timeout)
+        return conn, path, ' (via proxy %s)' % proxy.display if proxy else ''
+
+    def _send_retrying(self, url, headers):
+        """:meth:`_send`, repeated when it is worth it.
+
+        After a lost connection or an answer that asks for it (429, 5xx),
+        up to ``registry_retries`` times.
+        """
+        retries = CONF.kata_image.registry_retries
+        for attempt in range(1, retries + 2):
+            try:
+                conn, resp = self._send(url, headers)
+            except _ConnectionFailed as e:
+                if attempt > retries or not e.retryable:
+                    raise
+                delay, why = _retry_delay(attempt), str(e)
+            else:
+                if resp.status not in RETRY_STATUSES or attempt > retries:
+                    return conn, resp
+                delay, why = (_retry_delay(attempt, resp),
+                              'HTTP %d' % resp.status)
+                conn.close()
+            LOG.warning('Registry %s: %s; retry %d of %d in %.1f s',
+                        self.registry, why, attempt, retries, delay)
+            time.sleep(delay)
+
     @contextlib.contextmanager
     def _get(self, url, headers=None):
         """GET an API URL, authenticating when the registry asks."""
@@ -347,7 +470,7 @@ class Client(object):
         for attempt in (1, 2):
             if self._authorization:
                 headers['Authorization'] = self._authorization
-            conn, resp = self._send(url, headers)
+            conn, resp = self._send_retrying(url, headers)
             if resp.status != 401 or attempt == 2:
                 break
             challenge = resp.getheader('WWW-Authenticate') or ''
@@ -384,7 +507,7 @@ class Client(object):
             query['service'] = params['service']
         url = '%s%s%s' % (realm, '&' if '?' in realm else '?',
                           urllib.parse.urlencode(sorted(query.items())))
-        conn, resp = self._send(
+        conn, resp = self._send_retrying(
             url, {'Authorization': self._basic} if self._basic else {})
         try:
             if resp.status != 200:
@@ -411,6 +534,11 @@ class Client(object):
         detail = ' (%s)' % detail if detail else ''
         if resp.status == 404 and missing:
             raise missing
+        if resp.status == 407:
+            raise self._error('%s: the proxy wants credentials (HTTP 407%s): '
+                              'give them in the proxy URL, '
+                              'http://user:password@host:port' % (
+                                  what, resp.via))
         if resp.status in (401, 403):
             raise self._error(
                 'access to %s denied%s: the repository does not exist or '

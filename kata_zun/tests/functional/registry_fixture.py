@@ -18,6 +18,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -47,6 +48,16 @@ def free_port():
 
 def run(argv, **kwargs):
     return subprocess.run(argv, check=True, capture_output=True, **kwargs)
+
+
+def stop_process(proc):
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _b64url(data):
@@ -226,12 +237,7 @@ class Registry(fixtures.Fixture):
         self._wait_ready()
 
     def _stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def _wait_ready(self):
         scheme = 'https' if self.mode == 'tls' else 'http'
@@ -280,6 +286,78 @@ class Registry(fixtures.Fixture):
                     os.path.join(directory, 'ca.crt'), 'wb') as dst:
                 dst.write(src.read())
         return directory
+
+
+class TinyProxy(fixtures.Fixture):
+    """The real ``tinyproxy`` (Debian package) on 127.0.0.1.
+
+    ``credentials``: (user, password) it demands (Proxy-Authorization),
+    or None.  :meth:`requests` reads, from its log, the requests it
+    served: ``CONNECT host:port`` or ``GET http://...``.
+    """
+
+    def __init__(self, credentials=None):
+        super().__init__()
+        self.credentials = credentials
+
+    def _setUp(self):
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.port = free_port()
+        self.address = '127.0.0.1:%d' % self.port
+        self.log_path = os.path.join(self.dir, 'tinyproxy.log')
+        config = ['Port %d' % self.port, 'Listen 127.0.0.1',
+                  'Timeout 60', 'MaxClients 20', 'Allow 127.0.0.1',
+                  'LogFile "%s"' % self.log_path, 'LogLevel Connect',
+                  'PidFile "%s"' % os.path.join(self.dir, 'pid')]
+        # No ConnectPort line: CONNECT to any port (the registries of the
+        # tests listen on random ports).
+        if self.credentials:
+            config.append('BasicAuth %s %s' % self.credentials)
+        path = os.path.join(self.dir, 'tinyproxy.conf')
+        with open(path, 'w') as f:
+            f.write('\n'.join(config) + '\n')
+        out = open(os.path.join(self.dir, 'stdout.log'), 'wb')
+        self.addCleanup(out.close)
+        # -d: stay in the foreground, so the fixture owns the process.
+        self.proc = subprocess.Popen(['tinyproxy', '-d', '-c', path],
+                                     stdout=out, stderr=out,
+                                     stdin=subprocess.DEVNULL)
+        self.addCleanup(self._stop)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', self.port), 1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or \
+                        time.monotonic() > deadline:
+                    raise RuntimeError('tinyproxy did not start: %s' %
+                                       self.requests())
+                time.sleep(0.05)
+
+    def _stop(self):
+        stop_process(self.proc)
+
+    @property
+    def url(self):
+        if self.credentials:
+            return 'http://%s:%s@%s' % (self.credentials + (self.address,))
+        return 'http://' + self.address
+
+    def requests(self):
+        """The request lines tinyproxy logged."""
+        try:
+            with open(self.log_path, errors='replace') as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            match = re.search(r'Request \(file descriptor \d+\): (.*)$',
+                              line)
+            if match:
+                out.append(match.group(1))
+        return out
 
 
 def write_index_layout(directory, platforms, tag='latest'):
@@ -336,7 +414,9 @@ class FakeRegistry(fixtures.Fixture):
     the blob), ``cut-once`` (only the first time; Range requests are
     honoured), ``cut-once-norange`` (Range requests are ignored) or
     ``stall-once`` (send half, then wait for ``release``).  ``requests``
-    records (path, Range header) pairs.
+    records (path, Range header) pairs.  ``transient``: {path: [status or
+    (status, Retry-After)]}, answers given (and used up) before the real
+    one.
     """
 
     def __init__(self):
@@ -344,6 +424,7 @@ class FakeRegistry(fixtures.Fixture):
         self.manifests = {}
         self.blobs = {}
         self.behaviour = {}
+        self.transient = {}
         self.requests = []
         self.release = threading.Event()
         self._cuts = set()
@@ -393,6 +474,12 @@ class FakeRegistry(fixtures.Fixture):
     def handle(self, req):
         path = urllib.parse.urlsplit(req.path).path
         self.requests.append((path, req.headers.get('Range')))
+        if self.transient.get(path):
+            answer = self.transient[path].pop(0)
+            status, retry_after = (answer if isinstance(answer, tuple)
+                                   else (answer, None))
+            return self._send(req, status, b'{"errors": []}', [
+                ('Retry-After', str(retry_after))] if retry_after else [])
         parts = path.split('/')
         if parts[:2] != ['', 'v2'] or len(parts) < 5:
             return self._send(req, 404, b'{}')

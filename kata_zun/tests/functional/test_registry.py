@@ -386,6 +386,96 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.assertIn('digest mismatch of blob %s' % layers[0], str(e))
         self.assertStoreClean()
 
+    def test_transient_answers_are_retried(self):
+        fake = self.fake()
+        _d, image_id, layers = fake_image(
+            fake, 'flaky', 'v1', [[Entry('data', 'file', b'x' * 4096)]])
+        manifest = '/v2/flaky/manifests/v1'
+        blob = '/v2/flaky/blobs/%s' % layers[0]
+        fake.transient = {manifest: [503, (429, 1)], blob: [502]}
+        started = time.monotonic()
+        self.assertEqual(image_id, self.pull('%s/flaky:v1' % fake.address).id)
+        paths = [p for p, _r in fake.requests]
+        self.assertEqual(3, paths.count(manifest))
+        self.assertEqual(2, paths.count(blob))
+        # Back-off 0.5 s, then the registry's Retry-After of 1 s.
+        self.assertGreaterEqual(time.monotonic() - started, 1.5)
+
+    def test_retries_run_out_cleanly(self):
+        fake = self.fake()
+        fake_image(fake, 'down', 'v1', [[Entry('data', 'file', b'x')]])
+        manifest = '/v2/down/manifests/v1'
+        fake.transient = {manifest: [503] * 10}
+        self.flags(registry_retries=1, group='kata_image')
+        e = self.assertRaises(registry.RegistryError, self.pull,
+                              '%s/down:v1' % fake.address)
+        self.assertIn('HTTP 503', str(e))
+        self.assertEqual(2, [p for p, _r in fake.requests].count(manifest))
+        self.assertStoreClean()
+
+    def test_nothing_listening_fails_at_once(self):
+        self.flags(insecure_registries=['127.0.0.1:9'], group='kata_image')
+        started = time.monotonic()
+        e = self.assertRaises(registry.RegistryError, self.pull,
+                              '127.0.0.1:9/nothing:v1')
+        self.assertIn('Connection refused', str(e))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertStoreClean()
+
+    # Proxies (the real tinyproxy).
+
+    def test_http_registry_through_proxy_with_credentials(self):
+        reg = self.start()
+        image_id = self.push_busybox(reg)
+        proxy = self.useFixture(rf.TinyProxy(credentials=('pu', 'pp')))
+        self.flags(http_proxy='http://%s' % proxy.address,
+                   no_proxy='', group='kata_image')
+        e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
+        self.assertIn('the proxy wants credentials (HTTP 407 (via proxy %s)'
+                      % proxy.address, str(e))
+        self.assertStoreClean()
+        self.flags(http_proxy=proxy.url, group='kata_image')
+        self.assertEqual(image_id, self.pull('busybox').id)
+        served = proxy.requests()
+        self.assertTrue(any(r.startswith('GET http://%s/v2/library/busybox/'
+                                         'manifests/latest' % reg.address)
+                            for r in served), served)
+        self.assertTrue(any('/blobs/sha256:' in r for r in served), served)
+
+    def test_tls_registry_through_proxy_tunnel(self):
+        reg = self.start('tls')
+        image_id = self.push_busybox(reg)
+        self.flags(ca_file=reg.ca_file, group='kata_image')
+        proxy = self.useFixture(rf.TinyProxy())
+        # From the environment, like Docker and curl; NO_PROXY bypasses.
+        self.useFixture(fixtures.EnvironmentVariable('HTTPS_PROXY',
+                                                     proxy.url))
+        self.useFixture(fixtures.EnvironmentVariable('NO_PROXY',
+                                                     'example.invalid'))
+        self.assertEqual(image_id, self.pull('busybox').id)
+        served = proxy.requests()
+        self.assertTrue(any(r.startswith('CONNECT %s ' % reg.address)
+                            for r in served), served)
+        self.assertFalse([r for r in served if r.startswith('GET')], served)
+        # The proxy refuses the tunnel without credentials: said at once.
+        self.useFixture(fixtures.EnvironmentVariable(
+            'HTTPS_PROXY', 'http://' + self.useFixture(rf.TinyProxy(
+                credentials=('pu', 'pp'))).address))
+        started = time.monotonic()
+        e = self.assertRaises(registry.RegistryError, self.pull, 'busybox',
+                              policy='always')
+        self.assertIn('Tunnel connection failed: 407', str(e))
+        self.assertLess(time.monotonic() - started, 5)
+        self.useFixture(fixtures.EnvironmentVariable('HTTPS_PROXY',
+                                                     proxy.url))
+
+        # A registry listed in NO_PROXY is reached directly.
+        self.useFixture(fixtures.EnvironmentVariable('NO_PROXY',
+                                                     '127.0.0.1'))
+        before = len(proxy.requests())
+        self.assertEqual(image_id, self.pull('busybox', policy='always').id)
+        self.assertEqual(before, len(proxy.requests()))
+
     def test_truncated_blob(self):
         fake = self.fake()
         _d, _i, layers = fake_image(

@@ -78,3 +78,14 @@ class DriverImageTestCase(base.BaseTestCase):
         self.assertEqual(('myimg', 'v1', record.id),
                          (image['repo'], image['tag'], image['id']))
         self.assertIn(image['tag'], image['tags'])
+
+    def test_read_tar_image_prefers_the_requested_name(self):
+        record = mock.Mock(id='sha256:' + 'd' * 64,
+                           repo_tags=['other:1', 'myimg:v2', 'myimg:v1'])
+        self.rt.images.get.return_value = record
+        for repo, tag, want in (('myimg', 'v1', ('myimg', 'v1')),
+                                ('myimg', 'v9', ('myimg', 'v2')),
+                                ('nope', 'v1', ('other', '1'))):
+            image = {'repo': repo, 'tag': tag, 'id': record.id}
+            self.driver.read_tar_image(image)
+            self.assertEqual(want, (image['repo'], image['tag']))

@@ -1,3 +1,7 @@
+import base64
+from unittest import mock
+
+import fixtures
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
@@ -181,3 +185,65 @@ class ManifestChecksTestCase(base.BaseTestCase):
         doc['layers'][0] = dict(doc['layers'][0], size=-1)
         self.assertRaises(exception.ImageError, registry._check_manifest,
                           doc, 'x')
+
+
+class ProxyTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.flags = self.useFixture(config_fixture.Config(CONF)).config
+        for name in ('HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy',
+                     'https_proxy', 'no_proxy'):
+            self.useFixture(fixtures.EnvironmentVariable(name))
+
+    def test_none_by_default(self):
+        self.assertIsNone(registry.proxy_for('https', 'r.example:5000'))
+
+    def test_environment(self):
+        self.useFixture(fixtures.EnvironmentVariable(
+            'HTTPS_PROXY', 'http://u%40x:p%3Aw@proxy.example:3128'))
+        self.useFixture(fixtures.EnvironmentVariable(
+            'NO_PROXY', 'mirror.example,.internal'))
+        p = registry.proxy_for('https', 'r.example:5000')
+        self.assertEqual(('proxy.example', 3128), (p.host, p.port))
+        self.assertEqual('Basic ' + base64.b64encode(b'u@x:p:w').decode(),
+                         p.authorization)
+        self.assertIsNone(registry.proxy_for('http', 'r.example:5000'))
+        self.assertIsNone(registry.proxy_for('https', 'mirror.example'))
+        self.assertIsNone(registry.proxy_for('https', 'reg.internal:443'))
+
+    def test_options_win_over_environment(self):
+        self.useFixture(fixtures.EnvironmentVariable(
+            'HTTP_PROXY', 'http://env.example:1'))
+        self.flags(http_proxy='conf.example:8080', group='kata_image')
+        p = registry.proxy_for('http', 'r.example')
+        self.assertEqual(('conf.example', 8080, None),
+                         (p.host, p.port, p.authorization))
+        # An empty option turns the environment's proxy off.
+        self.flags(http_proxy='', group='kata_image')
+        self.assertIsNone(registry.proxy_for('http', 'r.example'))
+        self.flags(http_proxy='http://conf.example:8080',
+                   no_proxy='r.example', group='kata_image')
+        self.assertIsNone(registry.proxy_for('http', 'r.example'))
+
+    def test_only_http_proxies(self):
+        self.flags(https_proxy='socks5://p.example:1080', group='kata_image')
+        e = self.assertRaises(registry.RegistryError, registry.proxy_for,
+                              'https', 'r.example')
+        self.assertIn('not an http:// proxy URL', str(e))
+
+
+class RetryDelayTestCase(base.BaseTestCase):
+
+    def test_backoff_and_retry_after(self):
+        self.assertEqual([0.5, 1.0, 2.0, 8.0],
+                         [registry._retry_delay(n) for n in (1, 2, 3, 9)])
+        resp = mock.Mock()
+        resp.getheader.return_value = '3'
+        self.assertEqual(3.0, registry._retry_delay(1, resp))
+        resp.getheader.return_value = '86400'
+        self.assertEqual(registry.MAX_RETRY_AFTER,
+                         registry._retry_delay(1, resp))
+        # An HTTP date is not worth parsing: back off as usual.
+        resp.getheader.return_value = 'Wed, 21 Oct 2026 07:28:00 GMT'
+        self.assertEqual(1.0, registry._retry_delay(2, resp))
