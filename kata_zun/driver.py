@@ -54,6 +54,17 @@ def runtime_id(container):
     return container.uuid.replace('-', '')
 
 
+def _healthcheck(container):
+    """Zun's healthcheck (``test`` as a shell command, seconds), as the
+    runtime takes it; None lets the image's health check apply.
+    """
+    hc = container.healthcheck
+    if not hc or not hc.get('test'):
+        return None
+    return {'test': hc['test'], 'interval': hc.get('interval'),
+            'timeout': hc.get('timeout'), 'retries': hc.get('retries')}
+
+
 def _wrap(func):
     """Turn kata-zun errors into the zun exceptions the API expects."""
     def wrapper(self, *args, **kwargs):
@@ -187,7 +198,8 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             hostname=container.hostname or None,
             auto_remove=bool(container.auto_remove),
             labels=dict(container.labels or {}),
-            cid=runtime_id(container), restart_policy=policy)
+            cid=runtime_id(container), restart_policy=policy,
+            healthcheck=_healthcheck(container))
         container.container_id = c.id
         container.status = consts.CREATED
         container.status_reason = None
@@ -278,7 +290,18 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         if status == manager.RUNNING:
             container.status_detail = 'Up %s' % _ago(
                 c.state.get('started_at'))
+            # Like docker ps: "Up 2 minutes (healthy)".
+            if c.health == 'starting':
+                container.status_detail += ' (health: starting)'
+            elif c.health:
+                container.status_detail += ' (%s)' % c.health
             container.status_reason = None
+            if c.health == 'unhealthy':
+                last = ((c.state.get('health') or {}).get('log') or [{}])[-1]
+                container.status_reason = (
+                    'health check failing (exit %s): %s' % (
+                        last.get('exit_code'),
+                        (last.get('output') or '').strip()[:200]))
         elif status == manager.RESTARTING:
             container.status_detail = 'Restarting'
         elif status == manager.PAUSED:

@@ -131,6 +131,17 @@ def stream(client, handle, stdin=False, tty=False):
 
 # --------------------------------------------------------------- commands
 
+def _healthcheck(args):
+    """docker run's --health-* options, as runtime.create takes them."""
+    if args.no_healthcheck:
+        return {'test': ['NONE']}
+    if args.health_cmd is None:
+        return None     # the image's, if any
+    return {'test': args.health_cmd, 'interval': args.health_interval,
+            'timeout': args.health_timeout, 'retries': args.health_retries,
+            'start_period': args.health_start_period}
+
+
 def cmd_run(rt, args):
     from kata_zun.runtime import manager
     if args.rm and args.restart != 'no':
@@ -148,7 +159,7 @@ def cmd_run(rt, args):
         restart_policy=manager.parse_restart_policy(args.restart),
         # --- network (issue 5)
         network=args.network or CONF.kata_network.driver,
-        ports=args.publish)
+        ports=args.publish, healthcheck=_healthcheck(args))
     holder = {}
 
     def attach(client, main):
@@ -253,8 +264,12 @@ def _ports_text(c):
 
 def _status_text(c):
     if c.status == 'running':
-        return 'Up %s' % _ago(c.state.get('started_at') or time.time(),
+        text = 'Up %s' % _ago(c.state.get('started_at') or time.time(),
                               suffix='')
+        health = c.health
+        if health == 'starting':
+            health = 'health: starting'
+        return text + (' (%s)' % health if health else '')
     if c.status == 'paused':
         return 'Up (Paused)'
     if c.status == 'restarting':
@@ -536,6 +551,21 @@ def build_parser():
                    help='publish a container port on the host '
                         '(repeatable; tcp unless /udp)')
     # --- end network
+    p.add_argument('--health-cmd', metavar='COMMAND',
+                   help='command run in the container (by /bin/sh -c) to '
+                        'check its health; exit 0 is healthy')
+    p.add_argument('--health-interval', type=float, metavar='SECONDS',
+                   help='between checks (default 30)')
+    p.add_argument('--health-timeout', type=float, metavar='SECONDS',
+                   help='a check that takes longer fails (default 30)')
+    p.add_argument('--health-retries', type=int, metavar='N',
+                   help='failures in a row that make it unhealthy '
+                        '(default 3)')
+    p.add_argument('--health-start-period', type=float, metavar='SECONDS',
+                   help='failures after a start that do not count '
+                        '(default 0)')
+    p.add_argument('--no-healthcheck', action='store_true',
+                   help="disable the image's health check")
     _add_process_options(p)
     p.add_argument('image')
     p.add_argument('command', nargs=argparse.REMAINDER)

@@ -34,6 +34,7 @@ from oslo_log import log as logging
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.runtime import fileutils
+from kata_zun.runtime import health
 from kata_zun.shim import client as shim_client
 from kata_zun.shim import logs
 
@@ -112,6 +113,17 @@ class Container(object):
             return 'the sandbox shim died (host restart or crash)'
         return self.state.get('error')
 
+    @property
+    def health(self):
+        """``starting``, ``healthy`` or ``unhealthy`` while the container
+        runs with a health check; None otherwise.
+        """
+        if not self.config.get('healthcheck') or self.status not in (
+                RUNNING, PAUSED):
+            return None
+        stored = self.state.get('health') or {}
+        return stored.get('status', health.STARTING)
+
     def to_dict(self):
         return {'Id': self.id, 'Name': self.name,
                 'Created': self.config['created'],
@@ -135,8 +147,21 @@ class Container(object):
                           'StartedAt': self.state.get('started_at'),
                           'FinishedAt': self.state.get('finished_at'),
                           'ShimPid': self.state.get('shim_pid'),
-                          'VMPid': self.state.get('vm_pid')},
+                          'VMPid': self.state.get('vm_pid'),
+                          'Health': self._health_dict()},
+                'Healthcheck': self.config.get('healthcheck'),
                 'LogPath': os.path.join(self.dir, 'container.log')}
+
+    def _health_dict(self):
+        if not self.config.get('healthcheck'):
+            return None
+        stored = self.state.get('health') or {}
+        return {'Status': self.health or stored.get('status'),
+                'FailingStreak': stored.get('failing_streak', 0),
+                'Log': [{'Start': e.get('start'), 'End': e.get('end'),
+                         'ExitCode': e.get('exit_code'),
+                         'Output': e.get('output')}
+                        for e in stored.get('log') or []]}
 
     def _network_settings(self):
         # --- network (issue 5)
@@ -231,7 +256,8 @@ class Runtime(object):
                workdir=None, user=None, tty=False, stdin=False,
                memory_mb=None, cpus=None, name=None, hostname=None,
                auto_remove=False, labels=None, dns=(), cid=None,
-               restart_policy=None, network=None, ports=()):
+               restart_policy=None, network=None, ports=(),
+               healthcheck=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -245,6 +271,9 @@ class Runtime(object):
         :param network: 'bridge' or 'none' (None: 'none'); see
                         :mod:`kata_zun.network`.
         :param ports: published ports, ``[HOSTIP:]HOSTPORT:CPORT[/PROTO]``.
+        :param healthcheck: keyword arguments of
+            :func:`kata_zun.runtime.health.normalize` (``test``,
+            ``interval``...); None: the image's health check, if any.
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -281,6 +310,8 @@ class Runtime(object):
                                          'absolute')
         user = user if user is not None else (
             (image.config or {}).get('User') or '')
+        check = (health.normalize(**healthcheck) if healthcheck is not None
+                 else health.from_image_config(image.config))
         # --- network (issue 5): checked now, made at start
         from kata_zun import network as network_mod
         net_request = network_mod.make_request(network or 'none', ports)
@@ -305,6 +336,7 @@ class Runtime(object):
             'auto_remove': bool(auto_remove), 'labels': labels or {},
             'restart_policy': restart_policy or {'name': 'no',
                                                  'max_retries': 0},
+            'healthcheck': check,
             'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
             'sandbox': {'hostname': hostname},
             'network': net_request,

@@ -27,6 +27,7 @@ from oslo_log import log as logging
 
 from kata_zun.agent import protocol
 from kata_zun.runtime import fileutils
+from kata_zun.runtime import health
 from kata_zun.shim import logs
 
 LOG = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ class Shim(object):
         # A stop or kill by the user: restart policies no longer apply.
         self.manually_stopped = False
         self.logw = None
+        # Health checks (see kata_zun.runtime.health): the definition,
+        # its state machine, and the probe running now (handle, start,
+        # output) or None.
+        self.health = self.config.get('healthcheck')
+        self.health_tracker = (health.Tracker(self.health)
+                               if self.health else None)
+        self.probe = None
+        self.health_generation = 0
 
     def _path(self, name):
         return os.path.join(self.state_dir, name)
@@ -358,6 +367,11 @@ class Shim(object):
     def _agent_frame(self, frame):
         if frame.type in (protocol.STDOUT, protocol.STDERR):
             handle, data = frame.stream()
+            if self.probe is not None and handle == self.probe[0]:
+                if len(self.probe[2]) < health.OUTPUT_BYTES:
+                    self.probe[2].extend(
+                        data[:health.OUTPUT_BYTES - len(self.probe[2])])
+                return
             if handle == self.main and self.logw is not None:
                 self.logw.write(logs.STDOUT if frame.type == protocol.STDOUT
                                 else logs.STDERR, data)
@@ -387,6 +401,8 @@ class Shim(object):
             LOG.warning('ignoring malformed exit event from the guest')
             return
         oom = bool(event.get('oom_killed'))
+        if self.probe is not None and handle == self.probe[0]:
+            return self._probe_done(code)
         forward = protocol.encode_json(protocol.EVENT, {
             'event': 'exit', 'proc': handle, 'exit_code': code,
             'oom_killed': oom})
@@ -446,6 +462,7 @@ class Shim(object):
             self.save_state(status='running', started_at=time.time(),
                             pid=result.get('pid'),
                             start_error=result.get('error'))
+            self._health_start()
         self._agent_call('start', {'id': self.cid}, started)
 
     def _agent_call(self, op, args, callback):
@@ -456,6 +473,74 @@ class Shim(object):
         self.pending[rid] = callback
         self.agent.send(protocol.encode_json(protocol.REQUEST, {
             'id': rid, 'op': op, 'args': args}))
+
+    # -------------------------------------------------------- health check
+    def _health_start(self):
+        """The container (re)started: ``starting`` again.
+
+        The first probe runs after one interval, like Docker's.
+        """
+        if self.health_tracker is None:
+            return
+        self.health_tracker.container_started(time.time())
+        self.save_state(health=self.health_tracker.state())
+        self.health_generation += 1
+        generation = self.health_generation
+        self.timers.append((time.monotonic() + self.health['interval'],
+                            lambda: self._probe(generation)))
+
+    def _probe(self, generation):
+        if (self.exited or generation != self.health_generation or
+                self.state.get('status') != 'running'):
+            # Stopped, restarted (a newer schedule runs) or paused: a
+            # paused container is not probed, only rescheduled.
+            if (not self.exited and generation == self.health_generation
+                    and self.state.get('status') == 'paused'):
+                self.timers.append((
+                    time.monotonic() + self.health['interval'],
+                    lambda: self._probe(generation)))
+            return
+        start = time.monotonic()
+        wall = time.time()
+
+        def spawned(result, error):
+            handle = result.get('proc')
+            if error or not isinstance(handle, int):
+                self.probe = (None, start, bytearray(
+                    ('cannot run the health check: %s' %
+                     _error_text(error)).encode()), wall)
+                return self._probe_done(None)
+            self.probe = (handle, start, bytearray(), wall)
+            deadline = start + self.health['timeout']
+            self.timers.append((deadline,
+                                lambda: self._probe_timeout(handle)))
+        self.probe = (-1, start, bytearray(), wall)
+        self._agent_call('exec', {
+            'id': self.cid, 'argv': self.health['argv'], 'env': [],
+            'tty': False, 'stdin': False}, spawned)
+
+    def _probe_timeout(self, handle):
+        if self.probe is None or self.probe[0] != handle:
+            return
+        self.probe[2][:0] = b'health check timed out; '
+        self._agent_call('signal', {'proc': handle, 'signal': 9},
+                         lambda r, e: None)
+        self._probe_done(None)
+
+    def _probe_done(self, code):
+        _handle, _start, output, wall = self.probe
+        self.probe = None
+        if self.exited or self.health_tracker is None:
+            return
+        changed = self.health_tracker.record(wall, time.time(), code,
+                                             bytes(output))
+        if changed:
+            LOG.info('container %s is %s', self.cid,
+                     self.health_tracker.status)
+        self.save_state(health=self.health_tracker.state())
+        generation = self.health_generation
+        self.timers.append((time.monotonic() + self.health['interval'],
+                            lambda: self._probe(generation)))
 
     # --------------------------------------------------------- transitions
     def _container_exited(self, code, oom, error=None):
@@ -629,6 +714,7 @@ class Shim(object):
             self.save_state(status='running', started_at=time.time(),
                             pid=result.get('pid'),
                             start_error=result.get('error'))
+            self._health_start()
         self._forward(client, rid, 'start', {'id': self.cid}, started)
 
     def op_exec(self, client, rid, args):

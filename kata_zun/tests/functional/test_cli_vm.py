@@ -371,3 +371,61 @@ class OrphanTestCase(base.KataZunFunctionalTest):
         except OSError:
             cmdline = b''
         self.assertNotIn(b'qemu', cmdline)      # the VM went with it
+
+
+class HealthCheckTestCase(base.KataZunFunctionalTest):
+
+    def _health(self, ref):
+        return json.loads(self.kz('inspect', ref, check=0).out)[0][
+            'State']['Health']
+
+    def _wait_health(self, ref, want, timeout=60):
+        deadline = time.time() + timeout
+        while True:
+            health = self._health(ref)
+            if health['Status'] == want:
+                return health
+            self.assertLess(time.time(), deadline, health)
+            time.sleep(0.3)
+
+    def test_starting_healthy_unhealthy_and_timeout(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'h', '--health-cmd',
+                'echo probing; test -e /tmp/ok', '--health-interval', '0.5',
+                '--health-retries', '2', '--health-start-period', '600',
+                'busybox', 'sleep', '600', check=0)
+        # Failures in the start period do not count: starting until the
+        # first pass.
+        health = self._health('h')
+        self.assertEqual('starting', health['Status'])
+        self.assertIn('(health: starting)', self.kz('ps', check=0).text)
+        self.kz('exec', 'h', 'touch', '/tmp/ok', check=0)
+        health = self._wait_health('h', 'healthy')
+        self.assertEqual(0, health['Log'][-1]['ExitCode'])
+        self.assertEqual('probing\n', health['Log'][-1]['Output'])
+        self.assertIn('(healthy)', self.kz('ps', check=0).text)
+        self.kz('exec', 'h', 'rm', '/tmp/ok', check=0)
+        health = self._wait_health('h', 'unhealthy')
+        self.assertGreaterEqual(health['FailingStreak'], 2)
+        self.assertEqual(1, health['Log'][-1]['ExitCode'])
+        self.assertLessEqual(len(health['Log']), 5)
+        # Checks pause with the container and resume after.
+        self.kz('pause', 'h', check=0)
+        self.kz('unpause', 'h', check=0)
+        self.kz('exec', 'h', 'touch', '/tmp/ok', check=0)
+        self._wait_health('h', 'healthy')
+
+        # A check that hangs is killed at its timeout and fails.
+        self.kz('run', '-d', '--name', 't', '--health-cmd', 'sleep 30',
+                '--health-interval', '0.5', '--health-timeout', '0.5',
+                '--health-retries', '1', 'busybox', 'sleep', '600', check=0)
+        health = self._wait_health('t', 'unhealthy')
+        self.assertIsNone(health['Log'][-1]['ExitCode'])
+        self.assertIn('timed out', health['Log'][-1]['Output'])
+        r = self.kz('exec', 't', 'sh', '-c', 'ps | grep -c "[s]leep 30"')
+        self.assertLessEqual(int(r.text.strip() or 0), 1, r)
+
+        r = self.kz('run', '--health-cmd', 'true', '--health-interval',
+                    '0.01', 'busybox', 'true')
+        self.assertEqual(125, r.code)
+        self.assertIn(b'healthcheck: interval', r.err)

@@ -116,11 +116,18 @@ class ZunEndToEndTest(ZunEndToEndBase):
     def test_lifecycle_and_compute_restart(self):
         self.os('appcontainer', 'run', '--name', 'c1',
                 '--image-pull-policy', 'ifnotpresent', '--memory', '128',
-                '--environment', 'GREETING=hello', 'busybox', 'sh', '-c',
-                'echo $GREETING from $(hostname); '
+                '--environment', 'GREETING=hello',
+                '--healthcheck', 'cmd=test -e /tmp/healthy,interval=1s,'
+                'retries=1', 'busybox', 'sh', '-c',
+                'echo $GREETING from $(hostname); touch /tmp/healthy; '
                 'while true; do sleep 1; done')
         info = self.wait_status('c1', ('Running',))
         self.assertEqual('kata', info['runtime'])
+        # The shim runs the health check; zun shows it like docker ps.
+        deadline = time.time() + 60
+        while '(healthy)' not in self.show('c1')['status_detail']:
+            self.assertLess(time.time(), deadline, self.show('c1'))
+            time.sleep(1)
         deadline = time.time() + 30
         while 'hello from' not in self.os('appcontainer', 'logs', 'c1')[1]:
             self.assertLess(time.time(), deadline)
@@ -161,6 +168,14 @@ class ZunEndToEndTest(ZunEndToEndBase):
         code, _out, _err = self.os('appcontainer', 'exec', 'c1', 'sh', '-c',
                                    'exit 3', check=False)
         self.assertEqual(3, code)
+        # Health checks went on while zun-compute was away.
+        self.os('appcontainer', 'exec', 'c1', 'rm', '/tmp/healthy')
+        deadline = time.time() + 60
+        while '(unhealthy)' not in self.show('c1')['status_detail']:
+            self.assertLess(time.time(), deadline, self.show('c1'))
+            time.sleep(1)
+        self.assertIn('health check failing (exit 1)',
+                      self.show('c1')['status_reason'])
 
         self.os('appcontainer', 'pause', 'c1')
         self.wait_status('c1', ('Paused',))
