@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
 erofs-utils e2fsprogs lz4 cpio iproute2 nftables skopeo docker-registry
-apache2-utils openssl pciutils python3-venv tinyproxy"
+apache2-utils openssl pciutils python3-venv tinyproxy openvswitch-switch"
 
 missing=""
 for pkg in $PACKAGES; do
@@ -34,5 +34,7 @@ fi
 .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt \
     -r e2e-requirements.txt
 .venv/bin/pip install -q -e '.[zun]'
+# neutron for the real-Neutron tests, in a virtualenv of its own.
+tools/install-neutron.sh
 
 .venv/bin/kata-zun guest build
