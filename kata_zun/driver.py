@@ -19,17 +19,22 @@ import platform
 import shlex
 import signal as signal_mod
 import time
+import urllib.parse
 
+from eventlet import patcher
 from eventlet import tpool
 import os_resource_classes as orc
 from oslo_log import log as logging
 from oslo_utils import units
 from zun.common import consts
 from zun.common import exception as zun_exc
+from zun.compute import container_actions
 from zun.container import driver as zun_driver
 from zun import objects
 
 from kata_zun import conf
+from kata_zun.console import server as console_server
+from kata_zun.console import sessions as console_sessions
 from kata_zun import exception
 from kata_zun.runtime import manager
 from kata_zun.shim import logs
@@ -106,6 +111,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         super().__init__()
         self.rt = manager.Runtime()
         self._execs = {}
+        # Interactive exec and attach for zun-wsproxy (kata_zun.console):
+        # served from zun-compute itself, in green threads. Started now in
+        # zun-compute (eventlet-patched), on first use anywhere else.
+        self._console = None
+        if CONF.kata_console.enabled and patcher.is_monkey_patched('socket'):
+            try:
+                self._console_server()
+            except zun_exc.ZunException as exc:
+                LOG.error('%s', exc)
 
     # ------------------------------------------------------------- images
     @_wrap
@@ -367,13 +381,49 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                 container.status_detail = fresh.status_detail
                 container.save(context)
         for container in missing:
+            if not container.container_id:
+                continue    # never got a sandbox (e.g. its image failed)
             if container.auto_remove:
                 container.status = consts.DELETED
+            elif self._heal(context, container, manager_):
+                continue
+            elif container.status == consts.ERROR:
+                continue    # keep the reason it already has
             else:
                 container.status = consts.ERROR
                 container.status_reason = ('sandbox missing on host %s' %
                                            CONF.host)
             container.save(context)
+
+    def _heal(self, context, container, manager_):
+        """auto_heal: rebuild a container whose sandbox is gone.
+
+        zun-compute's own rebuild makes it again from its image (a new VM
+        and writable layer; the Neutron ports are kept) and starts it if
+        it was running. zun's docker driver means to do the same but
+        calls ``container_rebuild`` without ``run``, which fails.
+
+        :returns: True when a rebuild was started.
+        """
+        if (not container.auto_heal or container.task_state or
+                container.status not in (consts.CREATED, consts.RUNNING,
+                                         consts.STOPPED, consts.ERROR)):
+            return False
+        LOG.warning('The sandbox of container %s is missing on this host: '
+                    'rebuilding it (auto_heal)', container.uuid)
+        ctx = copy.copy(context)
+        ctx.project_id = container.project_id
+        try:
+            objects.ContainerAction.action_start(
+                ctx, container.uuid, container_actions.REBUILD,
+                want_result=False)
+            manager_.container_rebuild(ctx, container,
+                                       container.status == consts.RUNNING)
+        except Exception:
+            LOG.exception('auto_heal of container %s failed',
+                          container.uuid)
+            return False
+        return True
 
     # ------------------------------------------------------------ I/O
     @_wrap
@@ -396,17 +446,53 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                        else line)
         return ''.join(out)
 
+    def _console_server(self):
+        """:returns: the running console server (started if needed).
+
+        :raises: zun Invalid when disabled, ZunException if it cannot
+            listen.
+        """
+        if self._console is not None and self._console.running:
+            return self._console
+        if not CONF.kata_console.enabled:
+            raise zun_exc.Invalid('interactive exec and attach are '
+                                  'disabled on host %s ([kata_console] '
+                                  'enabled = false)' % CONF.host)
+        console = console_server.from_conf(self.rt, CONF)
+        try:
+            self._console = console.start()
+        except OSError as exc:
+            raise zun_exc.ZunException(
+                'the console of host %s (interactive exec, attach) cannot '
+                'listen on %s:%s: %s' % (CONF.host, console.host,
+                                         console.port, exc))
+        # zun-compute gives zun-wsproxy this URL for interactive exec.
+        docker_url = CONF.docker.docker_remote_api_url
+        try:
+            port = urllib.parse.urlsplit(docker_url).port
+        except ValueError:
+            port = None
+        if port != self._console.port:
+            LOG.warning('[docker] docker_remote_api_url is %s: zun-wsproxy '
+                        'will not reach the kata console on port %s and '
+                        'interactive exec will fail; set it to tcp://%s:%s',
+                        docker_url, self._console.port,
+                        self._console.advertise_host, self._console.port)
+        return self._console
+
     def execute_create(self, context, container, command, interactive=False):
-        if interactive:
-            # zun-wsproxy drives interactive exec through Docker's own
-            # exec-start API, which kata-zun does not serve (yet).
-            raise zun_exc.Invalid('interactive exec is not supported by '
-                                  'the kata driver yet; run the command '
-                                  'without --interactive')
         argv = shlex.split(command) if isinstance(command, str) \
             else list(command)
         if not argv:
             raise zun_exc.Invalid('no command given')
+        if interactive:
+            # zun-wsproxy starts it with Docker's exec start API, which
+            # the console serves: the id is a single-use secret.
+            try:
+                return self._console_server().add_exec(
+                    container.container_id, argv, tty=True, stdin=True)
+            except console_sessions.Busy as exc:
+                raise zun_exc.Conflict(str(exc))
         exec_id = os.urandom(16).hex()
         self._execs[exec_id] = (container.container_id, argv, interactive)
         return exec_id
@@ -425,16 +511,42 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return (out + err).decode('utf-8', 'replace'), code
 
     def execute_resize(self, exec_id, height, width):
-        raise zun_exc.Invalid('interactive exec is not supported by the '
-                              'kata driver yet')
+        try:
+            rows, cols = console_server.tty_size(height, width)
+        except ValueError as exc:
+            raise zun_exc.Invalid(str(exc))
+        if self._console is None:
+            raise zun_exc.Invalid('no such interactive exec: %s' %
+                                  str(exec_id)[:12])
+        try:
+            self._console.resize_exec(exec_id, rows, cols)
+        except console_sessions.NotFound:
+            raise zun_exc.Invalid('no such interactive exec: %s' %
+                                  str(exec_id)[:12])
+        except exception.KataZunException as exc:
+            # The process may have just exited: not worth an error.
+            LOG.info('resizing exec %s: %s', str(exec_id)[:8], exc)
 
     def get_websocket_url(self, context, container):
-        raise zun_exc.Invalid('attach is not supported by the kata driver '
-                              'yet')
+        """:returns: a single-use ws:// URL of the console for
+        zun-wsproxy (it expires after ``[kata_console] token_ttl``).
+        """
+        try:
+            return self._console_server().attach_url(
+                container.container_id)
+        except console_sessions.Busy as exc:
+            raise zun_exc.Conflict(str(exc))
 
+    @_wrap
     def resize(self, context, container, height, width):
-        raise zun_exc.Invalid('attach is not supported by the kata driver '
-                              'yet')
+        try:
+            rows, cols = console_server.tty_size(height, width)
+        except ValueError as exc:
+            raise zun_exc.Invalid(str(exc))
+        if container.tty:          # without a tty there is nothing to size
+            self.rt.call(container.container_id, 'resize',
+                         {'rows': rows, 'cols': cols})
+        return container
 
     @_wrap
     def top(self, context, container, ps_args=None):

@@ -7,6 +7,7 @@ zun-compute, they sit in zun.conf next to zun's own options.
 from oslo_config import cfg
 
 from kata_zun.conf import agent
+from kata_zun.conf import console
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
@@ -21,3 +22,4 @@ agent.register_opts(CONF)
 guest.register_opts(CONF)
 image.register_opts(CONF)
 network.register_opts(CONF)
+console.register_opts(CONF)

@@ -1,13 +1,14 @@
 """Option listing for oslo-config-generator (entry point oslo.config.opts)."""
 
 from kata_zun.conf import agent
+from kata_zun.conf import console
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
 from kata_zun.conf import network
 from kata_zun.conf import runtime
 
-_MODULES = (runtime, hypervisor, agent, guest, image, network)
+_MODULES = (runtime, hypervisor, agent, guest, image, network, console)
 
 
 def list_opts():

@@ -25,6 +25,8 @@ class ZunEndToEndBase(base.BaseTestCase):
 
     #: Also start glance-api next to zun (commit uploads to Glance).
     GLANCE = False
+    #: More ZunEnvironment arguments (e.g. a real Neutron).
+    ENV_OPTIONS = {}
 
     def setUp(self):
         super().setUp()
@@ -46,11 +48,14 @@ class ZunEndToEndBase(base.BaseTestCase):
                 'writable_layer_mb': '256'}
         self.env = zun_env.ZunEnvironment(
             sys.prefix, os.path.join(work, 'zun'), driver='kata',
-            extra_conf={'kata': kata, 'kata_image': {
+            extra_conf={'DEFAULT': {
+                # Find vanished sandboxes soon (auto_heal).
+                'sync_container_state_interval': '5'},
+                'kata': kata, 'kata_image': {
                 # Nothing leaves this machine: missing images are pulled
                 # from a closed loopback port.
                 'default_registry': kz_base.CLOSED_REGISTRY}},
-            glance=self.GLANCE)
+            glance=self.GLANCE, **self.ENV_OPTIONS)
         self.addCleanup(self.env.stop)
         self.addOnException(self._attach_logs)
         self.env.start()
@@ -207,3 +212,37 @@ class ZunEndToEndTest(ZunEndToEndBase):
         self.assertIn('executable file not found', info['status_reason'])
         self.os('appcontainer', 'delete', '--force', 'nocmd')
         self.os('appcontainer', 'delete', '--force', 'noimg')
+
+        # Sandboxes removed behind zun's back: reported as Error, or
+        # rebuilt and started again with --auto-heal.
+        for name in ('plain', 'healed'):
+            self.os('appcontainer', 'run', '--name', name,
+                    '--image-pull-policy', 'ifnotpresent',
+                    *(['--auto-heal'] if name == 'healed' else []),
+                    'busybox', 'sh', '-c', 'echo up; sleep 1000')
+        for name in ('plain', 'healed'):
+            info = self.wait_status(name, ('Running',))
+            r = subprocess.run(
+                [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+                 self.env.conf_path, 'rm', '-f',
+                 info['uuid'].replace('-', '')], capture_output=True,
+                timeout=kz_base.CLI_TIMEOUT)
+            self.assertEqual(0, r.returncode, r.stderr)
+        info = self.wait_status('plain', ('Error',), timeout=60)
+        self.assertIn('sandbox', info['status_reason'])
+        deadline = time.time() + 180
+        while True:
+            actions = self.os('appcontainer', 'action', 'list', '-f',
+                              'value', '-c', 'Action', 'healed')[1].split()
+            if 'rebuild' in actions and self.show('healed')[
+                    'status'] == 'Running':
+                break
+            self.assertLess(time.time(), deadline, (
+                actions, self.show('healed')))
+            time.sleep(2)
+        deadline = time.time() + 30
+        while 'up' not in self.os('appcontainer', 'logs', 'healed')[1]:
+            self.assertLess(time.time(), deadline)
+            time.sleep(1)
+        for name in ('plain', 'healed'):
+            self.os('appcontainer', 'delete', '--force', name)

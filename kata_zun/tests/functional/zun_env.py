@@ -387,23 +387,38 @@ class ZunEnvironment(object):
         installed in ``venv``.
     :param zun: start placement, the fake Neutron, zun-api and
         zun-compute; False brings up keystone (and glance) only.
+    :param wsproxy: also start zun-wsproxy (interactive exec, attach) on
+        a free port; ``[websocket_proxy] base_url`` points at it.
+    :param neutron: a real Neutron (ML2/OVS, netdev datapath; see
+        :mod:`neutron_env`) instead of the fake one; its agent's host is
+        zun-compute's. :attr:`neutron` is then its
+        :class:`~neutron_env.NeutronEnvironment`.
+    :param neutron_venv: the virtualenv with neutron (default: ``venv``;
+        ``tools/install-neutron.sh`` makes ``.venv-neutron``).
     """
 
     SERVICES = ('fake-neutron', 'keystone', 'placement', 'zun-api',
                 'zun-compute')
 
     def __init__(self, venv, workdir, driver='kata', extra_conf=None,
-                 timeout=START_TIMEOUT, glance=False, zun=True):
+                 timeout=START_TIMEOUT, glance=False, zun=True,
+                 wsproxy=False, neutron=False, neutron_venv=None):
         self.venv = os.path.abspath(venv)
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
         self.glance = glance
         self.zun = zun
         #: The services this environment runs, in start order.
+        self.neutron_venv = os.path.abspath(neutron_venv or venv)
+        #: The NeutronEnvironment (with neutron=True, once started).
+        self.neutron = None
+        self._with_neutron = neutron
         self.services = tuple(
             name for name in self.SERVICES
-            if zun or name == 'keystone') + (
-                ('glance-api',) if glance else ())
+            if (zun or name == 'keystone') and not (
+                neutron and name == 'fake-neutron'))
+        self.services += ('glance-api',) if glance else ()
+        self.services += ('zun-wsproxy',) if wsproxy and zun else ()
         self.extra_conf = extra_conf or {}
         self.timeout = timeout
         self.log_dir = os.path.join(self.workdir, 'logs')
@@ -621,9 +636,12 @@ class ZunEnvironment(object):
 
         :returns: text.
         """
-        return '\n'.join('---- %s (%s)\n%s' % (name, self._log_path(name),
+        text = '\n'.join('---- %s (%s)\n%s' % (name, self._log_path(name),
                                                _tail(self._log_path(name)))
                          for name in self.services)
+        if self.neutron:
+            text += '\n' + self.neutron.logs_tail()
+        return text
 
     def _db_url(self, service):
         return 'mysql+pymysql://%s:%s@%s:%s/%s_%s?charset=utf8' % (
@@ -706,6 +724,15 @@ class ZunEnvironment(object):
             'cinder_client': {'region_name': REGION},
             'glance_client': {'region_name': REGION},
         }
+        if 'zun-wsproxy' in self.services:
+            port = self.ports['zun-wsproxy']
+            conf['websocket_proxy'] = {
+                'wsproxy_host': HOST_IP, 'wsproxy_port': port,
+                'base_url': 'ws://%s:%s/' % (HOST_IP, port)}
+        if 'fake-neutron' in self.services:
+            # The stand-in only answers zun-api's scheduling queries: the
+            # kata driver makes no ports.
+            conf['kata_network'] = {'zun_network': 'none'}
         _write_ini(self.conf_path, _merge(conf, self.extra_conf))
         if self.glance:
             self._write_glance_config()
@@ -891,9 +918,11 @@ class ZunEnvironment(object):
                     ('container', 'zun', 'http://%s:%s/v1' % (
                         HOST_IP, self.ports['zun-api'])),
                     ('placement', 'placement', 'http://%s:%s' % (
-                        HOST_IP, self.ports['placement'])),
-                    ('network', 'neutron', 'http://%s:%s' % (
-                        HOST_IP, self.ports['fake-neutron']))]
+                        HOST_IP, self.ports['placement']))]
+            if 'fake-neutron' in self.services:
+                # A real Neutron registers its endpoint itself.
+                endpoints.append(('network', 'neutron', 'http://%s:%s' % (
+                    HOST_IP, self.ports['fake-neutron'])))
             if self.glance:
                 endpoints.append(('image', 'glance', self.glance_url))
             services = [pool.submit(create_service, *args)
@@ -961,9 +990,29 @@ class ZunEnvironment(object):
             HOST_IP, self.ports['fake-neutron']), 30)
 
     def _start_compute(self):
-        self._spawn('zun-compute', [self._bin('zun-compute'),
-                                    '--config-file', self.conf_path],
-                    env=self._zun_env())
+        argv = [self._bin('zun-compute'), '--config-file', self.conf_path]
+        if os.path.exists(self._neutron_conf_path):
+            argv += ['--config-file', self._neutron_conf_path]
+        self._spawn('zun-compute', argv, env=self._zun_env())
+
+    @property
+    def _neutron_conf_path(self):
+        # zun-compute's second file with a real Neutron: the OVSDB of its
+        # Open vSwitch is known once neutron_env has prepared it.
+        return os.path.join(os.path.dirname(self.conf_path),
+                            'kata-neutron.conf')
+
+    def _write_neutron_conf(self):
+        deadline = time.monotonic() + self.timeout
+        while not self.neutron.ovs_run_dir:
+            if self._abort.is_set() or time.monotonic() > deadline:
+                raise ZunEnvironmentError('neutron did not prepare its '
+                                          'Open vSwitch')
+            time.sleep(0.05)
+        _write_ini(self._neutron_conf_path, _merge({'kata_network': {
+            'zun_network': 'neutron',
+            'ovsdb_connection': self.neutron.ovsdb_connection}},
+            self.extra_conf))
 
     def _zun_env(self):
         # zun loads the "cri" capsule driver, which opens a gRPC channel;
@@ -1065,11 +1114,15 @@ class ZunEnvironment(object):
             'db_password': secrets.token_hex(12),
             'ports': {name: _free_port()
                       for name in ('keystone', 'placement', 'zun-api',
-                                   'fake-neutron', 'glance-api')},
+                                   'fake-neutron', 'glance-api',
+                                   'zun-wsproxy')},
             'procs': {},
             'databases': list(self._databases()),
+            'neutron_venv': self.neutron_venv,
         }
         self._identity = None
+        if self._with_neutron:
+            self.neutron = self._neutron_env()
         self._save_state()
         try:
             self._start()
@@ -1082,6 +1135,20 @@ class ZunEnvironment(object):
             raise
         self._phase('start total', started)
 
+    def _neutron_env(self):
+        # neutron_env imports this module: import it late.
+        from kata_zun.tests.functional import neutron_env
+        return neutron_env.NeutronEnvironment(
+            self._state.get('neutron_venv', self.neutron_venv),
+            os.path.join(self.workdir, 'neutron'), host=self.host,
+            timeout=self.timeout)
+
+    def _neutron(self, keystone):
+        # Neutron boots while keystone starts; it registers its user and
+        # the network endpoint once keystone answers.
+        self.neutron.start(self.auth_url, self.admin_password,
+                           keystone_ready=keystone.result)
+
     def _start(self):
         self._abort.clear()
         self._write_configs()
@@ -1092,20 +1159,27 @@ class ZunEnvironment(object):
             db = pool.submit(self._prepare_database)
             mq = pool.submit(self._prepare_rabbitmq)
             lspci = pool.submit(ensure_lspci)
-            neutron = pool.submit(self._fake_neutron)
             keystone = pool.submit(self._keystone, db)
+            if self.neutron:
+                fake_neutron = None
+                neutron = pool.submit(self._neutron, keystone)
+            else:
+                fake_neutron = neutron = pool.submit(self._fake_neutron)
             placement = pool.submit(self._placement, db)
             api = pool.submit(self._zun_api, db, mq)
             glance = (pool.submit(self._glance_api, db) if self.glance
                       else None)
             try:
-                for future in (lspci, neutron, keystone):
-                    future.result()
+                for future in (lspci, fake_neutron, keystone):
+                    if future is not None:
+                        future.result()
                 # zun-compute reports to placement with the zun user as
                 # soon as it starts: keystone must know that user first.
                 t = time.monotonic()
+                if self.neutron:
+                    self._write_neutron_conf()
                 self._start_compute()
-                for future in (placement, api, glance):
+                for future in (placement, api, glance, neutron):
                     if future is not None:
                         future.result()
             except BaseException:
@@ -1117,14 +1191,28 @@ class ZunEnvironment(object):
                 raise
         self._wait_compute()
         self._phase('zun-compute ready', t)
+        if 'zun-wsproxy' in self.services:
+            self._zun_wsproxy()
+
+    def _zun_wsproxy(self):
+        t = time.monotonic()
+        self._spawn('zun-wsproxy', [self._bin('zun-wsproxy'),
+                                    '--config-file', self.conf_path],
+                    env=self._zun_env())
+        _wait_port(self.ports['zun-wsproxy'], 60, 'zun-wsproxy')
+        self._check_alive(['zun-wsproxy'])
+        self._phase('zun-wsproxy up', t)
 
     def _start_identity_only(self):
-        # zun=False: keystone (and glance-api), no RabbitMQ, no zun.
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        # zun=False: keystone (and glance-api, neutron), no zun.
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
             db = pool.submit(self._prepare_database)
-            futures = [db, pool.submit(self._keystone, db)]
+            keystone = pool.submit(self._keystone, db)
+            futures = [db, keystone]
             if self.glance:
                 futures.append(pool.submit(self._glance_api, db))
+            if self.neutron:
+                futures.append(pool.submit(self._neutron, keystone))
             try:
                 for future in futures:
                     future.result()
@@ -1146,6 +1234,13 @@ class ZunEnvironment(object):
             return
         t = time.monotonic()
         errors = []
+        if os.path.exists(os.path.join(self.workdir, 'neutron',
+                                       'neutron-env.json')):
+            # Before keystone: neutron deletes its user and endpoint.
+            try:
+                (self.neutron or self._neutron_env()).stop()
+            except Exception as e:
+                errors.append('stop neutron: %s' % e)
         for name in reversed(self.SERVICES):
             try:
                 self._kill(name)
@@ -1279,6 +1374,10 @@ def main(argv=None):
                         help='also start glance-api (file store)')
     parser.add_argument('--no-zun', dest='zun', action='store_false',
                         help='keystone (and glance) only')
+    parser.add_argument('--neutron', action='store_true',
+                        help='a real Neutron (ML2/OVS) instead of the fake')
+    parser.add_argument('--neutron-venv',
+                        help='virtualenv with neutron (default: --venv)')
     parser.add_argument('action', choices=('up', 'down'))
     args = parser.parse_args(argv)
     extra = {}
@@ -1289,7 +1388,9 @@ def main(argv=None):
             parser.error('--conf wants SECTION.KEY=VALUE, not %r' % item)
         extra.setdefault(section, {})[option] = value
     env = ZunEnvironment(args.venv, args.workdir, driver=args.driver,
-                         extra_conf=extra, glance=args.glance, zun=args.zun)
+                         extra_conf=extra, glance=args.glance, zun=args.zun,
+                         neutron=args.neutron,
+                         neutron_venv=args.neutron_venv)
     try:
         if args.action == 'down':
             env.stop()

@@ -31,8 +31,68 @@ class DriverTestCase(base.BaseTestCase):
 
     def _sandbox(self, status, **state):
         s = mock.Mock(status=status, state=state, exit_code=state.get(
-            'exit_code'), error=state.get('error'), shim_alive=True)
+            'exit_code'), error=state.get('error'), shim_alive=True,
+            health=state.get('health', {}).get('status'))
         return s
+
+    def test_health_in_status_detail_and_reason(self):
+        c = self._container()
+        self.rt.get.return_value = self._sandbox(
+            'running', started_at=1, health={'status': 'healthy'})
+        self.driver.show(None, c)
+        self.assertRegex(c.status_detail, r'^Up .* \(healthy\)$')
+        self.assertIsNone(c.status_reason)
+        self.rt.get.return_value = self._sandbox(
+            'running', started_at=1, health={
+                'status': 'unhealthy', 'log': [
+                    {'exit_code': 7, 'output': ' refused\n'}]})
+        self.driver.show(None, c)
+        self.assertRegex(c.status_detail, r'\(unhealthy\)$')
+        self.assertEqual('health check failing (exit 7): refused',
+                         c.status_reason)
+
+    def _sync(self, containers, sandboxes=()):
+        manager_ = mock.Mock()
+        self.rt.list.return_value = list(sandboxes)
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=containers), \
+                mock.patch('zun.objects.ContainerAction.action_start') as a:
+            self.driver.update_containers_states(
+                mock.Mock(project_id=None), containers, manager_)
+        return manager_, a
+
+    def test_auto_heal_rebuilds_missing_sandboxes(self):
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+        manager_, action = self._sync([heal])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, heal, True)
+        self.assertEqual('p1', manager_.container_rebuild.call_args[0][
+            0].project_id)
+        action.assert_called_once_with(mock.ANY, heal.uuid, 'rebuild',
+                                       want_result=False)
+        self.assertFalse(heal.save.called)   # the rebuild owns it now
+
+    def test_missing_without_auto_heal_is_an_error(self):
+        c = self._container(auto_heal=False, save=mock.Mock())
+        manager_, _a = self._sync([c])
+        self.assertFalse(manager_.container_rebuild.called)
+        self.assertEqual('Error', c.status)
+        self.assertIn('sandbox missing', c.status_reason)
+        c.save.assert_called_once_with(mock.ANY)
+        # An error keeps its reason; no sandbox ever: nothing to say.
+        for kw in ({'status': 'Error', 'status_reason': 'pull failed'},
+                   {'container_id': None, 'status_reason': 'no image'}):
+            c = self._container(auto_heal=False, save=mock.Mock(), **kw)
+            self._sync([c])
+            self.assertEqual(kw['status_reason'], c.status_reason)
+            self.assertFalse(c.save.called)
+        # A stopped container that is being deleted is left alone.
+        c = self._container(auto_heal=True, status='Stopped',
+                            task_state='container_deleting',
+                            save=mock.Mock())
+        manager_, _a = self._sync([c])
+        self.assertFalse(manager_.container_rebuild.called)
 
     def test_show_maps_statuses(self):
         c = self._container()
@@ -130,12 +190,10 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual(8192 - 100 - reserved, memory['max_unit'])
         self.assertEqual(first, memory)     # stable from call to call
 
-    def test_interactive_exec_is_refused_clearly(self):
+    def test_exec_create(self):
+        # Interactive exec: kata_zun/tests/unit/console/test_driver.py
         from zun.common import exception as zun_exc
         c = self._container()
-        self.assertRaisesRegex(zun_exc.Invalid, 'interactive exec',
-                               self.driver.execute_create, None, c,
-                               'sh', interactive=True)
         self.assertRaises(zun_exc.Invalid, self.driver.execute_create,
                           None, c, '')
         exec_id = self.driver.execute_create(None, c, 'echo "a b"')
