@@ -21,6 +21,7 @@ import signal as signal_mod
 import time
 import urllib.parse
 
+import eventlet
 from eventlet import patcher
 from eventlet import tpool
 import os_resource_classes as orc
@@ -115,11 +116,34 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         # served from zun-compute itself, in green threads. Started now in
         # zun-compute (eventlet-patched), on first use anywhere else.
         self._console = None
+        if patcher.is_monkey_patched('socket'):
+            # In zun-compute: bring back what the host's restart stopped.
+            eventlet.spawn_n(self._resume_after_host_restart)
         if CONF.kata_console.enabled and patcher.is_monkey_patched('socket'):
             try:
                 self._console_server()
             except zun_exc.ZunException as exc:
                 LOG.error('%s', exc)
+
+    def _resume_after_host_restart(self):
+        """Start again the containers with restart policy ``always`` or
+        ``unless-stopped`` that were running when the host went down, as
+        the Docker daemon does when it starts. (zun's ``[compute]
+        resume_container_state`` may start the others.)
+        """
+        for c in self.rt.list():
+            policy = (c.config.get('restart_policy') or {}).get('name')
+            if c.lost != 'host-restart' or policy not in ('always',
+                                                          'unless-stopped'):
+                continue
+            try:
+                _c, client = self.rt.start(c.id)
+                client.close()
+                LOG.info('Container %s (restart policy %s) started again '
+                         'after the host restarted', c.name, policy)
+            except Exception:
+                LOG.exception('Starting container %s again after the host '
+                              'restarted failed', c.name)
 
     # ------------------------------------------------------------- images
     @_wrap
@@ -294,6 +318,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         if c is None:
             c = self.rt.get(container.container_id)
         status = c.status
+        if c.lost == 'host-restart':
+            # Stopped like Docker's containers after a reboot, not an
+            # error: zun's [compute] resume_container_state starts the
+            # ones that were running.
+            container.status = consts.STOPPED
+            container.status_reason = c.error
+            container.status_detail = 'Exited(255) %s ago' % _ago(
+                c.state.get('started_at'))
+            return
         if status == manager.EXITED and c.error:
             container.status = consts.ERROR
             container.status_reason = c.error

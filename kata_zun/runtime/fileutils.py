@@ -8,6 +8,18 @@ import os
 import tempfile
 
 
+def boot_id():
+    """This boot of the host (``/proc/sys/kernel/random/boot_id``), or
+    None: a process or VM recorded under another boot id is gone because
+    the host restarted.
+    """
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

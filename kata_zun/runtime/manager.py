@@ -102,15 +102,32 @@ class Container(object):
         return stored
 
     @property
+    def lost(self):
+        """Why a live sandbox is gone without having said so, or None:
+        ``host-restart`` (it ran under another boot of the host) or
+        ``crash`` (its shim died on this boot).
+        """
+        if self.status != EXITED or self.state.get('status') == EXITED:
+            return None
+        recorded = self.state.get('boot_id')
+        current = fileutils.boot_id()
+        if recorded and current and recorded != current:
+            return 'host-restart'
+        return 'crash'
+
+    @property
     def exit_code(self):
-        if self.status == EXITED and self.state.get('status') != EXITED:
+        if self.lost:
             return 255
         return self.state.get('exit_code')
 
     @property
     def error(self):
-        if self.status == EXITED and self.state.get('status') != EXITED:
-            return 'the sandbox shim died (host restart or crash)'
+        lost = self.lost
+        if lost == 'host-restart':
+            return 'the host restarted while the container ran'
+        if lost:
+            return 'the sandbox shim died (crash)'
         return self.state.get('error')
 
     @property

@@ -123,7 +123,8 @@ class Shim(object):
         """
         t0 = time.monotonic()
         self.vm = self.hypervisor.start(vm_config)
-        self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid)
+        self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
+                        boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.agent_timeout)

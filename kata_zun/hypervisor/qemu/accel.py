@@ -48,14 +48,6 @@ def _file_key(path):
         return [path, None]
 
 
-def _boot_id():
-    try:
-        with open('/proc/sys/kernel/random/boot_id') as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def probe_key(qemu_path, kernel, cpu_model, machine_type):
     """The cache key of one probe.
 
@@ -65,8 +57,8 @@ def probe_key(qemu_path, kernel, cpu_model, machine_type):
     :param machine_type: the machine type.
     :returns: a string.
     """
-    return json.dumps([_boot_id(), _file_key(qemu_path), _file_key(kernel),
-                       cpu_model, machine_type])
+    return json.dumps([fileutils.boot_id(), _file_key(qemu_path),
+                       _file_key(kernel), cpu_model, machine_type])
 
 
 def probe_kvm(qemu_path, kernel, cpu_model, machine_type, timeout):

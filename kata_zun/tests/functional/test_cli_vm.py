@@ -429,3 +429,46 @@ class HealthCheckTestCase(base.KataZunFunctionalTest):
                     '0.01', 'busybox', 'true')
         self.assertEqual(125, r.code)
         self.assertIn(b'healthcheck: interval', r.err)
+
+
+class HostRestartTestCase(base.KataZunFunctionalTest):
+    """A host restart, as the records see it: the shim and the VM are
+    gone and the host has a new boot id.
+    """
+
+    def test_lost_to_a_host_restart_then_started_again(self):
+        import os
+        import signal
+
+        from kata_zun.runtime import fileutils
+        self.load_busybox()
+        cid = self.kz('run', '-d', '--restart', 'always', 'busybox', 'sh',
+                      '-c', 'echo up; sleep 600', check=0).text.strip()
+        state = json.loads(self.kz('inspect', cid, check=0).out)[0]['State']
+        os.kill(state['ShimPid'], signal.SIGKILL)
+        deadline = time.time() + 30
+        while os.path.exists('/proc/%d' % state['VMPid']):
+            self.assertLess(time.time(), deadline)    # PDEATHSIG
+            time.sleep(0.1)
+        path = os.path.join(self.state_path, 'containers', cid,
+                            'state.json')
+        record = fileutils.read_json(path)
+        self.assertEqual(fileutils.boot_id(), record['boot_id'])
+        # Same boot: a crash of the shim.
+        state = json.loads(self.kz('inspect', cid, check=0).out)[0]['State']
+        self.assertEqual(('exited', 255), (state['Status'],
+                                           state['ExitCode']))
+        self.assertIn('shim died', state['Error'])
+        record['boot_id'] = 'a-boot-before-this-one'
+        fileutils.write_json(path, record)
+        state = json.loads(self.kz('inspect', cid, check=0).out)[0]['State']
+        self.assertEqual('the host restarted while the container ran',
+                         state['Error'])
+        self.assertIn('[the host restarted', self.kz('ps', '-a',
+                                                     check=0).text)
+        self.kz('start', cid, check=0)
+        r = self.kz('exec', cid, 'echo', 'back', check=0)
+        self.assertEqual(b'back\n', r.out)
+        state = json.loads(self.kz('inspect', cid, check=0).out)[0]['State']
+        self.assertEqual(('running', None), (state['Status'],
+                                             state['Error']))

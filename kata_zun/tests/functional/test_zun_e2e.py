@@ -8,6 +8,7 @@ entry point and boots a micro-VM per container.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -246,3 +247,33 @@ class ZunEndToEndTest(ZunEndToEndBase):
             time.sleep(1)
         for name in ('plain', 'healed'):
             self.os('appcontainer', 'delete', '--force', name)
+
+        # The host restarts (the shim and VM die, the boot id changes):
+        # Stopped, not Error, and zun-compute starts restart=always
+        # containers again when it comes back, like dockerd.
+        self.os('appcontainer', 'run', '--name', 'rebooted',
+                '--image-pull-policy', 'ifnotpresent', '--restart',
+                'always', 'busybox', 'sh', '-c', 'echo boot; sleep 1000')
+        info = self.wait_status('rebooted', ('Running',))
+        from kata_zun.runtime import fileutils
+        path = os.path.join(self.state_path, 'containers',
+                            info['uuid'].replace('-', ''), 'state.json')
+        record = fileutils.read_json(path)
+        os.kill(record['shim_pid'], signal.SIGKILL)
+        deadline = time.time() + 30
+        while os.path.exists('/proc/%d' % record['vm_pid']):
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.1)
+        record = fileutils.read_json(path)
+        record['boot_id'] = 'a-boot-before-this-one'
+        fileutils.write_json(path, record)
+        info = self.wait_status('rebooted', ('Stopped',), timeout=60)
+        self.assertIn('host restarted', info['status_reason'])
+        self.env.restart_compute(kill=True)
+        self.wait_status('rebooted', ('Running',), timeout=120)
+        deadline = time.time() + 60
+        while self.os('appcontainer', 'logs', 'rebooted')[1].count(
+                'boot') < 2:
+            self.assertLess(time.time(), deadline)
+            time.sleep(1)
+        self.os('appcontainer', 'delete', '--force', 'rebooted')

@@ -35,6 +35,36 @@ class DriverTestCase(base.BaseTestCase):
             health=state.get('health', {}).get('status'))
         return s
 
+    def test_host_restart_is_stopped_not_error(self):
+        c = self._container()
+        s = self._sandbox('exited', exit_code=255, started_at=1,
+                          error='the host restarted while the container ran')
+        s.lost = 'host-restart'
+        self.rt.get.return_value = s
+        self.driver.show(None, c)
+        self.assertEqual(('Stopped', 'the host restarted while the '
+                          'container ran'), (c.status, c.status_reason))
+        self.assertTrue(c.status_detail.startswith('Exited(255)'))
+
+    def test_resume_after_host_restart(self):
+        sandboxes = []
+        for name, policy, lost in (('a', 'always', 'host-restart'),
+                                   ('u', 'unless-stopped', 'host-restart'),
+                                   ('n', 'no', 'host-restart'),
+                                   ('f', 'on-failure', 'host-restart'),
+                                   ('c', 'always', 'crash'),
+                                   ('s', 'always', None)):
+            sandboxes.append(mock.Mock(
+                id=name * 64, lost=lost,
+                config={'restart_policy': {'name': policy}}))
+            sandboxes[-1].name = name
+        self.rt.list.return_value = sandboxes
+        self.rt.start.side_effect = [RuntimeError('no'),
+                                     (None, mock.Mock())]
+        self.driver._resume_after_host_restart()
+        self.assertEqual([mock.call('a' * 64), mock.call('u' * 64)],
+                         self.rt.start.call_args_list)
+
     def test_health_in_status_detail_and_reason(self):
         c = self._container()
         self.rt.get.return_value = self._sandbox(

@@ -24,7 +24,7 @@ class ChooseTestCase(base.BaseTestCase):
         self.cfg.config(qemu_path=self.qemu, group='kata_hypervisor')
         self.useFixture(fixtures.MockPatchObject(accel, '_warned', []))
         self.boot_id = self.useFixture(fixtures.MockPatchObject(
-            accel, '_boot_id', return_value='boot-1')).mock
+            accel.fileutils, 'boot_id', return_value='boot-1')).mock
         self.log = self.useFixture(fixtures.MockPatchObject(
             accel, 'LOG')).mock
         self.probe = mock.Mock(return_value=(True, 'booted'))

@@ -31,3 +31,31 @@ class ManagerHelpersTestCase(base.BaseTestCase):
     def test_env_merge_keeps_order_and_overrides(self):
         self.assertEqual(['A=1', 'B=3', 'C=4'],
                          manager._merge_env(['A=1', 'B=2'], ['B=3', 'C=4']))
+
+
+class LostSandboxTestCase(base.BaseTestCase):
+
+    def container(self, state, alive):
+        return manager.Container('/nowhere', {'id': 'c' * 64}, state, alive)
+
+    def test_host_restart_crash_and_clean_exit(self):
+        from unittest import mock
+        with mock.patch.object(manager.fileutils, 'boot_id',
+                               return_value='boot-2'):
+            c = self.container({'status': 'running', 'boot_id': 'boot-1',
+                                'exit_code': None}, alive=False)
+            self.assertEqual(('exited', 'host-restart', 255),
+                             (c.status, c.lost, c.exit_code))
+            self.assertIn('host restarted', c.error)
+            c = self.container({'status': 'paused', 'boot_id': 'boot-2'},
+                               alive=False)
+            self.assertEqual('crash', c.lost)
+            self.assertIn('shim died', c.error)
+            # Records from before boot ids were kept: a crash.
+            self.assertEqual('crash', self.container(
+                {'status': 'running'}, alive=False).lost)
+            c = self.container({'status': 'exited', 'exit_code': 3,
+                                'boot_id': 'boot-1'}, alive=False)
+            self.assertEqual((None, 3, None), (c.lost, c.exit_code, c.error))
+            self.assertIsNone(self.container(
+                {'status': 'running', 'boot_id': 'boot-1'}, alive=True).lost)
