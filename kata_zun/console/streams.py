@@ -22,17 +22,14 @@ class PeerGone(Exception):
     """Writing to the peer failed: it is gone."""
 
 
-class RawStream(object):
-    """Docker's hijacked connection (``exec start`` with a tty).
-
-    :param multiplex: frame the output like Docker without a tty
-        (8-byte header: stream, 0, 0, 0, big-endian length).
+class _SocketStream(object):
+    """What both kinds share: the socket, bytes read ahead (after the
+    HTTP request), and the end of input.
     """
 
-    def __init__(self, sock, initial=b'', multiplex=False):
+    def __init__(self, sock, initial=b''):
         self.sock = sock
         self.pending = initial
-        self.multiplex = multiplex
         self.eof = False
 
     def fileno(self):
@@ -41,16 +38,40 @@ class RawStream(object):
     def has_pending(self):
         return bool(self.pending)
 
-    def read(self):
+    def _recv(self):
+        """Bytes from the peer: b'' at its end, None when none is ready."""
         if self.pending:
             data, self.pending = self.pending, b''
-            return [data]
+            return data
         try:
-            data = self.sock.recv(READ_SIZE)
+            return self.sock.recv(READ_SIZE)
         except (BlockingIOError, socket.timeout):
-            return []
+            return None
         except OSError:
-            data = b''
+            return b''
+
+    def _send(self, data):
+        try:
+            self.sock.sendall(data)
+        except (socket.timeout, OSError) as exc:
+            raise PeerGone(str(exc))
+
+
+class RawStream(_SocketStream):
+    """Docker's hijacked connection (``exec start`` with a tty).
+
+    :param multiplex: frame the output like Docker without a tty
+        (8-byte header: stream, 0, 0, 0, big-endian length).
+    """
+
+    def __init__(self, sock, initial=b'', multiplex=False):
+        super().__init__(sock, initial)
+        self.multiplex = multiplex
+
+    def read(self):
+        data = self._recv()
+        if data is None:
+            return []
         if not data:
             self.eof = True
             return [EOF]
@@ -59,10 +80,7 @@ class RawStream(object):
     def write(self, data, stream=1):
         if self.multiplex:
             data = struct.pack('>BxxxL', stream, len(data)) + data
-        try:
-            self.sock.sendall(data)
-        except (socket.timeout, OSError) as exc:
-            raise PeerGone(str(exc))
+        self._send(data)
 
     def finish(self, code=None, reason=''):
         """The process is done: close the connection like Docker does."""
@@ -72,7 +90,7 @@ class RawStream(object):
             pass
 
 
-class WebSocketStream(object):
+class WebSocketStream(_SocketStream):
     """A websocket (attach): stdin from data frames, output as binary.
 
     Pings are answered, a close frame is echoed and ends the session, a
@@ -81,34 +99,14 @@ class WebSocketStream(object):
 
     def __init__(self, sock, initial=b'',
                  max_payload=websocket.DEFAULT_MAX_PAYLOAD):
-        self.sock = sock
+        super().__init__(sock, initial)
         self.parser = websocket.FrameParser(max_payload)
-        self.pending = initial
-        self.eof = False
         self.closing = False          # our close frame is sent
 
-    def fileno(self):
-        return self.sock.fileno()
-
-    def has_pending(self):
-        return bool(self.pending)
-
-    def _send(self, data):
-        try:
-            self.sock.sendall(data)
-        except (socket.timeout, OSError) as exc:
-            raise PeerGone(str(exc))
-
     def read(self):
-        if self.pending:
-            data, self.pending = self.pending, b''
-        else:
-            try:
-                data = self.sock.recv(READ_SIZE)
-            except (BlockingIOError, socket.timeout):
-                return []
-            except OSError:
-                data = b''
+        data = self._recv()
+        if data is None:
+            return []
         if not data:
             self.eof = True
             return [EOF]
