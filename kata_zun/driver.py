@@ -13,6 +13,7 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 
 import copy
 import datetime
+import ipaddress
 import math
 import os
 import platform
@@ -225,7 +226,27 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             policy = manager.parse_restart_policy(
                 '%s:%s' % (name, count) if name == 'on-failure' and count
                 else name)
-        c = self.rt.create(
+        # --- network (Zun mode): Neutron ports now, plugged at start
+        addresses, net_request = self._setup_network(
+            context, container, requested_networks)
+        try:
+            c = self._rt_create(container, record, env, memory, policy,
+                                net_request)
+        except BaseException:
+            self._release_network(context, container, addresses)
+            raise
+        container.container_id = c.id
+        container.status = consts.CREATED
+        container.status_reason = None
+        container.status_detail = 'Created'
+        container.runtime = RUNTIME_NAME
+        container.addresses = addresses
+        container.save(context)
+        return container
+
+    def _rt_create(self, container, record, env, memory, policy,
+                   net_request):
+        return self.rt.create(
             record.id, command=list(container.command or []) or None,
             entrypoint=(list(container.entrypoint)
                         if container.entrypoint else None),
@@ -237,15 +258,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             auto_remove=bool(container.auto_remove),
             labels=dict(container.labels or {}),
             cid=runtime_id(container), restart_policy=policy,
-            healthcheck=_healthcheck(container))
-        container.container_id = c.id
-        container.status = consts.CREATED
-        container.status_reason = None
-        container.status_detail = 'Created'
-        container.runtime = RUNTIME_NAME
-        container.addresses = {}
-        container.save(context)
-        return container
+            healthcheck=_healthcheck(container), network=net_request)
 
     @_wrap
     def start(self, context, container):
@@ -297,13 +310,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return container
 
     def delete(self, context, container, force):
-        if not container.container_id:
-            return
-        try:
-            self.rt.remove(container.container_id, force=True)
-        except exception.ContainerNotFound:
-            LOG.info('container %s has no sandbox on this host',
-                     container.uuid)
+        if container.container_id:
+            try:
+                self.rt.remove(container.container_id, force=True)
+            except exception.ContainerNotFound:
+                LOG.info('container %s has no sandbox on this host',
+                         container.uuid)
+        # After the taps are gone: delete the ports we made, unbind the
+        # user's, then the exposed ports' security group.
+        self._release_network(context, container, container.addresses)
 
     def check_container_exist(self, container):
         try:
@@ -311,6 +326,220 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             return True
         except exception.KataZunException:
             return False
+
+    # ------------------------------------- network (Zun mode, Neutron)
+    DEVICE_OWNER = 'compute:zun'
+
+    @staticmethod
+    def _neutron(context):
+        from zun.network import neutron as zun_neutron
+        return zun_neutron.NeutronAPI(context)
+
+    def _setup_network(self, context, container, requested_networks):
+        """Make (or take) a Neutron port per requested network, as zun's
+        own drivers do.
+
+        :returns: (Zun addresses, the runtime's network request or None)
+        """
+        if not requested_networks or \
+                CONF.kata_network.zun_network != 'neutron':
+            return {}, None
+        api = self._neutron(context)
+        self._expose_ports(api, container)
+        from zun.common import utils as zun_utils
+        sg_ids = zun_utils.get_security_group_ids(
+            context, container.security_groups)
+        if not container.host:
+            container.host = CONF.host
+        addresses, nics = {}, []
+        try:
+            for requested in requested_networks:
+                net_id = requested['network']
+                if net_id in addresses:
+                    continue
+                addrs, port = api.create_or_update_port(
+                    container, net_id, requested, self.DEVICE_OWNER,
+                    security_groups=sg_ids, set_binding_host=True)
+                addresses[net_id] = addrs
+                nics.append(self._nic(api, container, port))
+        except BaseException:
+            self._release_network(context, container, addresses)
+            raise
+        return addresses, {'network': 'neutron', 'nics': nics}
+
+    def _nic(self, api, container, port):
+        """What the host and the guest need of a bound port."""
+        vif_type = port.get('binding:vif_type')
+        details = port.get('binding:vif_details') or {}
+        if vif_type != 'ovs':
+            raise zun_exc.ZunException(
+                'Neutron port %s is bound as %r on host %s: the kata '
+                'driver plugs Open vSwitch ports only (is the OVS agent '
+                'of this host alive?)' % (port['id'], vif_type,
+                                          container.host))
+        if details.get('ovs_hybrid_plug'):
+            raise zun_exc.ZunException(
+                'Neutron port %s wants hybrid plugging (iptables_hybrid '
+                'firewall); the kata driver needs the OVS agent\'s '
+                'openvswitch (or noop) firewall driver' % port['id'])
+        network = api.show_network(port['network_id'])['network']
+        ips, dns = [], []
+        for fixed in port.get('fixed_ips') or []:
+            subnet = api.show_subnet(fixed['subnet_id'])['subnet']
+            ips.append({
+                'address': fixed['ip_address'],
+                'prefix': ipaddress.ip_network(subnet['cidr']).prefixlen,
+                'gateway': subnet.get('gateway_ip'),
+                'version': subnet.get('ip_version', 4),
+                'subnet_id': fixed['subnet_id']})
+            dns += [d for d in subnet.get('dns_nameservers') or []
+                    if d not in dns]
+        return {'port_id': port['id'], 'net_id': port['network_id'],
+                'mac': port['mac_address'],
+                'mtu': int(network.get('mtu') or 1500),
+                'bridge': (details.get('bridge_name') or
+                           CONF.kata_network.integration_bridge),
+                'datapath_type': details.get('datapath_type') or 'system',
+                'device_id': container.uuid, 'ips': ips, 'dns': dns}
+
+    def _expose_ports(self, api, container):
+        """``--expose-port``: a security group of the container's own
+        (named like zun's docker driver names it) allowing those ports in
+        from anywhere, added to the container's groups.
+        """
+        exposed = container.exposed_ports or {}
+        if not exposed:
+            return
+        name = consts.NAME_PREFIX + container.uuid
+        group = api.create_security_group(
+            {'security_group': {'name': name}})['security_group']
+        api.expose_ports(group['id'], exposed)
+        container.security_groups = list(container.security_groups or
+                                         []) + [group['id']]
+
+    def _release_network(self, context, container, addresses,
+                         exposed=True):
+        """Delete the ports the driver made, unbind the user's (they are
+        ``preserve_on_delete``), delete the exposed ports' group (unless
+        ``exposed`` is False). Ports already gone are no error.
+        """
+        if CONF.kata_network.zun_network != 'neutron':
+            return
+        exposed = exposed and container.exposed_ports
+        if not addresses and not exposed:
+            return
+        api = self._neutron(context)
+        ports, delete = set(), set()
+        for addrs in (addresses or {}).values():
+            for addr in addrs:
+                ports.add(addr['port'])
+                if not addr.get('preserve_on_delete'):
+                    delete.add(addr['port'])
+        if ports:
+            api.delete_or_unbind_ports(ports, delete)
+        if exposed:
+            from neutronclient.common import exceptions as n_exc
+            name = consts.NAME_PREFIX + container.uuid
+            try:
+                for group in api.list_security_groups(name=name).get(
+                        'security_groups', []):
+                    api.delete_security_group(group['id'])
+            except n_exc.NeutronClientException as exc:
+                LOG.warning('deleting security group %s: %s', name, exc)
+
+    def _port_ids(self, container):
+        return sorted({addr['port'] for addrs in
+                       (container.addresses or {}).values()
+                       for addr in addrs})
+
+    def _update_security_groups(self, context, container, change):
+        from neutronclient.common import exceptions as n_exc
+        api = self._neutron(context)
+        for port_id in self._port_ids(container):
+            port = api.show_port(port_id)['port']
+            groups = change(list(port.get('security_groups') or []))
+            try:
+                api.update_port(port_id, {'port': {
+                    'security_groups': groups}}, admin=True)
+            except n_exc.NeutronClientException as exc:
+                if exc.status_code == 400:
+                    raise zun_exc.SecurityGroupCannotBeApplied(str(exc))
+                raise
+
+    def add_security_group(self, context, container, security_group):
+        """Add a group (zun-api passes its id) to every port."""
+        self._update_security_groups(
+            context, container,
+            lambda groups: groups + [security_group]
+            if security_group not in groups else groups)
+
+    def remove_security_group(self, context, container, security_group):
+        """Remove a group (zun-api passes its id) from every port."""
+        self._update_security_groups(
+            context, container,
+            lambda groups: [g for g in groups if g != security_group])
+
+    def _runtime_request(self, container):
+        """The runtime's network request for ``container.addresses``."""
+        c = self.rt.get(container.container_id)
+        return c, c.config.get('network') or {}
+
+    @_wrap
+    def network_attach(self, context, container, requested_network):
+        """Attach a Neutron network to a container that does not run.
+
+        The micro-VM has no NIC hotplug: a running container is refused
+        with a clear error; a created or stopped one gets its port now
+        and the NIC at its next start.
+        """
+        net_id = requested_network['network']
+        if net_id in (container.addresses or {}):
+            raise zun_exc.ZunException(
+                'Container %s has already connected to the network %s.' %
+                (container.uuid, net_id))
+        if CONF.kata_network.zun_network != 'neutron':
+            raise zun_exc.Invalid('[kata_network] zun_network is "none" on '
+                                  'host %s: no Neutron ports' % CONF.host)
+        c, request = self._runtime_request(container)
+        self._check_not_running(c)
+        addresses, new = self._setup_network(context, container,
+                                             [requested_network])
+        nics = [n for n in request.get('nics') or []] + new['nics']
+        try:
+            self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics})
+        except BaseException:
+            self._release_network(context, container, addresses)
+            raise
+        merged = dict(container.addresses or {})
+        merged.update(addresses)
+        container.addresses = merged
+        container.save(context)
+
+    @_wrap
+    def network_detach(self, context, container, network):
+        """Detach a Neutron network from a container that does not run:
+        its NIC is gone at the next start; its ports are deleted (or
+        unbound, when they were the user's).
+        """
+        c, request = self._runtime_request(container)
+        self._check_not_running(c)
+        nics = [n for n in request.get('nics') or []
+                if n.get('net_id') != network]
+        self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics}
+                            if nics else 'none')
+        addresses = dict(container.addresses or {})
+        gone = {network: addresses.pop(network, [])}
+        self._release_network(context, container, gone, exposed=False)
+        container.addresses = addresses
+        container.save(context)
+
+    @staticmethod
+    def _check_not_running(c):
+        if c.status in manager.LIVE or c.shim_alive:
+            raise zun_exc.Conflict(
+                'container %s is %s: its micro-VM has no NIC hotplug; stop '
+                'it, attach or detach the network, and start it again'
+                % (c.id[:12], c.status))
 
     # -------------------------------------------------------------- state
     def _refresh(self, container, c=None):

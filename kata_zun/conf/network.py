@@ -30,6 +30,30 @@ OPTS = [
                 help='Name servers written to the containers\' '
                      'resolv.conf; empty takes the non-loopback '
                      'nameservers of the host\'s /etc/resolv.conf.'),
+    # Zun mode (kata_zun.driver): Neutron ports on Open vSwitch.
+    cfg.StrOpt('zun_network', default='neutron',
+               choices=('neutron', 'none'),
+               help='Networking of containers made through the Zun '
+                    'driver. "neutron": every requested network gets a '
+                    'Neutron port (device_owner compute:zun, bound to this '
+                    'host) whose tap is plugged into the Open vSwitch '
+                    'integration bridge like os-vif does for Nova (needs '
+                    'the ML2/OVS agent on this host). "none": no port, '
+                    'loopback only (a Neutron API is still needed by '
+                    'zun-api for scheduling).'),
+    cfg.StrOpt('ovsdb_connection',
+               default='unix:/var/run/openvswitch/db.sock',
+               help='OVSDB of the Open vSwitch that holds the integration '
+                    'bridge (Zun mode), e.g. unix:/var/run/openvswitch/'
+                    'db.sock or tcp:127.0.0.1:6640.'),
+    cfg.StrOpt('integration_bridge', default='br-int',
+               help='Open vSwitch bridge the taps of Neutron ports join '
+                    'when the port\'s binding:vif_details has no '
+                    'bridge_name (the OVS agent normally reports its '
+                    'own).'),
+    cfg.IntOpt('ovs_timeout', default=120, min=1,
+               help='Seconds to wait for an OVSDB transaction (plug or '
+                    'unplug of a Neutron port\'s tap).'),
 ]
 
 

@@ -2,8 +2,10 @@
 
 Standalone mode (this package): ``none`` (loopback only) and ``bridge``
 (:mod:`kata_zun.network.bridge`: a tap per VM on a host bridge, leases on
-disk, outbound NAT, published ports with nftables). Zun mode (Neutron
-ports, os-vif) is not here yet.
+disk, outbound NAT, published ports with nftables). Zun mode:
+``neutron`` (:mod:`kata_zun.network.neutron`: Neutron ports made by the
+driver, their taps plugged into Open vSwitch with os-vif); its request is
+built by :mod:`kata_zun.driver`, never parsed from a CLI.
 
 The lifecycle, driven by :mod:`kata_zun.runtime.manager`:
 
@@ -50,6 +52,9 @@ def get_plugin(name, state_path):
     if name == 'bridge':
         from kata_zun.network import bridge
         return bridge.BridgePlugin(state_dir(state_path))
+    if name == 'neutron':
+        from kata_zun.network import neutron
+        return neutron.NeutronPlugin(state_dir(state_path))
     raise exception.InvalidInput(
         reason='unknown network %r (kata-zun has: %s)' % (
             name, ', '.join(NETWORKS)))
@@ -58,11 +63,20 @@ def get_plugin(name, state_path):
 def make_request(network, publish=()):
     """Parse what the user asked for.
 
-    :param network: 'none' or 'bridge'.
+    :param network: 'none' or 'bridge'; or a Zun-mode request dict
+                    ({'network': 'neutron', 'nics': [...]}, made by the
+                    driver, see :mod:`kata_zun.network.neutron`).
     :param publish: ``-p`` values.
     :returns: {'network': name, 'ports': [mapping, ...]}
     :raises: InvalidInput
     """
+    if isinstance(network, dict) and network.get('network') == 'neutron':
+        if publish:
+            raise exception.InvalidInput(
+                reason='publishing host ports (-p) does not apply to '
+                'Neutron ports')
+        return {'network': 'neutron', 'ports': [],
+                'nics': list(network.get('nics') or [])}
     if network not in NETWORKS:
         raise exception.InvalidInput(
             reason='unknown network %r (kata-zun has: %s)' % (
@@ -86,7 +100,23 @@ def reconcile(state_path, is_known):
     :param is_known: callable(cid) -> True while the record exists.
     :returns: the container ids cleaned up.
     """
-    return get_plugin('bridge', state_path).reconcile(is_known)
+    done = get_plugin('bridge', state_path).reconcile(is_known)
+    if _has_neutron_records(state_path):
+        done += get_plugin('neutron', state_path).reconcile(is_known)
+    return done
+
+
+def _has_neutron_records(state_path, cid=None):
+    """True if Zun-mode records exist (of ``cid``): checked without
+    importing the plugin (os-vif) when there are none.
+    """
+    directory = os.path.join(state_dir(state_path), 'neutron')
+    if cid is not None:
+        return os.path.exists(os.path.join(directory, '%s.json' % cid))
+    try:
+        return any(n.endswith('.json') for n in os.listdir(directory))
+    except OSError:
+        return False
 
 
 def plug(state_path, container_dir, cid, hostname, request, is_known):
@@ -111,7 +141,10 @@ def unplug(state_path, cid):
 
     :returns: True if something was removed.
     """
-    return get_plugin('bridge', state_path).unplug(cid)
+    removed = False
+    if _has_neutron_records(state_path, cid):
+        removed = get_plugin('neutron', state_path).unplug(cid)
+    return get_plugin('bridge', state_path).unplug(cid) or removed
 
 
 def read_attachment(container_dir):

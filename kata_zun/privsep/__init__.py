@@ -9,7 +9,9 @@ Who starts the daemon: :func:`start`. When the caller is root already
 (the standalone CLI here) the daemon is forked (``Method.FORK``: no
 interpreter start, no sudo); otherwise oslo.privsep runs
 ``sudo privsep-helper --privsep_context kata_zun.privsep.sys_admin_pctxt``
-(``[kata_zun_sys_admin] helper_command`` overrides it).
+(``[kata_zun_sys_admin] helper_command`` overrides it). In an
+eventlet-patched process (zun-compute) running as root, the venv's
+``privsep-helper`` is spawned instead of forking (see :func:`_forkable`).
 
 oslo.privsep imports eventlet when it can (for its green-thread
 support): 0.2-0.27 s and a deprecation warning per CLI run. A process
@@ -56,19 +58,46 @@ sys_admin_pctxt = priv_context.PrivContext(
 )
 
 
-def start():
+def _forkable():
+    """False in an eventlet-patched process (zun-compute): a forked daemon
+    would keep the parent's green threads running (AMQP heartbeats on
+    the parent's sockets: seen corrupting zun-compute's RabbitMQ
+    connection).
+    """
+    if 'eventlet' not in sys.modules or sys.modules['eventlet'] is None:
+        return True
+    from eventlet import patcher
+    return not patcher.is_monkey_patched('socket')
+
+
+def _helper():
+    path = os.path.join(os.path.dirname(sys.executable), 'privsep-helper')
+    return path if os.path.exists(path) else 'privsep-helper'
+
+
+def start(ctx=None):
     """Start the privileged daemon now unless it runs already.
 
     Call it before taking any file lock: a forked daemon inherits the
     caller's open files, and with them its flock()s.
+
+    :param ctx: another library's PrivContext (os-vif's) to start the
+                same way; default: ours.
     """
-    ctx = sys_admin_pctxt
+    ctx = ctx or sys_admin_pctxt
     if not ctx.client_mode or ctx.channel is not None:
         return
-    if not cfg.CONF.debug:
+    if not cfg.CONF.debug and ctx is sys_admin_pctxt:
         # The daemon's start-up chatter is INFO: keep CLI output clean.
         logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)
     if os.geteuid() != 0:
+        ctx.start(priv_context.Method.ROOTWRAP)
+        return
+    if not _forkable():
+        # Root already: a fresh privsep-helper process, without sudo.
+        if not ctx.conf.helper_command:
+            cfg.CONF.set_override('helper_command', _helper(),
+                                  group=ctx.cfg_section)
         ctx.start(priv_context.Method.ROOTWRAP)
         return
     parent = os.getpid()

@@ -161,17 +161,22 @@ def ensure_bridge(name, address, prefix, mtu):
 def create_tap(name, bridge, mtu, owner=None):
     """(Re)create persistent tap ``name`` on ``bridge``, up, hairpin on.
 
+    With ``bridge`` None the tap is on no Linux bridge (Zun mode: it is
+    added to Open vSwitch afterwards, see kata_zun.network.neutron).
+
     An existing link of that name (a leftover of a crash) is replaced.
     ``owner`` (a uid) may open it without privileges (QEMU as a user).
 
     :raises: ValueError, OSError; a half-made tap is removed again.
     """
     check_tap_name(name)
-    check_bridge_name(bridge)
+    if bridge is not None:
+        check_bridge_name(bridge)
     _check_int(mtu, 'mtu', 68, 65535)
     if owner is not None:
         _check_int(owner, 'owner', 0, 2 ** 31 - 1)
-    if not os.path.isdir(os.path.join(SYS_NET, bridge, 'bridge')):
+    if bridge is not None and not os.path.isdir(
+            os.path.join(SYS_NET, bridge, 'bridge')):
         raise ValueError('bridge %s does not exist' % bridge)
     with guestnet.Netlink() as nl:
         if _exists(name):
@@ -186,6 +191,9 @@ def create_tap(name, bridge, mtu, owner=None):
         finally:
             os.close(fd)
         try:
+            if bridge is None:
+                nl.link_set(socket.if_nametoindex(name), up=True, mtu=mtu)
+                return
             nl.link_set(socket.if_nametoindex(name), up=True, mtu=mtu,
                         master=socket.if_nametoindex(bridge))
             # Lets a container reach its own published port through the

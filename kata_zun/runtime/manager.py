@@ -486,6 +486,38 @@ class Runtime(object):
         if not self._record_exists(cid):
             from kata_zun import network
             network.unplug(self.state_path, cid)
+
+    def set_network(self, ref, network):
+        """Replace the network request of a container that does not run
+        (Zun's network attach/detach): the VM has no NIC hotplug, the new
+        NICs are made at the next start. What the last start plugged is
+        released now.
+
+        :param network: as :meth:`create` takes it.
+        :raises: Conflict while the container runs; InvalidInput
+        """
+        from kata_zun import network as network_mod
+        request = network_mod.make_request(network or 'none', ())
+        network_mod.validate(self.state_path, request, self._record_exists)
+        lock = self._lock()
+        try:
+            c = self.get(ref)
+            if c.status in LIVE or c.shim_alive:
+                raise exception.Conflict(
+                    reason='container %s is %s: its VM has no network '
+                    'hotplug; stop it to change its networks (they apply '
+                    'at the next start)' % (c.id[:12], c.status))
+            config = c.config
+            config['network'] = request
+            fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
+        finally:
+            os.close(lock)
+        network_mod.unplug(self.state_path, c.id)
+        try:
+            os.unlink(os.path.join(c.dir, network_mod.ATTACHMENT))
+        except FileNotFoundError:
+            pass
+        return self._load(c.id)
     # ------------------------------------------- end network
 
     def _spawn_shim(self, c, run_dir):

@@ -878,6 +878,16 @@ class ZunEnvironment(object):
         self._register()
         self._phase('keystone registrations', t)
 
+    @staticmethod
+    def _ensure_role(call, name):
+        """The id of keystone role ``name``, created if missing."""
+        roles = call('GET', '/roles?name=%s' % name, None,
+                     'find role %s' % name)['roles']
+        if roles:
+            return roles[0]['id']
+        return call('POST', '/roles', {'role': {'name': name}},
+                    'create role %s' % name)['role']['id']
+
     def _register(self):
         """Service project, users, services and endpoints, in parallel."""
         idc = self._identity_client()
@@ -909,6 +919,10 @@ class ZunEnvironment(object):
                 'create project')
             role = pool.submit(call, 'GET', '/roles?name=admin', None,
                                'find admin role')
+            # Like DevStack, service users also get the "service" role:
+            # Neutron's policies ask for it to unbind a port
+            # (binding:profile), which zun does for preserved ports.
+            service_role = pool.submit(self._ensure_role, call, 'service')
             names = (('zun', 'placement') if self.zun else ()) + (
                 ('glance',) if self.glance else ())
             users = [pool.submit(create_user, name) for name in names]
@@ -931,9 +945,10 @@ class ZunEnvironment(object):
             role_id = role.result()['roles'][0]['id']
             grants = [pool.submit(call, 'PUT',
                                   '/projects/%s/users/%s/roles/%s' % (
-                                      project_id, user.result(), role_id),
-                                  None, 'grant admin')
-                      for user in users]
+                                      project_id, user.result(), rid),
+                                  None, 'grant role')
+                      for user in users
+                      for rid in (role_id, service_role.result())]
             for future in services + grants:
                 future.result()
 

@@ -265,7 +265,7 @@ class FacadeTestCase(base.BaseTestCase):
             self.assertRaises(exception.InvalidInput, network.make_request,
                               bad)
         self.assertRaises(exception.InvalidInput, network.get_plugin,
-                          'neutron', self.dir)
+                          'overlay', self.dir)
         self.assertRaises(exception.InvalidInput, network.validate,
                           self.dir, network.make_request('none', ['1:1']))
 

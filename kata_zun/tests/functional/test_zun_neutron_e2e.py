@@ -1,0 +1,169 @@
+"""End to end with a real Neutron: containers get ports and connectivity.
+
+zun-api and zun-compute (kata driver) with neutron's API, RPC server and
+Open vSwitch agent (openvswitch firewall, netdev datapath; see
+:mod:`neutron_env`). ``openstack appcontainer run --net`` makes Neutron
+ports bound to this host; the taps of the VMs are plugged into the
+integration bridge, the agent wires them, and containers ping each other
+as their security groups allow.
+
+Needs root, Open vSwitch and the virtualenv with neutron
+(``tools/install-neutron.sh``, or ``$KATA_ZUN_NEUTRON_VENV``).
+"""
+
+import json
+import os
+import subprocess
+import time
+import uuid
+
+from kata_zun.tests.functional import test_neutron_env
+from kata_zun.tests.functional import test_zun_e2e
+
+CIDR = '10.77.1.0/24'
+
+
+class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
+
+    def setUp(self):
+        venv = test_neutron_env.neutron_venv()
+        if venv is None:
+            self.fail('no virtualenv with neutron: run '
+                      'tools/install-neutron.sh')
+        if os.geteuid() != 0:
+            self.fail('needs root (Open vSwitch, taps)')
+        self.ENV_OPTIONS = {'neutron': True, 'neutron_venv': venv}
+        super().setUp()
+        self.neutron = self.env.neutron
+
+    def _attach_logs(self, exc_info):
+        super()._attach_logs(exc_info)
+        from testtools import content
+        neutron = getattr(self, 'env', None) and self.env.neutron
+        self.addDetail('neutron-logs', content.text_content(
+            neutron.logs_tail() if neutron else ''))
+
+    def osj(self, *args):
+        return json.loads(self.os(*(args + ('-f', 'json')))[1])
+
+    def ping(self, name, address, count=1):
+        code, out, err = self.os('appcontainer', 'exec', name, 'ping',
+                                 '-c', str(count), '-W', '2', address,
+                                 check=False)
+        return code == 0
+
+    def wait_ping(self, name, address, ok, timeout=60):
+        deadline = time.time() + timeout
+        while self.ping(name, address) != ok:
+            self.assertLess(time.time(), deadline, 'ping %s from %s: '
+                            'want %s' % (address, name,
+                                         'success' if ok else 'failure'))
+            time.sleep(1)
+
+    def taps(self):
+        return sorted(n for n in os.listdir('/sys/class/net')
+                      if n.startswith('kzt'))
+
+    def test_ports_connectivity_security_groups_delete(self):
+        suffix = uuid.uuid4().hex[:6]
+        net = self.osj('network', 'create', 'kznet-' + suffix)
+        self.osj('subnet', 'create', '--network', net['id'],
+                 '--subnet-range', CIDR, '--dns-nameserver', '10.77.1.53',
+                 'kzsub-' + suffix)
+        icmp = self.osj('security', 'group', 'create', 'kzicmp-' + suffix)
+        self.os('security', 'group', 'rule', 'create', '--ingress',
+                '--protocol', 'icmp', icmp['id'])
+        # A port of the user's, without any security group: nothing comes
+        # in until a group allows it.
+        user_port = self.osj('port', 'create', '--network', net['id'],
+                             '--no-security-group', 'kzport-' + suffix)
+        taps_before = self.taps()
+
+        self.os('appcontainer', 'run', '--name', 'c1',
+                '--image-pull-policy', 'ifnotpresent',
+                '--net', 'network=' + net['id'], 'busybox', 'sleep',
+                '100000')
+        self.os('appcontainer', 'run', '--name', 'c2',
+                '--image-pull-policy', 'ifnotpresent',
+                '--net', 'port=' + user_port['id'], 'busybox', 'sleep',
+                '100000')
+        c1 = self.wait_status('c1', ('Running',))
+        c2 = self.wait_status('c2', ('Running',))
+
+        # Zun shows the ports' addresses in its format (the CLI shows
+        # just the IPs: ask the API).
+        zun = self.env.zun_client()
+        addresses1 = zun.containers.get('c1').addresses
+        self.assertEqual([net['id']], list(addresses1))
+        addr1 = addresses1[net['id']][0]
+        addr2 = zun.containers.get('c2').addresses[net['id']][0]
+        self.assertEqual(addr1['addr'], c1['addresses'])
+        self.assertFalse(addr1['preserve_on_delete'])
+        self.assertTrue(addr2['preserve_on_delete'])
+        self.assertEqual(user_port['id'], addr2['port'])
+        self.assertEqual(4, addr1['version'])
+        # Ports bound to this host for compute:zun, wired by the agent.
+        for info, addr in ((c1, addr1), (c2, addr2)):
+            port = self.neutron.wait_port(addr['port'], 'ACTIVE')
+            self.assertEqual('compute:zun', port['device_owner'])
+            self.assertEqual(info['uuid'], port['device_id'])
+            self.assertEqual(self.env.host, port['binding:host_id'])
+            self.assertEqual('ovs', port['binding:vif_type'])
+            self.assertEqual(addr['addr'],
+                             port['fixed_ips'][0]['ip_address'])
+        # The guest has the port's MAC, address and the network's MTU.
+        out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
+        port1 = self.neutron.call('GET', '/v2.0/ports/%s' %
+                                  addr1['port'])['port']
+        self.assertIn(port1['mac_address'], out)
+        self.assertIn('%s/24' % addr1['addr'], out)
+        self.assertIn('mtu %s' % net['mtu'], out)
+        resolv = self.os('appcontainer', 'exec', 'c1', 'cat',
+                         '/etc/resolv.conf')[1]
+        self.assertIn('10.77.1.53', resolv)
+        ovs_ports = self.neutron.vsctl('list-ports',
+                                       self.neutron.integration_bridge)
+        for addr in (addr1, addr2):
+            self.assertIn('kzt' + addr['port'].replace('-', '')[:12],
+                          ovs_ports)
+
+        # c2's port has no group: c1 cannot reach it, until a group
+        # allowing ICMP is added through zun; removed, it blocks again.
+        self.assertFalse(self.ping('c1', addr2['addr']))
+        # zun-api serves security group add/remove up to API 1.14 only
+        # (1.15 removed them); the later --os-container-api-version wins.
+        self.os('--os-container-api-version', '1.14', 'appcontainer',
+                'add', 'security', 'group', 'c2', icmp['id'])
+        self.wait_ping('c1', addr2['addr'], True)
+        self.assertIn(icmp['id'], self.neutron.call(
+            'GET', '/v2.0/ports/%s' % addr2['port'])['port'][
+                'security_groups'])
+        self.os('--os-container-api-version', '1.14', 'appcontainer',
+                'remove', 'security', 'group', 'c2', icmp['id'])
+        self.wait_ping('c1', addr2['addr'], False)
+
+        # zun-compute crashes and comes back; deleting still cleans up.
+        self.env.restart_compute(kill=True)
+        for name in ('c1', 'c2'):
+            self.os('appcontainer', 'delete', '--stop', name)
+        deadline = time.time() + 120
+        while any(self.os('appcontainer', 'show', n, check=False)[0] == 0
+                  for n in ('c1', 'c2')):
+            self.assertLess(time.time(), deadline)
+            time.sleep(1)
+        # The driver's port is gone; the user's is kept, unbound.
+        code, _body = self.neutron.request(
+            'GET', '/v2.0/ports/%s' % addr1['port'])
+        self.assertEqual(404, code)
+        kept = self.neutron.call('GET', '/v2.0/ports/%s' %
+                                 user_port['id'])['port']
+        self.assertEqual('', kept['device_id'])
+        self.assertEqual('', kept['device_owner'])
+        self.assertEqual('', kept['binding:host_id'])
+        self.assertEqual([], [p for p in self.neutron.vsctl(
+            'list-ports', self.neutron.integration_bridge).split()
+            if p.startswith('kzt')])
+        self.assertEqual(taps_before, self.taps())
+        left = subprocess.run(['ip', '-o', 'link'], capture_output=True,
+                              text=True).stdout
+        self.assertNotIn(addr1['port'].replace('-', '')[:12], left)
