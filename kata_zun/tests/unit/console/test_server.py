@@ -102,6 +102,13 @@ class FakeShim(object):
                 self._exit(conn, args['proc'], 128 + args['signal'])
 
     def close(self):
+        # Wake the accept thread first: after a bare close() it stayed
+        # blocked in accept(), and a later test's TCP server in the same
+        # process (test_export_glance) lost connections, reset unanswered.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 
