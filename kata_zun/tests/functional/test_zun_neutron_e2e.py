@@ -21,6 +21,7 @@ from kata_zun.tests.functional import test_neutron_env
 from kata_zun.tests.functional import test_zun_e2e
 
 CIDR = '10.77.1.0/24'
+CIDR2 = '10.77.9.0/24'
 
 
 class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
@@ -58,6 +59,28 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
             self.assertLess(time.time(), deadline, 'ping %s from %s: '
                             'want %s' % (address, name,
                                          'success' if ok else 'failure'))
+            time.sleep(1)
+
+    def wait_action(self, name, action, nth=1, timeout=120):
+        """The ``nth`` ``action`` of container ``name`` once it finished:
+        {'request_id', 'message'} (message 'Error' when it failed).
+        """
+        deadline = time.time() + timeout
+        while True:
+            done = []
+            for row in self.osj('appcontainer', 'action', 'list', name):
+                row = {k.lower().replace(' ', '_'): v
+                       for k, v in row.items()}
+                if row.get('action') != action:
+                    continue
+                events = self.osj('appcontainer', 'action', 'show', name,
+                                  row['request_id']).get('events') or []
+                if events and all(e.get('finish_time') for e in events):
+                    done.append(row)
+            if len(done) >= nth:
+                return sorted(done, key=lambda r: r.get('start_time')
+                              or '')[nth - 1]
+            self.assertLess(time.time(), deadline, (name, action))
             time.sleep(1)
 
     def taps(self):
@@ -141,6 +164,48 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         self.os('--os-container-api-version', '1.14', 'appcontainer',
                 'remove', 'security', 'group', 'c2', icmp['id'])
         self.wait_ping('c1', addr2['addr'], False)
+
+        # Network attach/detach. The micro-VM has no NIC hotplug: on a
+        # running container the action fails with that reason; a stopped
+        # one gets the port now and the NIC at its next start.
+        net2 = self.osj('network', 'create', 'kznet2-' + suffix)
+        self.osj('subnet', 'create', '--network', net2['id'],
+                 '--subnet-range', CIDR2, 'kzsub2-' + suffix)
+        self.os('appcontainer', 'network', 'attach', '--network',
+                net2['id'], 'c1')
+        action = self.wait_action('c1', 'network_attach')
+        self.assertEqual('Error', action['message'])
+        # zun keeps the stack of the failed event, not its message.
+        self.assertIn('_check_not_running', json.dumps(self.osj(
+            'appcontainer', 'action', 'show', 'c1',
+            action['request_id'])))
+        self.assertNotIn(net2['id'], zun.containers.get('c1').addresses)
+        self.os('appcontainer', 'stop', '--timeout', '1', 'c1')
+        self.wait_status('c1', ('Stopped',))
+        self.os('appcontainer', 'network', 'attach', '--network',
+                net2['id'], 'c1')
+        self.assertIsNone(self.wait_action('c1', 'network_attach',
+                                           nth=2)['message'])
+        addresses = zun.containers.get('c1').addresses
+        self.assertEqual({net['id'], net2['id']}, set(addresses))
+        addr3 = addresses[net2['id']][0]
+        self.os('appcontainer', 'start', 'c1')
+        self.wait_status('c1', ('Running',))
+        self.neutron.wait_port(addr3['port'], 'ACTIVE')
+        out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
+        self.assertIn('%s/24' % addr3['addr'], out)
+        self.assertIn('%s/24' % addr1['addr'], out)
+        self.wait_ping('c1', addr2['addr'], False)    # still no group
+        self.os('appcontainer', 'stop', '--timeout', '1', 'c1')
+        self.wait_status('c1', ('Stopped',))
+        self.os('appcontainer', 'network', 'detach', '--network',
+                net2['id'], 'c1')
+        self.wait_action('c1', 'network_detach')
+        self.assertEqual([net['id']],
+                         list(zun.containers.get('c1').addresses))
+        code, _body = self.neutron.request(
+            'GET', '/v2.0/ports/%s' % addr3['port'])
+        self.assertEqual(404, code)
 
         # zun-compute crashes and comes back; deleting still cleans up.
         self.env.restart_compute(kill=True)
