@@ -50,7 +50,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import glob
-import json
 import os
 import secrets
 import shutil
@@ -97,7 +96,7 @@ def _log(msg):
     sys.stderr.flush()
 
 
-class NeutronEnvironment(object):
+class NeutronEnvironment(zun_env.ServiceHarness):
     """Open vSwitch, neutron API, RPC server and OVS agent on loopback.
 
     :param venv: virtualenv with neutron, PyMySQL and gunicorn.
@@ -119,6 +118,8 @@ class NeutronEnvironment(object):
         of running the migrations again (30 s and more). None: always
         migrate.
     """
+
+    error = NeutronEnvironmentError
 
     def __init__(self, venv, workdir, host=None,
                  firewall_driver='openvswitch', timeout=START_TIMEOUT,
@@ -142,20 +143,6 @@ class NeutronEnvironment(object):
         self._prepared = False
 
     # -- state
-
-    def _load_state(self):
-        try:
-            with open(self._state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def _save_state(self):
-        with self._lock:
-            tmp = self._state_path + '.tmp'
-            with open(tmp, 'w') as f:
-                json.dump(self._state, f, indent=1, sort_keys=True)
-            os.replace(tmp, self._state_path)
 
     def _set(self, **values):
         with self._lock:
@@ -273,21 +260,6 @@ class NeutronEnvironment(object):
                               [str(a) for a in args], capture_output=True,
                               text=True, stdin=subprocess.DEVNULL,
                               timeout=60, env=self._env()).stdout
-
-    def _sql(self, *statements):
-        script = zun_env._SQL_SCRIPT % {
-            'socket': zun_env.MYSQL_SOCKET, 'host': HOST_IP,
-            'port': zun_env.MYSQL_PORT}
-        self._run('mysql', [self._bin('python'), '-c', script] +
-                  list(statements), timeout=120)
-
-    def _rabbitmqctl(self, *args, check=True):
-        proc = subprocess.run(['rabbitmqctl'] + list(args),
-                              stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=120)
-        if check and proc.returncode:
-            raise NeutronEnvironmentError('rabbitmqctl %s failed: %s' % (
-                ' '.join(args), proc.stderr.decode('utf-8', 'replace')))
 
     def _spawn(self, name, argv, env=None):
         """Start a long-running service in its own process group."""

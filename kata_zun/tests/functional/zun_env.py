@@ -372,7 +372,46 @@ class _Identity(object):
         return result
 
 
-class ZunEnvironment(object):
+class ServiceHarness(object):
+    """What ZunEnvironment and neutron_env.NeutronEnvironment share: the
+    state file (``_state_path``, ``_state``, ``_lock``), SQL through the
+    venv's PyMySQL (``_run``, ``_bin``) and rabbitmqctl.
+    """
+
+    #: The error raised for a failed command.
+    error = None
+
+    def _load_state(self):
+        try:
+            with open(self._state_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self):
+        with self._lock:
+            tmp = self._state_path + '.tmp'
+            with open(tmp, 'w') as f:
+                json.dump(self._state, f, indent=1, sort_keys=True)
+            os.replace(tmp, self._state_path)
+
+    def _sql(self, *statements):
+        script = _SQL_SCRIPT % {'socket': MYSQL_SOCKET, 'host': HOST_IP,
+                                'port': MYSQL_PORT}
+        self._run('mysql', [self._bin('python'), '-c', script] +
+                  list(statements), timeout=120)
+
+    def _rabbitmqctl(self, *args, check=True):
+        proc = subprocess.run(['rabbitmqctl'] + list(args),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=120)
+        if check and proc.returncode:
+            raise self.error('rabbitmqctl %s failed: %s' % (
+                ' '.join(args), proc.stderr.decode('utf-8', 'replace')))
+        return proc.returncode
+
+
+class ZunEnvironment(ServiceHarness):
     """Keystone, placement, a fake Neutron, zun-api and zun-compute.
 
     :param venv: path of the virtualenv holding the OpenStack services.
@@ -397,6 +436,7 @@ class ZunEnvironment(object):
         ``tools/install-neutron.sh`` makes ``.venv-neutron``).
     """
 
+    error = ZunEnvironmentError
     SERVICES = ('fake-neutron', 'keystone', 'placement', 'zun-api',
                 'zun-compute')
 
@@ -436,20 +476,6 @@ class ZunEnvironment(object):
         self._identity = None
 
     # -- state
-
-    def _load_state(self):
-        try:
-            with open(self._state_path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return {}
-
-    def _save_state(self):
-        with self._lock:
-            tmp = self._state_path + '.tmp'
-            with open(tmp, 'w') as f:
-                json.dump(self._state, f, indent=1, sort_keys=True)
-            os.replace(tmp, self._state_path)
 
     @property
     def name(self):
@@ -528,21 +554,6 @@ class ZunEnvironment(object):
         if proc.returncode:
             raise ZunEnvironmentError('%s failed (exit %s): %s\n%s' % (
                 name, proc.returncode, ' '.join(argv), _tail(log)))
-
-    def _sql(self, *statements):
-        script = _SQL_SCRIPT % {'socket': MYSQL_SOCKET, 'host': HOST_IP,
-                                'port': MYSQL_PORT}
-        self._run('mysql', [self._bin('python'), '-c', script] +
-                  list(statements), timeout=120)
-
-    def _rabbitmqctl(self, *args, check=True):
-        proc = subprocess.run(['rabbitmqctl'] + list(args),
-                              stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=120)
-        if check and proc.returncode:
-            raise ZunEnvironmentError('rabbitmqctl %s failed: %s' % (
-                ' '.join(args), proc.stderr.decode('utf-8', 'replace')))
-        return proc.returncode
 
     def _spawn(self, name, argv, env=None, cwd=None):
         """Start a long-running service in its own process group."""
