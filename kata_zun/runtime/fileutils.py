@@ -3,15 +3,18 @@
 Standard library only (the shim and the CLI must not need zun).
 """
 
+import functools
 import json
 import os
 import tempfile
 
 
+@functools.lru_cache(maxsize=1)
 def boot_id():
     """This boot of the host (``/proc/sys/kernel/random/boot_id``), or
     None: a process or VM recorded under another boot id is gone because
-    the host restarted.
+    the host restarted. Read once per process: it cannot change under a
+    running process, and every record's status asks for it.
     """
     try:
         with open('/proc/sys/kernel/random/boot_id') as f:
