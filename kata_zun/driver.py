@@ -486,11 +486,12 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def network_attach(self, context, container, requested_network):
-        """Attach a Neutron network to a container that does not run.
+        """Attach a Neutron network to a container.
 
-        The micro-VM has no NIC hotplug: a running container is refused
-        with a clear error; a created or stopped one gets its port now
-        and the NIC at its next start.
+        The port is made (or taken) now. A running container gets the NIC
+        hotplugged into its micro-VM and configured by the agent at once;
+        a created or stopped one gets it at its next start. A paused one
+        is refused (its guest cannot take the NIC).
         """
         net_id = requested_network['network']
         if net_id in (container.addresses or {}):
@@ -501,7 +502,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             raise zun_exc.Invalid('[kata_network] zun_network is "none" on '
                                   'host %s: no Neutron ports' % CONF.host)
         c, request = self._runtime_request(container)
-        self._check_not_running(c)
+        self._check_not_paused(c)
         addresses, new = self._setup_network(context, container,
                                              [requested_network])
         nics = [n for n in request.get('nics') or []] + new['nics']
@@ -517,16 +518,17 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def network_detach(self, context, container, network):
-        """Detach a Neutron network from a container that does not run:
-        its NIC is gone at the next start; its ports are deleted (or
-        unbound, when they were the user's).
+        """Detach a Neutron network from a container: a running one loses
+        the NIC at once (hot-unplugged), a stopped one at its next start;
+        its ports are deleted (or unbound, when they were the user's).
         """
         c, request = self._runtime_request(container)
-        self._check_not_running(c)
+        self._check_not_paused(c)
         nics = [n for n in request.get('nics') or []
                 if n.get('net_id') != network]
-        self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics}
-                            if nics else 'none')
+        # No NIC left is still a Neutron request: the VM keeps its
+        # hotplug slots for the next attach.
+        self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics})
         addresses = dict(container.addresses or {})
         gone = {network: addresses.pop(network, [])}
         self._release_network(context, container, gone, exposed=False)
@@ -534,12 +536,11 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         container.save(context)
 
     @staticmethod
-    def _check_not_running(c):
-        if c.status in manager.LIVE or c.shim_alive:
+    def _check_not_paused(c):
+        if c.status == manager.PAUSED:
             raise zun_exc.Conflict(
-                'container %s is %s: its micro-VM has no NIC hotplug; stop '
-                'it, attach or detach the network, and start it again'
-                % (c.id[:12], c.status))
+                'container %s is paused: its guest cannot take or give up '
+                'a NIC; unpause it first' % c.id[:12])
 
     # -------------------------------------------------------------- state
     def _refresh(self, container, c=None):

@@ -96,6 +96,10 @@ class HypervisorError(KataZunException):
     msg_fmt = 'Hypervisor error: %(reason)s'
 
 
+class NicHotplugError(HypervisorError):
+    msg_fmt = 'NIC hotplug failed: %(reason)s'
+
+
 class AgentError(KataZunException):
     msg_fmt = 'Agent error: %(reason)s'
 

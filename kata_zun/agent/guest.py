@@ -298,6 +298,8 @@ class Agent(object):
             'stats': self.op_stats,
             'ps': self.op_ps,
             'update': self.op_update,
+            'add_interface': self.op_add_interface,
+            'remove_interface': self.op_remove_interface,
             'shutdown': self.op_shutdown,
         }
 
@@ -576,6 +578,27 @@ class Agent(object):
                 raise OpError('invalid', 'network: %s' % exc)
         # --- end network
         return {}
+
+    def op_add_interface(self, args):
+        """Configure a NIC the host has just hotplugged (waits a bounded
+        time for it to appear).
+        """
+        from kata_zun.agent import guestnet
+        try:
+            return guestnet.add_interface(args.get('interface'))
+        except ValueError as exc:
+            raise OpError('invalid', 'network: %s' % exc)
+
+    def op_remove_interface(self, args):
+        """Unconfigure the NIC with ``mac`` and power off its hotplug slot
+        so the host's unplug completes at once.
+        """
+        from kata_zun.agent import guestnet
+        try:
+            return guestnet.remove_interface(_str(args, 'mac', maxlen=17,
+                                                  required=True))
+        except ValueError as exc:
+            raise OpError('invalid', 'network: %s' % exc)
 
     def op_create_container(self, args):
         cid = _id(args)

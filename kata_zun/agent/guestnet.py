@@ -53,7 +53,9 @@ RT_SCOPE_UNIVERSE = 0
 RTN_UNICAST = 1
 
 SYS_NET = '/sys/class/net'
+SYS_SLOTS = '/sys/bus/pci/slots'
 RESOLV_CONF = '/etc/resolv.conf'
+PCI_ADDR_RE = re.compile(r'^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}$')
 MAX_INTERFACES = 8
 NIC_WAIT = 5.0
@@ -223,6 +225,30 @@ def _int(iface, key, low, high, default=None):
     return value
 
 
+def validate_interface(iface):
+    """Check one interface of a network spec.
+
+    :returns: the interface dict, normalized.
+    :raises: ValueError
+    """
+    if not isinstance(iface, dict):
+        raise ValueError('an interface must be an object')
+    mac = str(iface.get('mac', '')).lower()
+    if not MAC_RE.fullmatch(mac):
+        raise ValueError('bad MAC address %r' % iface.get('mac'))
+    ipv4(iface.get('address'))
+    gateway = iface.get('gateway')
+    if gateway is not None:
+        ipv4(gateway)
+    out = {'mac': mac, 'address': iface['address'],
+           'prefix': _int(iface, 'prefix', 1, 32),
+           'mtu': _int(iface, 'mtu', 68, 65535),
+           'gateway': gateway}
+    if out['prefix'] is None:
+        raise ValueError('prefix is required')
+    return out
+
+
 def validate(spec):
     """Check a network spec from the host.
 
@@ -235,23 +261,7 @@ def validate(spec):
     if not isinstance(ifaces, list) or len(ifaces) > MAX_INTERFACES:
         raise ValueError('interfaces must be a list of at most %d' %
                          MAX_INTERFACES)
-    out = []
-    for iface in ifaces:
-        if not isinstance(iface, dict):
-            raise ValueError('an interface must be an object')
-        mac = str(iface.get('mac', '')).lower()
-        if not MAC_RE.fullmatch(mac):
-            raise ValueError('bad MAC address %r' % iface.get('mac'))
-        ipv4(iface.get('address'))
-        gateway = iface.get('gateway')
-        if gateway is not None:
-            ipv4(gateway)
-        out.append({'mac': mac, 'address': iface['address'],
-                    'prefix': _int(iface, 'prefix', 1, 32),
-                    'mtu': _int(iface, 'mtu', 68, 65535),
-                    'gateway': gateway})
-        if out[-1]['prefix'] is None:
-            raise ValueError('prefix is required')
+    out = [validate_interface(iface) for iface in ifaces]
     dns = spec.get('dns') or []
     if not isinstance(dns, list) or len(dns) > 8:
         raise ValueError('dns must be a list of at most 8 addresses')
@@ -278,18 +288,95 @@ def configure(spec, sys_net=SYS_NET, resolv_conf=RESOLV_CONF):
     with Netlink() as nl:
         nl.link_set(socket.if_nametoindex('lo'), up=True)
         for iface in ifaces:
-            name = find_by_mac(iface['mac'], NIC_WAIT, sys_net)
-            index = socket.if_nametoindex(name)
-            nl.link_set(index, up=True, mtu=iface['mtu'])
-            nl.addr_add(index, iface['address'], iface['prefix'])
-            if iface['gateway']:
-                nl.default_route(index, iface['gateway'])
-            done.append({'name': name, 'mac': iface['mac'],
-                         'address': iface['address']})
+            done.append(_bring_up(nl, iface, sys_net))
     dns = spec.get('dns') or []
     if dns and resolv_conf:
         # The agent's own view; containers get theirs from create_container.
         with open(resolv_conf, 'w') as f:
             f.write(''.join('nameserver %s\n' % s for s in dns))
     return {'interfaces': done,
+            'seconds': round(time.monotonic() - t0, 4)}
+
+
+def _bring_up(nl, iface, sys_net):
+    name = find_by_mac(iface['mac'], NIC_WAIT, sys_net)
+    index = socket.if_nametoindex(name)
+    nl.link_set(index, up=True, mtu=iface['mtu'])
+    nl.addr_add(index, iface['address'], iface['prefix'])
+    if iface['gateway']:
+        nl.default_route(index, iface['gateway'])
+    return {'name': name, 'mac': iface['mac'], 'address': iface['address']}
+
+
+def add_interface(iface, sys_net=SYS_NET):
+    """Configure one hotplugged NIC, waiting up to :data:`NIC_WAIT`
+    seconds for the kernel to probe it.
+
+    :returns: {'name', 'mac', 'address', 'seconds'}
+    :raises: ValueError on a bad spec or when no NIC shows up, OSError
+        when the kernel refuses.
+    """
+    t0 = time.monotonic()
+    iface = validate_interface(iface)
+    with Netlink() as nl:
+        done = _bring_up(nl, iface, sys_net)
+    done['seconds'] = round(time.monotonic() - t0, 4)
+    return done
+
+
+def pci_address(name, sys_net=SYS_NET):
+    """:returns: the PCI address ('0000:01:00.0') of interface ``name``,
+    or None when it is not a PCI device (virtio-mmio).
+    """
+    device = os.path.realpath('%s/%s/device' % (sys_net, name))
+    # virtio NICs hang off a virtioN device whose parent is the PCI one.
+    for candidate in (os.path.basename(device),
+                      os.path.basename(os.path.dirname(device))):
+        if PCI_ADDR_RE.fullmatch(candidate):
+            return candidate
+    return None
+
+
+def remove_interface(mac, sys_net=SYS_NET, sys_slots=SYS_SLOTS):
+    """Take a NIC down and power off its hotplug slot.
+
+    Powering the slot off from inside makes QEMU remove the device at
+    once (a host-side ``device_del`` alone waits out the guest's 5 s
+    attention-button delay). The link goes down first, so its routes are
+    gone even when the slot cannot be powered off.
+
+    :returns: {'name', 'slot' (None if no slot was found), 'seconds'}
+    :raises: ValueError for a bad MAC; OSError when the kernel refuses.
+    """
+    t0 = time.monotonic()
+    mac = str(mac).lower()
+    if not MAC_RE.fullmatch(mac):
+        raise ValueError('bad MAC address %r' % mac)
+    try:
+        name = find_by_mac(mac, 0, sys_net)
+    except ValueError:
+        return {'name': None, 'slot': None,
+                'seconds': round(time.monotonic() - t0, 4)}
+    with Netlink() as nl:
+        nl.link_set(socket.if_nametoindex(name), up=False)
+    address = pci_address(name, sys_net)
+    slot = None
+    if address:
+        try:
+            slots = sorted(os.listdir(sys_slots))
+        except OSError:
+            slots = []
+        for candidate in slots[:64]:
+            try:
+                with open('%s/%s/address' % (sys_slots, candidate)) as f:
+                    if f.read().strip() != address.rsplit('.', 1)[0]:
+                        continue
+            except OSError:
+                continue
+            # Blocks until the slot is off (about a second under TCG).
+            with open('%s/%s/power' % (sys_slots, candidate), 'w') as f:
+                f.write('0')
+            slot = candidate
+            break
+    return {'name': name, 'slot': slot,
             'seconds': round(time.monotonic() - t0, 4)}

@@ -55,6 +55,10 @@ def vm_config(shim, run_dir):
     attachment = network.read_attachment(shim.state_dir) or {}
     nics = tuple(base.Nic(n['tap'], n['mac'])
                  for n in attachment.get('nics') or ())
+    # Networks that can be attached and detached while the container runs
+    # (Zun's) put every NIC in a hotplug slot.
+    from kata_zun.hypervisor.qemu import argv as qargv
+    pci_slots = qargv.MAX_PCI_SLOTS if attachment.get('hotplug') else 0
     # --- end network
     return base.VMConfig(
         name='kz-' + shim.cid[:12], vcpus=vm['vcpus'],
@@ -66,7 +70,7 @@ def vm_config(shim, run_dir):
                          read_only=True),
                base.Disk(os.path.join(shim.state_dir, 'rw.img'),
                          shim.config['agent_spec']['layer_serial'])),
-        nics=nics)
+        nics=nics, pci_slots=pci_slots)
 
 
 def main(argv=None):

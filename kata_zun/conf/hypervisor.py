@@ -7,8 +7,9 @@ OPTS = [
                help='QEMU system emulator binary.'),
     cfg.StrOpt('machine_type', default='microvm',
                choices=['microvm', 'q35'],
-               help='QEMU machine type. microvm boots fastest; q35 gives '
-                    'PCI (hotplug).'),
+               help='QEMU machine type. microvm boots fastest (and gets a '
+                    'PCIe host bridge for NIC hotplug when its network '
+                    'needs it); q35 is a full PC with PCI.'),
     cfg.StrOpt('accelerator', default='auto',
                choices=['auto', 'kvm', 'tcg'],
                help='auto: use KVM when a probe really runs the guest '

@@ -10,6 +10,8 @@ import abc
 import dataclasses
 import typing
 
+from kata_zun import exception
+
 
 @dataclasses.dataclass(frozen=True)
 class Disk:
@@ -46,6 +48,10 @@ class VMConfig:
     disks: typing.Tuple[Disk, ...] = ()
     kernel_params: typing.Tuple[str, ...] = ()
     nics: typing.Tuple[Nic, ...] = ()
+    # Hotplug slots for NICs: 0 = the NICs are fixed for the VM's life;
+    # else every NIC sits in a slot and NICs can be added and removed
+    # while it runs, up to this many at a time.
+    pci_slots: int = 0
 
 
 class VM(metaclass=abc.ABCMeta):
@@ -74,6 +80,34 @@ class VM(metaclass=abc.ABCMeta):
 
         :raises: kata_zun.exception.HypervisorError
         """
+
+    def add_nic(self, nic):
+        """Hotplug a NIC into a free slot (see :attr:`VMConfig.pci_slots`).
+
+        The guest sees a new interface with ``nic.mac``; configuring it
+        is the agent's job.
+
+        :param nic: a :class:`Nic` whose tap exists.
+        :returns: None
+        :raises: kata_zun.exception.NicHotplugError
+        """
+        raise exception.NicHotplugError(
+            reason='this hypervisor cannot hotplug NICs')
+
+    def remove_nic(self, tap):
+        """Take a NIC away from the guest.
+
+        The tap is cut from the VM at once, whatever the guest does; the
+        device itself leaves when the guest lets go of its slot (the
+        agent powers it off first; else the hypervisor asks the guest).
+
+        :param tap: the host tap of the NIC.
+        :returns: True if the device is gone from the guest, False if it
+            is still leaving (its slot is free once it is gone).
+        :raises: kata_zun.exception.NicHotplugError
+        """
+        raise exception.NicHotplugError(
+            reason='this hypervisor cannot hotplug NICs')
 
     @abc.abstractmethod
     def poll(self):

@@ -147,6 +147,68 @@ def unplug(state_path, cid):
     return get_plugin('bridge', state_path).unplug(cid) or removed
 
 
+def plan_change(old_request, new_request, attachment):
+    """Which NICs a live network change adds and removes.
+
+    :param old_request: the request the running VM was started with (and
+                        changed since by earlier live changes).
+    :param new_request: the request wanted now.
+    :param attachment: the running VM's attachment.
+    :returns: (added nics, removed nics) of the Neutron requests.
+    :raises: Conflict when the VM cannot change its NICs while it runs.
+    """
+    kinds = {(old_request or {}).get('network'), new_request['network']}
+    if kinds - {'neutron'} or not (attachment or {}).get('hotplug'):
+        raise exception.Conflict(
+            reason='the NICs of this VM are fixed while it runs (only '
+            'Neutron networks started with hotplug slots change live): '
+            'stop it, change its networks, and start it again')
+    from kata_zun.network import neutron
+    old = neutron.check_request(old_request)
+    new = neutron.check_request(new_request)
+    old_ids = {n['port_id'] for n in old}
+    new_ids = {n['port_id'] for n in new}
+    return ([n for n in new if n['port_id'] not in old_ids],
+            [n for n in old if n['port_id'] not in new_ids])
+
+
+def plug_nic(state_path, cid, nic):
+    """Make the tap and switch port of one NIC a running VM will get.
+
+    :raises: InvalidInput, Conflict, NetworkError (nothing is left)
+    """
+    get_plugin('neutron', state_path).plug_nic(cid, nic)
+
+
+def unplug_nic(state_path, cid, nic):
+    """Remove the tap and switch port of a NIC taken out of its VM.
+
+    :raises: NetworkError (kept for a retry by :func:`unplug`)
+    """
+    get_plugin('neutron', state_path).unplug_nic(cid, nic['port_id'])
+
+
+def guest_interface(hostname, nics, nic):
+    """:returns: the agent's interface spec of ``nic`` among ``nics``, or
+    None when it has no address the guest can configure.
+    """
+    from kata_zun.network import neutron
+    mac = nic['mac'].lower()
+    for iface in neutron.attachment(hostname, nics)['guest']['interfaces']:
+        if iface['mac'] == mac:
+            return iface
+    return None
+
+
+def write_attachment(container_dir, hostname, request):
+    """Record the attachment of a live-changed Neutron request."""
+    from kata_zun.network import neutron
+    attachment = neutron.attachment(hostname, request.get('nics') or [])
+    fileutils.write_json(os.path.join(container_dir, ATTACHMENT),
+                         attachment)
+    return attachment
+
+
 def read_attachment(container_dir):
     """:returns: the attachment of a container, or None (never started,
     or recorded before networking existed).

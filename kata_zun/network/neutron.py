@@ -79,8 +79,10 @@ def check_request(request):
     :raises: InvalidInput
     """
     nics = request.get('nics')
-    if not isinstance(nics, list) or not 1 <= len(nics) <= MAX_NICS:
-        raise _invalid('want 1 to %d nics' % MAX_NICS)
+    # No NIC at all is allowed: a container whose last network was
+    # detached keeps its hotplug slots for the next attach.
+    if not isinstance(nics, list) or len(nics) > MAX_NICS:
+        raise _invalid('want at most %d nics' % MAX_NICS)
     if request.get('ports'):
         raise _invalid('publishing host ports (-p) does not apply to '
                        'Neutron ports: use security groups (--expose-port)')
@@ -139,15 +141,20 @@ def attachment(hostname, nics):
     if not dns:
         dns = list(CONF.kata_network.dns_servers) or hostnet.host_dns()
     first = interfaces[0] if interfaces else {}
+    first_nic = nics[0] if nics else {}
     return {'network': NAME,
-            'bridge': nics[0]['bridge'],
+            'bridge': first_nic.get('bridge'),
             'nics': [{'tap': tap_name(n['port_id']), 'mac': n['mac'].lower(),
                       'port_id': n['port_id']} for n in nics],
             'guest': {'interfaces': interfaces, 'dns': dns[:8],
                       'hostname': hostname},
             'address': first.get('address'), 'prefix': first.get('prefix'),
             'gateway': first.get('gateway'),
-            'mac': nics[0]['mac'].lower(), 'mtu': nics[0]['mtu'],
+            'mac': (first_nic.get('mac') or '').lower() or None,
+            'mtu': first_nic.get('mtu'),
+            # Zun attaches and detaches networks while containers run:
+            # the VM gets hotplug slots for its NICs.
+            'hotplug': True,
             'ports': []}
 
 
@@ -289,6 +296,59 @@ class NeutronPlugin(base.NetworkPlugin):
                                       exc))
         return attachment(hostname, nics)
 
+    def plug_nic(self, cid, nic):
+        """Plug one more NIC of a running container (network attach):
+        its tap and OVS port, recorded before they exist.
+
+        :raises: InvalidInput, NetworkError (nothing of it is left)
+        """
+        check_request({'nics': [nic]})
+        priv = _privileged()
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        record = self._read(cid) or {'nics': []}
+        if any(n['port_id'] == nic['port_id'] for n in record['nics']):
+            raise exception.Conflict(reason='port %s is already plugged '
+                                     'into %s' % (nic['port_id'], cid[:12]))
+        record['nics'].append(nic)
+        fileutils.write_json(self._record(cid), record)
+        try:
+            priv.create_tap(tap_name(nic['port_id']), None, nic['mtu'],
+                            owner=os.geteuid())
+            self.vswitch.plug(nic, instance_uuid(cid, nic))
+        except Exception as exc:
+            try:
+                self.unplug_nic(cid, nic['port_id'])
+            except Exception:
+                LOG.exception('undoing the NIC %s of %s', nic['port_id'],
+                              cid)
+            if isinstance(exc, exception.KataZunException):
+                raise
+            raise base.NetworkError(
+                reason='cannot plug the Neutron port %s of %s into Open '
+                'vSwitch: %s' % (nic['port_id'], cid[:12], exc))
+
+    def unplug_nic(self, cid, port_id):
+        """Remove the tap and OVS port of one NIC (network detach) and
+        drop it from the record.
+
+        :returns: True if it was there.
+        :raises: NetworkError (the record keeps it for a retry)
+        """
+        record = self._read(cid)
+        nics = (record or {}).get('nics') or []
+        gone = [n for n in nics if n.get('port_id') == port_id]
+        if not gone:
+            return False
+        try:
+            self._release(cid, {'nics': gone}, drop_record=False)
+        except Exception as exc:
+            raise base.NetworkError(
+                reason='cannot remove the Neutron port %s of %s from Open '
+                'vSwitch (kept for a retry): %s' % (port_id, cid[:12], exc))
+        record['nics'] = [n for n in nics if n.get('port_id') != port_id]
+        fileutils.write_json(self._record(cid), record)
+        return True
+
     def _read(self, cid):
         try:
             return fileutils.read_json(self._record(cid))
@@ -299,7 +359,7 @@ class NeutronPlugin(base.NetworkPlugin):
                         exc)
             return None
 
-    def _release(self, cid, record):
+    def _release(self, cid, record, drop_record=True):
         """Unplug every NIC of a record, then drop the record.
 
         :raises: the first error (the record stays for a retry).
@@ -319,6 +379,8 @@ class NeutronPlugin(base.NetworkPlugin):
                 errors.append(exc)
         if errors:
             raise errors[0]
+        if not drop_record:
+            return True
         try:
             os.unlink(self._record(cid))
         except FileNotFoundError:

@@ -488,13 +488,18 @@ class Runtime(object):
             network.unplug(self.state_path, cid)
 
     def set_network(self, ref, network):
-        """Replace the network request of a container that does not run
-        (Zun's network attach/detach): the VM has no NIC hotplug, the new
-        NICs are made at the next start. What the last start plugged is
-        released now.
+        """Replace the network request of a container (Zun's network
+        attach/detach).
+
+        A container that does not run just gets the new request (its NICs
+        are made at the next start; what the last start plugged is
+        released now). A running one with Neutron networks gets its NICs
+        hotplugged and unplugged now (:meth:`_change_network_live`).
 
         :param network: as :meth:`create` takes it.
-        :raises: Conflict while the container runs; InvalidInput
+        :returns: the :class:`Container`.
+        :raises: Conflict (paused, or NICs fixed while it runs);
+                 InvalidInput; NetworkError; ShimError
         """
         from kata_zun import network as network_mod
         request = network_mod.make_request(network or 'none', ())
@@ -503,10 +508,8 @@ class Runtime(object):
         try:
             c = self.get(ref)
             if c.status in LIVE or c.shim_alive:
-                raise exception.Conflict(
-                    reason='container %s is %s: its VM has no network '
-                    'hotplug; stop it to change its networks (they apply '
-                    'at the next start)' % (c.id[:12], c.status))
+                self._change_network_live(c, request)
+                return self._load(c.id)
             config = c.config
             config['network'] = request
             fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
@@ -518,6 +521,60 @@ class Runtime(object):
         except FileNotFoundError:
             pass
         return self._load(c.id)
+
+    def _change_network_live(self, c, request):
+        """Hotplug the NICs ``request`` adds, unplug those it drops.
+
+        Removals go first (a slot freed can take an added NIC). Each step
+        is recorded as it completes (config.json and network.json name
+        exactly the NICs the VM has), so a failure half-way leaves a
+        consistent container: what was done stays done, what failed is
+        undone.
+        """
+        from kata_zun import network as network_mod
+        if c.status == PAUSED:
+            raise exception.Conflict(
+                reason='container %s is paused: unpause it to change its '
+                'networks' % c.id[:12])
+        config = c.config
+        current = config.get('network') or {}
+        added, removed = network_mod.plan_change(
+            current, request, network_mod.read_attachment(c.dir))
+        hostname = config['sandbox']['hostname']
+        timeout = CONF.kata_agent.request_timeout
+        nics = list(current.get('nics') or [])
+
+        def record():
+            config['network'] = dict(request, nics=list(nics))
+            fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
+            network_mod.write_attachment(c.dir, hostname, config['network'])
+
+        from kata_zun.network import neutron
+        with self.connect(c) as client:
+            for nic in removed:
+                client.call('nic_remove', {
+                    'tap': neutron.tap_name(nic['port_id']),
+                    'mac': nic['mac']}, timeout=timeout)
+                nics = [n for n in nics if n['port_id'] != nic['port_id']]
+                record()
+                network_mod.unplug_nic(self.state_path, c.id, nic)
+            for nic in added:
+                network_mod.plug_nic(self.state_path, c.id, nic)
+                tap = neutron.tap_name(nic['port_id'])
+                try:
+                    client.call('nic_add', {
+                        'tap': tap, 'mac': nic['mac'],
+                        'interface': network_mod.guest_interface(
+                            hostname, nics + [nic], nic)}, timeout=timeout)
+                except BaseException:
+                    network_mod.unplug_nic(self.state_path, c.id, nic)
+                    raise
+                nics.append(nic)
+                record()
+        LOG.info('container %s: NICs added %s, removed %s', c.id[:12],
+                 [n['port_id'] for n in added],
+                 [n['port_id'] for n in removed])
+
     # ------------------------------------------- end network
 
     def _spawn_shim(self, c, run_dir):

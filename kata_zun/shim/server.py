@@ -26,6 +26,8 @@ import time
 from oslo_log import log as logging
 
 from kata_zun.agent import protocol
+from kata_zun import exception
+from kata_zun.hypervisor import base as hv_base
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.shim import logs
@@ -824,6 +826,68 @@ class Shim(object):
         self._agent_call('signal', {'proc': self.main, 'signal': sig},
                          lambda r, e: None)
         self.timers.append((time.monotonic() + timeout, kill))
+
+    # ------------------------------------------------------- NIC hotplug
+    def _hotplug_refused(self, client, rid):
+        status = self.state.get('status')
+        if self.exited or self.vm is None or status not in (
+                'created', 'running', 'restarting'):
+            return self._respond(client, rid, error={
+                'code': 'state', 'message': 'container is %s' % status})
+        return None
+
+    def op_nic_add(self, client, rid, args):
+        """Hotplug a NIC on an existing tap, then have the agent configure
+        it (``interface``: a guest interface spec). On failure the NIC is
+        taken out again: nothing is left half-made.
+        """
+        if self._hotplug_refused(client, rid):
+            return
+        nic = hv_base.Nic(str(args['tap']), str(args['mac']).lower())
+        interface = args.get('interface')
+        try:
+            self.vm.add_nic(nic)
+        except exception.HypervisorError as exc:
+            return self._respond(client, rid, error={
+                'code': 'hotplug', 'message': str(exc)})
+
+        def configured(result, error):
+            if error is not None:
+                self._remove_nic(nic.tap)
+            self._respond(client, rid, result=result, error=error)
+        if interface is None:
+            return configured({}, None)
+        self._agent_call('add_interface', {'interface': interface},
+                         configured)
+
+    def op_nic_remove(self, client, rid, args):
+        """The agent unconfigures the NIC and powers its slot off, then
+        the tap is cut from the VM (even if the guest did not cooperate).
+        """
+        if self._hotplug_refused(client, rid):
+            return
+        tap = str(args['tap'])
+        mac = str(args['mac']).lower()
+
+        def released(result, error):
+            if error is not None:
+                LOG.warning('agent could not release NIC %s: %s', mac,
+                            _error_text(error))
+            try:
+                gone = self.vm.remove_nic(tap)
+            except exception.HypervisorError as exc:
+                return self._respond(client, rid, error={
+                    'code': 'hotplug', 'message': str(exc)})
+            self._respond(client, rid, result={
+                'guest': result if error is None else None,
+                'device_gone': gone})
+        self._agent_call('remove_interface', {'mac': mac}, released)
+
+    def _remove_nic(self, tap):
+        try:
+            self.vm.remove_nic(tap)
+        except exception.HypervisorError as exc:
+            LOG.warning('undoing the hotplug of %s: %s', tap, exc)
 
     def op_pause(self, client, rid, args):
         if self.state.get('status') != 'running':

@@ -7,6 +7,14 @@ go through :func:`_esc`, and names that reach the guest are validated.
 
 The ``-device`` names differ per machine type: microvm has virtio-mmio
 transports (``virtio-blk-device``), q35 has PCI (``virtio-blk-pci``).
+
+NICs that may come and go while the VM runs (Zun's network attach and
+detach) live on PCIe root ports (:class:`PcieRootPort`): microvm then gets
+its PCIe host bridge (``pcie=on``) and the guest kernel drives the ports'
+native hotplug (``pcie_ports=native``: microvm's ACPI tables do not hand
+hotplug control to the OS). The same parts give the QMP arguments of a
+hotplug (:meth:`NetDevice.netdev_add_args`, :meth:`NetDevice.device_add_args`),
+so the command line and QMP cannot disagree.
 """
 
 import dataclasses
@@ -81,6 +89,7 @@ class Machine:
     """The machine type; RAM comes from the :class:`Memory` backend."""
     type: str = 'microvm'
     memory_backend: str = MEMORY_BACKEND_ID
+    pcie: bool = False               # microvm: add the PCIe host bridge
 
     def args(self):
         if self.type == 'microvm':
@@ -90,6 +99,8 @@ class Machine:
             # the wall clock).
             opts = ['microvm', 'x-option-roms=off', 'pit=off', 'pic=off',
                     'rtc=on', 'isa-serial=on', 'acpi=on']
+            if self.pcie:
+                opts.append('pcie=on')
         elif self.type == 'q35':
             opts = ['q35', 'acpi=on', 'vmport=off']
         else:
@@ -216,6 +227,31 @@ class BlockDevice:
 
 _TAP_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
 _MAC_RE = re.compile(r'^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$')
+# Enough for Zun's networks per container (kata_zun.network.neutron).
+MAX_PCI_SLOTS = 8
+
+
+def root_port_id(slot):
+    """:returns: the QEMU id of hotplug root port ``slot``."""
+    return 'rp%d' % slot
+
+
+@dataclasses.dataclass(frozen=True)
+class PcieRootPort:
+    """A PCIe root port that can take one hotplugged device.
+
+    ``chassis``/``slot`` must be unique per port: the guest names its
+    hotplug slots after them.
+    """
+    slot: int
+
+    def args(self):
+        if not 0 <= self.slot < MAX_PCI_SLOTS:
+            raise exception.HypervisorError(
+                reason='invalid PCI slot %r' % self.slot)
+        return ['-device', 'pcie-root-port,id=%s,bus=pcie.0,chassis=%d,'
+                'slot=%d' % (root_port_id(self.slot), self.slot + 1,
+                             self.slot + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,27 +260,78 @@ class NetDevice:
 
     QEMU opens the tap itself (``ifname``), runs no helper script (the
     seccomp filter forbids spawning anyway) and uses no vhost-net.
+
+    With a ``slot`` the NIC is a virtio-net-pci device on that hotplug
+    root port, with ids derived from the tap (plus ``generation`` for
+    hotplugs, so a re-added tap never meets a lingering old id): it can
+    be removed while the VM runs. Without one it is on the machine's own
+    transport (virtio-mmio on microvm) for the VM's whole life.
     """
     index: int
     tap: str
     mac: str
     machine_type: str = 'microvm'
+    slot: typing.Optional[int] = None
+    generation: int = 0
 
-    def args(self):
+    def _check(self):
         if not _TAP_RE.fullmatch(self.tap):
             raise exception.HypervisorError(
                 reason='invalid tap name %r' % self.tap)
         if not _MAC_RE.fullmatch(self.mac):
             raise exception.HypervisorError(
                 reason='invalid unicast MAC address %r' % self.mac)
-        netdev = 'net%d' % self.index
-        device = '%s,netdev=%s,mac=%s' % (
-            _device(self.machine_type, 'virtio-net'), netdev, self.mac)
-        if self.machine_type == 'q35':
-            device += ',romfile='      # no iPXE option ROM: we boot -kernel
+        if self.slot is not None and not 0 <= self.slot < MAX_PCI_SLOTS:
+            raise exception.HypervisorError(
+                reason='invalid PCI slot %r' % self.slot)
+
+    def _suffix(self):
+        return '-%d' % self.generation if self.generation else ''
+
+    @property
+    def netdev_id(self):
+        if self.slot is None:
+            return 'net%d' % self.index
+        return 'net-%s%s' % (self.tap, self._suffix())
+
+    @property
+    def device_id(self):
+        """:returns: the QEMU device id (None for a fixed NIC)."""
+        if self.slot is None:
+            return None
+        return 'nic-%s%s' % (self.tap, self._suffix())
+
+    def args(self):
+        self._check()
+        if self.slot is None:
+            device = '%s,netdev=%s,mac=%s' % (
+                _device(self.machine_type, 'virtio-net'), self.netdev_id,
+                self.mac)
+            if self.machine_type == 'q35':
+                device += ',romfile='  # no iPXE option ROM: we boot -kernel
+        else:
+            device = ('virtio-net-pci,id=%s,netdev=%s,mac=%s,bus=%s,'
+                      'romfile=' % (self.device_id, self.netdev_id, self.mac,
+                                    root_port_id(self.slot)))
         return ['-netdev', 'tap,id=%s,ifname=%s,script=no,downscript=no,'
-                'vhost=off' % (netdev, self.tap),
+                'vhost=off' % (self.netdev_id, self.tap),
                 '-device', device]
+
+    def netdev_add_args(self):
+        """:returns: the QMP ``netdev_add`` arguments of this NIC's tap."""
+        self._check()
+        return {'type': 'tap', 'id': self.netdev_id, 'ifname': self.tap,
+                'script': 'no', 'downscript': 'no', 'vhost': False}
+
+    def device_add_args(self):
+        """:returns: the QMP ``device_add`` arguments (slot NICs only)."""
+        self._check()
+        if self.slot is None:
+            raise exception.HypervisorError(
+                reason='NIC %s has no hotplug slot' % self.tap)
+        return {'driver': 'virtio-net-pci', 'id': self.device_id,
+                'netdev': self.netdev_id, 'mac': self.mac,
+                'bus': root_port_id(self.slot), 'romfile': ''}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,11 +416,12 @@ def host_tsc_khz():
     return _tsc_cache[0]
 
 
-def kernel_params(config, tsc_khz=None):
+def kernel_params(config, tsc_khz=None, machine_type='microvm'):
     """The guest kernel command line as a list of words.
 
     :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
     :param tsc_khz: host TSC kHz; None reads it with :func:`host_tsc_khz`.
+    :param machine_type: 'microvm' or 'q35'.
     :returns: list of str.
     :raises: kata_zun.exception.HypervisorError if a caller's parameter is
         not a single word (it would smuggle in more parameters).
@@ -343,6 +431,10 @@ def kernel_params(config, tsc_khz=None):
     if tsc:
         params.append('tsc_early_khz=%d' % tsc)
     params.extend(BASE_KERNEL_PARAMS[3:])
+    if config.pci_slots and machine_type == 'microvm':
+        # microvm's ACPI _OSC grants no native hotplug: take it anyway
+        # (q35 has ACPI hotplug on its root ports and must not).
+        params.append('pcie_ports=native')
     for word in config.kernel_params:
         if not word or re.search(r'\s', word):
             raise exception.HypervisorError(
@@ -382,16 +474,27 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     :raises: kata_zun.exception.HypervisorError on invalid input.
     """
     qmp_path, agent_path = socket_paths(config.run_dir)
-    parts = [Globals(), Name(config.name), Machine(machine_type),
+    slots = config.pci_slots
+    if not 0 <= slots <= MAX_PCI_SLOTS:
+        raise exception.HypervisorError(
+            reason='pci_slots must be within 0..%d' % MAX_PCI_SLOTS)
+    if slots and len(config.nics) > slots:
+        raise exception.HypervisorError(
+            reason='%d NICs do not fit in %d PCI slots'
+            % (len(config.nics), slots))
+    parts = [Globals(), Name(config.name),
+             Machine(machine_type, pcie=bool(slots)),
              Accelerator(accel), Cpu(cpu_model), Memory(config.memory_mb),
              Smp(config.vcpus),
              Kernel(config.kernel, config.initrd,
-                    tuple(kernel_params(config, tsc_khz))),
+                    tuple(kernel_params(config, tsc_khz, machine_type))),
              SerialConsole(config.console_log), QmpSocket(qmp_path),
              AgentPort(agent_path, machine_type)]
     parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type)
                  for i, d in enumerate(config.disks))
-    parts.extend(NetDevice(i, n.tap, n.mac, machine_type)
+    parts.extend(PcieRootPort(i) for i in range(slots))
+    parts.extend(NetDevice(i, n.tap, n.mac, machine_type,
+                           slot=i if slots else None)
                  for i, n in enumerate(config.nics))
     parts.append(Sandbox(CONF.kata_hypervisor.seccomp_sandbox))
     argv = [qemu_path]

@@ -72,7 +72,7 @@ class QemuVM(base.VM):
     """A running QEMU; QMP stays connected for the VM's life."""
 
     def __init__(self, proc, config, accelerator, log_path, qmp_socket,
-                 agent_socket):
+                 agent_socket, machine_type='microvm'):
         self._proc = proc
         self.config = config
         self.accel = accelerator
@@ -80,6 +80,16 @@ class QemuVM(base.VM):
         self.qmp_socket = qmp_socket
         self._agent_socket = agent_socket
         self._qmp = qmp.QMPClient(qmp_socket)
+        # NIC hotplug: slot -> NetDevice in it; slot -> id of a device
+        # the guest has not let go of yet (the slot is not free).
+        self._machine_type = machine_type
+        self._slots = {}
+        self._leaving = {}
+        self._generation = 0
+        if config.pci_slots:
+            for i, nic in enumerate(config.nics):
+                self._slots[i] = qargv.NetDevice(i, nic.tap, nic.mac,
+                                                 machine_type, slot=i)
 
     @property
     def pid(self):
@@ -147,6 +157,103 @@ class QemuVM(base.VM):
         :raises: kata_zun.exception.HypervisorError
         """
         self.execute('cont')
+
+    def _free_slot(self):
+        """:returns: a free hotplug slot, or None."""
+        def free():
+            used = set(self._slots) | set(self._leaving)
+            return [s for s in range(self.config.pci_slots)
+                    if s not in used]
+        slots = free()
+        if not slots and self._leaving:
+            # Devices the guest has let go of since: their slots are free.
+            present = {child.get('name') for child in self.execute(
+                'qom-list', {'path': '/machine/peripheral'})}
+            for slot, device_id in list(self._leaving.items()):
+                if device_id not in present:
+                    del self._leaving[slot]
+            slots = free()
+        return slots[0] if slots else None
+
+    def add_nic(self, nic):
+        """Hotplug a virtio-net-pci NIC on ``nic.tap`` into a free slot.
+
+        :param nic: a :class:`kata_zun.hypervisor.base.Nic`.
+        :returns: None
+        :raises: kata_zun.exception.NicHotplugError
+        """
+        if not self.config.pci_slots:
+            raise exception.NicHotplugError(
+                reason='VM %s was started without hotplug slots'
+                % self.config.name)
+        if any(d.tap == nic.tap for d in self._slots.values()):
+            raise exception.NicHotplugError(
+                reason='tap %s is already plugged' % nic.tap)
+        try:
+            slot = self._free_slot()
+            if slot is None:
+                raise exception.NicHotplugError(
+                    reason='all %d NIC slots are taken'
+                    % self.config.pci_slots)
+            self._generation += 1
+            dev = qargv.NetDevice(slot, nic.tap, nic.mac, self._machine_type,
+                                  slot=slot, generation=self._generation)
+            self.execute('netdev_add', dev.netdev_add_args())
+            try:
+                self.execute('device_add', dev.device_add_args())
+            except BaseException:
+                self._netdev_del(dev)
+                raise
+        except qmp.QMPError as exc:
+            raise exception.NicHotplugError(
+                reason='cannot add a NIC on %s: %s' % (nic.tap, exc))
+        self._slots[slot] = dev
+        LOG.debug('VM %s: NIC %s on %s in slot %d', self.config.name,
+                  nic.mac, nic.tap, slot)
+
+    def _netdev_del(self, dev):
+        try:
+            self.execute('netdev_del', {'id': dev.netdev_id})
+        except qmp.QMPCommandError as exc:
+            if 'not found' not in exc.desc:
+                raise
+
+    def remove_nic(self, tap):
+        """Cut ``tap`` from the VM and ask the guest to drop its NIC.
+
+        :param tap: the host tap of a NIC in a hotplug slot.
+        :returns: True if the device is gone from the guest (the agent
+            powered its slot off first), False if the guest was asked
+            (``device_del``) and has not let go yet.
+        :raises: kata_zun.exception.NicHotplugError
+        """
+        found = [(s, d) for s, d in self._slots.items() if d.tap == tap]
+        if not found:
+            raise exception.NicHotplugError(
+                reason='VM %s has no removable NIC on %s'
+                % (self.config.name, tap))
+        slot, dev = found[0]
+        gone = False
+        try:
+            try:
+                self.execute('device_del', {'id': dev.device_id})
+            except qmp.QMPCommandError as exc:
+                if exc.error_class != 'DeviceNotFound':
+                    raise
+                gone = True
+            # Whatever the guest does with the device, it is cut from the
+            # tap now (QEMU closes the tap fd).
+            self._netdev_del(dev)
+        except qmp.QMPError as exc:
+            raise exception.NicHotplugError(
+                reason='cannot remove the NIC on %s: %s' % (tap, exc))
+        del self._slots[slot]
+        if not gone:
+            self._leaving[slot] = dev.device_id
+        LOG.debug('VM %s: NIC on %s removed from slot %d (%s)',
+                  self.config.name, tap, slot,
+                  'gone' if gone else 'guest asked to let go')
+        return gone
 
     def poll(self):
         """:returns: QEMU's exit status, or None while it runs."""
@@ -236,7 +343,8 @@ class QemuHypervisor(base.Hypervisor):
         except (OSError, subprocess.SubprocessError) as exc:
             raise exception.HypervisorError(
                 reason='cannot run %s: %s' % (self.qemu_path, exc))
-        vm = QemuVM(proc, config, chosen, log_path, qmp_path, agent_path)
+        vm = QemuVM(proc, config, chosen, log_path, qmp_path, agent_path,
+                    self.machine_type)
         try:
             vm.connect(self.start_timeout)
         except BaseException:

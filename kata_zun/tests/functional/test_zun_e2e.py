@@ -87,6 +87,16 @@ class ZunEndToEndBase(base.BaseTestCase):
         from testtools import content
         self.addDetail('zun-compute.log', content.text_content(
             kz_base.tail_file(self.env.compute_log, 20000)))
+        # Each sandbox's shim and guest console say why a VM failed.
+        containers = os.path.join(self.state_path, 'containers')
+        for cid in sorted(os.listdir(containers)) if os.path.isdir(
+                containers) else ():
+            for name in ('shim.log', 'console.log'):
+                path = os.path.join(containers, cid, name)
+                if os.path.exists(path):
+                    self.addDetail('%s-%s' % (cid[:12], name),
+                                   content.text_content(
+                                       kz_base.tail_file(path, 4000)))
 
     def _no_vm_left(self):
         out = subprocess.run(['pgrep', '-f', 'kata_zun.cmd.shim.*%s' %

@@ -5,7 +5,8 @@ Open vSwitch agent (openvswitch firewall, netdev datapath; see
 :mod:`neutron_env`). ``openstack appcontainer run --net`` makes Neutron
 ports bound to this host; the taps of the VMs are plugged into the
 integration bridge, the agent wires them, and containers ping each other
-as their security groups allow.
+as their security groups allow. Networks are attached and detached
+while containers run (NIC hotplug) and while they are stopped.
 
 Needs root, Open vSwitch and the virtualenv with neutron
 (``tools/install-neutron.sh``, or ``$KATA_ZUN_NEUTRON_VENV``).
@@ -100,6 +101,9 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         # in until a group allows it.
         user_port = self.osj('port', 'create', '--network', net['id'],
                              '--no-security-group', 'kzport-' + suffix)
+        net2 = self.osj('network', 'create', 'kznet2-' + suffix)
+        self.osj('subnet', 'create', '--network', net2['id'],
+                 '--subnet-range', CIDR2, 'kzsub2-' + suffix)
         taps_before = self.taps()
 
         self.os('appcontainer', 'run', '--name', 'c1',
@@ -109,6 +113,10 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         self.os('appcontainer', 'run', '--name', 'c2',
                 '--image-pull-policy', 'ifnotpresent',
                 '--net', 'port=' + user_port['id'], 'busybox', 'sleep',
+                '100000')
+        self.os('appcontainer', 'run', '--name', 'c3',
+                '--image-pull-policy', 'ifnotpresent',
+                '--net', 'network=' + net2['id'], 'busybox', 'sleep',
                 '100000')
         c1 = self.wait_status('c1', ('Running',))
         c2 = self.wait_status('c2', ('Running',))
@@ -165,55 +173,77 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
                 'remove', 'security', 'group', 'c2', icmp['id'])
         self.wait_ping('c1', addr2['addr'], False)
 
-        # Network attach/detach. The micro-VM has no NIC hotplug: on a
-        # running container the action fails with that reason; a stopped
-        # one gets the port now and the NIC at its next start.
-        net2 = self.osj('network', 'create', 'kznet2-' + suffix)
-        self.osj('subnet', 'create', '--network', net2['id'],
-                 '--subnet-range', CIDR2, 'kzsub2-' + suffix)
+        # Network attach/detach while c1 runs: the NIC is hotplugged into
+        # the micro-VM (a PCIe slot) and configured by the agent, then
+        # unplugged again. c3 lives on net2 from the start.
+        self.wait_status('c3', ('Running',))
+        addr_c3 = zun.containers.get('c3').addresses[net2['id']][0]
         self.os('appcontainer', 'network', 'attach', '--network',
                 net2['id'], 'c1')
-        action = self.wait_action('c1', 'network_attach')
-        self.assertEqual('Error', action['message'])
-        # zun keeps the stack of the failed event, not its message.
-        self.assertIn('_check_not_running', json.dumps(self.osj(
-            'appcontainer', 'action', 'show', 'c1',
-            action['request_id'])))
-        self.assertNotIn(net2['id'], zun.containers.get('c1').addresses)
+        self.assertIsNone(self.wait_action('c1', 'network_attach')[
+            'message'])
+        addresses = zun.containers.get('c1').addresses
+        self.assertEqual({net['id'], net2['id']}, set(addresses))
+        addr3 = addresses[net2['id']][0]
+        self.neutron.wait_port(addr3['port'], 'ACTIVE')
+        self.assertEqual('Running', self.osj('appcontainer', 'show',
+                                             'c1')['status'])
+        out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
+        self.assertIn('%s/24' % addr3['addr'], out)
+        self.assertIn('%s/24' % addr1['addr'], out)
+        # c1 and c3 share net2 and the default group: they talk.
+        self.wait_ping('c1', addr_c3['addr'], True)
+        tap3 = 'kzt' + addr3['port'].replace('-', '')[:12]
+        self.assertIn(tap3, self.taps())
+
+        self.os('appcontainer', 'network', 'detach', '--network',
+                net2['id'], 'c1')
+        self.assertIsNone(self.wait_action('c1', 'network_detach')[
+            'message'])
+        self.assertEqual([net['id']],
+                         list(zun.containers.get('c1').addresses))
+        out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
+        self.assertNotIn(addr3['addr'], out)
+        self.assertIn('%s/24' % addr1['addr'], out)
+        self.assertFalse(self.ping('c1', addr_c3['addr']))
+        self.assertEqual(404, self.neutron.request(
+            'GET', '/v2.0/ports/%s' % addr3['port'])[0])
+        self.assertNotIn(tap3, self.taps())
+        self.assertNotIn(tap3, self.neutron.vsctl(
+            'list-ports', self.neutron.integration_bridge))
+
+        # Attached while stopped: the port now, the NIC at the next start
+        # (in a slot, so it can still be detached while running).
         self.os('appcontainer', 'stop', '--timeout', '1', 'c1')
         self.wait_status('c1', ('Stopped',))
         self.os('appcontainer', 'network', 'attach', '--network',
                 net2['id'], 'c1')
         self.assertIsNone(self.wait_action('c1', 'network_attach',
                                            nth=2)['message'])
-        addresses = zun.containers.get('c1').addresses
-        self.assertEqual({net['id'], net2['id']}, set(addresses))
-        addr3 = addresses[net2['id']][0]
+        addr4 = zun.containers.get('c1').addresses[net2['id']][0]
         self.os('appcontainer', 'start', 'c1')
         self.wait_status('c1', ('Running',))
-        self.neutron.wait_port(addr3['port'], 'ACTIVE')
+        self.neutron.wait_port(addr4['port'], 'ACTIVE')
         out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
-        self.assertIn('%s/24' % addr3['addr'], out)
-        self.assertIn('%s/24' % addr1['addr'], out)
+        self.assertIn('%s/24' % addr4['addr'], out)
+        self.wait_ping('c1', addr_c3['addr'], True)
         self.wait_ping('c1', addr2['addr'], False)    # still no group
-        self.os('appcontainer', 'stop', '--timeout', '1', 'c1')
-        self.wait_status('c1', ('Stopped',))
         self.os('appcontainer', 'network', 'detach', '--network',
                 net2['id'], 'c1')
-        self.wait_action('c1', 'network_detach')
-        self.assertEqual([net['id']],
-                         list(zun.containers.get('c1').addresses))
-        code, _body = self.neutron.request(
-            'GET', '/v2.0/ports/%s' % addr3['port'])
-        self.assertEqual(404, code)
+        self.assertIsNone(self.wait_action('c1', 'network_detach',
+                                           nth=2)['message'])
+        out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
+        self.assertNotIn(addr4['addr'], out)
+        self.assertEqual(404, self.neutron.request(
+            'GET', '/v2.0/ports/%s' % addr4['port'])[0])
 
         # zun-compute crashes and comes back; deleting still cleans up.
         self.env.restart_compute(kill=True)
-        for name in ('c1', 'c2'):
+        for name in ('c1', 'c2', 'c3'):
             self.os('appcontainer', 'delete', '--stop', name)
         deadline = time.time() + 120
         while any(self.os('appcontainer', 'show', n, check=False)[0] == 0
-                  for n in ('c1', 'c2')):
+                  for n in ('c1', 'c2', 'c3')):
             self.assertLess(time.time(), deadline)
             time.sleep(1)
         # The driver's port is gone; the user's is kept, unbound.

@@ -190,7 +190,7 @@ class DriverNetworkTest(base.BaseTestCase):
         self.assertRaises(zun_exc.SecurityGroupCannotBeApplied,
                           self.driver.add_security_group, 'ctx', c, 'sg')
 
-    def test_attach_and_detach_only_when_not_running(self):
+    def test_attach_and_detach_unless_paused(self):
         c = self.container(container_id='ab' * 16,
                            addresses={'other': []})
         sandbox = mock.Mock(id='ab' * 16, status='exited', shim_alive=False,
@@ -214,8 +214,22 @@ class DriverNetworkTest(base.BaseTestCase):
                                                                 {PORT})
         self.api.delete_security_group.assert_not_called()
         self.assertEqual({'other': []}, c.addresses)
+        # The last network detached: still a Neutron request (slots).
+        self.driver.network_detach('ctx', c, 'other')
+        self.assertEqual({'network': 'neutron', 'nics': []},
+                         self.rt.set_network.call_args[0][1])
+        # Running: the runtime hotplugs; paused: refused before any port.
         sandbox.status, sandbox.shim_alive = 'running', True
+        self.api.create_port.reset_mock()
+        self.driver.network_attach('ctx', c, {'network': NET})
+        # (the mocked runtime still holds p0)
+        request = self.rt.set_network.call_args[0][1]
+        self.assertEqual(['p0', PORT],
+                         [n['port_id'] for n in request['nics']])
+        sandbox.status = 'paused'
+        self.api.create_port.reset_mock()
         self.assertRaises(zun_exc.Conflict, self.driver.network_detach,
-                          'ctx', c, 'other')
+                          'ctx', c, NET)
         self.assertRaises(zun_exc.Conflict, self.driver.network_attach,
                           'ctx', c, {'network': 'n3'})
+        self.api.create_port.assert_not_called()

@@ -180,6 +180,74 @@ class NetDeviceTestCase(base.BaseTestCase):
             self.assertRaises(exception.HypervisorError, argv.build_argv,
                               config, 'tcg', 'microvm', 'max', QEMU)
 
+    def test_microvm_slots_golden(self):
+        config = _config(pci_slots=3, nics=(
+            hv_base.Nic('kzt0123456789ab', '02:6b:0a:58:00:02'),))
+        full = argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU)
+        self.assertEqual(
+            'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
+            'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
+            full[full.index('-machine') + 1])
+        self.assertTrue(full[full.index('-append') + 1].endswith(
+            ' quiet pcie_ports=native'))
+        self.assertEqual([
+            '-device', 'pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1',
+            '-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=2',
+            '-device', 'pcie-root-port,id=rp2,bus=pcie.0,chassis=3,slot=3',
+            '-netdev', 'tap,id=net-kzt0123456789ab,ifname=kzt0123456789ab,'
+                       'script=no,downscript=no,vhost=off',
+            '-device', 'virtio-net-pci,id=nic-kzt0123456789ab,'
+                       'netdev=net-kzt0123456789ab,mac=02:6b:0a:58:00:02,'
+                       'bus=rp0,romfile=',
+        ] + SANDBOX, full[-12:])
+
+    def test_q35_slots_use_acpi_hotplug(self):
+        # q35 hotplugs its root ports through ACPI: no pcie_ports=native
+        # (it stopped the guest from seeing hotplugged NICs), no pcie=on.
+        full = argv.build_argv(_config(pci_slots=1), 'kvm', 'q35', 'host',
+                               QEMU)
+        self.assertNotIn('pcie_ports=native',
+                         full[full.index('-append') + 1])
+        self.assertEqual('q35,acpi=on,vmport=off,memory-backend=mem',
+                         full[full.index('-machine') + 1])
+        self.assertIn('pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1',
+                      full)
+
+    def test_no_slots_no_pcie(self):
+        full = argv.build_argv(_config(), 'tcg', 'microvm', 'max', QEMU)
+        self.assertNotIn('pcie=on', full[full.index('-machine') + 1])
+        self.assertNotIn('pcie_ports=native',
+                         full[full.index('-append') + 1])
+
+    def test_slot_limits(self):
+        nics = tuple(hv_base.Nic('kzt%d' % i, '02:00:00:00:00:0%d' % i)
+                     for i in range(3))
+        for config in (_config(pci_slots=2, nics=nics),
+                       _config(pci_slots=argv.MAX_PCI_SLOTS + 1),
+                       _config(pci_slots=-1)):
+            self.assertRaises(exception.HypervisorError, argv.build_argv,
+                              config, 'tcg', 'microvm', 'max', QEMU)
+
+    def test_hotplug_qmp_arguments(self):
+        dev = argv.NetDevice(2, 'kzt0123456789ab', '02:6b:0a:58:00:02',
+                             slot=2, generation=7)
+        self.assertEqual({'type': 'tap', 'id': 'net-kzt0123456789ab-7',
+                          'ifname': 'kzt0123456789ab', 'script': 'no',
+                          'downscript': 'no', 'vhost': False},
+                         dev.netdev_add_args())
+        self.assertEqual({'driver': 'virtio-net-pci',
+                          'id': 'nic-kzt0123456789ab-7',
+                          'netdev': 'net-kzt0123456789ab-7',
+                          'mac': '02:6b:0a:58:00:02', 'bus': 'rp2',
+                          'romfile': ''}, dev.device_add_args())
+        fixed = argv.NetDevice(0, 'kzt1', '02:00:00:00:00:01')
+        self.assertIsNone(fixed.device_id)
+        self.assertRaises(exception.HypervisorError, fixed.device_add_args)
+        for bad in (argv.NetDevice(0, 'kz,x', '02:00:00:00:00:01', slot=0),
+                    argv.NetDevice(0, 'kzt1', '02:00:00:00:00:01', slot=8)):
+            self.assertRaises(exception.HypervisorError,
+                              bad.netdev_add_args)
+
 
 class TscTestCase(base.BaseTestCase):
 

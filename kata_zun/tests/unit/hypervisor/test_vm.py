@@ -4,6 +4,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from unittest import mock
 
 import fixtures
 from oslo_config import fixture as config_fixture
@@ -12,6 +13,7 @@ from oslotest import base
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.hypervisor import base as hv_base
+from kata_zun.hypervisor.qemu import qmp
 from kata_zun.hypervisor.qemu import vm as qemu_vm
 
 # Stands in for QEMU: serves QMP on the socket named on its command line,
@@ -127,3 +129,82 @@ class QemuVMTestCase(base.BaseTestCase):
         else:
             os.kill(pid, 9)
             self.fail('child outlived its owner')
+
+
+class NicHotplugTestCase(base.BaseTestCase):
+    """QemuVM's slot bookkeeping and QMP sequences (QMP itself is the
+    golden-tested argv part; the real path is test_zun_neutron_e2e).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.qmp = qmp
+        self.config = hv_base.VMConfig(
+            name='t', vcpus=1, memory_mb=128, kernel='/k', initrd='/i',
+            run_dir='/nonexistent', console_log='/nonexistent/c',
+            nics=(hv_base.Nic('kzt0', '02:00:00:00:00:01'),), pci_slots=2)
+        self.vm = qemu_vm.QemuVM(mock.Mock(), self.config, None, '/l',
+                                 '/q', '/a')
+        self.calls = []
+        self.errors = {}
+        self.present = set()
+
+        def execute(cmd, args=None, timeout=10.0):
+            self.calls.append((cmd, (args or {}).get('id')))
+            if cmd in self.errors:
+                raise self.errors.pop(cmd)
+            if cmd == 'qom-list':
+                return [{'name': n} for n in sorted(self.present)]
+            return {}
+        self.vm.execute = execute
+
+    def test_add_into_free_slot_then_full(self):
+        self.vm.add_nic(hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+        self.assertEqual([('netdev_add', 'net-kzt1-1'),
+                          ('device_add', 'nic-kzt1-1')], self.calls)
+        exc = self.assertRaises(exception.NicHotplugError, self.vm.add_nic,
+                                hv_base.Nic('kzt2', '02:00:00:00:00:03'))
+        self.assertIn('all 2 NIC slots are taken', str(exc))
+        self.assertRaises(exception.NicHotplugError, self.vm.add_nic,
+                          hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+
+    def test_failed_device_add_removes_its_netdev(self):
+        self.errors['device_add'] = self.qmp.QMPCommandError(
+            'device_add', 'GenericError', 'Bus rp1 is full')
+        exc = self.assertRaises(exception.NicHotplugError, self.vm.add_nic,
+                                hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+        self.assertIn('Bus rp1 is full', str(exc))
+        self.assertEqual(('netdev_del', 'net-kzt1-1'), self.calls[-1])
+        # The slot is still free.
+        self.vm.add_nic(hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+
+    def test_remove_after_the_guest_let_go(self):
+        # The boot-time NIC lives in slot 0 and can be removed too.
+        self.errors['device_del'] = self.qmp.QMPCommandError(
+            'device_del', 'DeviceNotFound', "Device 'nic-kzt0' not found")
+        self.assertTrue(self.vm.remove_nic('kzt0'))
+        self.assertEqual([('device_del', 'nic-kzt0'),
+                          ('netdev_del', 'net-kzt0')], self.calls)
+        self.assertRaises(exception.NicHotplugError, self.vm.remove_nic,
+                          'kzt0')
+
+    def test_remove_from_an_uncooperative_guest(self):
+        # device_del is accepted but the guest keeps the device: the tap
+        # is cut at once, the slot stays taken until the device is gone.
+        self.present = {'nic-kzt0'}
+        self.assertFalse(self.vm.remove_nic('kzt0'))
+        self.assertEqual(('netdev_del', 'net-kzt0'), self.calls[-1])
+        self.vm.add_nic(hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+        self.assertRaises(exception.NicHotplugError, self.vm.add_nic,
+                          hv_base.Nic('kzt2', '02:00:00:00:00:03'))
+        self.present = set()          # the guest let go at last
+        self.vm.add_nic(hv_base.Nic('kzt2', '02:00:00:00:00:03'))
+        self.assertIn(('device_add', 'nic-kzt2-2'), self.calls)
+
+    def test_vm_without_slots(self):
+        vm = qemu_vm.QemuVM(mock.Mock(), hv_base.VMConfig(
+            name='t', vcpus=1, memory_mb=128, kernel='/k', initrd='/i',
+            run_dir='/x', console_log='/x/c'), None, '/l', '/q', '/a')
+        exc = self.assertRaises(exception.NicHotplugError, vm.add_nic,
+                                hv_base.Nic('kzt1', '02:00:00:00:00:02'))
+        self.assertIn('without hotplug slots', str(exc))

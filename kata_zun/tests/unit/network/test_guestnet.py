@@ -83,7 +83,8 @@ class ValidateTestCase(base.BaseTestCase):
             self.assertRaises(ValueError, guestnet.validate, bad)
 
 
-class ConfigureTestCase(base.BaseTestCase):
+class FakeSysNetTestCase(base.BaseTestCase):
+    """A fake /sys/class/net with lo and eth0; netlink mocked."""
 
     def setUp(self):
         super().setUp()
@@ -101,6 +102,9 @@ class ConfigureTestCase(base.BaseTestCase):
         self.useFixture(fixtures.MockPatch(
             'socket.if_nametoindex',
             side_effect=lambda n: {'lo': 1, 'eth0': 2}[n]))
+
+
+class ConfigureTestCase(FakeSysNetTestCase):
 
     def test_configure(self):
         resolv = os.path.join(self.dir, 'resolv.conf')
@@ -129,3 +133,66 @@ class ConfigureTestCase(base.BaseTestCase):
         exc = self.assertRaises(ValueError, guestnet.configure, spec,
                                 sys_net=self.sys_net, resolv_conf=None)
         self.assertIn('02:00:00:00:00:09', str(exc))
+
+
+class HotplugTestCase(FakeSysNetTestCase):
+    """add_interface/remove_interface against a fake sysfs."""
+
+    def setUp(self):
+        super().setUp()
+        # eth0 is a virtio NIC on PCI device 0000:01:00.0 in slot "1".
+        pci = os.path.join(self.dir, 'devices', '0000:01:00.0')
+        os.makedirs(os.path.join(pci, 'virtio0'))
+        os.symlink(os.path.join(pci, 'virtio0'),
+                   os.path.join(self.sys_net, 'eth0', 'device'))
+        self.slots = os.path.join(self.dir, 'slots')
+        for name, address in (('2', '0000:02:00'), ('1', '0000:01:00')):
+            os.makedirs(os.path.join(self.slots, name))
+            with open(os.path.join(self.slots, name, 'address'), 'w') as f:
+                f.write(address + '\n')
+
+    def _power(self, slot):
+        path = os.path.join(self.slots, slot, 'power')
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read()
+
+    def test_add_interface(self):
+        result = guestnet.add_interface(SPEC['interfaces'][0],
+                                        sys_net=self.sys_net)
+        self.assertEqual(('eth0', '10.88.0.2'),
+                         (result['name'], result['address']))
+        self.nl.addr_add.assert_called_once_with(2, '10.88.0.2', 16)
+        self.nl.default_route.assert_called_once_with(2, '10.88.0.1')
+        self.assertRaises(ValueError, guestnet.add_interface,
+                          dict(SPEC['interfaces'][0], prefix=33),
+                          sys_net=self.sys_net)
+        self.assertRaises(ValueError, guestnet.add_interface, None,
+                          sys_net=self.sys_net)
+
+    def test_remove_interface_powers_off_its_slot(self):
+        result = guestnet.remove_interface(MAC.upper(), sys_net=self.sys_net,
+                                           sys_slots=self.slots)
+        self.assertEqual(('eth0', '1'), (result['name'], result['slot']))
+        self.nl.link_set.assert_called_once_with(2, up=False)
+        self.assertEqual('0', self._power('1'))
+        self.assertIsNone(self._power('2'))
+
+    def test_remove_interface_without_slot_or_nic(self):
+        os.unlink(os.path.join(self.slots, '1', 'address'))
+        result = guestnet.remove_interface(MAC, sys_net=self.sys_net,
+                                           sys_slots=self.slots)
+        self.assertEqual(('eth0', None), (result['name'], result['slot']))
+        self.nl.link_set.assert_called_once_with(2, up=False)
+        gone = guestnet.remove_interface('02:00:00:00:00:09',
+                                         sys_net=self.sys_net,
+                                         sys_slots=self.slots)
+        self.assertIsNone(gone['name'])
+        self.assertRaises(ValueError, guestnet.remove_interface, 'eth0',
+                          sys_net=self.sys_net, sys_slots=self.slots)
+
+    def test_pci_address(self):
+        self.assertEqual('0000:01:00.0',
+                         guestnet.pci_address('eth0', self.sys_net))
+        self.assertIsNone(guestnet.pci_address('lo', self.sys_net))

@@ -33,7 +33,10 @@ class CheckRequestTest(base.BaseTestCase):
         self.assertEqual(1, len(neutron.check_request({'nics': [nic()]})))
 
     def test_refused(self):
-        for bad in ({'nics': []}, {'nics': [nic(port_id='x')]},
+        nine = [nic(port_id='%08d-0000-4000-8000-%012d' % (i, i))
+                for i in range(9)]
+        for bad in ({'nics': nine},
+                    {'nics': None}, {'nics': [nic(port_id='x')]},
                     {'nics': [nic(mac='zz')]},
                     {'nics': [nic(bridge='br int; rm')]},
                     {'nics': [nic(datapath_type='dpdk')]},
@@ -43,6 +46,13 @@ class CheckRequestTest(base.BaseTestCase):
                     {'nics': [nic()], 'ports': [{'host_port': 80}]}):
             self.assertRaises(exception.InvalidInput,
                               neutron.check_request, bad)
+
+    def test_no_nic_is_a_request(self):
+        # A container whose last network was detached keeps its slots.
+        self.assertEqual([], neutron.check_request({'nics': []}))
+        att = neutron.attachment('web', [])
+        self.assertEqual(([], True, None),
+                         (att['nics'], att['hotplug'], att['address']))
 
     def test_make_request_takes_the_drivers_dict(self):
         req = network.make_request({'network': 'neutron',

@@ -1,6 +1,14 @@
+import os
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
 from oslotest import base
 
+from kata_zun import conf
 from kata_zun import exception
+from kata_zun import network
+from kata_zun.runtime import fileutils
 from kata_zun.runtime import manager
 
 
@@ -39,7 +47,6 @@ class LostSandboxTestCase(base.BaseTestCase):
         return manager.Container('/nowhere', {'id': 'c' * 64}, state, alive)
 
     def test_host_restart_crash_and_clean_exit(self):
-        from unittest import mock
         with mock.patch.object(manager.fileutils, 'boot_id',
                                return_value='boot-2'):
             c = self.container({'status': 'running', 'boot_id': 'boot-1',
@@ -59,3 +66,102 @@ class LostSandboxTestCase(base.BaseTestCase):
             self.assertEqual((None, 3, None), (c.lost, c.exit_code, c.error))
             self.assertIsNone(self.container(
                 {'status': 'running', 'boot_id': 'boot-1'}, alive=True).lost)
+
+
+def _nic(n):
+    return {'port_id': '%08d-0000-4000-8000-000000000000' % n,
+            'net_id': 'net%d' % n, 'mac': 'fa:16:3e:00:00:%02x' % n,
+            'mtu': 1450, 'bridge': 'br-int', 'datapath_type': 'netdev',
+            'ips': [{'address': '10.0.%d.5' % n, 'prefix': 24,
+                     'gateway': '10.0.%d.1' % n, 'version': 4}]}
+
+
+class LiveNetworkChangeTestCase(base.BaseTestCase):
+    """Runtime.set_network on a running container: the order of the
+    shim's hotplug calls and the host's plugging, and what is recorded.
+    """
+
+    def setUp(self):
+        super().setUp()
+        root = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(config_fixture.Config(conf.CONF)).config(
+            state_path=root + '/state', run_path=root + '/run',
+            group='kata')
+        self.rt = manager.Runtime()
+        cdir = os.path.join(self.rt.containers_dir, 'c' * 64)
+        os.makedirs(cdir)
+        self.request = {'network': 'neutron', 'ports': [],
+                        'nics': [_nic(1)]}
+        fileutils.write_json(os.path.join(cdir, 'config.json'), {
+            'id': 'c' * 64, 'name': 'web', 'created': 1,
+            'sandbox': {'hostname': 'web'}, 'network': self.request})
+        fileutils.write_json(os.path.join(cdir, 'state.json'),
+                             {'status': 'running'})
+        network.write_attachment(cdir, 'web', self.request)
+        self.dir = cdir
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+        self.order = mock.Mock()
+        self.client = self.order.client
+        self.client.__enter__ = mock.Mock(return_value=self.client)
+        self.client.__exit__ = mock.Mock(return_value=False)
+        self.useFixture(fixtures.MockPatchObject(
+            self.rt, 'connect', return_value=self.client))
+        self.useFixture(fixtures.MockPatchObject(
+            network, 'plug_nic', self.order.plug_nic))
+        self.useFixture(fixtures.MockPatchObject(
+            network, 'unplug_nic', self.order.unplug_nic))
+        self.useFixture(fixtures.MockPatchObject(
+            network, 'validate'))
+
+    def _config(self):
+        return fileutils.read_json(os.path.join(self.dir, 'config.json'))
+
+    def test_replace_a_nic_while_running(self):
+        self.rt.set_network('c' * 64, {'network': 'neutron',
+                                       'nics': [_nic(2)]})
+        state = self.rt.state_path
+        self.assertEqual([
+            mock.call.client.call('nic_remove', {
+                'tap': 'kzt000000010000', 'mac': 'fa:16:3e:00:00:01'},
+                timeout=mock.ANY),
+            mock.call.unplug_nic(state, 'c' * 64, _nic(1)),
+            mock.call.plug_nic(state, 'c' * 64, _nic(2)),
+            mock.call.client.call('nic_add', {
+                'tap': 'kzt000000020000', 'mac': 'fa:16:3e:00:00:02',
+                # the only NIC now: it carries the default route
+                'interface': {'mac': 'fa:16:3e:00:00:02',
+                              'address': '10.0.2.5', 'prefix': 24,
+                              'mtu': 1450, 'gateway': '10.0.2.1'}},
+                timeout=mock.ANY)],
+            [c for c in self.order.mock_calls
+             if c[0] in ('client.call', 'plug_nic', 'unplug_nic')])
+        self.assertEqual([_nic(2)], self._config()['network']['nics'])
+        att = network.read_attachment(self.dir)
+        self.assertEqual((['fa:16:3e:00:00:02'], True),
+                         ([n['mac'] for n in att['nics']], att['hotplug']))
+
+    def test_failed_hotplug_unplugs_the_host_side(self):
+        self.client.call.side_effect = exception.ShimError(reason='slots')
+        want = {'network': 'neutron', 'nics': [_nic(1), _nic(2)]}
+        self.assertRaises(exception.ShimError, self.rt.set_network,
+                          'c' * 64, want)
+        self.order.unplug_nic.assert_called_once_with(
+            self.rt.state_path, 'c' * 64, _nic(2))
+        self.assertEqual([_nic(1)], self._config()['network']['nics'])
+
+    def test_refused_when_paused_or_fixed(self):
+        want = {'network': 'neutron', 'nics': []}
+        fileutils.write_json(os.path.join(self.dir, 'state.json'),
+                             {'status': 'paused'})
+        exc = self.assertRaises(exception.Conflict, self.rt.set_network,
+                                'c' * 64, want)
+        self.assertIn('paused', str(exc))
+        fileutils.write_json(os.path.join(self.dir, 'state.json'),
+                             {'status': 'running'})
+        # Started before hotplug slots existed: its NICs are fixed.
+        os.unlink(os.path.join(self.dir, 'network.json'))
+        exc = self.assertRaises(exception.Conflict, self.rt.set_network,
+                                'c' * 64, want)
+        self.assertIn('fixed while it runs', str(exc))
+        self.client.call.assert_not_called()
