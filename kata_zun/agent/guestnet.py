@@ -44,6 +44,7 @@ NLA_F_NESTED = 0x8000
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_BROADCAST = 4
+IFA_F_NODAD = 0x02
 RTA_OIF = 4
 RTA_GATEWAY = 5
 IFF_UP = 0x1
@@ -58,6 +59,7 @@ RESOLV_CONF = '/etc/resolv.conf'
 PCI_ADDR_RE = re.compile(r'^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 MAC_RE = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}$')
 MAX_INTERFACES = 8
+MAX_ADDRESSES = 8
 NIC_WAIT = 5.0
 
 _HDR = struct.Struct('=IHHII')           # struct nlmsghdr
@@ -92,6 +94,20 @@ def ipv4(text):
     except OSError:
         raise ValueError('bad IPv4 address %r' % text)
     return packed
+
+
+def ip_address(text):
+    """:returns: (address family, packed bytes) of an IPv4 or IPv6
+    address.
+    :raises: ValueError
+    """
+    if not isinstance(text, str) or len(text) > 45:
+        raise ValueError('bad IP address %r' % (text,))
+    family = socket.AF_INET6 if ':' in text else socket.AF_INET
+    try:
+        return family, socket.inet_pton(family, text)
+    except OSError:
+        raise ValueError('bad IP address %r' % text)
 
 
 class Netlink(object):
@@ -174,8 +190,19 @@ class Netlink(object):
                      'delete link %d' % index)
 
     def addr_add(self, index, address, prefix):
-        """Add (or keep) an IPv4 address with its broadcast address."""
-        local = ipv4(address)
+        """Add (or keep) an IPv4 address with its broadcast address, or an
+        IPv6 address (usable at once: the host's IPAM made it unique, so
+        no duplicate address detection delays it).
+        """
+        family, packed = ip_address(address)
+        if family == socket.AF_INET6:
+            self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE,
+                         _IFADDR.pack(family, prefix, IFA_F_NODAD,
+                                      RT_SCOPE_UNIVERSE, index) +
+                         attr(IFA_ADDRESS, packed),
+                         'add address %s/%d' % (address, prefix))
+            return
+        local = packed
         host_bits = 32 - prefix
         bcast = struct.pack('!I', struct.unpack('!I', local)[0] |
                             ((1 << host_bits) - 1 if host_bits else 0))
@@ -188,9 +215,10 @@ class Netlink(object):
                      'add address %s/%d' % (address, prefix))
 
     def default_route(self, index, gateway):
-        attrs = attr(RTA_GATEWAY, ipv4(gateway)) + attr(RTA_OIF, index)
+        family, packed = ip_address(gateway)
+        attrs = attr(RTA_GATEWAY, packed) + attr(RTA_OIF, index)
         self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
-                     _RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN,
+                     _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN,
                                  RTPROT_BOOT, RT_SCOPE_UNIVERSE,
                                  RTN_UNICAST, 0) + attrs,
                      'add default route via %s' % gateway)
@@ -225,10 +253,36 @@ def _int(iface, key, low, high, default=None):
     return value
 
 
-def validate_interface(iface):
-    """Check one interface of a network spec.
+def _address_entry(entry):
+    """One address of an interface: {'address', 'prefix', 'gateway'}."""
+    if not isinstance(entry, dict):
+        raise ValueError('an address must be an object')
+    family, _packed = ip_address(entry.get('address'))
+    bits = 128 if family == socket.AF_INET6 else 32
+    prefix = _int(entry, 'prefix', 1, bits)
+    if prefix is None:
+        raise ValueError('prefix is required')
+    gateway = entry.get('gateway')
+    if gateway is not None and ip_address(gateway)[0] != family:
+        raise ValueError('gateway %r is not of the family of %r' % (
+            gateway, entry['address']))
+    return {'address': entry['address'], 'prefix': prefix,
+            'gateway': gateway}
 
-    :returns: the interface dict, normalized.
+
+def validate_interface(iface):
+    """Check one interface of a network spec::
+
+        {'mac': ..., 'mtu': 1450, 'address': '10.0.0.5', 'prefix': 24,
+         'gateway': '10.0.0.1',
+         'extra': [{'address': 'fd00::5', 'prefix': 64,
+                    'gateway': 'fd00::1'}]}
+
+    The first address and the ``extra`` ones may be IPv4 or IPv6; a
+    gateway becomes the default route of its family.
+
+    :returns: the interface dict, normalized (all addresses in
+        ``addresses``).
     :raises: ValueError
     """
     if not isinstance(iface, dict):
@@ -236,17 +290,15 @@ def validate_interface(iface):
     mac = str(iface.get('mac', '')).lower()
     if not MAC_RE.fullmatch(mac):
         raise ValueError('bad MAC address %r' % iface.get('mac'))
-    ipv4(iface.get('address'))
-    gateway = iface.get('gateway')
-    if gateway is not None:
-        ipv4(gateway)
-    out = {'mac': mac, 'address': iface['address'],
-           'prefix': _int(iface, 'prefix', 1, 32),
-           'mtu': _int(iface, 'mtu', 68, 65535),
-           'gateway': gateway}
-    if out['prefix'] is None:
-        raise ValueError('prefix is required')
-    return out
+    extra = iface.get('extra') or []
+    if not isinstance(extra, list) or len(extra) > MAX_ADDRESSES - 1:
+        raise ValueError('extra must be a list of at most %d addresses'
+                         % (MAX_ADDRESSES - 1))
+    addresses = [_address_entry(e) for e in [iface] + extra]
+    return {'mac': mac, 'address': iface['address'],
+            'prefix': addresses[0]['prefix'],
+            'mtu': _int(iface, 'mtu', 68, 65535),
+            'gateway': iface.get('gateway'), 'addresses': addresses}
 
 
 def validate(spec):
@@ -302,10 +354,13 @@ def _bring_up(nl, iface, sys_net):
     name = find_by_mac(iface['mac'], NIC_WAIT, sys_net)
     index = socket.if_nametoindex(name)
     nl.link_set(index, up=True, mtu=iface['mtu'])
-    nl.addr_add(index, iface['address'], iface['prefix'])
-    if iface['gateway']:
-        nl.default_route(index, iface['gateway'])
-    return {'name': name, 'mac': iface['mac'], 'address': iface['address']}
+    for entry in iface['addresses']:
+        nl.addr_add(index, entry['address'], entry['prefix'])
+    for entry in iface['addresses']:
+        if entry['gateway']:
+            nl.default_route(index, entry['gateway'])
+    return {'name': name, 'mac': iface['mac'], 'address': iface['address'],
+            'addresses': [e['address'] for e in iface['addresses']]}
 
 
 def add_interface(iface, sys_net=SYS_NET):

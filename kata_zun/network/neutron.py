@@ -31,10 +31,10 @@ port and Neutron marks it ACTIVE:
 drops the record; :meth:`reconcile` does it for records of containers
 that are gone. The Neutron ports themselves belong to the driver.
 
-The guest gets the port's MAC, its IPv4 addresses, the subnet's gateway
-(on the first NIC that has one), the network's MTU and the subnet's name
-servers through the agent's ``create_sandbox`` (the attachment's
-``guest``).
+The guest gets the port's MAC, its IPv4 and IPv6 fixed IPs, the
+subnets' gateways as default routes (per address family, on the first NIC
+that has one), the network's MTU and the subnets' name servers through
+the agent's ``create_sandbox`` (the attachment's ``guest``).
 """
 
 import ipaddress
@@ -121,20 +121,27 @@ def check_request(request):
 
 def attachment(hostname, nics):
     """The attachment (see :mod:`kata_zun.network.base`) of ``nics``."""
-    interfaces, dns, gateway_set = [], [], False
+    interfaces, dns, gateway_families = [], [], set()
     for nic in nics:
         mac = nic['mac'].lower()
-        for ip in nic.get('ips') or []:
-            if ip.get('version', 4) != 4:
-                continue          # the guest agent configures IPv4 only
-            iface = {'mac': mac, 'address': ip['address'],
-                     'prefix': int(ip['prefix']), 'mtu': nic['mtu'],
+        entries = []
+        # IPv4 first: the first address is the one Zun and /etc/hosts show.
+        for ip in sorted(nic.get('ips') or [],
+                         key=lambda i: i.get('version', 4))[:8]:
+            version = ip.get('version', 4)
+            entry = {'address': ip['address'], 'prefix': int(ip['prefix']),
                      'gateway': None}
-            if ip.get('gateway') and not gateway_set:
-                iface['gateway'] = ip['gateway']
-                gateway_set = True
+            # One default route per family, through the first NIC that
+            # has a gateway of that family.
+            if ip.get('gateway') and version not in gateway_families:
+                entry['gateway'] = ip['gateway']
+                gateway_families.add(version)
+            entries.append(entry)
+        if entries:
+            iface = dict(entries[0], mac=mac, mtu=nic['mtu'])
+            if entries[1:]:
+                iface['extra'] = entries[1:]
             interfaces.append(iface)
-            break                 # one address per interface
         for server in nic.get('dns') or []:
             if server not in dns:
                 dns.append(server)

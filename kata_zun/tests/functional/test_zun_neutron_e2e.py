@@ -23,6 +23,12 @@ from kata_zun.tests.functional import test_zun_e2e
 
 CIDR = '10.77.1.0/24'
 CIDR2 = '10.77.9.0/24'
+CIDR6 = 'fd77:9::/64'
+
+
+def _by_version(entries, version):
+    """The Zun address entry of one IP version."""
+    return [e for e in entries if e['version'] == version][0]
 
 
 class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
@@ -104,6 +110,10 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         net2 = self.osj('network', 'create', 'kznet2-' + suffix)
         self.osj('subnet', 'create', '--network', net2['id'],
                  '--subnet-range', CIDR2, 'kzsub2-' + suffix)
+        # net2 is dual-stack: its ports get an IPv6 address too.
+        self.osj('subnet', 'create', '--network', net2['id'],
+                 '--ip-version', '6', '--subnet-range', CIDR6,
+                 'kzsub6-' + suffix)
         taps_before = self.taps()
 
         self.os('appcontainer', 'run', '--name', 'c1',
@@ -177,22 +187,30 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         # the micro-VM (a PCIe slot) and configured by the agent, then
         # unplugged again. c3 lives on net2 from the start.
         self.wait_status('c3', ('Running',))
-        addr_c3 = zun.containers.get('c3').addresses[net2['id']][0]
+        entries_c3 = zun.containers.get('c3').addresses[net2['id']]
+        addr_c3 = _by_version(entries_c3, 4)
+        addr6_c3 = _by_version(entries_c3, 6)
+        out = self.os('appcontainer', 'exec', 'c3', 'ip', 'addr')[1]
+        self.assertIn('%s/64' % addr6_c3['addr'], out)
         self.os('appcontainer', 'network', 'attach', '--network',
                 net2['id'], 'c1')
         self.assertIsNone(self.wait_action('c1', 'network_attach')[
             'message'])
         addresses = zun.containers.get('c1').addresses
         self.assertEqual({net['id'], net2['id']}, set(addresses))
-        addr3 = addresses[net2['id']][0]
+        addr3 = _by_version(addresses[net2['id']], 4)
+        addr6 = _by_version(addresses[net2['id']], 6)
         self.neutron.wait_port(addr3['port'], 'ACTIVE')
         self.assertEqual('Running', self.osj('appcontainer', 'show',
                                              'c1')['status'])
         out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
         self.assertIn('%s/24' % addr3['addr'], out)
         self.assertIn('%s/24' % addr1['addr'], out)
-        # c1 and c3 share net2 and the default group: they talk.
+        self.assertIn('%s/64' % addr6['addr'], out)
+        # c1 and c3 share net2 and the default group: they talk, over
+        # IPv4 and IPv6.
         self.wait_ping('c1', addr_c3['addr'], True)
+        self.wait_ping('c1', addr6_c3['addr'], True)
         tap3 = 'kzt' + addr3['port'].replace('-', '')[:12]
         self.assertIn(tap3, self.taps())
 
@@ -220,7 +238,8 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
                 net2['id'], 'c1')
         self.assertIsNone(self.wait_action('c1', 'network_attach',
                                            nth=2)['message'])
-        addr4 = zun.containers.get('c1').addresses[net2['id']][0]
+        addr4 = _by_version(zun.containers.get('c1').addresses[net2['id']],
+                            4)
         self.os('appcontainer', 'start', 'c1')
         self.wait_status('c1', ('Running',))
         self.neutron.wait_port(addr4['port'], 'ACTIVE')

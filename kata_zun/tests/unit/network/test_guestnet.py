@@ -47,6 +47,24 @@ class EncodingTestCase(base.BaseTestCase):
         self.assertEqual(guestnet.RTM_NEWROUTE, mtype)
         self.assertIn(socket.inet_aton('10.88.0.1'), payload)
 
+    def test_ipv6_requests(self):
+        sent = []
+        nl = guestnet.Netlink.__new__(guestnet.Netlink)
+        nl.request = lambda *a: sent.append(a)
+        nl.addr_add(5, 'fd00::5', 64)
+        _t, _f, payload, _w = sent[-1]
+        # No broadcast, no DAD: the address is usable at once.
+        self.assertEqual((socket.AF_INET6, 64, guestnet.IFA_F_NODAD, 0, 5),
+                         struct.unpack_from('=BBBBI', payload))
+        self.assertEqual(guestnet.attr(guestnet.IFA_ADDRESS,
+                                       socket.inet_pton(socket.AF_INET6,
+                                                        'fd00::5')),
+                         payload[8:])
+        nl.default_route(5, 'fd00::1')
+        _t, _f, payload, _w = sent[-1]
+        self.assertEqual(socket.AF_INET6, payload[0])
+        self.assertIn(socket.inet_pton(socket.AF_INET6, 'fd00::1'), payload)
+
     def test_real_ack_parsing(self):
         # Ask the kernel for something that fails without privileges or
         # with a bad index: the errno comes back as an OSError.
@@ -60,8 +78,20 @@ class ValidateTestCase(base.BaseTestCase):
 
     def test_good(self):
         self.assertEqual([{'mac': MAC, 'address': '10.88.0.2', 'prefix': 16,
-                           'mtu': 1400, 'gateway': '10.88.0.1'}],
+                           'mtu': 1400, 'gateway': '10.88.0.1',
+                           'addresses': [{'address': '10.88.0.2',
+                                          'prefix': 16,
+                                          'gateway': '10.88.0.1'}]}],
                          guestnet.validate(SPEC))
+        dual = dict(SPEC['interfaces'][0], extra=[
+            {'address': 'fd00::2', 'prefix': 64, 'gateway': 'fd00::1'}])
+        self.assertEqual(
+            [('10.88.0.2', 16, '10.88.0.1'), ('fd00::2', 64, 'fd00::1')],
+            [(a['address'], a['prefix'], a['gateway']) for a in
+             guestnet.validate({'interfaces': [dual]})[0]['addresses']])
+        v6 = {'mac': MAC, 'address': 'fd00::2', 'prefix': 128, 'mtu': None}
+        self.assertEqual(128, guestnet.validate({'interfaces': [v6]})[0][
+            'prefix'])
         self.assertEqual([], guestnet.validate({'interfaces': []}))
 
     def test_bad(self):
@@ -76,7 +106,14 @@ class ValidateTestCase(base.BaseTestCase):
                     iface(address='10.88.0.256'), iface(address=None),
                     iface(prefix=33), iface(prefix=None),
                     iface(prefix=True), iface(mtu=20),
-                    iface(gateway='x'),
+                    iface(gateway='x'), iface(gateway='fd00::1'),
+                    iface(address='fd00::2', prefix=129),
+                    iface(address='fd00::2', gateway='10.88.0.1'),
+                    iface(address='fd00::2' * 8),
+                    iface(extra='x'), iface(extra=[None]),
+                    iface(extra=[{'address': 'fd00::3'}]),
+                    iface(extra=[{'address': 'fd00::3',
+                                  'prefix': 64}] * 8),
                     {'interfaces': [], 'dns': 'x'},
                     {'interfaces': [], 'dns': ['nope']},
                     {'interfaces': [], 'dns': ['1.1.1.1'] * 9}):
@@ -111,7 +148,9 @@ class ConfigureTestCase(FakeSysNetTestCase):
         result = guestnet.configure(SPEC, sys_net=self.sys_net,
                                     resolv_conf=resolv)
         self.assertEqual([{'name': 'eth0', 'mac': MAC,
-                           'address': '10.88.0.2'}], result['interfaces'])
+                           'address': '10.88.0.2',
+                           'addresses': ['10.88.0.2']}],
+                         result['interfaces'])
         self.assertEqual([mock.call.link_set(1, up=True),
                           mock.call.link_set(2, up=True, mtu=1400),
                           mock.call.addr_add(2, '10.88.0.2', 16),
@@ -122,6 +161,17 @@ class ConfigureTestCase(FakeSysNetTestCase):
         with open(resolv) as f:
             self.assertEqual('nameserver 10.88.0.1\nnameserver fd00::1\n',
                              f.read())
+
+    def test_dual_stack(self):
+        spec = {'interfaces': [dict(SPEC['interfaces'][0], extra=[
+            {'address': 'fd00::2', 'prefix': 64, 'gateway': 'fd00::1'}])]}
+        guestnet.configure(spec, sys_net=self.sys_net, resolv_conf=None)
+        self.assertEqual([mock.call.addr_add(2, '10.88.0.2', 16),
+                          mock.call.addr_add(2, 'fd00::2', 64),
+                          mock.call.default_route(2, '10.88.0.1'),
+                          mock.call.default_route(2, 'fd00::1')],
+                         [c for c in self.nl.mock_calls
+                          if c[0] in ('addr_add', 'default_route')])
 
     def test_loopback_only_and_missing_nic(self):
         guestnet.configure({'interfaces': []}, sys_net=self.sys_net,

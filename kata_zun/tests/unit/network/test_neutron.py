@@ -75,7 +75,7 @@ class AttachmentTest(base.BaseTestCase):
             PORT2, mac='fa:16:3e:00:00:02', ips=[
                 {'address': '10.1.0.5', 'prefix': 16,
                  'gateway': '10.1.0.1', 'version': 4},
-                {'address': 'fd00::5', 'prefix': 64, 'gateway': None,
+                {'address': 'fd00::5', 'prefix': 64, 'gateway': 'fd00::1',
                  'version': 6}], dns=['10.0.0.2', '10.1.0.2'])])
         self.assertEqual('neutron', att['network'])
         self.assertEqual([{'tap': 'kzt0b5c1f2e3a4d', 'port_id': PORT,
@@ -86,11 +86,31 @@ class AttachmentTest(base.BaseTestCase):
         self.assertEqual({'mac': 'fa:16:3e:00:00:01',
                           'address': '10.0.0.5', 'prefix': 24,
                           'mtu': 1450, 'gateway': '10.0.0.1'}, ifaces[0])
-        # One default route: the first NIC's gateway only.
+        # One default route per family: the first NIC's IPv4 gateway,
+        # the second's IPv6 one (an extra address of the interface).
         self.assertIsNone(ifaces[1]['gateway'])
+        self.assertEqual([{'address': 'fd00::5', 'prefix': 64,
+                           'gateway': 'fd00::1'}], ifaces[1]['extra'])
+        self.assertNotIn('extra', ifaces[0])
         self.assertEqual(['10.0.0.2', '10.1.0.2'], att['guest']['dns'])
         self.assertEqual('10.0.0.5', att['address'])
         self.assertEqual('web', att['guest']['hostname'])
+
+    def test_ipv6_only_and_v4_first(self):
+        att = neutron.attachment('web', [nic(ips=[
+            {'address': 'fd00::5', 'prefix': 64, 'gateway': 'fd00::1',
+             'version': 6},
+            {'address': '10.0.0.5', 'prefix': 24, 'gateway': None,
+             'version': 4}]), nic(PORT2, mac='fa:16:3e:00:00:02', ips=[
+                 {'address': 'fd01::5', 'prefix': 64, 'gateway': 'fd01::1',
+                  'version': 6}])])
+        first, second = att['guest']['interfaces']
+        self.assertEqual(('10.0.0.5', None), (first['address'],
+                                              first['gateway']))
+        self.assertEqual('fd00::1', first['extra'][0]['gateway'])
+        self.assertEqual(('fd01::5', None), (second['address'],
+                                             second['gateway']))
+        self.assertEqual('10.0.0.5', att['address'])
 
     def test_dns_falls_back_to_configuration(self):
         self.useFixture(config_fixture.Config(conf.CONF)).config(
