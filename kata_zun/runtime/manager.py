@@ -218,10 +218,28 @@ class Runtime(object):
 
     # ------------------------------------------------------------- records
     def _lock(self):
+        """Take the host-wide lock of container records.
+
+        Polled rather than blocking: in eventlet-patched zun-compute a
+        blocking flock() would stop every green thread, including the one
+        holding the lock while it waits on a shim or privsep (a deadlock);
+        time.sleep() yields to them.
+
+        :returns: the locked fd (close it to release).
+        """
         fd = os.open(os.path.join(self.containers_dir, '.lock'),
                      os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            except BaseException:
+                os.close(fd)
+                raise
 
     def _load(self, cid):
         directory = os.path.join(self.containers_dir, cid)

@@ -165,3 +165,34 @@ class LiveNetworkChangeTestCase(base.BaseTestCase):
                                 'c' * 64, want)
         self.assertIn('fixed while it runs', str(exc))
         self.client.call.assert_not_called()
+
+
+class RecordLockTestCase(base.BaseTestCase):
+
+    def test_lock_waits_without_blocking_green_threads(self):
+        # A second taker polls (and sleeps, which yields under eventlet)
+        # until the first releases.
+        import threading
+        root = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(config_fixture.Config(conf.CONF)).config(
+            state_path=root + '/state', run_path=root + '/run',
+            group='kata')
+        rt = manager.Runtime()
+        first = rt._lock()
+        sleeps = []
+        real_sleep = manager.time.sleep
+
+        def sleep(seconds):
+            sleeps.append(seconds)
+            if len(sleeps) == 3:
+                os.close(first)
+            real_sleep(0)
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.runtime.manager.time.sleep', side_effect=sleep))
+        got = []
+        t = threading.Thread(target=lambda: got.append(rt._lock()))
+        t.start()
+        t.join(10)
+        self.assertEqual(1, len(got))
+        os.close(got[0])
+        self.assertEqual([0.001, 0.002, 0.004], sleeps)
