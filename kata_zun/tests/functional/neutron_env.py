@@ -49,7 +49,6 @@ Command line (keystone comes from a ZunEnvironment with ``--no-zun``)::
 import argparse
 import concurrent.futures
 import contextlib
-import glob
 import os
 import secrets
 import shutil
@@ -66,9 +65,7 @@ from kata_zun.tests.functional.zun_env import HOST_IP
 STATE_FILE = 'neutron-env.json'
 START_TIMEOUT = 300
 OVS_SCHEMA = '/usr/share/openvswitch/vswitch.ovsschema'
-DEFAULT_SCHEMA_CACHE = os.path.join(
-    os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
-    'kata-zun')
+DEFAULT_SCHEMA_CACHE = zun_env.DEFAULT_SCHEMA_CACHE
 # neutron-db-manage, the API and the RPC server read both files.
 SERVER_CONFS = ('neutron.conf', 'ml2_conf.ini')
 AGENT_CONFS = ('neutron.conf', 'openvswitch_agent.ini')
@@ -114,12 +111,13 @@ class NeutronEnvironment(zun_env.ServiceHarness):
         ``openvswitch_agent.ini``.
     :param schema_cache: directory keeping a ``mysqldump`` of the schema
         that ``neutron-db-manage upgrade heads`` made, one file per
-        neutron version: later environments load it (about 1 s) instead
-        of running the migrations again (30 s and more). None: always
-        migrate.
+        neutron version (see :meth:`ServiceHarness._schema`): later
+        environments load it (about 1 s) instead of running the
+        migrations again (30 s and more). None: always migrate.
     """
 
     error = NeutronEnvironmentError
+    _say = staticmethod(_log)
 
     def __init__(self, venv, workdir, host=None,
                  firewall_driver='openvswitch', timeout=START_TIMEOUT,
@@ -484,55 +482,12 @@ class NeutronEnvironment(zun_env.ServiceHarness):
         self._set(db_created=True)
         self._sql(*statements)
         self._phase('neutron database', t)
-        t = time.monotonic()
-        cache = self._schema_cache_path()
-        if cache and os.path.exists(cache):
-            with open(cache, 'rb') as f:
-                self._mysql_client('mysql', [], stdin=f)
-            self._phase('neutron schema from cache', t)
-            return
-        self._run('neutron-db-manage', [self._bin('neutron-db-manage')] +
-                  self._conf(*SERVER_CONFS) + ['upgrade', 'heads'],
-                  timeout=self.timeout)
-        self._phase('neutron-db-manage upgrade', t)
-        if cache:
-            # What the migrations made, for the next environments.
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            tmp = '%s.%s.tmp' % (cache, os.getpid())
-            with open(tmp, 'wb') as f:
-                self._mysql_client('mysqldump', [
-                    '--single-transaction', '--skip-comments',
-                    '--skip-dump-date'], stdout=f)
-            os.replace(tmp, cache)
-
-    def _schema_cache_path(self):
-        """The schema dump of this neutron version, or None."""
-        if not self.schema_cache:
-            return None
-        site = glob.glob(os.path.join(self.venv, 'lib', 'python*',
-                                      'site-packages', 'neutron-*.dist-info'))
-        if len(site) != 1:
-            return None
-        version = os.path.basename(site[0])[len('neutron-'):-len(
-            '.dist-info')]
-        return os.path.join(self.schema_cache, 'neutron-%s-schema.sql' %
-                            version)
-
-    def _mysql_client(self, program, args, stdin=None, stdout=None):
-        """``mysql`` or ``mysqldump`` as root on this database."""
-        if os.path.exists(zun_env.MYSQL_SOCKET):
-            conn = ['--socket=%s' % zun_env.MYSQL_SOCKET]
-        else:
-            conn = ['--host=%s' % HOST_IP, '--port=%s' % zun_env.MYSQL_PORT]
-        argv = [program, '--user=root'] + conn + args + [
-            '%s_neutron' % self.name]
-        proc = subprocess.run(argv, stdin=stdin or subprocess.DEVNULL,
-                              stdout=stdout or subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=self.timeout)
-        if proc.returncode:
-            raise NeutronEnvironmentError('%s failed (exit %s): %s' % (
-                ' '.join(argv), proc.returncode,
-                proc.stderr.decode('utf-8', 'replace')))
+        # neutron-lib holds column sizes and constants of the models.
+        self._schema('neutron', 'neutron', lambda: self._run(
+            'neutron-db-manage', [self._bin('neutron-db-manage')] +
+            self._conf(*SERVER_CONFS) + ['upgrade', 'heads'],
+            timeout=self.timeout), 'neutron-db-manage upgrade',
+            depends=('neutron-lib',))
 
     def _prepare_rabbitmq(self):
         t = time.monotonic()

@@ -24,7 +24,10 @@ openstack-placement, python-openstackclient, python-zunclient, gunicorn
 and pymysql installed); this module itself only needs the standard
 library (``zun_client()`` also needs keystoneauth1 and python-zunclient
 where it is called). RabbitMQ and MariaDB are installed from Debian
-packages and started when they are not listening yet.
+packages and started when they are not listening yet. Each database
+gets its schema from a ``mysqldump`` that the first environment made
+after running the migrations, kept per service version in
+``~/.cache/kata-zun`` (see :meth:`ServiceHarness._schema`).
 
 Command line, to leave an environment running for a human (``openrc``
 is written in the work directory)::
@@ -40,6 +43,10 @@ import concurrent.futures
 import configparser
 import contextlib
 import fcntl
+import functools
+import glob
+import hashlib
+import importlib.metadata
 import json
 import os
 import secrets
@@ -48,6 +55,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -65,6 +73,17 @@ START_TIMEOUT = 300
 LOG_TAIL_LINES = 40
 _INFRA_LOCK = '/tmp/kata-zun-env-infra.lock'
 _HERE = os.path.dirname(os.path.abspath(__file__))
+#: Where the schema dumps of :meth:`ServiceHarness._schema` are kept.
+DEFAULT_SCHEMA_CACHE = os.path.join(
+    os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+    'kata-zun')
+# What renders every service's migrations into DDL, next to the service.
+_SCHEMA_TOOLS = ('SQLAlchemy', 'alembic', 'oslo.db', 'sqlalchemy-migrate')
+# Part of every cache key: bump it when the dumps change (mysqldump
+# options, what is kept).
+_SCHEMA_CACHE_FORMAT = 1
+# The last statement of a mysqldump: a dump without it is cut short.
+_DUMP_END = b'SET SQL_NOTES=@OLD_SQL_NOTES */;'
 
 # Upstream zun's etc/zun/api-paste.ini: not every installation ships it.
 _API_PASTE = """[composite:main]
@@ -300,6 +319,38 @@ def ensure_mariadb(timeout=120):
         _wait_port(MYSQL_PORT, timeout, 'MariaDB')
 
 
+def _mysql_argv(program):
+    """``mysql`` or ``mysqldump`` as root, socket or TCP."""
+    if os.path.exists(MYSQL_SOCKET):
+        conn = ['--socket=%s' % MYSQL_SOCKET]
+    else:
+        conn = ['--host=%s' % HOST_IP, '--port=%s' % MYSQL_PORT]
+    return [program, '--user=root'] + conn
+
+
+@functools.lru_cache(maxsize=None)
+def _mariadb_version():
+    """``SELECT VERSION()`` of the server (it sets defaults in the DDL)."""
+    proc = subprocess.run(_mysql_argv('mysql') + [
+        '--batch', '--skip-column-names', '--execute=SELECT VERSION()'],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    if proc.returncode:
+        raise ZunEnvironmentError('mysql SELECT VERSION() failed: %s' %
+                                  proc.stderr.decode('utf-8', 'replace'))
+    return proc.stdout.decode('utf-8', 'replace').strip()
+
+
+def _dist_version(venv, name):
+    """Version of distribution ``name`` installed in ``venv``, or None.
+
+    None also when several versions seem installed (stale metadata).
+    """
+    path = glob.glob(os.path.join(venv, 'lib', 'python*', 'site-packages'))
+    versions = {dist.version for dist in
+                importlib.metadata.distributions(name=name, path=path)}
+    return versions.pop() if len(versions) == 1 else None
+
+
 def ensure_lspci():
     """zun-compute never registers its compute node without lspci."""
     with _infra_lock():
@@ -375,11 +426,17 @@ class _Identity(object):
 class ServiceHarness(object):
     """What ZunEnvironment and neutron_env.NeutronEnvironment share: the
     state file (``_state_path``, ``_state``, ``_lock``), SQL through the
-    venv's PyMySQL (``_run``, ``_bin``) and rabbitmqctl.
+    venv's PyMySQL (``_run``, ``_bin``), rabbitmqctl, and database
+    schemas from a cache (``name``, ``venv``, ``timeout``,
+    ``schema_cache``, ``_phase``).
     """
 
     #: The error raised for a failed command.
     error = None
+    #: Directory of the schema dumps; None: always run the migrations.
+    schema_cache = None
+    #: Logs a line (with the harness's prefix).
+    _say = staticmethod(_log)
 
     def _load_state(self):
         try:
@@ -410,6 +467,133 @@ class ServiceHarness(object):
                 ' '.join(args), proc.stderr.decode('utf-8', 'replace')))
         return proc.returncode
 
+    # -- database schemas, migrated once per version
+
+    def _schema(self, service, dist, migrate, phase, depends=()):
+        """Give the empty database ``<name>_<service>`` its schema.
+
+        ``migrate()`` runs the service's migration tool; the first time,
+        a ``mysqldump`` of the whole database it made (tables, and rows
+        such as alembic's version table or keystone's root domain) is
+        kept in :attr:`schema_cache`, and later environments load that
+        dump instead, which takes a fraction of the time. A missing or
+        unusable dump means migrating (and writing the dump again).
+
+        :param service: the database suffix, also in the timing lines.
+        :param dist: the service's distribution, e.g. ``keystone``.
+        :param migrate: runs the migrations; raises when they fail.
+        :param phase: the timing line of a real migration.
+        :param depends: more distributions the schema depends on.
+        :returns: True when the schema came from the cache.
+        """
+        t = time.monotonic()
+        database = '%s_%s' % (self.name, service)
+        cache = self._schema_cache_path(dist, depends)
+        if cache and self._load_schema(cache, database):
+            self._phase('%s schema from cache' % service, t)
+            return True
+        migrate()
+        self._phase(phase, t)
+        if cache:
+            self._dump_schema(cache, database)
+        return False
+
+    def _schema_cache_path(self, dist, depends=()):
+        """The dump file for ``dist`` as installed here, or None.
+
+        Its name holds the version of ``dist`` and a digest of what else
+        shapes the schema: the migration machinery (SQLAlchemy, alembic,
+        oslo.db), ``depends``, the MariaDB version and the dump format.
+        """
+        if not self.schema_cache:
+            return None
+        version = _dist_version(self.venv, dist)
+        if not version:
+            return None
+        try:
+            key = ['%s=%s' % (name, _dist_version(self.venv, name))
+                   for name in _SCHEMA_TOOLS + tuple(depends)]
+            key += ['%s=%s' % (dist, version),
+                    'mariadb=%s' % _mariadb_version(),
+                    'format=%s' % _SCHEMA_CACHE_FORMAT]
+        except (OSError, subprocess.SubprocessError, ZunEnvironmentError) as e:
+            self._say('no schema cache for %s: %s' % (dist, e))
+            return None
+        digest = hashlib.sha256('\n'.join(key).encode('utf-8')).hexdigest()
+        return os.path.join(self.schema_cache, '%s-%s-%s-schema.sql' % (
+            dist, version, digest[:12]))
+
+    def _mysql(self, program, database, args=(), input=b'', stdout=None):
+        """``mysql`` or ``mysqldump`` as root on ``database``."""
+        argv = _mysql_argv(program) + list(args) + [database]
+        proc = subprocess.run(argv, input=input,
+                              stdout=stdout or subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=self.timeout)
+        if proc.returncode:
+            raise self.error('%s failed (exit %s): %s' % (
+                ' '.join(argv), proc.returncode,
+                proc.stderr.decode('utf-8', 'replace')))
+
+    def _load_schema(self, cache, database):
+        """Load a dump; False when there is none or it does not load."""
+        try:
+            with open(cache, 'rb') as f:
+                dump = f.read()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            self._say('schema cache %s unreadable: %s' % (cache, e))
+            return False
+        if not dump.rstrip().endswith(_DUMP_END):
+            self._say('schema cache %s is cut short, migrating' % cache)
+            return False
+        try:
+            self._mysql('mysql', database, input=dump)
+            return True
+        except (OSError, subprocess.SubprocessError, self.error) as e:
+            self._say('schema cache %s does not load, migrating: %s' % (
+                cache, e))
+        # Start again from an empty database (grants stay).
+        self._sql('DROP DATABASE IF EXISTS `%s`' % database,
+                  'CREATE DATABASE `%s` CHARACTER SET utf8' % database)
+        return False
+
+    def _dump_schema(self, cache, database):
+        """Write the dump of ``database``: atomically, never failing.
+
+        Several environments may write the same file at the same time:
+        each renames a complete dump of its own over it, readers see one
+        or the other.
+        """
+        tmp = None
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(cache) + '.',
+                                       suffix='.tmp',
+                                       dir=os.path.dirname(cache))
+            with os.fdopen(fd, 'w+b') as f:
+                self._mysql('mysqldump', database, [
+                    '--single-transaction', '--skip-comments',
+                    '--skip-dump-date', '--routines', '--events'], stdout=f)
+                f.seek(0)
+                if b'DEFINER=' in f.read():
+                    # Triggers, views or routines run as their definer, a
+                    # user of this environment only: not reusable.
+                    self._say('%s: not caching a schema with definers' %
+                              database)
+                    return
+                # Renamed, it must have its data even after a crash.
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, cache)
+            tmp = None
+        except (OSError, subprocess.SubprocessError, self.error) as e:
+            self._say('could not write the schema cache %s: %s' % (cache, e))
+        finally:
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
 
 class ZunEnvironment(ServiceHarness):
     """Keystone, placement, a fake Neutron, zun-api and zun-compute.
@@ -434,6 +618,11 @@ class ZunEnvironment(ServiceHarness):
         :class:`~neutron_env.NeutronEnvironment`.
     :param neutron_venv: the virtualenv with neutron (default: ``venv``;
         ``tools/install-neutron.sh`` makes ``.venv-neutron``).
+    :param schema_cache: directory keeping a ``mysqldump`` of each
+        database right after its migrations (keystone, placement, zun,
+        glance; neutron's too), one file per service version: later
+        environments load it (about a second) instead of migrating again
+        (10 to 30 s each). None: always migrate.
     """
 
     error = ZunEnvironmentError
@@ -442,7 +631,8 @@ class ZunEnvironment(ServiceHarness):
 
     def __init__(self, venv, workdir, driver='kata', extra_conf=None,
                  timeout=START_TIMEOUT, glance=False, zun=True,
-                 wsproxy=False, neutron=False, neutron_venv=None):
+                 wsproxy=False, neutron=False, neutron_venv=None,
+                 schema_cache=DEFAULT_SCHEMA_CACHE):
         self.venv = os.path.abspath(venv)
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
@@ -461,6 +651,7 @@ class ZunEnvironment(ServiceHarness):
         self.services += ('zun-wsproxy',) if wsproxy and zun else ()
         self.extra_conf = extra_conf or {}
         self.timeout = timeout
+        self.schema_cache = schema_cache
         self.log_dir = os.path.join(self.workdir, 'logs')
         #: zun.conf used by zun-api and zun-compute.
         self.conf_path = os.path.join(self.workdir, 'zun', 'zun.conf')
@@ -870,9 +1061,8 @@ class ZunEnvironment(ServiceHarness):
         manage = [self._bin('keystone-manage'), '--config-file', conf]
         self._keystone_keys()
         db_ready.result()
-        t = time.monotonic()
-        self._run('keystone-manage', manage + ['db_sync'])
-        self._phase('keystone db_sync', t)
+        self._schema('keystone', 'keystone', lambda: self._run(
+            'keystone-manage', manage + ['db_sync']), 'keystone db_sync')
         t = time.monotonic()
         # The server only needs the schema: it boots while bootstrap runs.
         self._gunicorn('keystone', ks_dir, self.ports['keystone'],
@@ -967,11 +1157,11 @@ class ZunEnvironment(ServiceHarness):
         pl_dir = os.path.join(self.workdir, 'placement')
         env = self._env(OS_PLACEMENT_CONFIG_DIR=pl_dir)
         db_ready.result()
-        t = time.monotonic()
-        self._run('placement-manage', [
-            self._bin('placement-manage'), '--config-file',
-            os.path.join(pl_dir, 'placement.conf'), 'db', 'sync'], env=env)
-        self._phase('placement db sync', t)
+        self._schema('placement', 'openstack-placement', lambda: self._run(
+            'placement-manage', [
+                self._bin('placement-manage'), '--config-file',
+                os.path.join(pl_dir, 'placement.conf'), 'db', 'sync'],
+            env=env), 'placement db sync')
         t = time.monotonic()
         self._gunicorn('placement', pl_dir, self.ports['placement'], env)
         self._wait_http('placement', 'http://%s:%s/' % (
@@ -982,11 +1172,11 @@ class ZunEnvironment(ServiceHarness):
         gl_dir = os.path.join(self.workdir, 'glance')
         env = self._env(OS_GLANCE_CONFIG_DIR=gl_dir)
         db_ready.result()
-        t = time.monotonic()
-        self._run('glance-manage', [
-            self._bin('glance-manage'), '--config-file',
-            os.path.join(gl_dir, 'glance-api.conf'), 'db_sync'], env=env)
-        self._phase('glance-manage db_sync', t)
+        self._schema('glance', 'glance', lambda: self._run(
+            'glance-manage', [
+                self._bin('glance-manage'), '--config-file',
+                os.path.join(gl_dir, 'glance-api.conf'), 'db_sync'],
+            env=env), 'glance-manage db_sync')
         t = time.monotonic()
         self._gunicorn('glance-api', gl_dir, self.ports['glance-api'], env)
         self._wait_http('glance-api', self.glance_url + '/healthcheck',
@@ -995,11 +1185,9 @@ class ZunEnvironment(ServiceHarness):
 
     def _zun_api(self, db_ready, mq_ready):
         db_ready.result()
-        t = time.monotonic()
-        self._run('zun-db-manage', [
+        self._schema('zun', 'zun', lambda: self._run('zun-db-manage', [
             self._bin('zun-db-manage'), '--config-file', self.conf_path,
-            'upgrade'])
-        self._phase('zun-db-manage upgrade', t)
+            'upgrade']), 'zun-db-manage upgrade')
         mq_ready.result()
         t = time.monotonic()
         self._spawn('zun-api', [self._bin('zun-api'), '--config-file',
@@ -1167,7 +1355,7 @@ class ZunEnvironment(ServiceHarness):
         return neutron_env.NeutronEnvironment(
             self._state.get('neutron_venv', self.neutron_venv),
             os.path.join(self.workdir, 'neutron'), host=self.host,
-            timeout=self.timeout)
+            timeout=self.timeout, schema_cache=self.schema_cache)
 
     def _neutron(self, keystone):
         # Neutron boots while keystone starts; it registers its user and
