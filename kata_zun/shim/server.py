@@ -69,6 +69,12 @@ class Client(object):
         self.sock.close()
 
 
+# How long the agent may take to configure or release a hotplugged NIC
+# (it waits up to 5 s for a new NIC to be probed; a slot powers off in
+# about a second). A silent guest does not stop a detach: the tap is cut.
+NIC_AGENT_TIMEOUT = 10.0
+
+
 class Shim(object):
 
     def __init__(self, state_dir, run_dir, hypervisor, max_frame,
@@ -468,6 +474,23 @@ class Shim(object):
             self._health_start()
         self._agent_call('start', {'id': self.cid}, started)
 
+    def _agent_call_by(self, op, args, timeout, callback):
+        """:meth:`_agent_call` that answers ``callback`` with a 'timeout'
+        error if the agent is silent for ``timeout`` seconds (a late
+        answer is then ignored): for steps that must go on without an
+        uncooperative guest.
+        """
+        answered = []
+
+        def once(result, error):
+            if not answered:
+                answered.append(True)
+                callback(result, error)
+        self.timers.append((time.monotonic() + timeout, lambda: once(
+            {}, {'code': 'timeout', 'message': 'the agent did not answer '
+                 '%s within %s s' % (op, timeout)})))
+        self._agent_call(op, args, once)
+
     def _agent_call(self, op, args, callback):
         if self.agent is None or self.agent.closed:
             callback({}, {'code': 'gone', 'message': 'the VM is gone'})
@@ -829,12 +852,16 @@ class Shim(object):
 
     # ------------------------------------------------------- NIC hotplug
     def _hotplug_refused(self, client, rid):
+        """:returns: True (and answers the client) when the VM cannot
+        take or give up a NIC now: gone, or paused (its vCPUs stopped).
+        """
         status = self.state.get('status')
         if self.exited or self.vm is None or status not in (
                 'created', 'running', 'restarting'):
-            return self._respond(client, rid, error={
+            self._respond(client, rid, error={
                 'code': 'state', 'message': 'container is %s' % status})
-        return None
+            return True
+        return False
 
     def op_nic_add(self, client, rid, args):
         """Hotplug a NIC on an existing tap, then have the agent configure
@@ -857,8 +884,8 @@ class Shim(object):
             self._respond(client, rid, result=result, error=error)
         if interface is None:
             return configured({}, None)
-        self._agent_call('add_interface', {'interface': interface},
-                         configured)
+        self._agent_call_by('add_interface', {'interface': interface},
+                            NIC_AGENT_TIMEOUT, configured)
 
     def op_nic_remove(self, client, rid, args):
         """The agent unconfigures the NIC and powers its slot off, then
@@ -881,7 +908,8 @@ class Shim(object):
             self._respond(client, rid, result={
                 'guest': result if error is None else None,
                 'device_gone': gone})
-        self._agent_call('remove_interface', {'mac': mac}, released)
+        self._agent_call_by('remove_interface', {'mac': mac},
+                            NIC_AGENT_TIMEOUT, released)
 
     def _remove_nic(self, tap):
         try:
