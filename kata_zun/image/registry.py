@@ -391,10 +391,12 @@ class Client(object):
                 failed = _ConnectionFailed(registry=self.registry,
                                            reason='GET %s%s: %s' % (
                                                url, via, e))
-                # Nothing listens, no such name, or the proxy refused
-                # the tunnel: another try would get the same answer.
+                # Nothing listens, no such name, a certificate we do not
+                # trust, or the proxy refused the tunnel: another try
+                # would get the same answer.
                 failed.retryable = not (
-                    isinstance(e, (ConnectionRefusedError, socket.gaierror))
+                    isinstance(e, (ConnectionRefusedError, socket.gaierror,
+                                   ssl.SSLCertVerificationError))
                     or str(e).startswith('Tunnel connection failed'))
                 raise failed
             resp.url_netloc, resp.url_path = parts.netloc, parts.path

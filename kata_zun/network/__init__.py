@@ -188,13 +188,20 @@ def unplug_nic(state_path, cid, nic):
     get_plugin('neutron', state_path).unplug_nic(cid, nic['port_id'])
 
 
+def guest_interfaces(hostname, nics):
+    """:returns: the agent's interface specs of Neutron ``nics`` (those
+    with an address the guest can configure).
+    """
+    from kata_zun.network import neutron
+    return neutron.attachment(hostname, nics)['guest']['interfaces']
+
+
 def guest_interface(hostname, nics, nic):
     """:returns: the agent's interface spec of ``nic`` among ``nics``, or
     None when it has no address the guest can configure.
     """
-    from kata_zun.network import neutron
     mac = nic['mac'].lower()
-    for iface in neutron.attachment(hostname, nics)['guest']['interfaces']:
+    for iface in guest_interfaces(hostname, nics):
         if iface['mac'] == mac:
             return iface
     return None

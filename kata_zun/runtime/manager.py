@@ -568,6 +568,8 @@ class Runtime(object):
             network_mod.write_attachment(c.dir, hostname, config['network'])
 
         from kata_zun.network import neutron
+        before = {i['mac']: i for i in network_mod.guest_interfaces(
+            hostname, current.get('nics') or [])}
         with self.connect(c) as client:
             for nic in removed:
                 client.call('nic_remove', {
@@ -589,6 +591,15 @@ class Runtime(object):
                     raise
                 nics.append(nic)
                 record()
+            # A NIC that kept its place but not its role (it now carries
+            # the default route the detached NIC had) is configured again
+            # (idempotent in the agent).
+            added_macs = {n['mac'].lower() for n in added}
+            for iface in network_mod.guest_interfaces(hostname, nics):
+                if iface['mac'] not in added_macs and \
+                        before.get(iface['mac']) not in (None, iface):
+                    client.call('nic_configure', {'interface': iface},
+                                timeout=timeout)
         LOG.info('container %s: NICs added %s, removed %s', c.id[:12],
                  [n['port_id'] for n in added],
                  [n['port_id'] for n in removed])

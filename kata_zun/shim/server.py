@@ -911,6 +911,18 @@ class Shim(object):
         self._agent_call_by('remove_interface', {'mac': mac},
                             NIC_AGENT_TIMEOUT, released)
 
+    def op_nic_configure(self, client, rid, args):
+        """(Re)configure a NIC the VM already has, e.g. to give it the
+        default route after the NIC that had it was detached.
+        """
+        if self._hotplug_refused(client, rid):
+            return
+        self._agent_call_by('add_interface',
+                            {'interface': args['interface']},
+                            NIC_AGENT_TIMEOUT,
+                            lambda result, error: self._respond(
+                                client, rid, result=result, error=error))
+
     def _remove_nic(self, tap):
         try:
             self.vm.remove_nic(tap)

@@ -197,8 +197,12 @@ class PullTestCase(oslo_base.BaseTestCase):
     def test_tls(self):
         reg = self.start('tls')
         image_id = self.push_busybox(reg)
+        log = self.useFixture(fixtures.FakeLogger(
+            name='kata_zun.image.registry'))
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('CERTIFICATE_VERIFY_FAILED', str(e))
+        # An untrusted certificate stays untrusted: not retried.
+        self.assertNotIn('retry', log.output)
         self.assertStoreClean()
         self.flags(ca_file=reg.ca_file, group='kata_image')
         self.assertEqual(image_id, self.pull('busybox').id)

@@ -111,9 +111,9 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         self.osj('subnet', 'create', '--network', net2['id'],
                  '--subnet-range', CIDR2, 'kzsub2-' + suffix)
         # net2 is dual-stack: its ports get an IPv6 address too.
-        self.osj('subnet', 'create', '--network', net2['id'],
-                 '--ip-version', '6', '--subnet-range', CIDR6,
-                 'kzsub6-' + suffix)
+        subnet6 = self.osj('subnet', 'create', '--network', net2['id'],
+                           '--ip-version', '6', '--subnet-range', CIDR6,
+                           'kzsub6-' + suffix)
         taps_before = self.taps()
 
         self.os('appcontainer', 'run', '--name', 'c1',
@@ -247,14 +247,26 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         self.assertIn('%s/24' % addr4['addr'], out)
         self.wait_ping('c1', addr_c3['addr'], True)
         self.wait_ping('c1', addr2['addr'], False)    # still no group
+        routes = self.os('appcontainer', 'exec', 'c1', 'ip', 'route')[1]
+        self.assertIn('default via 10.77.1.1', routes)
+        # Detach the first network (it has the default route) while c1
+        # runs: its boot-time NIC goes, net2's NIC gets the default route.
         self.os('appcontainer', 'network', 'detach', '--network',
-                net2['id'], 'c1')
+                net['id'], 'c1')
         self.assertIsNone(self.wait_action('c1', 'network_detach',
                                            nth=2)['message'])
+        self.assertEqual([net2['id']],
+                         list(zun.containers.get('c1').addresses))
         out = self.os('appcontainer', 'exec', 'c1', 'ip', 'addr')[1]
-        self.assertNotIn(addr4['addr'], out)
+        self.assertNotIn(addr1['addr'], out)
+        self.assertIn('%s/24' % addr4['addr'], out)
         self.assertEqual(404, self.neutron.request(
-            'GET', '/v2.0/ports/%s' % addr4['port'])[0])
+            'GET', '/v2.0/ports/%s' % addr1['port'])[0])
+        routes = self.os('appcontainer', 'exec', 'c1', 'ip', 'route')[1]
+        self.assertIn('default via 10.77.9.1', routes)
+        self.assertIn('default via %s ' % subnet6['gateway_ip'], self.os(
+            'appcontainer', 'exec', 'c1', 'ip', '-6', 'route')[1])
+        self.wait_ping('c1', addr6_c3['addr'], True)
 
         # zun-compute crashes and comes back; deleting still cleans up.
         self.env.restart_compute(kill=True)

@@ -141,6 +141,27 @@ class LiveNetworkChangeTestCase(base.BaseTestCase):
         self.assertEqual((['fa:16:3e:00:00:02'], True),
                          ([n['mac'] for n in att['nics']], att['hotplug']))
 
+    def test_default_route_moves_to_a_remaining_nic(self):
+        self.request['nics'] = [_nic(1), _nic(2)]
+        config = self._config()
+        config['network'] = self.request
+        fileutils.write_json(os.path.join(self.dir, 'config.json'), config)
+        network.write_attachment(self.dir, 'web', self.request)
+        self.rt.set_network('c' * 64, {'network': 'neutron',
+                                       'nics': [_nic(2)]})
+        calls = [c for c in self.order.mock_calls if c[0] == 'client.call']
+        self.assertEqual(['nic_remove', 'nic_configure'],
+                         [c[1][0] for c in calls])
+        self.assertEqual({'mac': 'fa:16:3e:00:00:02', 'address': '10.0.2.5',
+                          'prefix': 24, 'mtu': 1450,
+                          'gateway': '10.0.2.1'},
+                         calls[1][1][1]['interface'])
+        # Nothing to reconfigure when the removed NIC had no route.
+        self.order.reset_mock()
+        self.rt.set_network('c' * 64, {'network': 'neutron', 'nics': []})
+        self.assertEqual(['nic_remove'], [
+            c[1][0] for c in self.order.mock_calls if c[0] == 'client.call'])
+
     def test_failed_hotplug_unplugs_the_host_side(self):
         self.client.call.side_effect = exception.ShimError(reason='slots')
         want = {'network': 'neutron', 'nics': [_nic(1), _nic(2)]}

@@ -58,6 +58,18 @@ class NicOpsTestCase(base.BaseTestCase):
         rid, result, error = self.shim.responses[0]
         self.assertEqual((8, 'timeout'), (rid, error['code']))
 
+    def test_configure_an_existing_nic(self):
+        iface = {'mac': 'fa:16:3e:00:00:02', 'address': '10.0.2.5',
+                 'prefix': 24, 'gateway': '10.0.2.1'}
+        self.shim.op_nic_configure(None, 11, {'interface': iface})
+        sent = self.shim.agent.send.call_args[0][0]
+        self.assertIn(b'add_interface', sent)
+        self.shim.vm.add_nic.assert_not_called()
+        for callback in list(self.shim.pending.values()):
+            callback({'name': 'eth1'}, None)
+        self.assertEqual([(11, {'name': 'eth1'}, None)],
+                         self.shim.responses)
+
     def test_refusals(self):
         self.shim.vm.add_nic.side_effect = exception.NicHotplugError(
             reason='all 8 NIC slots are taken')
