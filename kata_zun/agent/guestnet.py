@@ -83,19 +83,6 @@ def attr(kind, data):
             b'\0' * (_align(length) - length))
 
 
-def ipv4(text):
-    """:returns: the 4 bytes of a dotted IPv4 address.
-    :raises: ValueError
-    """
-    if not isinstance(text, str):
-        raise ValueError('address must be a string')
-    try:
-        packed = socket.inet_pton(socket.AF_INET, text)
-    except OSError:
-        raise ValueError('bad IPv4 address %r' % text)
-    return packed
-
-
 def ip_address(text):
     """:returns: (address family, packed bytes) of an IPv4 or IPv6
     address.
@@ -417,6 +404,7 @@ def remove_interface(mac, sys_net=SYS_NET, sys_slots=SYS_SLOTS):
     address = pci_address(name, sys_net)
     slot = None
     if address:
+        slot_address = address.rsplit('.', 1)[0]   # a slot has no function
         try:
             slots = sorted(os.listdir(sys_slots))
         except OSError:
@@ -424,7 +412,7 @@ def remove_interface(mac, sys_net=SYS_NET, sys_slots=SYS_SLOTS):
         for candidate in slots[:64]:
             try:
                 with open('%s/%s/address' % (sys_slots, candidate)) as f:
-                    if f.read().strip() != address.rsplit('.', 1)[0]:
+                    if f.read().strip() != slot_address:
                         continue
             except OSError:
                 continue

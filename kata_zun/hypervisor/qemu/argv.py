@@ -460,6 +460,19 @@ def socket_paths(run_dir):
     return paths
 
 
+def boot_nics(config, machine_type):
+    """The NICs a VM boots with, in slot i when it has hotplug slots.
+
+    :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
+    :param machine_type: 'microvm' or 'q35'.
+    :returns: list of :class:`NetDevice` (the QEMU VM finds the ids of
+        its boot NICs here, as the command line got them).
+    """
+    return [NetDevice(i, n.tap, n.mac, machine_type,
+                      slot=i if config.pci_slots else None)
+            for i, n in enumerate(config.nics)]
+
+
 def build_argv(config, accel, machine_type, cpu_model, qemu_path,
                tsc_khz=None):
     """Compose the whole QEMU command line of one VM.
@@ -493,9 +506,7 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type)
                  for i, d in enumerate(config.disks))
     parts.extend(PcieRootPort(i) for i in range(slots))
-    parts.extend(NetDevice(i, n.tap, n.mac, machine_type,
-                           slot=i if slots else None)
-                 for i, n in enumerate(config.nics))
+    parts.extend(boot_nics(config, machine_type))
     parts.append(Sandbox(CONF.kata_hypervisor.seccomp_sandbox))
     argv = [qemu_path]
     for part in parts:

@@ -87,9 +87,8 @@ class QemuVM(base.VM):
         self._leaving = {}
         self._generation = 0
         if config.pci_slots:
-            for i, nic in enumerate(config.nics):
-                self._slots[i] = qargv.NetDevice(i, nic.tap, nic.mac,
-                                                 machine_type, slot=i)
+            self._slots = {dev.slot: dev for dev in
+                           qargv.boot_nics(config, machine_type)}
 
     @property
     def pid(self):

@@ -14,6 +14,14 @@ SPEC = {'interfaces': [{'mac': MAC, 'address': '10.88.0.2', 'prefix': 16,
         'dns': ['10.88.0.1', 'fd00::1'], 'hostname': 'web'}
 
 
+def _recording_netlink():
+    """A Netlink whose requests are recorded, not sent."""
+    sent = []
+    nl = guestnet.Netlink.__new__(guestnet.Netlink)
+    nl.request = lambda *a: sent.append(a)
+    return nl, sent
+
+
 class EncodingTestCase(base.BaseTestCase):
 
     def test_attr_padding(self):
@@ -25,9 +33,7 @@ class EncodingTestCase(base.BaseTestCase):
             '10.0.0.1'), guestnet.attr(1, socket.inet_aton('10.0.0.1')))
 
     def test_requests(self):
-        sent = []
-        nl = guestnet.Netlink.__new__(guestnet.Netlink)
-        nl.request = lambda *a: sent.append(a)
+        nl, sent = _recording_netlink()
         nl.addr_add(5, '10.88.0.2', 16)
         mtype, flags, payload, _what = sent[-1]
         self.assertEqual(guestnet.RTM_NEWADDR, mtype)
@@ -48,9 +54,7 @@ class EncodingTestCase(base.BaseTestCase):
         self.assertIn(socket.inet_aton('10.88.0.1'), payload)
 
     def test_ipv6_requests(self):
-        sent = []
-        nl = guestnet.Netlink.__new__(guestnet.Netlink)
-        nl.request = lambda *a: sent.append(a)
+        nl, sent = _recording_netlink()
         nl.addr_add(5, 'fd00::5', 64)
         _t, _f, payload, _w = sent[-1]
         # No broadcast, no DAD: the address is usable at once.
