@@ -18,6 +18,8 @@ arguments (the os-vif style)::
      |    +-- UnsafeLayerMember    traversal, symlink escape, bad hardlink
      |    +-- ImageLimitExceeded   size/count limits
      +-- HypervisorError         QEMU failed (see hypervisor.qemu.qmp for QMP)
+     |    +-- NicHotplugError
+     |    +-- JailError            QEMU cannot be confined as configured
      +-- AgentError              the guest agent link
      |    +-- AgentProtocolError   malformed/oversized frame: link closed
      |    +-- AgentTimeout
@@ -98,6 +100,10 @@ class HypervisorError(KataZunException):
 
 class NicHotplugError(HypervisorError):
     msg_fmt = 'NIC hotplug failed: %(reason)s'
+
+
+class JailError(HypervisorError):
+    msg_fmt = 'Cannot confine QEMU: %(reason)s'
 
 
 class AgentError(KataZunException):

@@ -70,7 +70,7 @@ def vm_config(shim, run_dir):
                          read_only=True),
                base.Disk(os.path.join(shim.state_dir, 'rw.img'),
                          shim.config['agent_spec']['layer_serial'])),
-        nics=nics, pci_slots=pci_slots)
+        nics=nics, pci_slots=pci_slots, cpu_quota=shim.config.get('cpus'))
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ from kata_zun.conf import console
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
+from kata_zun.conf import jail
 from kata_zun.conf import network
 from kata_zun.conf import runtime
 
@@ -18,6 +19,7 @@ CONF = cfg.CONF
 
 runtime.register_opts(CONF)
 hypervisor.register_opts(CONF)
+jail.register_opts(CONF)
 agent.register_opts(CONF)
 guest.register_opts(CONF)
 image.register_opts(CONF)

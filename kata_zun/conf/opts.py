@@ -5,10 +5,12 @@ from kata_zun.conf import console
 from kata_zun.conf import guest
 from kata_zun.conf import hypervisor
 from kata_zun.conf import image
+from kata_zun.conf import jail
 from kata_zun.conf import network
 from kata_zun.conf import runtime
 
-_MODULES = (runtime, hypervisor, agent, guest, image, network, console)
+_MODULES = (runtime, hypervisor, jail, agent, guest, image, network,
+            console)
 
 
 def list_opts():

@@ -16,6 +16,10 @@ OPTS = [
                     'the container created.'),
     cfg.IntOpt('stop_timeout', default=10, min=0,
                help='Default seconds between SIGTERM and SIGKILL on stop.'),
+    cfg.IntOpt('console_log_max_bytes', default=1024 * 1024, min=4096,
+               help='Most bytes of guest console output kept per sandbox '
+                    '(console.log, then console.log.1 with the output '
+                    'before it): a guest cannot fill the host disk.'),
     cfg.IntOpt('log_max_bytes', default=100 * 1024 * 1024, min=4096,
                help='Size at which a container log file is rotated (one '
                     'rotated file is kept).'),

@@ -52,6 +52,9 @@ class VMConfig:
     # else every NIC sits in a slot and NICs can be added and removed
     # while it runs, up to this many at a time.
     pci_slots: int = 0
+    # Host CPU time the VM may use, in CPUs (e.g. 0.5); None: no quota.
+    # Enforced on the host, whatever the guest kernel does.
+    cpu_quota: typing.Optional[float] = None
 
 
 class VM(metaclass=abc.ABCMeta):

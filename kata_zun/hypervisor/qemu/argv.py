@@ -112,12 +112,18 @@ class Machine:
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
+    """``tcg_cache_mb`` bounds TCG's translation cache (QEMU's default
+    is 1 GiB per VM, more than any memory limit around QEMU allows).
+    """
     name: str = 'tcg'
+    tcg_cache_mb: typing.Optional[int] = None
 
     def args(self):
         if self.name not in ('kvm', 'tcg'):
             raise exception.HypervisorError(
                 reason='unsupported accelerator %r' % self.name)
+        if self.name == 'tcg' and self.tcg_cache_mb:
+            return ['-accel', 'tcg,tb-size=%d' % int(self.tcg_cache_mb)]
         return ['-accel', self.name]
 
 
@@ -164,12 +170,34 @@ class Kernel:
 
 @dataclasses.dataclass(frozen=True)
 class SerialConsole:
-    """The guest's ttyS0, written to a file on the host."""
-    path: str
+    """The guest's ttyS0: written to a file on the host, or (``fd``) to
+    a connected socket whose other end the VM's owner reads and caps.
+    """
+    path: typing.Optional[str] = None
+    fd: typing.Optional[int] = None
 
     def args(self):
-        return ['-chardev', 'file,id=console,path=%s' % _esc(self.path),
-                '-serial', 'chardev:console']
+        if self.fd is not None:
+            chardev = 'socket,id=console,fd=%d,server=off' % _fd(self.fd)
+        else:
+            chardev = 'file,id=console,path=%s' % _esc(self.path)
+        return ['-chardev', chardev, '-serial', 'chardev:console']
+
+
+def _fd(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        raise exception.HypervisorError(
+            reason='invalid file descriptor %r' % (value,))
+    return value
+
+
+def _listening(path, fd):
+    """The chardev options of a unix socket QEMU listens on: one it
+    creates at ``path``, or one already bound and listening (``fd``).
+    """
+    if fd is not None:
+        return 'fd=%d,server=on,wait=off' % _fd(fd)
+    return 'path=%s,server=on,wait=off' % _esc(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,52 +205,66 @@ class AgentPort:
     """A virtio-serial port named ``agent.0`` bound to a listening unix
     socket; the host connects once QEMU runs (``wait=off``).
     """
-    socket_path: str
+    socket_path: typing.Optional[str]
     machine_type: str = 'microvm'
+    fd: typing.Optional[int] = None
 
     def args(self):
         # Only the agent port exists (port 0 is reserved for a console);
         # fewer possible ports made no measurable boot-time difference.
         return ['-device', '%s,id=vser0,max_ports=2'
                 % _device(self.machine_type, 'virtio-serial'),
-                '-chardev', 'socket,id=agent,path=%s,server=on,wait=off'
-                % _esc(self.socket_path),
+                '-chardev', 'socket,id=agent,%s'
+                % _listening(self.socket_path, self.fd),
                 '-device', 'virtserialport,bus=vser0.0,chardev=agent,name=%s'
                 % AGENT_PORT_NAME]
 
 
 @dataclasses.dataclass(frozen=True)
 class QmpSocket:
-    socket_path: str
+    socket_path: typing.Optional[str]
+    fd: typing.Optional[int] = None
 
     def args(self):
-        return ['-chardev', 'socket,id=qmp,path=%s,server=on,wait=off'
-                % _esc(self.socket_path),
+        return ['-chardev', 'socket,id=qmp,%s'
+                % _listening(self.socket_path, self.fd),
                 '-mon', 'chardev=qmp,mode=control']
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockDevice:
-    """A raw image as a virtio-blk disk the guest finds by ``serial``."""
+    """A raw image as a virtio-blk disk the guest finds by ``serial``.
+
+    With ``fd`` QEMU gets the image as an open file descriptor (fd set
+    ``index`` + 1, opened read-only for a read-only disk) and never opens
+    the path itself.
+    """
     index: int
-    path: str
+    path: typing.Optional[str]
     serial: str
     read_only: bool = False
     machine_type: str = 'microvm'
+    fd: typing.Optional[int] = None
 
     def args(self):
         if not _SERIAL_RE.match(self.serial):
             raise exception.HypervisorError(
                 reason='invalid disk serial %r' % self.serial)
         node = 'disk%d' % self.index
+        pre = []
+        filename = self.path
+        if self.fd is not None:
+            fdset = self.index + 1
+            pre = ['-add-fd', 'fd=%d,set=%d' % (_fd(self.fd), fdset)]
+            filename = '/dev/fdset/%d' % fdset
         # JSON -blockdev: the path needs no escaping at all.
         spec = {'driver': 'raw', 'node-name': node,
                 'read-only': self.read_only,
-                'file': {'driver': 'file', 'filename': self.path}}
-        return ['-blockdev', json.dumps(spec, separators=(',', ':')),
-                '-device', '%s,drive=%s,serial=%s'
-                % (_device(self.machine_type, 'virtio-blk'), node,
-                   self.serial)]
+                'file': {'driver': 'file', 'filename': filename}}
+        return pre + [
+            '-blockdev', json.dumps(spec, separators=(',', ':')),
+            '-device', '%s,drive=%s,serial=%s'
+            % (_device(self.machine_type, 'virtio-blk'), node, self.serial)]
 
 
 _TAP_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
@@ -258,8 +300,9 @@ class PcieRootPort:
 class NetDevice:
     """A virtio-net NIC on an existing host tap device.
 
-    QEMU opens the tap itself (``ifname``), runs no helper script (the
-    seccomp filter forbids spawning anyway) and uses no vhost-net.
+    QEMU opens the tap itself (``ifname``), or gets it open (``fd``: a
+    jailed QEMU cannot open it), runs no helper script (the seccomp
+    filter forbids spawning anyway) and uses no vhost-net.
 
     With a ``slot`` the NIC is a virtio-net-pci device on that hotplug
     root port, with ids derived from the tap (plus ``generation`` for
@@ -273,6 +316,7 @@ class NetDevice:
     machine_type: str = 'microvm'
     slot: typing.Optional[int] = None
     generation: int = 0
+    fd: typing.Optional[int] = None
 
     def _check(self):
         if not _TAP_RE.fullmatch(self.tap):
@@ -313,13 +357,23 @@ class NetDevice:
             device = ('virtio-net-pci,id=%s,netdev=%s,mac=%s,bus=%s,'
                       'romfile=' % (self.device_id, self.netdev_id, self.mac,
                                     root_port_id(self.slot)))
-        return ['-netdev', 'tap,id=%s,ifname=%s,script=no,downscript=no,'
-                'vhost=off' % (self.netdev_id, self.tap),
-                '-device', device]
+        if self.fd is not None:
+            netdev = 'tap,id=%s,fd=%d,vhost=off' % (self.netdev_id,
+                                                    _fd(self.fd))
+        else:
+            netdev = ('tap,id=%s,ifname=%s,script=no,downscript=no,'
+                      'vhost=off' % (self.netdev_id, self.tap))
+        return ['-netdev', netdev, '-device', device]
 
-    def netdev_add_args(self):
-        """:returns: the QMP ``netdev_add`` arguments of this NIC's tap."""
+    def netdev_add_args(self, fd_name=None):
+        """:param fd_name: the name under which the tap's open fd was
+            given to QEMU (QMP ``getfd``); None: QEMU opens the tap.
+        :returns: the QMP ``netdev_add`` arguments of this NIC's tap.
+        """
         self._check()
+        if fd_name is not None:
+            return {'type': 'tap', 'id': self.netdev_id, 'fd': fd_name,
+                    'vhost': False}
         return {'type': 'tap', 'id': self.netdev_id, 'ifname': self.tap,
                 'script': 'no', 'downscript': 'no', 'vhost': False}
 
@@ -460,21 +514,42 @@ def socket_paths(run_dir):
     return paths
 
 
-def boot_nics(config, machine_type):
+def boot_nics(config, machine_type, tap_fds=None):
     """The NICs a VM boots with, in slot i when it has hotplug slots.
 
     :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
     :param machine_type: 'microvm' or 'q35'.
+    :param tap_fds: open tap fds, one per NIC, or None.
     :returns: list of :class:`NetDevice` (the QEMU VM finds the ids of
         its boot NICs here, as the command line got them).
     """
     return [NetDevice(i, n.tap, n.mac, machine_type,
-                      slot=i if config.pci_slots else None)
+                      slot=i if config.pci_slots else None,
+                      fd=tap_fds[i] if tap_fds else None)
             for i, n in enumerate(config.nics)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Handles:
+    """How a jailed QEMU reaches what it needs: the kernel and initrd at
+    their paths inside the jail, everything else as inherited fds.
+    """
+    kernel: str
+    initrd: str
+    qmp_fd: int
+    agent_fd: int
+    console_fd: int
+    disk_fds: typing.Tuple[int, ...] = ()
+    tap_fds: typing.Tuple[int, ...] = ()
+
+    def fds(self):
+        """:returns: every fd QEMU must inherit."""
+        return ((self.qmp_fd, self.agent_fd, self.console_fd) +
+                tuple(self.disk_fds) + tuple(self.tap_fds))
+
+
 def build_argv(config, accel, machine_type, cpu_model, qemu_path,
-               tsc_khz=None):
+               tsc_khz=None, handles=None, tcg_cache_mb=None):
     """Compose the whole QEMU command line of one VM.
 
     :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
@@ -483,6 +558,9 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     :param cpu_model: the ``-cpu`` model.
     :param qemu_path: the QEMU binary.
     :param tsc_khz: host TSC kHz; None reads it from the host.
+    :param handles: a :class:`Handles` for a jailed QEMU, or None for
+        one that opens its files and sockets by path.
+    :param tcg_cache_mb: TCG translation cache size (None: QEMU's).
     :returns: the argv list, program first.
     :raises: kata_zun.exception.HypervisorError on invalid input.
     """
@@ -495,18 +573,29 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
         raise exception.HypervisorError(
             reason='%d NICs do not fit in %d PCI slots'
             % (len(config.nics), slots))
+    h = handles
+    if h is not None and (len(h.disk_fds) != len(config.disks) or
+                          len(h.tap_fds) != len(config.nics)):
+        raise exception.HypervisorError(
+            reason='one fd per disk and per NIC is needed')
+    params = tuple(kernel_params(config, tsc_khz, machine_type))
     parts = [Globals(), Name(config.name),
              Machine(machine_type, pcie=bool(slots)),
-             Accelerator(accel), Cpu(cpu_model), Memory(config.memory_mb),
-             Smp(config.vcpus),
-             Kernel(config.kernel, config.initrd,
-                    tuple(kernel_params(config, tsc_khz, machine_type))),
-             SerialConsole(config.console_log), QmpSocket(qmp_path),
-             AgentPort(agent_path, machine_type)]
-    parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type)
+             Accelerator(accel, tcg_cache_mb), Cpu(cpu_model),
+             Memory(config.memory_mb), Smp(config.vcpus)]
+    if h is None:
+        parts += [Kernel(config.kernel, config.initrd, params),
+                  SerialConsole(config.console_log), QmpSocket(qmp_path),
+                  AgentPort(agent_path, machine_type)]
+    else:
+        parts += [Kernel(h.kernel, h.initrd, params),
+                  SerialConsole(fd=h.console_fd), QmpSocket(None, h.qmp_fd),
+                  AgentPort(None, machine_type, h.agent_fd)]
+    parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type,
+                             fd=h.disk_fds[i] if h else None)
                  for i, d in enumerate(config.disks))
     parts.extend(PcieRootPort(i) for i in range(slots))
-    parts.extend(boot_nics(config, machine_type))
+    parts.extend(boot_nics(config, machine_type, h.tap_fds if h else None))
     parts.append(Sandbox(CONF.kata_hypervisor.seccomp_sandbox))
     argv = [qemu_path]
     for part in parts:

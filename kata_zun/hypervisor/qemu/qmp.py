@@ -139,12 +139,14 @@ class QMPClient:
         self.greeting = greeting['QMP']
         return self.greeting
 
-    def execute(self, cmd, args=None, timeout=10.0):
+    def execute(self, cmd, args=None, timeout=10.0, fds=()):
         """Run one QMP command and wait for its answer.
 
         :param cmd: the command name, e.g. 'query-status'.
         :param args: a dict of arguments, or None.
         :param timeout: seconds to wait for the answer.
+        :param fds: file descriptors passed along (SCM_RIGHTS), for
+            ``getfd`` and ``add-fd``.
         :returns: the command's ``return`` value.
         :raises: QMPConnectError (not connected, or connection lost),
             QMPTimeout, QMPProtocolError, QMPCommandError
@@ -159,7 +161,12 @@ class QMPClient:
         deadline = time.monotonic() + timeout
         try:
             self._sock.settimeout(timeout)
-            self._sock.sendall(json.dumps(msg).encode() + b'\n')
+            data = json.dumps(msg).encode() + b'\n'
+            if fds:
+                sent = socket.send_fds(self._sock, [data], list(fds))
+                data = data[sent:]
+            if data:
+                self._sock.sendall(data)
         except socket.timeout:
             self.close()
             raise QMPTimeout(what=cmd, timeout=timeout)

@@ -9,6 +9,7 @@ start VMs from the main thread (eventlet green threads all are).
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -19,6 +20,7 @@ from kata_zun import exception
 from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel
 from kata_zun.hypervisor.qemu import argv as qargv
+from kata_zun.hypervisor.qemu import handles
 from kata_zun.hypervisor.qemu import qmp
 from kata_zun.runtime import fileutils
 
@@ -26,6 +28,7 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 QEMU_LOG = 'qemu.log'
+QEMU_LOG_MAX_BYTES = 256 * 1024
 START_TIMEOUT = 30
 QUIT_GRACE = 3
 _PR_SET_PDEATHSIG = 1
@@ -41,11 +44,14 @@ def _child_setup(prctl, parent):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def spawn(argv, log_path):
+def spawn(argv, log, pass_fds=(), jail=None):
     """Start a QEMU child that dies with its owner.
 
     :param argv: the command line, program first.
-    :param log_path: file that receives QEMU's stdout and stderr.
+    :param log: file object that receives QEMU's stdout and stderr.
+    :param pass_fds: descriptors QEMU inherits.
+    :param jail: a :class:`kata_zun.jail.launch.Jail` to confine QEMU in,
+        or None.
     :returns: the :class:`subprocess.Popen`.
     :raises: OSError if QEMU cannot be started.
     """
@@ -53,12 +59,18 @@ def spawn(argv, log_path):
         # Resolved in the parent: no dlopen between fork and exec.
         _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
     parent = os.getpid()
-    with open(log_path, 'wb') as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, close_fds=True,
-            start_new_session=False,
-            preexec_fn=lambda: _child_setup(_prctl[0], parent))
+    if jail is not None:
+        def setup():
+            jail.child_setup(parent)
+    else:
+        def setup():
+            _child_setup(_prctl[0], parent)
+    # QEMU gets no environment of ours (zun-compute's may hold
+    # credentials).
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        close_fds=True, pass_fds=pass_fds, start_new_session=False,
+        env={'PATH': '/usr/bin:/bin'}, preexec_fn=setup)
 
 
 def _unlink(path):
@@ -72,8 +84,11 @@ class QemuVM(base.VM):
     """A running QEMU; QMP stays connected for the VM's life."""
 
     def __init__(self, proc, config, accelerator, log_path, qmp_socket,
-                 agent_socket, machine_type='microvm'):
+                 agent_socket, machine_type='microvm', jail=None,
+                 drains=()):
         self._proc = proc
+        self.jail = jail
+        self._drains = drains
         self.config = config
         self.accel = accelerator
         self.log_path = log_path
@@ -113,6 +128,8 @@ class QemuVM(base.VM):
                               retry_while=lambda: self._proc.poll() is None)
         except qmp.QMPError as exc:
             if self._proc.poll() is not None:
+                for drain in self._drains:
+                    drain.join(2)       # QEMU's last words
                 raise exception.HypervisorError(
                     reason='QEMU exited with status %s: %s' % (
                         self._proc.returncode,
@@ -197,18 +214,41 @@ class QemuVM(base.VM):
             self._generation += 1
             dev = qargv.NetDevice(slot, nic.tap, nic.mac, self._machine_type,
                                   slot=slot, generation=self._generation)
-            self.execute('netdev_add', dev.netdev_add_args())
+            self._netdev_add(dev)
             try:
                 self.execute('device_add', dev.device_add_args())
             except BaseException:
                 self._netdev_del(dev)
                 raise
-        except qmp.QMPError as exc:
+        except (qmp.QMPError, exception.HypervisorError) as exc:
+            if isinstance(exc, exception.NicHotplugError):
+                raise
             raise exception.NicHotplugError(
                 reason='cannot add a NIC on %s: %s' % (nic.tap, exc))
         self._slots[slot] = dev
         LOG.debug('VM %s: NIC %s on %s in slot %d', self.config.name,
                   nic.mac, nic.tap, slot)
+
+    def _netdev_add(self, dev):
+        """Open the tap here and hand QEMU the descriptor (a jailed QEMU
+        cannot open a tap), then make the netdev on it.
+        """
+        fd = handles.open_tap(dev.tap)
+        name = 'fd-' + dev.netdev_id
+        try:
+            if not self._qmp.connected:
+                self._qmp.connect(5.0)
+            self._qmp.execute('getfd', {'fdname': name}, fds=(fd,))
+        finally:
+            os.close(fd)
+        try:
+            self.execute('netdev_add', dev.netdev_add_args(fd_name=name))
+        except BaseException:
+            try:
+                self.execute('closefd', {'fdname': name})
+            except qmp.QMPError:
+                pass
+            raise
 
     def _netdev_del(self, dev):
         try:
@@ -301,13 +341,19 @@ class QemuVM(base.VM):
             self._qmp.close()
             _unlink(self.qmp_socket)
             _unlink(self._agent_socket)
+            for drain in self._drains:
+                # QEMU is gone: its log sockets have hit EOF.
+                drain.join(5)
+            if self.jail is not None:
+                self.jail.release()
+                self.jail = None
 
 
 class QemuHypervisor(base.Hypervisor):
     """Starts QEMU VMs as children of the calling process."""
 
     def __init__(self, qemu_path=None, machine_type=None, cpu_model=None,
-                 start_timeout=START_TIMEOUT):
+                 start_timeout=START_TIMEOUT, jailed=None):
         """:param qemu_path: QEMU binary (default from config).
         :param machine_type: 'microvm' or 'q35' (default from config).
         :param cpu_model: ``-cpu`` model (default from config).
@@ -318,37 +364,105 @@ class QemuHypervisor(base.Hypervisor):
         self.machine_type = machine_type or hv.machine_type
         self.cpu_model = cpu_model or hv.cpu_model
         self.start_timeout = start_timeout
+        self.jailed = (CONF.kata_jail.enabled if jailed is None
+                       else jailed)
 
     def start(self, config):
         """Boot a VM.
 
+        The VM's sockets, disks and taps are opened here and inherited
+        by QEMU; with the jail on (``[kata_jail] enabled``), QEMU runs
+        confined (see :mod:`kata_zun.jail`).
+
         :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
         :returns: a :class:`QemuVM` whose agent socket accepts connections.
-        :raises: kata_zun.exception.HypervisorError
+        :raises: kata_zun.exception.HypervisorError (JailError when QEMU
+            cannot be confined)
         """
         qmp_path, agent_path = qargv.socket_paths(config.run_dir)
         os.makedirs(config.run_dir, mode=0o700, exist_ok=True)
-        for stale in (qmp_path, agent_path):
-            _unlink(stale)
         chosen = accel.choose(config.kernel, self.qemu_path, self.cpu_model,
                               self.machine_type)
-        cmd = qargv.build_argv(config, chosen.name, self.machine_type,
-                               self.cpu_model, self.qemu_path)
-        log_path = os.path.join(config.run_dir, QEMU_LOG)
-        LOG.debug('Starting VM %s: %s', config.name, cmd)
-        started = time.monotonic()
+        if self.jailed and os.geteuid() != 0:
+            raise exception.JailError(
+                reason='the jail needs root (the shim runs as uid %d); '
+                'run it as root or set [kata_jail] enabled = false'
+                % os.geteuid())
+        opened = []
+        sockets = []
+        jail = None
+        drains = []
         try:
-            proc = spawn(cmd, log_path)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise exception.HypervisorError(
-                reason='cannot run %s: %s' % (self.qemu_path, exc))
+            qmp_sock = handles.listening_socket(qmp_path)
+            sockets.append(qmp_sock)
+            agent_sock = handles.listening_socket(agent_path)
+            sockets.append(agent_sock)
+            console_host, console_vm = socket.socketpair()
+            sockets += [console_host, console_vm]
+            disk_fds = []
+            for disk in config.disks:
+                disk_fds.append(handles.open_disk(disk.path, disk.read_only))
+                opened.append(disk_fds[-1])
+            tap_fds = []
+            for nic in config.nics:
+                tap_fds.append(handles.open_tap(nic.tap))
+                opened.append(tap_fds[-1])
+            kernel, initrd = config.kernel, config.initrd
+            if self.jailed:
+                from kata_zun.jail import launch
+                jail = launch.prepare(
+                    config.name, os.path.join(config.run_dir, 'jail'),
+                    config.kernel, config.initrd, config.memory_mb,
+                    config.cpu_quota,
+                    chosen.name)
+                kernel, initrd = jail.root.kernel, jail.root.initrd
+                qemu_path = jail.root.qemu
+            else:
+                qemu_path = self.qemu_path
+            fds = qargv.Handles(kernel, initrd, qmp_sock.fileno(),
+                                agent_sock.fileno(), console_vm.fileno(),
+                                tuple(disk_fds), tuple(tap_fds))
+            cmd = qargv.build_argv(
+                config, chosen.name, self.machine_type, self.cpu_model,
+                qemu_path, handles=fds,
+                tcg_cache_mb=CONF.kata_jail.tcg_cache_mb)
+            log_path = os.path.join(config.run_dir, QEMU_LOG)
+            LOG.debug('Starting VM %s: %s', config.name, cmd)
+            started = time.monotonic()
+            # QEMU's own messages go through a capped log too: some are
+            # triggered by the guest.
+            log_host, log_vm = socket.socketpair()
+            sockets += [log_host, log_vm]
+            try:
+                proc = spawn(cmd, log_vm, fds.fds(), jail)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise exception.HypervisorError(
+                    reason='cannot run %s: %s' % (self.qemu_path, exc))
+            for sock, path, cap in (
+                    (log_host, log_path, QEMU_LOG_MAX_BYTES),
+                    (console_host, config.console_log,
+                     CONF.kata.console_log_max_bytes)):
+                drain = handles.ConsoleLog(sock, path, cap)
+                sockets.remove(sock)
+                drain.start()
+                drains.append(drain)
+        except BaseException:
+            if jail is not None:
+                jail.release()
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+            for sock in sockets:
+                sock.close()
         vm = QemuVM(proc, config, chosen, log_path, qmp_path, agent_path,
-                    self.machine_type)
+                    self.machine_type, jail, drains)
         try:
             vm.connect(self.start_timeout)
         except BaseException:
             vm.kill()
             raise
-        LOG.debug('VM %s (pid %s, %s) up in %.3f s', config.name, proc.pid,
-                  chosen.name, time.monotonic() - started)
+        LOG.debug('VM %s (pid %s, %s%s) up in %.3f s', config.name, proc.pid,
+                  chosen.name, ', jailed as uid %d' % jail.uid if jail else '',
+                  time.monotonic() - started)
         return vm

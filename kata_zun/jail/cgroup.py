@@ -1,0 +1,300 @@
+"""Host cgroups for sandboxes, on cgroup v2 and on v1 (or hybrid) hosts.
+
+Each sandbox gets ``<parent>/<sandbox>`` with two leaves: ``vmm`` holds
+QEMU (and later its helpers) under the limits, ``shim`` holds the shim.
+Both sit under :data:`parent` at the root of the hierarchy, outside
+zun-compute's service cgroup: stopping zun-compute (systemd kills its
+whole cgroup by default) never takes a sandbox with it.
+
+Limits on ``vmm``:
+
+* memory: guest RAM plus QEMU's overhead (``memory.max`` on v2,
+  ``memory.limit_in_bytes`` on v1);
+* CPU: a quota from the container's ``cpu``, so a fractional CPU is
+  enforced by the host and not only by the untrusted guest kernel
+  (``cpu.max`` / ``cpu.cfs_quota_us``);
+* pids: ``pids.max``.
+
+The version is found from the mounts: a cgroup2 file system at the root
+(``/sys/fs/cgroup``) is v2; otherwise the v1 hierarchies of the memory,
+cpu and pids controllers are used (a hybrid host's empty unified mount
+is ignored).
+"""
+
+import abc
+import errno
+import os
+import re
+
+from oslo_log import log as logging
+
+from kata_zun import exception
+
+LOG = logging.getLogger(__name__)
+
+ROOT = '/sys/fs/cgroup'
+MOUNTS = '/proc/self/mounts'
+CONTROLLERS = ('memory', 'cpu', 'pids')
+LEAVES = ('vmm', 'shim')
+CPU_PERIOD_US = 100000
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$')
+
+
+def _check_name(name, what):
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise exception.JailError(reason='invalid cgroup %s %r'
+                                  % (what, name))
+    return name
+
+
+def _write(path, value):
+    with open(path, 'w') as f:
+        f.write(str(value))
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read(4096).strip()
+
+
+def _mounts(mounts_file):
+    """:returns: [(mount point, fs type, options set)] of cgroup mounts."""
+    found = []
+    try:
+        with open(mounts_file) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 4 and fields[2] in ('cgroup', 'cgroup2'):
+                    found.append((fields[1], fields[2],
+                                  set(fields[3].split(','))))
+    except OSError:
+        pass
+    return found
+
+
+class SandboxCgroup(metaclass=abc.ABCMeta):
+    """The cgroup of one sandbox."""
+
+    version = None
+
+    def __init__(self, parent, sandbox):
+        self.parent = _check_name(parent, 'parent')
+        self.sandbox = _check_name(sandbox, 'name')
+
+    @abc.abstractmethod
+    def create(self, memory_bytes, cpu_quota, pids_max):
+        """Make the sandbox cgroup and set the limits of its ``vmm`` leaf.
+
+        :param memory_bytes: memory limit of the leaf (int bytes).
+        :param cpu_quota: CPU time per period as a fraction of one CPU
+            (e.g. 0.5), or None for no quota.
+        :param pids_max: most tasks in the leaf.
+        :returns: None
+        :raises: kata_zun.exception.JailError
+        """
+
+    @abc.abstractmethod
+    def procs_files(self, leaf):
+        """:returns: the ``cgroup.procs`` files that put a process into
+            ``leaf`` (one per hierarchy).
+        """
+
+    @abc.abstractmethod
+    def directories(self):
+        """:returns: the sandbox's directories, one per hierarchy."""
+
+    def add(self, leaf, pid=0):
+        """Move a process (0: the caller) into ``leaf``.
+
+        :raises: OSError
+        """
+        for path in self.procs_files(leaf):
+            _write(path, pid)
+
+    def destroy(self):
+        """Remove the sandbox's cgroups (they must have no process left).
+
+        :returns: True if nothing is left.
+        """
+        clean = True
+        for directory in self.directories():
+            for leaf in LEAVES + ('',):
+                path = os.path.join(directory, leaf) if leaf else directory
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        LOG.warning('cgroup %s still has processes', path)
+                    clean = False
+        return clean
+
+    def limits(self):
+        """:returns: {'memory': bytes or None, 'cpu': fraction or None,
+            'pids': int or None} as the kernel has them on ``vmm``.
+        """
+        raise NotImplementedError()
+
+
+class CgroupV2(SandboxCgroup):
+    version = 2
+
+    def __init__(self, parent, sandbox, root=ROOT):
+        super().__init__(parent, sandbox)
+        self.root = root
+
+    def directories(self):
+        return [os.path.join(self.root, self.parent, self.sandbox)]
+
+    def procs_files(self, leaf):
+        return [os.path.join(self.directories()[0], leaf, 'cgroup.procs')]
+
+    def _enable(self, directory):
+        available = set(_read(os.path.join(directory,
+                                           'cgroup.controllers')).split())
+        missing = [c for c in CONTROLLERS if c not in available]
+        if missing:
+            raise exception.JailError(
+                reason='cgroup v2 controllers %s are not available in %s'
+                % (', '.join(missing), directory))
+        enabled = set(_read(os.path.join(directory,
+                                         'cgroup.subtree_control')).split())
+        want = ' '.join('+' + c for c in CONTROLLERS if c not in enabled)
+        if want:
+            _write(os.path.join(directory, 'cgroup.subtree_control'), want)
+
+    def create(self, memory_bytes, cpu_quota, pids_max):
+        sandbox = self.directories()[0]
+        try:
+            self._enable(self.root)
+            os.makedirs(os.path.dirname(sandbox), exist_ok=True)
+            self._enable(os.path.dirname(sandbox))
+            os.makedirs(sandbox, exist_ok=True)
+            self._enable(sandbox)
+            for leaf in LEAVES:
+                os.makedirs(os.path.join(sandbox, leaf), exist_ok=True)
+            vmm = os.path.join(sandbox, 'vmm')
+            _write(os.path.join(vmm, 'memory.max'), int(memory_bytes))
+            _write(os.path.join(vmm, 'memory.swap.max'), 0)
+            _write(os.path.join(vmm, 'pids.max'), int(pids_max))
+            _write(os.path.join(vmm, 'cpu.max'), '%s %d' % (
+                _quota_us(cpu_quota), CPU_PERIOD_US))
+        except OSError as exc:
+            raise exception.JailError(reason='cgroup v2 %s: %s'
+                                      % (sandbox, exc))
+
+    def limits(self):
+        vmm = os.path.join(self.directories()[0], 'vmm')
+        quota, period = _read(os.path.join(vmm, 'cpu.max')).split()
+        return {'memory': _int_or_none(_read(os.path.join(vmm,
+                                                          'memory.max'))),
+                'cpu': (None if quota == 'max'
+                        else int(quota) / int(period)),
+                'pids': _int_or_none(_read(os.path.join(vmm, 'pids.max')))}
+
+
+class CgroupV1(SandboxCgroup):
+    version = 1
+
+    def __init__(self, parent, sandbox, mountpoints):
+        """:param mountpoints: {controller: mount point of its hierarchy}.
+        """
+        super().__init__(parent, sandbox)
+        self.mountpoints = mountpoints
+
+    def _dir(self, controller):
+        return os.path.join(self.mountpoints[controller], self.parent,
+                            self.sandbox)
+
+    def directories(self):
+        # One hierarchy may carry several controllers (cpu,cpuacct).
+        return sorted({self._dir(c) for c in CONTROLLERS})
+
+    def procs_files(self, leaf):
+        return [os.path.join(d, leaf, 'cgroup.procs')
+                for d in self.directories()]
+
+    def create(self, memory_bytes, cpu_quota, pids_max):
+        try:
+            for directory in self.directories():
+                for leaf in LEAVES:
+                    os.makedirs(os.path.join(directory, leaf),
+                                exist_ok=True)
+            memory = os.path.join(self._dir('memory'), 'vmm')
+            _write(os.path.join(memory, 'memory.limit_in_bytes'),
+                   int(memory_bytes))
+            try:
+                # With swap accounting, swap counts against the limit too.
+                _write(os.path.join(memory, 'memory.memsw.limit_in_bytes'),
+                       int(memory_bytes))
+            except OSError:
+                pass
+            cpu = os.path.join(self._dir('cpu'), 'vmm')
+            _write(os.path.join(cpu, 'cpu.cfs_period_us'), CPU_PERIOD_US)
+            quota = _quota_us(cpu_quota)
+            _write(os.path.join(cpu, 'cpu.cfs_quota_us'),
+                   -1 if quota == 'max' else quota)
+            _write(os.path.join(self._dir('pids'), 'vmm', 'pids.max'),
+                   int(pids_max))
+        except OSError as exc:
+            raise exception.JailError(reason='cgroup v1 %s: %s'
+                                      % (self.sandbox, exc))
+
+    def limits(self):
+        memory = int(_read(os.path.join(self._dir('memory'), 'vmm',
+                                        'memory.limit_in_bytes')))
+        cpu = os.path.join(self._dir('cpu'), 'vmm')
+        quota = int(_read(os.path.join(cpu, 'cpu.cfs_quota_us')))
+        period = int(_read(os.path.join(cpu, 'cpu.cfs_period_us')))
+        return {'memory': memory if memory < 2 ** 62 else None,
+                'cpu': None if quota < 0 else quota / period,
+                'pids': _int_or_none(_read(os.path.join(
+                    self._dir('pids'), 'vmm', 'pids.max')))}
+
+
+def _quota_us(fraction):
+    if fraction is None or fraction <= 0:
+        return 'max'
+    return max(1000, int(round(fraction * CPU_PERIOD_US)))
+
+
+def _int_or_none(text):
+    return None if text == 'max' else int(text)
+
+
+def detect(mounts_file=MOUNTS, root=ROOT):
+    """Find how this host's cgroups are laid out.
+
+    :returns: ('v2', root) or ('v1', {controller: mount point}).
+    :raises: kata_zun.exception.JailError when neither offers the memory,
+        cpu and pids controllers.
+    """
+    mounts = _mounts(mounts_file)
+    for point, fstype, _opts in mounts:
+        if fstype == 'cgroup2' and point == root:
+            return 'v2', root
+    v1 = {}
+    for point, fstype, opts in mounts:
+        if fstype != 'cgroup':
+            continue
+        for controller in CONTROLLERS:
+            if controller in opts and controller not in v1:
+                v1[controller] = point
+    missing = [c for c in CONTROLLERS if c not in v1]
+    if missing:
+        raise exception.JailError(
+            reason='no cgroup v2 at %s and no cgroup v1 hierarchy for %s'
+            % (root, ', '.join(missing)))
+    return 'v1', v1
+
+
+def for_sandbox(parent, sandbox, layout=None):
+    """:param layout: the result of :func:`detect` (default: detect now).
+    :returns: a :class:`SandboxCgroup` (not created yet).
+    :raises: kata_zun.exception.JailError
+    """
+    kind, where = layout or detect()
+    if kind == 'v2':
+        return CgroupV2(parent, sandbox, where)
+    return CgroupV1(parent, sandbox, where)
