@@ -20,6 +20,11 @@ OPTS = [
     cfg.IntOpt('uid_range_size', default=65536, min=1, max=2 ** 24,
                help='How many uids the range holds: the most sandboxes '
                     'that can run on this host at once.'),
+    cfg.StrOpt('lease_dir', default='/run/kata-zun-jail/uids',
+               help='Where the uids of running sandboxes are leased. One '
+                    'per host, shared by everything that starts sandboxes '
+                    'there (the CLI, zun-compute), whatever their state '
+                    'paths; on a tmpfs, so leases end with the boot.'),
     cfg.StrOpt('cgroup_parent', default='kata_zun',
                help='cgroup (relative to each hierarchy root) under which '
                     'every sandbox gets its own cgroup. It sits outside '

@@ -1,10 +1,12 @@
 """Per-sandbox host identities: a uid (= gid) leased from a range.
 
-A lease is a file ``<state_path>/jail/uids/<uid>`` naming its holder
-(sandbox id, shim pid, host boot id), created with ``O_EXCL`` so two
-shims can never take the same uid. A lease whose holder is gone (another
-boot, or its shim died: its QEMU died with it) is taken over, but only
-when no process on this host runs as that uid any more.
+A lease is a file ``<lease_dir>/<uid>`` naming its holder (sandbox id,
+shim pid and start time, host boot id), created with ``O_EXCL`` so two
+shims can never take the same uid. The lease directory is one per host
+(``[kata_jail] lease_dir``, on a tmpfs: leases end with the boot), shared
+by the CLI and zun-compute whatever their state paths. A uid that any
+process on the host runs as is never leased; a lease whose holder is
+gone (its QEMU died with its shim) is taken over.
 """
 
 import errno
@@ -14,34 +16,28 @@ import os
 from kata_zun import exception
 from kata_zun.runtime import fileutils
 
-LEASE_DIR = 'jail/uids'
 _MAX_LEASE = 4096
 
 
-def _lease_dir(state_path):
-    path = os.path.join(state_path, LEASE_DIR)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+def _lease_dir(lease_dir):
+    os.makedirs(lease_dir, mode=0o700, exist_ok=True)
+    return lease_dir
 
 
-def uid_in_use(uid, proc='/proc'):
-    """:returns: True if a process on this host runs as ``uid``.
-
-    The owner of ``/proc/<pid>`` is the process's effective uid.
+def uids_in_use(proc='/proc'):
+    """:returns: the set of uids that processes on this host run as (the
+        owner of ``/proc/<pid>`` is the process's effective uid).
+    :raises: OSError if /proc cannot be read.
     """
-    try:
-        names = os.listdir(proc)
-    except OSError:
-        return True             # cannot tell: assume the worst
-    for name in names:
+    found = set()
+    for name in os.listdir(proc):
         if not name.isdigit():
             continue
         try:
-            if os.stat(os.path.join(proc, name)).st_uid == uid:
-                return True
+            found.add(os.stat(os.path.join(proc, name)).st_uid)
         except OSError:
             continue            # exited meanwhile
-    return False
+    return found
 
 
 def _start_time(pid):
@@ -78,10 +74,10 @@ def _read_lease(path):
     return lease if isinstance(lease, dict) else {}
 
 
-def lease(state_path, sandbox, start, size, pid=None):
+def lease(lease_dir, sandbox, start, size, pid=None):
     """Lease the lowest free uid of ``[start, start + size)``.
 
-    :param state_path: kata-zun's state directory.
+    :param lease_dir: the host's lease directory.
     :param sandbox: the sandbox id (recorded in the lease).
     :param start: first uid of the range.
     :param size: number of uids in the range.
@@ -89,7 +85,7 @@ def lease(state_path, sandbox, start, size, pid=None):
     :returns: the uid.
     :raises: kata_zun.exception.JailError when the range is exhausted.
     """
-    directory = _lease_dir(state_path)
+    directory = _lease_dir(lease_dir)
     pid = pid or os.getpid()
     record = json.dumps({'sandbox': sandbox, 'pid': pid,
                          'started': _start_time(pid),
@@ -98,11 +94,13 @@ def lease(state_path, sandbox, start, size, pid=None):
     for name in os.listdir(directory):
         if name.isdigit():
             taken.add(int(name))
+    running = uids_in_use()
     for uid in range(start, start + size):
+        if uid in running:
+            continue
         path = os.path.join(directory, str(uid))
         if uid in taken:
-            held = _read_lease(path)
-            if _holder_alive(held) or uid_in_use(uid):
+            if _holder_alive(_read_lease(path)):
                 continue
             # A stale lease: its holder is gone and nothing runs as uid.
             try:
@@ -126,12 +124,12 @@ def lease(state_path, sandbox, start, size, pid=None):
         'already run' % (start, start + size - 1, size))
 
 
-def release(state_path, uid, sandbox):
+def release(lease_dir, uid, sandbox):
     """Give ``uid`` back, if ``sandbox`` still holds it.
 
     :returns: None
     """
-    path = os.path.join(state_path, LEASE_DIR, str(int(uid)))
+    path = os.path.join(lease_dir, str(int(uid)))
     if _read_lease(path).get('sandbox') == sandbox:
         try:
             os.unlink(path)

@@ -52,7 +52,7 @@ class Jail:
     groups: typing.Tuple[int, ...]
     cgroup: cgroup.SandboxCgroup
     root: rootfs.RootPlan
-    state_path: str
+    lease_dir: str
     cap_last: int
 
     def child_setup(self, parent_pid):
@@ -82,7 +82,7 @@ class Jail:
         :returns: None
         """
         self.cgroup.destroy()
-        identity.release(self.state_path, self.uid, self.sandbox)
+        identity.release(self.lease_dir, self.uid, self.sandbox)
 
 
 def _prctl(lib, option, arg):
@@ -107,7 +107,7 @@ def _kvm_group():
 
 
 def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
-            accel='tcg', state_path=None):
+            accel='tcg', lease_dir=None):
     """Lease an identity, make the cgroup and plan the root of one QEMU.
 
     :param sandbox: the sandbox id.
@@ -118,17 +118,18 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
     :param cpus: the container's CPU limit (float) or None.
     :param accel: 'kvm' (QEMU then gets /dev/kvm and the kvm group) or
         'tcg'.
-    :param state_path: where uid leases live (default [kata] state_path).
+    :param lease_dir: where uid leases live (default [kata_jail]
+        lease_dir).
     :returns: a :class:`Jail`.
     :raises: kata_zun.exception.JailError
     """
     opts = CONF.kata_jail
-    state_path = state_path or CONF.kata.state_path
+    lease_dir = lease_dir or opts.lease_dir
     os.makedirs(mountpoint, mode=0o700, exist_ok=True)
     devices = ('/dev/kvm',) if accel == 'kvm' else ()
     root = rootfs.plan(mountpoint, CONF.kata_hypervisor.qemu_path, kernel,
                        initrd, opts.qemu_data_dirs, devices)
-    uid = identity.lease(state_path, sandbox, opts.uid_range_start,
+    uid = identity.lease(lease_dir, sandbox, opts.uid_range_start,
                          opts.uid_range_size)
     try:
         group = cgroup.for_sandbox(opts.cgroup_parent, sandbox)
@@ -136,9 +137,9 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
         group.create((memory_mb + opts.memory_overhead_mb) * 1024 * 1024,
                      cpus, opts.pids_max)
     except BaseException:
-        identity.release(state_path, uid, sandbox)
+        identity.release(lease_dir, uid, sandbox)
         raise
     LOG.debug('sandbox %s: QEMU as uid %d in cgroup v%d', sandbox, uid,
               group.version)
     return Jail(sandbox, uid, uid, _kvm_group() if accel == 'kvm' else (),
-                group, root, state_path, _cap_last())
+                group, root, lease_dir, _cap_last())

@@ -93,7 +93,10 @@ def probe_kvm(qemu_path, kernel, cpu_model, machine_type, timeout):
              '-append', 'console=ttyS0 reboot=k panic=-1 cryptomgr.notests']
     proc = None
     try:
-        proc = qemu_vm.spawn(argv, log)
+        # Our own kernel with no initrd (no untrusted input): it runs
+        # outside the jail, which needs the accelerator chosen first.
+        with open(log, 'wb') as log_file:
+            proc = qemu_vm.spawn(argv, log_file)
         deadline = time.monotonic() + timeout
         while True:
             # Poll before reading: output written just before an exit counts.

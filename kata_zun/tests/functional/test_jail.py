@@ -1,0 +1,280 @@
+"""The jail around QEMU, seen from the host (real VMs, real cgroups).
+
+Hostile cases of the "local user / guest that took over QEMU" boundary:
+what a process with a jailed QEMU's credentials can reach is tried for
+real, by entering the same jail in a forked child instead of QEMU.
+"""
+
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+from oslo_config import fixture as config_fixture
+
+from kata_zun import conf
+from kata_zun.guest import builder
+from kata_zun.jail import cgroup
+from kata_zun.jail import launch
+from kata_zun.tests.functional import base
+
+CONF = conf.CONF
+
+
+def _status(pid):
+    fields = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            key, _, value = line.partition(':')
+            fields[key] = value.strip()
+    return fields
+
+
+def _cpu_ticks(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        stat = f.read()
+    fields = stat[stat.rindex(')') + 2:].split()
+    return int(fields[11]) + int(fields[12])        # utime + stime
+
+
+def _throttled(vm_cgroup_cpu_dir):
+    with open(os.path.join(vm_cgroup_cpu_dir, 'cpu.stat')) as f:
+        for line in f:
+            key, _, value = line.partition(' ')
+            if key == 'nr_throttled':
+                return int(value)
+    raise AssertionError('no nr_throttled in cpu.stat')
+
+
+class JailedQemuTestCase(base.KataZunFunctionalTest):
+    """A container's QEMU as the host sees it: /proc and cgroups."""
+
+    def _vm_pid(self, name):
+        info = json.loads(self.kz('inspect', name, check=0).out)
+        if isinstance(info, list):
+            info = info[0]
+        return info['State']['VMPid'], info['Id']
+
+    def test_qemu_identity_namespaces_and_limits(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'j1', '--cpus', '0.5', '--memory',
+                '64', 'busybox', 'sleep', '1000', check=0)
+        pid, cid = self._vm_pid('j1')
+        status = _status(pid)
+        start = CONF.kata_jail.uid_range_start
+        uids = set(int(u) for u in status['Uid'].split())
+        gids = set(int(g) for g in status['Gid'].split())
+        self.assertEqual(1, len(uids), status['Uid'])
+        uid = uids.pop()
+        self.assertTrue(start <= uid < start + CONF.kata_jail.uid_range_size)
+        self.assertEqual({uid}, gids)
+        self.assertEqual('', status['Groups'])
+        for cap in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'):
+            self.assertEqual(0, int(status[cap], 16), cap)
+        self.assertEqual('1', status['NoNewPrivs'])
+        self.assertEqual('2', status['Seccomp'])     # QEMU's -sandbox
+        for ns in ('mnt', 'net', 'ipc', 'uts'):
+            self.assertNotEqual(os.readlink('/proc/self/ns/' + ns),
+                                os.readlink('/proc/%d/ns/%s' % (pid, ns)),
+                                ns)
+        # Its root: QEMU's own files and the guest's, nothing of the host.
+        root = '/proc/%d/root' % pid
+        self.assertEqual({'guest', 'usr'}, {
+            n for n in os.listdir(root)
+            if not os.path.islink(os.path.join(root, n))})
+        self.assertEqual(['initrd.img', 'vmlinux'],
+                         sorted(os.listdir(root + '/guest')))
+        for absent in ('etc', 'proc', 'sys', 'dev', 'var', 'tmp', 'root',
+                       'run'):
+            self.assertFalse(os.path.lexists(os.path.join(root, absent)),
+                             absent)
+        # Disks, sockets and the console are inherited descriptors.
+        targets = [os.readlink('/proc/%d/fd/%s' % (pid, fd))
+                   for fd in os.listdir('/proc/%d/fd' % pid)]
+        self.assertTrue(any(t.endswith('/rw.img') for t in targets))
+        # No environment of ours.
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            self.assertEqual(b'PATH=/usr/bin:/bin\0', f.read())
+
+        # The host cgroup and its limits.
+        group = cgroup.for_sandbox(CONF.kata_jail.cgroup_parent,
+                                   'kz-' + cid[:12])
+        with open('/proc/%d/cgroup' % pid) as f:
+            memberships = f.read()
+        self.assertIn('/%s/kz-%s/vmm' % (CONF.kata_jail.cgroup_parent,
+                                         cid[:12]), memberships)
+        limits = group.limits()
+        self.assertEqual(0.5, limits['cpu'])
+        self.assertEqual(CONF.kata_jail.pids_max, limits['pids'])
+        info = json.loads(self.kz('inspect', 'j1', check=0).out)
+        info = info[0] if isinstance(info, list) else info
+        vm_mb = info['VM']['memory_mb']
+        self.assertEqual((vm_mb + CONF.kata_jail.memory_overhead_mb) << 20,
+                         limits['memory'])
+
+        # A guest that burns CPU is held to the container's 0.5 CPU by
+        # the host: the kernel throttles QEMU's cgroup.
+        if group.version == 1:
+            cpu_dir = os.path.join(group.mountpoints['cpu'],
+                                   group.parent, group.sandbox, 'vmm')
+        else:
+            cpu_dir = os.path.join(group.directories()[0], 'vmm')
+        before = _throttled(cpu_dir)
+        ticks = _cpu_ticks(pid)
+        started = time.monotonic()
+        self.kz('exec', 'j1', 'sh', '-c',
+                'i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done',
+                check=0, timeout=300)
+        wall = time.monotonic() - started
+        used = (_cpu_ticks(pid) - ticks) / os.sysconf('SC_CLK_TCK')
+        self.assertGreater(_throttled(cpu_dir), before)
+        self.addDetail('cpu', base_text('QEMU used %.2f s of CPU in %.2f s'
+                                        % (used, wall)))
+        # Quota 0.5 per 100 ms period, plus one period of slack.
+        self.assertLessEqual(used, 0.5 * wall + 0.2)
+
+        # rm: QEMU gone, its cgroup and its uid lease released.
+        self.kz('rm', '-f', 'j1', check=0)
+        self.assertFalse(os.path.exists('/proc/%d' % pid))
+        for directory in group.directories():
+            self.assertFalse(os.path.exists(directory), directory)
+        self.assertFalse(os.path.exists(os.path.join(
+            CONF.kata_jail.lease_dir, str(uid))))
+
+    def test_guest_memory_hog_stays_within_host_limit(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'm1', '--memory', '64', 'busybox',
+                'sleep', '1000', check=0)
+        pid, cid = self._vm_pid('m1')
+        group = cgroup.for_sandbox(CONF.kata_jail.cgroup_parent,
+                                   'kz-' + cid[:12])
+        limit = group.limits()['memory']
+        # Fill the guest: the container is OOM-killed inside its VM.
+        result = self.kz('exec', 'm1', 'sh', '-c',
+                         'x=$(head -c 400000000 /dev/zero | tr "\\0" a); '
+                         'echo survived', timeout=300)
+        self.assertNotIn('survived', result.text)
+        # QEMU lives on, and never used more host memory than its limit.
+        self.assertTrue(os.path.exists('/proc/%d' % pid))
+        self.assertLessEqual(_peak_memory(group), limit)
+        self.kz('exec', 'm1', 'true', check=0)
+
+
+def base_text(text):
+    from testtools import content
+    return content.text_content(text)
+
+
+def _peak_memory(group):
+    if group.version == 1:
+        path = os.path.join(group.mountpoints['memory'], group.parent,
+                            group.sandbox, 'vmm',
+                            'memory.max_usage_in_bytes')
+    else:
+        path = os.path.join(group.directories()[0], 'vmm', 'memory.peak')
+        if not os.path.exists(path):
+            path = os.path.join(group.directories()[0], 'vmm',
+                                'memory.current')
+    with open(path) as f:
+        return int(f.read())
+
+
+# What a process with a jailed QEMU's credentials tries, once inside.
+def _escape_attempts(report_fd, host_pid, other_file):
+    results = {}
+
+    def attempt(name, func):
+        try:
+            func()
+            results[name] = 'ok'
+        except OSError as exc:
+            results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+
+    attempt('open /etc/shadow', lambda: open('/etc/shadow').close())
+    attempt('open a host file by its path',
+            lambda: open(other_file).close())
+    attempt('write the guest kernel',
+            lambda: open('/guest/vmlinux', 'r+b').close())
+    attempt('create a file', lambda: open('/evil', 'w').close())
+
+    def connect():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(2)
+        try:
+            sock.connect(('127.0.0.1', 5672))
+        finally:
+            sock.close()
+    attempt('connect to a host service on loopback', connect)
+    attempt('signal a host process', lambda: os.kill(host_pid, 0))
+    attempt('become root', lambda: os.setuid(0))
+    attempt('mount', lambda: _mount_tmpfs())
+    os.write(report_fd, json.dumps(results).encode())
+
+
+def _mount_tmpfs():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b'none', b'/guest', b'tmpfs', 0, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class JailEscapeTestCase(base.KataZunFunctionalTest):
+    """A took-over QEMU (a forked child in the very same jail) finds
+    nothing on the host to read, write, reach or signal.
+    """
+
+    def test_a_compromised_qemu_reaches_nothing(self):
+        run_dir = tempfile.mkdtemp(prefix='kzj', dir='/tmp')
+        self.addCleanup(shutil.rmtree, run_dir, True)
+        cfg = self.useFixture(config_fixture.Config(CONF))
+        cfg.config(state_path=self.state_path, group='kata')
+        secret = os.path.join(self.state_path, 'secret')
+        with open(secret, 'w') as f:
+            f.write('zun.conf credentials')
+        os.chmod(secret, 0o644)      # even a world-readable host file
+        assets = builder.find()
+        jail = launch.prepare('kz-escape-test', os.path.join(run_dir, 'j'),
+                              assets.kernel, assets.initrd, 64, 0.5)
+        self.addCleanup(jail.release)
+        read_fd, write_fd = os.pipe()
+        parent = os.getpid()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(read_fd)
+                jail.child_setup(parent)
+                _escape_attempts(write_fd, parent, secret)
+            except BaseException as exc:
+                os.write(write_fd, repr(exc).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        report = b''
+        while True:
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            report += chunk
+        os.close(read_fd)
+        _, status = os.waitpid(child, 0)
+        self.assertEqual(0, status)
+        self.assertTrue(report.startswith(b'{'), report)
+        results = json.loads(report)
+        self.assertEqual({
+            'open /etc/shadow': 'ENOENT',
+            'open a host file by its path': 'ENOENT',
+            'write the guest kernel': 'EACCES',
+            'create a file': 'EROFS',
+            'connect to a host service on loopback': 'ENETUNREACH',
+            'signal a host process': 'EPERM',
+            'become root': 'EPERM',
+            'mount': 'EPERM',
+        }, results)
+        # The jail's mounts never showed on the host.
+        with open('/proc/self/mountinfo') as f:
+            self.assertNotIn(run_dir, f.read())
+        os.kill(parent, 0)       # and we are untouched
