@@ -91,6 +91,15 @@ def main(argv=None):
         CONF.set_override(opt, None)
     CONF.set_override('use_syslog', False)
     logging.setup(CONF, 'kata-zun-shim')
+    if CONF.kata_jail.enabled and os.geteuid() == 0:
+        # Out of our starter's cgroup (zun-compute's service): stopping
+        # it must not take the sandbox along.
+        from kata_zun import exception
+        from kata_zun.jail import cgroup
+        try:
+            cgroup.join_shims(CONF.kata_jail.cgroup_parent)
+        except exception.JailError as exc:
+            LOG.warning('%s', exc)
 
     from kata_zun.hypervisor.qemu import vm as qemu_vm
     from kata_zun.shim import server

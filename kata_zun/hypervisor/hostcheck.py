@@ -142,13 +142,6 @@ def _directory(name, path):
         'is not writable (by uid %d): check %s' % (os.geteuid(), probe)))
 
 
-def _cgroup():
-    ok = os.path.exists('/sys/fs/cgroup/cgroup.controllers')
-    return CheckResult('cgroup', ok, 'cgroup v2 %s' % (
-        'mounted' if ok else 'not found: QEMU processes cannot be '
-                             'limited per sandbox'), required=False)
-
-
 def run_checks():
     """Check this host.
 
@@ -160,7 +153,9 @@ def run_checks():
     results.extend(_qemu())
     results.extend([guest, _memory(),
                     _directory('state-path', CONF.kata.state_path),
-                    _directory('run-path', CONF.kata.run_path), _cgroup()])
+                    _directory('run-path', CONF.kata.run_path)])
+    from kata_zun.jail import check as jail_check
+    results.extend(jail_check.run_checks(CheckResult))
     return results
 
 

@@ -1,10 +1,11 @@
 """Host cgroups for sandboxes, on cgroup v2 and on v1 (or hybrid) hosts.
 
-Each sandbox gets ``<parent>/<sandbox>`` with two leaves: ``vmm`` holds
-QEMU (and later its helpers) under the limits, ``shim`` holds the shim.
-Both sit under :data:`parent` at the root of the hierarchy, outside
-zun-compute's service cgroup: stopping zun-compute (systemd kills its
-whole cgroup by default) never takes a sandbox with it.
+Each sandbox gets ``<parent>/<sandbox>`` whose leaf ``vmm`` holds QEMU
+(and later its helpers) under the limits; every shim moves itself into
+``<parent>/shims`` (:func:`join_shims`). All of it sits at the root of
+the hierarchy, outside zun-compute's service cgroup: stopping
+zun-compute (systemd kills its whole cgroup by default) never takes a
+sandbox with it.
 
 Limits on ``vmm``:
 
@@ -35,7 +36,8 @@ LOG = logging.getLogger(__name__)
 ROOT = '/sys/fs/cgroup'
 MOUNTS = '/proc/self/mounts'
 CONTROLLERS = ('memory', 'cpu', 'pids')
-LEAVES = ('vmm', 'shim')
+LEAVES = ('vmm',)
+SHIMS = 'shims'
 CPU_PERIOD_US = 100000
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$')
 
@@ -287,6 +289,25 @@ def detect(mounts_file=MOUNTS, root=ROOT):
             reason='no cgroup v2 at %s and no cgroup v1 hierarchy for %s'
             % (root, ', '.join(missing)))
     return 'v1', v1
+
+
+def join_shims(parent, pid=0, layout=None):
+    """Move a shim (0: the caller) into ``<parent>/shims``.
+
+    :raises: kata_zun.exception.JailError
+    """
+    kind, where = layout or detect()
+    parent = _check_name(parent, 'parent')
+    roots = [where] if kind == 'v2' else sorted(
+        {where[c] for c in CONTROLLERS})
+    try:
+        for root in roots:
+            directory = os.path.join(root, parent, SHIMS)
+            os.makedirs(directory, exist_ok=True)
+            _write(os.path.join(directory, 'cgroup.procs'), pid)
+    except OSError as exc:
+        raise exception.JailError(reason='cannot move the shim to %s/%s: '
+                                  '%s' % (parent, SHIMS, exc))
 
 
 def for_sandbox(parent, sandbox, layout=None):

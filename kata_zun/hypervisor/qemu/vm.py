@@ -138,18 +138,19 @@ class QemuVM(base.VM):
                 reason='QEMU did not answer on QMP within %s s: %s'
                 % (timeout, exc))
 
-    def execute(self, cmd, args=None, timeout=10.0):
+    def execute(self, cmd, args=None, timeout=10.0, fds=()):
         """Run a QMP command, reconnecting once if the session was lost.
 
         :param cmd: QMP command name.
         :param args: dict of arguments or None.
         :param timeout: seconds.
+        :param fds: file descriptors passed with the command.
         :returns: the command's return value.
         :raises: kata_zun.hypervisor.qemu.qmp.QMPError (a HypervisorError)
         """
         if not self._qmp.connected:
             self._qmp.connect(min(timeout, 5.0))
-        return self._qmp.execute(cmd, args, timeout)
+        return self._qmp.execute(cmd, args, timeout, fds)
 
     def query_status(self):
         """:returns: QMP ``query-status``, e.g. {'status': 'running',
@@ -236,9 +237,7 @@ class QemuVM(base.VM):
         fd = handles.open_tap(dev.tap)
         name = 'fd-' + dev.netdev_id
         try:
-            if not self._qmp.connected:
-                self._qmp.connect(5.0)
-            self._qmp.execute('getfd', {'fdname': name}, fds=(fd,))
+            self.execute('getfd', {'fdname': name}, fds=(fd,))
         finally:
             os.close(fd)
         try:

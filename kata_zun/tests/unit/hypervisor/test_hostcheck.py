@@ -57,5 +57,6 @@ class HostCheckTestCase(base.BaseTestCase):
         names = [r.name for r in results]
         self.assertEqual(['cpu', 'kvm', 'vhost-vsock', 'qemu',
                           'guest-assets', 'memory', 'state-path', 'run-path',
-                          'cgroup'], names)
+                          'jail-user', 'jail-namespaces', 'jail-seccomp',
+                          'jail-cgroup'], names)
         self.assertFalse(hostcheck.can_run(results))

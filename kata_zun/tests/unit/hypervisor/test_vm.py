@@ -21,11 +21,9 @@ from kata_zun.hypervisor.qemu import vm as qemu_vm
 FAKE_QEMU = '''#!%(python)s
 import json, os, socket, sys
 args = sys.argv[1:]
-qmp = [a for a in args if a.startswith('socket,id=qmp,path=')][0]
-path = qmp.split('path=')[1].split(',')[0]
-srv = socket.socket(socket.AF_UNIX)
-srv.bind(path)
-srv.listen(1)
+qmp = [a for a in args if a.startswith('socket,id=qmp,fd=')][0]
+srv = socket.socket(fileno=int(qmp.split('fd=')[1].split(',')[0]))
+path = srv.getsockname()
 conn, _ = srv.accept()
 f = conn.makefile('rb')
 conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\\n')
@@ -76,14 +74,15 @@ class QemuVMTestCase(base.BaseTestCase):
 
     def test_qemu_exits_at_start(self):
         qemu = self._qemu('#!/bin/sh\necho "bad option -foo" >&2\nexit 3\n')
-        hv = qemu_vm.QemuHypervisor(qemu_path=qemu)
+        hv = qemu_vm.QemuHypervisor(qemu_path=qemu, jailed=False)
         exc = self.assertRaises(exception.HypervisorError, hv.start,
                                 self.config)
         self.assertIn('status 3', str(exc))
         self.assertIn('bad option -foo', str(exc))
 
     def test_lifecycle_quit_path(self):
-        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu())
+        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu(),
+                                    jailed=False)
         vm = hv.start(self.config)
         self.assertEqual(os.path.join(self.config.run_dir, 'agent.sock'),
                          vm.agent_socket)
@@ -99,7 +98,8 @@ class QemuVMTestCase(base.BaseTestCase):
         self.assertFalse(os.path.exists(vm.qmp_socket))
 
     def test_stop_kills_when_quit_is_ignored(self):
-        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu(True))
+        hv = qemu_vm.QemuHypervisor(qemu_path=self._fake_qemu(True),
+                                    jailed=False)
         vm = hv.start(self.config)
         self.useFixture(fixtures.MockPatchObject(qemu_vm, 'QUIT_GRACE', 0.2))
         vm.stop(0)
@@ -112,7 +112,7 @@ class QemuVMTestCase(base.BaseTestCase):
             [sys.executable, '-c', textwrap.dedent('''
                 import sys
                 from kata_zun.hypervisor.qemu import vm
-                p = vm.spawn(['sleep', '60'], sys.argv[1])
+                p = vm.spawn(['sleep', '60'], open(sys.argv[1], 'wb'))
                 print(p.pid)
             '''), os.path.join(self.dir, 'log')],
             stdout=subprocess.PIPE, check=True)
@@ -149,18 +149,25 @@ class NicHotplugTestCase(base.BaseTestCase):
         self.errors = {}
         self.present = set()
 
-        def execute(cmd, args=None, timeout=10.0):
+        def execute(cmd, args=None, timeout=10.0, fds=()):
             self.calls.append((cmd, (args or {}).get('id')))
+            if cmd == 'getfd':
+                # The tap's fd goes along with the command.
+                self.assertEqual(1, len(fds))
             if cmd in self.errors:
                 raise self.errors.pop(cmd)
             if cmd == 'qom-list':
                 return [{'name': n} for n in sorted(self.present)]
             return {}
         self.vm.execute = execute
+        # The tap is opened here (QEMU may be jailed): any fd stands in.
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.hypervisor.qemu.handles.open_tap',
+            side_effect=lambda tap: os.open(os.devnull, os.O_RDONLY)))
 
     def test_add_into_free_slot_then_full(self):
         self.vm.add_nic(hv_base.Nic('kzt1', '02:00:00:00:00:02'))
-        self.assertEqual([('netdev_add', 'net-kzt1-1'),
+        self.assertEqual([('getfd', None), ('netdev_add', 'net-kzt1-1'),
                           ('device_add', 'nic-kzt1-1')], self.calls)
         exc = self.assertRaises(exception.NicHotplugError, self.vm.add_nic,
                                 hv_base.Nic('kzt2', '02:00:00:00:00:03'))
