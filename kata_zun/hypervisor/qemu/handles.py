@@ -104,9 +104,15 @@ class ConsoleLog(threading.Thread):
                                                 0o600))
 
     def run(self):
-        out = self._open()
         try:
+            out = self._open()
             self.written = out.seek(0, os.SEEK_END)
+        except OSError as exc:
+            # Still drained (a guest blocked on its console would hang),
+            # just not kept.
+            LOG.warning('guest console log %s: %s', self.path, exc)
+            out = None
+        try:
             while True:
                 try:
                     data = self.sock.recv(65536)
@@ -114,6 +120,8 @@ class ConsoleLog(threading.Thread):
                     break
                 if not data:
                     break
+                if out is None:
+                    continue
                 if self.written + len(data) > self.max_bytes:
                     out.close()
                     os.replace(self.path, self.path + '.1')
@@ -125,5 +133,6 @@ class ConsoleLog(threading.Thread):
         except OSError as exc:
             LOG.warning('guest console log %s: %s', self.path, exc)
         finally:
-            out.close()
+            if out is not None:
+                out.close()
             self.sock.close()

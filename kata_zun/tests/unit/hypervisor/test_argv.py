@@ -67,6 +67,76 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-device', 'virtio-blk-device,drive=disk1,serial=rw0',
         ] + SANDBOX, argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU))
 
+    def test_jailed_qemu_gets_descriptors(self):
+        # A jailed QEMU opens nothing by name on the host: the kernel and
+        # initrd are at their jail paths, the rest are inherited fds.
+        config = _config(
+            disks=(hv_base.Disk('/img/rootfs.erofs', 'rootfs', True),
+                   hv_base.Disk('/var/lib/kz/rw.img', 'rw0')),
+            nics=(hv_base.Nic('kzt0123456789ab', '02:6b:0a:58:00:02'),),
+            pci_slots=1)
+        handles = argv.Handles('/guest/vmlinux', '/guest/initrd.img',
+                               qmp_fd=5, agent_fd=6, console_fd=7,
+                               disk_fds=(8, 9), tap_fds=(10,))
+        self.assertEqual((5, 6, 7, 8, 9, 10), handles.fds())
+        self.assertEqual([
+            QEMU,
+            '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+            '-name', 'sb1',
+            '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
+                        'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
+            '-accel', 'tcg,tb-size=64',
+            '-cpu', 'max',
+            '-m', '512M', '-object', 'memory-backend-memfd,id=mem,size=512M',
+            '-smp', '2',
+            '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
+            '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
+                       'cryptomgr.notests rdinit=/init quiet '
+                       'pcie_ports=native',
+            '-chardev', 'socket,id=console,fd=7,server=off',
+            '-serial', 'chardev:console',
+            '-chardev', 'socket,id=qmp,fd=5,server=on,wait=off',
+            '-mon', 'chardev=qmp,mode=control',
+            '-device', 'virtio-serial-device,id=vser0,max_ports=2',
+            '-chardev', 'socket,id=agent,fd=6,server=on,wait=off',
+            '-device', 'virtserialport,bus=vser0.0,chardev=agent,'
+                       'name=agent.0',
+            '-add-fd', 'fd=8,set=1',
+            '-blockdev', '{"driver":"raw","node-name":"disk0",'
+                         '"read-only":true,"file":{"driver":"file",'
+                         '"filename":"/dev/fdset/1"}}',
+            '-device', 'virtio-blk-device,drive=disk0,serial=rootfs',
+            '-add-fd', 'fd=9,set=2',
+            '-blockdev', '{"driver":"raw","node-name":"disk1",'
+                         '"read-only":false,"file":{"driver":"file",'
+                         '"filename":"/dev/fdset/2"}}',
+            '-device', 'virtio-blk-device,drive=disk1,serial=rw0',
+            '-device', 'pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1',
+            '-netdev', 'tap,id=net-kzt0123456789ab,fd=10,vhost=off',
+            '-device', 'virtio-net-pci,id=nic-kzt0123456789ab,'
+                       'netdev=net-kzt0123456789ab,mac=02:6b:0a:58:00:02,'
+                       'bus=rp0,romfile=',
+        ] + SANDBOX, argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU,
+                                     handles=handles, tcg_cache_mb=64))
+
+    def test_handles_must_match_the_devices(self):
+        config = _config(disks=(hv_base.Disk('/img/a', 'a'),))
+        for handles in (
+                argv.Handles('/k', '/i', 5, 6, 7),           # no disk fd
+                argv.Handles('/k', '/i', 5, 6, 7, (8,), (9,)),   # extra tap
+                argv.Handles('/k', '/i', 1, 6, 7, (8,)),     # stdout
+                argv.Handles('/k', '/i', True, 6, 7, (8,))):
+            self.assertRaises(exception.HypervisorError, argv.build_argv,
+                              config, 'tcg', 'microvm', 'max', QEMU,
+                              handles=handles)
+
+    def test_hotplug_of_an_open_tap(self):
+        dev = argv.NetDevice(1, 'kzt0123456789ab', '02:6b:0a:58:00:02',
+                             slot=1, generation=3)
+        self.assertEqual({'type': 'tap', 'id': 'net-kzt0123456789ab-3',
+                          'fd': 'fd-net-kzt0123456789ab-3', 'vhost': False},
+                         dev.netdev_add_args('fd-net-kzt0123456789ab-3'))
+
     def test_q35_kvm_no_sandbox_operator_params(self):
         self.cfg.config(seccomp_sandbox=False, group='kata_hypervisor')
         self.cfg.config(kernel_params='loglevel=3  kz.x=1', group='kata_guest')

@@ -1,0 +1,141 @@
+"""Sandbox cgroups on v1 and v2 layouts (a directory tree stands in for
+the cgroup file systems; the real ones are used by test_jail).
+"""
+
+import os
+
+import fixtures
+from oslotest import base
+
+from kata_zun import exception
+from kata_zun.jail import cgroup
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+class DetectTestCase(base.BaseTestCase):
+
+    def _mounts(self, text):
+        path = self.useFixture(fixtures.TempDir()).join('mounts')
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
+    def test_v2_at_the_root(self):
+        mounts = self._mounts('cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n')
+        self.assertEqual(('v2', '/sys/fs/cgroup'), cgroup.detect(mounts))
+
+    def test_hybrid_uses_v1_controllers(self):
+        # This machine: v1 controllers plus an empty unified mount.
+        mounts = self._mounts(
+            'tmpfs /sys/fs/cgroup tmpfs rw 0 0\n'
+            'cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n'
+            'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n'
+            'cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n'
+            'cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n')
+        self.assertEqual(('v1', {'cpu': '/sys/fs/cgroup/cpu,cpuacct',
+                                 'memory': '/sys/fs/cgroup/memory',
+                                 'pids': '/sys/fs/cgroup/pids'}),
+                         cgroup.detect(mounts))
+
+    def test_missing_controller_is_an_error(self):
+        mounts = self._mounts(
+            'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n')
+        exc = self.assertRaises(exception.JailError, cgroup.detect, mounts)
+        self.assertIn('cpu, pids', str(exc))
+
+
+class CgroupV1TestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        self.points = {c: os.path.join(self.root, c)
+                       for c in ('memory', 'pids')}
+        self.points['cpu'] = os.path.join(self.root, 'cpu,cpuacct')
+
+    def test_create_limits_and_destroy(self):
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v1', self.points))
+        group.create(320 << 20, 0.5, 256)
+        memory = os.path.join(self.points['memory'], 'kata_zun', 'kz-1',
+                              'vmm')
+        self.assertEqual(str(320 << 20),
+                         _read(memory + '/memory.limit_in_bytes'))
+        cpu = os.path.join(self.points['cpu'], 'kata_zun', 'kz-1', 'vmm')
+        self.assertEqual('50000', _read(cpu + '/cpu.cfs_quota_us'))
+        self.assertEqual('100000', _read(cpu + '/cpu.cfs_period_us'))
+        self.assertEqual({'memory': 320 << 20, 'cpu': 0.5, 'pids': 256},
+                         group.limits())
+        self.assertEqual(3, len(group.procs_files('vmm')))
+        # A real cgroupfs removes the control files with the directory.
+        for directory in group.directories():
+            vmm = os.path.join(directory, 'vmm')
+            for name in os.listdir(vmm):
+                os.unlink(os.path.join(vmm, name))
+        self.assertTrue(group.destroy())
+        for directory in group.directories():
+            self.assertFalse(os.path.exists(directory))
+
+    def test_no_cpu_limit_is_no_quota(self):
+        group = cgroup.for_sandbox('kata_zun', 'kz-2', ('v1', self.points))
+        group.create(1 << 30, None, 64)
+        self.assertIsNone(group.limits()['cpu'])
+
+    def test_names_cannot_leave_the_parent(self):
+        for bad in ('../x', 'a/b', '', '.hidden', 'x' * 200):
+            self.assertRaises(exception.JailError, cgroup.for_sandbox,
+                              'kata_zun', bad, ('v1', self.points))
+        self.assertRaises(exception.JailError, cgroup.for_sandbox,
+                          '..', 'kz-1', ('v1', self.points))
+
+
+class CgroupV2TestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        with open(os.path.join(self.root, 'cgroup.controllers'), 'w') as f:
+            f.write('cpuset cpu io memory pids\n')
+        open(os.path.join(self.root, 'cgroup.subtree_control'), 'w').close()
+        # A real cgroupfs fills new directories with their control files.
+        real_makedirs = os.makedirs
+
+        def makedirs(path, *args, **kwargs):
+            real_makedirs(path, *args, **kwargs)
+            for name, text in (('cgroup.controllers',
+                                'cpu memory pids\n'),
+                               ('cgroup.subtree_control', '')):
+                if not os.path.exists(os.path.join(path, name)):
+                    with open(os.path.join(path, name), 'w') as f:
+                        f.write(text)
+        self.useFixture(fixtures.MonkeyPatch(
+            'kata_zun.jail.cgroup.os.makedirs', makedirs))
+
+    def test_create_enables_controllers_and_limits(self):
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v2', self.root))
+        group.create(300 << 20, 1.5, 128)
+        self.assertEqual('+memory +cpu +pids',
+                         _read(self.root + '/cgroup.subtree_control'))
+        vmm = os.path.join(self.root, 'kata_zun', 'kz-1', 'vmm')
+        self.assertEqual(str(300 << 20), _read(vmm + '/memory.max'))
+        self.assertEqual('0', _read(vmm + '/memory.swap.max'))
+        self.assertEqual('150000 100000', _read(vmm + '/cpu.max'))
+        self.assertEqual({'memory': 300 << 20, 'cpu': 1.5, 'pids': 128},
+                         group.limits())
+        self.assertEqual([vmm + '/cgroup.procs'], group.procs_files('vmm'))
+
+    def test_missing_controller(self):
+        with open(os.path.join(self.root, 'cgroup.controllers'), 'w') as f:
+            f.write('cpu memory\n')
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v2', self.root))
+        exc = self.assertRaises(exception.JailError, group.create,
+                                1 << 30, None, 64)
+        self.assertIn('pids', str(exc))
+
+    def test_shims_leave_for_their_own_cgroup(self):
+        cgroup.join_shims('kata_zun', 1234, ('v2', self.root))
+        self.assertEqual('1234', _read(os.path.join(
+            self.root, 'kata_zun', 'shims', 'cgroup.procs')))

@@ -1,0 +1,75 @@
+"""uid leases: never two sandboxes on one uid, never a uid in use."""
+
+import json
+import os
+
+import fixtures
+from oslotest import base
+
+from kata_zun import exception
+from kata_zun.jail import identity
+
+
+class LeaseTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).join('uids')
+        self.running = set()
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.jail.identity.uids_in_use',
+            side_effect=lambda: set(self.running)))
+
+    def test_lowest_free_uid_each_time(self):
+        self.assertEqual(5000, identity.lease(self.dir, 'a', 5000, 3))
+        self.assertEqual(5001, identity.lease(self.dir, 'b', 5000, 3))
+        identity.release(self.dir, 5000, 'a')
+        self.assertEqual(5000, identity.lease(self.dir, 'c', 5000, 3))
+        self.assertEqual(0o700, os.stat(self.dir).st_mode & 0o777)
+
+    def test_exhausted_range_is_a_clear_error(self):
+        identity.lease(self.dir, 'a', 5000, 2)
+        identity.lease(self.dir, 'b', 5000, 2)
+        exc = self.assertRaises(exception.JailError, identity.lease,
+                                self.dir, 'c', 5000, 2)
+        self.assertIn('no free uid', str(exc))
+
+    def test_a_uid_some_process_runs_as_is_skipped(self):
+        # Another user's process (or a QEMU whose lease vanished).
+        self.running = {5000}
+        self.assertEqual(5001, identity.lease(self.dir, 'a', 5000, 3))
+
+    def test_stale_lease_is_taken_over(self):
+        # A shim that died: its pid runs no more (or is another process).
+        with self._mkdir_open('5000') as f:
+            json.dump({'sandbox': 'dead', 'pid': 2 ** 22 + 7,
+                       'started': 1, 'boot_id': 'x'}, f)
+        self.assertEqual(5000, identity.lease(self.dir, 'a', 5000, 3))
+
+    def test_live_lease_is_respected(self):
+        identity.lease(self.dir, 'a', 5000, 3)          # held by us
+        self.assertEqual(5001, identity.lease(self.dir, 'b', 5000, 3))
+
+    def test_garbage_lease_files_are_stale(self):
+        self._mkdir_open('5000').close()
+        with self._mkdir_open('5001') as f:
+            f.write('x' * 100000)
+        self.assertEqual(5000, identity.lease(self.dir, 'a', 5000, 3))
+        self.assertEqual(5001, identity.lease(self.dir, 'b', 5000, 3))
+
+    def test_release_only_by_its_holder(self):
+        uid = identity.lease(self.dir, 'a', 5000, 3)
+        identity.release(self.dir, uid, 'someone-else')
+        self.assertTrue(os.path.exists(os.path.join(self.dir, str(uid))))
+        identity.release(self.dir, uid, 'a')
+        self.assertFalse(os.path.exists(os.path.join(self.dir, str(uid))))
+
+    def _mkdir_open(self, name):
+        os.makedirs(self.dir, exist_ok=True)
+        return open(os.path.join(self.dir, name), 'w')
+
+
+class UidsInUseTestCase(base.BaseTestCase):
+
+    def test_reads_proc(self):
+        self.assertIn(os.geteuid(), identity.uids_in_use())

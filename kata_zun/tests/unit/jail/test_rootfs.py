@@ -1,0 +1,62 @@
+"""What a jailed QEMU may see, planned from the real binary."""
+
+import os
+import shutil
+
+import fixtures
+from oslotest import base
+
+from kata_zun import exception
+from kata_zun.jail import rootfs
+
+QEMU = shutil.which('qemu-system-x86_64') or '/usr/bin/qemu-system-x86_64'
+
+
+class PlanTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(QEMU):
+            self.skipTest('QEMU is not installed')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        for name in ('vmlinux', 'initrd.img'):
+            open(os.path.join(self.dir, name), 'w').close()
+
+    def test_plan_lists_only_what_qemu_needs(self):
+        plan = rootfs.plan(os.path.join(self.dir, 'root'), QEMU,
+                           os.path.join(self.dir, 'vmlinux'),
+                           os.path.join(self.dir, 'initrd.img'),
+                           data_dirs=('/usr/share/qemu', '/nonexistent'))
+        targets = {b.target: b for b in plan.binds}
+        self.assertEqual('/guest/vmlinux', plan.kernel)
+        self.assertEqual('/guest/initrd.img', plan.initrd)
+        self.assertFalse(targets['/guest/vmlinux'].executable)
+        self.assertTrue(targets[os.path.realpath(QEMU)].executable)
+        self.assertIn('/usr/share/qemu', targets)
+        self.assertNotIn('/nonexistent', targets)
+        libs = [b for b in plan.binds if '.so' in b.target]
+        self.assertTrue(any('ld-linux' in b.target for b in libs))
+        self.assertTrue(any('libc.so' in b.target for b in libs))
+        for bind in plan.binds:
+            self.assertTrue(os.path.isabs(bind.target))
+            self.assertFalse(bind.device)
+            # Nothing of the host's configuration, state or secrets.
+            for prefix in ('/etc', '/var', '/proc', '/sys', '/root',
+                           '/home', '/run', '/tmp'):
+                self.assertFalse(bind.target.startswith(prefix + '/'),
+                                 bind.target)
+
+    def test_kvm_device_only_when_asked(self):
+        plan = rootfs.plan(os.path.join(self.dir, 'root'), QEMU,
+                           os.path.join(self.dir, 'vmlinux'),
+                           os.path.join(self.dir, 'initrd.img'),
+                           devices=('/dev/kvm',))
+        devices = [b for b in plan.binds if b.device]
+        self.assertEqual(['/dev/kvm'], [b.target for b in devices])
+
+    def test_not_a_dynamic_binary(self):
+        script = os.path.join(self.dir, 'qemu')
+        with open(script, 'w') as f:
+            f.write('#!/bin/sh\n')
+        os.chmod(script, 0o755)
+        self.assertRaises(exception.JailError, rootfs.libraries, script)
