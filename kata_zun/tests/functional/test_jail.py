@@ -278,3 +278,72 @@ class JailEscapeTestCase(base.KataZunFunctionalTest):
         with open('/proc/self/mountinfo') as f:
             self.assertNotIn(run_dir, f.read())
         os.kill(parent, 0)       # and we are untouched
+
+
+# A hostile guest: floods its serial console, then says READY.
+FLOODING_AGENT = '''
+import os
+import time
+
+
+def main():
+    tty = os.open('/dev/ttyS0', os.O_WRONLY | os.O_NOCTTY)
+    line = b'flood ' * 170 + b'\\n'
+    for _ in range(%(lines)d):
+        os.write(tty, line)
+    os.write(tty, b'LAST-LINE\\n')
+    while True:
+        for port in os.listdir('/sys/class/virtio-ports'):
+            with open('/sys/class/virtio-ports/%%s/name' %% port) as f:
+                if f.read().strip() == 'agent.0':
+                    break
+        else:
+            time.sleep(0.01)
+            continue
+        break
+    fd = os.open('/dev/' + port, os.O_RDWR)
+    os.write(fd, b'READY\\n')
+    os.read(fd, 100)
+'''
+
+
+class HostileConsoleTestCase(base.KataZunFunctionalTest):
+    """A guest that writes to its console without end fills no disk."""
+
+    def test_console_flood_is_capped(self):
+        from kata_zun.hypervisor import base as hv_base
+        from kata_zun.hypervisor.qemu import vm as qemu_vm
+        cfg = self.useFixture(config_fixture.Config(CONF))
+        cfg.config(state_path=self.state_path, run_path=self.run_path,
+                   console_log_max_bytes=64 * 1024, group='kata')
+        cfg.config(accelerator='tcg', group='kata_hypervisor')
+        agent_dir = os.path.join(self.state_path, 'flood-agent')
+        os.mkdir(agent_dir)
+        with open(os.path.join(agent_dir, 'guest.py'), 'w') as f:
+            f.write(FLOODING_AGENT % {'lines': 600})     # ~600 KiB
+        assets = builder.build(agent_dir=agent_dir)
+        run_dir = os.path.join(self.run_path, 'flood')
+        console = os.path.join(self.state_path, 'console.log')
+        config = hv_base.VMConfig(
+            name='kz-flood-test', vcpus=1, memory_mb=128,
+            kernel=assets.kernel, initrd=assets.initrd, run_dir=run_dir,
+            console_log=console)
+        vm = qemu_vm.QemuHypervisor().start(config)
+        self.addCleanup(vm.kill)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.connect(vm.agent_socket)
+        sock.settimeout(240)       # the serial port is slow under TCG
+        data = b''
+        while not data.endswith(b'\n'):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(b'READY\n', data)
+        vm.kill()
+        sizes = [os.path.getsize(p) for p in (console, console + '.1')]
+        self.assertLessEqual(max(sizes), 64 * 1024, sizes)
+        self.assertGreater(sum(sizes), 32 * 1024)    # it did flood
+        with open(console, 'rb') as f:
+            self.assertIn(b'LAST-LINE', f.read())
