@@ -61,7 +61,7 @@ def vm_config(shim, run_dir):
     pci_slots = qargv.MAX_PCI_SLOTS if attachment.get('hotplug') else 0
     # --- end network
     return base.VMConfig(
-        name='kz-' + shim.cid[:12], vcpus=vm['vcpus'],
+        name=base.vm_name(shim.cid), vcpus=vm['vcpus'],
         memory_mb=vm['memory_mb'], kernel=assets.kernel,
         initrd=assets.initrd, run_dir=run_dir,
         console_log=os.path.join(shim.state_dir, 'console.log'),

@@ -13,6 +13,13 @@ import typing
 from kata_zun import exception
 
 
+def vm_name(sandbox_id):
+    """:returns: the name of a sandbox's VM (also its host cgroup's and
+        its uid lease's).
+    """
+    return 'kz-' + sandbox_id[:12]
+
+
 @dataclasses.dataclass(frozen=True)
 class Disk:
     """A raw block image given to the guest as a virtio-blk device.

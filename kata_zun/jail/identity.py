@@ -135,3 +135,17 @@ def release(lease_dir, uid, sandbox):
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def release_all(lease_dir, sandbox):
+    """Give back every uid ``sandbox`` holds (after its shim died).
+
+    :returns: None
+    """
+    try:
+        names = os.listdir(lease_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.isdigit():
+            release(lease_dir, int(name), sandbox)

@@ -28,6 +28,7 @@ import typing
 from oslo_log import log as logging
 
 from kata_zun import conf
+from kata_zun import exception
 from kata_zun.jail import cgroup
 from kata_zun.jail import identity
 from kata_zun.jail import rootfs
@@ -143,3 +144,18 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
               group.version)
     return Jail(sandbox, uid, uid, _kvm_group() if accel == 'kvm' else (),
                 group, root, lease_dir, _cap_last())
+
+
+def cleanup(sandbox):
+    """Remove what a sandbox's jail left behind when its shim died with
+    it (the kernel killed QEMU, nobody released): its cgroup and uid.
+
+    :returns: None
+    """
+    if not CONF.kata_jail.enabled or os.geteuid() != 0:
+        return
+    try:
+        cgroup.for_sandbox(CONF.kata_jail.cgroup_parent, sandbox).destroy()
+    except exception.JailError as exc:
+        LOG.warning('sandbox %s: %s', sandbox, exc)
+    identity.release_all(CONF.kata_jail.lease_dir, sandbox)

@@ -848,6 +848,9 @@ class Runtime(object):
                     os.kill(pid, 9)
             self._wait_shim_gone(c)
         self._unplug_network(c, force)
+        from kata_zun.hypervisor import base as hv_base
+        from kata_zun.jail import launch
+        launch.cleanup(hv_base.vm_name(c.id))
         shutil.rmtree(self._run_dir(c.id), ignore_errors=True)
         shutil.rmtree(c.dir, ignore_errors=True)
         return c

@@ -141,8 +141,32 @@ class JailedQemuTestCase(base.KataZunFunctionalTest):
         self.assertFalse(os.path.exists('/proc/%d' % pid))
         for directory in group.directories():
             self.assertFalse(os.path.exists(directory), directory)
-        self.assertFalse(os.path.exists(os.path.join(
-            CONF.kata_jail.lease_dir, str(uid))))
+        self.assertNotIn(group.sandbox, _lease_holders(uid))
+
+    def test_a_killed_shim_leaves_no_cgroup_or_uid(self):
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'k1', 'busybox', 'sleep', '1000',
+                check=0)
+        info = json.loads(self.kz('inspect', 'k1', check=0).out)
+        info = info[0] if isinstance(info, list) else info
+        vm_pid, shim_pid = info['State']['VMPid'], info['State']['ShimPid']
+        uid = int(_status(vm_pid)['Uid'].split()[0])
+        group = cgroup.for_sandbox(CONF.kata_jail.cgroup_parent,
+                                   'kz-' + info['Id'][:12])
+        os.kill(shim_pid, 9)
+        deadline = time.monotonic() + 30
+        while os.path.exists('/proc/%d' % vm_pid):      # PDEATHSIG
+            self.assertLess(time.monotonic(), deadline, 'QEMU outlived '
+                            'its shim')
+            time.sleep(0.1)
+        self.assertIn('crash', self.kz('ps', '-a').text + self.kz(
+            'inspect', 'k1').text)
+        self.kz('rm', 'k1', check=0)
+        for directory in group.directories():
+            self.assertFalse(os.path.exists(directory), directory)
+        # (Another test's sandbox may hold that uid by now: what matters
+        # is that no lease names this one.)
+        self.assertNotIn(group.sandbox, _lease_holders(uid))
 
     def test_guest_memory_hog_stays_within_host_limit(self):
         self.load_busybox()
@@ -161,6 +185,17 @@ class JailedQemuTestCase(base.KataZunFunctionalTest):
         self.assertTrue(os.path.exists('/proc/%d' % pid))
         self.assertLessEqual(_peak_memory(group), limit)
         self.kz('exec', 'm1', 'true', check=0)
+
+
+def _lease_holders(*uids):
+    holders = []
+    for uid in uids:
+        try:
+            with open(os.path.join(CONF.kata_jail.lease_dir, str(uid))) as f:
+                holders.append(json.load(f).get('sandbox'))
+        except (OSError, ValueError):
+            pass
+    return holders
 
 
 def base_text(text):
