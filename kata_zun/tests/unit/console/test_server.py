@@ -446,11 +446,17 @@ class HelpersTest(base.BaseTestCase):
 
     def test_from_conf(self):
         opts = types.SimpleNamespace(listen_host=None, listen_port=2375,
-                                     token_ttl=5, max_connections=3)
+                                     token_ttl=5, max_connections=3,
+                                     max_connections_per_project=2,
+                                     tls_cert_file=None, tls_key_file=None,
+                                     tls_ca_file=None,
+                                     tls_exec_client_cert=False)
         conf = types.SimpleNamespace(kata_console=opts, my_ip='10.0.0.5')
         s = console_server.from_conf(None, conf)
         self.assertEqual(('10.0.0.5', 2375, '10.0.0.5'),
                          (s.host, s.port, s.advertise_host))
+        self.assertEqual(2, s.projects.limit)
+        self.assertIsNone(s.ssl_context)
         opts.listen_host = '::'
         s = console_server.from_conf(None, conf)
         self.assertEqual(('::', '10.0.0.5'), (s.host, s.advertise_host))
