@@ -244,6 +244,7 @@ class ConsoleTlsTestCase(_ConsoleBase):
         super().setUp()
         tmp = self.useFixture(fixtures.TempDir()).path
         self.ca, cert, key = registry_fixture.make_ca(tmp)
+        self.server_pair = (cert, key)
         ca_key = os.path.join(tmp, 'ca.key')
         self.client = _client_cert(tmp, 'wsproxy', self.ca, ca_key)
         other = os.path.join(tmp, 'other')
@@ -343,6 +344,39 @@ class ConsoleTlsTestCase(_ConsoleBase):
             timeout=60)
         ws.close()
         self.assertEqual('running', self.rt.get(self.cid).status)
+
+    def test_exec_client_certificate_when_required(self):
+        import docker
+        console = console_server.ConsoleServer(
+            self.rt, '127.0.0.1', 0, ttl=60,
+            ssl_context=console_server.tls_context(*self.server_pair,
+                                                   ca_file=self.ca),
+            client_cert_for=('attach', 'exec')).start()
+        self.addCleanup(console.stop)
+        url = 'https://127.0.0.1:%d' % console.port
+        exec_id = console.add_exec(self.cid, ['sh'])
+        # python-requests lets REQUESTS_CA_BUNDLE override a session's
+        # CA: trust ours that way, as zun-wsproxy must.
+        self.useFixture(fixtures.EnvironmentVariable('REQUESTS_CA_BUNDLE',
+                                                     self.ca))
+        # zun-wsproxy's way: no client certificate.
+        anonymous = docker.APIClient(base_url=url, timeout=30,
+                                     version='1.41')
+        exc = self.assertRaises(docker.errors.APIError,
+                                anonymous.exec_start, exec_id, socket=True,
+                                tty=True)
+        self.assertEqual(403, exc.response.status_code)
+        client = docker.APIClient(
+            base_url=url, timeout=30, version='1.41',
+            tls=docker.tls.TLSConfig(client_cert=self.client,
+                                     ca_cert=self.ca, verify=True))
+        # The refused request did not spend the exec id.
+        tsock = client.exec_start(exec_id, socket=True, tty=True)
+        sock = getattr(tsock, '_sock', tsock)
+        sock.settimeout(60)
+        sock.sendall(b'echo ce$((2+2))rt; exit 0\n')
+        self.assertIn(b'ce4rt', _drain(sock))
+        sock.close()
 
     def test_silent_tls_client_is_cut_off(self):
         with mock.patch.object(console_server, 'HEAD_TIMEOUT', 1.0):
