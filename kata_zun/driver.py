@@ -721,7 +721,10 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             raise zun_exc.Invalid('interactive exec and attach are '
                                   'disabled on host %s ([kata_console] '
                                   'enabled = false)' % CONF.host)
-        console = console_server.from_conf(self.rt, CONF)
+        try:
+            console = console_server.from_conf(self.rt, CONF)
+        except exception.KataZunException as exc:
+            raise zun_exc.ZunException(str(exc))
         try:
             self._console = console.start()
         except OSError as exc:
@@ -735,12 +738,17 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             port = urllib.parse.urlsplit(docker_url).port
         except ValueError:
             port = None
-        if port != self._console.port:
+        scheme = 'https' if self._console.ssl_context else 'tcp'
+        if port != self._console.port or (
+                self._console.ssl_context and
+                not str(docker_url).startswith('https://')):
             LOG.warning('[docker] docker_remote_api_url is %s: zun-wsproxy '
-                        'will not reach the kata console on port %s and '
-                        'interactive exec will fail; set it to tcp://%s:%s',
+                        'will not reach the kata console (port %s%s) and '
+                        'interactive exec will fail; set it to %s://%s:%s',
                         docker_url, self._console.port,
-                        self._console.advertise_host, self._console.port)
+                        ', TLS' if self._console.ssl_context else '',
+                        scheme, self._console.advertise_host,
+                        self._console.port)
         return self._console
 
     def execute_create(self, context, container, command, interactive=False):
@@ -752,8 +760,10 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             # zun-wsproxy starts it with Docker's exec start API, which
             # the console serves: the id is a single-use secret.
             try:
+                # Sessions count against the owner's per-project cap.
                 return self._console_server().add_exec(
-                    container.container_id, argv, tty=True, stdin=True)
+                    container.container_id, argv, tty=True, stdin=True,
+                    project=getattr(container, 'project_id', None))
             except console_sessions.Busy as exc:
                 raise zun_exc.Conflict(str(exc))
         exec_id = os.urandom(16).hex()
@@ -791,12 +801,14 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             LOG.info('resizing exec %s: %s', str(exec_id)[:8], exc)
 
     def get_websocket_url(self, context, container):
-        """:returns: a single-use ws:// URL of the console for
-        zun-wsproxy (it expires after ``[kata_console] token_ttl``).
+        """:returns: a single-use ws:// (wss:// with TLS) URL of the
+        console for zun-wsproxy (it expires after ``[kata_console]
+        token_ttl``).
         """
         try:
             return self._console_server().attach_url(
-                container.container_id)
+                container.container_id,
+                project=getattr(container, 'project_id', None))
         except console_sessions.Busy as exc:
             raise zun_exc.Conflict(str(exc))
 

@@ -15,13 +15,17 @@ OPTS = [
     cfg.StrOpt('bridge', default='kz0',
                help='Host bridge of the "bridge" network; created when '
                     'missing. Must start with "kz" (at most 15 '
-                    'characters): kata-zun only ever touches links named '
-                    'kz*.'),
+                    'characters). The privileged helper reads this option '
+                    'itself and touches no other bridge (and no link but '
+                    'this bridge and kata-zun\'s kzt* taps).'),
     cfg.StrOpt('subnet', default='10.88.0.0/16',
                help='IPv4 subnet of the bridge network. The first address '
                     'is the bridge (the guests\' gateway); the others are '
                     'leased to containers. Refused when it overlaps an '
-                    'address or route of the host.'),
+                    'address or route of the host. The privileged helper '
+                    'reads this option itself: it NATs only this subnet '
+                    'and forwards published ports only to its guest '
+                    'addresses.'),
     cfg.IntOpt('mtu', default=0, min=0, max=65535,
                help='MTU of the bridge, the taps and the guest interfaces; '
                     '0 takes the MTU of the host\'s default-route '

@@ -16,8 +16,12 @@ Routes (anything else is 404, a wrong method 405):
     stdin, its output comes back in binary frames.
 
 One thread per connection (green threads inside zun-compute), at most
-``max_connections`` of them; a request must arrive complete within
-``HEAD_TIMEOUT`` seconds.
+``max_connections`` of them, and at most ``max_per_project`` exec and
+attach sessions of one project (the container's owner, recorded with its
+exec id or attach token): one project cannot take every slot. The TLS
+handshake (when ``[kata_console] tls_cert_file`` is set: https and wss
+only, plain clients get nothing) and the request must arrive complete
+within ``HEAD_TIMEOUT`` seconds.
 """
 
 import json
@@ -26,6 +30,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 
@@ -83,16 +88,26 @@ class ConsoleServer(object):
     :param advertise_host: host put in attach URLs (default ``host``).
     :param ttl: seconds an unused exec id or attach token lives.
     :param max_connections: connections served at once.
+    :param max_per_project: exec and attach sessions one project holds
+        at once (default: no cap but ``max_connections``).
+    :param ssl_context: a server-side ``ssl.SSLContext``: TLS only.
+    :param client_cert_for: the sessions ('attach', 'exec') that need a
+        client certificate the context verified.
     """
 
     def __init__(self, runtime, host, port, advertise_host=None, ttl=120,
-                 max_connections=64):
+                 max_connections=64, max_per_project=None,
+                 ssl_context=None, client_cert_for=()):
         self.runtime = runtime
         self.host = host
         self.port = port
         self.advertise_host = advertise_host or host
         self.registry = sessions.Registry(ttl)
         self.max_connections = max_connections
+        self.projects = sessions.ProjectSlots(
+            max_per_project or max_connections)
+        self.ssl_context = ssl_context
+        self.client_cert_for = frozenset(client_cert_for)
         self._slots = threading.BoundedSemaphore(max_connections)
         self._listener = None
         self._thread = None
@@ -163,12 +178,15 @@ class ConsoleServer(object):
                 LOG.exception('cannot start a console connection thread')
 
     # --------------------------------------------------- driver facade
-    def add_exec(self, cid, argv, tty=True, stdin=True):
+    def add_exec(self, cid, argv, tty=True, stdin=True, project=None):
         """Register an interactive exec; :returns: its id.
 
+        :param project: the project owning the container (its sessions
+            count against that project's cap).
         :raises: sessions.Busy
         """
-        return self.registry.add_exec(cid, argv, tty=tty, stdin=stdin)
+        return self.registry.add_exec(cid, argv, tty=tty, stdin=stdin,
+                                      project=project)
 
     def resize_exec(self, exec_id, rows, cols):
         """Resize the tty of an exec, now or when it starts.
@@ -181,22 +199,51 @@ class ConsoleServer(object):
             self.runtime.call(cid, 'resize', {'proc': handle, 'rows': rows,
                                               'cols': cols})
 
-    def attach_url(self, cid):
-        """:returns: a single-use websocket URL to attach to ``cid``.
+    def attach_url(self, cid, project=None):
+        """:returns: a single-use websocket URL (wss:// with TLS) to
+            attach to ``cid``.
 
+        :param project: the project owning the container.
         :raises: sessions.Busy
         """
-        token = self.registry.add_attach(cid)
-        return 'ws://%s:%d/attach/%s?token=%s' % (
+        token = self.registry.add_attach(cid, project=project)
+        return '%s://%s:%d/attach/%s?token=%s' % (
+            'wss' if self.ssl_context else 'ws',
             _format_host(self.advertise_host), self.port, cid, token)
 
     # ------------------------------------------------------ connection
+    def _handshake(self, conn, deadline):
+        """:returns: the TLS socket over ``conn``, or None (the peer is
+        refused: a plain client, a bad or missing client certificate when
+        one is needed, too slow).
+        """
+        conn.settimeout(HEAD_TIMEOUT)
+        try:
+            tls = self.ssl_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError) as exc:
+            LOG.debug('console TLS refused: %s', exc)
+            return None
+        try:
+            tls.settimeout(max(0.1, deadline - time.monotonic()))
+            tls.do_handshake()
+            return tls
+        except (ssl.SSLError, socket.timeout, OSError) as exc:
+            LOG.info('console: TLS handshake failed: %s', exc)
+            tls.close()
+            return None
+
     def _serve(self, conn, addr):
         request = None
         try:
+            deadline = time.monotonic() + HEAD_TIMEOUT
+            if self.ssl_context is not None:
+                tls = self._handshake(conn, deadline)
+                if tls is None:
+                    return
+                conn = tls
             try:
-                request = http.read_request(
-                    conn, deadline=time.monotonic() + HEAD_TIMEOUT)
+                request = http.read_request(conn, deadline=deadline)
             except http.HttpError as exc:
                 http.send_quietly(conn, http.error_response(exc))
                 return
@@ -221,12 +268,39 @@ class ConsoleServer(object):
             finally:
                 self._slots.release()
 
+    def _client_cert(self, conn, kind):
+        """:raises: HttpError 403 if ``kind`` of session needs a client
+        certificate and the peer sent none (a bad one fails the TLS
+        handshake).
+        """
+        if kind not in self.client_cert_for:
+            return
+        try:
+            cert = conn.getpeercert()
+        except (AttributeError, ValueError, OSError):
+            cert = None
+        if not cert:
+            raise http.HttpError(403, 'a client certificate signed by '
+                                 '[kata_console] tls_ca_file is required')
+
+    def _project_slot(self, project):
+        """Take a session slot of ``project``.
+
+        :raises: HttpError 503 when it holds its most already.
+        """
+        try:
+            self.projects.acquire(project)
+        except sessions.Busy as exc:
+            raise http.HttpError(503, str(exc))
+
     def _dispatch(self, conn, request):
         path = request.path
         match = _ATTACH_RE.match(path)
         if match:
+            self._client_cert(conn, 'attach')
             self._method(request, 'GET')
             return self._attach(conn, request, match.group(1))
+        self._client_cert(conn, 'exec')
         if path == '/_ping':
             self._method(request, 'GET', 'HEAD')
             return http.send_quietly(conn, http.response(200, 'OK'))
@@ -284,6 +358,19 @@ class ConsoleServer(object):
         tty = options.get('Tty', False)
         if not isinstance(tty, bool):
             raise http.HttpError(400, 'Tty must be a boolean')
+        try:
+            project = self.registry.get_exec(exec_id).project
+        except sessions.NotFound:
+            raise http.HttpError(404, 'No such exec instance (unknown, '
+                                 'expired or already used)')
+        # At its cap the project is refused before the id is spent.
+        self._project_slot(project)
+        try:
+            self._exec_session(conn, request, exec_id, tty)
+        finally:
+            self.projects.release(project)
+
+    def _exec_session(self, conn, request, exec_id, tty):
         try:
             record = self.registry.start_exec(exec_id)
         except sessions.NotFound:
@@ -377,8 +464,17 @@ class ConsoleServer(object):
             raise http.HttpError(400, 'malformed Sec-WebSocket-Key')
         # A well-formed handshake spends the token, good or bad.
         token = request.query_value('token')
-        if not token or not self.registry.take_attach(cid, token):
+        try:
+            project = self.registry.take_attach(cid, token)
+        except sessions.NotFound:
             raise http.HttpError(403, 'invalid or expired attach token')
+        self._project_slot(project)
+        try:
+            self._attach_session(conn, request, cid, key)
+        finally:
+            self.projects.release(project)
+
+    def _attach_session(self, conn, request, cid, key):
         self._check_running(cid)
         try:
             client = self.runtime.connect(self.runtime.get(cid))
@@ -515,9 +611,33 @@ def _my_ip(conf):
         return None
 
 
+def tls_context(cert_file, key_file, ca_file=None):
+    """:returns: a server ``ssl.SSLContext`` (TLS 1.2 or later); with
+        ``ca_file`` it asks for a client certificate and verifies any
+        that is sent.
+
+    :raises: exception.KataZunException when a file cannot be used.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+        if ca_file:
+            ctx.load_verify_locations(cafile=ca_file)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise exception.KataZunException(
+            '[kata_console] TLS files (tls_cert_file %s, tls_key_file %s, '
+            'tls_ca_file %s) cannot be used: %s' % (cert_file, key_file,
+                                                    ca_file, exc))
+    return ctx
+
+
 def from_conf(runtime, conf):
     """:returns: a ConsoleServer (not started) set up from
     ``[kata_console]``; the listen host defaults to ``my_ip``.
+
+    :raises: exception.KataZunException on unusable TLS settings.
     """
     opts = conf.kata_console
     my_ip = _my_ip(conf)
@@ -525,6 +645,25 @@ def from_conf(runtime, conf):
     advertise = host
     if host in ('0.0.0.0', '::'):
         advertise = my_ip or socket.gethostname()
+    context, cert_for = None, ()
+    if bool(opts.tls_cert_file) != bool(opts.tls_key_file):
+        raise exception.KataZunException(
+            '[kata_console] tls_cert_file and tls_key_file go together')
+    if opts.tls_ca_file and not opts.tls_cert_file:
+        raise exception.KataZunException(
+            '[kata_console] tls_ca_file needs tls_cert_file and '
+            'tls_key_file')
+    if opts.tls_exec_client_cert and not opts.tls_ca_file:
+        raise exception.KataZunException(
+            '[kata_console] tls_exec_client_cert needs tls_ca_file')
+    if opts.tls_cert_file:
+        context = tls_context(opts.tls_cert_file, opts.tls_key_file,
+                              opts.tls_ca_file)
+        if opts.tls_ca_file:
+            cert_for = ('attach', 'exec') if opts.tls_exec_client_cert \
+                else ('attach',)
     return ConsoleServer(runtime, host, opts.listen_port,
                          advertise_host=advertise, ttl=opts.token_ttl,
-                         max_connections=opts.max_connections)
+                         max_connections=opts.max_connections,
+                         max_per_project=opts.max_connections_per_project,
+                         ssl_context=context, client_cert_for=cert_for)

@@ -36,7 +36,16 @@ class _SocketStream(object):
         return self.sock.fileno()
 
     def has_pending(self):
-        return bool(self.pending)
+        """True when bytes are ready without the socket becoming readable
+        (read ahead, or decrypted and buffered by TLS).
+        """
+        if self.pending:
+            return True
+        tls_pending = getattr(self.sock, 'pending', None)
+        try:
+            return bool(tls_pending and tls_pending())
+        except (OSError, ValueError):
+            return False
 
     def _recv(self):
         """Bytes from the peer: b'' at its end, None when none is ready."""
@@ -55,6 +64,22 @@ class _SocketStream(object):
             self.sock.sendall(data)
         except (socket.timeout, OSError) as exc:
             raise PeerGone(str(exc))
+
+
+def _shutdown(sock):
+    """End the connection; over TLS, first say so (close_notify), which
+    TLS clients expect before the end of the stream.
+    """
+    if hasattr(sock, 'unwrap'):
+        try:
+            sock.settimeout(CLOSE_WAIT)
+            sock = sock.unwrap()
+        except (OSError, ValueError):
+            pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class RawStream(_SocketStream):
@@ -84,10 +109,7 @@ class RawStream(_SocketStream):
 
     def finish(self, code=None, reason=''):
         """The process is done: close the connection like Docker does."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self.sock)
 
 
 class WebSocketStream(_SocketStream):
@@ -166,7 +188,4 @@ class WebSocketStream(_SocketStream):
                 self.parser.feed(data)
             except websocket.WebSocketError:
                 break
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self.sock)

@@ -9,8 +9,10 @@ At start (:meth:`BridgePlugin.plug`), under the leases lock:
 2. write the lease (address, MAC, tap name, ports) -- before anything
    exists on the host for it;
 3. privileged (:mod:`kata_zun.privsep.linux_net`): ensure the bridge,
-   enable IPv4 forwarding, (re)create the tap on the bridge, and apply
-   the bridge's and the container's nftables rules in one transaction.
+   enable IPv4 forwarding, (re)create the tap on the bridge, and have
+   the bridge's and the container's nftables rules applied in one
+   transaction (typed arguments: the privileged side writes the rules
+   and accepts only the configured bridge and subnet).
 
 A failure in 3 removes this container's tap and rules and drops its
 lease again. The tap and the rules stay while the container exists,
@@ -36,7 +38,6 @@ from kata_zun import exception
 from kata_zun.network import base
 from kata_zun.network import hostnet
 from kata_zun.network import ipam
-from kata_zun.network import nftrules
 from kata_zun.network import ports as ports_mod
 from kata_zun.runtime import fileutils
 
@@ -163,13 +164,10 @@ class BridgePlugin(base.NetworkPlugin):
                 priv.enable_ip_forward()
                 priv.create_tap(lease['tap'], bridge, mtu,
                                 owner=os.geteuid())
-                lines = (nftrules.base_ruleset() +
-                         nftrules.bridge_rules(bridge, str(subnet)) +
-                         nftrules.port_rules(bridge, cid, lease['ip'],
-                                             mappings))
-                priv.nft_apply(nftrules.ruleset(lines),
-                               [nftrules.bridge_tag(bridge),
-                                nftrules.container_tag(bridge, cid)])
+                # Typed values only: the privileged side writes the
+                # rules, for the bridge and subnet it is configured with.
+                priv.nat_publish(bridge, str(subnet), cid, lease['ip'],
+                                 mappings)
             except Exception as exc:
                 LOG.debug('network of %s failed, undoing it: %s', cid, exc)
                 try:
@@ -200,8 +198,8 @@ class BridgePlugin(base.NetworkPlugin):
         if lease is None:
             return False
         errors = []
-        for step, args in ((priv.nft_apply, ('', [nftrules.container_tag(
-                leases.bridge, cid)])), (priv.delete_link, (lease['tap'],))):
+        for step, args in ((priv.nat_unpublish, (leases.bridge, cid)),
+                           (priv.delete_link, (lease['tap'],))):
             try:
                 step(*args)
             except Exception as exc:

@@ -3,7 +3,7 @@
 Everything lives in one table, ``inet kata_zun``, with three NAT base
 chains. Every rule carries a comment tag saying who owns it, so it can
 be removed exactly (by handle, in the same transaction that adds its
-replacement; see :func:`kata_zun.privsep.linux_net.nft_apply`):
+replacement; see :func:`kata_zun.privsep.linux_net.nat_publish`):
 
 * ``kz-br:<bridge>`` -- the bridge's own rules: outbound masquerade of its
   subnet, masquerade of host-loopback sources reaching a published port,
@@ -11,7 +11,9 @@ replacement; see :func:`kata_zun.privsep.linux_net.nft_apply`):
 * ``kz:<bridge>:<container id>`` -- a container's published ports: DNAT in
   prerouting (traffic from outside) and output (from the host itself).
 
-Pure functions: unit-tested without privileges.
+Used by the privileged side only (:mod:`kata_zun.privsep.linux_net`),
+which calls these with values it has validated: no rule text crosses
+the privsep boundary. Pure functions: unit-tested without privileges.
 """
 
 from kata_zun.network import ports as ports_mod
@@ -78,7 +80,3 @@ def port_rules(bridge, cid, address, mappings):
         for chain in ('prerouting', 'output'):
             lines.append(_rule(chain, body, tag))
     return lines
-
-
-def ruleset(lines):
-    return ''.join(line + '\n' for line in lines)

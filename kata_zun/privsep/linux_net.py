@@ -4,10 +4,15 @@ Every function here runs in the privsep daemon (CAP_NET_ADMIN) and
 validates its arguments there, whatever the caller checked before:
 
 * links: only names kata-zun makes are touched: taps ``kzt`` + 12 hex
-  digits, bridges ``kz`` + up to 13 more characters (not tap-shaped);
-* nftables: only table ``inet kata_zun``, only the few statement shapes
-  :mod:`kata_zun.network.nftrules` writes, every added rule carrying a
-  ``kz:``/``kz-br:`` comment tag so it can be removed exactly;
+  digits and the one bridge configured in ``[kata_network] bridge``;
+* nftables: no rule text crosses the privsep boundary. The caller asks
+  for typed operations (:func:`nat_publish`, :func:`nat_unpublish`) and
+  the rules are written here (:mod:`kata_zun.network.nftrules`) from
+  validated values: only table ``inet kata_zun``, only the configured
+  bridge and subnet (``[kata_network]``, read by this daemon from the
+  same configuration as its caller), DNAT only to a guest address of
+  that subnet, every rule carrying a ``kz:``/``kz-br:`` comment tag so
+  it can be removed exactly;
 * sysctls: ip_forward and the bridge's route_localnet, the taps'
   hairpin mode.
 
@@ -22,16 +27,18 @@ import socket
 import struct
 
 from kata_zun.agent import guestnet
+from kata_zun import conf
+from kata_zun.network import nftrules
+from kata_zun.network import ports as ports_mod
 import kata_zun.privsep
 from kata_zun.privsep import libnft
 
 TAP_RE = re.compile(r'^kzt[0-9a-f]{12}$')
 BRIDGE_RE = re.compile(r'^kz(?!t)[A-Za-z0-9_-]{1,13}$')
-TAG_RE = re.compile(r'^kz(-br)?:[A-Za-z0-9_.:-]{1,100}$')
+CID_RE = re.compile(r'^(?:[0-9a-f]{32}|[0-9a-f]{64})$')
 NFT_FAMILY = 'inet'
 NFT_TABLE = 'kata_zun'
-CHAINS = ('prerouting', 'output', 'postrouting')
-MAX_RULESET = 256 * 1024
+MAX_MAPPINGS = 256
 SYS_NET = '/sys/class/net'
 PROC_NET = '/proc/sys/net/ipv4'
 TUN_DEVICE = '/dev/net/tun'
@@ -42,15 +49,8 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 
 _TABLE = '%s %s' % (NFT_FAMILY, NFT_TABLE)
-_LINE_RES = (
-    re.compile(r'^add table %s$' % _TABLE),
-    re.compile(r'^add chain %s (%s) \{ type (nat|filter) hook '
-               r'(prerouting|output|postrouting) priority -?\d{1,3}; '
-               r'policy accept; \}$' % (_TABLE, '|'.join(CHAINS))),
-    re.compile(r'^add rule %s (%s) [A-Za-z0-9 .:/!=,"_-]{1,400} '
-               r'comment "kz(-br)?:[A-Za-z0-9_.:-]{1,100}"$'
-               % (_TABLE, '|'.join(CHAINS))),
-)
+_MAPPING_KEYS = frozenset(('proto', 'host_ip', 'host_port',
+                           'container_port'))
 
 
 def check_tap_name(name):
@@ -97,28 +97,124 @@ def check_gateway(address, prefix):
     return str(ip)
 
 
-def check_ruleset(text):
-    """:returns: the lines of a ruleset we agree to apply.
-    :raises: ValueError on anything else.
+def configured():
+    """:returns: (bridge name, IPv4Network) of ``[kata_network]``, as this
+    daemon reads them (the caller's configuration files).
+
+    :raises: ValueError when they are unusable.
     """
-    if not isinstance(text, str) or len(text) > MAX_RULESET:
-        raise ValueError('ruleset must be a string of at most %d bytes' %
-                         MAX_RULESET)
-    lines = [line.strip() for line in text.split('\n') if line.strip()]
-    for line in lines:
-        if not any(r.fullmatch(line) for r in _LINE_RES):
-            raise ValueError('refusing nft statement %r' % line[:200])
-    return lines
+    opts = conf.CONF.kata_network
+    bridge = check_bridge_name(opts.bridge)
+    try:
+        subnet = ipaddress.IPv4Network(opts.subnet)
+    except (ValueError, TypeError):
+        raise ValueError('[kata_network] subnet %r is not an IPv4 subnet'
+                         % (opts.subnet,))
+    _check_int(subnet.prefixlen, 'subnet prefix', 8, 30)
+    return bridge, subnet
 
 
-def check_tags(tags):
-    if isinstance(tags, str) or not isinstance(tags, (list, tuple)) or \
-            len(tags) > 64:
-        raise ValueError('tags must be a list')
-    for tag in tags:
-        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-            raise ValueError('refusing rule tag %r' % (tag,))
-    return set(tags)
+def check_our_bridge(name):
+    """:raises: ValueError unless ``name`` is the configured bridge."""
+    check_bridge_name(name)
+    bridge, _subnet = configured()
+    if name != bridge:
+        raise ValueError('refusing bridge %s: the configured [kata_network] '
+                         'bridge is %s' % (name, bridge))
+    return name
+
+
+def check_our_subnet(text):
+    """:returns: the configured subnet if ``text`` names it.
+
+    :raises: ValueError otherwise.
+    """
+    _bridge, subnet = configured()
+    try:
+        asked = ipaddress.IPv4Network(text)
+    except (ValueError, TypeError):
+        raise ValueError('bad subnet %r' % (text,))
+    if asked != subnet:
+        raise ValueError('refusing subnet %s: the configured [kata_network] '
+                         'subnet is %s' % (asked, subnet))
+    return subnet
+
+
+def _gateway(subnet):
+    return subnet.network_address + 1
+
+
+def check_guest_ip(address, subnet):
+    """:returns: ``address`` if it can be a guest's on ``subnet`` (not the
+    network, broadcast or bridge address).
+
+    :raises: ValueError
+    """
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except (ValueError, TypeError):
+        raise ValueError('bad guest address %r' % (address,))
+    if ip not in subnet or ip in (subnet.network_address,
+                                  subnet.broadcast_address,
+                                  _gateway(subnet)):
+        raise ValueError('refusing guest address %s: not a guest address '
+                         'of subnet %s' % (ip, subnet))
+    return str(ip)
+
+
+def check_mapping(mapping, subnet):
+    """:returns: a published port as a fresh dict of checked values.
+
+    :raises: ValueError
+    """
+    if not isinstance(mapping, dict) or set(mapping) != _MAPPING_KEYS:
+        raise ValueError('a port mapping is a dict of exactly %s' %
+                         ', '.join(sorted(_MAPPING_KEYS)))
+    proto = mapping['proto']
+    if proto not in ports_mod.PROTOCOLS:
+        raise ValueError('refusing protocol %r' % (proto,))
+    host_ip = mapping['host_ip']
+    try:
+        ip = ipaddress.IPv4Address(host_ip)
+    except (ValueError, TypeError):
+        raise ValueError('bad host address %r' % (host_ip,))
+    if str(ip) != ports_mod.ANY and (
+            ip.is_multicast or ip.is_reserved or ip.is_unspecified or
+            (ip in subnet and ip != _gateway(subnet))):
+        # A guest's own address would let one container take another's
+        # traffic.
+        raise ValueError('refusing host address %s' % ip)
+    return {'proto': proto, 'host_ip': str(ip),
+            'host_port': _check_int(mapping['host_port'], 'host port', 1,
+                                    65535),
+            'container_port': _check_int(mapping['container_port'],
+                                         'container port', 1, 65535)}
+
+
+def check_cid(cid):
+    if not isinstance(cid, str) or not CID_RE.fullmatch(cid):
+        raise ValueError('refusing container id %r (want 32 or 64 hex '
+                         'digits)' % (cid,))
+    return cid
+
+
+def _replace_rules(tags, lines):
+    """Delete the rules of table inet kata_zun whose comment is one of
+    ``tags`` and run ``lines``, in one transaction (a re-apply replaces
+    instead of duplicating, and a crash never leaves half a change).
+
+    :returns: the number of rules deleted.
+    """
+    deletes = ['delete rule %s %s handle %d' % (_TABLE, chain, handle)
+               for chain, handle, comment in
+               libnft.list_rules(NFT_FAMILY, NFT_TABLE)
+               if comment in tags]
+    batch = deletes + lines
+    if batch:
+        rc, _out, err = libnft.run('\n'.join(batch) + '\n')
+        if rc != 0:
+            raise libnft.NftError(err.strip() or 'nft failed')
+    return len(deletes)
 
 
 def _exists(name):
@@ -134,16 +230,22 @@ def _write(path, value):
 
 @kata_zun.privsep.sys_admin_pctxt.entrypoint
 def ensure_bridge(name, address, prefix, mtu):
-    """Create bridge ``name`` unless it exists; give it ``address/prefix``
+    """Create bridge ``name`` (the configured one) unless it exists; give
+    it ``address/prefix`` (the first address of the configured subnet)
     and ``mtu``, bring it up, allow 127/8 sources out of it
     (route_localnet: published ports reached through the host's loopback).
 
     :raises: ValueError on a bad argument or a non-bridge ``name``;
              OSError from the kernel.
     """
-    check_bridge_name(name)
+    check_our_bridge(name)
     address = check_gateway(address, prefix)
     _check_int(mtu, 'mtu', 68, 65535)
+    _bridge, subnet = configured()
+    if (address, prefix) != (str(_gateway(subnet)), subnet.prefixlen):
+        raise ValueError('refusing bridge address %s/%s: the configured '
+                         '[kata_network] subnet %s has gateway %s' % (
+                             address, prefix, subnet, _gateway(subnet)))
     exists = _exists(name)
     if exists and not os.path.isdir(os.path.join(SYS_NET, name, 'bridge')):
         raise ValueError('%s exists and is not a bridge' % name)
@@ -159,7 +261,8 @@ def ensure_bridge(name, address, prefix, mtu):
 
 @kata_zun.privsep.sys_admin_pctxt.entrypoint
 def create_tap(name, bridge, mtu, owner=None):
-    """(Re)create persistent tap ``name`` on ``bridge``, up, hairpin on.
+    """(Re)create persistent tap ``name`` on ``bridge`` (the configured
+    one), up, hairpin on.
 
     With ``bridge`` None the tap is on no Linux bridge (Zun mode: it is
     added to Open vSwitch afterwards, see kata_zun.network.neutron).
@@ -171,7 +274,7 @@ def create_tap(name, bridge, mtu, owner=None):
     """
     check_tap_name(name)
     if bridge is not None:
-        check_bridge_name(bridge)
+        check_our_bridge(bridge)
     _check_int(mtu, 'mtu', 68, 65535)
     if owner is not None:
         _check_int(owner, 'owner', 0, 2 ** 31 - 1)
@@ -210,8 +313,12 @@ def create_tap(name, bridge, mtu, owner=None):
 
 @kata_zun.privsep.sys_admin_pctxt.entrypoint
 def delete_link(name):
-    """Delete a tap or bridge of ours; :returns: False if it was gone."""
-    check_link_name(name)
+    """Delete a tap of ours or the configured bridge.
+
+    :returns: False if it was gone.
+    """
+    if not (isinstance(name, str) and TAP_RE.fullmatch(name)):
+        check_our_bridge(name)
     try:
         index = socket.if_nametoindex(name)
     except OSError:
@@ -240,31 +347,55 @@ def enable_ip_forward():
 
 
 @kata_zun.privsep.sys_admin_pctxt.entrypoint
-def nft_apply(ruleset_text, replace_tags=()):
-    """Apply statements to table inet kata_zun in one transaction.
+def nat_publish(bridge, subnet, cid, guest_ip, mappings):
+    """NAT of the configured bridge and the published ports of one
+    container, (re)applied in one transaction.
 
-    Rules tagged with one of ``replace_tags`` (their comment) are deleted
-    in the same transaction first, so a re-apply replaces instead of
-    duplicating, and a crash never leaves half a change.
+    Table inet kata_zun and its base chains are made if missing; the
+    bridge's masquerade rules and the container's DNAT rules replace
+    those it had.
+
+    :param bridge: the configured ``[kata_network] bridge``.
+    :param subnet: the configured ``[kata_network] subnet`` (text).
+    :param cid: the container id (32 or 64 hex digits).
+    :param guest_ip: the container's address in ``subnet``.
+    :param mappings: at most MAX_MAPPINGS dicts of exactly ``proto``
+        (tcp, udp), ``host_ip`` (IPv4; 0.0.0.0 is every local address),
+        ``host_port``, ``container_port`` (1-65535).
+    :returns: the number of rules replaced.
+    :raises: ValueError for a refused argument (nothing is changed);
+             NftError when nftables rejects the batch.
+    """
+    check_our_bridge(bridge)
+    net = check_our_subnet(subnet)
+    check_cid(cid)
+    guest_ip = check_guest_ip(guest_ip, net)
+    if not isinstance(mappings, (list, tuple)) or \
+            len(mappings) > MAX_MAPPINGS:
+        raise ValueError('mappings must be a list of at most %d' %
+                         MAX_MAPPINGS)
+    checked = [check_mapping(m, net) for m in mappings]
+    lines = (nftrules.base_ruleset() +
+             nftrules.bridge_rules(bridge, str(net)) +
+             nftrules.port_rules(bridge, cid, guest_ip, checked))
+    return _replace_rules({nftrules.bridge_tag(bridge),
+                           nftrules.container_tag(bridge, cid)}, lines)
+
+
+@kata_zun.privsep.sys_admin_pctxt.entrypoint
+def nat_unpublish(bridge, cid):
+    """Remove the published ports of container ``cid`` on ``bridge``.
+
+    ``bridge`` may be a bridge that is no longer the configured one (a
+    lease from before a configuration change): this only deletes rules
+    of our own table that carry exactly that container's tag.
 
     :returns: the number of rules deleted.
-    :raises: ValueError for a refused statement or tag; NftError when
-             nftables rejects the batch.
+    :raises: ValueError, NftError
     """
-    lines = check_ruleset(ruleset_text)
-    tags = check_tags(list(replace_tags))
-    deletes = []
-    if tags:
-        deletes = ['delete rule %s %s handle %d' % (_TABLE, chain, handle)
-                   for chain, handle, comment in
-                   libnft.list_rules(NFT_FAMILY, NFT_TABLE)
-                   if comment in tags]
-    batch = deletes + lines
-    if batch:
-        rc, _out, err = libnft.run('\n'.join(batch) + '\n')
-        if rc != 0:
-            raise libnft.NftError(err.strip() or 'nft failed')
-    return len(deletes)
+    check_bridge_name(bridge)
+    check_cid(cid)
+    return _replace_rules({nftrules.container_tag(bridge, cid)}, [])
 
 
 @kata_zun.privsep.sys_admin_pctxt.entrypoint

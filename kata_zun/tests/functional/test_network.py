@@ -30,6 +30,27 @@ LISTEN = ('import socket, sys, time\n'
           's.listen(1)\n'
           'print("listening", flush=True)\n'
           'time.sleep(600)\n')
+# A compromised unprivileged caller: call the privileged functions
+# directly (in the test's namespace, through a real privsep daemon and real
+# nftables). Prints [[function, outcome], ...].
+PRIV_CALLS = ('import json, sys\n'
+              'from oslo_log import log\n'
+              'from kata_zun import conf\n'
+              'log.register_options(conf.CONF)\n'
+              'conf.CONF(["--config-file", sys.argv[1]], project="kata-zun",'
+              ' default_config_files=[])\n'
+              'from kata_zun import privsep\n'
+              'from kata_zun.privsep import linux_net\n'
+              'privsep.start()\n'
+              'out = []\n'
+              'for name, args in json.loads(sys.argv[2]):\n'
+              '    try:\n'
+              '        getattr(linux_net, name)(*args)\n'
+              '        out.append([name, "accepted"])\n'
+              '    except Exception as exc:\n'
+              '        out.append([name, "%s: %s" % (type(exc).__name__,'
+              ' str(exc)[:300])])\n'
+              'print(json.dumps(out))\n')
 HTTPD = ('mkdir -p /www && echo "$TOKEN" > /www/index.html && '
          'exec httpd -f -p 8080 -h /www')
 
@@ -299,3 +320,98 @@ class NetworkTestCase(base.KataZunFunctionalTest):
         self.assert_nothing_made()
         self.assertNotIn(self.bridge, self.host('ip', '-o', 'link',
                                                 check=0).text)
+
+    def test_hostile_privileged_calls_change_nothing(self):
+        """Whatever an unprivileged caller passes to the privileged
+        functions: no other bridge, no table but ours, no forward to an
+        address that is not a guest's, no rule syntax of its own.
+        """
+        cid = secrets.token_hex(32)
+        net = '10.213.%d' % self.octet
+        other = '10.213.%d' % (self.octet ^ 1)
+        tap = 'kzt' + cid[:12]
+        good = {'proto': 'tcp', 'host_ip': '0.0.0.0', 'host_port': 8080,
+                'container_port': 80}
+        attacks = [
+            # Main's rule-text entrypoint, should there be one.
+            ['nft_apply', ['add rule inet kata_zun prerouting tcp dport '
+                           '2222 dnat ip to 192.0.2.1:22 comment "kz:x"']],
+            ['nft_apply', ['add table ip kz_evil']],
+            ['nft_apply', ['add rule inet kata_zun output oifname "lo" '
+                           'drop comment "kz:x"']],
+            # Another bridge, another subnet.
+            ['ensure_bridge', ['kzother', other + '.1', 24, 1500]],
+            ['ensure_bridge', [self.bridge, other + '.1', 24, 1500]],
+            ['create_tap', [tap, 'kzother', 1500]],
+            ['nat_publish', ['kzother', self.subnet, cid, net + '.2',
+                             [good]]],
+            ['nat_publish', [self.bridge, other + '.0/24', cid,
+                             other + '.2', [good]]],
+            # A forward to something that is not a guest.
+            ['nat_publish', [self.bridge, self.subnet, cid, '192.0.2.1',
+                             [good]]],
+            ['nat_publish', [self.bridge, self.subnet, cid, self.gateway,
+                             [good]]],
+            ['nat_publish', [self.bridge, self.subnet, cid, net + '.2',
+                             [dict(good, host_ip=net + '.3')]]],
+            # Rule syntax in every value.
+            ['nat_publish', [self.bridge + '" accept; #', self.subnet, cid,
+                             net + '.2', [good]]],
+            ['nat_publish', [self.bridge, self.subnet, cid + '" drop #',
+                             net + '.2', [good]]],
+            ['nat_publish', [self.bridge, self.subnet, cid,
+                             net + '.2 drop', [good]]],
+            ['nat_publish', [self.bridge, self.subnet, cid, net + '.2',
+                             [dict(good, proto='tcp dport 1 drop')]]],
+            ['nat_publish', [self.bridge, self.subnet, cid, net + '.2',
+                             [dict(good, host_port='1 drop')]]],
+        ]
+        r = self.host(sys.executable, '-c', PRIV_CALLS, self.conf_file,
+                      json.dumps(attacks), check=0)
+        outcomes = json.loads(r.out.decode().strip().splitlines()[-1])
+        self.assertEqual(len(attacks), len(outcomes))
+        ruleset = self.host('nft', 'list', 'ruleset', check=0).text
+        links = self.host('ip', '-o', 'link', 'show', check=0).text
+        # The host is untouched ...
+        self.assertNotIn('kzother', links)
+        self.assertNotIn(tap, links)
+        self.assertNotIn('kz_evil', ruleset)
+        self.assertNotIn('192.0.2.1', ruleset)
+        self.assertNotIn(other, ruleset)
+        self.assertNotIn('drop', ruleset)
+        self.assertNotIn('dnat', ruleset)
+        # ... because every call was refused, with a clear error.
+        for (name, _args), (_name, outcome) in zip(attacks, outcomes):
+            self.assertNotEqual('accepted', outcome, name)
+            if name != 'nft_apply':
+                self.assertTrue(outcome.startswith('ValueError: refusing')
+                                or outcome.startswith('ValueError: '),
+                                outcome)
+
+        # The same functions with the configured values do their job.
+        legit = [['ensure_bridge', [self.bridge, self.gateway, 24, 1500]],
+                 ['create_tap', [tap, self.bridge, 1500]],
+                 ['nat_publish', [self.bridge, self.subnet, cid,
+                                  net + '.2', [good]]],
+                 ['nat_publish', [self.bridge, self.subnet, cid,
+                                  net + '.2', [good]]],
+                 ['nat_unpublish', [self.bridge, cid]],
+                 ['delete_link', [tap]]]
+        r = self.host(sys.executable, '-c', PRIV_CALLS, self.conf_file,
+                      json.dumps(legit[:4]), check=0)
+        self.assertEqual([[n, 'accepted'] for n, _a in legit[:4]],
+                         json.loads(r.out.decode().strip().splitlines()[-1]))
+        table = self.nft_table()
+        # Re-applied, not duplicated: one DNAT per hook.
+        self.assertEqual(2, table.count(
+            'dnat ip to %s.2:80 comment "kz:%s:%s"' % (net, self.bridge,
+                                                       cid)), table)
+        self.assertIn(tap, self.host('ip', '-o', 'link', 'show',
+                                     check=0).text)
+        r = self.host(sys.executable, '-c', PRIV_CALLS, self.conf_file,
+                      json.dumps(legit[4:]), check=0)
+        self.assertEqual([[n, 'accepted'] for n, _a in legit[4:]],
+                         json.loads(r.out.decode().strip().splitlines()[-1]))
+        self.assertNotIn(cid, self.nft_table())
+        self.assertNotIn(tap, self.host('ip', '-o', 'link', 'show',
+                                        check=0).text)

@@ -32,6 +32,7 @@ class DriverConsoleTest(base.BaseTestCase):
         self.console.start.return_value = self.console
         self.console.port = 2375
         self.console.running = True
+        self.console.ssl_context = None
 
     def _container(self, **kw):
         c = types.SimpleNamespace(uuid='6f1c7a56-6a8e-4b5e-9f5e-0d1b2c3d4e5f',
@@ -46,7 +47,8 @@ class DriverConsoleTest(base.BaseTestCase):
                                              interactive=True)
         self.assertEqual('e' * 64, exec_id)
         self.console.add_exec.assert_called_once_with(
-            'ab' * 16, ['sh', '-c', 'echo a'], tty=True, stdin=True)
+            'ab' * 16, ['sh', '-c', 'echo a'], tty=True, stdin=True,
+            project=None)
         self.from_conf.assert_called_once_with(self.driver.rt, conf.CONF)
         # Started once, reused while it runs.
         self.driver.execute_create(None, self._container(), 'sh',
@@ -86,7 +88,14 @@ class DriverConsoleTest(base.BaseTestCase):
         self.assertEqual('ws://h:2375/attach/x?token=y',
                          self.driver.get_websocket_url(None,
                                                        self._container()))
-        self.console.attach_url.assert_called_once_with('ab' * 16)
+        self.console.attach_url.assert_called_once_with('ab' * 16,
+                                                        project=None)
+        self.driver.get_websocket_url(None, self._container(project_id='p'))
+        self.console.attach_url.assert_called_with('ab' * 16, project='p')
+        self.driver.execute_create(None, self._container(project_id='p'),
+                                   'sh', interactive=True)
+        self.console.add_exec.assert_called_with('ab' * 16, ['sh'], tty=True,
+                                                 stdin=True, project='p')
 
     def test_resize_main_process(self):
         c = self._container()
@@ -122,8 +131,32 @@ class DriverConsoleTest(base.BaseTestCase):
         self.console.advertise_host = '10.0.0.1'
         with mock.patch.object(self.mod, 'LOG') as log:
             self.driver._console_server()
-        self.assertIn('tcp://%s:%s', log.warning.call_args[0][0])
-        self.assertEqual(('10.0.0.1', 2376), log.warning.call_args[0][3:])
+        self.assertIn('%s://%s:%s', log.warning.call_args[0][0])
+        self.assertEqual(('tcp', '10.0.0.1', 2376),
+                         log.warning.call_args[0][4:])
+
+    def test_tls_console_wants_an_https_docker_url(self):
+        self.console.ssl_context = object()
+        self.console.advertise_host = '10.0.0.1'
+        self.cfg.config(docker_remote_api_url='tcp://10.0.0.1:2375',
+                        group='docker')
+        with mock.patch.object(self.mod, 'LOG') as log:
+            self.driver._console_server()
+        self.assertEqual(('https', '10.0.0.1', 2375),
+                         log.warning.call_args[0][4:])
+        self.driver._console = None
+        self.cfg.config(docker_remote_api_url='https://10.0.0.1:2375',
+                        group='docker')
+        with mock.patch.object(self.mod, 'LOG') as log:
+            self.driver._console_server()
+        log.warning.assert_not_called()
+
+    def test_unusable_tls_files_are_a_clear_error(self):
+        self.from_conf.side_effect = exception.KataZunException(
+            '[kata_console] TLS files ... cannot be used')
+        self.assertRaisesRegex(self.zun_exc.ZunException, 'TLS files',
+                               self.driver.get_websocket_url, None,
+                               self._container())
 
     def test_started_in_an_eventlet_patched_process(self):
         with mock.patch.object(self.mod.manager, 'Runtime'), \

@@ -446,11 +446,17 @@ class HelpersTest(base.BaseTestCase):
 
     def test_from_conf(self):
         opts = types.SimpleNamespace(listen_host=None, listen_port=2375,
-                                     token_ttl=5, max_connections=3)
+                                     token_ttl=5, max_connections=3,
+                                     max_connections_per_project=2,
+                                     tls_cert_file=None, tls_key_file=None,
+                                     tls_ca_file=None,
+                                     tls_exec_client_cert=False)
         conf = types.SimpleNamespace(kata_console=opts, my_ip='10.0.0.5')
         s = console_server.from_conf(None, conf)
         self.assertEqual(('10.0.0.5', 2375, '10.0.0.5'),
                          (s.host, s.port, s.advertise_host))
+        self.assertEqual(2, s.projects.limit)
+        self.assertIsNone(s.ssl_context)
         opts.listen_host = '::'
         s = console_server.from_conf(None, conf)
         self.assertEqual(('::', '10.0.0.5'), (s.host, s.advertise_host))
@@ -459,6 +465,32 @@ class HelpersTest(base.BaseTestCase):
         s = console_server.from_conf(None, conf)
         s.port = 1
         self.assertIn('ws://[fd00::1]:1/attach/', s.attach_url(CID))
+
+    def test_from_conf_tls_settings_refused_clearly(self):
+        opts = types.SimpleNamespace(listen_host='127.0.0.1',
+                                     listen_port=2375, token_ttl=5,
+                                     max_connections=3,
+                                     max_connections_per_project=2,
+                                     tls_cert_file=None, tls_key_file=None,
+                                     tls_ca_file=None,
+                                     tls_exec_client_cert=False)
+        conf = types.SimpleNamespace(kata_console=opts)
+        missing = os.path.join(tempfile.gettempdir(), 'kz-no-such.pem')
+        for change, message in (
+                ({'tls_cert_file': missing}, 'go together'),
+                ({'tls_key_file': missing}, 'go together'),
+                ({'tls_ca_file': missing}, 'needs tls_cert_file'),
+                ({'tls_exec_client_cert': True}, 'needs tls_ca_file'),
+                ({'tls_cert_file': missing, 'tls_key_file': missing},
+                 'cannot be used')):
+            for name, value in change.items():
+                setattr(opts, name, value)
+            exc = self.assertRaises(exception.KataZunException,
+                                    console_server.from_conf, None, conf)
+            self.assertIn(message, str(exc))
+            for name in change:
+                setattr(opts, name, False if name.startswith('tls_exec')
+                        else None)
 
     def test_raw_stream_write_to_a_closed_peer(self):
         a, b = socket.socketpair()

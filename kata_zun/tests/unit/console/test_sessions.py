@@ -61,13 +61,50 @@ class RegistryTest(base.BaseTestCase):
                           'b' * 64, 1, 1)
 
     def test_attach_token(self):
-        token = self.reg.add_attach('c' * 32)
-        self.assertFalse(self.reg.take_attach('d' * 32, token))
-        self.assertFalse(self.reg.take_attach('c' * 32, 'x' * 64))
-        self.assertFalse(self.reg.take_attach('c' * 32, None))
-        self.assertTrue(self.reg.take_attach('c' * 32, token))
-        self.assertFalse(self.reg.take_attach('c' * 32, token))
+        token = self.reg.add_attach('c' * 32, project='p1')
+        take = self.reg.take_attach
+        self.assertRaises(sessions.NotFound, take, 'd' * 32, token)
+        self.assertRaises(sessions.NotFound, take, 'c' * 32, 'x' * 64)
+        self.assertRaises(sessions.NotFound, take, 'c' * 32, None)
+        self.assertEqual('p1', take('c' * 32, token))
+        self.assertRaises(sessions.NotFound, take, 'c' * 32, token)
         token = self.reg.add_attach('c' * 32)
         self.clock.now += 61
-        self.assertFalse(self.reg.take_attach('c' * 32, token))
+        self.assertRaises(sessions.NotFound, take, 'c' * 32, token)
         self.assertEqual(0, len(self.reg))
+
+    def test_pending_secrets_capped_per_project(self):
+        reg = sessions.Registry(60, max_records=10, clock=self.clock,
+                                max_per_project=3)
+        for _ in range(2):
+            reg.add_exec('c' * 32, ['sh'], project='a')
+        reg.add_attach('c' * 32, project='a')
+        # Project a is at its cap: refused, whatever it asks for ...
+        self.assertRaises(sessions.Busy, reg.add_exec, 'c' * 32, ['sh'],
+                          project='a')
+        exc = self.assertRaises(sessions.Busy, reg.add_attach, 'c' * 32,
+                                project='a')
+        self.assertIn('project a', str(exc))
+        # ... and project b still gets in.
+        reg.add_exec('d' * 32, ['sh'], project='b')
+        reg.add_attach('d' * 32, project='b')
+        self.assertEqual(5, len(reg))
+
+
+class ProjectSlotsTest(base.BaseTestCase):
+
+    def test_cap_per_project(self):
+        slots = sessions.ProjectSlots(2)
+        slots.acquire('a')
+        slots.acquire('a')
+        exc = self.assertRaises(sessions.Busy, slots.acquire, 'a')
+        self.assertIn('project a has 2 console sessions open', str(exc))
+        slots.acquire('b')
+        slots.acquire(None)
+        self.assertEqual(2, slots.held('a'))
+        slots.release('a')
+        slots.acquire('a')
+        for project in ('a', 'a', 'b', None):
+            slots.release(project)
+        self.assertEqual(0, slots.held('a'))
+        self.assertEqual({}, slots._open)

@@ -36,14 +36,15 @@ class FakePriv(object):
         except OSError:
             leased = set()
         self.calls.append((name, args, kwargs, leased))
-        if self.fail == name:
+        if name == self.fail or (isinstance(self.fail, tuple) and
+                                 name in self.fail):
             if self.fail_once:
                 self.fail = None
             raise OSError(17, 'boom in %s' % name)
 
     def __getattr__(self, name):
         if name in ('ensure_bridge', 'enable_ip_forward', 'create_tap',
-                    'nft_apply', 'delete_link'):
+                    'nat_publish', 'nat_unpublish', 'delete_link'):
             return lambda *a, **k: self._record(name, *a, **k)
         raise AttributeError(name)
 
@@ -83,7 +84,7 @@ class BridgePluginTestCase(base.BaseTestCase):
         request = network.make_request('bridge', ['8080:80'])
         att = self.plugin.plug(CID1, 'web', request)
         self.assertEqual(['ensure_bridge', 'enable_ip_forward',
-                          'create_tap', 'nft_apply'], self.priv.names())
+                          'create_tap', 'nat_publish'], self.priv.names())
         # The lease existed before anything was made on the host.
         for _name, _a, _k, leased in self.priv.calls:
             self.assertEqual({CID1}, leased)
@@ -92,9 +93,9 @@ class BridgePluginTestCase(base.BaseTestCase):
         self.assertEqual((ipam.tap_name(CID1), BR, 1450),
                          self.priv.calls[2][1])
         self.assertEqual({'owner': os.geteuid()}, self.priv.calls[2][2])
-        text, tags = self.priv.calls[3][1]
-        self.assertEqual(['kz-br:%s' % BR, 'kz:%s:%s' % (BR, CID1)], tags)
-        self.assertIn('tcp dport 8080 dnat ip to 10.213.9.2:80', text)
+        # Typed values only, never rule text.
+        self.assertEqual((BR, '10.213.9.0/24', CID1, '10.213.9.2',
+                          request['ports']), self.priv.calls[3][1])
         self.assertEqual({
             'network': 'bridge', 'bridge': BR,
             'nics': [{'tap': ipam.tap_name(CID1),
@@ -150,24 +151,23 @@ class BridgePluginTestCase(base.BaseTestCase):
     def test_failure_undoes_everything_of_this_container(self):
         self.plugin.plug(CID1, 'a', network.make_request('bridge', []))
         self.priv.calls = []
-        self.priv.fail = 'nft_apply'
+        self.priv.fail = 'nat_publish'
         exc = self.assertRaises(net_base.NetworkError, self.plugin.plug,
                                 CID2, 'b',
                                 network.make_request('bridge', ['1:1']))
-        self.assertIn('boom in nft_apply', str(exc))
+        self.assertIn('boom in nat_publish', str(exc))
         self.priv.fail = None
         names = self.priv.names()
         self.assertEqual(['ensure_bridge', 'enable_ip_forward',
-                          'create_tap', 'nft_apply', 'nft_apply',
+                          'create_tap', 'nat_publish', 'nat_unpublish',
                           'delete_link'], names)
-        self.assertEqual(('', ['kz:%s:%s' % (BR, CID2)]),
-                         self.priv.calls[4][1])
+        self.assertEqual((BR, CID2), self.priv.calls[4][1])
         self.assertEqual((ipam.tap_name(CID2),), self.priv.calls[5][1])
         self.assertEqual({CID1}, set(self._leases()))
 
     def test_failed_undo_keeps_the_lease(self):
-        self.priv.fail, self.priv.fail_once = 'create_tap', False
-        self.priv.fail = 'nft_apply'
+        self.priv.fail_once = False
+        self.priv.fail = ('nat_publish', 'nat_unpublish')
         self.assertRaises(net_base.NetworkError, self.plugin.plug, CID2,
                           'b', network.make_request('bridge', []))
         # Rules could not be removed: the lease still records the
@@ -188,7 +188,8 @@ class BridgePluginTestCase(base.BaseTestCase):
         self.privileged.assert_not_called()
         self.assertEqual([CID2], self.plugin.reconcile(
             lambda cid: cid == CID1))
-        self.assertEqual(['nft_apply', 'delete_link'], self.priv.names())
+        self.assertEqual(['nat_unpublish', 'delete_link'],
+                         self.priv.names())
         self.assertEqual({CID1}, set(self._leases()))
         self.assertTrue(network.unplug(self.state_path, CID1))
         self.assertEqual({}, self._leases())
