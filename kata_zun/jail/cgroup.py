@@ -35,6 +35,8 @@ LOG = logging.getLogger(__name__)
 
 ROOT = '/sys/fs/cgroup'
 MOUNTS = '/proc/self/mounts'
+PROC_CGROUP = '/proc/self/cgroup'
+FALLBACK = '/run/kata-zun-cgroup'
 CONTROLLERS = ('memory', 'cpu', 'pids')
 LEAVES = ('vmm',)
 SHIMS = 'shims'
@@ -265,13 +267,7 @@ def _int_or_none(text):
     return None if text == 'max' else int(text)
 
 
-def detect(mounts_file=MOUNTS, root=ROOT):
-    """Find how this host's cgroups are laid out.
-
-    :returns: ('v2', root) or ('v1', {controller: mount point}).
-    :raises: kata_zun.exception.JailError when neither offers the memory,
-        cpu and pids controllers.
-    """
+def _detect(mounts_file, root):
     mounts = _mounts(mounts_file)
     for point, fstype, _opts in mounts:
         if fstype == 'cgroup2' and point == root:
@@ -289,6 +285,78 @@ def detect(mounts_file=MOUNTS, root=ROOT):
             reason='no cgroup v2 at %s and no cgroup v1 hierarchy for %s'
             % (root, ', '.join(missing)))
     return 'v1', v1
+
+
+def _hierarchies(proc_cgroup):
+    """:returns: the v1 controller sets this process belongs to (as
+        lists), and whether it has a v2 (unified) membership.
+    """
+    sets, unified = [], False
+    with open(proc_cgroup) as f:
+        for line in f:
+            parts = line.strip().split(':', 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == '0' and parts[1] == '':
+                unified = True
+            elif parts[1] and not parts[1].startswith('name='):
+                sets.append(parts[1].split(','))
+    return sets, unified
+
+
+def _mount_own(fallback, proc_cgroup):
+    """Mount this host's cgroup hierarchies at ``fallback`` (root only).
+
+    A v1 hierarchy mounted again with its exact controller set is the
+    same hierarchy, not a new one.
+    """
+    from kata_zun.jail import rootfs
+    sets, unified = _hierarchies(proc_cgroup)
+    wanted = [c for c in sets if set(c) & set(CONTROLLERS)]
+    mounted = {point for point, _t, _o in _mounts(MOUNTS)}
+    if not wanted and unified:
+        target = os.path.join(fallback, 'unified')
+        if target not in mounted:
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            rootfs.mount('cgroup2', target, 'cgroup2',
+                         rootfs.MS_NOSUID | rootfs.MS_NODEV |
+                         rootfs.MS_NOEXEC)
+        return
+    for controllers in wanted:
+        target = os.path.join(fallback, ','.join(controllers))
+        if target in mounted:
+            continue
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        rootfs.mount('cgroup', target, 'cgroup',
+                     rootfs.MS_NOSUID | rootfs.MS_NODEV | rootfs.MS_NOEXEC,
+                     ','.join(controllers))
+
+
+def detect(mounts_file=MOUNTS, root=ROOT, fallback=FALLBACK,
+           proc_cgroup=PROC_CGROUP):
+    """Find how this host's cgroups are laid out.
+
+    A process in a mount namespace with a fresh /sys (``ip netns exec``
+    makes one) sees no cgroup file system: as root it then mounts the
+    host's hierarchies itself, at ``fallback``.
+
+    :returns: ('v2', root) or ('v1', {controller: mount point}).
+    :raises: kata_zun.exception.JailError when neither offers the memory,
+        cpu and pids controllers.
+    """
+    try:
+        return _detect(mounts_file, root)
+    except exception.JailError:
+        if not fallback or os.geteuid() != 0:
+            raise
+    try:
+        _mount_own(fallback, proc_cgroup)
+    except OSError as exc:
+        raise exception.JailError(reason='no cgroup file system is '
+                                  'mounted and mounting one failed: %s'
+                                  % exc)
+    found = _detect(mounts_file, os.path.join(fallback, 'unified'))
+    return found
 
 
 def join_shims(parent, pid=0, layout=None):

@@ -149,7 +149,8 @@ def _check(ret, what):
         raise OSError(err, '%s: %s' % (what, os.strerror(err)))
 
 
-def _mount(source, target, fstype, flags, data=None):
+def mount(source, target, fstype, flags, data=None):
+    """:raises: OSError"""
     def b(s):
         return None if s is None else os.fsencode(s)
     _check(_lib().mount(b(source), b(target), b(fstype), flags, b(data)),
@@ -174,27 +175,27 @@ def enter(root_plan):
     _check(lib.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
                        CLONE_NEWUTS), 'unshare')
     # Nothing done from here on propagates back to the host.
-    _mount(None, '/', None, MS_REC | MS_PRIVATE)
+    mount(None, '/', None, MS_REC | MS_PRIVATE)
     top = root_plan.mountpoint
-    _mount('tmpfs', top, 'tmpfs', MS_NOSUID | MS_NODEV,
-           'size=256k,nr_inodes=1024,mode=755')
+    mount('tmpfs', top, 'tmpfs', MS_NOSUID | MS_NODEV,
+          'size=256k,nr_inodes=1024,mode=755')
     for link, target in root_plan.symlinks:
         os.symlink(target, os.path.join(top, link))
     for bind in root_plan.binds:
         target = top + bind.target
         _make_target(target, bind.directory)
-        _mount(bind.source, target, None, MS_BIND | MS_REC)
+        mount(bind.source, target, None, MS_BIND | MS_REC)
         flags = MS_BIND | MS_REMOUNT | MS_NOSUID
         if not bind.device:
             flags |= MS_RDONLY | MS_NODEV
         if not (bind.executable or bind.device):
             flags |= MS_NOEXEC
-        _mount(None, target, None, flags)
+        mount(None, target, None, flags)
     os.chdir(top)
     # pivot_root(".", "."): the old root ends up stacked on the new one
     # and is detached at once (no directory for it is needed).
     _check(lib.syscall(SYS_PIVOT_ROOT, b'.', b'.'), 'pivot_root')
     _check(lib.umount2(b'.', MNT_DETACH), 'umount the host root')
     os.chdir('/')
-    _mount(None, '/', None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID |
-           MS_NODEV)
+    mount(None, '/', None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID |
+          MS_NODEV)

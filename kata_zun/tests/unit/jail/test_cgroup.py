@@ -26,7 +26,8 @@ class DetectTestCase(base.BaseTestCase):
 
     def test_v2_at_the_root(self):
         mounts = self._mounts('cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n')
-        self.assertEqual(('v2', '/sys/fs/cgroup'), cgroup.detect(mounts))
+        self.assertEqual(('v2', '/sys/fs/cgroup'),
+                         cgroup.detect(mounts, fallback=None))
 
     def test_hybrid_uses_v1_controllers(self):
         # This machine: v1 controllers plus an empty unified mount.
@@ -39,12 +40,19 @@ class DetectTestCase(base.BaseTestCase):
         self.assertEqual(('v1', {'cpu': '/sys/fs/cgroup/cpu,cpuacct',
                                  'memory': '/sys/fs/cgroup/memory',
                                  'pids': '/sys/fs/cgroup/pids'}),
-                         cgroup.detect(mounts))
+                         cgroup.detect(mounts, fallback=None))
+
+    def test_hierarchies_from_proc_cgroup(self):
+        path = self._mounts('9:name=systemd:/\n8:pids:/\n'
+                            '2:cpu,cpuacct:/\n1:memory:/x\n0::/\n')
+        self.assertEqual(([['pids'], ['cpu', 'cpuacct'], ['memory']],
+                          True), cgroup._hierarchies(path))
 
     def test_missing_controller_is_an_error(self):
         mounts = self._mounts(
             'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n')
-        exc = self.assertRaises(exception.JailError, cgroup.detect, mounts)
+        exc = self.assertRaises(exception.JailError, cgroup.detect, mounts,
+                                fallback=None)
         self.assertIn('cpu, pids', str(exc))
 
 
