@@ -129,7 +129,8 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
     os.makedirs(mountpoint, mode=0o700, exist_ok=True)
     devices = ('/dev/kvm',) if accel == 'kvm' else ()
     root = rootfs.plan(mountpoint, CONF.kata_hypervisor.qemu_path, kernel,
-                       initrd, opts.qemu_data_dirs, devices)
+                       initrd, opts.qemu_data_dirs, devices,
+                       os.path.join(CONF.kata.run_path, 'jail-libs.json'))
     uid = identity.lease(lease_dir, sandbox, opts.uid_range_start,
                          opts.uid_range_size)
     try:

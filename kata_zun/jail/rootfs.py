@@ -18,6 +18,7 @@ import subprocess
 import typing
 
 from kata_zun import exception
+from kata_zun.runtime import fileutils
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -71,15 +72,29 @@ class RootPlan:
 _ldd_cache = {}
 
 
-def libraries(binary):
-    """:returns: the absolute paths of the shared objects ``binary`` loads
+def libraries(binary, cache_file=None):
+    """:param binary: an executable.
+    :param cache_file: where the answer is kept across processes (each
+        shim is a new process, and ``ldd`` costs ~0.1 s on a busy host);
+        it is trusted only for the same file (path, inode, size, mtime).
+    :returns: the absolute paths of the shared objects ``binary`` loads
         (its program interpreter included), as ``ldd`` resolves them.
     :raises: kata_zun.exception.JailError
     """
     st = os.stat(binary)
-    key = (binary, st.st_mtime_ns, st.st_ino)
-    if key in _ldd_cache:
-        return _ldd_cache[key]
+    key = [binary, st.st_ino, st.st_size, st.st_mtime_ns]
+    if tuple(key) in _ldd_cache:
+        return _ldd_cache[tuple(key)]
+    if cache_file:
+        try:
+            cached = fileutils.read_json(cache_file, limit=64 * 1024)
+            if cached.get('key') == key and all(
+                    isinstance(p, str) and p.startswith('/')
+                    for p in cached['libraries']):
+                _ldd_cache[tuple(key)] = tuple(cached['libraries'])
+                return _ldd_cache[tuple(key)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
     try:
         out = subprocess.run(['ldd', binary], capture_output=True,
                              check=True, timeout=30,
@@ -98,8 +113,14 @@ def libraries(binary):
         raise exception.JailError(reason='ldd found no libraries for %s'
                                   % binary)
     _ldd_cache.clear()
-    _ldd_cache[key] = tuple(found)
-    return _ldd_cache[key]
+    _ldd_cache[tuple(key)] = tuple(found)
+    if cache_file:
+        try:
+            fileutils.write_json(cache_file, {'key': key,
+                                              'libraries': found})
+        except OSError:
+            pass
+    return _ldd_cache[tuple(key)]
 
 
 def _in_jail(path):
@@ -111,7 +132,7 @@ def _in_jail(path):
 
 
 def plan(mountpoint, qemu_path, kernel, initrd, data_dirs=(),
-         devices=()):
+         devices=(), cache_file=None):
     """List what a jailed QEMU may see.
 
     :param mountpoint: an existing empty directory (root-owned).
@@ -121,13 +142,14 @@ def plan(mountpoint, qemu_path, kernel, initrd, data_dirs=(),
     :param data_dirs: directories QEMU reads (firmware, modules); those
         that do not exist are left out.
     :param devices: device nodes QEMU opens (e.g. /dev/kvm).
+    :param cache_file: see :func:`libraries`.
     :returns: a :class:`RootPlan`.
     :raises: kata_zun.exception.JailError
     """
     qemu = os.path.realpath(qemu_path)
     binds = [Bind(qemu, qemu, executable=True)]
     binds += [Bind(lib, _in_jail(lib), executable=True)
-              for lib in libraries(qemu)]
+              for lib in libraries(qemu, cache_file)]
     for directory in data_dirs:
         if os.path.isdir(directory):
             # Modules are shared objects QEMU maps executable.

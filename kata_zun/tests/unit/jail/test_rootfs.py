@@ -54,6 +54,22 @@ class PlanTestCase(base.BaseTestCase):
         devices = [b for b in plan.binds if b.device]
         self.assertEqual(['/dev/kvm'], [b.target for b in devices])
 
+    def test_library_list_is_cached_for_the_same_binary(self):
+        cache = os.path.join(self.dir, 'libs.json')
+        rootfs._ldd_cache.clear()
+        first = rootfs.libraries(QEMU, cache)
+        rootfs._ldd_cache.clear()
+        with fixtures.MockPatch('subprocess.run') as run:
+            self.assertEqual(first, rootfs.libraries(QEMU, cache))
+            self.assertFalse(run.mock.called)
+        # A lying cache (another binary's key, or relative paths) is not
+        # believed.
+        with open(cache, 'w') as f:
+            f.write('{"key": ["/bin/true", 1, 2, 3], '
+                    '"libraries": ["evil.so"]}')
+        rootfs._ldd_cache.clear()
+        self.assertEqual(first, rootfs.libraries(QEMU, cache))
+
     def test_not_a_dynamic_binary(self):
         script = os.path.join(self.dir, 'qemu')
         with open(script, 'w') as f:
