@@ -74,6 +74,39 @@ def parse_restart_policy(value):
     return {'name': name, 'max_retries': int(count or 0)}
 
 
+# What a user may put in one container's record: far above real use,
+# far below what would make records, frames or the guest's execve choke
+# (Linux allows 2 MiB of argv and environment together).
+MAX_ENV_BYTES = 512 * 1024
+MAX_ARGV_BYTES = 512 * 1024
+MAX_LABEL_BYTES = 64 * 1024
+
+
+def _check_sizes(what, items, limit):
+    total = 0
+    for item in items:
+        total += len(str(item).encode('utf-8', 'surrogatepass')) + 1
+    if total > limit:
+        raise exception.InvalidInput(reason='%s too large: %d bytes (at '
+                                     'most %d)' % (what, total, limit))
+
+
+def _host_cpus():
+    return os.cpu_count() or 1
+
+
+def _host_memory_mb():
+    """:returns: the host's memory in MiB, or None if unknown."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemTotal:'):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Container(object):
     """A container record with its live status resolved."""
 
@@ -334,8 +367,17 @@ class Runtime(object):
         if memory_mb is not None and memory_mb < 6:
             raise exception.InvalidInput(reason='memory limit must be at '
                                          'least 6 MiB')
-        if cpus is not None and not 0 < cpus <= 64:
-            raise exception.InvalidInput(reason='cpus must be in (0, 64]')
+        if cpus is not None and not 0 < cpus <= min(64, _host_cpus()):
+            # A VM with more vCPUs than the host has only competes with
+            # itself (and under TCG may never boot).
+            raise exception.InvalidInput(
+                reason='cpus must be in (0, %d]: this host has %d CPUs'
+                % (min(64, _host_cpus()), _host_cpus()))
+        _check_sizes('environment', env, MAX_ENV_BYTES)
+        _check_sizes('command', list(command or ()) +
+                     list(entrypoint or ()), MAX_ARGV_BYTES)
+        _check_sizes('labels', ['%s=%s' % kv for kv in
+                                (labels or {}).items()], MAX_LABEL_BYTES)
         argv = self._argv(image.config or {}, command, entrypoint)
         image_env = list((image.config or {}).get('Env') or [])
         merged = _merge_env(image_env, list(env))
@@ -362,6 +404,11 @@ class Runtime(object):
         vm_memory = (memory_mb + CONF.kata_hypervisor.memory_overhead_mb
                      if memory_mb else
                      CONF.kata_hypervisor.default_memory_mb)
+        host_mb = _host_memory_mb()
+        if host_mb and vm_memory > host_mb:
+            raise exception.InvalidInput(
+                reason='a VM of %d MiB does not fit in this host\'s %d MiB '
+                'of memory' % (vm_memory, host_mb))
         config = {
             'id': cid, 'name': name, 'created': time.time(),
             'image': {'id': image.id, 'name': image_ref,
@@ -745,8 +792,12 @@ class Runtime(object):
         if memory_mb is not None and memory_mb < 6:
             raise exception.InvalidInput(reason='memory limit must be at '
                                          'least 6 MiB')
-        if cpus is not None and not 0 < cpus <= 64:
-            raise exception.InvalidInput(reason='cpus must be in (0, 64]')
+        if cpus is not None and not 0 < cpus <= min(64, _host_cpus()):
+            # A VM with more vCPUs than the host has only competes with
+            # itself (and under TCG may never boot).
+            raise exception.InvalidInput(
+                reason='cpus must be in (0, %d]: this host has %d CPUs'
+                % (min(64, _host_cpus()), _host_cpus()))
         lock = self._lock()
         try:
             c = self.get(ref)
