@@ -24,6 +24,7 @@ import collections
 import errno
 import json
 import os
+import re
 import struct
 
 VERSION = 1
@@ -46,8 +47,17 @@ HANDLE = struct.Struct('>I')
 DEFAULT_MAX_FRAME = 1024 * 1024
 # Payload bytes the sender puts in one stream frame: well under any limit.
 STREAM_CHUNK = 64 * 1024
-# Bounded nesting and string sizes keep a hostile JSON document cheap.
-_MAX_JSON_DEPTH = 16
+# Deepest nesting of objects and arrays a control payload may have. The
+# json module's decoder recurses once per level: a deeper document would
+# cost stack (and, in C, a RecursionError) before any check could run, so
+# it is refused by :func:`check_depth` before decoding.
+MAX_JSON_DEPTH = 16
+# A JSON string, escapes included (no backtracking: linear in its size).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_OPENERS = b'[{'
+_CLOSERS = b']}'
+_BRACKETS = bytes.maketrans(_OPENERS + _CLOSERS, b'(())')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b'[]{}')
 
 
 class ProtocolError(Exception):
@@ -82,15 +92,35 @@ class Frame(object):
         return 'Frame(%d, %d bytes)' % (self.type, len(self.payload))
 
 
-def _check_depth(obj, depth=0):
-    if depth > _MAX_JSON_DEPTH:
-        raise ProtocolError('JSON nested too deeply')
-    if isinstance(obj, dict):
-        for value in obj.values():
-            _check_depth(value, depth + 1)
-    elif isinstance(obj, list):
-        for value in obj:
-            _check_depth(value, depth + 1)
+def check_depth(data, limit=MAX_JSON_DEPTH):
+    """Refuse a JSON text nested deeper than ``limit``, without decoding it.
+
+    Strings are blanked out, everything but brackets is dropped, then the
+    innermost pairs are removed ``limit`` times: a pair left means a
+    deeper level. Every step is a linear pass in C, so a hostile payload
+    costs at most ``limit`` passes over its bytes (no recursion, no
+    per-byte Python loop).
+
+    :param data: the JSON text (bytes).
+    :param limit: deepest nesting allowed.
+    :raises: ProtocolError when it is nested deeper.
+    """
+    skeleton = _JSON_STRING.sub(b'""', data).translate(
+        _BRACKETS, _NOT_BRACKETS)
+    # ``limit + 1`` openers in a row are that deep whatever follows
+    # (unclosed ones included: the decoder would recurse into them first).
+    too_deep = b'(' * (limit + 1)
+    for _level in range(limit):
+        if too_deep in skeleton:
+            break
+        shorter = skeleton.replace(b'()', b'')
+        if len(shorter) == len(skeleton):
+            return
+        skeleton = shorter
+    else:
+        if b'()' not in skeleton:
+            return
+    raise ProtocolError('JSON nested deeper than %d levels' % limit)
 
 
 def decode_json(payload):
@@ -98,15 +128,16 @@ def decode_json(payload):
 
     :param payload: bytes.
     :returns: a dict.
-    :raises: ProtocolError if it is not UTF-8 JSON holding an object.
+    :raises: ProtocolError if it is not UTF-8 JSON holding an object, or
+             if it nests deeper than :data:`MAX_JSON_DEPTH`.
     """
+    check_depth(payload)
     try:
         obj = json.loads(payload.decode('utf-8'))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError('malformed JSON payload: %s' % exc)
     if not isinstance(obj, dict):
         raise ProtocolError('JSON payload is not an object')
-    _check_depth(obj)
     return obj
 
 

@@ -42,6 +42,30 @@ class DecoderTestCase(base.BaseTestCase):
             frame = protocol.Frame(protocol.RESPONSE, payload)
             self.assertRaises(protocol.ProtocolError, frame.json)
 
+    def test_deep_nesting_is_a_protocol_error_not_recursion(self):
+        # Deeper than the C decoder's recursion limit: today's json.loads
+        # raised RecursionError, which no caller expects.
+        limit = protocol.DEFAULT_MAX_FRAME
+        for payload in (b'[' * limit,
+                        b'{"a":' + b'[]' * 100 + b'[' * 5000 + b'}',
+                        b'{"a":' * 5000 + b'1' + b'}' * 5000,
+                        b'{"a":' + b'[1,[' * 3000 + b'1' + b']]' * 3000 +
+                        b'}',
+                        b'{"a":' * 17 + b'1' + b'}' * 17):
+            frame = protocol.Frame(protocol.RESPONSE, payload)
+            self.assertRaisesRegex(protocol.ProtocolError, 'nested deeper',
+                                   frame.json)
+
+    def test_nesting_within_the_limit_and_brackets_in_strings(self):
+        depth = protocol.MAX_JSON_DEPTH
+        ok = b'{"a":' * depth + b'1' + b'}' * depth
+        self.assertEqual(1, len(protocol.Frame(protocol.RESPONSE,
+                                               ok).json()))
+        text = {'s': '[{' * 5000 + '\\"]' + '[' * 99}
+        frame = protocol.Frame(protocol.RESPONSE, protocol.encode_json(
+            protocol.RESPONSE, text)[protocol.HEADER.size:])
+        self.assertEqual(text, frame.json())
+
     def test_stream_frame_without_handle(self):
         frame = protocol.Frame(protocol.STDOUT, b'ab')
         self.assertRaises(protocol.ProtocolError, frame.stream)
