@@ -6,6 +6,8 @@ shim code under test is the real one; the VMM process is a real child
 (``sleep``) so exit detection and stop() run for real too.
 """
 
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -16,10 +18,12 @@ import fixtures
 from oslotest import base
 
 from kata_zun.agent import protocol
+from kata_zun import exception
 from kata_zun.hypervisor import base as hv_base
 from kata_zun.runtime import fileutils
 from kata_zun.shim import client as shim_client
 from kata_zun.shim import server
+from kata_zun.tests.functional import base as fbase
 
 
 class FakeVM(hv_base.VM):
@@ -221,7 +225,6 @@ class HostileGuestTestCase(base.BaseTestCase):
         client = shim_client.ShimClient(
             os.path.join(self.run_dir, 'shim.sock'), timeout=5)
         self.addCleanup(client.close)
-        from kata_zun import exception
         self.assertRaisesRegex(exception.ShimError, 'unknown request',
                                client.call, '__init__')
         self.assertRaisesRegex(exception.ShimError, 'unknown request',
@@ -230,3 +233,170 @@ class HostileGuestTestCase(base.BaseTestCase):
         shim.vm.stop(0)
         serving.join(10)
         self.assertEqual(255, self._state()['exit_code'])
+
+    def _serve(self, script, max_frame=4096):
+        shim = self._shim(script)
+        shim.max_frame = max_frame
+        shim.boot(self._config())
+        serving = threading.Thread(target=shim.serve, daemon=True)
+        serving.start()
+        self.addCleanup(serving.join, 10)
+        self.addCleanup(lambda: shim.vm.stop(0))
+        client = shim_client.ShimClient(
+            os.path.join(self.run_dir, 'shim.sock'), timeout=5,
+            max_frame=max_frame)
+        self.addCleanup(client.close)
+        return shim, serving, client
+
+    def test_lying_start_answer_cannot_bloat_or_forge_the_record(self):
+        # A 1 MiB answer of astral characters: JSON-escaped, each becomes
+        # 12 bytes. Stored as it came, the record outgrew what its reader
+        # takes and the container vanished from ps and Zun's sync.
+        forged = '\n2026-01-01 00:00:00.000 1 ERROR forged \x1b[2J\r'
+        blob = '\U0001f600' * (125 * 1024) + forged
+
+        def script(conn):
+            guest = honest_setup(conn)
+            req = guest.next().json()
+            conn.sendall(protocol.encode(protocol.RESPONSE, json.dumps({
+                'id': req['id'], 'result': {
+                    'proc': 1, 'pid': blob, 'error': blob}},
+                ensure_ascii=False).encode()))
+            conn.sendall(protocol.encode_json(protocol.EVENT, {
+                'event': 'exit', 'proc': 1, 'exit_code': 1}))
+            time.sleep(1)
+        shim, serving, client = self._serve(script, max_frame=1 << 20)
+        client.call('attach')
+        result = client.call('start')
+        self.assertLessEqual(len(result['error']), 4096)
+        result = client.call('wait', {'timeout': 10}, timeout=15)
+        self.assertTrue(result['exited'])
+        serving.join(10)
+        path = os.path.join(self.state_dir, 'state.json')
+        self.assertLess(os.path.getsize(path), 64 * 1024)
+        state = self._state()
+        self.assertIsNone(state['pid'])
+        for text in (state['error'], state['start_error']):
+            self.assertNotIn('\n', text)
+            self.assertNotIn('\r', text)
+            self.assertNotIn('\x1b', text)
+            self.assertIn('more characters', text)
+
+    def test_deeply_nested_answer_is_a_protocol_error(self):
+        def script(conn):
+            honest_setup(conn).next()                       # start
+            conn.sendall(protocol.encode(protocol.RESPONSE,
+                                         b'[' * 4000))
+            time.sleep(1)
+        shim, serving, client = self._serve(script)
+        self.assertRaisesRegex(exception.ShimError, 'container exited',
+                               client.call, 'start')
+        serving.join(10)
+        state = self._state()
+        self.assertEqual(255, state['exit_code'])
+        self.assertIn('nested deeper', state['error'])
+        self.assertFalse(serving.is_alive())
+        self.assertIsNotNone(shim.vm.poll())
+
+    def test_ps_and_stats_answers_are_typed_bounded_and_escaped(self):
+        def script(conn):
+            guest = honest_setup(conn)
+            guest.reply({'proc': 1, 'pid': 9})                # start
+            guest.reply({'processes': [
+                {'pid': '1; rm -rf /', 'ppid': [], 'uid': 2 ** 80,
+                 'state': 'S\x1b]0;owned\x07', 'cpu_time': 'x',
+                 'start_time': None, 'cmd': 'sh\n\x1b[31mroot'},
+                'not a process', 7] * 3 + [{'pid': 5}] * 5000})
+            guest.reply({'cpu_usage_usec': -5, 'memory_usage': 'lots',
+                         'memory_limit': 1.5, 'pids': True,
+                         'extra': 'x' * 3000, 'time': 'now'})
+            time.sleep(2)
+        shim, serving, client = self._serve(script, max_frame=1 << 20)
+        client.call('start')
+        procs = client.call('ps')['processes']
+        # At most 4096 entries, those that are no objects left out.
+        self.assertEqual(4096 - 6, len(procs))
+        self.assertEqual({'pid': 0, 'ppid': 0, 'uid': 0,
+                          'state': 'S\\x1b]0;own...[3 more characters]',
+                          'cpu_time': 0.0,
+                          'start_time': 0.0, 'rss_kb': 0,
+                          'cmd': 'sh\\n\\x1b[31mroot'}, procs[0])
+        stats = client.call('stats')
+        self.assertNotIn('extra', stats)
+        self.assertEqual((0, 0, 0, 0, 0.0), (
+            stats['cpu_usage_usec'], stats['memory_usage'],
+            stats['memory_limit'], stats['pids'], stats['time']))
+
+    def test_guest_warnings_are_rate_limited(self):
+        logger = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+
+        def script(conn):
+            honest_setup(conn).reply({'proc': 1, 'pid': 9})   # start
+            bad = protocol.encode_json(protocol.EVENT, {
+                'event': 'exit', 'proc': 'x', 'exit_code': 'y'})
+            conn.sendall(bad * 2000)
+            time.sleep(1)
+        shim, serving, client = self._serve(script)
+        client.call('start')
+        deadline = time.monotonic() + 10
+        while (shim.agent.decoder.pending or
+               time.monotonic() < deadline and
+               logger.output.count('malformed') < 10):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        self.assertEqual(10, logger.output.count('malformed exit event'))
+        self.assertEqual('running', client.call('state')['status'])
+
+
+def _rss_kib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    raise AssertionError('no VmRSS for %d' % pid)
+
+
+class StdinFloodTestCase(fbase.KataZunFunctionalTest):
+    """A client streams stdin into a paused VM (a real one).
+
+    The shim holds it back instead of buffering it, and serves the others.
+    """
+
+    FLOOD = 256 * 1024 * 1024
+
+    def test_stdin_into_a_paused_container_is_held_back(self):
+        self.load_busybox()
+        cid = self.kz('run', '-d', '-i', '--name', 'flood', 'busybox',
+                      'sleep', '600', check=0).text.strip()
+        self.kz('pause', 'flood', check=0)
+        with open(os.path.join(self.state_path, 'containers', cid,
+                               'state.json')) as f:
+            shim_pid = json.load(f)['shim_pid']
+        sock_path = os.path.join(self.run_path, cid[:16], 'shim.sock')
+        before = _rss_kib(shim_pid)
+        feeder = shim_client.ShimClient(sock_path, timeout=10)
+        self.addCleanup(feeder.close)
+        main = feeder.call('state')['main']
+        feeder.call('attach', {'stdin': True})
+        frame = protocol.encode_stream(protocol.STDIN, main,
+                                       b'x' * protocol.STREAM_CHUNK)
+        feeder.sock.settimeout(2)
+        sent = 0
+        deadline = time.monotonic() + 60
+        while sent < self.FLOOD and time.monotonic() < deadline:
+            try:
+                feeder.sock.sendall(frame)
+            except socket.timeout:
+                break                  # held back: what this test wants
+            sent += len(frame)
+        grown = _rss_kib(shim_pid) - before
+        # Others are served while the feeder is held back.
+        other = shim_client.ShimClient(sock_path, timeout=10)
+        self.addCleanup(other.close)
+        self.assertEqual('paused', other.call('state')['status'])
+        self.assertLess(sent, 32 * 1024 * 1024, 'the shim took all of it')
+        self.assertLess(grown, 32 * 1024, 'shim RSS grew by %d KiB' % grown)
+        # A flooded, paused container can still be stopped.
+        self.kz('stop', '-t', '0', 'flood', check=0)
+        self.assertEqual('exited', json.loads(self.kz(
+            'inspect', 'flood', check=0).out)[0]['State']['Status'])
