@@ -21,7 +21,12 @@ from oslo_log import log as logging
 from kata_zun.agent import protocol
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.shim import guestdata
 from kata_zun.shim import logs
+
+# Characters of one table cell or error message printed: what the guest
+# or a damaged record says is escaped before it reaches the terminal.
+_PRINT_MAX = 64 * 1024
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -238,15 +243,18 @@ def cmd_ps(rt, args):
     rows = [('CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS',
              'PORTS', 'NAMES')]
     for c in rt.list():
-        if not args.all and c.status not in ('running', 'paused'):
+        # A record that cannot be read may be running: always shown.
+        if not args.all and c.status not in ('running', 'paused',
+                                             'unknown'):
             continue
         if args.quiet:
             print(c.id[:12])
             continue
-        command = ' '.join(c.config['agent_spec']['argv'])
+        command = ' '.join(str(a) for a in (
+            c.config.get('agent_spec') or {}).get('argv') or [])
         if len(command) > 30:
             command = command[:29] + '…'
-        rows.append((c.id[:12], c.config['image']['name'],
+        rows.append((c.id[:12], (c.config.get('image') or {}).get('name'),
                      '"%s"' % command, _ago(c.config['created']),
                      _status_text(c), _ports_text(c), c.name))
     if not args.quiet:
@@ -278,6 +286,8 @@ def _status_text(c):
         text = 'Exited (%s) %s' % (c.exit_code, _ago(
             c.state.get('finished_at') or time.time()))
         return text + (' [%s]' % c.error if c.error else '')
+    if c.status == 'unknown':
+        return 'Unknown [%s]' % c.error
     return 'Created'
 
 
@@ -291,6 +301,8 @@ def _ago(ts, suffix=' ago'):
 
 
 def _table(rows):
+    rows = [[guestdata.printable(v, _PRINT_MAX) for v in row]
+            for row in rows]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print('   '.join(str(v).ljust(w) for v, w in zip(row, widths))
@@ -379,7 +391,8 @@ def cmd_rm(rt, args):
             rt.remove(ref, force=args.force)
             print(ref)
         except exception.KataZunException as exc:
-            print('kata-zun: error: %s' % exc, file=sys.stderr)
+            print('kata-zun: error: %s' % guestdata.printable(exc, _PRINT_MAX),
+                  file=sys.stderr)
             code = 1
     return code
 
@@ -688,10 +701,12 @@ def main(argv=None):
         rt = _runtime() if args.cmd not in ('guest',) else None
         return args.func(rt, args)
     except CliError as exc:
-        print('kata-zun: error: %s' % exc, file=sys.stderr)
+        print('kata-zun: error: %s' % guestdata.printable(exc, _PRINT_MAX),
+              file=sys.stderr)
         return exc.code
     except exception.KataZunException as exc:
-        print('kata-zun: error: %s' % exc, file=sys.stderr)
+        print('kata-zun: error: %s' % guestdata.printable(exc, _PRINT_MAX),
+              file=sys.stderr)
         return 125 if args.cmd == 'run' else 1
     except KeyboardInterrupt:
         return 130

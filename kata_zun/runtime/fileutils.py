@@ -8,6 +8,10 @@ import json
 import os
 import tempfile
 
+#: Largest JSON record written by :func:`write_json` and read by
+#: :func:`read_json`: the writer refuses what the reader would.
+RECORD_LIMIT = 4 * 1024 * 1024
+
 
 @functools.lru_cache(maxsize=1)
 def boot_id():
@@ -60,23 +64,37 @@ def write_atomic(path, data, mode=0o600):
     fsync_dir(directory)
 
 
-def write_json(path, obj, mode=0o600):
-    """Atomically write ``obj`` as JSON (see :func:`write_atomic`)."""
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + '\n',
-                 mode)
+def write_json(path, obj, mode=0o600, limit=RECORD_LIMIT):
+    """Atomically write ``obj`` as JSON (see :func:`write_atomic`).
+
+    :param limit: most bytes written; the default is what
+                  :func:`read_json` accepts, so a record written is a
+                  record that can be read back.
+    :raises: OSError; ValueError (nothing written) if the document would
+             be larger than ``limit``.
+    """
+    data = (json.dumps(obj, indent=1, sort_keys=True) + '\n').encode()
+    if len(data) > limit:
+        raise ValueError('%s would be %d bytes, more than the limit of %d'
+                         % (path, len(data), limit))
+    write_atomic(path, data, mode)
 
 
-def read_json(path, limit=4 * 1024 * 1024):
+def read_json(path, limit=RECORD_LIMIT):
     """Read a JSON document written by :func:`write_json`.
 
     :returns: the decoded object.
-    :raises: OSError if missing, ValueError if corrupt or too large.
+    :raises: OSError if missing, ValueError if corrupt, too large or
+             nested too deeply to decode.
     """
     with open(path, 'rb') as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError('%s is larger than %d bytes' % (path, limit))
-    return json.loads(data.decode('utf-8'))
+    try:
+        return json.loads(data.decode('utf-8'))
+    except RecursionError:
+        raise ValueError('%s is nested too deeply' % path)
 
 
 def tail(path, size):

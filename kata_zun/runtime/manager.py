@@ -54,6 +54,8 @@ RUNNING = 'running'
 PAUSED = 'paused'
 RESTARTING = 'restarting'      # between two runs of a restart policy
 EXITED = 'exited'
+# A record that cannot be read (or makes no sense): shown, never hidden.
+UNKNOWN = 'unknown'
 LIVE = (RUNNING, PAUSED, RESTARTING)
 RESTART_POLICIES = ('no', 'on-failure', 'always', 'unless-stopped')
 
@@ -107,14 +109,99 @@ def _host_memory_mb():
     return None
 
 
+# The types of what state.json holds; anything else is left out (and
+# the record's error says so). Written by the shim, which bounds what the
+# guest says, but read back from disk: it may have been damaged since.
+_NUMBER = (int, float)
+_STATE_TYPES = {
+    'status': str, 'exit_code': int, 'oom_killed': bool, 'error': str,
+    'start_error': str, 'started_at': _NUMBER, 'finished_at': _NUMBER,
+    'shim_pid': int, 'vm_pid': int, 'pid': int, 'boot_id': str,
+    'restart_count': int, 'health': dict, 'boot_timing': dict,
+    'guest_version': str,
+}
+_STATUSES = (CREATED, RUNNING, PAUSED, RESTARTING, EXITED)
+# Characters of a record's error kept (they are shown by ps and Zun).
+_RECORD_ERROR_MAX = 1024
+
+
+def _check_config(config, cid):
+    """:returns: why a config.json cannot be used, or None."""
+    if not isinstance(config, dict):
+        return 'config.json does not hold an object'
+    if config.get('id') != cid:
+        return 'config.json names another container'
+    if not isinstance(config.get('name'), str) or \
+            not _NAME_RE.match(config['name']):
+        return 'config.json has no valid name'
+    created = config.get('created')
+    if isinstance(created, bool) or not isinstance(created, _NUMBER):
+        return 'config.json has no creation time'
+    for key in ('image', 'agent_spec', 'vm', 'sandbox'):
+        if key in config and not isinstance(config[key], dict):
+            return 'config.json has a malformed %s' % key
+    return None
+
+
+def _clean_state(state):
+    """:returns: (state with only well-typed fields, problem or None)."""
+    if not isinstance(state, dict):
+        return {}, 'state.json does not hold an object'
+    clean, bad = {}, []
+    for key, value in state.items():
+        wanted = _STATE_TYPES.get(key)
+        if wanted is None or value is None:
+            clean[key] = value
+        elif isinstance(value, wanted) and not (
+                wanted is not bool and isinstance(value, bool)):
+            clean[key] = value
+        else:
+            bad.append(key)
+    health_ = clean.get('health')
+    if health_ is not None and not (
+            isinstance(health_.get('log', []), list) and
+            all(isinstance(e, dict) for e in health_.get('log', [])) and
+            isinstance(health_.get('status', ''), str)):
+        clean.pop('health')
+        bad.append('health')
+    if clean.get('status', CREATED) not in _STATUSES:
+        clean.pop('status')
+        bad.append('status')
+    return clean, ('state.json has malformed %s' % ', '.join(sorted(bad))
+                   if bad else None)
+
+
 class Container(object):
     """A container record with its live status resolved."""
 
-    def __init__(self, directory, config, state, alive):
+    def __init__(self, directory, config, state, alive, record_error=None):
+        """:param record_error: why the record is (partly) unreadable;
+            a container whose config or state could not be read at all
+            has status :data:`UNKNOWN`.
+        """
         self.dir = directory
         self.config = config
         self.state = state
         self.shim_alive = alive
+        self.record_error = record_error
+        self.unreadable = False
+
+    @classmethod
+    def unreadable_record(cls, directory, cid, reason):
+        """A record that cannot be read: listed with its error (never
+        hidden: ``ps`` and Zun's sync show it, ``rm`` removes it).
+        """
+        try:
+            created = os.stat(directory).st_mtime
+        except OSError:
+            created = 0.0
+        config = {'id': cid, 'name': 'broken-' + cid[:12],
+                  'created': created, 'image': {'name': '', 'id': ''},
+                  'agent_spec': {'argv': []}, 'vm': {}}
+        c = cls(directory, config, {}, False,
+                record_error=_record_error(reason))
+        c.unreadable = True
+        return c
 
     @property
     def id(self):
@@ -126,7 +213,11 @@ class Container(object):
 
     @property
     def status(self):
-        """created, running, paused or exited (resolved, not as stored)."""
+        """created, running, paused, exited (resolved, not as stored) or
+        unknown (an unreadable record).
+        """
+        if self.unreadable:
+            return UNKNOWN
         stored = self.state.get('status', CREATED)
         if stored in LIVE:
             return stored if self.shim_alive else EXITED
@@ -156,6 +247,8 @@ class Container(object):
 
     @property
     def error(self):
+        if self.record_error:
+            return 'damaged sandbox record: %s' % self.record_error
         lost = self.lost
         if lost == 'host-restart':
             return 'the host restarted while the container ran'
@@ -275,24 +368,48 @@ class Runtime(object):
                 raise
 
     def _load(self, cid):
+        """Read a container record.
+
+        A record being created (no config.json yet) is None; a damaged
+        one (garbage, truncated, oversized, wrong types) is a
+        :class:`Container` with its error, never an exception and never
+        hidden: one broken record must not hide a container nor stop a
+        listing of the others.
+        """
         directory = os.path.join(self.containers_dir, cid)
         try:
             config = fileutils.read_json(os.path.join(directory,
                                                       'config.json'))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return Container.unreadable_record(directory, cid, exc)
+        problem = _check_config(config, cid)
+        if problem:
+            return Container.unreadable_record(directory, cid, problem)
+        try:
             state = fileutils.read_json(os.path.join(directory,
                                                      'state.json'))
-        except (OSError, ValueError):
-            return None
+        except (OSError, ValueError) as exc:
+            return Container.unreadable_record(directory, cid, exc)
+        state, problem = _clean_state(state)
         alive = _pid_is_shim(state.get('shim_pid'), cid)
-        return Container(directory, config, state, alive)
+        return Container(directory, config, state, alive,
+                         record_error=_record_error(problem))
 
     def list(self):
-        """:returns: every container record on this host, oldest first."""
+        """:returns: every container record on this host, oldest first
+        (damaged ones too, with their error).
+        """
         out = []
         for cid in os.listdir(self.containers_dir):
-            if cid.startswith('.'):
+            if cid.startswith('.') or not _ID_RE.match(cid):
                 continue
-            c = self._load(cid)
+            try:
+                c = self._load(cid)
+            except Exception as exc:       # never one record for all
+                c = Container.unreadable_record(
+                    os.path.join(self.containers_dir, cid), cid, exc)
             if c is not None:
                 out.append(c)
         return sorted(out, key=lambda c: c.config['created'])
@@ -927,6 +1044,13 @@ class Runtime(object):
     def image_users(self, image_id):
         return [c.id for c in self.list()
                 if c.config['image']['id'] == image_id]
+
+
+def _record_error(reason):
+    if reason is None:
+        return None
+    from kata_zun.shim import guestdata
+    return guestdata.printable(reason, _RECORD_ERROR_MAX)
 
 
 def _clean_stat(stat):

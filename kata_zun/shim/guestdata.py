@@ -29,7 +29,7 @@ _MAX_INT = 2 ** 63 - 1
 # ESC, DEL, C1), format characters (bidi overrides, zero-width), line and
 # paragraph separators, surrogates, private use and unassigned ones.
 _UNPRINTABLE = ('Cc', 'Cf', 'Cs', 'Co', 'Cn', 'Zl', 'Zp')
-_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\'}
+_ESCAPES = {'\n': '\\n', '\r': '\\r', '\t': '\\t'}
 
 
 def _escape(char):
@@ -51,9 +51,10 @@ def printable(text, limit=MAX_ERROR):
     """Make untrusted text safe for a log line or a terminal.
 
     Control, format and separator characters become visible escapes
-    (``\\n``, ``\\x1b``, ``\\u202e``; a backslash is doubled, so an escape
-    cannot be forged either); the result is cut to ``limit`` characters
-    with a marker telling how much was left out.
+    (``\\n``, ``\\x1b``, ``\\u202e``); the result is cut to ``limit``
+    characters with a marker telling how much was left out. Escaping
+    twice changes nothing more (backslashes are kept as they are), so the
+    CLI can escape again what the shim escaped already.
 
     :param text: str, bytes (decoded as UTF-8 with replacement) or
                  anything else (its ``str()``).

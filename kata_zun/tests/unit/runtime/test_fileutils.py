@@ -33,3 +33,21 @@ class FileutilsTestCase(base.BaseTestCase):
         path = os.path.join(self.dir, 'big.json')
         fileutils.write_atomic(path, '[' + '1,' * 100 + '1]')
         self.assertRaises(ValueError, fileutils.read_json, path, limit=50)
+
+    def test_writer_and_reader_agree_on_the_limit(self):
+        path = os.path.join(self.dir, 'state.json')
+        fileutils.write_json(path, {'a': 1})
+        big = {'error': '\U0001f600' * (fileutils.RECORD_LIMIT // 12 + 1)}
+        self.assertRaisesRegex(ValueError, 'more than the limit',
+                               fileutils.write_json, path, big)
+        self.assertEqual({'a': 1}, fileutils.read_json(path))
+        fits = {'error': 'x' * (fileutils.RECORD_LIMIT - 100)}
+        fileutils.write_json(path, fits)
+        self.assertEqual(fits, fileutils.read_json(path))
+
+    def test_deeply_nested_record_is_a_value_error(self):
+        path = os.path.join(self.dir, 'state.json')
+        with open(path, 'w') as f:
+            f.write('[' * 100000)
+        self.assertRaisesRegex(ValueError, 'nested too deeply',
+                               fileutils.read_json, path)

@@ -68,6 +68,82 @@ class LostSandboxTestCase(base.BaseTestCase):
                 {'status': 'running', 'boot_id': 'boot-1'}, alive=True).lost)
 
 
+class DamagedRecordsTestCase(base.BaseTestCase):
+    """One damaged record never hides a container nor the others."""
+
+    def setUp(self):
+        super().setUp()
+        root = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(config_fixture.Config(conf.CONF)).config(
+            state_path=root + '/state', run_path=root + '/run',
+            group='kata')
+        self.rt = manager.Runtime()
+
+    def _record(self, cid, config=None, state=None, raw_config=None,
+                raw_state=None, created=1):
+        cdir = os.path.join(self.rt.containers_dir, cid)
+        os.makedirs(cdir)
+        if raw_config is not None:
+            with open(os.path.join(cdir, 'config.json'), 'wb') as f:
+                f.write(raw_config)
+        else:
+            fileutils.write_json(os.path.join(cdir, 'config.json'),
+                                 config or {'id': cid, 'name': 'n' + cid[:8],
+                                            'created': created})
+        if raw_state is not None:
+            with open(os.path.join(cdir, 'state.json'), 'wb') as f:
+                f.write(raw_state)
+        else:
+            fileutils.write_json(os.path.join(cdir, 'state.json'),
+                                 state or {'status': 'exited',
+                                           'exit_code': 0})
+        return cdir
+
+    def test_every_kind_of_damage_is_listed_with_an_error(self):
+        good = 'a' * 64
+        self._record(good)
+        damaged = {
+            'b' * 64: dict(raw_config=b'\x00garbage'),
+            'c' * 64: dict(raw_config=b'{"id": "cc'),            # torn
+            'd' * 64: dict(raw_state=b' ' * (4 * 1024 * 1024 + 1)),
+            'e' * 64: dict(raw_state=b'[' * 100000),
+            'f' * 64: dict(config=['not', 'an', 'object']),
+            '1' * 64: dict(config={'id': 'x', 'name': 'n', 'created': 1}),
+        }
+        for cid, kw in damaged.items():
+            self._record(cid, **kw)
+        listed = {c.id: c for c in self.rt.list()}
+        self.assertEqual(set(damaged) | {good}, set(listed))
+        self.assertIsNone(listed[good].error)
+        for cid in damaged:
+            c = listed[cid]
+            self.assertEqual(manager.UNKNOWN, c.status, cid)
+            self.assertIn('damaged sandbox record', c.error)
+            self.assertNotIn('\n', c.error)
+            self.assertEqual(cid, self.rt.get(cid).id)
+        self.rt.remove('b' * 64)
+        self.assertNotIn('b' * 64, [c.id for c in self.rt.list()])
+
+    def test_wrong_types_in_state_are_left_out_and_reported(self):
+        cid = 'a' * 64
+        self._record(cid, state={
+            'status': 'running\n', 'exit_code': 'zero', 'shim_pid': [1],
+            'started_at': 'yesterday', 'error': {'x': 1},
+            'health': {'log': ['x']}, 'oom_killed': 1})
+        c = self.rt.get(cid)
+        self.assertEqual('created', c.status)
+        self.assertFalse(c.shim_alive)
+        self.assertIsNone(c.exit_code)
+        for key in ('error', 'exit_code', 'health', 'oom_killed',
+                    'shim_pid', 'started_at', 'status'):
+            self.assertIn(key, c.error)
+        self.assertIsNone(c.health)
+
+    def test_a_record_being_created_is_not_listed(self):
+        os.makedirs(os.path.join(self.rt.containers_dir, 'a' * 64))
+        self.assertEqual([], self.rt.list())
+
+
 def _nic(n):
     return {'port_id': '%08d-0000-4000-8000-000000000000' % n,
             'net_id': 'net%d' % n, 'mac': 'fa:16:3e:00:00:%02x' % n,
