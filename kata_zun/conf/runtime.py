@@ -23,6 +23,16 @@ OPTS = [
     cfg.IntOpt('log_max_bytes', default=100 * 1024 * 1024, min=4096,
                help='Size at which a container log file is rotated (one '
                     'rotated file is kept).'),
+    cfg.IntOpt('log_read_max_bytes', default=16 * 1024 * 1024, min=4096,
+               help='Most bytes of container output one logs request '
+                    'returns through Zun (zun-compute holds them in '
+                    'memory): the newest output is returned, preceded '
+                    'by a line telling that older output was left out.'),
+    cfg.IntOpt('archive_max_bytes', default=256 * 1024 * 1024,
+               min=1024 * 1024,
+               help='Largest archive a copy out of a container (Zun\'s '
+                    'get_archive) returns; zun-compute holds it in '
+                    'memory. A bigger one is refused with an error.'),
     cfg.IntOpt('writable_layer_mb', default=2048, min=16,
                help='Size of the sparse per-container writable layer.'),
 ]

@@ -123,6 +123,10 @@ _STATE_TYPES = {
 _STATUSES = (CREATED, RUNNING, PAUSED, RESTARTING, EXITED)
 # Characters of a record's error kept (they are shown by ps and Zun).
 _RECORD_ERROR_MAX = 1024
+# Bytes kept of an archiving process's stderr (for its error message).
+_ERR_LIMIT = 4096
+# Seconds an archive may take to go in or out of a container.
+_ARCHIVE_TIMEOUT = 600.0
 
 
 def _check_config(config, cid):
@@ -948,29 +952,45 @@ class Runtime(object):
         self.call(c.id, 'update', args)
         return True
 
-    def get_archive(self, ref, path, limit=256 * 1024 * 1024):
+    def get_archive(self, ref, path, limit=None):
         """A tar of ``path`` in a running container (like docker cp).
 
+        The caller gets it whole (Zun's RPC returns bytes), so it is read
+        up to ``limit`` bytes and no further: past that the archiving
+        process is killed and the request refused.
+
+        :param limit: most bytes (default ``[kata] archive_max_bytes``).
         :returns: (tar bytes, stat dict: name, size, mode, mtime,
                   linkTarget)
         :raises: NotFound, Conflict, ImageLimitExceeded (over ``limit``)
         """
+        limit = CONF.kata.archive_max_bytes if limit is None else limit
         c, client = self._running_client(ref)
         with client:
             result = self._process_call(client, 'archive_get',
                                         {'path': path})
-            out, err, code = client.collect(result['proc'], limit + 1)
+            handle = result['proc']
+            out, err, code = client.exchange(
+                handle, None, limit, _ERR_LIMIT, _ARCHIVE_TIMEOUT,
+                stop_over=True)
+            if code is None:
+                try:
+                    client.call('signal', {'proc': handle, 'signal': 9})
+                except exception.KataZunException:
+                    pass       # it may have ended meanwhile
+                raise exception.ImageLimitExceeded(
+                    reason='the archive of %s is larger than %d bytes '
+                    '([kata] archive_max_bytes)' % (path, limit))
         if code != 0:
             raise exception.NotFound(what='%s in %s: %s' % (
-                path, c.id[:12], err.decode('utf-8', 'replace').strip()))
-        if len(out) > limit:
-            raise exception.ImageLimitExceeded(
-                reason='archive of %s is larger than %d bytes' % (
-                    path, limit))
+                path, c.id[:12], _guest_text(err)))
         return out, _clean_stat(result.get('stat'))
 
     def put_archive(self, ref, path, data):
         """Extract the tar ``data`` under directory ``path``.
+
+        ``data`` goes to the shim in bounded chunks while the process's
+        output is read, so neither side can stall the other.
 
         :raises: NotFound, Conflict, InvalidInput (bad archive)
         """
@@ -978,13 +998,12 @@ class Runtime(object):
         with client:
             result = self._process_call(client, 'archive_put',
                                         {'path': path})
-            client.send_stdin(result['proc'], data)
-            client.send_stdin(result['proc'], b'')
-            _out, err, code = client.collect(result['proc'])
+            _out, err, code = client.exchange(
+                result['proc'], data, _ERR_LIMIT, _ERR_LIMIT,
+                _ARCHIVE_TIMEOUT)
         if code != 0:
             raise exception.InvalidInput(reason='cannot extract into %s: '
-                                         '%s' % (path, err.decode(
-                                             'utf-8', 'replace').strip()))
+                                         '%s' % (path, _guest_text(err)))
 
     @staticmethod
     def _process_call(client, op, args):
@@ -1023,12 +1042,16 @@ class Runtime(object):
         shutil.rmtree(c.dir, ignore_errors=True)
         return c
 
-    def logs(self, ref, stdout=True, stderr=True, since=None, tail=None):
-        """:returns: (container, records) from its log file."""
+    def logs(self, ref, stdout=True, stderr=True, since=None, tail=None,
+             max_bytes=None):
+        """:returns: (container, records) from its log file; with
+            ``max_bytes``, (container, (records, truncated)) (see
+            :func:`kata_zun.shim.logs.read`).
+        """
         c = self.get(ref)
         return c, logs.read(os.path.join(c.dir, 'container.log'),
                             stdout=stdout, stderr=stderr, since=since,
-                            tail=tail)
+                            tail=tail, max_bytes=max_bytes)
 
     def commit(self, ref, repo_tag=None, changes=None, comment=None,
                progress=None):
@@ -1044,6 +1067,12 @@ class Runtime(object):
     def image_users(self, image_id):
         return [c.id for c in self.list()
                 if c.config['image']['id'] == image_id]
+
+
+def _guest_text(data):
+    """Bounded, printable text of what a guest process wrote."""
+    from kata_zun.shim import guestdata
+    return guestdata.printable(bytes(data).strip(), _ERR_LIMIT)
 
 
 def _record_error(reason):

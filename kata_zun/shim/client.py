@@ -5,6 +5,7 @@ eventlet's monkey-patching (zun-compute) and plain in the CLI.
 """
 
 import collections
+import select
 import socket
 import time
 
@@ -159,16 +160,49 @@ class ShimClient(object):
         :returns: (stdout bytes, stderr bytes, exit code)
         :raises: ShimError on timeout or when the shim goes away.
         """
+        return self.exchange(handle, None, limit, limit, timeout)
+
+    def exchange(self, handle, data=None, limit=16 * 1024 * 1024,
+                 err_limit=64 * 1024, timeout=300.0, stop_over=False):
+        """Feed ``data`` to a process (then end its input) while gathering
+        its output, until it exits.
+
+        Input goes out one :data:`protocol.STREAM_CHUNK` frame at a time,
+        and only while the socket takes it: output is read in between, so
+        a process that writes while it reads never stalls against us, and
+        ``data`` is never copied whole.
+
+        :param data: bytes (or a memoryview) for its stdin; None to send
+                     nothing (its stdin is left alone).
+        :param limit: most stdout bytes kept.
+        :param err_limit: most stderr bytes kept.
+        :param stop_over: return as soon as stdout passes ``limit`` (the
+                          exit code is then None: the caller decides what
+                          becomes of the process).
+        :returns: (stdout bytes, stderr bytes, exit code or None)
+        :raises: ShimError on timeout or when the shim goes away.
+        """
         out = {protocol.STDOUT: bytearray(), protocol.STDERR: bytearray()}
+        limits = {protocol.STDOUT: limit, protocol.STDERR: err_limit}
+        chunks = self._stdin_frames(handle, data)
+        current, sent = next(chunks, None), 0
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for frame in self.read_frames(min(1.0, max(
-                    0.0, deadline - time.monotonic()))):
+        frames = list(self.backlog) + list(self._ready)
+        self.backlog.clear()
+        self._ready.clear()
+        while True:
+            for frame in frames:
                 if frame.type in out:
-                    h, data = frame.stream()
+                    h, chunk = frame.stream()
+                    if h != handle:
+                        continue
                     buf = out[frame.type]
-                    if h == handle and len(buf) < limit:
-                        buf += data[:limit - len(buf)]
+                    room = max(limits[frame.type] - len(buf), 0)
+                    buf += chunk[:room]
+                    if stop_over and frame.type == protocol.STDOUT and \
+                            len(chunk) > room:
+                        return (bytes(out[protocol.STDOUT]),
+                                bytes(out[protocol.STDERR]), None)
                 elif frame.type == protocol.EVENT:
                     event = frame.json()
                     if event.get('proc') == handle:
@@ -176,5 +210,44 @@ class ShimClient(object):
                         return (bytes(out[protocol.STDOUT]),
                                 bytes(out[protocol.STDERR]),
                                 code if isinstance(code, int) else 255)
-        raise exception.ShimError(reason='process %s did not finish within '
-                                  '%s s' % (handle, timeout))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise exception.ShimError(
+                    reason='process %s did not finish within %s s' %
+                    (handle, timeout))
+            writers = [self.sock] if current is not None else []
+            try:
+                readable, writable, _ = select.select(
+                    [self.sock], writers, [], min(remaining, 1.0))
+            except (OSError, ValueError) as exc:
+                raise exception.ShimError(reason=str(exc))
+            frames = []
+            if readable:
+                try:
+                    frames = self._fill(deadline)
+                except socket.timeout:
+                    frames = []
+                except OSError as exc:
+                    raise exception.ShimError(reason=str(exc))
+            if writable and current is not None:
+                try:
+                    self.sock.settimeout(0.0)
+                    sent += self.sock.send(current[sent:])
+                except (BlockingIOError, socket.timeout):
+                    pass
+                except OSError as exc:
+                    raise exception.ShimError(reason='sending input: %s' %
+                                              exc)
+                if sent == len(current):
+                    current, sent = next(chunks, None), 0
+
+    @staticmethod
+    def _stdin_frames(handle, data):
+        if data is None:
+            return
+        view = memoryview(data)
+        for i in range(0, len(view), protocol.STREAM_CHUNK):
+            yield memoryview(protocol.encode_stream(
+                protocol.STDIN, handle, view[i:i + protocol.STREAM_CHUNK]))
+        yield memoryview(protocol.encode_stream(protocol.STDIN, handle,
+                                                b''))

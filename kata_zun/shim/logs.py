@@ -1,24 +1,33 @@
 """Container log files: what the shim writes and ``logs`` reads.
 
-A log is a sequence of binary records, one per output line (or per chunk
-of a line longer than :data:`MAX_LINE`)::
+A log starts with :data:`MAGIC`, then holds binary records, one per
+output line (or per chunk of a line longer than :data:`MAX_LINE`)::
 
     >dBI  time (float seconds), stream (1 stdout, 2 stderr), length
     ...   the bytes of the line, newline included when there was one
+    >I    the length again, so that the log can be read from its end
 
 Binary records keep arbitrary output (not only UTF-8) byte-exact, and the
 per-line timestamps serve ``--timestamps``, ``--since`` and ``--tail``.
-When the file passes ``max_bytes`` it is rotated to ``<name>.1`` (one
-rotated file is kept).
+``--tail`` reads from the end: its cost is the records it returns, not
+the size of the log. When the file passes ``max_bytes`` it is rotated to
+``<name>.1`` (one rotated file is kept), so a container's logs take at
+most twice ``max_bytes`` (plus a line) on disk, however much it writes.
+
+Logs written before the trailer existed have no :data:`MAGIC`; they are
+read forwards (a ``--tail`` then keeps only the last records in memory).
 """
 
+import collections
 import datetime
 import os
 import re
 import struct
 import time
 
+MAGIC = b'KZLOG2\n'
 RECORD = struct.Struct('>dBI')
+TRAILER = struct.Struct('>I')
 STDOUT = 1
 STDERR = 2
 MAX_LINE = 16 * 1024
@@ -31,7 +40,23 @@ class LogWriter(object):
         self.path = path
         self.max_bytes = max_bytes
         self._partial = {STDOUT: bytearray(), STDERR: bytearray()}
-        self._f = open(path, 'ab')
+        self._f = None
+        self._open()
+
+    def _open(self):
+        self._f = open(self.path, 'ab')
+        if self._f.tell() == 0:
+            self._f.write(MAGIC)
+            return
+        with open(self.path, 'rb') as f:
+            magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            # A log of the old format: rotated, never mixed with records
+            # of this one.
+            self._f.close()
+            os.replace(self.path, self.path + '.1')
+            self._f = open(self.path, 'ab')
+            self._f.write(MAGIC)
 
     def write(self, stream, data, now=None):
         """Record output bytes of ``stream``; complete lines are written."""
@@ -51,8 +76,9 @@ class LogWriter(object):
         if self._f.tell() >= self.max_bytes:
             self._f.close()
             os.replace(self.path, self.path + '.1')
-            self._f = open(self.path, 'ab')
-        self._f.write(RECORD.pack(now, stream, len(line)) + line)
+            self._open()
+        self._f.write(RECORD.pack(now, stream, len(line)) + line +
+                      TRAILER.pack(len(line)))
 
     def close(self):
         """Write out partial lines and close the file."""
@@ -66,7 +92,18 @@ class LogWriter(object):
         self._f.close()
 
 
-def _read_records(f):
+def _has_magic(f):
+    """:returns: whether ``f`` (at its start) is a log with trailers; it
+    is left at its first record either way.
+    """
+    head = f.read(len(MAGIC))
+    if head == MAGIC:
+        return True
+    f.seek(0)
+    return False
+
+
+def _read_records(f, trailers):
     while True:
         header = f.read(RECORD.size)
         if len(header) < RECORD.size:
@@ -77,10 +114,86 @@ def _read_records(f):
         data = f.read(length)
         if len(data) < length:
             return
+        if trailers:
+            trailer = f.read(TRAILER.size)
+            if len(trailer) < TRAILER.size or \
+                    TRAILER.unpack(trailer)[0] != length:
+                return
         yield ts, stream, data
 
 
-def read(path, stdout=True, stderr=True, since=None, tail=None):
+def _read_backwards(f, size):
+    """Yield the records of a log with trailers, newest first.
+
+    :returns: on a record that does not check out (a torn end), stops
+              with ``f`` unusable: the caller then reads forwards.
+    :raises: ValueError on such a record.
+    """
+    end = size
+    while end > len(MAGIC):
+        if end - len(MAGIC) < RECORD.size + TRAILER.size:
+            raise ValueError('torn log')
+        f.seek(end - TRAILER.size)
+        (length,) = TRAILER.unpack(f.read(TRAILER.size))
+        start = end - TRAILER.size - length - RECORD.size
+        if length > MAX_LINE or start < len(MAGIC):
+            raise ValueError('torn log')
+        f.seek(start)
+        record = f.read(RECORD.size + length)
+        ts, stream, length2 = RECORD.unpack_from(record)
+        if length2 != length or stream not in (STDOUT, STDERR):
+            raise ValueError('torn log')
+        yield ts, stream, record[RECORD.size:]
+        end = start
+
+
+def _tail_of(name, wanted, since, count, budget):
+    """The last ``count`` records of one file within ``budget`` bytes.
+
+    :returns: (records oldest first, whether output was left out for the
+               budget, whether older files may hold more wanted records).
+    """
+    with open(name, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        picked, used = [], 0
+        if _has_magic(f):
+            try:
+                for ts, stream, data in _read_backwards(f, size):
+                    if since is not None and ts < since:
+                        return picked[::-1], False, False
+                    if stream not in wanted:
+                        continue
+                    if len(picked) >= count:
+                        return picked[::-1], False, False
+                    if used + len(data) > budget:
+                        return picked[::-1], True, False
+                    picked.append((ts, stream, data))
+                    used += len(data)
+                return picked[::-1], False, True
+            except ValueError:
+                f.seek(len(MAGIC))
+                trailers = True
+        else:
+            trailers = False
+        # Forwards, keeping only the last ``count`` records that fit.
+        kept = collections.deque()
+        used, truncated = 0, False
+        for ts, stream, data in _read_records(f, trailers):
+            if stream not in wanted or (since is not None and ts < since):
+                continue
+            kept.append((ts, stream, data))
+            used += len(data)
+            if len(kept) > count:
+                used -= len(kept.popleft()[2])
+            while used > budget:
+                used -= len(kept.popleft()[2])
+                truncated = True
+        return (list(kept), truncated,
+                not truncated and len(kept) < count)
+
+
+def read(path, stdout=True, stderr=True, since=None, tail=None,
+         max_bytes=None):
     """Read a container log.
 
     :param path: the log file (its ``.1`` rotation is read first).
@@ -88,24 +201,33 @@ def read(path, stdout=True, stderr=True, since=None, tail=None):
     :param stderr: include stderr records.
     :param since: epoch seconds; older records are left out.
     :param tail: keep only the last ``tail`` records (None for all).
-    :returns: a list of (time, stream, bytes).
+    :param max_bytes: most bytes of output returned (None: no limit):
+                      the newest records that fit are kept.
+    :returns: a list of (time, stream, bytes); with ``max_bytes``, a
+              tuple (that list, whether older output was left out).
     """
     wanted = set()
     if stdout:
         wanted.add(STDOUT)
     if stderr:
         wanted.add(STDERR)
-    out = []
-    for name in (path + '.1', path):
-        try:
-            with open(name, 'rb') as f:
-                for ts, stream, data in _read_records(f):
-                    if stream in wanted and (since is None or ts >= since):
-                        out.append((ts, stream, data))
-        except FileNotFoundError:
-            continue
-    if tail is not None:
-        out = out[-tail:] if tail > 0 else []
+    count = tail if tail is not None else float('inf')
+    budget = max_bytes if max_bytes is not None else float('inf')
+    out, truncated = [], False
+    if count > 0:
+        for name in (path, path + '.1'):
+            try:
+                records, cut, more = _tail_of(
+                    name, wanted, since, count - len(out),
+                    budget - sum(len(r[2]) for r in out))
+            except FileNotFoundError:
+                continue
+            out[:0] = records
+            truncated = truncated or cut
+            if not more:
+                break
+    if max_bytes is not None:
+        return out, truncated
     return out
 
 
@@ -124,9 +246,10 @@ class Follower(object):
                 self._f = open(self.path, 'rb')
             except FileNotFoundError:
                 return []
+            self._trailers = _has_magic(self._f)
             if self._offset is None:
                 self._f.seek(0, os.SEEK_END)
-            else:
+            elif self._offset > self._f.tell():
                 self._f.seek(self._offset)
         pos = self._f.tell()
         if os.stat(self.path).st_size < pos:      # rotated under us
@@ -136,7 +259,7 @@ class Follower(object):
         records = []
         while True:
             start = self._f.tell()
-            got = list(_read_one(self._f))
+            got = list(_read_one(self._f, self._trailers))
             if not got:
                 self._f.seek(start)
                 return records
@@ -147,8 +270,8 @@ class Follower(object):
             self._f.close()
 
 
-def _read_one(f):
-    for rec in _read_records(f):
+def _read_one(f, trailers):
+    for rec in _read_records(f, trailers):
         yield rec
         return
 
