@@ -39,6 +39,7 @@ from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
 from kata_zun import exception
 from kata_zun.runtime import manager
+from kata_zun.shim import guestdata
 from kata_zun.shim import logs
 
 CONF = conf.CONF
@@ -553,13 +554,20 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             # error: zun's [compute] resume_container_state starts the
             # ones that were running.
             container.status = consts.STOPPED
-            container.status_reason = c.error
+            container.status_reason = guestdata.printable(c.error)
             container.status_detail = 'Exited(255) %s ago' % _ago(
                 c.state.get('started_at'))
             return
+        if status == manager.UNKNOWN:
+            # A damaged record: shown with its error, never dropped (nor
+            # rebuilt by auto_heal as if it were missing).
+            container.status = consts.UNKNOWN
+            container.status_reason = guestdata.printable(c.error)
+            container.status_detail = 'Unknown'
+            return
         if status == manager.EXITED and c.error:
             container.status = consts.ERROR
-            container.status_reason = c.error
+            container.status_reason = guestdata.printable(c.error)
             container.status_detail = 'Exited(%s) %s ago (error)' % (
                 c.exit_code, _ago(c.state.get('finished_at')))
             return
@@ -575,10 +583,13 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             container.status_reason = None
             if c.health == 'unhealthy':
                 last = ((c.state.get('health') or {}).get('log') or [{}])[-1]
+                output = last.get('output')
                 container.status_reason = (
                     'health check failing (exit %s): %s' % (
-                        last.get('exit_code'),
-                        (last.get('output') or '').strip()[:200]))
+                        guestdata.integer(last.get('exit_code'), -1, 255),
+                        guestdata.printable(
+                            output.strip() if isinstance(output, str)
+                            else '', 200)))
         elif status == manager.RESTARTING:
             container.status_detail = 'Restarting'
         elif status == manager.PAUSED:
@@ -608,7 +619,8 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                                            'is gone from host %s' %
                                            CONF.host)
         except Exception as exc:          # show must never fail a GET
-            LOG.warning('show %s: %s', container.uuid, exc)
+            LOG.warning('show %s: %s', container.uuid,
+                        guestdata.printable(exc))
         return container
 
     def list(self, context):
@@ -625,7 +637,12 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             if c is None:
                 missing.append(container)
             elif not container.task_state:
-                self._refresh(container, c)
+                try:
+                    self._refresh(container, c)
+                except Exception as exc:
+                    # One odd record must not stop the sync of the rest.
+                    LOG.warning('refreshing container %s: %s',
+                                container.uuid, guestdata.printable(exc))
         return local, missing
 
     def update_containers_states(self, context, containers, manager_):
@@ -642,7 +659,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                 container.status = fresh.status
                 container.status_reason = fresh.status_reason
                 container.status_detail = fresh.status_detail
-                container.save(context)
+                self._save(context, container)
         for container in missing:
             if not container.container_id:
                 continue    # never got a sandbox (e.g. its image failed)
@@ -656,7 +673,18 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                 container.status = consts.ERROR
                 container.status_reason = ('sandbox missing on host %s' %
                                            CONF.host)
+            self._save(context, container)
+
+    @staticmethod
+    def _save(context, container):
+        """Save one container of the periodic sync: a failure is logged
+        and the sync goes on with the others.
+        """
+        try:
             container.save(context)
+        except Exception as exc:
+            LOG.warning('saving the status of container %s: %s',
+                        container.uuid, guestdata.printable(exc))
 
     def _heal(self, context, container, manager_):
         """auto_heal: rebuild a container whose sandbox is gone.
@@ -692,17 +720,30 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
     @_wrap
     def show_logs(self, context, container, stdout=True, stderr=True,
                   timestamps=False, tail='all', since=None):
+        """The container's log, read from its end: ``tail`` costs the
+        records it returns, and at most ``[kata] log_read_max_bytes`` of
+        output are returned (the newest, after a line saying so).
+        """
         tail_n = None
         if tail not in (None, 'all', 'None'):
-            tail_n = int(tail)
+            try:
+                tail_n = int(tail)
+            except (TypeError, ValueError):
+                raise zun_exc.Invalid('tail must be a number or "all", '
+                                      'not %r' % str(tail)[:64])
         try:
             since_ts = logs.parse_since(since)
         except ValueError as exc:
             raise zun_exc.Invalid(str(exc))
-        _c, records = self.rt.logs(container.container_id, stdout=stdout,
-                                   stderr=stderr, since=since_ts,
-                                   tail=tail_n)
+        limit = CONF.kata.log_read_max_bytes
+        _c, (records, truncated) = tpool.execute(
+            self.rt.logs, container.container_id, stdout=stdout,
+            stderr=stderr, since=since_ts, tail=tail_n, max_bytes=limit)
         out = []
+        if truncated:
+            out.append('[kata-zun: older output left out: a logs request '
+                       'returns at most %d bytes ([kata] '
+                       'log_read_max_bytes); ask for a tail]\n' % limit)
         for ts, _stream, data in records:
             line = data.decode('utf-8', 'replace')
             out.append(logs.format_time(ts) + ' ' + line if timestamps
@@ -825,23 +866,30 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def top(self, context, container, ps_args=None):
-        procs = self.rt.call(container.container_id, 'ps')['processes']
+        # The shim bounds and types the guest's answer; it is checked
+        # again here, where a surprise would fail Zun's request.
+        procs = guestdata.processes(self.rt.call(container.container_id,
+                                                 'ps'))['processes']
         titles = ['UID', 'PID', 'PPID', 'STAT', 'STIME', 'TIME', 'CMD']
         rows = []
         for p in procs:
-            started = datetime.datetime.fromtimestamp(p['start_time'])
-            cpu = int(p['cpu_time'])
+            started = datetime.datetime.fromtimestamp(
+                min(p['start_time'], 2 ** 33))
+            cpu = int(min(p['cpu_time'], 2 ** 40))
             rows.append([str(p['uid']), str(p['pid']), str(p['ppid']),
-                         p['state'], started.strftime('%H:%M'),
+                         guestdata.printable(p['state'], 8),
+                         started.strftime('%H:%M'),
                          '%02d:%02d:%02d' % (cpu // 3600, cpu // 60 % 60,
-                                             cpu % 60), p['cmd']])
+                                             cpu % 60),
+                         guestdata.printable(p['cmd'],
+                                             guestdata.MAX_CMD)])
         return {'Titles': titles, 'Processes': rows}
 
     @_wrap
     def stats(self, context, container):
-        s1 = self.rt.call(container.container_id, 'stats')
+        s1 = guestdata.stats(self.rt.call(container.container_id, 'stats'))
         time.sleep(0.2)
-        s2 = self.rt.call(container.container_id, 'stats')
+        s2 = guestdata.stats(self.rt.call(container.container_id, 'stats'))
         wall = max(s2['time'] - s1['time'], 1e-3)
         cpu = ((s2['cpu_usage_usec'] - s1['cpu_usage_usec']) / 1e6 / wall *
                100.0)
