@@ -6,6 +6,8 @@ sandbox, and reports readiness (``ok`` or an error line) on --ready-fd.
 """
 
 import argparse
+import logging as std_logging
+from logging import handlers
 import os
 import shutil
 import sys
@@ -34,6 +36,27 @@ def _daemonize(log_path):
     os.dup2(log_fd, 2)
     os.close(null)
     os.close(log_fd)
+
+
+def _cap_log(path, max_bytes):
+    """Send the log records that went to stdout/stderr (shim.log) to a
+    size-rotated shim.log instead: one rotated file is kept, so neither
+    the guest nor a client can fill the host's disk through the shim's
+    log. (stdout and stderr stay on the first shim.log for the rare
+    lines written without the logging module, e.g. a crash's traceback.)
+    """
+    root = std_logging.getLogger()
+    for handler in list(root.handlers):
+        stream = getattr(handler, 'stream', None)
+        if isinstance(handler, std_logging.StreamHandler) and \
+                not isinstance(handler, std_logging.FileHandler) and \
+                stream in (sys.stdout, sys.stderr):
+            capped = handlers.RotatingFileHandler(
+                path, maxBytes=max_bytes, backupCount=1)
+            capped.setFormatter(handler.formatter)
+            capped.setLevel(handler.level)
+            root.removeHandler(handler)
+            root.addHandler(capped)
 
 
 def _report(fd, text):
@@ -91,6 +114,9 @@ def main(argv=None):
         CONF.set_override(opt, None)
     CONF.set_override('use_syslog', False)
     logging.setup(CONF, 'kata-zun-shim')
+    if not args.foreground:
+        _cap_log(os.path.join(args.state_dir, 'shim.log'),
+                 CONF.kata.shim_log_max_bytes)
     if CONF.kata_jail.enabled and os.geteuid() == 0:
         # Out of our starter's cgroup (zun-compute's service): stopping
         # it must not take the sandbox along.

@@ -23,6 +23,10 @@ OPTS = [
     cfg.IntOpt('log_max_bytes', default=100 * 1024 * 1024, min=4096,
                help='Size at which a container log file is rotated (one '
                     'rotated file is kept).'),
+    cfg.IntOpt('shim_log_max_bytes', default=1024 * 1024, min=4096,
+               help='Size at which a sandbox shim\'s own log (shim.log) '
+                    'is rotated; one rotated file is kept, so a shim '
+                    'takes at most twice this on disk for its log.'),
     cfg.IntOpt('log_read_max_bytes', default=16 * 1024 * 1024, min=4096,
                help='Most bytes of container output one logs request '
                     'returns through Zun (zun-compute holds them in '

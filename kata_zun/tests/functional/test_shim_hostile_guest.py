@@ -347,6 +347,57 @@ class HostileGuestTestCase(base.BaseTestCase):
         self.assertEqual(10, logger.output.count('malformed exit event'))
         self.assertEqual('running', client.call('state')['status'])
 
+    def test_stdout_flood_keeps_container_log_within_its_cap(self):
+        def script(conn):
+            honest_setup(conn).reply({'proc': 1, 'pid': 9})   # start
+            line = (b'y' * 1000 + b'\n') * 60
+            for i in range(400):                              # 24 MB
+                conn.sendall(protocol.encode_stream(
+                    protocol.STDOUT if i % 2 else protocol.STDERR, 1,
+                    line if i % 3 else b'z' * 60000))
+            conn.sendall(protocol.encode_json(protocol.EVENT, {
+                'event': 'exit', 'proc': 1, 'exit_code': 0}))
+            time.sleep(1)
+        shim, serving, client = self._serve(script, max_frame=1 << 20)
+        client.call('start')
+        result = client.call('wait', {'timeout': 60}, timeout=65)
+        self.assertEqual(0, result['exit_code'])
+        serving.join(10)
+        names = [n for n in os.listdir(self.state_dir)
+                 if n.startswith('container.log')]
+        total = sum(os.path.getsize(os.path.join(self.state_dir, n))
+                    for n in names)
+        # Two files of at most log_max_bytes plus one line each.
+        self.assertLessEqual(total, 2 * ((1 << 20) + 16 * 1024 + 64))
+        from kata_zun.shim import logs
+        last = logs.read(os.path.join(self.state_dir, 'container.log'),
+                         tail=1)
+        self.assertEqual(1, len(last))
+
+    def test_archive_out_stops_at_its_limit(self):
+        def script(conn):
+            guest = honest_setup(conn)
+            guest.reply({'proc': 1, 'pid': 9})                # start
+            req = guest.next().json()                         # archive_get
+            conn.sendall(protocol.encode_json(protocol.RESPONSE, {
+                'id': req['id'], 'result': {
+                    'proc': 2, 'stat': {'name': 'x', 'size': 'huge',
+                                        'mode': -1, 'junk': [1] * 99}}}))
+            chunk = protocol.encode_stream(protocol.STDOUT, 2,
+                                           b'\0' * 60000)
+            for _ in range(1000):                             # 60 MB
+                conn.sendall(chunk)
+        shim, serving, client = self._serve(script, max_frame=1 << 20)
+        client.call('start')
+        result = client.call('archive_get', {'path': '/'})
+        self.assertEqual({'name': 'x', 'size': 0, 'mode': 0, 'mtime': 0.0,
+                          'linkTarget': ''}, result['stat'])
+        out, err, code = client.exchange(result['proc'], None,
+                                         limit=1 << 20, stop_over=True,
+                                         timeout=60)
+        self.assertIsNone(code)
+        self.assertEqual(1 << 20, len(out))
+
 
 def _rss_kib(pid):
     with open('/proc/%d/status' % pid) as f:
@@ -400,3 +451,44 @@ class StdinFloodTestCase(fbase.KataZunFunctionalTest):
         self.kz('stop', '-t', '0', 'flood', check=0)
         self.assertEqual('exited', json.loads(self.kz(
             'inspect', 'flood', check=0).out)[0]['State']['Status'])
+
+
+class ShimLogCapTestCase(fbase.KataZunFunctionalTest):
+    """Whatever makes the shim log, its log stays within its cap."""
+
+    extra_config = '[kata]\nshim_log_max_bytes = 16384\n'
+
+    def test_shim_log_is_rotated_at_its_cap(self):
+        self.load_busybox()
+        cid = self.kz('run', '-d', '--name', 'noisy', 'busybox', 'sleep',
+                      '600', check=0).text.strip()
+        cdir = os.path.join(self.state_path, 'containers', cid)
+        sock_path = os.path.join(self.run_path, cid[:16], 'shim.sock')
+        # Each connection sending garbage costs a warning line.
+        sent = 0
+        while sent < 3000:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(sock_path)
+                s.sendall(b'\x63' * 16)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.05)           # its listen backlog is full
+            finally:
+                s.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client = shim_client.ShimClient(sock_path, timeout=30)
+                break
+            except exception.ShimError:
+                # Still working through the backlog of connections.
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.2)
+        with client:
+            self.assertEqual('running', client.call('state')['status'])
+        sizes = [os.path.getsize(os.path.join(cdir, name))
+                 for name in os.listdir(cdir) if name.startswith('shim.log')]
+        self.assertLessEqual(sum(sizes), 2 * 16384 + 4096, sizes)
+        r = self.kz('exec', 'noisy', 'echo', 'alive', check=0)
+        self.assertEqual(b'alive\n', r.out)
