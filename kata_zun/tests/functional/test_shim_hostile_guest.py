@@ -398,6 +398,53 @@ class HostileGuestTestCase(base.BaseTestCase):
         self.assertIsNone(code)
         self.assertEqual(1 << 20, len(out))
 
+    def _flood(self, sock, frame, total, stall=1.0):
+        """Send ``frame`` until ``total`` bytes went or the shim stops
+        taking them for ``stall`` seconds.
+
+        :returns: bytes sent.
+        """
+        sock.settimeout(stall)
+        sent = 0
+        while sent < total:
+            try:
+                sock.sendall(frame)
+            except socket.timeout:
+                break
+            sent += len(frame)
+        return sent
+
+    def test_a_guest_that_stops_reading_holds_up_its_feeders_only(self):
+        def script(conn):
+            honest_setup(conn).reply({'proc': 1, 'pid': 9})   # start
+            time.sleep(30)                  # and never reads again
+        fileutils.write_json(os.path.join(self.state_dir, 'config.json'), {
+            'id': 'ab' * 32, 'sandbox': {'hostname': 'h'},
+            'agent_spec': {'id': 'ab' * 32, 'argv': ['cat'],
+                           'stdin': True}})
+        shim, serving, client = self._serve(script, max_frame=1 << 20)
+        client.call('start')
+        client.call('attach', {'stdin': True})
+        frame = protocol.encode_stream(protocol.STDIN, 1,
+                                       b'x' * protocol.STREAM_CHUNK)
+        sent = self._flood(client.sock, frame, 128 * 1024 * 1024)
+        self.assertLess(sent, 16 * 1024 * 1024)
+        self.assertLess(shim.agent.pending_out, 2 * 1024 * 1024)
+        # A client that asks the silent guest again and again is held
+        # up after a few requests in progress, not queued without end.
+        asker = shim_client.ShimClient(
+            os.path.join(self.run_dir, 'shim.sock'), timeout=5)
+        self.addCleanup(asker.close)
+        request = protocol.encode_json(protocol.REQUEST, {
+            'id': 1, 'op': 'ps', 'args': {}})
+        self._flood(asker.sock, request, 10 ** 6 * len(request))
+        self.assertLessEqual(len(shim.pending), 2 * 16)
+        # Others are served.
+        other = shim_client.ShimClient(
+            os.path.join(self.run_dir, 'shim.sock'), timeout=5)
+        self.addCleanup(other.close)
+        self.assertEqual('running', other.call('state')['status'])
+
 
 def _rss_kib(pid):
     with open('/proc/%d/status' % pid) as f:
