@@ -24,3 +24,48 @@ class CliHelpersTestCase(base.BaseTestCase):
         self.assertEqual(1, cli.parse_signal('1'))
         for bad in ('NOPE', '0', '999', '__class__'):
             self.assertRaises(cli.CliError, cli.parse_signal, bad)
+
+
+class CliEscapesTestCase(base.BaseTestCase):
+    """What the guest or a damaged record says never drives the
+    terminal: control characters are printed as escapes.
+    """
+
+    def _out(self, func, rt, args):
+        import io
+        from unittest import mock
+        buf = io.StringIO()
+        with mock.patch('sys.stdout', buf):
+            self.assertEqual(0, func(rt, args))
+        return buf.getvalue()
+
+    def test_top_and_stats_tables(self):
+        from unittest import mock
+        rt = mock.Mock()
+        rt.get.return_value = types.SimpleNamespace(id='a' * 64)
+        rt.call.return_value = {'processes': [{
+            'uid': 0, 'pid': 1, 'ppid': 0, 'state': 'S\x1b[2J',
+            'cpu_time': 0.5,
+            'cmd': 'sh\n\x1b]0;owned\x07\u202eevil\r'}]}
+        out = self._out(cli.cmd_top, rt,
+                        types.SimpleNamespace(container='a'))
+        self.assertNotIn('\x1b', out)
+        self.assertNotIn('\x07', out)
+        self.assertNotIn('\r', out)
+        self.assertNotIn('\u202e', out)
+        self.assertEqual(2, out.count('\n'))
+        self.assertIn('sh\\n\\x1b]0;owned\\x07\\u202eevil\\r', out)
+
+    def test_ps_shows_a_damaged_record_with_its_error(self):
+        from unittest import mock
+        rt = mock.Mock()
+        c = types.SimpleNamespace(
+            id='b' * 64, name='broken-bbbbbbbbbbbb', status='unknown',
+            error='damaged sandbox record: \x1b[31mbad\nrecord',
+            config={'id': 'b' * 64, 'created': 0}, state={})
+        rt.list.return_value = [c]
+        out = self._out(cli.cmd_ps, rt,
+                        types.SimpleNamespace(all=False, quiet=False))
+        self.assertIn('Unknown [damaged sandbox record', out)
+        self.assertNotIn('\x1b', out)
+        self.assertEqual(2, out.count('\n'))
