@@ -20,6 +20,7 @@ from kata_zun.guest import builder
 from kata_zun.jail import cgroup
 from kata_zun.jail import launch
 from kata_zun.tests.functional import base
+from kata_zun.tests.functional import test_qemu_boot
 
 CONF = conf.CONF
 
@@ -316,27 +317,15 @@ class JailEscapeTestCase(base.KataZunFunctionalTest):
 
 
 # A hostile guest: floods its serial console, then says READY.
-FLOODING_AGENT = '''
-import os
-import time
-
+FLOODING_AGENT = test_qemu_boot.OPEN_AGENT_PORT + '''
 
 def main():
     tty = os.open('/dev/ttyS0', os.O_WRONLY | os.O_NOCTTY)
     line = b'flood ' * 170 + b'\\n'
-    for _ in range(%(lines)d):
+    for _ in range(LINES):
         os.write(tty, line)
     os.write(tty, b'LAST-LINE\\n')
-    while True:
-        for port in os.listdir('/sys/class/virtio-ports'):
-            with open('/sys/class/virtio-ports/%%s/name' %% port) as f:
-                if f.read().strip() == 'agent.0':
-                    break
-        else:
-            time.sleep(0.01)
-            continue
-        break
-    fd = os.open('/dev/' + port, os.O_RDWR)
+    fd = open_agent_port()
     os.write(fd, b'READY\\n')
     os.read(fd, 100)
 '''
@@ -355,7 +344,7 @@ class HostileConsoleTestCase(base.KataZunFunctionalTest):
         agent_dir = os.path.join(self.state_path, 'flood-agent')
         os.mkdir(agent_dir)
         with open(os.path.join(agent_dir, 'guest.py'), 'w') as f:
-            f.write(FLOODING_AGENT % {'lines': 600})     # ~600 KiB
+            f.write(FLOODING_AGENT.replace('LINES', '600'))   # ~600 KiB
         assets = builder.build(agent_dir=agent_dir)
         run_dir = os.path.join(self.run_path, 'flood')
         console = os.path.join(self.state_path, 'console.log')

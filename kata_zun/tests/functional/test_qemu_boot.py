@@ -16,24 +16,27 @@ from kata_zun.guest import builder
 from kata_zun.hypervisor import base as hv_base
 from kata_zun.hypervisor.qemu import vm as qemu_vm
 
-# Says READY on the agent port, then powers the VM off on request (which
-# exercises ctypes and libffi in the guest).
-STAND_IN_AGENT = '''
+# Guest code of stand-in agents: the agent port, opened once it exists.
+OPEN_AGENT_PORT = '''
 import os
 import time
 
 
-def main():
+def open_agent_port():
     while True:
         for port in os.listdir('/sys/class/virtio-ports'):
             with open('/sys/class/virtio-ports/%s/name' % port) as f:
                 if f.read().strip() == 'agent.0':
-                    break
-        else:
-            time.sleep(0.01)
-            continue
-        break
-    fd = os.open('/dev/' + port, os.O_RDWR)
+                    return os.open('/dev/' + port, os.O_RDWR)
+        time.sleep(0.01)
+'''
+
+# Says READY on the agent port, then powers the VM off on request (which
+# exercises ctypes and libffi in the guest).
+STAND_IN_AGENT = OPEN_AGENT_PORT + '''
+
+def main():
+    fd = open_agent_port()
     os.write(fd, b'READY\\n')
     buf = b''
     while not buf.endswith(b'\\n'):
