@@ -127,6 +127,10 @@ class QemuVM(base.VM):
             self._qmp.connect(timeout,
                               retry_while=lambda: self._proc.poll() is None)
         except qmp.QMPError as exc:
+            if not isinstance(exc, qmp.QMPTimeout):
+                # A reset or refused socket often means QEMU is exiting:
+                # give it a moment to become reapable, to say why.
+                self.wait(1.0)
             if self._proc.poll() is not None:
                 for drain in self._drains:
                     drain.join(2)       # QEMU's last words
