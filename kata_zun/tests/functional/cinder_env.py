@@ -103,6 +103,16 @@ def _log(msg):
     sys.stderr.flush()
 
 
+def privsep_conf(venv):
+    """os-brick's privsep daemon without sudo, for a process that runs
+    as root with oslo.privsep and os-brick from ``venv``.
+
+    :returns: ``{section: {key: value}}``.
+    """
+    return {'privsep_osbrick': {'helper_command': os.path.join(
+        os.path.abspath(venv), 'bin', 'privsep-helper')}}
+
+
 class CinderEnvironment(zun_env.ServiceHarness):
     """cinder-api, cinder-scheduler and cinder-volume on loopback.
 
@@ -739,19 +749,25 @@ class CinderEnvironment(zun_env.ServiceHarness):
         if user:
             attempt('delete user', delete, '/users/%s' % user)
 
-    def zun_conf(self):
+    def zun_conf(self, zun_venv):
         """What zun.conf needs to use this Cinder.
 
         zun's cinderclient finds ``volumev3`` in the catalog with the
         credentials of ``[keystone_auth]``; the ``cinder`` volume driver
-        must be enabled.
+        must be enabled. zun-compute asks os-brick for its connector
+        properties, which starts a privsep daemon with ``sudo
+        zun-rootwrap``; there is no sudo here and zun-compute runs as
+        root, so ``[privsep_osbrick] helper_command`` starts
+        ``privsep-helper`` directly (test_cinder_env does the same).
 
+        :param zun_venv: the virtualenv of zun-compute.
         :returns: ``{section: {key: value}}`` for ``extra_conf``.
         """
-        return {'cinder_client': {'region_name': zun_env.REGION,
-                                  'endpoint_type': 'publicURL',
-                                  'api_version': '3'},
-                'volume': {'driver_list': 'cinder,local'}}
+        return dict({'cinder_client': {'region_name': zun_env.REGION,
+                                       'endpoint_type': 'publicURL',
+                                       'api_version': '3'},
+                     'volume': {'driver_list': 'cinder,local'}},
+                    **privsep_conf(zun_venv))
 
     def __enter__(self):
         return self

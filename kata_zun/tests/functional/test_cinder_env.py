@@ -100,12 +100,16 @@ class CinderEnvironmentTest(base.BaseTestCase):
                 time.sleep(0.05)
             self.cinder.start(keystone_ready=keystone.result)
         # os-brick asks privsep for the connector properties, as in
-        # zun-compute; no sudo here: "env" runs privsep-helper as it is.
-        from oslo_privsep import priv_context
-        priv_context.init(root_helper=[
-            'env', 'PATH=%s' % os.pathsep.join([
-                os.path.join(sys.prefix, 'bin'),
-                os.environ.get('PATH', os.defpath)])])
+        # zun-compute: with the configuration zun-compute gets (there is
+        # no sudo here).
+        import os_brick.privileged  # noqa: F401 (registers the group)
+        from oslo_config import cfg
+        for section, options in cinder_env.privsep_conf(
+                sys.prefix).items():
+            for key, value in options.items():
+                cfg.CONF.set_override(key, value, group=section)
+                self.addCleanup(cfg.CONF.clear_override, key,
+                                group=section)
         self.addDetail('start-seconds', content.text_content(
             '%.1f' % (time.monotonic() - started)))
 
