@@ -36,5 +36,7 @@ fi
 .venv/bin/pip install -q -e '.[zun]'
 # neutron for the real-Neutron tests, in a virtualenv of its own.
 tools/install-neutron.sh
+# cinder for the real-Cinder tests, in a virtualenv of its own.
+tools/install-cinder.sh
 
 .venv/bin/kata-zun guest build
