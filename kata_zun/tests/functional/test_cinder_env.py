@@ -29,9 +29,11 @@ import concurrent.futures
 import fcntl
 import json
 import os
+import shutil
 import stat
 import struct
 import sys
+import tempfile
 import time
 import uuid
 
@@ -71,47 +73,73 @@ def _block_size(path):
 
 
 class CinderEnvironmentTest(base.BaseTestCase):
+    """One keystone and Cinder for the whole class: no test restarts a
+    service, and each start costs 40-60 s on a busy 2-core host.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        venv = cinder_venv()
+        if venv is None:
+            raise AssertionError('no virtualenv with cinder: run '
+                                 'tools/install-cinder.sh')
+        if os.geteuid() != 0:
+            raise AssertionError('needs root (loop devices)')
+        cls.work = tempfile.mkdtemp(prefix='kzcinder')
+        cls.keystone = zun_env.ZunEnvironment(
+            sys.prefix, os.path.join(cls.work, 'keystone'), zun=False)
+        cls.cinder = cinder_env.CinderEnvironment(
+            venv, os.path.join(cls.work, 'cinder'), keystone=cls.keystone)
+        cls.overrides = []
+        started = time.monotonic()
+        try:
+            # Cinder boots without keystone (only requests need it): both
+            # start at the same time.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                keystone = pool.submit(cls.keystone.start)
+                cls.cinder.prepare()
+                while not (cls.keystone.admin_password or keystone.done()):
+                    time.sleep(0.05)
+                cls.cinder.start(keystone_ready=keystone.result)
+            # os-brick asks privsep for the connector properties, as in
+            # zun-compute: with the configuration zun-compute gets (there
+            # is no sudo here).
+            import os_brick.privileged  # noqa: F401 (registers the group)
+            from oslo_config import cfg
+            for section, options in cinder_env.privsep_conf(
+                    sys.prefix).items():
+                for key, value in options.items():
+                    cfg.CONF.set_override(key, value, group=section)
+                    cls.overrides.append((key, section))
+        except BaseException:
+            cls._stop_all()
+            raise
+        cls.start_seconds = time.monotonic() - started
+
+    @classmethod
+    def _stop_all(cls):
+        from oslo_config import cfg
+        for key, section in cls.overrides:
+            cfg.CONF.clear_override(key, group=section)
+        # Cinder leaves keystone while keystone still runs.
+        try:
+            cls.cinder.stop()
+        finally:
+            cls.keystone.stop()
+            shutil.rmtree(cls.work, ignore_errors=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._stop_all()
+        super().tearDownClass()
 
     def setUp(self):
         super().setUp()
         self.useFixture(fixtures.Timeout(900, gentle=True))
-        venv = cinder_venv()
-        if venv is None:
-            self.fail('no virtualenv with cinder: run tools/install-cinder.sh')
-        if os.geteuid() != 0:
-            self.fail('needs root (loop devices)')
-        work = self.useFixture(fixtures.TempDir()).path
-        self.keystone = zun_env.ZunEnvironment(
-            sys.prefix, os.path.join(work, 'keystone'), zun=False)
-        self.cinder = cinder_env.CinderEnvironment(
-            venv, os.path.join(work, 'cinder'), keystone=self.keystone)
-        # Cleanups run last-in first-out: cinder leaves keystone while
-        # keystone still runs.
-        self.addCleanup(self.keystone.stop)
-        self.addCleanup(self.cinder.stop)
         self.addOnException(self._attach_logs)
-        started = time.monotonic()
-        # Cinder boots without keystone (only requests need it): both
-        # start at the same time.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            keystone = pool.submit(self.keystone.start)
-            self.cinder.prepare()
-            while not (self.keystone.admin_password or keystone.done()):
-                time.sleep(0.05)
-            self.cinder.start(keystone_ready=keystone.result)
-        # os-brick asks privsep for the connector properties, as in
-        # zun-compute: with the configuration zun-compute gets (there is
-        # no sudo here).
-        import os_brick.privileged  # noqa: F401 (registers the group)
-        from oslo_config import cfg
-        for section, options in cinder_env.privsep_conf(
-                sys.prefix).items():
-            for key, value in options.items():
-                cfg.CONF.set_override(key, value, group=section)
-                self.addCleanup(cfg.CONF.clear_override, key,
-                                group=section)
         self.addDetail('start-seconds', content.text_content(
-            '%.1f' % (time.monotonic() - started)))
+            '%.1f' % self.start_seconds))
 
     def _attach_logs(self, exc_info):
         self.addDetail('cinder-logs', content.text_content(
