@@ -11,8 +11,11 @@ OPTS = [
                help='Largest total unpacked size of an image.'),
     cfg.IntOpt('max_entries', default=500000, min=1,
                help='Most tar members an image may have in all.'),
-    cfg.IntOpt('max_manifest_bytes', default=4 * 1024 * 1024, min=1024,
-               help='Largest manifest/config/index document read.'),
+    cfg.IntOpt('max_manifest_bytes', default=1024 * 1024, min=1024,
+               help='Largest manifest/config/index document read. Each is '
+                    'held in memory while it is parsed; real ones are a '
+                    'few KiB (a config with a long history: some 100 '
+                    'KiB).'),
 ]
 
 REGISTRY_OPTS = [

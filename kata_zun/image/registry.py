@@ -566,10 +566,7 @@ class Client(object):
         digest = 'sha256:' + hashlib.sha256(data).hexdigest()
         if reference.is_digest(ref) and digest != ref:
             raise _bad('digest mismatch of %s: got %s' % (what, digest))
-        try:
-            doc = json.loads(data.decode('utf-8'))
-        except (ValueError, RecursionError) as e:
-            raise _bad('%s is not valid JSON: %s' % (what, e))
+        doc = archive.parse_json(data, what)
         if not isinstance(doc, dict):
             raise _bad('%s is not an object' % what)
         media_type = doc.get('mediaType') or content_type
