@@ -14,6 +14,10 @@ Layout under the store root::
                         naming it and removed with the last of them
     tmp/<work>/         archives being loaded (flock held by the loader)
     registry/           pull locks and manifest digests (see registry.py)
+    projects/<key>/     tags.json and digests/ of one Zun project (see
+                        :meth:`ImageStore.scoped`)
+
+Directories are 0700, files 0600: images may hold tenants' secrets.
 
 Files that must survive a crash are replaced atomically.  A load unpacks
 and builds its block image in its work directory without the store lock
@@ -23,6 +27,7 @@ is next opened.
 """
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import gzip
@@ -110,10 +115,37 @@ class ImageStore(object):
         self._tmp = os.path.join(self.root, 'tmp')
         self._tags_path = os.path.join(self.root, 'tags.json')
         self._blobs = os.path.join(self.root, 'blobs', 'sha256')
+        self._projects = os.path.join(self.root, 'projects')
+        self.scope = None
+        self.digests_dir = os.path.join(self.root, 'registry', 'digests')
+        # Images are private to the host (tenants' images, credentials
+        # in their configs): no other user may read the store.
         for path in (self.root, self._images, self._block, self._tmp,
-                     self._blobs):
-            os.makedirs(path, mode=0o755, exist_ok=True)
+                     os.path.dirname(self._blobs), self._blobs,
+                     self._projects, os.path.dirname(self.digests_dir)):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
         self._cleanup()
+
+    def scoped(self, project):
+        """This store as one project sees it.
+
+        Names (tags, and images pulled by digest) are the project's own:
+        a name another project or the CLI gave never satisfies a lookup
+        of this one.  Content is shared: an image already in the store
+        is not loaded again, only named for the project.
+
+        :param project: the project id (any string).
+        :returns: an :class:`ImageStore` on the same root.
+        """
+        view = copy.copy(self)
+        view.scope = project
+        key = hashlib.sha256(project.encode('utf-8')).hexdigest()[:32]
+        directory = os.path.join(self._projects, key)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        view._tags_path = os.path.join(directory, 'tags.json')
+        view.digests_dir = os.path.join(directory, 'digests')
+        return view
 
     # Public API.
 
@@ -238,6 +270,12 @@ class ImageStore(object):
                 del tags[name]
             if names:
                 self._write_tags(tags)
+            if self._named_elsewhere(image_id):
+                # Another project (or the CLI) still names it: only this
+                # one's names go.
+                LOG.info('Untagged %s of %s', ', '.join(names) or '-',
+                         image_id)
+                return False
             # The record goes first: a block image without one is removed
             # as a leftover when the store is next opened.
             os.unlink(self._record_path(hexid))
@@ -247,6 +285,22 @@ class ImageStore(object):
             self._remove_unused_blobs()
             LOG.info('Deleted image %s', image_id)
             return True
+
+    def _named_elsewhere(self, image_id):
+        """Whether a tag file other than this view's names the image."""
+        paths = [os.path.join(self.root, 'tags.json')]
+        paths += [os.path.join(self._projects, d, 'tags.json')
+                  for d in os.listdir(self._projects)]
+        for path in paths:
+            if path == self._tags_path:
+                continue
+            try:
+                tags = fileutils.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(tags, dict) and image_id in tags.values():
+                return True
+        return False
 
     def blob_path(self, digest):
         """The file of blob ``sha256:<hex>`` (which may not exist)."""
@@ -363,7 +417,7 @@ class ImageStore(object):
         dest = self.blob_path(digest)
         if os.path.exists(dest) or not os.path.exists(staged):
             return
-        os.chmod(staged, 0o644)
+        os.chmod(staged, 0o600)
         _fsync_file(staged)
         try:
             os.link(staged, dest)
@@ -429,7 +483,7 @@ class ImageStore(object):
         report('Building the %s block image' % fs_type)
         built = os.path.join(work, hexid + '.img')
         blockimage.build(staging, built, fs_type)
-        os.chmod(built, 0o644)
+        os.chmod(built, 0o600)
         _fsync_file(built)
         _rmtree(staging)
 
@@ -450,10 +504,10 @@ class ImageStore(object):
             if not self._complete(hexid):
                 os.replace(built, self._block_path(hexid))
                 fileutils.fsync_dir(self._block)
-                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+                fileutils.write_json(self._record_path(hexid), doc, 0o600)
             elif not self._has_blobs(hexid):
                 # Loaded before the store kept blobs: now it has them.
-                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+                fileutils.write_json(self._record_path(hexid), doc, 0o600)
             self._tag(image.id, image.repo_tags)
             record = self._record(hexid, self._read_tags())
         report('Loaded image %s %s' % (image.id, ' '.join(image.repo_tags)))
@@ -552,7 +606,7 @@ class ImageStore(object):
         return tags if isinstance(tags, dict) else {}
 
     def _write_tags(self, tags):
-        fileutils.write_json(self._tags_path, tags, 0o644)
+        fileutils.write_json(self._tags_path, tags, 0o600)
 
     # Locking and leftovers.
 
