@@ -11,6 +11,7 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 (unpacking an image) goes through ``eventlet.tpool``.
 """
 
+import collections
 import copy
 import datetime
 import ipaddress
@@ -24,6 +25,7 @@ import urllib.parse
 
 import eventlet
 from eventlet import patcher
+from eventlet import semaphore
 from eventlet import tpool
 import os_resource_classes as orc
 from oslo_log import log as logging
@@ -45,6 +47,10 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 IMAGE_DRIVER = 'docker'     # what zun-api sends for registry images
+# Bounds image work in eventlet's thread pool (see _image_work).
+_IMAGE_SLOTS = None
+# Name -> id of the latest commits, for get_image (see there).
+_COMMITTED = collections.OrderedDict()
 RUNTIME_NAME = 'kata'
 
 _STATUS = {
@@ -147,6 +153,29 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                               'restarted failed', c.name)
 
     # ------------------------------------------------------------- images
+    def _images(self, context):
+        """The image store as the request's project sees it: names are
+        per project (see ImageStore.scoped), content is shared.
+        """
+        project = getattr(context, 'project_id', None)
+        if project:
+            return self.rt.images.scoped(str(project))
+        return self.rt.images
+
+    def _image_work(self, func, *args, **kwargs):
+        """Run image work (pull, load, commit) in eventlet's thread pool,
+        a few at a time: however many are requested, they leave most of
+        the pool's threads to the rest of zun-compute.
+        """
+        global _IMAGE_SLOTS
+        if _IMAGE_SLOTS is None:
+            # Half the pool at most.
+            _IMAGE_SLOTS = semaphore.Semaphore(max(1, min(
+                CONF.kata_image.max_concurrent_pulls,
+                tpool._nthreads // 2)))
+        with _IMAGE_SLOTS:
+            return tpool.execute(func, *args, **kwargs)
+
     @_wrap
     def pull_image(self, context, repo, tag, image_pull_policy='always',
                    driver_name=None, registry=None):
@@ -155,18 +184,18 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         :returns: (image dict, True): the image is loaded into the store.
         """
         ref = '%s:%s' % (repo, tag) if tag else repo
-        store = self.rt.images
+        store = self._images(context)
         if driver_name == 'glance':
             return self._pull_glance(context, repo, tag, image_pull_policy,
                                      registry)
-        pull = getattr(store, 'pull', None)
-        if pull is not None and image_pull_policy != 'never':
+        if image_pull_policy != 'never':
             credentials = None
             if registry is not None and getattr(registry, 'username', None):
                 credentials = {'username': registry.username,
                                'password': registry.password}
-            record = tpool.execute(pull, ref, policy=image_pull_policy,
-                                   credentials=credentials)
+            record = self._image_work(store.pull, ref,
+                                      policy=image_pull_policy,
+                                      credentials=credentials)
         else:
             record = store.get(ref)
         return {'image': repo, 'tag': tag, 'repo': repo,
@@ -175,7 +204,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def load_image(self, path):
-        tpool.execute(self.rt.images.load_archive, path)
+        # zun loads an image right after pull_image (Glance), which has
+        # already loaded it into the project's names.
+        self._image_work(self.rt.images.load_archive, path)
 
     @_wrap
     def inspect_image(self, image):
@@ -186,13 +217,14 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def delete_image(self, context, img_id, image_driver=None):
-        record = self.rt.images.get(img_id)
-        self.rt.images.remove(img_id, users=self.rt.image_users(record.id))
+        store = self._images(context)
+        record = store.get(img_id)
+        store.remove(img_id, users=self.rt.image_users(record.id))
 
     def search_image(self, context, repo, tag, driver_name, exact_match):
         ref = '%s:%s' % (repo, tag) if tag else repo
         try:
-            record = self.rt.images.get(ref)
+            record = self._images(context).get(ref)
         except exception.ImageNotFound:
             return []
         return [{'image': repo, 'tags': record.repo_tags, 'id': record.id}]
@@ -880,7 +912,19 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         ref = str(repository)
         if tag is not None and str(tag) != 'None':
             ref += ':' + str(tag)
-        record = tpool.execute(self.rt.commit, container.container_id, ref)
+        # Committed untagged, then named for the project alone.
+        record = self._image_work(self.rt.commit, container.container_id)
+        record = self._images(context).tag(record.id, ref)
+        _COMMITTED[record.repo_tags[0] if record.repo_tags else ref] = \
+            record.id
+        while len(_COMMITTED) > 64:
+            _COMMITTED.popitem(last=False)
+        env = (record.config or {}).get('Env') or []
+        if env:
+            LOG.warning('Image %s committed from container %s holds the '
+                        "container's %d environment variables (Env): "
+                        'whoever can use the image reads them',
+                        record.id, container.uuid, len(env))
         return record.id
 
     @_wrap
@@ -892,6 +936,13 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         streams a file-like object.
         """
         from kata_zun.image import export
+        from kata_zun.image import reference
+        # zun asks for the image it just committed, by name, without the
+        # project: find it by the id commit remembered.
+        try:
+            name = _COMMITTED.get(reference.parse(name).name, name)
+        except exception.InvalidReference:
+            pass
         self.rt.images.get(name)
         return export.ExportStream(self.rt.images, [name])
 
@@ -924,7 +975,8 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         from zun.image.glance import driver as glance_driver
         image, _loaded = glance_driver.GlanceDriver().pull_image(
             context, repo, tag, image_pull_policy, registry)
-        records = tpool.execute(self.rt.images.load_archive, image['path'])
+        records = self._image_work(self._images(context).load_archive,
+                                   image['path'])
         image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
                       'id': records[0].id})
         image.setdefault('tags', [])
