@@ -316,6 +316,9 @@ class _DeadlineReader(io.RawIOBase):
     def __init__(self, sock, client):
         super().__init__()
         self._sock = sock
+        # Holds a reference: the connection may close the socket while
+        # the response is read.
+        self._raw = sock.makefile('rb', buffering=0)
         self._client = client
 
     def readable(self):
@@ -323,7 +326,16 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, buf):
         self._sock.settimeout(self._client.recv_timeout())
-        return self._sock.recv_into(buf)
+        try:
+            return self._raw.readinto(buf)
+        except TimeoutError:
+            # Raises PullTimeout when the deadline cut the wait short.
+            self._client.recv_timeout()
+            raise
+
+    def close(self):
+        self._raw.close()
+        super().close()
 
 
 class _DeadlineSocket(object):
