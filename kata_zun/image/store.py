@@ -271,11 +271,15 @@ class ImageStore(object):
             if names:
                 self._write_tags(tags)
             if self._named_elsewhere(image_id):
-                # Another project (or the CLI) still names it: only this
-                # one's names go.
-                LOG.info('Untagged %s of %s', ', '.join(names) or '-',
-                         image_id)
-                return False
+                if self.scope is not None or tag:
+                    # Another project (or the CLI) still names it: only
+                    # this one's names go.
+                    LOG.info('Untagged %s of %s', ', '.join(names) or '-',
+                             image_id)
+                    return False
+                # The host's operator deletes by id: every project's
+                # names go with it.
+                self._unname_everywhere(image_id)
             # The record goes first: a block image without one is removed
             # as a leftover when the store is next opened.
             os.unlink(self._record_path(hexid))
@@ -301,6 +305,18 @@ class ImageStore(object):
             if isinstance(tags, dict) and image_id in tags.values():
                 return True
         return False
+
+    def _unname_everywhere(self, image_id):
+        """Under the lock: drop every project's names of the image."""
+        for key in os.listdir(self._projects):
+            path = os.path.join(self._projects, key, 'tags.json')
+            try:
+                tags = fileutils.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(tags, dict) and image_id in tags.values():
+                fileutils.write_json(path, {
+                    t: i for t, i in tags.items() if i != image_id}, 0o600)
 
     def blob_path(self, digest):
         """The file of blob ``sha256:<hex>`` (which may not exist)."""

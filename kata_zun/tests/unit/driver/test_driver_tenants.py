@@ -18,6 +18,7 @@ from oslotest import base
 from zun.common import exception as zun_exc
 
 from kata_zun import conf
+from kata_zun import exception
 from kata_zun.image import busybox
 from kata_zun.image import registry
 from kata_zun.image import store
@@ -107,6 +108,16 @@ class DriverTenantTestCase(base.BaseTestCase):
         # A deleting it removes it.
         self.driver.delete_image(context('A'), a_id)
         self.assertNotIn(a_id, [r.id for r in self.rt.images.list()])
+
+    def test_operator_deletes_by_id(self):
+        a_id = self.glance_pull('A', self.archive(['shared:latest'], b'A'))
+        # The CLI has no name of it; by id, the host's operator deletes
+        # it, with the project's names.
+        self.assertRaises(exception.ImageNotFound, self.rt.images.remove,
+                          'shared:latest')
+        self.assertTrue(self.rt.images.remove(a_id))
+        self.assertRaises(zun_exc.ImageNotFound, self.driver.pull_image,
+                          context('A'), 'shared', 'latest', 'never')
 
     def test_commit_is_named_in_its_project(self):
         path = self.archive([], b'committed')
