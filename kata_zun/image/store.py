@@ -124,7 +124,12 @@ class ImageStore(object):
                      os.path.dirname(self._blobs), self._blobs,
                      self._projects, os.path.dirname(self.digests_dir)):
             os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chmod(path, 0o700)
+            if os.stat(path).st_mode & 0o077:
+                try:
+                    os.chmod(path, 0o700)
+                except PermissionError as e:
+                    LOG.warning('The image store stays readable by others: '
+                                '%s', e)
         self._cleanup()
 
     def scoped(self, project):
