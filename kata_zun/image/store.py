@@ -135,10 +135,13 @@ class ImageStore(object):
     def scoped(self, project):
         """This store as one project sees it.
 
-        Names (tags, and images pulled by digest) are the project's own:
-        a name another project or the CLI gave never satisfies a lookup
-        of this one.  Content is shared: an image already in the store
-        is not loaded again, only named for the project.
+        Names (tags, and images pulled by digest) that the project
+        creates are its own: a name another project gave never satisfies
+        a lookup of this one.  The host operator's names (those of the
+        CLI: images it loaded or pulled for every project) are found
+        after the project's own, and a project cannot remove them.
+        Content is shared: an image already in the store is not loaded
+        again, only named for the project.
 
         :param project: the project id (any string).
         :returns: an :class:`ImageStore` on the same root.
@@ -601,12 +604,17 @@ class ImageStore(object):
                 name = reference.parse(ref).name
             except exception.InvalidReference:
                 name = None
-            if name in tags:
-                return tags[name].split(':', 1)[1], name
             # A short name of an image pulled from the default registry.
-            name = registry.qualified_name(ref)
-            if name in tags:
-                return tags[name].split(':', 1)[1], name
+            qualified = registry.qualified_name(ref)
+            # A project sees its own names, then the host operator's (the
+            # CLI's: `kata-zun load`, pull, tag), never another project's.
+            views = [tags]
+            if self.scope is not None:
+                views.append(self._operator_tags())
+            for view in views:
+                for candidate in (name, qualified):
+                    if candidate and candidate in view:
+                        return view[candidate].split(':', 1)[1], candidate
         if len(hexpart) >= MIN_PREFIX and _HEX.match(hexpart):
             matches = [h for h in self._ids() if h.startswith(hexpart)]
             if len(matches) == 1:
@@ -615,6 +623,13 @@ class ImageStore(object):
                 raise exception.ImageNotFound(
                     ref='%s (ambiguous id prefix)' % ref)
         raise exception.ImageNotFound(ref=ref)
+
+    def _operator_tags(self):
+        try:
+            tags = fileutils.read_json(os.path.join(self.root, 'tags.json'))
+        except (OSError, ValueError):
+            return {}
+        return tags if isinstance(tags, dict) else {}
 
     def _read_tags(self):
         try:

@@ -109,6 +109,27 @@ class DriverTenantTestCase(base.BaseTestCase):
         self.driver.delete_image(context('A'), a_id)
         self.assertNotIn(a_id, [r.id for r in self.rt.images.list()])
 
+    def test_operator_names_serve_every_project(self):
+        # `kata-zun load` by the host's operator: every project finds it,
+        # none can take it away from the others.
+        op = self.rt.images.load_archive(
+            self.archive(['base:1'], b'op'))[0]
+        for project in ('A', 'B'):
+            image, _ = self.driver.pull_image(context(project), 'base', '1',
+                                              'ifnotpresent')
+            self.assertEqual(op.id, image['id'])
+        self.driver.delete_image(context('B'), 'base:1')
+        image, _ = self.driver.pull_image(context('A'), 'base', '1', 'never')
+        self.assertEqual(op.id, image['id'])
+        # A project's own name of that name wins for that project only.
+        a_id = self.glance_pull('A', self.archive(['base:1'], b'A'),
+                                repo='base', tag='1')
+        image, _ = self.driver.pull_image(context('A'), 'base', '1', 'never')
+        self.assertEqual(a_id, image['id'])
+        image, _ = self.driver.pull_image(context('B'), 'base', '1', 'never')
+        self.assertEqual(op.id, image['id'])
+        self.assertEqual(op.id, self.rt.images.get('base:1').id)
+
     def test_operator_deletes_by_id(self):
         a_id = self.glance_pull('A', self.archive(['shared:latest'], b'A'))
         # The CLI has no name of it; by id, the host's operator deletes
