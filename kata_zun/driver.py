@@ -22,6 +22,7 @@ import shlex
 import signal as signal_mod
 import time
 import urllib.parse
+import weakref
 
 import eventlet
 from eventlet import patcher
@@ -47,11 +48,43 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 IMAGE_DRIVER = 'docker'     # what zun-api sends for registry images
+RUNTIME_NAME = 'kata'
 # Bounds image work in eventlet's thread pool (see _image_work).
 _IMAGE_SLOTS = None
-# Name -> id of the latest commits, for get_image (see there).
-_COMMITTED = collections.OrderedDict()
-RUNTIME_NAME = 'kata'
+# zun asks for an image by name, without the project, right after it
+# pulled or committed it (inspect_image, get_image), in the same green
+# thread: per green thread, {name: (image id, the project's store view)}
+# of the latest pulls and commits.
+_RECENT = weakref.WeakKeyDictionary()
+_RECENT_PER_THREAD = 8
+
+
+def _name_key(name):
+    from kata_zun.image import reference
+    try:
+        return reference.parse(name).name
+    except (exception.InvalidReference, TypeError, AttributeError):
+        return None
+
+
+def _remember(names, image_id, store):
+    recent = _RECENT.setdefault(eventlet.getcurrent(),
+                                collections.OrderedDict())
+    for key in [_name_key(n) for n in names] + [('id', image_id)]:
+        if key:
+            recent[key] = (image_id, store)
+            recent.move_to_end(key)
+    while len(recent) > _RECENT_PER_THREAD:
+        recent.popitem(last=False)
+
+
+def _recall(name=None, image_id=None):
+    """(image id, store view) this green thread pulled or committed as
+    ``name`` (or with id ``image_id``), or None.
+    """
+    key = ('id', image_id) if image_id else _name_key(name)
+    return (_RECENT.get(eventlet.getcurrent()) or {}).get(key)
+
 
 _STATUS = {
     manager.CREATED: consts.CREATED,
@@ -198,6 +231,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                                       credentials=credentials)
         else:
             record = store.get(ref)
+        _remember([ref] + record.repo_tags, record.id, store)
         return {'image': repo, 'tag': tag, 'repo': repo,
                 'driver': driver_name or IMAGE_DRIVER, 'path': None,
                 'id': record.id, 'tags': record.repo_tags}, True
@@ -210,8 +244,16 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def inspect_image(self, image):
-        record = self.rt.images.get(image)
-        return {'Id': record.id, 'RepoTags': record.repo_tags,
+        recalled = _recall(image)
+        if recalled:
+            # The project's image of that name, just pulled.
+            record = recalled[1].get(recalled[0])
+            tags = [_name_key(image)] + [t for t in record.repo_tags
+                                         if t != _name_key(image)]
+        else:
+            record = self.rt.images.get(image)
+            tags = record.repo_tags
+        return {'Id': record.id, 'RepoTags': tags,
                 'Size': record.size, 'Config': record.config,
                 'Architecture': record.architecture, 'Os': record.os}
 
@@ -914,11 +956,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             ref += ':' + str(tag)
         # Committed untagged, then named for the project alone.
         record = self._image_work(self.rt.commit, container.container_id)
-        record = self._images(context).tag(record.id, ref)
-        _COMMITTED[record.repo_tags[0] if record.repo_tags else ref] = \
-            record.id
-        while len(_COMMITTED) > 64:
-            _COMMITTED.popitem(last=False)
+        store = self._images(context)
+        record = store.tag(record.id, ref)
+        _remember([ref], record.id, store)
         env = (record.config or {}).get('Env') or []
         if env:
             LOG.warning('Image %s committed from container %s holds the '
@@ -936,15 +976,11 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         streams a file-like object.
         """
         from kata_zun.image import export
-        from kata_zun.image import reference
         # zun asks for the image it just committed, by name, without the
-        # project: find it by the id commit remembered.
-        try:
-            name = _COMMITTED.get(reference.parse(name).name, name)
-        except exception.InvalidReference:
-            pass
-        self.rt.images.get(name)
-        return export.ExportStream(self.rt.images, [name])
+        # project: the project's view that commit remembered names it.
+        store = (_recall(name) or (None, self.rt.images))[1]
+        store.get(name)
+        return export.ExportStream(store, [name])
 
     def create_image(self, context, image_name, image_driver):
         try:
@@ -975,8 +1011,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         from zun.image.glance import driver as glance_driver
         image, _loaded = glance_driver.GlanceDriver().pull_image(
             context, repo, tag, image_pull_policy, registry)
-        records = self._image_work(self._images(context).load_archive,
-                                   image['path'])
+        store = self._images(context)
+        records = self._image_work(store.load_archive, image['path'])
+        _remember(records[0].repo_tags, records[0].id, store)
         image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
                       'id': records[0].id})
         image.setdefault('tags', [])
@@ -993,8 +1030,11 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         """
         from kata_zun.image import reference
         image.setdefault('tags', [])
+        # The project's view of the store that _pull_glance loaded into.
+        recalled = _recall(image_id=image.get('id'))
+        store = recalled[1] if recalled else self.rt.images
         try:
-            record = self.rt.images.get(image.get('id') or image['repo'])
+            record = store.get(image.get('id') or image['repo'])
         except (exception.KataZunException, KeyError) as exc:
             LOG.warning('reading the tar image %s: %s', image.get('path'),
                         exc)

@@ -3,9 +3,11 @@
 A real :class:`ImageStore` behind a driver whose runtime is mocked.
 """
 
+import json
 import os
 import socket
 import stat
+import tarfile
 import threading
 import time
 import types
@@ -158,9 +160,40 @@ class DriverTenantTestCase(base.BaseTestCase):
             context('B'), 'mine', 'v1', 'docker', True))
         self.assertRaises(zun_exc.ImageNotFound, self.driver.pull_image,
                           context('B'), 'mine', 'v1', 'never')
-        # zun uploads the commit to Glance by name, without the project.
+        # zun uploads the commit to Glance by name, without the project,
+        # from the same green thread: the archive names it.
         stream = self.driver.get_image('mine:v1')
-        self.assertTrue(stream.read(512))
+        out = os.path.join(self.tmp, 'upload.tar')
+        with open(out, 'wb') as f:
+            while True:
+                chunk = stream.read(65536)
+                if not chunk:
+                    break
+                f.write(chunk)
+        with tarfile.open(out) as tar:
+            manifest = json.load(tar.extractfile('manifest.json'))
+        self.assertEqual(['mine:v1'], manifest[0]['RepoTags'])
+        # Another green thread (another request) cannot get it by name.
+        self.assertRaises(zun_exc.ImageNotFound, eventlet.spawn(
+            self.driver.get_image, 'mine:v1').wait)
+
+    def test_inspect_after_pull_is_the_projects_image(self):
+        # zun's image pull API: pull_image, then inspect_image by name
+        # without the project, in the same green thread.
+        a_id = self.glance_pull('A', self.archive(['shared:latest'], b'A'))
+
+        def pull_and_inspect(project):
+            self.driver.pull_image(context(project), 'shared', 'latest',
+                                   'never')
+            return self.driver.inspect_image('shared:latest')
+
+        info = eventlet.spawn(pull_and_inspect, 'A').wait()
+        self.assertEqual((a_id, 'shared:latest'),
+                         (info['Id'], info['RepoTags'][0]))
+        self.assertRaises(zun_exc.ImageNotFound,
+                          eventlet.spawn(pull_and_inspect, 'B').wait)
+        self.assertRaises(zun_exc.ImageNotFound, eventlet.spawn(
+            self.driver.inspect_image, 'shared:latest').wait)
 
     def test_store_is_private(self):
         self.glance_pull('A', self.archive(['shared:latest'], b'A'))
