@@ -6,6 +6,7 @@ unpack, after a warm-up unpack has loaded every module it needs.  The
 limit is a few MiB, whatever the shape.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from kata_zun.image import archive
 from kata_zun.image import boundedtar
 from kata_zun.image import busybox
 from kata_zun.image import layers
+from kata_zun.image import store
 
 CONF = conf.CONF
 # Growth of the peak RSS an unpack may cause, in KiB.
@@ -281,6 +283,32 @@ class HostileTarTestCase(base.BaseTestCase):
         self.assertLess(large, 2.5 * small,
                         '%d calls for 1000 whiteouts, %d for 2000'
                         % (small, large))
+
+    def test_hostile_layer_leaves_nothing_in_the_store(self):
+        images = store.ImageStore(self.path('store'))
+        for name, layer in (
+                ('sparse', sparse_member(100) + b'\0' * 1024),
+                ('deep', pax_header(pax_record(
+                    'path', '/'.join(['a'] * 500))) +
+                 header('f', tarfile.REGTYPE, 0) + b'\0' * 1024)):
+            config = json.dumps(busybox.image_config(
+                ['sha256:' + hashlib.sha256(layer).hexdigest()])).encode()
+            config_hex = hashlib.sha256(config).hexdigest()
+            manifest = json.dumps([{'Config': config_hex + '.json',
+                                    'RepoTags': ['evil:' + name],
+                                    'Layers': ['layer.tar']}]).encode()
+            chunks = []
+            for member, data in (('layer.tar', layer),
+                                 (config_hex + '.json', config),
+                                 ('manifest.json', manifest)):
+                chunks += [header(member, tarfile.REGTYPE, len(data)),
+                           padded(data)]
+            path = self.write(chunks)
+            self.assertRaises(exception.ImageError, images.load_archive,
+                              path)
+        for sub in ('tmp', 'images', 'block', 'blobs/sha256'):
+            self.assertEqual([], os.listdir(os.path.join(images.root, sub)))
+        self.assertEqual([], images.list())
 
     # --------------------------------------------------------- archives
 
