@@ -52,10 +52,7 @@ RUNTIME_NAME = 'kata'
 # Bounds image work in eventlet's thread pool (see _image_work).
 _IMAGE_SLOTS = None
 # zun asks for an image by name, without the project, right after it
-# pulled or committed it (inspect_image, get_image), in the same green
-# thread: per green thread, {name: (image id, the project's store view)}
-# of the latest pulls and commits.
-_RECENT = weakref.WeakKeyDictionary()
+# pulled or committed it (see KataDriver._remember).
 _RECENT_PER_THREAD = 8
 
 
@@ -65,25 +62,6 @@ def _name_key(name):
         return reference.parse(name).name
     except (exception.InvalidReference, TypeError, AttributeError):
         return None
-
-
-def _remember(names, image_id, store):
-    recent = _RECENT.setdefault(eventlet.getcurrent(),
-                                collections.OrderedDict())
-    for key in [_name_key(n) for n in names] + [('id', image_id)]:
-        if key:
-            recent[key] = (image_id, store)
-            recent.move_to_end(key)
-    while len(recent) > _RECENT_PER_THREAD:
-        recent.popitem(last=False)
-
-
-def _recall(name=None, image_id=None):
-    """(image id, store view) this green thread pulled or committed as
-    ``name`` (or with id ``image_id``), or None.
-    """
-    key = ('id', image_id) if image_id else _name_key(name)
-    return (_RECENT.get(eventlet.getcurrent()) or {}).get(key)
 
 
 _STATUS = {
@@ -195,6 +173,35 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             return self.rt.images.scoped(str(project))
         return self.rt.images
 
+    def _recent(self):
+        # Created on first use: per driver, keyed by green thread.
+        return self.__dict__.setdefault('_recent_images',
+                                        weakref.WeakKeyDictionary())
+
+    def _remember(self, names, image_id, store):
+        """Remember what this green thread pulled or committed.
+
+        zun asks for it by name, without the project, right after and in
+        the same green thread (inspect_image, get_image, read_tar_image):
+        {name or ('id', id): (image id, the project's store view)}, per
+        green thread, so that no other request ever sees it.
+        """
+        recent = self._recent().setdefault(eventlet.getcurrent(),
+                                           collections.OrderedDict())
+        for key in [_name_key(n) for n in names] + [('id', image_id)]:
+            if key:
+                recent[key] = (image_id, store)
+                recent.move_to_end(key)
+        while len(recent) > _RECENT_PER_THREAD:
+            recent.popitem(last=False)
+
+    def _recall(self, name=None, image_id=None):
+        """(image id, store view) remembered for ``name`` or
+        ``image_id`` by this green thread, or None.
+        """
+        key = ('id', image_id) if image_id else _name_key(name)
+        return (self._recent().get(eventlet.getcurrent()) or {}).get(key)
+
     def _image_work(self, func, *args, **kwargs):
         """Run image work (pull, load, commit) in eventlet's thread pool,
         a few at a time: however many are requested, they leave most of
@@ -231,7 +238,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                                       credentials=credentials)
         else:
             record = store.get(ref)
-        _remember([ref] + record.repo_tags, record.id, store)
+        self._remember([ref] + record.repo_tags, record.id, store)
         return {'image': repo, 'tag': tag, 'repo': repo,
                 'driver': driver_name or IMAGE_DRIVER, 'path': None,
                 'id': record.id, 'tags': record.repo_tags}, True
@@ -244,7 +251,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
 
     @_wrap
     def inspect_image(self, image):
-        recalled = _recall(image)
+        recalled = self._recall(image)
         if recalled:
             # The project's image of that name, just pulled.
             record = recalled[1].get(recalled[0])
@@ -958,7 +965,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         record = self._image_work(self.rt.commit, container.container_id)
         store = self._images(context)
         record = store.tag(record.id, ref)
-        _remember([ref], record.id, store)
+        self._remember([ref], record.id, store)
         env = (record.config or {}).get('Env') or []
         if env:
             LOG.warning('Image %s committed from container %s holds the '
@@ -978,7 +985,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         from kata_zun.image import export
         # zun asks for the image it just committed, by name, without the
         # project: the project's view that commit remembered names it.
-        store = (_recall(name) or (None, self.rt.images))[1]
+        store = (self._recall(name) or (None, self.rt.images))[1]
         store.get(name)
         return export.ExportStream(store, [name])
 
@@ -1013,7 +1020,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             context, repo, tag, image_pull_policy, registry)
         store = self._images(context)
         records = self._image_work(store.load_archive, image['path'])
-        _remember(records[0].repo_tags, records[0].id, store)
+        self._remember(records[0].repo_tags, records[0].id, store)
         image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
                       'id': records[0].id})
         image.setdefault('tags', [])
@@ -1031,7 +1038,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         from kata_zun.image import reference
         image.setdefault('tags', [])
         # The project's view of the store that _pull_glance loaded into.
-        recalled = _recall(image_id=image.get('id'))
+        recalled = self._recall(image_id=image.get('id'))
         store = recalled[1] if recalled else self.rt.images
         try:
             record = store.get(image.get('id') or image['repo'])
