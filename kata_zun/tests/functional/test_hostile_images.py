@@ -12,6 +12,7 @@ from oslo_config import fixture as config_fixture
 from oslotest import base as oslo_base
 
 from kata_zun import conf
+from kata_zun import exception
 from kata_zun.image import busybox
 from kata_zun.image import registry
 from kata_zun.image import store
@@ -118,4 +119,28 @@ class HostileRegistryTestCase(oslo_base.BaseTestCase):
                               self.ref, credentials=CREDS)
         self.assertIn('token_realm_hosts', str(e))
         self.assertEqual([(path, None)], self.other.authorizations)
+        self.assertStoreClean()
+
+    # ------------------------------------------------------- documents
+
+    def test_deeply_nested_manifest_is_refused(self):
+        nested = {}
+        for _ in range(500):
+            nested = {'n': nested}
+        self.registry.add_image('deep', 'v1', dict(
+            nested, schemaVersion=2, mediaType=busybox.MT_OCI_MANIFEST),
+            busybox.MT_OCI_MANIFEST, {})
+        e = self.assertRaises(exception.ImageError, self.store.pull,
+                              self.registry.address + '/deep:v1')
+        self.assertIn('nested deeper', str(e))
+        self.assertStoreClean()
+
+    def test_manifest_of_tiny_values_is_refused(self):
+        self.registry.add_image('tiny', 'v1', {
+            'schemaVersion': 2, 'mediaType': busybox.MT_OCI_MANIFEST,
+            'annotations': {'x': [[]] * 100000}},
+            busybox.MT_OCI_MANIFEST, {})
+        e = self.assertRaises(exception.ImageLimitExceeded, self.store.pull,
+                              self.registry.address + '/tiny:v1')
+        self.assertIn('values', str(e))
         self.assertStoreClean()
