@@ -11,6 +11,7 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 (unpacking an image) goes through ``eventlet.tpool``.
 """
 
+import collections
 import copy
 import datetime
 import ipaddress
@@ -21,9 +22,11 @@ import shlex
 import signal as signal_mod
 import time
 import urllib.parse
+import weakref
 
 import eventlet
 from eventlet import patcher
+from eventlet import semaphore
 from eventlet import tpool
 import os_resource_classes as orc
 from oslo_log import log as logging
@@ -47,6 +50,20 @@ LOG = logging.getLogger(__name__)
 
 IMAGE_DRIVER = 'docker'     # what zun-api sends for registry images
 RUNTIME_NAME = 'kata'
+# Bounds image work in eventlet's thread pool (see _image_work).
+_IMAGE_SLOTS = None
+# zun asks for an image by name, without the project, right after it
+# pulled or committed it (see KataDriver._remember).
+_RECENT_PER_THREAD = 8
+
+
+def _name_key(name):
+    from kata_zun.image import reference
+    try:
+        return reference.parse(name).name
+    except (exception.InvalidReference, TypeError, AttributeError):
+        return None
+
 
 _STATUS = {
     manager.CREATED: consts.CREATED,
@@ -148,6 +165,58 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                               'restarted failed', c.name)
 
     # ------------------------------------------------------------- images
+    def _images(self, context):
+        """The image store as the request's project sees it: names are
+        per project (see ImageStore.scoped), content is shared.
+        """
+        project = getattr(context, 'project_id', None)
+        if project:
+            return self.rt.images.scoped(str(project))
+        return self.rt.images
+
+    def _recent(self):
+        # Created on first use: per driver, keyed by green thread.
+        return self.__dict__.setdefault('_recent_images',
+                                        weakref.WeakKeyDictionary())
+
+    def _remember(self, names, image_id, store):
+        """Remember what this green thread pulled or committed.
+
+        zun asks for it by name, without the project, right after and in
+        the same green thread (inspect_image, get_image, read_tar_image):
+        {name or ('id', id): (image id, the project's store view)}, per
+        green thread, so that no other request ever sees it.
+        """
+        recent = self._recent().setdefault(eventlet.getcurrent(),
+                                           collections.OrderedDict())
+        for key in [_name_key(n) for n in names] + [('id', image_id)]:
+            if key:
+                recent[key] = (image_id, store)
+                recent.move_to_end(key)
+        while len(recent) > _RECENT_PER_THREAD:
+            recent.popitem(last=False)
+
+    def _recall(self, name=None, image_id=None):
+        """(image id, store view) remembered for ``name`` or
+        ``image_id`` by this green thread, or None.
+        """
+        key = ('id', image_id) if image_id else _name_key(name)
+        return (self._recent().get(eventlet.getcurrent()) or {}).get(key)
+
+    def _image_work(self, func, *args, **kwargs):
+        """Run image work (pull, load, commit) in eventlet's thread pool,
+        a few at a time: however many are requested, they leave most of
+        the pool's threads to the rest of zun-compute.
+        """
+        global _IMAGE_SLOTS
+        if _IMAGE_SLOTS is None:
+            # Half the pool at most.
+            _IMAGE_SLOTS = semaphore.Semaphore(max(1, min(
+                CONF.kata_image.max_concurrent_pulls,
+                tpool._nthreads // 2)))
+        with _IMAGE_SLOTS:
+            return tpool.execute(func, *args, **kwargs)
+
     @_wrap
     def pull_image(self, context, repo, tag, image_pull_policy='always',
                    driver_name=None, registry=None):
@@ -156,44 +225,56 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         :returns: (image dict, True): the image is loaded into the store.
         """
         ref = '%s:%s' % (repo, tag) if tag else repo
-        store = self.rt.images
+        store = self._images(context)
         if driver_name == 'glance':
             return self._pull_glance(context, repo, tag, image_pull_policy,
                                      registry)
-        pull = getattr(store, 'pull', None)
-        if pull is not None and image_pull_policy != 'never':
+        if image_pull_policy != 'never':
             credentials = None
             if registry is not None and getattr(registry, 'username', None):
                 credentials = {'username': registry.username,
                                'password': registry.password}
-            record = tpool.execute(pull, ref, policy=image_pull_policy,
-                                   credentials=credentials)
+            record = self._image_work(store.pull, ref,
+                                      policy=image_pull_policy,
+                                      credentials=credentials)
         else:
             record = store.get(ref)
+        self._remember([ref] + record.repo_tags, record.id, store)
         return {'image': repo, 'tag': tag, 'repo': repo,
                 'driver': driver_name or IMAGE_DRIVER, 'path': None,
                 'id': record.id, 'tags': record.repo_tags}, True
 
     @_wrap
     def load_image(self, path):
-        tpool.execute(self.rt.images.load_archive, path)
+        # zun loads an image right after pull_image (Glance), which has
+        # already loaded it into the project's names.
+        self._image_work(self.rt.images.load_archive, path)
 
     @_wrap
     def inspect_image(self, image):
-        record = self.rt.images.get(image)
-        return {'Id': record.id, 'RepoTags': record.repo_tags,
+        recalled = self._recall(image)
+        if recalled:
+            # The project's image of that name, just pulled.
+            record = recalled[1].get(recalled[0])
+            tags = [_name_key(image)] + [t for t in record.repo_tags
+                                         if t != _name_key(image)]
+        else:
+            record = self.rt.images.get(image)
+            tags = record.repo_tags
+        return {'Id': record.id, 'RepoTags': tags,
                 'Size': record.size, 'Config': record.config,
                 'Architecture': record.architecture, 'Os': record.os}
 
     @_wrap
     def delete_image(self, context, img_id, image_driver=None):
-        record = self.rt.images.get(img_id)
-        self.rt.images.remove(img_id, users=self.rt.image_users(record.id))
+        store = self._images(context)
+        record = store.get(img_id)
+        store.remove(img_id, users=self.rt.image_users(record.id))
 
     def search_image(self, context, repo, tag, driver_name, exact_match):
         ref = '%s:%s' % (repo, tag) if tag else repo
         try:
-            record = self.rt.images.get(ref)
+            record = self._images(context).get(ref)
         except exception.ImageNotFound:
             return []
         return [{'image': repo, 'tags': record.repo_tags, 'id': record.id}]
@@ -940,7 +1021,17 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         ref = str(repository)
         if tag is not None and str(tag) != 'None':
             ref += ':' + str(tag)
-        record = tpool.execute(self.rt.commit, container.container_id, ref)
+        # Committed untagged, then named for the project alone.
+        record = self._image_work(self.rt.commit, container.container_id)
+        store = self._images(context)
+        record = store.tag(record.id, ref)
+        self._remember([ref], record.id, store)
+        env = (record.config or {}).get('Env') or []
+        if env:
+            LOG.warning('Image %s committed from container %s holds the '
+                        "container's %d environment variables (Env): "
+                        'whoever can use the image reads them',
+                        record.id, container.uuid, len(env))
         return record.id
 
     @_wrap
@@ -952,8 +1043,11 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         streams a file-like object.
         """
         from kata_zun.image import export
-        self.rt.images.get(name)
-        return export.ExportStream(self.rt.images, [name])
+        # zun asks for the image it just committed, by name, without the
+        # project: the project's view that commit remembered names it.
+        store = (self._recall(name) or (None, self.rt.images))[1]
+        store.get(name)
+        return export.ExportStream(store, [name])
 
     def create_image(self, context, image_name, image_driver):
         try:
@@ -984,7 +1078,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         from zun.image.glance import driver as glance_driver
         image, _loaded = glance_driver.GlanceDriver().pull_image(
             context, repo, tag, image_pull_policy, registry)
-        records = tpool.execute(self.rt.images.load_archive, image['path'])
+        store = self._images(context)
+        records = self._image_work(store.load_archive, image['path'])
+        self._remember(records[0].repo_tags, records[0].id, store)
         image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
                       'id': records[0].id})
         image.setdefault('tags', [])
@@ -1001,8 +1097,11 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         """
         from kata_zun.image import reference
         image.setdefault('tags', [])
+        # The project's view of the store that _pull_glance loaded into.
+        recalled = self._recall(image_id=image.get('id'))
+        store = recalled[1] if recalled else self.rt.images
         try:
-            record = self.rt.images.get(image.get('id') or image['repo'])
+            record = store.get(image.get('id') or image['repo'])
         except (exception.KataZunException, KeyError) as exc:
             LOG.warning('reading the tar image %s: %s', image.get('path'),
                         exc)

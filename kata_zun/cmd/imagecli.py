@@ -33,6 +33,12 @@ def cmd_commit(rt, args):
     record = rt.commit(args.container, args.repository,
                        changes=_changes(args.change),
                        comment=args.message, progress=_progress)
+    env = (record.config or {}).get('Env') or []
+    if env:
+        # Env often holds secrets (passwords, tokens given with -e).
+        print('Warning: the image holds the container\'s %d environment '
+              'variables (Env); whoever can read or pull the image reads '
+              'them' % len(env), file=sys.stderr)
     print(record.id)
     return 0
 

@@ -11,8 +11,11 @@ OPTS = [
                help='Largest total unpacked size of an image.'),
     cfg.IntOpt('max_entries', default=500000, min=1,
                help='Most tar members an image may have in all.'),
-    cfg.IntOpt('max_manifest_bytes', default=4 * 1024 * 1024, min=1024,
-               help='Largest manifest/config/index document read.'),
+    cfg.IntOpt('max_manifest_bytes', default=1024 * 1024, min=1024,
+               help='Largest manifest/config/index document read. Each is '
+                    'held in memory while it is parsed; real ones are a '
+                    'few KiB (a config with a long history: some 100 '
+                    'KiB).'),
 ]
 
 REGISTRY_OPTS = [
@@ -48,8 +51,30 @@ REGISTRY_OPTS = [
                help='Comma-separated hosts and domain suffixes reached '
                     'without a proxy. Unset: the NO_PROXY environment '
                     'variable.'),
+    cfg.IntOpt('max_concurrent_pulls', default=4, min=1,
+               help='Image pulls, loads and commits that zun-compute runs '
+                    'at the same time (at most half of eventlet\'s thread '
+                    'pool, EVENTLET_THREADPOOL_SIZE); more wait their '
+                    'turn.'),
     cfg.IntOpt('max_concurrent_downloads', default=3, min=1, max=16,
                help='Layers downloaded at the same time by one pull.'),
+    cfg.FloatOpt('pull_timeout', default=1800.0, min=1,
+                 help='Seconds a whole pull (manifests, token, blobs, '
+                      'retries) may take: a registry that sends data '
+                      'slowly cannot hold a pull, and zun-compute\'s '
+                      'worker thread, for longer.'),
+    cfg.ListOpt('token_realm_hosts', default=[],
+                help='Token servers (host[:port], 443 if no port) that '
+                     'may receive registry credentials besides the '
+                     'registry itself (and auth.docker.io for Docker '
+                     'Hub). A bearer challenge naming another token '
+                     'server is refused when there are credentials.'),
+    cfg.ListOpt('shared_credentials_registries', default=[],
+                help='Registries for which credentials_file is used by '
+                     'pulls of Zun projects. Other registries get only the '
+                     'credentials the project gives (or none), so that '
+                     'projects cannot pull with the host\'s credentials. '
+                     'The kata-zun CLI uses every entry.'),
     cfg.StrOpt('credentials_file',
                help='JSON file {"registry": {"username": ..., "password": '
                     '...}} of registry credentials, used when a pull gets '

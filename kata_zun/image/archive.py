@@ -24,7 +24,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun import exception
-from kata_zun.image import layers as layers_mod
+from kata_zun.image import boundedtar
 from kata_zun.image import reference
 
 CONF = conf.CONF
@@ -56,6 +56,15 @@ PLATFORM = ('linux', 'amd64')
 MAX_INDEX_DEPTH = 4
 MAX_LINK_HOPS = 16
 CHUNK = 1024 * 1024
+# Members of an archive (not of its layers): a docker save archive has
+# about four per layer.  Their names are kept in memory, so both are
+# bounded.
+MAX_ARCHIVE_MEMBERS = 8192
+MAX_MEMBER_NAME = 256
+# JSON documents (manifests, configs, indexes): nesting, and values in
+# all (each costs memory once parsed).
+MAX_JSON_DEPTH = 32
+MAX_JSON_VALUES = 16384
 
 _SHA256 = re.compile(r'sha256:([0-9a-f]{64})\Z')
 _HEX64 = re.compile(r'[0-9a-f]{64}\Z')
@@ -104,7 +113,7 @@ def _archive_path(name, what):
     if not isinstance(name, str) or not name:
         raise _bad('%s: missing path' % what)
     try:
-        parts = layers_mod.split_member_name(name)
+        parts = boundedtar.split_member_name(name)
     except exception.UnsafeLayerMember:
         raise _bad('%s: %r is not a relative path inside the archive'
                    % (what, name))
@@ -128,28 +137,34 @@ class _Members(object):
     def __init__(self, path, workdir):
         self._files = {}
         self._links = {}
-        self._count = self._total = 0
+        self._budget = self._new_budget()
         try:
-            with tarfile.open(path, 'r|*',
-                              tarinfo=layers_mod.BoundedTarInfo) as tar:
-                for member in layers_mod.iter_members(tar):
-                    self._count_member(member.size)
-                    self._add(tar, member, workdir, self._count)
+            with open(path, 'rb') as f:
+                with boundedtar.open_tar_stream(f, self._budget,
+                                                'r|*') as tar:
+                    for member in boundedtar.iter_members(tar):
+                        self._budget.charge(member.size)
+                        self._add(tar, member, workdir,
+                                  self._budget.entries)
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise _bad('%s is not a valid archive: %s' % (path, e))
 
-    def _count_member(self, size):
+    @staticmethod
+    def _new_budget():
         opts = CONF.kata_image
-        max_bytes = opts.max_unpacked_mb * 1024 * 1024
-        self._count += 1
-        self._total += size
-        if self._count > opts.max_entries or self._total > max_bytes:
-            raise exception.ImageLimitExceeded(
-                reason='archive has more than %d members or %d bytes' % (
-                    opts.max_entries, max_bytes))
+        return boundedtar.Budget(
+            min(opts.max_entries, MAX_ARCHIVE_MEMBERS),
+            opts.max_unpacked_mb * 1024 * 1024)
 
     def _add(self, tar, member, workdir, count):
         name = _archive_path(member.name, 'archive member')
+        if not (member.isreg() or member.issym() or member.islnk()):
+            return
+        if len(name) > MAX_MEMBER_NAME or len(
+                member.linkname) > MAX_MEMBER_NAME:
+            raise exception.ImageLimitExceeded(
+                reason='archive member %r: name or link longer than %d '
+                'bytes' % (name[:MAX_MEMBER_NAME], MAX_MEMBER_NAME))
         if member.isreg():
             dest = os.path.join(workdir, 'blob-%d' % count)
             sha = hashlib.sha256()
@@ -163,7 +178,7 @@ class _Members(object):
                     f.write(chunk)
             self._files[name] = _Blob(dest, member.size, sha.hexdigest())
             self._links.pop(name, None)
-        elif member.issym() or member.islnk():
+        else:
             # docker save links duplicate layers to the first copy.
             target = member.linkname
             if member.issym():
@@ -196,7 +211,7 @@ class _DirMembers(_Members):
     def __init__(self, path):
         self._files = {}
         self._links = {}
-        self._count = self._total = 0
+        self._budget = self._new_budget()
         for top, dirs, files in os.walk(path):
             dirs.sort()
             for name in sorted(files):
@@ -205,7 +220,10 @@ class _DirMembers(_Members):
                 rel = os.path.relpath(full, path).replace(os.sep, '/')
                 if not stat.S_ISREG(st.st_mode):
                     raise _bad('%s: %s is not a regular file' % (path, rel))
-                self._count_member(st.st_size)
+                self._budget.charge(st.st_size)
+                if len(rel) > MAX_MEMBER_NAME:
+                    raise _bad('%s: name %r longer than %d bytes' % (
+                        path, rel[:MAX_MEMBER_NAME], MAX_MEMBER_NAME))
                 sha = hashlib.sha256()
                 with open(full, 'rb') as f:
                     while True:
@@ -224,10 +242,46 @@ def _load_json(blob):
                                                              limit))
     with open(blob.path, 'rb') as f:
         data = f.read(limit + 1)
+    return parse_json(data, 'JSON document')
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
+_JSON_BRACKETS = re.compile(rb'[][{}]')
+
+
+def parse_json(data, what):
+    """Parse an untrusted JSON document of bounded size.
+
+    Before parsing, its nesting and its number of values are checked on
+    the text (strings blanked out): the parsed objects of a document
+    built of tiny values would take many times its size, and deep
+    nesting would end in a RecursionError.
+
+    :param data: the document, bytes.
+    :param what: how to call it in messages.
+    :returns: the parsed document.
+    :raises: ImageError, ImageLimitExceeded
+    """
+    skeleton = _JSON_STRING.sub(b'""', data)
+    values = (skeleton.count(b',') + skeleton.count(b'[') +
+              skeleton.count(b'{'))
+    if values > MAX_JSON_VALUES:
+        raise exception.ImageLimitExceeded(
+            reason='%s has more than %d values' % (what, MAX_JSON_VALUES))
+    depth = 0
+    for match in _JSON_BRACKETS.finditer(skeleton):
+        if match.group() in b'[{':
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise _bad('%s is nested deeper than %d levels' % (
+                    what, MAX_JSON_DEPTH))
+        else:
+            depth -= 1
+    del skeleton
     try:
         return json.loads(data.decode('utf-8'))
     except (ValueError, RecursionError) as e:
-        raise _bad('invalid JSON document: %s' % e)
+        raise _bad('%s is not valid JSON: %s' % (what, e))
 
 
 def _check_config(config, nlayers, what):

@@ -14,8 +14,9 @@ layer stay, whatever their order in the tarball.
 import errno
 import gzip
 import hashlib
+import itertools
 import os
-import shutil
+import sqlite3
 import stat
 import tarfile
 import zlib
@@ -24,6 +25,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.image import boundedtar
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -31,28 +33,22 @@ LOG = logging.getLogger(__name__)
 WHITEOUT_PREFIX = '.wh.'
 OPAQUE = '.wh..wh..opq'
 CHUNK = 1024 * 1024
-# pax/GNU long-name headers are read into memory by tarfile: bound them.
-MAX_HEADER_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = boundedtar.MAX_HEADER_BYTES
 # Bytes a tar stream may carry after its end-of-archive marker (blocking).
 MAX_TRAILER_BYTES = 16 * 1024 * 1024
+# Directory entries read at once while removing a tree.
+_REMOVE_BATCH = 64
 
 _GZIP_MAGIC = b'\x1f\x8b'
 _OTHER_MAGIC = ((b'\x28\xb5\x2f\xfd', 'zstd'), (b'BZh', 'bzip2'),
                 (b'\xfd7zXZ\x00', 'xz'))
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-
-class BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses oversized extended headers."""
-
-    def _proc_member(self, tar):
-        if (self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE,
-                          tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-                          tarfile.GNUTYPE_LONGLINK) and
-                self.size > MAX_HEADER_BYTES):
-            raise exception.ImageLimitExceeded(
-                reason='tar extended header of %d bytes' % self.size)
-        return super()._proc_member(tar)
+# Kept here for the callers that read tar streams through this module.
+BoundedTarInfo = boundedtar.BoundedTarInfo
+open_tar_stream = boundedtar.open_tar_stream
+iter_members = boundedtar.iter_members
+split_member_name = boundedtar.split_member_name
 
 
 class _HashingReader(object):
@@ -70,44 +66,6 @@ class _HashingReader(object):
         return data
 
 
-def open_tar_stream(fileobj):
-    """Open a tar stream for sequential reading, bounding its headers.
-
-    :param fileobj: a binary file object positioned at the tar data.
-    :returns: a ``tarfile.TarFile`` in stream mode.
-    """
-    return tarfile.open(fileobj=fileobj, mode='r|', tarinfo=BoundedTarInfo)
-
-
-def iter_members(tar):
-    """Yield the members of ``tar`` without keeping them all in memory."""
-    while True:
-        member = tar.next()
-        if member is None:
-            return
-        # TarFile remembers every member it has read; we never look back.
-        tar.members = []
-        yield member
-
-
-def split_member_name(name):
-    """Split a member name into safe path components.
-
-    :param name: a tar member (or hardlink target) name.
-    :returns: a list of components; empty for the root itself.
-    :raises: UnsafeLayerMember for absolute names, ``..`` or NUL bytes.
-    """
-    if '\0' in name:
-        raise exception.UnsafeLayerMember(member=name, reason='NUL byte')
-    if name.startswith('/'):
-        raise exception.UnsafeLayerMember(member=name, reason='absolute path')
-    parts = [p for p in name.split('/') if p not in ('', '.')]
-    if '..' in parts:
-        raise exception.UnsafeLayerMember(member=name,
-                                          reason="'..' component")
-    return parts
-
-
 def _decompressed(raw, name):
     magic = raw.peek(6)[:6]
     if magic.startswith(_GZIP_MAGIC):
@@ -119,12 +77,95 @@ def _decompressed(raw, name):
     return raw
 
 
+def _path_key(parts):
+    return '/'.join(parts).encode('utf-8', 'surrogateescape')
+
+
+class _DirMeta(object):
+    """Metadata of the directories applied so far, kept on disk.
+
+    Directory modes and times are set last (writing children changes
+    mtimes, a read-only mode would stop later writes), so they must be
+    remembered; an image may have hundreds of thousands of directories,
+    so they live in a private temporary SQLite database, not in memory.
+    Removing a tree forgets its directories with one indexed range.
+    """
+
+    def __init__(self):
+        # '' is a private on-disk database that SQLite deletes on close.
+        self._db = sqlite3.connect('', isolation_level=None)
+        for pragma in ('cache_size=-256', 'temp_store=FILE',
+                       'journal_mode=OFF', 'synchronous=OFF'):
+            self._db.execute('PRAGMA ' + pragma)
+        self._db.execute('CREATE TABLE dirs (path BLOB PRIMARY KEY, '
+                         'depth INTEGER, mode INTEGER, uid INTEGER, '
+                         'gid INTEGER, mtime REAL)')
+        self._db.execute('BEGIN')
+
+    def set(self, parts, meta):
+        self._db.execute('INSERT OR REPLACE INTO dirs VALUES (?, ?, ?, ?, '
+                         '?, ?)', (_path_key(parts), len(parts)) + meta)
+
+    def forget(self, parts):
+        """Forget ``parts`` and every directory below it."""
+        key = _path_key(parts)
+        # Below "a" is ["a/", "a0"): "0" follows "/" in ASCII.
+        self._db.execute('DELETE FROM dirs WHERE path = ? OR (path >= ? AND '
+                         'path < ?)', (key, key + b'/', key + b'0'))
+
+    def deepest_first(self):
+        for row in self._db.execute('SELECT path, mode, uid, gid, mtime '
+                                    'FROM dirs ORDER BY depth DESC'):
+            path = row[0].decode('utf-8', 'surrogateescape')
+            yield (path.split('/') if path else []), row[1:]
+
+    def close(self):
+        self._db.close()
+
+
+def _remove_tree(parent, name):
+    """Remove directory ``name`` of ``parent`` and all it holds.
+
+    Unlike shutil.rmtree, never lists a whole directory into memory;
+    follows no symlink.
+    """
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        _empty_dir(fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
+
+
+def _empty_dir(fd):
+    while True:
+        # A new listing each time: entries go as they are read, so the
+        # work stays linear.
+        with os.scandir(fd) as it:
+            batch = [(e.name, e.is_dir(follow_symlinks=False))
+                     for e in itertools.islice(it, _REMOVE_BATCH)]
+        if not batch:
+            return
+        for child, is_dir in batch:
+            if is_dir:
+                _remove_tree(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+
+
 class LayerApplier(object):
     """Squashes layers into ``root``; limits count over the whole image.
 
     Use as a context manager, call :meth:`apply` for each layer from the
     bottom up, then :meth:`finish`.  After an exception the root holds a
     partial tree that the caller must discard.
+
+    Memory and work stay linear in the entries, whatever the layers'
+    shape: nothing is kept per entry in memory (directory metadata goes
+    to disk, see :class:`_DirMeta`), and a layer is read twice instead
+    of remembering what it created: first its whiteouts are applied
+    (they hide only what lower layers put there), then its other
+    members.
     """
 
     def __init__(self, root, max_layers=None, max_entries=None,
@@ -133,25 +174,29 @@ class LayerApplier(object):
 
         :param root: the (empty) directory to fill.
         :param max_layers: most layers; CONF.kata_image.max_layers.
-        :param max_entries: most members in all layers;
-            CONF.kata_image.max_entries.
+        :param max_entries: most members and extended headers in all
+            layers; CONF.kata_image.max_entries.
         :param max_bytes: most member bytes in all layers;
             CONF.kata_image.max_unpacked_mb.
         """
         opts = CONF.kata_image
         self.max_layers = max_layers or opts.max_layers
-        self.max_entries = max_entries or opts.max_entries
-        self.max_bytes = max_bytes or opts.max_unpacked_mb * 1024 * 1024
+        self.budget = boundedtar.Budget(
+            max_entries or opts.max_entries,
+            max_bytes or opts.max_unpacked_mb * 1024 * 1024)
         self.layers = 0
-        self.entries = 0
-        self.size = 0
         self._is_root = os.geteuid() == 0
         self._warned_owner = False
-        # Directory metadata is set last: writing children changes mtimes
-        # and a read-only mode would stop later writes.
-        self._dir_meta = {}
-        self._keep = set()
         self._root_fd = os.open(root, _DIR_FLAGS)
+        self._dir_meta = _DirMeta()
+
+    @property
+    def entries(self):
+        return self.budget.entries
+
+    @property
+    def size(self):
+        return self.budget.size
 
     def __enter__(self):
         return self
@@ -163,6 +208,7 @@ class LayerApplier(object):
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
+            self._dir_meta.close()
 
     def apply(self, layer, name=None):
         """Apply one layer on top of what is already in the root.
@@ -177,13 +223,24 @@ class LayerApplier(object):
         if self.layers > self.max_layers:
             raise exception.ImageLimitExceeded(
                 reason='more than %d layers' % self.max_layers)
-        self._keep = set()
+        if self.layers > 1:
+            # The first pass may use what the image has left; the second
+            # charges the image.
+            self._read(layer, name, self._whiteout_member,
+                       self.budget.remaining())
+        return self._read(layer, name, self._apply_member, self.budget)
+
+    def _read(self, layer, name, func, budget):
+        """Call ``func(tar, member, budget)`` for each member of a layer.
+
+        :returns: the diff id.
+        """
         try:
             with open(layer, 'rb') as raw:
                 reader = _HashingReader(_decompressed(raw, name))
-                with open_tar_stream(reader) as tar:
+                with open_tar_stream(reader, budget) as tar:
                     for member in iter_members(tar):
-                        self._apply_member(tar, member)
+                        func(tar, member, budget)
                 # The diff id covers the padding after the end marker too.
                 limit = reader.count + MAX_TRAILER_BYTES
                 while reader.read(CHUNK):
@@ -194,8 +251,6 @@ class LayerApplier(object):
                 gzip.BadGzipFile) as e:
             raise exception.ImageError(
                 reason='layer %s is not a valid tar: %s' % (name, e))
-        finally:
-            self._keep = set()
         return 'sha256:' + reader.sha256.hexdigest()
 
     def finish(self):
@@ -203,37 +258,39 @@ class LayerApplier(object):
 
         :raises: ImageError
         """
-        for key in sorted(self._dir_meta, key=len, reverse=True):
-            parts = key.split('/') if key else []
+        for parts, meta in self._dir_meta.deepest_first():
             try:
                 fd = self._open_dir(parts, create=False)
             except (OSError, exception.UnsafeLayerMember):
                 continue
             try:
-                self._set_meta_fd(fd, *self._dir_meta[key])
+                self._set_meta_fd(fd, *meta)
             except (OSError, OverflowError, ValueError) as e:
                 raise exception.ImageError(
-                    reason='setting metadata of %s: %s' % (key or '/', e))
+                    reason='setting metadata of %s: %s' % (
+                        '/'.join(parts) or '/', e))
             finally:
                 os.close(fd)
-        self._dir_meta = {}
 
     # Members.
 
-    def _apply_member(self, tar, member):
-        self.entries += 1
-        if self.entries > self.max_entries:
-            raise exception.ImageLimitExceeded(
-                reason='more than %d entries' % self.max_entries)
-        # Sizes of every member count: skipped data is still decompressed.
-        self.size += member.size
-        if self.size > self.max_bytes:
-            raise exception.ImageLimitExceeded(
-                reason='more than %d unpacked bytes' % self.max_bytes)
+    def _whiteout_member(self, tar, member, budget):
+        """First pass: only whiteouts, against the lower layers."""
+        budget.charge(member.size)
         parts = split_member_name(member.name)
+        if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            self._whiteout(member.name, parts)
+
+    def _apply_member(self, tar, member, budget):
+        # Sizes of every member count: skipped data is still decompressed.
+        budget.charge(member.size)
+        parts = split_member_name(member.name)
+        boundedtar.check_link(member)
         base = parts[-1] if parts else ''
         if base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(member.name, parts)
+            # Applied by the first pass (and hides nothing in the first
+            # layer).
+            self._check_whiteout(member.name, base)
             return
         if member.ischr() or member.isblk():
             LOG.debug('Skipping device node %s', member.name)
@@ -242,7 +299,7 @@ class LayerApplier(object):
             if not member.isdir():
                 raise exception.UnsafeLayerMember(
                     member=member.name, reason='replaces the root directory')
-            self._dir_meta[''] = self._meta(member)
+            self._dir_meta.set([], self._meta(member))
             return
         try:
             parent = self._open_dir(parts[:-1], create=True,
@@ -254,11 +311,8 @@ class LayerApplier(object):
         except (OSError, OverflowError, ValueError) as e:
             raise exception.ImageError(
                 reason='cannot apply %s: %s' % (member.name, e))
-        path = '/'.join(parts)
-        for i in range(1, len(parts) + 1):
-            self._keep.add('/'.join(parts[:i]))
         if member.isdir():
-            self._dir_meta[path] = self._meta(member)
+            self._dir_meta.set(parts, self._meta(member))
 
     def _create(self, tar, member, parent, parts):
         base = parts[-1]
@@ -271,10 +325,10 @@ class LayerApplier(object):
             return
         if member.islnk():
             # Resolve the target first: replacing it would break the link.
-            self._hardlink(member, parent, base)
+            self._hardlink(member, parent, base, parts)
             return
         if existing is not None:
-            self._remove(parent, base, existing, '/'.join(parts))
+            self._remove(parent, base, existing, parts)
         if member.isreg():
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
                          os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
@@ -313,7 +367,7 @@ class LayerApplier(object):
         while view:
             view = view[os.write(fd, view):]
 
-    def _hardlink(self, member, parent, base):
+    def _hardlink(self, member, parent, base, parts):
         target = split_member_name(member.linkname)
         if not target:
             raise exception.UnsafeLayerMember(
@@ -335,63 +389,62 @@ class LayerApplier(object):
                 if (existing.st_dev, existing.st_ino) == (st.st_dev,
                                                           st.st_ino):
                     return
-                self._remove(parent, base, existing, None)
+                self._remove(parent, base, existing, parts)
             os.link(target[-1], base, src_dir_fd=tparent, dst_dir_fd=parent,
                     follow_symlinks=False)
         finally:
             os.close(tparent)
 
-    def _whiteout(self, name, parts):
-        """Hide lower-layer content named by a whiteout member."""
-        base = parts[-1]
-        hidden = base[len(WHITEOUT_PREFIX):]
+    @staticmethod
+    def _check_whiteout(name, base):
+        """:returns: False for aufs metadata, which is ignored."""
         if base.startswith(WHITEOUT_PREFIX * 2) and base != OPAQUE:
-            LOG.debug('Ignoring aufs metadata %s', name)
-            return
+            return False
+        hidden = base[len(WHITEOUT_PREFIX):]
         if base != OPAQUE and hidden in ('', '.', '..'):
             raise exception.UnsafeLayerMember(member=name,
                                               reason='invalid whiteout')
+        return True
+
+    def _whiteout(self, name, parts):
+        """Hide lower-layer content named by a whiteout member."""
+        base = parts[-1]
+        if not self._check_whiteout(name, base):
+            LOG.debug('Ignoring aufs metadata %s', name)
+            return
         try:
             parent = self._open_dir(parts[:-1], create=False, member=name)
         except FileNotFoundError:
             return
-        prefix = '/'.join(parts[:-1])
         try:
-            names = os.listdir(parent) if base == OPAQUE else [hidden]
-            for child in names:
-                path = prefix + '/' + child if prefix else child
-                self._prune(parent, child, path)
+            if base == OPAQUE:
+                for child_parts in self._children(parent, parts[:-1]):
+                    self._dir_meta.forget(child_parts)
+                _empty_dir(parent)
+            else:
+                hidden = base[len(WHITEOUT_PREFIX):]
+                st = self._lstat(hidden, parent)
+                if st is not None:
+                    self._remove(parent, hidden, st,
+                                 parts[:-1] + [hidden])
         except OSError as e:
             raise exception.ImageError(
                 reason='cannot apply whiteout %s: %s' % (name, e))
         finally:
             os.close(parent)
 
-    def _prune(self, parent, base, path):
-        """Remove what lower layers put at ``path``, keep this layer's."""
-        st = self._lstat(base, parent)
-        if st is None:
-            return
-        if path not in self._keep:
-            self._remove(parent, base, st, path)
-        elif stat.S_ISDIR(st.st_mode):
-            fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
-            try:
-                for child in os.listdir(fd):
-                    self._prune(fd, child, path + '/' + child)
-            finally:
-                os.close(fd)
+    @staticmethod
+    def _children(fd, parts):
+        """The directories of directory ``fd`` (at ``parts``), streamed."""
+        with os.scandir(fd) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    yield parts + [entry.name]
 
-    def _remove(self, parent, base, st, path):
+    def _remove(self, parent, base, st, parts):
         if stat.S_ISDIR(st.st_mode):
-            # rmtree with dir_fd works on file descriptors and does not
-            # follow symlinks.
-            shutil.rmtree(base, dir_fd=parent)
-            if path is not None:
-                prefix = path + '/'
-                for key in [k for k in self._dir_meta
-                            if k == path or k.startswith(prefix)]:
-                    del self._dir_meta[key]
+            _remove_tree(parent, base)
+            self._dir_meta.forget(parts)
         else:
             os.unlink(base, dir_fd=parent)
 

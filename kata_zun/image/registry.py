@@ -27,6 +27,7 @@ import dataclasses
 import fcntl
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -51,6 +52,7 @@ LOG = logging.getLogger(__name__)
 POLICIES = ('never', 'always', 'ifnotpresent')
 HUB = 'docker.io'
 HUB_API = 'registry-1.docker.io'
+HUB_AUTH = 'auth.docker.io'
 MANIFEST_ACCEPT = ', '.join(archive.MANIFEST_TYPES + archive.INDEX_TYPES)
 MAX_REDIRECTS = 5
 MAX_SMALL_BODY = 1024 * 1024  # tokens, error documents
@@ -298,6 +300,55 @@ def _read_limited(resp, limit, what):
     return data
 
 
+class PullTimeout(RegistryError):
+    msg_fmt = ('Registry %(registry)s: the pull did not finish within '
+               '%(seconds)d s ([kata_image] pull_timeout)')
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The reading side of a connection's socket, bounded in time.
+
+    Each receive waits at most ``registry_timeout`` and never past the
+    deadline, and none starts after it: a registry that drips bytes, in
+    the headers or the body, cannot stretch a pull.
+    """
+
+    def __init__(self, sock, client):
+        super().__init__()
+        self._sock = sock
+        # Holds a reference: the connection may close the socket while
+        # the response is read.
+        self._raw = sock.makefile('rb', buffering=0)
+        self._client = client
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        self._sock.settimeout(self._client.recv_timeout())
+        try:
+            return self._raw.readinto(buf)
+        except TimeoutError:
+            # Raises PullTimeout when the deadline cut the wait short.
+            self._client.recv_timeout()
+            raise
+
+    def close(self):
+        self._raw.close()
+        super().close()
+
+
+class _DeadlineSocket(object):
+    """What ``http.client.HTTPResponse`` uses of a socket."""
+
+    def __init__(self, sock, client):
+        self._sock = sock
+        self._client = client
+
+    def makefile(self, mode, *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self._sock, self._client))
+
+
 def _error_detail(resp):
     """The first error of a registry's error document, if any."""
     try:
@@ -332,15 +383,22 @@ class Client(object):
     basic credentials.
     """
 
-    def __init__(self, registry, repository, credentials=None):
+    def __init__(self, registry, repository, credentials=None,
+                 host_credentials=True):
         """:param credentials: dict with ``username`` and ``password``;
             by default those of ``credentials_file`` for the registry.
+        :param host_credentials: False when the pull is a Zun project's:
+            ``credentials_file`` is then used only for registries listed
+            in ``[kata_image] shared_credentials_registries``.
         """
         self.registry = registry
         self.repository = repository
         self.host = HUB_API if registry == HUB else registry
         self.scheme = 'http' if _plain_http_allowed(registry) else 'https'
-        creds = credentials or _configured_credentials(registry)
+        creds = credentials
+        if not creds and (host_credentials or registry in
+                          CONF.kata_image.shared_credentials_registries):
+            creds = _configured_credentials(registry)
         self._basic = None
         if creds:
             if not all(isinstance(creds.get(k), str)
@@ -352,11 +410,32 @@ class Client(object):
             self._basic = 'Basic ' + base64.b64encode(
                 pair.encode('utf-8')).decode('ascii')
         self._authorization = None
+        # time.monotonic() by which the whole pull must be done.
+        self.deadline = None
         try:
             self._context = _ssl_context()
         except (OSError, ssl.SSLError) as e:
             raise RegistryError(registry=registry, reason='cannot load '
                                 '[kata_image] ca_file: %s' % e)
+
+    def recv_timeout(self):
+        """Seconds one receive may wait: ``registry_timeout``, not past
+        the deadline.
+
+        :raises: PullTimeout once the deadline has passed.
+        """
+        timeout = CONF.kata_image.registry_timeout
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise PullTimeout(registry=self.registry,
+                              seconds=CONF.kata_image.pull_timeout)
+        return min(timeout, left)
+
+    def _response(self, sock, *args, **kwargs):
+        return http.client.HTTPResponse(_DeadlineSocket(sock, self),
+                                        *args, **kwargs)
 
     def _error(self, reason, cls=RegistryError):
         return cls(registry=self.registry, reason=reason)
@@ -418,7 +497,7 @@ class Client(object):
 
         :returns: (connection, request target, text for messages).
         """
-        timeout = CONF.kata_image.registry_timeout
+        timeout = self.recv_timeout()
         proxy = proxy_for(parts.scheme, parts.netloc)
         headers.pop('Proxy-Authorization', None)
         if parts.scheme == 'https':
@@ -439,6 +518,7 @@ class Client(object):
         else:
             conn = http.client.HTTPConnection(parts.hostname, parts.port,
                                               timeout=timeout)
+        conn.response_class = self._response
         return conn, path, ' (via proxy %s)' % proxy.display if proxy else ''
 
     def _send_retrying(self, url, headers):
@@ -463,7 +543,8 @@ class Client(object):
                 conn.close()
             LOG.warning('Registry %s: %s; retry %d of %d in %.1f s',
                         self.registry, why, attempt, retries, delay)
-            time.sleep(delay)
+            time.sleep(min(delay, self.recv_timeout()))
+            self.recv_timeout()
 
     @contextlib.contextmanager
     def _get(self, url, headers=None):
@@ -498,11 +579,41 @@ class Client(object):
             raise self._error('unsupported challenge %r' % header,
                               RegistryAuthError)
 
+    def _realm_trusted(self, realm):
+        """Whether the credentials may go to token server ``realm``.
+
+        The challenge comes from whatever host answered (a redirect may
+        have led elsewhere) and names any URL: only the registry's own
+        host, Docker Hub's token server for Docker Hub, and the hosts
+        of ``[kata_image] token_realm_hosts`` get them.
+        """
+        parts = urllib.parse.urlsplit(realm)
+        try:
+            port = parts.port or {'http': 80, 'https': 443}.get(parts.scheme)
+        except ValueError:
+            return False
+        netloc = '%s:%s' % ((parts.hostname or '').lower(), port)
+        own = urllib.parse.urlsplit('%s://%s' % (self.scheme, self.host))
+        trusted = {'%s:%s' % (own.hostname.lower(), own.port or {
+            'http': 80, 'https': 443}[self.scheme])}
+        if self.registry == HUB:
+            trusted.add(HUB_AUTH + ':443')
+        for host in CONF.kata_image.token_realm_hosts:
+            host = host.lower()
+            trusted.add(host if ':' in host else host + ':443')
+        return netloc in trusted
+
     def _token(self, params):
         realm = params.get('realm')
         if not realm:
             raise self._error('bearer challenge without realm',
                               RegistryAuthError)
+        if self._basic and not self._realm_trusted(realm):
+            raise self._error(
+                'the registry sends the credentials to token server %s, '
+                'not its own host: list that host in [kata_image] '
+                'token_realm_hosts if it is the registry\'s' % realm,
+                RegistryAuthError)
         query = {'scope': params.get('scope') or
                  'repository:%s:pull' % self.repository}
         if params.get('service'):
@@ -566,10 +677,7 @@ class Client(object):
         digest = 'sha256:' + hashlib.sha256(data).hexdigest()
         if reference.is_digest(ref) and digest != ref:
             raise _bad('digest mismatch of %s: got %s' % (what, digest))
-        try:
-            doc = json.loads(data.decode('utf-8'))
-        except (ValueError, RecursionError) as e:
-            raise _bad('%s is not valid JSON: %s' % (what, e))
+        doc = archive.parse_json(data, what)
         if not isinstance(doc, dict):
             raise _bad('%s is not an object' % what)
         media_type = doc.get('mediaType') or content_type
@@ -755,7 +863,7 @@ def _download(client, config, layers, directory, report):
 
 
 @contextlib.contextmanager
-def _file_lock(path, report, what):
+def _file_lock(path, report, what, deadline):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         waited = False
@@ -767,6 +875,9 @@ def _file_lock(path, report, what):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PullTimeout(registry=what.registry,
+                                      seconds=CONF.kata_image.pull_timeout)
                 if not waited:
                     report('Waiting for another pull of %s' % what)
                     waited = True
@@ -779,7 +890,7 @@ def _file_lock(path, report, what):
 def _by_digest(store, digest):
     """The image pulled earlier by a manifest digest, if still there."""
     try:
-        with open(os.path.join(store.root, 'registry', 'digests',
+        with open(os.path.join(store.digests_dir,
                                digest[len('sha256:'):])) as f:
             return store.get(f.read(80).strip())
     except (OSError, exception.ImageNotFound):
@@ -787,11 +898,11 @@ def _by_digest(store, digest):
 
 
 def _remember(store, digests, image_id):
-    directory = os.path.join(store.root, 'registry', 'digests')
-    os.makedirs(directory, exist_ok=True)
+    directory = store.digests_dir
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     for digest in digests:
         fileutils.write_atomic(os.path.join(directory, digest[7:]),
-                               image_id + '\n', 0o644)
+                               image_id + '\n', 0o600)
 
 
 def _local(store, ref, remote):
@@ -817,10 +928,12 @@ def _write_layout(layout, manifest, name):
             json.dump(doc, f)
 
 
-def _pull(store, remote, credentials, report):
+def _pull(store, remote, credentials, report, deadline):
     name = str(remote)
     report('Pulling %s' % name)
-    client = Client(remote.registry, remote.repository, credentials)
+    client = Client(remote.registry, remote.repository, credentials,
+                    host_credentials=store.scope is None)
+    client.deadline = deadline
     top = client.get_manifest(remote.digest or remote.tag, name)
     manifest = top
     if top.media_type in archive.INDEX_TYPES:
@@ -852,6 +965,7 @@ def _pull(store, remote, credentials, report):
 def pull(store, ref, policy='ifnotpresent', credentials=None, progress=None):
     """Pull an image into the store: see :meth:`ImageStore.pull`."""
     report = progress or (lambda message: None)
+    deadline = time.monotonic() + CONF.kata_image.pull_timeout
     if policy not in POLICIES:
         raise exception.InvalidInput(reason='unknown pull policy %r (%s)' % (
             policy, ', '.join(POLICIES)))
@@ -869,9 +983,10 @@ def pull(store, ref, policy='ifnotpresent', credentials=None, progress=None):
         if policy == 'never':
             raise exception.ImageNotFound(ref=ref)
     locks = os.path.join(store.root, 'registry', 'locks')
-    os.makedirs(locks, exist_ok=True)
+    os.makedirs(locks, mode=0o700, exist_ok=True)
     key = hashlib.sha256(str(remote).encode('utf-8')).hexdigest()[:32]
-    with _file_lock(os.path.join(locks, key), report, remote):
+    with _file_lock(os.path.join(locks, key), report, remote, deadline):
         # A concurrent pull of the same image may have done the work.
         record = _local(store, ref, remote) if policy != 'always' else None
-        return record or _pull(store, remote, credentials, report)
+        return record or _pull(store, remote, credentials, report,
+                               deadline)

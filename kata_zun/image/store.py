@@ -14,6 +14,10 @@ Layout under the store root::
                         naming it and removed with the last of them
     tmp/<work>/         archives being loaded (flock held by the loader)
     registry/           pull locks and manifest digests (see registry.py)
+    projects/<key>/     tags.json and digests/ of one Zun project (see
+                        :meth:`ImageStore.scoped`)
+
+Directories are 0700, files 0600: images may hold tenants' secrets.
 
 Files that must survive a crash are replaced atomically.  A load unpacks
 and builds its block image in its work directory without the store lock
@@ -23,6 +27,7 @@ is next opened.
 """
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import gzip
@@ -110,10 +115,45 @@ class ImageStore(object):
         self._tmp = os.path.join(self.root, 'tmp')
         self._tags_path = os.path.join(self.root, 'tags.json')
         self._blobs = os.path.join(self.root, 'blobs', 'sha256')
+        self._projects = os.path.join(self.root, 'projects')
+        self.scope = None
+        self.digests_dir = os.path.join(self.root, 'registry', 'digests')
+        # Images are private to the host (tenants' images, credentials
+        # in their configs): no other user may read the store.
         for path in (self.root, self._images, self._block, self._tmp,
-                     self._blobs):
-            os.makedirs(path, mode=0o755, exist_ok=True)
+                     os.path.dirname(self._blobs), self._blobs,
+                     self._projects, os.path.dirname(self.digests_dir)):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if os.stat(path).st_mode & 0o077:
+                try:
+                    os.chmod(path, 0o700)
+                except PermissionError as e:
+                    LOG.warning('The image store stays readable by others: '
+                                '%s', e)
         self._cleanup()
+
+    def scoped(self, project):
+        """This store as one project sees it.
+
+        Names (tags, and images pulled by digest) that the project
+        creates are its own: a name another project gave never satisfies
+        a lookup of this one.  The host operator's names (those of the
+        CLI: images it loaded or pulled for every project) are found
+        after the project's own, and a project cannot remove them.
+        Content is shared: an image already in the store is not loaded
+        again, only named for the project.
+
+        :param project: the project id (any string).
+        :returns: an :class:`ImageStore` on the same root.
+        """
+        view = copy.copy(self)
+        view.scope = project
+        key = hashlib.sha256(project.encode('utf-8')).hexdigest()[:32]
+        directory = os.path.join(self._projects, key)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        view._tags_path = os.path.join(directory, 'tags.json')
+        view.digests_dir = os.path.join(directory, 'digests')
+        return view
 
     # Public API.
 
@@ -238,6 +278,16 @@ class ImageStore(object):
                 del tags[name]
             if names:
                 self._write_tags(tags)
+            if self._named_elsewhere(image_id):
+                if self.scope is not None or tag:
+                    # Another project (or the CLI) still names it: only
+                    # this one's names go.
+                    LOG.info('Untagged %s of %s', ', '.join(names) or '-',
+                             image_id)
+                    return False
+                # The host's operator deletes by id: every project's
+                # names go with it.
+                self._unname_everywhere(image_id)
             # The record goes first: a block image without one is removed
             # as a leftover when the store is next opened.
             os.unlink(self._record_path(hexid))
@@ -247,6 +297,34 @@ class ImageStore(object):
             self._remove_unused_blobs()
             LOG.info('Deleted image %s', image_id)
             return True
+
+    def _named_elsewhere(self, image_id):
+        """Whether a tag file other than this view's names the image."""
+        paths = [os.path.join(self.root, 'tags.json')]
+        paths += [os.path.join(self._projects, d, 'tags.json')
+                  for d in os.listdir(self._projects)]
+        for path in paths:
+            if path == self._tags_path:
+                continue
+            try:
+                tags = fileutils.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(tags, dict) and image_id in tags.values():
+                return True
+        return False
+
+    def _unname_everywhere(self, image_id):
+        """Under the lock: drop every project's names of the image."""
+        for key in os.listdir(self._projects):
+            path = os.path.join(self._projects, key, 'tags.json')
+            try:
+                tags = fileutils.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(tags, dict) and image_id in tags.values():
+                fileutils.write_json(path, {
+                    t: i for t, i in tags.items() if i != image_id}, 0o600)
 
     def blob_path(self, digest):
         """The file of blob ``sha256:<hex>`` (which may not exist)."""
@@ -363,7 +441,7 @@ class ImageStore(object):
         dest = self.blob_path(digest)
         if os.path.exists(dest) or not os.path.exists(staged):
             return
-        os.chmod(staged, 0o644)
+        os.chmod(staged, 0o600)
         _fsync_file(staged)
         try:
             os.link(staged, dest)
@@ -429,7 +507,7 @@ class ImageStore(object):
         report('Building the %s block image' % fs_type)
         built = os.path.join(work, hexid + '.img')
         blockimage.build(staging, built, fs_type)
-        os.chmod(built, 0o644)
+        os.chmod(built, 0o600)
         _fsync_file(built)
         _rmtree(staging)
 
@@ -450,10 +528,10 @@ class ImageStore(object):
             if not self._complete(hexid):
                 os.replace(built, self._block_path(hexid))
                 fileutils.fsync_dir(self._block)
-                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+                fileutils.write_json(self._record_path(hexid), doc, 0o600)
             elif not self._has_blobs(hexid):
                 # Loaded before the store kept blobs: now it has them.
-                fileutils.write_json(self._record_path(hexid), doc, 0o644)
+                fileutils.write_json(self._record_path(hexid), doc, 0o600)
             self._tag(image.id, image.repo_tags)
             record = self._record(hexid, self._read_tags())
         report('Loaded image %s %s' % (image.id, ' '.join(image.repo_tags)))
@@ -526,12 +604,17 @@ class ImageStore(object):
                 name = reference.parse(ref).name
             except exception.InvalidReference:
                 name = None
-            if name in tags:
-                return tags[name].split(':', 1)[1], name
             # A short name of an image pulled from the default registry.
-            name = registry.qualified_name(ref)
-            if name in tags:
-                return tags[name].split(':', 1)[1], name
+            qualified = registry.qualified_name(ref)
+            # A project sees its own names, then the host operator's (the
+            # CLI's: `kata-zun load`, pull, tag), never another project's.
+            views = [tags]
+            if self.scope is not None:
+                views.append(self._operator_tags())
+            for view in views:
+                for candidate in (name, qualified):
+                    if candidate and candidate in view:
+                        return view[candidate].split(':', 1)[1], candidate
         if len(hexpart) >= MIN_PREFIX and _HEX.match(hexpart):
             matches = [h for h in self._ids() if h.startswith(hexpart)]
             if len(matches) == 1:
@@ -540,6 +623,13 @@ class ImageStore(object):
                 raise exception.ImageNotFound(
                     ref='%s (ambiguous id prefix)' % ref)
         raise exception.ImageNotFound(ref=ref)
+
+    def _operator_tags(self):
+        try:
+            tags = fileutils.read_json(os.path.join(self.root, 'tags.json'))
+        except (OSError, ValueError):
+            return {}
+        return tags if isinstance(tags, dict) else {}
 
     def _read_tags(self):
         try:
@@ -552,7 +642,7 @@ class ImageStore(object):
         return tags if isinstance(tags, dict) else {}
 
     def _write_tags(self, tags):
-        fileutils.write_json(self._tags_path, tags, 0o644)
+        fileutils.write_json(self._tags_path, tags, 0o600)
 
     # Locking and leftovers.
 

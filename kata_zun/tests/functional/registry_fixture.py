@@ -417,6 +417,13 @@ class FakeRegistry(fixtures.Fixture):
     records (path, Range header) pairs.  ``transient``: {path: [status or
     (status, Retry-After)]}, answers given (and used up) before the real
     one.
+
+    Hostile modes: behaviour ``drip`` sends a blob one byte every 50 ms;
+    ``drip_headers`` True sends every answer's headers that way.
+    ``challenge``: a ``WWW-Authenticate`` value answered (401) to API
+    requests without ``Bearer <token>``; ``/token`` hands out ``token``;
+    ``redirects``: {path: URL} answered with 307.  ``authorizations``
+    records (path, Authorization header) of every request.
     """
 
     def __init__(self):
@@ -426,6 +433,11 @@ class FakeRegistry(fixtures.Fixture):
         self.behaviour = {}
         self.transient = {}
         self.requests = []
+        self.authorizations = []
+        self.challenge = None
+        self.token = 'fake-token'
+        self.redirects = {}
+        self.drip_headers = False
         self.release = threading.Event()
         self._cuts = set()
 
@@ -471,9 +483,36 @@ class FakeRegistry(fixtures.Fixture):
         req.wfile.write(body)
         req.close_connection = True
 
+    def _drip(self, req, data):
+        """Send ``data`` a byte every 50 ms, until the client leaves."""
+        try:
+            for i in range(len(data)):
+                if self.release.wait(0.05):
+                    return
+                req.wfile.write(data[i:i + 1])
+                req.wfile.flush()
+        except OSError:
+            pass
+        req.close_connection = True
+
     def handle(self, req):
         path = urllib.parse.urlsplit(req.path).path
         self.requests.append((path, req.headers.get('Range')))
+        self.authorizations.append((path, req.headers.get('Authorization')))
+        if self.drip_headers:
+            return self._drip(req, b'HTTP/1.1 200 OK\r\n' +
+                              b'X-Slow: ' + b'a' * 60000 + b'\r\n')
+        if path in self.redirects:
+            return self._send(req, 307, b'', [('Location',
+                                               self.redirects[path])])
+        if path == '/token':
+            return self._send(req, 200, json.dumps(
+                {'token': self.token}).encode(),
+                [('Content-Type', 'application/json')])
+        if self.challenge and req.headers.get('Authorization') != (
+                'Bearer ' + self.token):
+            return self._send(req, 401, b'{"errors": []}', [
+                ('WWW-Authenticate', self.challenge)])
         if self.transient.get(path):
             answer = self.transient[path].pop(0)
             status, retry_after = (answer if isinstance(answer, tuple)
@@ -506,6 +545,13 @@ class FakeRegistry(fixtures.Fixture):
             headers.append(('Content-Range', 'bytes %d-%d/%d' % (
                 start, len(data) - 1, len(data))))
         body = data[start:]
+        if mode == 'drip':
+            req.send_response(status)
+            for name, value in headers:
+                req.send_header(name, value)
+            req.send_header('Content-Length', str(len(body)))
+            req.end_headers()
+            return self._drip(req, body)
         if mode == 'cut' or (mode in ('cut-once', 'cut-once-norange',
                                       'stall-once') and
                              ref not in self._cuts):

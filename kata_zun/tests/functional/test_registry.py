@@ -217,8 +217,12 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.assertIsNone(request['auth'])
         self.assertEqual({'scope': ['repository:library/busybox:pull'],
                           'service': [rf.SERVICE]}, request['query'])
-        # With credentials: sent to the token server.
+        # With credentials: sent to the token server, once the operator
+        # lists it (it is not the registry's host:port; see
+        # test_hostile_images for the refusal).
         self.store.remove('busybox')
+        self.flags(token_realm_hosts=[reg.issuer.address],
+                   group='kata_image')
         good = {'username': rf.USER, 'password': rf.PASSWORD}
         self.assertEqual(image_id, self.pull('busybox',
                                              credentials=good).id)

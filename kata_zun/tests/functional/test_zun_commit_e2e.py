@@ -25,6 +25,13 @@ class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
              self.env.conf_path] + list(args), capture_output=True,
             text=True, timeout=kz_base.CLI_TIMEOUT)
 
+    def host_image_ids(self):
+        """Ids (12 digits) of the images of the host's store."""
+        r = self.kz('images')
+        self.assertEqual(0, r.returncode, r.stderr)
+        return {line.split()[2] for line in r.stdout.splitlines()[1:]
+                if len(line.split()) >= 3}
+
     def glance_image(self, image_id, timeout=120):
         idc = self.env._identity_client()
         deadline = time.time() + timeout
@@ -50,6 +57,7 @@ class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
             self.assertLess(time.time(), deadline)
             time.sleep(1)
 
+        before = self.host_image_ids()
         out = self.os('appcontainer', 'commit', 'c1', 'kzsnap:v1')[1]
         # zun-api answers with the Glance image it created.
         image_id = re.findall(
@@ -64,11 +72,15 @@ class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
         info = self.wait_status('c1', ('Running',), timeout=60)
         self.assertEqual('Running', info['status'])
 
-        # Forget the committed image on the host: the next container can
-        # only get it from Glance.
-        r = self.kz('rmi', 'kzsnap:v1')
-        self.assertEqual(0, r.returncode, r.stderr)
+        # The name is the project's, not the host CLI's.
         self.assertNotIn('kzsnap', self.kz('images').stdout)
+        committed = self.host_image_ids() - before
+        self.assertEqual(1, len(committed), committed)
+        # Forget the committed image on the host (the operator deletes
+        # by id): the next container can only get it from Glance.
+        r = self.kz('rmi', *committed)
+        self.assertEqual(0, r.returncode, r.stderr)
+        self.assertFalse(committed & self.host_image_ids())
 
         self.os('appcontainer', 'run', '--name', 'c2', '--image-driver',
                 'glance', 'kzsnap:v1', 'cat', '/root/mark')
@@ -76,7 +88,7 @@ class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
         self.assertEqual('Stopped', info['status'], info)
         self.assertIn('committed through zun',
                       self.os('appcontainer', 'logs', 'c2')[1])
-        self.assertIn('kzsnap', self.kz('images').stdout)
+        self.assertTrue(committed <= self.host_image_ids())
 
         for name in ('c1', 'c2'):
             self.os('appcontainer', 'delete', '--force', name)

@@ -27,13 +27,22 @@ class DriverImageTestCase(base.BaseTestCase):
         self.addCleanup(tpool.stop)
 
     def test_commit(self):
-        c = types.SimpleNamespace(container_id='ab' * 16)
+        c = types.SimpleNamespace(container_id='ab' * 16, uuid='u')
         self.rt.commit.return_value = mock.Mock(id='sha256:' + 'c' * 64)
-        self.assertEqual('sha256:' + 'c' * 64,
-                         self.driver.commit(None, c, 'repo', 'v1'))
-        self.rt.commit.assert_called_once_with('ab' * 16, 'repo:v1')
+        self.rt.images.tag.return_value = mock.Mock(
+            id='sha256:' + 'c' * 64, repo_tags=['repo:v1'],
+            config={'Env': ['PASSWORD=x']})
+        with mock.patch.object(self.mod.LOG, 'warning') as warning:
+            self.assertEqual('sha256:' + 'c' * 64,
+                             self.driver.commit(None, c, 'repo', 'v1'))
+        self.assertIn('environment', warning.call_args[0][0])
+        # Committed untagged, then named (in the project, see
+        # test_driver_tenants).
+        self.rt.commit.assert_called_once_with('ab' * 16)
+        self.rt.images.tag.assert_called_once_with('sha256:' + 'c' * 64,
+                                                   'repo:v1')
         self.driver.commit(None, c, 'repo', 'None')
-        self.rt.commit.assert_called_with('ab' * 16, 'repo')
+        self.rt.images.tag.assert_called_with('sha256:' + 'c' * 64, 'repo')
         self.rt.commit.side_effect = exception.Conflict(reason='stopped')
         self.assertRaises(zun_exc.Conflict, self.driver.commit, None, c,
                           'repo', 'v1')
