@@ -7,6 +7,7 @@ file descriptor; the host never mounts it (checked against the host's
 mount table and loop devices).
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +21,11 @@ def _ext_magic(path):
     with open(path, 'rb') as f:
         f.seek(EXT4_MAGIC_OFFSET)
         return f.read(2)
+
+
+def _digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _host_mounts():
@@ -65,16 +71,20 @@ class VolumeTestCase(base.KataZunFunctionalTest):
         # The host never mounted it, not even through a loop device.
         self.assertEqual(mounts_before, _host_mounts())
         self.assertEqual(b'', _loops_of(image))
-        # Read-only on both sides: the data is there, writes fail.
+        # Read-only on both sides: the data is there, writes fail, even
+        # after the container (root in its VM) remounts it read-write:
+        # the disk itself is read-only.
+        before = _digest(image)
         r = self.kz('run', '--rm', '--mount',
                     'type=block,source=%s,target=/data,readonly' % image,
                     'busybox', 'sh', '-c',
                     'cat /data/f; grep " /data " /proc/mounts; '
-                    'echo x > /data/g', check=1)
+                    'mount -o remount,rw /data; echo x > /data/g', check=1)
         lines = r.text.splitlines()
         self.assertEqual('hello', lines[0])
         self.assertIn('ro', lines[1].split()[3].split(','))
         self.assertIn(b'Read-only file system', r.err)
+        self.assertEqual(before, _digest(image))
 
     def test_blank_read_only_block_volume_is_refused(self):
         image = self._blank('blank.img')
@@ -197,16 +207,24 @@ class SharedDirectoryTestCase(base.KataZunFunctionalTest):
         self.assertEqual(mounts_before, _host_mounts())
 
     def test_read_only_bind_mount(self):
+        """Read-only on the host side too: a container that remounts its
+        volume read-write still cannot write.
+        """
         r = self.kz('run', '--rm', '-v', '%s:/data:ro' % self.export,
                     'busybox', 'sh', '-c',
                     'cat /data/in; grep " /data " /proc/mounts; '
-                    'echo x > /data/in', check=1)
+                    'mount -o remount,rw /data && grep " /data " '
+                    '/proc/mounts; echo x > /data/in; rm /data/in; '
+                    'mkdir /data/d', check=1)
         lines = r.text.splitlines()
         self.assertEqual('from the host', lines[0])
         self.assertIn('ro', lines[1].split()[3].split(','))
-        self.assertIn(b'Read-only file system', r.err)
+        # The remount worked in the guest (only the host holds the line).
+        self.assertIn('rw', lines[2].split()[3].split(','))
+        self.assertEqual(3, r.err.count(b'Read-only file system'), r)
         with open(os.path.join(self.export, 'in')) as f:
             self.assertEqual('from the host\n', f.read())
+        self.assertEqual(['in'], os.listdir(self.export))
 
     def test_guest_symlinks_and_dotdot_never_leave_the_export(self):
         """A container plants links to / and to host paths in the shared
