@@ -11,6 +11,8 @@ The VM's owner (root) starts each virtiofsd as its child, before QEMU:
   and net namespaces and ``pivot_root`` into that directory, so a
   guest-made symlink or ``..`` resolves inside the export) and its
   built-in seccomp filter;
+* in the sandbox's host cgroup with QEMU (memory, pids, CPU), when
+  QEMU is jailed;
 * killed by the kernel when its owner dies (``PR_SET_PDEATHSIG``).
 
 virtiofsd listens on a unix socket it gets as a descriptor; the owner
@@ -67,8 +69,12 @@ def _mount(lib, source, target, flags):
            'mount %s' % target)
 
 
-def _child_setup(lib, parent, source, mountpoint, read_only):
+def _child_setup(lib, parent, source, mountpoint, read_only,
+                 cgroup_procs):
     """Runs in the forked child before exec (no allocation-heavy work)."""
+    for path in cgroup_procs:
+        with open(path, 'w') as f:
+            f.write('0')
     _check(lib.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0),
            'prctl')
     if os.getppid() != parent:
@@ -118,12 +124,13 @@ def _check_source(source):
             reason='shared directory %s is not a directory' % source)
 
 
-def start(shared, index, run_dir, virtiofsd=VIRTIOFSD):
+def start(shared, index, run_dir, virtiofsd=VIRTIOFSD, cgroup_procs=()):
     """Start the virtiofsd of one shared directory.
 
     :param shared: a :class:`kata_zun.hypervisor.base.SharedDir`.
     :param index: its number in the VM (names its socket and mount point).
     :param run_dir: the VM's run directory (root-only).
+    :param cgroup_procs: ``cgroup.procs`` files it joins (the sandbox's).
     :returns: (:class:`Daemon`, a socket connected to it, for QEMU).
     :raises: kata_zun.exception.HypervisorError
     """
@@ -140,6 +147,7 @@ def start(shared, index, run_dir, virtiofsd=VIRTIOFSD):
     try:
         lib = _lib()
         parent = os.getpid()
+        procs = tuple(cgroup_procs)
         argv = [virtiofsd, '--fd=%d' % listener.fileno(),
                 '-o', 'source=%s' % mountpoint, '-o', 'sandbox=namespace',
                 '-o', 'cache=auto', '-o', 'no_posix_lock', '-o', 'no_xattr',
@@ -151,7 +159,8 @@ def start(shared, index, run_dir, virtiofsd=VIRTIOFSD):
                 pass_fds=(listener.fileno(),), env={'PATH': '/usr/bin:/bin'},
                 preexec_fn=lambda: _child_setup(lib, parent, shared.source,
                                                 mountpoint,
-                                                shared.read_only))
+                                                shared.read_only,
+                                                procs))
         except (OSError, subprocess.SubprocessError) as exc:
             raise exception.HypervisorError(
                 reason='cannot start virtiofsd for %s: %s'

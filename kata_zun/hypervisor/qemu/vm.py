@@ -412,16 +412,6 @@ class QemuHypervisor(base.Hypervisor):
             for nic in config.nics:
                 tap_fds.append(handles.open_tap(nic.tap))
                 opened.append(tap_fds[-1])
-            # --- volumes (issue 11): a virtiofsd per shared directory
-            fs_fds = []
-            if config.shared_dirs:
-                from kata_zun.volume import virtiofs
-            for i, shared in enumerate(config.shared_dirs):
-                daemon, conn = virtiofs.start(shared, i, config.run_dir)
-                helpers.append(daemon)
-                sockets.append(conn)
-                fs_fds.append(conn.fileno())
-            # --- end volumes
             kernel, initrd = config.kernel, config.initrd
             if self.jailed:
                 from kata_zun.jail import launch
@@ -434,6 +424,19 @@ class QemuHypervisor(base.Hypervisor):
                 qemu_path = jail.root.qemu
             else:
                 qemu_path = self.qemu_path
+            # --- volumes (issue 11): a virtiofsd per shared directory, in
+            # the sandbox's cgroup with QEMU
+            fs_fds = []
+            if config.shared_dirs:
+                from kata_zun.volume import virtiofs
+                procs = jail.cgroup.procs_files('vmm') if jail else ()
+            for i, shared in enumerate(config.shared_dirs):
+                daemon, conn = virtiofs.start(shared, i, config.run_dir,
+                                              cgroup_procs=procs)
+                helpers.append(daemon)
+                sockets.append(conn)
+                fs_fds.append(conn.fileno())
+            # --- end volumes
             fds = qargv.Handles(kernel, initrd, qmp_sock.fileno(),
                                 agent_sock.fileno(), console_vm.fileno(),
                                 tuple(disk_fds), tuple(tap_fds),

@@ -256,3 +256,41 @@ class SharedDirectoryTestCase(base.KataZunFunctionalTest):
         with open(self.secret) as f:
             self.assertEqual('host only\n', f.read())
         self.assertEqual(['export', 'secret'], sorted(os.listdir(self.top)))
+
+    def _virtiofsd_pids(self):
+        found = []
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit():
+                continue
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    argv = f.read().split(b'\0')
+            except OSError:
+                continue
+            if (argv[0].endswith(b'virtiofsd') and any(
+                    a.startswith(b'source=' + self.run_path.encode())
+                    for a in argv)):
+                found.append(int(pid))
+        return found
+
+    def test_virtiofsd_is_confined_and_goes_with_the_sandbox(self):
+        cid = self.kz('run', '-d', '-v', '%s:/data' % self.export,
+                      'busybox', 'sleep', '600', check=0).text.strip()
+        pids = self._virtiofsd_pids()
+        self.assertTrue(pids)
+        own_mnt = os.readlink('/proc/self/ns/mnt')
+        for pid in pids:
+            # In the sandbox's host cgroup and its own mount namespace,
+            # where the host's tree is out of reach.
+            with open('/proc/%d/cgroup' % pid) as f:
+                self.assertIn('kz-%s/vmm' % cid[:12], f.read())
+            self.assertNotEqual(own_mnt,
+                                os.readlink('/proc/%d/ns/mnt' % pid))
+        # The daemon serving requests sees the export as its whole root.
+        roots = [sorted(os.listdir('/proc/%d/root' % p)) for p in pids]
+        self.assertIn(['in'], roots)
+        r = self.kz('exec', cid, 'cat', '/data/in', check=0)
+        self.assertEqual(b'from the host\n', r.out)
+        self.kz('rm', '-f', cid, check=0)
+        self.assertEqual([], [p for p in pids
+                              if os.path.exists('/proc/%d' % p)])
