@@ -10,7 +10,11 @@ A volume is a typed device handed to the VM plus a guest mount spec:
 * ``volume``: a named volume of :mod:`kata_zun.volume.store`: a sparse
   raw image under ``<state_path>/volumes/NAME/``, handed over as a block
   volume.
+* ``bind``: a host directory shared through virtio-fs by a virtiofsd
+  confined to it (:mod:`.virtiofs`).
 
 :mod:`.spec` parses and validates what a user asks for,
-:mod:`.devices` turns a container record into VM disks and agent specs.
+:mod:`.devices` turns a container record into VM disks, shared
+directories and agent specs, :mod:`.store` keeps named volumes,
+:mod:`.cli` is the ``volume`` sub-command.
 """
