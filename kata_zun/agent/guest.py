@@ -629,6 +629,14 @@ class Agent(object):
         os.makedirs(c.dir, exist_ok=True)
         self._mount_rootfs(c, find_disk(image_serial), image_fs,
                            find_disk(layer_serial))
+        # --- volumes (issue 11): block and shared volumes at their targets
+        from kata_zun.agent import guestvolumes
+        try:
+            guestvolumes.mount_all(c.rootfs, args.get('volumes'), find_disk,
+                                   mount)
+        except guestvolumes.VolumeError as exc:
+            raise OpError('volume', str(exc))
+        # --- end volumes
         c.user = resolve_user(c.rootfs, spec['user'])
         self._make_cgroup(c, args)
         self._write_etc(c)

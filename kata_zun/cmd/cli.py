@@ -149,6 +149,7 @@ def _healthcheck(args):
 
 def cmd_run(rt, args):
     from kata_zun.runtime import manager
+    from kata_zun.volume import cli as volumecli
     if args.rm and args.restart != 'no':
         raise CliError('--rm and --restart cannot be combined', 125)
     image = _pull(rt, args.image, _RUN_PULL[args.pull])
@@ -164,7 +165,8 @@ def cmd_run(rt, args):
         restart_policy=manager.parse_restart_policy(args.restart),
         # --- network (issue 5)
         network=args.network or CONF.kata_network.driver,
-        ports=args.publish, healthcheck=_healthcheck(args))
+        ports=args.publish, healthcheck=_healthcheck(args),
+        volumes=volumecli.requests(args))
     holder = {}
 
     def attach(client, main):
@@ -579,6 +581,8 @@ def build_parser():
                         '(default 0)')
     p.add_argument('--no-healthcheck', action='store_true',
                    help="disable the image's health check")
+    from kata_zun.volume import cli as volumecli
+    volumecli.add_run_options(p)
     _add_process_options(p)
     p.add_argument('image')
     p.add_argument('command', nargs=argparse.REMAINDER)
@@ -667,6 +671,8 @@ def build_parser():
 
     from kata_zun.cmd import imagecli
     imagecli.add_parsers(sub)
+    from kata_zun.volume import cli as volumecli
+    volumecli.add_parsers(sub)
 
     p = sub.add_parser('check', help='can this host run kata-zun VMs?')
     p.set_defaults(func=cmd_check)

@@ -16,6 +16,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun.hypervisor import base
+from kata_zun.volume import devices as volume_devices
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -83,6 +84,9 @@ def vm_config(shim, run_dir):
     from kata_zun.hypervisor.qemu import argv as qargv
     pci_slots = qargv.MAX_PCI_SLOTS if attachment.get('hotplug') else 0
     # --- end network
+    # --- volumes (issue 11): each block volume is one more disk
+    volume_disks = volume_devices.disks(shim.config.get('volumes'))
+    shared_dirs = volume_devices.shared_dirs(shim.config.get('volumes'))
     return base.VMConfig(
         name=base.vm_name(shim.cid), vcpus=vm['vcpus'],
         memory_mb=vm['memory_mb'], kernel=assets.kernel,
@@ -92,8 +96,10 @@ def vm_config(shim, run_dir):
                          shim.config['agent_spec']['image_serial'],
                          read_only=True),
                base.Disk(os.path.join(shim.state_dir, 'rw.img'),
-                         shim.config['agent_spec']['layer_serial'])),
-        nics=nics, pci_slots=pci_slots, cpu_quota=shim.config.get('cpus'))
+                         shim.config['agent_spec']['layer_serial'])) +
+        volume_disks,
+        nics=nics, pci_slots=pci_slots, cpu_quota=shim.config.get('cpus'),
+        shared_dirs=shared_dirs)
 
 
 def main(argv=None):

@@ -46,17 +46,22 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
-               'guestlayer.py')
+               'guestlayer.py', 'guestvolumes.py')
 AGENT_ROOT = 'opt/kata-agent'
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',
-                'erofs', 'ext4')
+                'erofs', 'ext4', 'virtiofs')
 BUSYBOX = '/bin/busybox'
 BUSYBOX_APPLETS = ('sh', 'ash', 'cat', 'cp', 'dmesg', 'echo', 'grep', 'insmod',
                    'ip', 'kill', 'ln', 'ls', 'lsmod', 'mkdir', 'mknod',
                    'modprobe', 'mount', 'mv', 'poweroff', 'ps', 'reboot',
                    'rm', 'rmmod', 'sleep', 'sync', 'umount', 'uname')
 LIB_PACKAGES = ('libc6', 'zlib1g', 'libexpat1', 'libffi8')
+# e2fsprogs' mke2fs: the agent makes an ext4 (with a journal, which
+# busybox's ext2-only mke2fs lacks) on a blank volume.
+MKFS_PACKAGES = ('e2fsprogs', 'libext2fs2', 'libcom-err2', 'libblkid1',
+                 'libuuid1')
+MKE2FS = 'sbin/mke2fs'
 # What the agent may import (directly or lazily) beyond what the closure
 # finds in its source, plus the codecs the interpreter needs at start-up.
 STDLIB_REQUIRED = ('encodings', 'encodings.aliases', 'encodings.utf_8',
@@ -211,7 +216,7 @@ def _kernel_source():
 def _python_packages():
     ver = CONF.kata_guest.python_version
     return ('python%s-minimal' % ver, 'libpython%s-minimal' % ver,
-            'libpython%s-stdlib' % ver) + LIB_PACKAGES
+            'libpython%s-stdlib' % ver) + LIB_PACKAGES + MKFS_PACKAGES
 
 
 def _default_agent_dir():
@@ -670,8 +675,11 @@ def _make_root(root, pkgroot, release, agent_dir, say):
     _copy_rel(pkgroot, python, root)
     os.symlink('python%s' % ver, os.path.join(root, 'usr/bin/python3'))
     extensions = _copy_stdlib(pkgroot, root)
+    _copy_rel(pkgroot, MKE2FS, root)
+    _copy_rel(pkgroot, 'etc/mke2fs.conf', root)
     libs = _copy_libs(pkgroot, root,
-                      [os.path.join(pkgroot, python)] + extensions)
+                      [os.path.join(pkgroot, python),
+                       os.path.join(pkgroot, MKE2FS)] + extensions)
 
     say('Precompiling the guest stdlib with the guest interpreter')
     _guest_python(pkgroot, ['-m', 'compileall', '-q', '-j', '0',

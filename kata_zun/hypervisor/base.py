@@ -33,6 +33,18 @@ class Disk:
 
 
 @dataclasses.dataclass(frozen=True)
+class SharedDir:
+    """A host directory shared with the guest through virtio-fs.
+
+    One virtiofsd serves it, confined to ``source`` (read-only on the
+    host side too when ``read_only``); the guest mounts it by ``tag``.
+    """
+    source: str
+    tag: str
+    read_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Nic:
     """A virtio-net NIC backed by a host tap device that already exists.
 
@@ -62,6 +74,7 @@ class VMConfig:
     # Host CPU time the VM may use, in CPUs (e.g. 0.5); None: no quota.
     # Enforced on the host, whatever the guest kernel does.
     cpu_quota: typing.Optional[float] = None
+    shared_dirs: typing.Tuple[SharedDir, ...] = ()
 
 
 class VM(metaclass=abc.ABCMeta):

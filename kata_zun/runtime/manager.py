@@ -446,7 +446,7 @@ class Runtime(object):
                memory_mb=None, cpus=None, name=None, hostname=None,
                auto_remove=False, labels=None, dns=(), cid=None,
                restart_policy=None, network=None, ports=(),
-               healthcheck=None):
+               healthcheck=None, volumes=()):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -463,6 +463,8 @@ class Runtime(object):
         :param healthcheck: keyword arguments of
             :func:`kata_zun.runtime.health.normalize` (``test``,
             ``interval``...); None: the image's health check, if any.
+        :param volumes: volume requests (:mod:`kata_zun.volume.spec`); a
+            named volume that does not exist is created.
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -516,6 +518,8 @@ class Runtime(object):
         network_mod.validate(self.state_path, net_request,
                              self._record_exists)
         # --- end network
+        from kata_zun.volume import spec as volume_spec
+        volumes = volume_spec.check_all(volumes)
         # Fail now, not at start, when the guest assets are missing. They
         # are looked up again at every boot: a rebuild may replace them.
         from kata_zun.guest import builder
@@ -559,6 +563,13 @@ class Runtime(object):
                 if other.name == name:
                     raise exception.ContainerNameInUse(name=name,
                                                        id=other.id[:12])
+            # Under the lock: a named volume cannot be removed between
+            # this and the record naming it.
+            from kata_zun.volume import devices as volume_devices
+            config['volumes'] = volume_devices.resolve(volumes,
+                                                       self.volumes)
+            config['agent_spec']['volumes'] = volume_devices.agent_specs(
+                config['volumes'])
             directory = os.path.join(self.containers_dir, cid)
             os.mkdir(directory, 0o700)
             try:
@@ -1067,6 +1078,33 @@ class Runtime(object):
     def image_users(self, image_id):
         return [c.id for c in self.list()
                 if c.config['image']['id'] == image_id]
+
+    # ------------------------------------------------ volumes (issue 11)
+    @property
+    def volumes(self):
+        """:returns: the host's
+            :class:`kata_zun.volume.store.VolumeStore`.
+        """
+        from kata_zun.volume import store
+        return store.VolumeStore(os.path.join(self.state_path, 'volumes'))
+
+    def volume_users(self, name):
+        """:returns: ids of the containers (any state) using volume
+            ``name``.
+        """
+        from kata_zun.volume import devices as volume_devices
+        return volume_devices.users(self.list(), name)
+
+    def remove_volume(self, name):
+        """Delete a named volume that no container uses.
+
+        :raises: NotFound, Conflict
+        """
+        lock = self._lock()
+        try:
+            self.volumes.remove(name, self.volume_users)
+        finally:
+            os.close(lock)
 
 
 def _guest_text(data):

@@ -142,11 +142,17 @@ class Memory:
     """
     size_mb: int
     backend_id: str = MEMORY_BACKEND_ID
+    # vhost-user devices (virtiofsd) map guest RAM: it must be shared
+    # (memfd's default, spelled out when it matters).
+    share: bool = False
 
     def args(self):
         size = '%dM' % self.size_mb
-        return ['-m', size, '-object', 'memory-backend-memfd,id=%s,size=%s'
-                % (self.backend_id, size)]
+        backend = 'memory-backend-memfd,id=%s,size=%s' % (self.backend_id,
+                                                          size)
+        if self.share:
+            backend += ',share=on'
+        return ['-m', size, '-object', backend]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +271,44 @@ class BlockDevice:
             '-blockdev', json.dumps(spec, separators=(',', ':')),
             '-device', '%s,drive=%s,serial=%s'
             % (_device(self.machine_type, 'virtio-blk'), node, self.serial)]
+
+
+_TAG_RE = re.compile(r'^[A-Za-z0-9_-]{1,36}$')
+
+
+@dataclasses.dataclass(frozen=True)
+class VhostUserFs:
+    """A virtio-fs device served by a virtiofsd over vhost-user; the
+    guest mounts it by ``tag``.
+
+    QEMU gets the vhost-user connection as ``fd`` (a unix socket already
+    connected to virtiofsd: a jailed QEMU cannot reach a socket path).
+    """
+    index: int
+    tag: str
+    fd: int
+    machine_type: str = 'microvm'
+
+    def args(self):
+        if not _TAG_RE.match(self.tag):
+            raise exception.HypervisorError(
+                reason='invalid virtio-fs tag %r' % self.tag)
+        chardev = 'vfs%d' % self.index
+        return ['-chardev', 'socket,id=%s,fd=%d' % (chardev, _fd(self.fd)),
+                '-device', '%s,chardev=%s,tag=%s,queue-size=1024'
+                % (_device(self.machine_type, 'vhost-user-fs'), chardev,
+                   self.tag)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModernMmio:
+    """virtio 1.0 on microvm's virtio-mmio transports (QEMU makes them
+    legacy by default), which vhost-user back ends such as virtiofsd
+    require.
+    """
+
+    def args(self):
+        return ['-global', 'virtio-mmio.force-legacy=false']
 
 
 _TAP_RE = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
@@ -541,11 +585,13 @@ class Handles:
     console_fd: int
     disk_fds: typing.Tuple[int, ...] = ()
     tap_fds: typing.Tuple[int, ...] = ()
+    fs_fds: typing.Tuple[int, ...] = ()     # connected to each virtiofsd
 
     def fds(self):
         """:returns: every fd QEMU must inherit."""
         return ((self.qmp_fd, self.agent_fd, self.console_fd) +
-                tuple(self.disk_fds) + tuple(self.tap_fds))
+                tuple(self.disk_fds) + tuple(self.tap_fds) +
+                tuple(self.fs_fds))
 
 
 def build_argv(config, accel, machine_type, cpu_model, qemu_path,
@@ -575,14 +621,19 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
             % (len(config.nics), slots))
     h = handles
     if h is not None and (len(h.disk_fds) != len(config.disks) or
-                          len(h.tap_fds) != len(config.nics)):
+                          len(h.tap_fds) != len(config.nics) or
+                          len(h.fs_fds) != len(config.shared_dirs)):
         raise exception.HypervisorError(
-            reason='one fd per disk and per NIC is needed')
+            reason='one fd per disk, NIC and shared directory is needed')
+    if config.shared_dirs and h is None:
+        raise exception.HypervisorError(
+            reason='shared directories need their virtiofsd connections')
     params = tuple(kernel_params(config, tsc_khz, machine_type))
     parts = [Globals(), Name(config.name),
              Machine(machine_type, pcie=bool(slots)),
              Accelerator(accel, tcg_cache_mb), Cpu(cpu_model),
-             Memory(config.memory_mb), Smp(config.vcpus)]
+             Memory(config.memory_mb, share=bool(config.shared_dirs)),
+             Smp(config.vcpus)]
     if h is None:
         parts += [Kernel(config.kernel, config.initrd, params),
                   SerialConsole(config.console_log), QmpSocket(qmp_path),
@@ -594,6 +645,10 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type,
                              fd=h.disk_fds[i] if h else None)
                  for i, d in enumerate(config.disks))
+    if config.shared_dirs and machine_type == 'microvm':
+        parts.append(ModernMmio())
+    parts.extend(VhostUserFs(i, d.tag, h.fs_fds[i], machine_type)
+                 for i, d in enumerate(config.shared_dirs))
     parts.extend(PcieRootPort(i) for i in range(slots))
     parts.extend(boot_nics(config, machine_type, h.tap_fds if h else None))
     parts.append(Sandbox(CONF.kata_hypervisor.seccomp_sandbox))

@@ -52,16 +52,32 @@ def listening_socket(path):
 
 
 def open_disk(path, read_only):
-    """:returns: an fd on the disk image (read-only when the guest must
+    """Open a disk image for QEMU and lock it for the VM's life.
+
+    The lock (``flock``: shared for a read-only disk, exclusive for a
+    writable one) belongs to the open file, which QEMU inherits: it
+    holds as long as QEMU runs. Two VMs never write one file system at
+    once (that corrupts it), and a read-only user keeps writers out.
+
+    :returns: an fd on the disk image (read-only when the guest must
         not write it: QEMU then cannot either, whatever it is told).
     :raises: kata_zun.exception.HypervisorError
     """
     flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
     try:
-        return os.open(path, flags | os.O_NOFOLLOW)
+        fd = os.open(path, flags | os.O_NOFOLLOW)
     except OSError as exc:
         raise exception.HypervisorError(reason='cannot open disk %s: %s'
                                         % (path, exc))
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) |
+                    fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise exception.HypervisorError(
+            reason='disk %s is in use by another VM (%s)' % (
+                path, exc.strerror))
+    return fd
 
 
 def open_tap(name):

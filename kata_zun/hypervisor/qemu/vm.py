@@ -85,10 +85,13 @@ class QemuVM(base.VM):
 
     def __init__(self, proc, config, accelerator, log_path, qmp_socket,
                  agent_socket, machine_type='microvm', jail=None,
-                 drains=()):
+                 drains=(), helpers=()):
         self._proc = proc
         self.jail = jail
         self._drains = drains
+        # virtiofsd daemons (kata_zun.volume.virtiofs): they exit when
+        # QEMU does.
+        self._helpers = helpers
         self.config = config
         self.accel = accelerator
         self.log_path = log_path
@@ -347,6 +350,8 @@ class QemuVM(base.VM):
             for drain in self._drains:
                 # QEMU is gone: its log sockets have hit EOF.
                 drain.join(5)
+            for helper in self._helpers:
+                helper.stop()
             if self.jail is not None:
                 self.jail.release()
                 self.jail = None
@@ -395,6 +400,7 @@ class QemuHypervisor(base.Hypervisor):
         sockets = []
         jail = None
         drains = []
+        helpers = []
         try:
             qmp_sock = handles.listening_socket(qmp_path)
             sockets.append(qmp_sock)
@@ -422,9 +428,23 @@ class QemuHypervisor(base.Hypervisor):
                 qemu_path = jail.root.qemu
             else:
                 qemu_path = self.qemu_path
+            # --- volumes (issue 11): a virtiofsd per shared directory, in
+            # the sandbox's cgroup with QEMU
+            fs_fds = []
+            if config.shared_dirs:
+                from kata_zun.volume import virtiofs
+                procs = jail.cgroup.procs_files('vmm') if jail else ()
+            for i, shared in enumerate(config.shared_dirs):
+                daemon, conn = virtiofs.start(shared, i, config.run_dir,
+                                              cgroup_procs=procs)
+                helpers.append(daemon)
+                sockets.append(conn)
+                fs_fds.append(conn.fileno())
+            # --- end volumes
             fds = qargv.Handles(kernel, initrd, qmp_sock.fileno(),
                                 agent_sock.fileno(), console_vm.fileno(),
-                                tuple(disk_fds), tuple(tap_fds))
+                                tuple(disk_fds), tuple(tap_fds),
+                                tuple(fs_fds))
             cmd = qargv.build_argv(
                 config, chosen.name, self.machine_type, self.cpu_model,
                 qemu_path, handles=fds,
@@ -452,6 +472,9 @@ class QemuHypervisor(base.Hypervisor):
         except BaseException:
             if jail is not None:
                 jail.release()
+            for helper in helpers:
+                helper.proc.kill()
+                helper.stop(0)
             raise
         finally:
             for fd in opened:
@@ -459,7 +482,7 @@ class QemuHypervisor(base.Hypervisor):
             for sock in sockets:
                 sock.close()
         vm = QemuVM(proc, config, chosen, log_path, qmp_path, agent_path,
-                    self.machine_type, jail, drains)
+                    self.machine_type, jail, drains, helpers)
         try:
             vm.connect(self.start_timeout)
         except BaseException:

@@ -1,0 +1,296 @@
+"""Volumes in real VMs, through the real CLI.
+
+Real: QEMU (jailed when the config says so, the default as root), the
+guest kernel and agent, e2fsprogs' mke2fs in the guest, the raw image
+files. Nothing is mocked. A block volume is handed to QEMU as an open
+file descriptor; the host never mounts it (checked against the host's
+mount table and loop devices).
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+
+from kata_zun.tests.functional import base
+
+EXT4_MAGIC_OFFSET = 1080
+
+
+def _ext_magic(path):
+    with open(path, 'rb') as f:
+        f.seek(EXT4_MAGIC_OFFSET)
+        return f.read(2)
+
+
+def _digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _host_mounts():
+    with open('/proc/self/mountinfo') as f:
+        return f.read()
+
+
+def _loops_of(path):
+    out = subprocess.run(['losetup', '-j', path], capture_output=True,
+                         timeout=30)
+    return out.stdout
+
+
+class VolumeTestCase(base.KataZunFunctionalTest):
+    # Other suites boot VMs on this host at the same time: be patient.
+    extra_config = '[kata_agent]\nconnect_timeout = 120\n'
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+        self.dir = os.path.join(self.state_path, 'files')
+        os.makedirs(self.dir)
+
+    def _blank(self, name, size=64 * 1024 * 1024):
+        path = os.path.join(self.dir, name)
+        with open(path, 'wb') as f:
+            f.truncate(size)
+        return path
+
+    def test_block_volume_from_file(self):
+        image = self._blank('data.img')
+        mounts_before = _host_mounts()
+        r = self.kz('run', '--rm', '--mount',
+                    'type=block,source=%s,target=/data' % image, 'busybox',
+                    'sh', '-c', 'echo hello > /data/f && cat /data/f && '
+                    'grep " /data " /proc/mounts', check=0)
+        lines = r.text.splitlines()
+        self.assertEqual('hello', lines[0])
+        # The guest found the blank disk and made an ext4 on it.
+        self.assertIn('ext4', lines[1])
+        self.assertIn('rw', lines[1].split()[3].split(','))
+        self.assertEqual(b'\x53\xef', _ext_magic(image))
+        # The host never mounted it, not even through a loop device.
+        self.assertEqual(mounts_before, _host_mounts())
+        self.assertEqual(b'', _loops_of(image))
+        # Read-only on both sides: the data is there, writes fail, even
+        # after the container (root in its VM) remounts it read-write:
+        # the disk itself is read-only.
+        before = _digest(image)
+        r = self.kz('run', '--rm', '--mount',
+                    'type=block,source=%s,target=/data,readonly' % image,
+                    'busybox', 'sh', '-c',
+                    'cat /data/f; grep " /data " /proc/mounts; '
+                    'mount -o remount,rw /data; echo x > /data/g', check=1)
+        lines = r.text.splitlines()
+        self.assertEqual('hello', lines[0])
+        self.assertIn('ro', lines[1].split()[3].split(','))
+        self.assertIn(b'Read-only file system', r.err)
+        self.assertEqual(before, _digest(image))
+
+    def test_blank_read_only_block_volume_is_refused(self):
+        image = self._blank('blank.img')
+        r = self.kz('run', '--rm', '--mount',
+                    'type=block,source=%s,target=/data,readonly' % image,
+                    'busybox', 'true')
+        self.assertEqual(125, r.code, r)
+        self.assertIn(b'blank and read-only', r.err)
+        self.assertEqual(b'\0' * 2, _ext_magic(image))
+
+    def test_named_volume_persists_and_rm_refuses_in_use(self):
+        self.kz('volume', 'create', '--size', '64M', 'vol1', check=0)
+        listed = self.kz('volume', 'ls', '-q', check=0)
+        self.assertEqual(b'vol1\n', listed.out)
+        self.kz('run', '--name', 'writer', '-v', 'vol1:/data', 'busybox',
+                'sh', '-c', 'cd /data && head -c 1000000 /dev/urandom > blob '
+                '&& md5sum blob > sum', check=0)
+        # In use by a (stopped) container: refused, data untouched.
+        r = self.kz('volume', 'rm', 'vol1')
+        self.assertEqual(1, r.code, r)
+        self.assertIn(b'in use', r.out + r.err)
+        info = json.loads(self.kz('volume', 'inspect', 'vol1',
+                                  check=0).out)[0]
+        self.assertEqual(64 * 1024 * 1024, info['size'])
+        self.assertEqual(1, len(info['containers']))
+        self.kz('rm', 'writer', check=0)
+        # A new container reads what the first one wrote.
+        r = self.kz('run', '--rm', '-v', 'vol1:/srv/d:ro', 'busybox', 'sh',
+                    '-c', 'cd /srv/d && md5sum -c sum', check=0)
+        self.assertEqual(b'blob: OK\n', r.out)
+        self.kz('volume', 'rm', 'vol1', check=0)
+        self.assertEqual(b'', self.kz('volume', 'ls', '-q', check=0).out)
+        self.assertFalse(os.path.exists(os.path.join(self.state_path,
+                                                     'volumes', 'vol1')))
+
+    def test_run_creates_a_missing_named_volume(self):
+        self.kz('run', '--rm', '-v', 'auto1:/data', 'busybox', 'sh', '-c',
+                'echo kept > /data/x', check=0)
+        r = self.kz('run', '--rm', '--mount',
+                    'type=volume,src=auto1,dst=/data', 'busybox', 'cat',
+                    '/data/x', check=0)
+        self.assertEqual(b'kept\n', r.out)
+
+    def test_one_writer_per_volume(self):
+        """Two VMs writing one ext4 corrupt it: the second is refused
+        while the first runs, and nothing the first wrote is lost.
+        """
+        self.kz('volume', 'create', '--size', '64M', 'shared', check=0)
+        self.kz('run', '-d', '--name', 'first', '-v', 'shared:/data',
+                'busybox', 'sh', '-c', 'echo one > /data/one; sleep 600',
+                check=0)
+        r = self.kz('run', '--name', 'second', '-v', 'shared:/data',
+                    'busybox', 'sh', '-c', 'echo two > /data/two')
+        self.assertEqual(125, r.code, r)
+        self.assertIn(b'in use by another VM', r.err)
+        # A reader is refused too while a writer runs.
+        r = self.kz('run', '--rm', '-v', 'shared:/data:ro', 'busybox',
+                    'true')
+        self.assertEqual(125, r.code, r)
+        self.kz('rm', '-f', 'first', 'second', check=0)
+        r = self.kz('run', '--rm', '-v', 'shared:/data', 'busybox', 'sh',
+                    '-c', 'cat /data/one; ls /data', check=0)
+        self.assertEqual(['one', 'lost+found', 'one'], r.text.split())
+
+    def test_bad_requests_fail_clearly(self):
+        cases = [
+            (('-v', 'vol:relative'), b'absolute'),
+            (('-v', 'vol:/a/../etc'), b'..'),
+            (('-v', 'vol:/'), b'cannot be mounted at /'),
+            (('-v', '../x:/data'), b'invalid volume name'),
+            (('-v', 'vol:/data:rx'), b'unsupported volume option'),
+            (('--mount', 'type=nfs,source=a,target=/b'), b'unknown mount'),
+            (('--mount', 'type=block,source=/nonexistent,target=/b'),
+             b'No such file'),
+            (('--mount', 'type=block,source=/dev/null,target=/b'),
+             b'not a file or a block device'),
+            (('-v', 'a:/data', '-v', 'b:/data/'), b'two volumes at /data'),
+        ]
+        for opts, message in cases:
+            r = self.kz('run', '--rm', *(opts + ('busybox', 'true')))
+            self.assertEqual(125, r.code, (opts, r))
+            self.assertIn(message, r.err, opts)
+        self.assertEqual(b'', self.kz('ps', '-a', '-q', check=0).out)
+        self.assertEqual(b'', self.kz('volume', 'ls', '-q', check=0).out)
+
+
+class SharedDirectoryTestCase(base.KataZunFunctionalTest):
+    """Bind mounts through virtio-fs: a virtiofsd per shared directory,
+    confined to it.
+    """
+    extra_config = VolumeTestCase.extra_config
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+        self.top = os.path.join(self.state_path, 'host')
+        self.export = os.path.join(self.top, 'export')
+        os.makedirs(self.export)
+        with open(os.path.join(self.export, 'in'), 'w') as f:
+            f.write('from the host\n')
+        # Next to the export, never part of it.
+        self.secret = os.path.join(self.top, 'secret')
+        with open(self.secret, 'w') as f:
+            f.write('host only\n')
+
+    def test_bind_mount_reads_and_writes_reach_the_host(self):
+        mounts_before = _host_mounts()
+        r = self.kz('run', '--rm', '-v', '%s:/data' % self.export,
+                    'busybox', 'sh', '-c',
+                    'cat /data/in && echo from the guest > /data/out && '
+                    'mkdir /data/sub && echo x > /data/sub/f && '
+                    'grep " /data " /proc/mounts', check=0)
+        lines = r.text.splitlines()
+        self.assertEqual('from the host', lines[0])
+        self.assertEqual('virtiofs', lines[1].split()[2])
+        with open(os.path.join(self.export, 'out')) as f:
+            self.assertEqual('from the guest\n', f.read())
+        self.assertTrue(os.path.isfile(os.path.join(self.export, 'sub/f')))
+        # virtiofsd's bind mount lived in its own namespace only.
+        self.assertEqual(mounts_before, _host_mounts())
+
+    def test_read_only_bind_mount(self):
+        """Read-only on the host side too: a container that remounts its
+        volume read-write still cannot write.
+        """
+        r = self.kz('run', '--rm', '-v', '%s:/data:ro' % self.export,
+                    'busybox', 'sh', '-c',
+                    'cat /data/in; grep " /data " /proc/mounts; '
+                    'mount -o remount,rw /data && grep " /data " '
+                    '/proc/mounts; echo x > /data/in; rm /data/in; '
+                    'mkdir /data/d', check=1)
+        lines = r.text.splitlines()
+        self.assertEqual('from the host', lines[0])
+        self.assertIn('ro', lines[1].split()[3].split(','))
+        # The remount worked in the guest (only the host holds the line).
+        self.assertIn('rw', lines[2].split()[3].split(','))
+        self.assertEqual(3, r.err.count(b'Read-only file system'), r)
+        with open(os.path.join(self.export, 'in')) as f:
+            self.assertEqual('from the host\n', f.read())
+        self.assertEqual(['in'], os.listdir(self.export))
+
+    def test_guest_symlinks_and_dotdot_never_leave_the_export(self):
+        """A container plants links to / and to host paths in the shared
+        directory and goes through them: the host daemon never follows
+        them, the container only ever reaches its own root.
+        """
+        outside = os.path.join(self.top, 'pwned')
+        r = self.kz(
+            'run', '--rm', '--hostname', 'guestbox', '-v',
+            '%s:/data' % self.export, 'busybox', 'sh', '-c',
+            'ln -s / /data/root && ln -s %(top)s /data/top && '
+            'ln -s ../../../../../../.. /data/up && '
+            'cat /data/root/etc/hostname; '
+            'cat /data/up/etc/hostname; '
+            'cat /data/top/secret || echo no-secret-via-link; '
+            'cat /data/../secret || echo no-secret-via-dotdot; '
+            'echo owned > /data/top/pwned || echo no-write-via-link; '
+            'ls /data/root/ | grep -c "^bin$"'
+            % {'top': self.top})
+        self.assertEqual(0, r.code, r)
+        self.assertEqual(['guestbox', 'guestbox', 'no-secret-via-link',
+                          'no-secret-via-dotdot', 'no-write-via-link', '1'],
+                         r.text.splitlines())
+        # The links are in the export, as links (nothing was followed on
+        # the host); nothing outside the export changed.
+        self.assertEqual('/', os.readlink(os.path.join(self.export,
+                                                       'root')))
+        self.assertFalse(os.path.exists(outside))
+        with open(self.secret) as f:
+            self.assertEqual('host only\n', f.read())
+        self.assertEqual(['export', 'secret'], sorted(os.listdir(self.top)))
+
+    def _virtiofsd_pids(self):
+        found = []
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit():
+                continue
+            try:
+                with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                    argv = f.read().split(b'\0')
+            except OSError:
+                continue
+            if (argv[0].endswith(b'virtiofsd') and any(
+                    a.startswith(b'source=' + self.run_path.encode())
+                    for a in argv)):
+                found.append(int(pid))
+        return found
+
+    def test_virtiofsd_is_confined_and_goes_with_the_sandbox(self):
+        cid = self.kz('run', '-d', '-v', '%s:/data' % self.export,
+                      'busybox', 'sleep', '600', check=0).text.strip()
+        pids = self._virtiofsd_pids()
+        self.assertTrue(pids)
+        own_mnt = os.readlink('/proc/self/ns/mnt')
+        for pid in pids:
+            # In the sandbox's host cgroup and its own mount namespace,
+            # where the host's tree is out of reach.
+            with open('/proc/%d/cgroup' % pid) as f:
+                self.assertIn('kz-%s/vmm' % cid[:12], f.read())
+            self.assertNotEqual(own_mnt,
+                                os.readlink('/proc/%d/ns/mnt' % pid))
+        # The daemon serving requests sees the export as its whole root.
+        roots = [sorted(os.listdir('/proc/%d/root' % p)) for p in pids]
+        self.assertIn(['in'], roots)
+        r = self.kz('exec', cid, 'cat', '/data/in', check=0)
+        self.assertEqual(b'from the host\n', r.out)
+        self.kz('rm', '-f', cid, check=0)
+        self.assertEqual([], [p for p in pids
+                              if os.path.exists('/proc/%d' % p)])

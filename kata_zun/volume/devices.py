@@ -1,0 +1,117 @@
+"""From a container's volume requests to VM disks and agent mount specs.
+
+At create, :func:`resolve` checks each request against the host (the
+block file exists and is a regular file or a block device, a named
+volume exists or is created) and fixes what the VM will get: the disk
+path, its serial and the mount spec the agent receives. The shim turns
+the record into disks with :func:`disks`.
+"""
+
+import os
+import stat
+
+from kata_zun import exception
+from kata_zun.hypervisor import base
+from kata_zun.volume import spec
+
+SERIAL_PREFIX = 'kz-vol'
+TAG_PREFIX = 'kz-fs'
+
+
+def _block_source(path):
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise exception.InvalidInput(
+            reason='block volume %s: %s' % (path, exc.strerror))
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise exception.InvalidInput(
+            reason='block volume %s is not a file or a block device' % path)
+    return os.path.realpath(path)
+
+
+def _bind_source(path):
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise exception.InvalidInput(
+            reason='bind mount %s: %s' % (path, exc.strerror))
+    if not stat.S_ISDIR(st.st_mode):
+        raise exception.InvalidInput(
+            reason='bind mount %s is not a directory (only directories '
+            'can be shared)' % path)
+    return os.path.realpath(path)
+
+
+def resolve(requests, store):
+    """Fix the VM side of each volume request.
+
+    :param requests: validated requests (:mod:`kata_zun.volume.spec`).
+    :param store: the :class:`kata_zun.volume.store.VolumeStore`; a named
+        volume that does not exist is created (Docker does the same).
+    :returns: the record entries: the request plus ``disk`` (host path)
+        and ``serial`` for a block device, ``dir`` and ``tag`` for a
+        shared directory.
+    :raises: InvalidInput, NotFound
+    """
+    out = []
+    disks = shared = 0
+    for req in spec.check_all(requests):
+        entry = dict(req)
+        if req['type'] == 'bind':
+            entry['dir'] = _bind_source(req['source'])
+            entry['tag'] = '%s%d' % (TAG_PREFIX, shared)
+            shared += 1
+            out.append(entry)
+            continue
+        if req['type'] == 'volume':
+            try:
+                vol = store.get(req['source'])
+            except exception.NotFound:
+                vol = store.create(req['source'])
+            entry['disk'] = vol['disk']
+        else:
+            entry['disk'] = _block_source(req['source'])
+        entry['serial'] = '%s%d' % (SERIAL_PREFIX, disks)
+        disks += 1
+        out.append(entry)
+    return out
+
+
+def agent_specs(entries):
+    """:returns: the ``volumes`` list of the agent's create_container."""
+    out = []
+    for e in entries:
+        if e['type'] == 'bind':
+            out.append({'type': 'virtiofs', 'tag': e['tag'],
+                        'target': e['target'], 'readonly': e['readonly']})
+        else:
+            out.append({'type': 'block', 'serial': e['serial'],
+                        'target': e['target'], 'readonly': e['readonly']})
+    return out
+
+
+def disks(entries):
+    """:returns: the :class:`kata_zun.hypervisor.base.Disk` of each volume
+        (read-only disks for read-only mounts).
+    """
+    return tuple(base.Disk(e['disk'], e['serial'], read_only=e['readonly'])
+                 for e in entries or () if e['type'] != 'bind')
+
+
+def shared_dirs(entries):
+    """:returns: the :class:`kata_zun.hypervisor.base.SharedDir` of each
+        bind mount.
+    """
+    return tuple(base.SharedDir(e['dir'], e['tag'], read_only=e['readonly'])
+                 for e in entries or () if e['type'] == 'bind')
+
+
+def users(containers, name):
+    """:param containers: container records (objects with ``config``).
+    :param name: a named volume.
+    :returns: ids of the containers whose record uses volume ``name``.
+    """
+    return [c.id for c in containers
+            if any(v.get('type') == 'volume' and v.get('source') == name
+                   for v in c.config.get('volumes') or ())]
