@@ -148,9 +148,11 @@ class Container(object):
                 'ImageId': self.config['image']['id'],
                 'Config': {k: self.config['agent_spec'].get(k) for k in
                            ('argv', 'env', 'workdir', 'user', 'tty',
-                            'stdin', 'hostname')},
+                            'stdin', 'hostname', 'privileged')},
                 'Limits': {'memory_mb': self.config.get('memory_mb'),
-                           'cpus': self.config.get('cpus')},
+                           'cpus': self.config.get('cpus'),
+                           'pids_limit': self.config['agent_spec'].get(
+                               'pids_limit')},
                 'VM': self.config['vm'],
                 'NetworkSettings': self._network_settings(),
                 'Labels': self.config.get('labels', {}),
@@ -292,7 +294,7 @@ class Runtime(object):
                memory_mb=None, cpus=None, name=None, hostname=None,
                auto_remove=False, labels=None, dns=(), cid=None,
                restart_policy=None, network=None, ports=(),
-               healthcheck=None):
+               healthcheck=None, privileged=False, pids_limit=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -309,6 +311,10 @@ class Runtime(object):
         :param healthcheck: keyword arguments of
             :func:`kata_zun.runtime.health.normalize` (``test``,
             ``interval``...); None: the image's health check, if any.
+        :param privileged: all capabilities, no seccomp filter, no masked
+            paths inside the guest (never a host device).
+        :param pids_limit: processes the container may have (0: no
+            limit; None: ``[kata] pids_limit``).
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -336,6 +342,11 @@ class Runtime(object):
                                          'least 6 MiB')
         if cpus is not None and not 0 < cpus <= 64:
             raise exception.InvalidInput(reason='cpus must be in (0, 64]')
+        if pids_limit is None:
+            pids_limit = CONF.kata.pids_limit
+        if not 0 <= pids_limit <= 4194304:
+            raise exception.InvalidInput(reason='pids limit must be in '
+                                         '[0, 4194304] (0: no limit)')
         argv = self._argv(image.config or {}, command, entrypoint)
         image_env = list((image.config or {}).get('Env') or [])
         merged = _merge_env(image_env, list(env))
@@ -383,7 +394,8 @@ class Runtime(object):
                 'image_fs': image.block_fs,
                 'memory_bytes': memory_mb * 1024 * 1024 if memory_mb
                 else None,
-                'cpus': cpus},
+                'cpus': cpus, 'privileged': bool(privileged),
+                'pids_limit': pids_limit},
         }
         lock = self._lock()
         try:
