@@ -22,6 +22,7 @@ import sys
 import time
 
 from kata_zun.agent import guestcaps
+from kata_zun.agent import guestdev
 from kata_zun.agent import guestroot
 from kata_zun.agent import protocol
 
@@ -635,6 +636,9 @@ class Agent(object):
                            find_disk(layer_serial))
         c.user = resolve_user(c.rootfs, spec['user'])
         self._make_cgroup(c, args)
+        if not spec['privileged']:
+            # Any node may be made (CAP_MKNOD), only /dev's may be opened.
+            guestdev.restrict(libc(), c.cgroup)
         self._write_etc(c)
         c.main = self._new_proc(c, spec['tty'], spec['stdin'])
         self.containers[cid] = c
@@ -975,7 +979,11 @@ class Agent(object):
             _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS |
                                   CLONE_NEWIPC | CLONE_NEWPID |
                                   CLONE_NEWCGROUP), 'unshare')
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            raise OSError(errno.EAGAIN, 'cannot fork in the container: '
+                          'it is at its pids limit (or out of memory)')
         if pid:
             os.write(pid_w, str(pid).encode())
             os._exit(0)
