@@ -9,9 +9,14 @@ runs under the same rules as the container.
 """
 
 import json
+import os
 import time
 
+import fixtures
+
 from kata_zun.tests.functional import base
+from kata_zun.tests.functional import test_zun_e2e
+from kata_zun.tests.functional import zun_env
 
 DOCKER_DEFAULT_CAPS = '00000000a80425fb'
 STATUS_FIELDS = ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb',
@@ -249,3 +254,54 @@ class PrivilegedContainerTestCase(base.KataZunFunctionalTest):
         self.assertEqual('0', status['Seccomp'], r)
         self.assertEqual(status['CapBnd'], status['CapEff'], r)
         self.assertIn('mounted', r.text)
+
+
+class ZunPrivilegedTestCase(test_zun_e2e.ZunEndToEndBase):
+    """Zun's privileged field reaches the guest (the driver refused it)."""
+
+    def setUp(self):
+        # Zun denies privileged containers to everybody by default; an
+        # operator of kata-zun opens it (here to admins) in zun's policy.
+        policy = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                              'policy.yaml')
+        with open(policy, 'w') as f:
+            f.write('"container:create:privileged": '
+                    '"rule:context_is_admin"\n')
+        real = zun_env.ZunEnvironment
+
+        def with_policy(*args, **kwargs):
+            extra = dict(kwargs.get('extra_conf') or {})
+            extra['oslo_policy'] = {'policy_file': policy}
+            kwargs['extra_conf'] = extra
+            return real(*args, **kwargs)
+        self.useFixture(fixtures.MockPatchObject(
+            zun_env, 'ZunEnvironment', side_effect=with_policy))
+        super().setUp()
+
+    def test_privileged_and_default_through_zun(self):
+        for name, extra in (('priv', ['--privileged']), ('plain', [])):
+            self.os('appcontainer', 'run', '--name', name,
+                    '--image-pull-policy', 'ifnotpresent', *extra,
+                    'busybox', 'sleep', '600')
+        for name in ('priv', 'plain'):
+            self.wait_status(name, ('Running',))
+        status = {}
+        for name in ('priv', 'plain'):
+            # (zun passes exec a command line, not argv: keep it plain)
+            out = self.os('appcontainer', 'exec', name, 'cat',
+                          '/proc/self/status')[1]
+            status[name] = parse_status(out)
+        self.assertEqual('0', status['priv']['Seccomp'], status)
+        self.assertEqual(status['priv']['CapBnd'],
+                         status['priv']['CapEff'], status)
+        self.assertEqual('2', status['plain']['Seccomp'], status)
+        self.assertEqual(DOCKER_DEFAULT_CAPS, status['plain']['CapEff'],
+                         status)
+        self.os('appcontainer', 'exec', 'priv', 'mount', '-t', 'tmpfs',
+                'none', '/tmp')
+        code, _out, _err = self.os('appcontainer', 'exec', 'plain', 'mount',
+                                   '-t', 'tmpfs', 'none', '/tmp',
+                                   check=False)
+        self.assertNotEqual(0, code)
+        for name in ('priv', 'plain'):
+            self.os('appcontainer', 'delete', '--force', name)
