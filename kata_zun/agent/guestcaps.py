@@ -31,6 +31,11 @@ DEFAULT_CAPS = ('CHOWN', 'DAC_OVERRIDE', 'FSETID', 'FOWNER', 'MKNOD',
                 'NET_RAW', 'SETGID', 'SETUID', 'SETFCAP', 'SETPCAP',
                 'NET_BIND_SERVICE', 'SYS_CHROOT', 'KILL', 'AUDIT_WRITE')
 
+# Every capability number the kernel's interface has room for: dropping
+# one the kernel does not know fails with EINVAL, which we ignore. (Not
+# /proc/sys/kernel/cap_last_cap: an archive helper runs chrooted in the
+# image, where that path is whatever the image put there.)
+CAP_LIMIT = 64
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -46,15 +51,6 @@ def mask(names):
     return value
 
 
-def last_cap(path='/proc/sys/kernel/cap_last_cap'):
-    """:returns: the highest capability number this kernel knows."""
-    try:
-        with open(path, 'rb') as f:
-            return int(f.read(16))
-    except (OSError, ValueError):
-        return 63                     # unknown ones fail with EINVAL
-
-
 def _fail(what):
     import ctypes
     err = ctypes.get_errno()
@@ -62,17 +58,16 @@ def _fail(what):
     raise OSError(err, '%s: %s' % (what, os.strerror(err)))
 
 
-def limit(libc, keep, top):
+def limit(libc, keep):
     """Reduce the calling process's capabilities to the mask ``keep``.
 
     :param libc: a ctypes CDLL of libc (use_errno=True).
     :param keep: capability bit mask to keep (bounding, permitted and
         effective); inheritable and ambient end up empty.
-    :param top: the highest capability number of the kernel.
     :raises: OSError if the kernel refuses.
     """
     import ctypes
-    for cap in range(top + 1):
+    for cap in range(CAP_LIMIT):
         if not keep & (1 << cap):
             if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                 if ctypes.get_errno() != EINVAL:
@@ -104,5 +99,5 @@ def confine(libc, privileged, extra=()):
     """
     if privileged:
         return
-    limit(libc, mask(DEFAULT_CAPS + tuple(extra)), last_cap())
+    limit(libc, mask(DEFAULT_CAPS + tuple(extra)))
     guestseccomp.install(libc)

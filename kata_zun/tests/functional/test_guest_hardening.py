@@ -180,17 +180,19 @@ class DefaultContainerTestCase(base.KataZunFunctionalTest):
         # Forks until the kernel says no: 200 sleepers asked for, the
         # cgroup holds 24 processes at most.
         r = self.kz('exec', 'f', 'sh', '-c',
-                    'i=0; while [ $i -lt 200 ]; do sleep 15 & '
+                    'i=0; while [ $i -lt 200 ]; do sleep 40 & '
                     'i=$((i+1)); done; echo all started')
         self.assertNotEqual(0, r.code, r)
         self.assertNotIn(b'all started', r.out)
         self.assertIn(b'fork', r.err.lower())
         # The agent answers while the container is at its limit.
         stats = self.kz('stats', 'f', check=0).text
-        self.assertIn('f', stats)
+        pids = int(stats.splitlines()[1].split()[-1])
+        self.assertLessEqual(pids, 24, stats)
+        self.assertGreater(pids, 10, stats)
         top = self.kz('top', 'f', check=0).text
-        self.assertLessEqual(top.count('sleep 15'), 24, top)
-        self.assertGreater(top.count('sleep 15'), 10, top)
+        self.assertLessEqual(top.count('sleep 40'), 24, top)
+        self.assertGreater(top.count('sleep 40'), 10, top)
         # Once the sleepers are gone, exec works again.
         deadline = time.time() + 120
         while True:
