@@ -71,7 +71,7 @@ SYSCALLS = {
     'open_tree': 428, 'move_mount': 429, 'fsopen': 430, 'fsconfig': 431,
     'fsmount': 432, 'fspick': 433, 'clone3': 435, 'mount_setattr': 442,
     'quotactl_fd': 443, 'set_mempolicy_home_node': 450,
-    'clone': 56,
+    'clone': 56, 'socket': 41,
 }
 # The last system call number this table was reviewed against (Linux
 # 6.1): anything above is refused with ENOSYS.
@@ -121,6 +121,9 @@ NS_FLAGS = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC |
 # personality(2) values that only change how Linux itself behaves:
 # PER_LINUX, PER_LINUX32, UNAME26 (and with PER_LINUX32), and the query.
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
+# socket(2) families refused: vsock reaches the host (CID 2) and other
+# VMs' listeners directly, past the VM's network.
+AF_VSOCK = 40
 
 
 def stmt(code, k):
@@ -167,6 +170,14 @@ def build():
             stmt(BPF_RET_K, errno_eperm),
             stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
         ]
+    # socket: no vsock.
+    prog += [
+        jump(BPF_JMP_JEQ_K, SYSCALLS['socket'], 0, 4),
+        stmt(BPF_LD_W_ABS, off_arg(0)),
+        jump(BPF_JMP_JEQ_K, AF_VSOCK, 0, 1),
+        stmt(BPF_RET_K, errno_eperm),
+        stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
+    ]
     # personality: only the values above (the kernel reads an int).
     prog += [jump(BPF_JMP_JEQ_K, SYSCALLS['personality'], 0,
                   len(PERSONALITIES) + 3),

@@ -106,6 +106,12 @@ class FilterDecisionsTestCase(base.BaseTestCase):
         # clone's 0x80 is part of the exit signal, not a namespace.
         self.assertEqual(ALLOW, self.decide('clone', 0x80 | SIGCHLD))
 
+    def test_no_vsock(self):
+        AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+        for family in (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK):
+            self.assertEqual(ALLOW, self.decide('socket', family, 1, 0))
+        self.assertEqual(EPERM, self.decide('socket', sc.AF_VSOCK, 1, 0))
+
     def test_clone3_falls_back(self):
         self.assertEqual(ENOSYS, self.decide('clone3'))
 
@@ -191,11 +197,13 @@ class InstalledFilterTestCase(base.BaseTestCase):
              (0xFFFFFFFF,)),
             ('personality_exec', sc.SYSCALLS['personality'], (0x0400000,)),
             ('bpf', sc.SYSCALLS['bpf'], (0, 0, 0)),
+            ('vsock', sc.SYSCALLS['socket'], (sc.AF_VSOCK, 1, 0)),
             ('unknown', sc.MAX_KNOWN_NR + 7, ()),
         ])
         self.assertEqual({'getpid': 0, 'keyctl': errno.EPERM,
                           'unshare_user': errno.EPERM,
                           'clone3': errno.ENOSYS, 'personality_query': 0,
                           'personality_exec': errno.EPERM,
-                          'bpf': errno.EPERM, 'unknown': errno.ENOSYS},
+                          'bpf': errno.EPERM, 'vsock': errno.EPERM,
+                          'unknown': errno.ENOSYS},
                          got)
