@@ -283,10 +283,6 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
     @_wrap
     def create(self, context, container, image, requested_networks=None,
                requested_volumes=None):
-        if container.privileged:
-            raise zun_exc.Invalid('privileged containers are not supported '
-                                  'by the kata driver: the container has '
-                                  'a whole VM, but no access to the host')
         ref = '%s:%s' % (image['repo'], image['tag']) if image.get('tag') \
             else image['repo']
         record = self.rt.images.get(image.get('id') or ref)
@@ -340,7 +336,10 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             auto_remove=bool(container.auto_remove),
             labels=dict(container.labels or {}),
             cid=runtime_id(container), restart_policy=policy,
-            healthcheck=_healthcheck(container), network=net_request)
+            healthcheck=_healthcheck(container), network=net_request,
+            # Every capability inside the guest, never a host device:
+            # the VM is the boundary.
+            privileged=bool(container.privileged))
 
     @_wrap
     def start(self, context, container):

@@ -21,6 +21,9 @@ import struct
 import sys
 import time
 
+from kata_zun.agent import guestcaps
+from kata_zun.agent import guestdev
+from kata_zun.agent import guestroot
 from kata_zun.agent import protocol
 
 PORT_NAME = 'agent.0'
@@ -41,6 +44,7 @@ F_SETPIPE_SZ = 1031
 EXIT_DRAIN_GRACE = 2.0
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
@@ -48,10 +52,6 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
-MS_BIND = 4096
-MS_MOVE = 8192
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
@@ -63,9 +63,6 @@ _ID_RE = re.compile(r'^[0-9a-f]{1,64}$')
 _SERIAL_RE = re.compile(r'^[A-Za-z0-9_-]{1,20}$')
 _HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
 _FSTYPES = ('erofs', 'ext4')
-
-_DEV_NODES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
-              ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0))
 
 
 def log(msg):
@@ -157,6 +154,13 @@ def _num(args, key, default=None, minimum=0):
         raise OpError('invalid', '%s must be a number' % key)
     if value < minimum:
         raise OpError('invalid', '%s must be >= %s' % (key, minimum))
+    return value
+
+
+def _bool(args, key):
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise OpError('invalid', '%s must be a boolean' % key)
     return value
 
 
@@ -615,6 +619,7 @@ class Agent(object):
             'dns': _strlist(args, 'dns', maxitems=8),
             'dns_search': _strlist(args, 'dns_search', maxitems=8),
             'hosts': _strlist(args, 'hosts', maxitems=64),
+            'privileged': _bool(args, 'privileged'),
         }
         if spec['hostname'] and not _HOSTNAME_RE.match(spec['hostname']):
             raise OpError('invalid', 'bad hostname')
@@ -639,6 +644,9 @@ class Agent(object):
         # --- end volumes
         c.user = resolve_user(c.rootfs, spec['user'])
         self._make_cgroup(c, args)
+        if not spec['privileged']:
+            # Any node may be made (CAP_MKNOD), only /dev's may be opened.
+            guestdev.restrict(libc(), c.cgroup)
         self._write_etc(c)
         c.main = self._new_proc(c, spec['tty'], spec['stdin'])
         self.containers[cid] = c
@@ -675,6 +683,13 @@ class Agent(object):
             period = 100000
             write_file(c.cgroup + '/cpu.max',
                        '%d %d' % (max(1000, int(cpus * period)), period))
+        pids = _num(args, 'pids_limit', minimum=0)
+        if pids is not None:
+            # 0 is "no limit", like Docker's --pids-limit 0. The agent
+            # itself is outside this cgroup: a fork bomb in the container
+            # stops here and never starves PID 1.
+            write_file(c.cgroup + '/pids.max',
+                       str(int(pids)) if pids else 'max')
 
     def _write_etc(self, c):
         spec = c.spec
@@ -900,18 +915,27 @@ class Agent(object):
         try:
             self._spawn_helper(
                 guestlayer.Upper(os.path.join(c.dir, 'rw', 'upper')), proc,
-                guestlayer.layer_out, '/')
+                guestlayer.layer_out, '/',
+                # trusted.overlay.* xattrs (whiteouts, opaque dirs) are
+                # readable with CAP_SYS_ADMIN only.
+                extra_caps=('SYS_ADMIN',))
         except BaseException:
             thaw()
             raise
         proc.on_exit = thaw
         return {'proc': proc.handle}
 
-    def _spawn_helper(self, c, proc, func, inner):
+    def _spawn_helper(self, c, proc, func, inner, extra_caps=()):
         """Fork a helper chrooted into the container's root: whatever
         the image holds (symlinks included), the helper cannot reach out.
+
+        The helper handles untrusted bytes (archives from the user, files
+        from the container) as root: it gets a container's default
+        capabilities (plus ``extra_caps``), no_new_privs and the seccomp
+        filter, whatever the container's own mode.
         """
         import tarfile  # noqa: F401  (imported before the chroot)
+        lib = libc()                   # ctypes too, before the chroot
         child_io, parent_fds, close_after = self._stdio(proc)
         pid = os.fork()
         if pid == 0:
@@ -923,6 +947,7 @@ class Agent(object):
                 os.closerange(3, 65536)
                 os.chroot(c.rootfs)
                 os.chdir('/')
+                guestcaps.confine(lib, False, extra=extra_caps)
                 func(inner)
                 code = 0
             except BaseException as exc:
@@ -951,15 +976,22 @@ class Agent(object):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         write_file(c.cgroup + '/cgroup.procs', str(os.getpid()))
         if join:
-            for ns in ('ipc', 'uts', 'pid', 'mnt'):
+            for ns in ('ipc', 'uts', 'cgroup', 'pid', 'mnt'):
                 fd = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
                              os.O_RDONLY)
                 _check(libc().setns(fd, 0), 'setns %s' % ns)
                 os.close(fd)
         else:
+            # The cgroup namespace after joining the container's cgroup:
+            # its processes see that cgroup as their root.
             _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS |
-                                  CLONE_NEWIPC | CLONE_NEWPID), 'unshare')
-        pid = os.fork()
+                                  CLONE_NEWIPC | CLONE_NEWPID |
+                                  CLONE_NEWCGROUP), 'unshare')
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            raise OSError(errno.EAGAIN, 'cannot fork in the container: '
+                          'it is at its pids limit (or out of memory)')
         if pid:
             os.write(pid_w, str(pid).encode())
             os._exit(0)
@@ -969,7 +1001,7 @@ class Agent(object):
             os.chroot('.')
             os.close(root_fd)
         else:
-            self._enter_rootfs(c)
+            guestroot.enter(c, c.spec['privileged'])
         os.setsid()
         for target, fd in enumerate(child_io):
             os.dup2(fd, target)
@@ -984,6 +1016,9 @@ class Agent(object):
                 os.makedirs(workdir, exist_ok=True)
             except OSError:
                 pass
+        # Docker's defaults (or everything, privileged) from here on:
+        # capabilities, no_new_privs, the seccomp filter.
+        guestcaps.confine(libc(), c.spec['privileged'])
         os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
@@ -1002,45 +1037,6 @@ class Agent(object):
                 if code == 127 and '/' not in argv[0] else exc.strerror)
         os.write(err_w, ('exec: "%s": %s' % (argv[0], what)).encode())
         os._exit(code)
-
-    def _enter_rootfs(self, c):
-        """Give the (new) mount namespace the container's root."""
-        root = c.rootfs
-        mount(None, '/', None, MS_REC | MS_PRIVATE)
-        for d in ('proc', 'sys', 'dev', 'etc', 'tmp'):
-            os.makedirs(root + '/' + d, exist_ok=True)
-        mount('proc', root + '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        mount('sysfs', root + '/sys', 'sysfs',
-              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        mount('tmpfs', root + '/dev', 'tmpfs', MS_NOSUID, 'mode=755')
-        for name, major, minor in _DEV_NODES:
-            os.mknod(root + '/dev/' + name, 0o20666,
-                     os.makedev(major, minor))
-            os.chmod(root + '/dev/' + name, 0o666)
-        os.mkdir(root + '/dev/pts')
-        mount('/dev/pts', root + '/dev/pts', None, MS_BIND)
-        os.mkdir(root + '/dev/shm', 0o1777)
-        mount('shm', root + '/dev/shm', 'tmpfs',
-              MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=1777')
-        for link, target in (('ptmx', 'pts/ptmx'), ('fd', '/proc/self/fd'),
-                             ('stdin', '/proc/self/fd/0'),
-                             ('stdout', '/proc/self/fd/1'),
-                             ('stderr', '/proc/self/fd/2')):
-            os.symlink(target, root + '/dev/' + link)
-        for name in ('hostname', 'hosts', 'resolv.conf'):
-            target = root + '/etc/' + name
-            # Never follow a symlink the image put at /etc/<name>.
-            if os.path.islink(target):
-                os.unlink(target)
-            if not os.path.exists(target):
-                write_file(target, '')
-            mount(os.path.join(c.dir, name), target, None, MS_BIND)
-        import socket
-        socket.sethostname(c.spec['hostname'] or c.id[:12])
-        os.chdir(root)
-        mount(root, '/', None, MS_MOVE)
-        os.chroot('.')
-        os.chdir('/')
 
     def op_signal(self, args):
         handle = _num(args, 'proc', minimum=1)

@@ -166,7 +166,8 @@ def cmd_run(rt, args):
         # --- network (issue 5)
         network=args.network or CONF.kata_network.driver,
         ports=args.publish, healthcheck=_healthcheck(args),
-        volumes=volumecli.requests(args))
+        volumes=volumecli.requests(args), privileged=args.privileged,
+        pids_limit=args.pids_limit)
     holder = {}
 
     def attach(client, main):
@@ -552,6 +553,13 @@ def build_parser():
     p.add_argument('--hostname')
     p.add_argument('--memory', type=int, metavar='MiB')
     p.add_argument('--cpus', type=float)
+    p.add_argument('--privileged', action='store_true',
+                   help='all capabilities, no seccomp filter and no '
+                        'masked paths inside the VM (still no host '
+                        'device)')
+    p.add_argument('--pids-limit', type=int, metavar='N',
+                   help='processes the container may have (0: no limit; '
+                        'default: [kata] pids_limit)')
     p.add_argument('--entrypoint')
     p.add_argument('--restart', default='no',
                    help='no, always, unless-stopped or on-failure[:N]')

@@ -39,6 +39,11 @@ OPTS = [
                     'memory. A bigger one is refused with an error.'),
     cfg.IntOpt('writable_layer_mb', default=2048, min=16,
                help='Size of the sparse per-container writable layer.'),
+    cfg.IntOpt('pids_limit', default=4096, min=0, max=4194304,
+               help='Default number of processes (and threads) a '
+                    'container may have, enforced in its cgroup inside '
+                    'the guest; 0 means no limit. `kata-zun run '
+                    '--pids-limit` overrides it.'),
 ]
 
 

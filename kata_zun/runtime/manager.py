@@ -278,9 +278,11 @@ class Container(object):
                 'ImageId': self.config['image']['id'],
                 'Config': {k: self.config['agent_spec'].get(k) for k in
                            ('argv', 'env', 'workdir', 'user', 'tty',
-                            'stdin', 'hostname')},
+                            'stdin', 'hostname', 'privileged')},
                 'Limits': {'memory_mb': self.config.get('memory_mb'),
-                           'cpus': self.config.get('cpus')},
+                           'cpus': self.config.get('cpus'),
+                           'pids_limit': self.config['agent_spec'].get(
+                               'pids_limit')},
                 'VM': self.config['vm'],
                 'NetworkSettings': self._network_settings(),
                 'Labels': self.config.get('labels', {}),
@@ -446,7 +448,8 @@ class Runtime(object):
                memory_mb=None, cpus=None, name=None, hostname=None,
                auto_remove=False, labels=None, dns=(), cid=None,
                restart_policy=None, network=None, ports=(),
-               healthcheck=None, volumes=()):
+               healthcheck=None, volumes=(), privileged=False,
+               pids_limit=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -465,6 +468,10 @@ class Runtime(object):
             ``interval``...); None: the image's health check, if any.
         :param volumes: volume requests (:mod:`kata_zun.volume.spec`); a
             named volume that does not exist is created.
+        :param privileged: all capabilities, no seccomp filter, no masked
+            paths inside the guest (never a host device).
+        :param pids_limit: processes the container may have (0: no
+            limit; None: ``[kata] pids_limit``).
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -501,6 +508,11 @@ class Runtime(object):
                      list(entrypoint or ()), MAX_ARGV_BYTES)
         _check_sizes('labels', ['%s=%s' % kv for kv in
                                 (labels or {}).items()], MAX_LABEL_BYTES)
+        if pids_limit is None:
+            pids_limit = CONF.kata.pids_limit
+        if not 0 <= pids_limit <= 4194304:
+            raise exception.InvalidInput(reason='pids limit must be in '
+                                         '[0, 4194304] (0: no limit)')
         argv = self._argv(image.config or {}, command, entrypoint)
         image_env = list((image.config or {}).get('Env') or [])
         merged = _merge_env(image_env, list(env))
@@ -555,7 +567,8 @@ class Runtime(object):
                 'image_fs': image.block_fs,
                 'memory_bytes': memory_mb * 1024 * 1024 if memory_mb
                 else None,
-                'cpus': cpus},
+                'cpus': cpus, 'privileged': bool(privileged),
+                'pids_limit': pids_limit},
         }
         lock = self._lock()
         try:

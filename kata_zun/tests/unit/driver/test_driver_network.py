@@ -125,6 +125,13 @@ class DriverNetworkTest(base.BaseTestCase):
         self.api.delete_or_unbind_ports.assert_called_once_with({PORT},
                                                                 set())
 
+    def test_privileged_reaches_the_runtime(self):
+        # Allowed now: every capability inside the guest, no host device.
+        self.create(self.container(), [])
+        self.assertIs(False, self.rt.create.call_args[1]['privileged'])
+        self.create(self.container(privileged=True), [])
+        self.assertIs(True, self.rt.create.call_args[1]['privileged'])
+
     def test_no_networks_or_zun_network_none(self):
         c = self.container()
         self.create(c, [])

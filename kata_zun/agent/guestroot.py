@@ -1,0 +1,148 @@
+"""The container's root: /proc, /sys, /dev, masked paths, pivot_root.
+
+Runs in the forked container process, in its new mount namespace (see
+``Agent._child`` in :mod:`kata_zun.agent.guest`). Standard library only.
+
+The agent runs from the initramfs, whose root mount has no parent, and
+pivot_root(2) refuses such a root. So the guest's /run tmpfs (which holds
+every container's root) is first moved over / and made our root; from
+there pivot_root swaps in the container's overlay, and the old root (with
+the other containers' mounts) is detached. The container's root then
+covers the initramfs entirely: '..' from it leads back to itself, and no
+mount of the agent is reachable by path.
+"""
+
+import os
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = 155                   # x86_64
+
+DEV_NODES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
+             ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0))
+# What Docker hides from a container that is not privileged: kernel
+# memory, keys, timers and scheduler internals, hardware a container
+# has no business with (files: /dev/null bound over them; directories:
+# an empty read-only tmpfs).
+MASKED_PATHS = ('/proc/asound', '/proc/acpi', '/proc/kcore', '/proc/keys',
+                '/proc/latency_stats', '/proc/timer_list',
+                '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi',
+                '/sys/firmware', '/sys/devices/virtual/powercap')
+# Visible but read-only: kernel tunables and triggers of the whole VM.
+READONLY_PATHS = ('/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys',
+                  '/proc/sysrq-trigger')
+
+
+def _agent():
+    # Imported here: the agent module imports this one.
+    from kata_zun.agent import guest
+    return guest
+
+
+def mask_paths(root, mount, paths=MASKED_PATHS):
+    """Hide ``paths`` (absolute in the container) under ``root``.
+
+    :returns: the paths actually masked (missing ones are skipped).
+    """
+    done = []
+    for path in paths:
+        target = root + path
+        if os.path.islink(target) or not os.path.exists(target):
+            continue
+        if os.path.isdir(target):
+            mount('tmpfs', target, 'tmpfs', MS_RDONLY | MS_NOSUID |
+                  MS_NODEV | MS_NOEXEC, 'mode=555')
+        else:
+            mount(root + '/dev/null', target, None, MS_BIND)
+        done.append(path)
+    return done
+
+
+def readonly_paths(root, mount, paths=READONLY_PATHS):
+    """Make ``paths`` (absolute in the container) read-only bind mounts.
+
+    :returns: the paths made read-only (missing ones are skipped).
+    """
+    done = []
+    for path in paths:
+        target = root + path
+        if os.path.islink(target) or not os.path.exists(target):
+            continue
+        mount(target, target, None, MS_BIND | MS_REC)
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY |
+              MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        done.append(path)
+    return done
+
+
+def pivot_root(libc, new_root, put_old):
+    import ctypes
+    if libc.syscall(SYS_PIVOT_ROOT, new_root.encode(),
+                    put_old.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, 'pivot_root: %s' % os.strerror(err))
+
+
+def enter(c, privileged, run_dir='/run'):
+    """Give the (new, private) mount namespace the container's root.
+
+    :param c: the agent's Container (``rootfs``, ``dir``, ``spec``, ``id``).
+    :param privileged: writable /sys, no masked or read-only paths.
+    :raises: OSError (the container does not start).
+    """
+    g = _agent()
+    mount = g.mount
+    root = c.rootfs
+    mount(None, '/', None, MS_REC | MS_PRIVATE)
+    for d in ('proc', 'sys', 'dev', 'etc', 'tmp'):
+        os.makedirs(root + '/' + d, exist_ok=True)
+    mount('proc', root + '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount('sysfs', root + '/sys', 'sysfs',
+          (0 if privileged else MS_RDONLY) | MS_NOSUID | MS_NODEV |
+          MS_NOEXEC)
+    mount('tmpfs', root + '/dev', 'tmpfs', MS_NOSUID, 'mode=755')
+    for name, major, minor in DEV_NODES:
+        os.mknod(root + '/dev/' + name, 0o20666, os.makedev(major, minor))
+        os.chmod(root + '/dev/' + name, 0o666)
+    os.mkdir(root + '/dev/pts')
+    mount('/dev/pts', root + '/dev/pts', None, MS_BIND)
+    os.mkdir(root + '/dev/shm', 0o1777)
+    mount('shm', root + '/dev/shm', 'tmpfs',
+          MS_NOSUID | MS_NODEV | MS_NOEXEC, 'mode=1777')
+    for link, target in (('ptmx', 'pts/ptmx'), ('fd', '/proc/self/fd'),
+                         ('stdin', '/proc/self/fd/0'),
+                         ('stdout', '/proc/self/fd/1'),
+                         ('stderr', '/proc/self/fd/2')):
+        os.symlink(target, root + '/dev/' + link)
+    for name in ('hostname', 'hosts', 'resolv.conf'):
+        target = root + '/etc/' + name
+        # Never follow a symlink the image put at /etc/<name>.
+        if os.path.islink(target):
+            os.unlink(target)
+        if not os.path.exists(target):
+            g.write_file(target, '')
+        mount(os.path.join(c.dir, name), target, None, MS_BIND)
+    if not privileged:
+        mask_paths(root, mount)
+        readonly_paths(root, mount)
+    import socket
+    socket.sethostname(c.spec['hostname'] or c.id[:12])
+    rel = os.path.relpath(root, run_dir)
+    if rel.startswith('..'):
+        raise OSError(22, 'container root %s is not under %s' %
+                      (root, run_dir))
+    os.chdir(run_dir)
+    mount(run_dir, '/', None, MS_MOVE)
+    os.chroot('.')
+    os.chdir(rel)
+    pivot_root(g.libc(), '.', '.')
+    g.umount('.', MNT_DETACH)
+    os.chdir('/')
