@@ -72,10 +72,10 @@ class VolumeTestCase(base.KataZunFunctionalTest):
         self.assertEqual(mounts_before, _host_mounts())
         self.assertEqual(b'', _loops_of(image))
         # Read-only on both sides: the data is there, writes fail, even
-        # after the container (root in its VM) remounts it read-write:
-        # the disk itself is read-only.
+        # after a privileged container (root in its VM, allowed to mount)
+        # remounts it read-write: the disk itself is read-only.
         before = _digest(image)
-        r = self.kz('run', '--rm', '--mount',
+        r = self.kz('run', '--rm', '--privileged', '--mount',
                     'type=block,source=%s,target=/data,readonly' % image,
                     'busybox', 'sh', '-c',
                     'cat /data/f; grep " /data " /proc/mounts; '
@@ -208,9 +208,11 @@ class SharedDirectoryTestCase(base.KataZunFunctionalTest):
 
     def test_read_only_bind_mount(self):
         """Read-only on the host side too: a container that remounts its
-        volume read-write still cannot write.
+        volume read-write still cannot write. (Only a privileged container
+        may remount at all: the default seccomp filter refuses mount.)
         """
-        r = self.kz('run', '--rm', '-v', '%s:/data:ro' % self.export,
+        r = self.kz('run', '--rm', '--privileged',
+                    '-v', '%s:/data:ro' % self.export,
                     'busybox', 'sh', '-c',
                     'cat /data/in; grep " /data " /proc/mounts; '
                     'mount -o remount,rw /data && grep " /data " '
