@@ -59,7 +59,6 @@ import glob
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -113,7 +112,8 @@ def privsep_conf(venv):
         os.path.abspath(venv), 'bin', 'privsep-helper')}}
 
 
-class CinderEnvironment(zun_env.ServiceHarness):
+class CinderEnvironment(zun_env.ProcessGroupServices,
+                        zun_env.ServiceHarness):
     """cinder-api, cinder-scheduler and cinder-volume on loopback.
 
     :param venv: virtualenv with cinder, PyMySQL and gunicorn.
@@ -132,6 +132,7 @@ class CinderEnvironment(zun_env.ServiceHarness):
     """
 
     error = CinderEnvironmentError
+    SERVICES = SERVICES
     _say = staticmethod(_log)
 
     def __init__(self, venv, workdir, keystone=None, timeout=START_TIMEOUT,
@@ -222,90 +223,6 @@ class CinderEnvironment(zun_env.ServiceHarness):
             raise CinderEnvironmentError('%s failed (exit %s): %s\n%s' % (
                 name, proc.returncode, ' '.join(argv), zun_env._tail(log)))
         return proc.returncode
-
-    def _spawn(self, name, argv, env=None):
-        """Start a long-running service in its own process group."""
-        log = self._log_path(name)
-        with open(log, 'ab') as f:
-            f.write(('==== %s starting: %s\n' % (
-                time.strftime('%Y-%m-%d %H:%M:%S'),
-                ' '.join(argv))).encode('utf-8'))
-            f.flush()
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=f, stderr=subprocess.STDOUT,
-                                     env=env or self._env(),
-                                     cwd=self.workdir,
-                                     start_new_session=True, close_fds=True)
-        self._popens[name] = popen
-        with self._lock:
-            self._state.setdefault('procs', {})[name] = {
-                'pid': popen.pid,
-                'start': zun_env._proc_start_time(popen.pid)}
-        self._save_state()
-
-    def alive(self, name):
-        """Whether a service of this environment still runs.
-
-        :param name: one of :data:`SERVICES`.
-        """
-        info = self._state.get('procs', {}).get(name)
-        if not info:
-            return False
-        popen = self._popens.get(name)
-        if popen is not None:
-            return popen.poll() is None
-        return zun_env._proc_start_time(info['pid']) == info['start']
-
-    def _kill(self, name, sig=signal.SIGKILL, timeout=20):
-        """Signal a service's process group; wait until it is gone."""
-        info = self._state.get('procs', {}).get(name)
-        if not info:
-            return
-        if self.alive(name):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(info['pid'], sig)
-            deadline = time.monotonic() + timeout
-            while self.alive(name) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        # SIGKILL the whole group: gunicorn workers, the backend child of
-        # cinder-volume.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(info['pid'], signal.SIGKILL)
-        popen = self._popens.pop(name, None)
-        if popen is not None:
-            popen.wait(10)
-        with self._lock:
-            self._state.get('procs', {}).pop(name, None)
-        self._save_state()
-
-    def _check_alive(self, *names):
-        for name in names or SERVICES:
-            if name in self._state.get('procs', {}) and not self.alive(name):
-                raise CinderEnvironmentError('%s exited:\n%s' % (
-                    name, zun_env._tail(self._log_path(name))))
-
-    def _wait(self, what, predicate, timeout, services=SERVICES):
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            self._check_alive(*services)
-            try:
-                if predicate():
-                    return
-            except (OSError, zun_env.ZunEnvironmentError) as e:
-                last = e
-            if time.monotonic() > deadline:
-                raise CinderEnvironmentError(
-                    '%s: not ready after %ss (last error: %s)\n%s' % (
-                        what, timeout, last, self.logs_tail()))
-            time.sleep(0.2)
-
-    def logs_tail(self):
-        """The last lines of every service log, for error messages."""
-        return '\n'.join(
-            '---- %s (%s)\n%s' % (name, self._log_path(name),
-                                  zun_env._tail(self._log_path(name)))
-            for name in SERVICES if os.path.exists(self._log_path(name)))
 
     # -- configuration
 

@@ -93,7 +93,8 @@ def _log(msg):
     sys.stderr.flush()
 
 
-class NeutronEnvironment(zun_env.ServiceHarness):
+class NeutronEnvironment(zun_env.ProcessGroupServices,
+                         zun_env.ServiceHarness):
     """Open vSwitch, neutron API, RPC server and OVS agent on loopback.
 
     :param venv: virtualenv with neutron, PyMySQL and gunicorn.
@@ -117,6 +118,7 @@ class NeutronEnvironment(zun_env.ServiceHarness):
     """
 
     error = NeutronEnvironmentError
+    SERVICES = SERVICES
     _say = staticmethod(_log)
 
     def __init__(self, venv, workdir, host=None,
@@ -258,89 +260,6 @@ class NeutronEnvironment(zun_env.ServiceHarness):
                               [str(a) for a in args], capture_output=True,
                               text=True, stdin=subprocess.DEVNULL,
                               timeout=60, env=self._env()).stdout
-
-    def _spawn(self, name, argv, env=None):
-        """Start a long-running service in its own process group."""
-        log = self._log_path(name)
-        with open(log, 'ab') as f:
-            f.write(('==== %s starting: %s\n' % (
-                time.strftime('%Y-%m-%d %H:%M:%S'),
-                ' '.join(argv))).encode('utf-8'))
-            f.flush()
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                     stdout=f, stderr=subprocess.STDOUT,
-                                     env=env or self._env(),
-                                     cwd=self.workdir,
-                                     start_new_session=True, close_fds=True)
-        self._popens[name] = popen
-        with self._lock:
-            self._state.setdefault('procs', {})[name] = {
-                'pid': popen.pid,
-                'start': zun_env._proc_start_time(popen.pid)}
-        self._save_state()
-
-    def alive(self, name):
-        """Whether a service of this environment still runs.
-
-        :param name: one of :data:`SERVICES`.
-        """
-        info = self._state.get('procs', {}).get(name)
-        if not info:
-            return False
-        popen = self._popens.get(name)
-        if popen is not None:
-            return popen.poll() is None
-        return zun_env._proc_start_time(info['pid']) == info['start']
-
-    def _kill(self, name, sig=signal.SIGKILL, timeout=20):
-        """Signal a service's process group; wait until it is gone."""
-        info = self._state.get('procs', {}).get(name)
-        if not info:
-            return
-        if self.alive(name):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(info['pid'], sig)
-            deadline = time.monotonic() + timeout
-            while self.alive(name) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        # SIGKILL the whole group: gunicorn workers, privsep daemons...
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(info['pid'], signal.SIGKILL)
-        popen = self._popens.pop(name, None)
-        if popen is not None:
-            popen.wait(10)
-        with self._lock:
-            self._state.get('procs', {}).pop(name, None)
-        self._save_state()
-
-    def _check_alive(self, *names):
-        for name in names or SERVICES:
-            if name in self._state.get('procs', {}) and not self.alive(name):
-                raise NeutronEnvironmentError('%s exited:\n%s' % (
-                    name, zun_env._tail(self._log_path(name))))
-
-    def _wait(self, what, predicate, timeout, services=()):
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            self._check_alive(*services)
-            try:
-                if predicate():
-                    return
-            except (OSError, zun_env.ZunEnvironmentError) as e:
-                last = e
-            if time.monotonic() > deadline:
-                raise NeutronEnvironmentError(
-                    '%s: not ready after %ss (last error: %s)\n%s' % (
-                        what, timeout, last, self.logs_tail()))
-            time.sleep(0.2)
-
-    def logs_tail(self):
-        """The last lines of every service log, for error messages."""
-        return '\n'.join(
-            '---- %s (%s)\n%s' % (name, self._log_path(name),
-                                  zun_env._tail(self._log_path(name)))
-            for name in SERVICES if os.path.exists(self._log_path(name)))
 
     # -- configuration
 

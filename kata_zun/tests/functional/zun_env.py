@@ -423,6 +423,100 @@ class _Identity(object):
         return result
 
 
+class ProcessGroupServices(object):
+    """Long-running services, each in its own process group, tracked in
+    the harness's state file (``_state``, ``_lock``, ``_save_state``):
+    what neutron_env and cinder_env share. Needs ``_popens`` (a dict),
+    ``workdir``, ``_env()``, ``_log_path()``, ``error`` and ``SERVICES``.
+    """
+
+    #: Every service this harness may run, in start order.
+    SERVICES = ()
+
+    def _spawn(self, name, argv, env=None):
+        """Start a long-running service in its own process group."""
+        log = self._log_path(name)
+        with open(log, 'ab') as f:
+            f.write(('==== %s starting: %s\n' % (
+                time.strftime('%Y-%m-%d %H:%M:%S'),
+                ' '.join(argv))).encode('utf-8'))
+            f.flush()
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                     stdout=f, stderr=subprocess.STDOUT,
+                                     env=env or self._env(),
+                                     cwd=self.workdir,
+                                     start_new_session=True, close_fds=True)
+        self._popens[name] = popen
+        with self._lock:
+            self._state.setdefault('procs', {})[name] = {
+                'pid': popen.pid,
+                'start': _proc_start_time(popen.pid)}
+        self._save_state()
+
+    def alive(self, name):
+        """Whether a service of this environment still runs.
+
+        :param name: one of :attr:`SERVICES`.
+        """
+        info = self._state.get('procs', {}).get(name)
+        if not info:
+            return False
+        popen = self._popens.get(name)
+        if popen is not None:
+            return popen.poll() is None
+        return _proc_start_time(info['pid']) == info['start']
+
+    def _kill(self, name, sig=signal.SIGKILL, timeout=20):
+        """Signal a service's process group; wait until it is gone."""
+        info = self._state.get('procs', {}).get(name)
+        if not info:
+            return
+        if self.alive(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(info['pid'], sig)
+            deadline = time.monotonic() + timeout
+            while self.alive(name) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        # SIGKILL the whole group: gunicorn workers, service children...
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(info['pid'], signal.SIGKILL)
+        popen = self._popens.pop(name, None)
+        if popen is not None:
+            popen.wait(10)
+        with self._lock:
+            self._state.get('procs', {}).pop(name, None)
+        self._save_state()
+
+    def _check_alive(self, *names):
+        for name in names or self.SERVICES:
+            if name in self._state.get('procs', {}) and not self.alive(name):
+                raise self.error('%s exited:\n%s' % (
+                    name, _tail(self._log_path(name))))
+
+    def _wait(self, what, predicate, timeout, services=()):
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            self._check_alive(*services)
+            try:
+                if predicate():
+                    return
+            except (OSError, ZunEnvironmentError) as e:
+                last = e
+            if time.monotonic() > deadline:
+                raise self.error(
+                    '%s: not ready after %ss (last error: %s)\n%s' % (
+                        what, timeout, last, self.logs_tail()))
+            time.sleep(0.2)
+
+    def logs_tail(self):
+        """The last lines of every service log, for error messages."""
+        return '\n'.join(
+            '---- %s (%s)\n%s' % (name, self._log_path(name),
+                                  _tail(self._log_path(name)))
+            for name in self.SERVICES if os.path.exists(self._log_path(name)))
+
+
 class ServiceHarness(object):
     """What ZunEnvironment and neutron_env.NeutronEnvironment share: the
     state file (``_state_path``, ``_state``, ``_lock``), SQL through the
