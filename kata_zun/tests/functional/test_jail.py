@@ -19,6 +19,7 @@ from kata_zun import conf
 from kata_zun.guest import builder
 from kata_zun.jail import cgroup
 from kata_zun.jail import launch
+from kata_zun.tests import forked
 from kata_zun.tests.functional import base
 from kata_zun.tests.functional import test_qemu_boot
 
@@ -220,7 +221,7 @@ def _peak_memory(group):
 
 
 # What a process with a jailed QEMU's credentials tries, once inside.
-def _escape_attempts(report_fd, host_pid, other_file):
+def _escape_attempts(host_pid, other_file):
     results = {}
 
     def attempt(name, func):
@@ -248,7 +249,7 @@ def _escape_attempts(report_fd, host_pid, other_file):
     attempt('signal a host process', lambda: os.kill(host_pid, 0))
     attempt('become root', lambda: os.setuid(0))
     attempt('mount', lambda: _mount_tmpfs())
-    os.write(report_fd, json.dumps(results).encode())
+    return json.dumps(results).encode()
 
 
 def _mount_tmpfs():
@@ -277,28 +278,13 @@ class JailEscapeTestCase(base.KataZunFunctionalTest):
         jail = launch.prepare('kz-escape-test', os.path.join(run_dir, 'j'),
                               assets.kernel, assets.initrd, 64, 0.5)
         self.addCleanup(jail.release)
-        read_fd, write_fd = os.pipe()
         parent = os.getpid()
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(read_fd)
-                jail.child_setup(parent)
-                _escape_attempts(write_fd, parent, secret)
-            except BaseException as exc:
-                os.write(write_fd, repr(exc).encode())
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        report = b''
-        while True:
-            chunk = os.read(read_fd, 4096)
-            if not chunk:
-                break
-            report += chunk
-        os.close(read_fd)
-        _, status = os.waitpid(child, 0)
-        self.assertEqual(0, status)
+
+        def compromised_qemu():
+            jail.child_setup(parent)
+            return _escape_attempts(parent, secret)
+        code, report = forked.run(compromised_qemu)
+        self.assertEqual(0, code, report)
         self.assertTrue(report.startswith(b'{'), report)
         results = json.loads(report)
         self.assertEqual({

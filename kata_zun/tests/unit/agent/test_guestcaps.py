@@ -7,6 +7,7 @@ import re
 from oslotest import base
 
 from kata_zun.agent import guestcaps
+from kata_zun.tests import forked
 
 DOCKER_DEFAULT = 0xA80425FB
 
@@ -16,30 +17,12 @@ def status_of_child(func):
 
     :returns: {field: value} of the Cap*, NoNewPrivs and Seccomp lines.
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            func(ctypes.CDLL(None, use_errno=True))
-            with open('/proc/self/status', 'rb') as f:
-                os.write(w, f.read())
-            code = 0
-        except BaseException as exc:
-            os.write(w, ('error: %r' % exc).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    data = b''
-    while True:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        data += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0, data
+    def child():
+        func(ctypes.CDLL(None, use_errno=True))
+        with open('/proc/self/status', 'rb') as f:
+            return f.read()
+    code, data = forked.run(child)
+    assert code == 0, data
     return dict(re.findall(r'^(Cap\w+|NoNewPrivs|Seccomp):\s*(\S+)$',
                            data.decode(), re.M))
 

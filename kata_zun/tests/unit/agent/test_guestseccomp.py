@@ -15,6 +15,7 @@ import struct
 from oslotest import base
 
 from kata_zun.agent import guestseccomp as sc
+from kata_zun.tests import forked
 
 ALLOW = sc.SECCOMP_RET_ALLOW
 EPERM = sc.SECCOMP_RET_ERRNO | errno.EPERM
@@ -153,35 +154,19 @@ class InstalledFilterTestCase(base.BaseTestCase):
 
         :returns: {name: errno (0 for success)} as the child saw it.
         """
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.syscall.restype = ctypes.c_long
-                sc.install(libc)
-                out = []
-                for name, nr, args in calls:
-                    ret = libc.syscall(ctypes.c_long(nr),
-                                       *[ctypes.c_long(a) for a in args])
-                    out.append('%s=%d' % (name, ctypes.get_errno()
-                                          if ret == -1 else 0))
-                os.write(w, ' '.join(out).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        data = b''
-        while True:
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            data += chunk
-        os.close(r)
-        _, status = os.waitpid(pid, 0)
-        self.assertEqual(0, status)
+        def child():
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            sc.install(libc)
+            out = []
+            for name, nr, args in calls:
+                ret = libc.syscall(ctypes.c_long(nr),
+                                   *[ctypes.c_long(a) for a in args])
+                out.append('%s=%d' % (name, ctypes.get_errno()
+                                      if ret == -1 else 0))
+            return ' '.join(out).encode()
+        code, data = forked.run(child)
+        self.assertEqual(0, code, data)
         return {k: int(v) for k, v in
                 (item.split('=') for item in data.decode().split())}
 
