@@ -44,23 +44,15 @@ from testtools import content
 from kata_zun.tests.functional import cinder_env
 from kata_zun.tests.functional import zun_env
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 GiB = 1024 ** 3
 BLKGETSIZE64 = 0x80081272
 STATUS_TIMEOUT = 120
 
 
 def cinder_venv():
-    """The virtualenv with cinder: $KATA_ZUN_CINDER_VENV, .venv-cinder
-    of this repository, or the running one. None if there is none.
-    """
-    for venv in (os.environ.get('KATA_ZUN_CINDER_VENV'),
-                 os.path.join(_REPO, '.venv-cinder'), sys.prefix):
-        if venv and os.path.exists(os.path.join(venv, 'bin',
-                                                'cinder-volume')):
-            return venv
-    return None
+    """The virtualenv with cinder (see :func:`zun_env.find_venv`)."""
+    return zun_env.find_venv('KATA_ZUN_CINDER_VENV', '.venv-cinder',
+                             'cinder-volume')
 
 
 def _block_size(path):

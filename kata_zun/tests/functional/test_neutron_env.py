@@ -25,22 +25,14 @@ from oslotest import base
 from kata_zun.tests.functional import neutron_env
 from kata_zun.tests.functional import zun_env
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 CIDR = '10.77.0.0/24'
 PING_TIMEOUT = 30
 
 
 def neutron_venv():
-    """The virtualenv with neutron: $KATA_ZUN_NEUTRON_VENV, .venv-neutron
-    of this repository, or the running one. None if there is none.
-    """
-    for venv in (os.environ.get('KATA_ZUN_NEUTRON_VENV'),
-                 os.path.join(_REPO, '.venv-neutron'), sys.prefix):
-        if venv and os.path.exists(os.path.join(venv, 'bin',
-                                                'neutron-rpc-server')):
-            return venv
-    return None
+    """The virtualenv with neutron (see :func:`zun_env.find_venv`)."""
+    return zun_env.find_venv('KATA_ZUN_NEUTRON_VENV', '.venv-neutron',
+                             'neutron-rpc-server')
 
 
 class NeutronEnvironmentTest(base.BaseTestCase):

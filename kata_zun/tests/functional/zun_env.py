@@ -423,6 +423,24 @@ class _Identity(object):
         return result
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+
+def find_venv(env_var, name, program):
+    """The virtualenv of another OpenStack service: ``$env_var``, ``name``
+    (e.g. ``.venv-neutron``) in this repository, or the running one.
+
+    :param program: a console script the virtualenv must have.
+    :returns: its path, or None if there is none.
+    """
+    for venv in (os.environ.get(env_var), os.path.join(_REPO, name),
+                 sys.prefix):
+        if venv and os.path.exists(os.path.join(venv, 'bin', program)):
+            return venv
+    return None
+
+
 class ProcessGroupServices(object):
     """Long-running services, each in its own process group, tracked in
     the harness's state file (``_state``, ``_lock``, ``_save_state``):
