@@ -40,6 +40,7 @@ from zun import objects
 from kata_zun import conf
 from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
+from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
 from kata_zun.shim import guestdata
@@ -121,7 +122,8 @@ def _ago(ts):
     return '%d seconds' % seconds
 
 
-class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
+class KataDriver(zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
+                 zun_driver.ContainerDriver):
     """Runs every Zun container in its own QEMU micro-VM."""
 
     # BaseDriver reads this attribute but never defines it.
@@ -304,12 +306,15 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             policy = manager.parse_restart_policy(
                 '%s:%s' % (name, count) if name == 'on-failure' and count
                 else name)
+        # Attached by zun-compute before create (attach_volume).
+        volume_requests = zun_volumes.requests(
+            (requested_volumes or {}).get(container.uuid) or [])
         # --- network (Zun mode): Neutron ports now, plugged at start
         addresses, net_request = self._setup_network(
             context, container, requested_networks)
         try:
             c = self._rt_create(container, record, env, memory, policy,
-                                net_request)
+                                net_request, volume_requests)
         except BaseException:
             self._release_network(context, container, addresses)
             raise
@@ -323,7 +328,7 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
         return container
 
     def _rt_create(self, container, record, env, memory, policy,
-                   net_request):
+                   net_request, volume_requests=()):
         return self.rt.create(
             record.id, command=list(container.command or []) or None,
             entrypoint=(list(container.entrypoint)
@@ -337,12 +342,14 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             labels=dict(container.labels or {}),
             cid=runtime_id(container), restart_policy=policy,
             healthcheck=_healthcheck(container), network=net_request,
+            volumes=volume_requests,
             # Every capability inside the guest, never a host device:
             # the VM is the boundary.
             privileged=bool(container.privileged))
 
     @_wrap
     def start(self, context, container):
+        self._bind_volumes(context, container)
         _c, client = self.rt.start(container.container_id)
         client.close()
         if getattr(client, 'start_error', None):

@@ -25,11 +25,13 @@ class Disk:
     """A raw block image given to the guest as a virtio-blk device.
 
     The guest finds it by ``serial`` (``/sys/block/vd*/serial``), never by
-    probe order.
+    probe order. ``host_device``: ``path`` is a host block device (a
+    Cinder volume), not an image file.
     """
     path: str
     serial: str
     read_only: bool = False
+    host_device: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Each container is one sandbox VM. Its record lives in
 ``<state_path>/containers/<id>/``::
 
-    config.json     what to run (written once, atomically, at create)
+    config.json     what to run (written atomically at create; rewritten
+                    only by rebind_volumes, while no VM runs)
     state.json      status, exit code, pids (the shim updates it)
     rw.img          the container's writable layer (sparse ext4)
     container.log   stdout/stderr records (see kata_zun.shim.logs)
@@ -18,6 +19,7 @@ is reported as exited with an error, never as running).
 This module knows nothing about Zun.
 """
 
+import copy
 import fcntl
 import math
 import os
@@ -1107,6 +1109,61 @@ class Runtime(object):
         """
         from kata_zun.volume import devices as volume_devices
         return volume_devices.users(self.list(), name)
+
+    def rebind_volumes(self, ref, current):
+        """Point a stopped container's volumes at their devices of now.
+
+        The Zun driver attaches a Cinder volume before create and again
+        after zun-compute or the host restarts; the device may get
+        another name (``/dev/rbd1`` becomes ``/dev/rbd0``). Volumes the
+        record holds with a ``ref`` are matched with ``current``; a live
+        VM keeps what it has.
+
+        :param ref: container reference.
+        :param current: ``{ref: volume request}`` of the volumes attached
+            now (:mod:`kata_zun.volume.spec` requests with ``ref``).
+        :returns: the :class:`Container`.
+        :raises: ContainerNotFound; Conflict when a volume of the record
+            is no longer attached (its device may since belong to
+            another volume: never boot with it).
+        """
+        from kata_zun.volume import devices as volume_devices
+        lock = self._lock()
+        try:
+            c = self.get(ref)
+            if c.status in LIVE:
+                return c
+            config = copy.deepcopy(c.config)
+            changed = False
+            for entry in config.get('volumes') or ():
+                key = entry.get('ref')
+                if key is None:
+                    continue
+                now = current.get(key)
+                if now is None or now['target'] != entry['target'] or \
+                        now['type'] != entry['type']:
+                    raise exception.Conflict(
+                        'the volume at %s (%s) is no longer attached to '
+                        'this container' % (entry['target'], key))
+                if (now['source'], now['readonly']) == (
+                        entry['source'], entry['readonly']):
+                    continue
+                fresh = volume_devices.resolve([now], self.volumes)[0]
+                for field in ('source', 'readonly', 'disk', 'dir'):
+                    if field in fresh:
+                        entry[field] = fresh[field]
+                changed = True
+            if changed:
+                config['agent_spec']['volumes'] = \
+                    volume_devices.agent_specs(config['volumes'])
+                fileutils.write_json(os.path.join(
+                    self.containers_dir, c.id, 'config.json'), config)
+                LOG.info('Container %s: volumes now on %s', c.id[:12],
+                         [v.get('disk') or v.get('dir')
+                          for v in config['volumes']])
+        finally:
+            os.close(lock)
+        return self._load(c.id)
 
     def remove_volume(self, name):
         """Delete a named volume that no container uses.

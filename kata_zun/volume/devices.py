@@ -91,11 +91,19 @@ def agent_specs(entries):
     return out
 
 
+def _is_block_device(path):
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False        # opening it says why
+
+
 def disks(entries):
     """:returns: the :class:`kata_zun.hypervisor.base.Disk` of each volume
         (read-only disks for read-only mounts).
     """
-    return tuple(base.Disk(e['disk'], e['serial'], read_only=e['readonly'])
+    return tuple(base.Disk(e['disk'], e['serial'], read_only=e['readonly'],
+                           host_device=_is_block_device(e['disk']))
                  for e in entries or () if e['type'] != 'bind')
 
 

@@ -243,7 +243,8 @@ class BlockDevice:
 
     With ``fd`` QEMU gets the image as an open file descriptor (fd set
     ``index`` + 1, opened read-only for a read-only disk) and never opens
-    the path itself.
+    the path itself. ``host_device``: a host block device (QEMU's
+    ``file`` driver takes regular files only).
     """
     index: int
     path: typing.Optional[str]
@@ -251,6 +252,7 @@ class BlockDevice:
     read_only: bool = False
     machine_type: str = 'microvm'
     fd: typing.Optional[int] = None
+    host_device: bool = False
 
     def args(self):
         if not _SERIAL_RE.match(self.serial):
@@ -266,7 +268,9 @@ class BlockDevice:
         # JSON -blockdev: the path needs no escaping at all.
         spec = {'driver': 'raw', 'node-name': node,
                 'read-only': self.read_only,
-                'file': {'driver': 'file', 'filename': filename}}
+                'file': {'driver': ('host_device' if self.host_device
+                                    else 'file'),
+                         'filename': filename}}
         return pre + [
             '-blockdev', json.dumps(spec, separators=(',', ':')),
             '-device', '%s,drive=%s,serial=%s'
@@ -643,7 +647,8 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
                   SerialConsole(fd=h.console_fd), QmpSocket(None, h.qmp_fd),
                   AgentPort(None, machine_type, h.agent_fd)]
     parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type,
-                             fd=h.disk_fds[i] if h else None)
+                             fd=h.disk_fds[i] if h else None,
+                             host_device=d.host_device)
                  for i, d in enumerate(config.disks))
     if config.shared_dirs and machine_type == 'microvm':
         parts.append(ModernMmio())

@@ -666,7 +666,8 @@ class CinderEnvironment(zun_env.ProcessGroupServices,
         if user:
             attempt('delete user', delete, '/users/%s' % user)
 
-    def zun_conf(self, zun_venv):
+    @staticmethod
+    def zun_conf(zun_venv):
         """What zun.conf needs to use this Cinder.
 
         zun's cinderclient finds ``volumev3`` in the catalog with the

@@ -293,3 +293,80 @@ class RecordLockTestCase(base.BaseTestCase):
         self.assertEqual(1, len(got))
         os.close(got[0])
         self.assertEqual([0.001, 0.002, 0.004], sleeps)
+
+
+class RebindVolumesTestCase(base.BaseTestCase):
+    """Runtime.rebind_volumes: a stopped container's volumes follow the
+    devices the Zun driver attached again; a detached one stops the boot.
+    """
+
+    def setUp(self):
+        super().setUp()
+        root = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(config_fixture.Config(conf.CONF)).config(
+            state_path=root + '/state', run_path=root + '/run',
+            group='kata')
+        self.rt = manager.Runtime()
+        self.dev = {}
+        for name in ('old', 'new'):
+            self.dev[name] = os.path.join(root, name)
+            open(self.dev[name], 'w').close()
+        self.dir = os.path.join(self.rt.containers_dir, 'c' * 64)
+        os.makedirs(self.dir)
+        from kata_zun.volume import devices
+        volumes = devices.resolve([{
+            'type': 'block', 'source': self.dev['old'], 'target': '/data',
+            'readonly': False, 'ref': 'cinder:3'}], self.rt.volumes)
+        fileutils.write_json(os.path.join(self.dir, 'config.json'), {
+            'id': 'c' * 64, 'name': 'web', 'created': 1,
+            'sandbox': {'hostname': 'web'}, 'volumes': volumes,
+            'agent_spec': {'volumes': devices.agent_specs(volumes)}})
+        self.state = {'status': 'exited', 'exit_code': 0}
+        fileutils.write_json(os.path.join(self.dir, 'state.json'),
+                             self.state)
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.runtime.manager._pid_is_shim', return_value=False))
+
+    def _config(self):
+        return fileutils.read_json(os.path.join(self.dir, 'config.json'))
+
+    def _now(self, source, **kw):
+        req = {'type': 'block', 'source': source, 'target': '/data',
+               'readonly': False, 'ref': 'cinder:3'}
+        req.update(kw)
+        return {'cinder:3': req}
+
+    def test_new_device_name_is_recorded(self):
+        self.rt.rebind_volumes('c' * 64, self._now(self.dev['new'],
+                                                   readonly=True))
+        vol = self._config()['volumes'][0]
+        self.assertEqual((self.dev['new'], self.dev['new'], True),
+                         (vol['source'], vol['disk'], vol['readonly']))
+        self.assertEqual('kz-vol0', vol['serial'])
+        self.assertTrue(
+            self._config()['agent_spec']['volumes'][0]['readonly'])
+
+    def test_unchanged_is_not_rewritten(self):
+        before = os.stat(os.path.join(self.dir, 'config.json')).st_ino
+        self.rt.rebind_volumes('c' * 64, self._now(self.dev['old']))
+        self.assertEqual(before, os.stat(
+            os.path.join(self.dir, 'config.json')).st_ino)
+
+    def test_detached_or_moved_volume_refuses(self):
+        for current in ({}, self._now(self.dev['new'], target='/other'),
+                        self._now(self.dev['new'], type='bind')):
+            e = self.assertRaises(exception.Conflict,
+                                  self.rt.rebind_volumes, 'c' * 64, current)
+            self.assertIn('no longer attached', str(e))
+        self.assertEqual(self.dev['old'],
+                         self._config()['volumes'][0]['disk'])
+
+    def test_a_live_vm_keeps_its_devices(self):
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+        fileutils.write_json(os.path.join(self.dir, 'state.json'), {
+            'status': 'running', 'shim_pid': 1, 'boot_id':
+            fileutils.boot_id()})
+        self.rt.rebind_volumes('c' * 64, {})
+        self.assertEqual(self.dev['old'],
+                         self._config()['volumes'][0]['disk'])

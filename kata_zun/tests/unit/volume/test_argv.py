@@ -3,6 +3,10 @@ disks (read-only where the mount is), shared directories as vhost-user-fs
 devices on connections to their virtiofsd.
 """
 
+import os
+import stat
+from unittest import mock
+
 from oslo_config import fixture as config_fixture
 from oslotest import base
 
@@ -87,3 +91,26 @@ class VolumeArgvTestCase(base.BaseTestCase):
         self.assertRaises(exception.HypervisorError, argv.build_argv,
                           config, 'tcg', 'microvm', 'max', QEMU,
                           handles=argv.Handles('/k', '/i', 5, 6, 7))
+
+    def test_host_block_device_golden(self):
+        # A Cinder volume is a host block device: QEMU's host_device
+        # driver (its file driver refuses anything but a regular file).
+        self.assertEqual([
+            '-add-fd', 'fd=8,set=3',
+            '-blockdev', '{"driver":"raw","node-name":"disk2",'
+                         '"read-only":true,"file":{"driver":"host_device",'
+                         '"filename":"/dev/fdset/3"}}',
+            '-device', 'virtio-blk-device,drive=disk2,serial=kz-vol0'],
+            argv.BlockDevice(2, '/dev/loop7', 'kz-vol0', True, fd=8,
+                             host_device=True).args())
+        # The disk knows what its path is.
+        entries = [dict(spec.make('block', '/dev/null', '/a'),
+                        disk='/dev/null', serial='kz-vol0'),
+                   dict(spec.make('block', '/img/x.img', '/b'),
+                        disk='/img/x.img', serial='kz-vol1')]
+        self.assertEqual([False, False],
+                         [d.host_device for d in devices.disks(entries)])
+        blk = os.stat_result((stat.S_IFBLK | 0o600,) + (0,) * 9)
+        with mock.patch.object(devices.os, 'stat', return_value=blk):
+            self.assertEqual([True, True], [
+                d.host_device for d in devices.disks(entries)])

@@ -1,0 +1,372 @@
+"""End to end: Zun's volumes reach the container's VM, and data is kept.
+
+Real: keystone, placement, zun-api and zun-compute with this driver (a
+fake Neutron: no test here is about the network), RabbitMQ and MariaDB
+(:mod:`zun_env`); cinder-api, cinder-scheduler and cinder-volume 29
+(:mod:`cinder_env`); zun's own CinderWorkflow and os-brick in
+zun-compute; the ``openstack`` client; QEMU VMs. The stand-ins, because
+this kernel has no device-mapper or iSCSI: the storage under
+cinder-volume (:mod:`cinder_backend`: sparse files handed over as loop
+devices through os-brick's ``local`` connector) and a Nova that knows no
+server (:mod:`fake_nova`), which Cinder asks before a detach.
+
+One environment for the class (starting it costs a minute or more on a
+2-core host); zun-compute is SIGKILLed and restarted inside a test, which
+the environment is made for.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import fixtures
+from oslotest import base
+from testtools import content
+
+from kata_zun.tests.functional import base as kz_base
+from kata_zun.tests.functional import cinder_env
+from kata_zun.tests.functional import zun_env
+
+STATUS_TIMEOUT = 180
+
+
+def host_mounts_of(device):
+    """Every mount of ``device`` in any mount namespace of this host.
+
+    :returns: list of ``(pid, mountinfo line)``.
+    """
+    rdev = os.stat(device).st_rdev
+    want = '%d:%d' % (os.major(rdev), os.minor(rdev))
+    found, seen = [], set()
+    for ns in glob.glob('/proc/[0-9]*/ns/mnt'):
+        pid = ns.split('/')[2]
+        try:
+            key = os.readlink(ns)
+            if key in seen:
+                continue
+            with open('/proc/%s/mountinfo' % pid) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue        # gone meanwhile
+        seen.add(key)
+        found += [(pid, line) for line in lines
+                  if line.split()[2] == want or device in line.split()]
+    return found
+
+
+class ZunVolumeEndToEndTest(base.BaseTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        venv = zun_env.find_venv('KATA_ZUN_CINDER_VENV', '.venv-cinder',
+                                 'cinder-volume')
+        if venv is None:
+            raise AssertionError('no virtualenv with cinder: run '
+                                 'tools/install-cinder.sh')
+        cls.work = tempfile.mkdtemp(prefix='kzvol')
+        cls.state_path = os.path.join(cls.work, 'kata')
+        os.makedirs(cls.state_path)
+        os.symlink(os.environ.get('KATA_ZUN_GUEST_DIR',
+                                  kz_base.DEFAULT_GUEST_DIR),
+                   os.path.join(cls.state_path, 'guest'))
+        cls.run_path = tempfile.mkdtemp(prefix='kz', dir='/tmp')
+        cls.volume_dir = os.path.join(cls.work, 'zun-volumes')
+        policy = os.path.join(cls.work, 'policy.yaml')
+        with open(policy, 'w') as f:
+            # The hostile guest below needs the raw device: privileged
+            # containers, opened to admins (zun denies them by default).
+            f.write('"container:create:privileged": '
+                    '"rule:context_is_admin"\n')
+        extra = cinder_env.CinderEnvironment.zun_conf(sys.prefix)
+        extra['volume']['volume_dir'] = cls.volume_dir
+        extra.update({
+            'DEFAULT': {'sync_container_state_interval': '5'},
+            'kata': {'state_path': cls.state_path,
+                     'run_path': cls.run_path,
+                     'writable_layer_mb': '256'},
+            'kata_image': {'default_registry': kz_base.CLOSED_REGISTRY},
+            'oslo_policy': {'policy_file': policy}})
+        cls.env = zun_env.ZunEnvironment(
+            sys.prefix, os.path.join(cls.work, 'zun'), driver='kata',
+            extra_conf=extra)
+        cls.cinder = cinder_env.CinderEnvironment(
+            venv, os.path.join(cls.work, 'cinder'), keystone=cls.env)
+        try:
+            import concurrent.futures
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                zun = pool.submit(cls.env.start)
+                cls.cinder.prepare()
+                while not (cls.env.admin_password or zun.done()):
+                    time.sleep(0.05)
+                cls.cinder.start(keystone_ready=zun.result)
+            from kata_zun.image import busybox
+            archive = os.path.join(cls.work, 'busybox.tar')
+            busybox.write_docker_archive(archive)
+            subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                            '--config-file', cls.env.conf_path, 'load',
+                            '-i', archive], check=True, capture_output=True)
+        except BaseException:
+            cls._stop_all()
+            raise
+
+    @classmethod
+    def _stop_all(cls):
+        cli = [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+               cls.env.conf_path]
+        try:
+            ids = subprocess.run(cli + ['ps', '-a', '-q'],
+                                 capture_output=True,
+                                 timeout=120).stdout.split()
+            if ids:
+                subprocess.run(cli + ['rm', '-f'] + [i.decode()
+                                                     for i in ids],
+                               capture_output=True, timeout=120)
+        finally:
+            try:
+                cls.cinder.stop()
+            finally:
+                cls.env.stop()
+                shutil.rmtree(cls.work, ignore_errors=True)
+                shutil.rmtree(cls.run_path, ignore_errors=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._stop_all()
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(900, gentle=True))
+        self.addOnException(self._attach_logs)
+
+    def _attach_logs(self, exc_info):
+        self.addDetail('zun-compute.log', content.text_content(
+            kz_base.tail_file(self.env.compute_log, 20000)))
+        self.addDetail('cinder-logs', content.text_content(
+            self.cinder.logs_tail()))
+        containers = os.path.join(self.state_path, 'containers')
+        for cid in sorted(os.listdir(containers)) if os.path.isdir(
+                containers) else ():
+            for name in ('shim.log', 'console.log'):
+                path = os.path.join(containers, cid, name)
+                if os.path.exists(path):
+                    self.addDetail('%s-%s' % (cid[:12], name),
+                                   content.text_content(
+                                       kz_base.tail_file(path, 4000)))
+
+    # -- clients
+
+    def os(self, *args, check=True):
+        code, out, err = self.env.openstack(*args)
+        if check:
+            self.assertEqual(0, code, 'openstack %s: %s %s' % (
+                ' '.join(args), out, err))
+        return code, out, err
+
+    def osj(self, *args):
+        return json.loads(self.os(*args)[1])
+
+    def show(self, name):
+        return self.osj('appcontainer', 'show', '-f', 'json', name)
+
+    def wait_status(self, name, want, timeout=STATUS_TIMEOUT):
+        deadline = time.time() + timeout
+        while True:
+            info = self.show(name)
+            if info['status'] in want:
+                return info
+            self.assertNotEqual('Error', info['status'], info)
+            self.assertLess(time.time(), deadline,
+                            'status %s, reason %s; want %s' % (
+                                info['status'], info.get('status_reason'),
+                                want))
+            time.sleep(1)
+
+    def delete_container(self, name):
+        self.os('appcontainer', 'delete', '--force', name)
+        deadline = time.time() + STATUS_TIMEOUT
+        while self.os('appcontainer', 'show', name, check=False)[0] == 0:
+            self.assertLess(time.time(), deadline, self.show(name))
+            time.sleep(1)
+
+    def volume(self, ref):
+        return self.osj('volume', 'show', '-f', 'json', ref)
+
+    def wait_volume(self, ref, want):
+        deadline = time.time() + STATUS_TIMEOUT
+        while True:
+            vol = self.volume(ref)
+            if vol['status'] == want:
+                return vol
+            self.assertNotIn(vol['status'], ('error', 'error_deleting'), vol)
+            self.assertLess(time.time(), deadline, vol)
+            time.sleep(1)
+
+    def wait_volume_gone(self, volume_id):
+        deadline = time.time() + STATUS_TIMEOUT
+        while volume_id in [v['ID'] for v in self.osj(
+                'volume', 'list', '-f', 'json')]:
+            self.assertLess(time.time(), deadline, volume_id)
+            time.sleep(1)
+
+    def exec_(self, name, *argv, check=True):
+        # zun passes exec one command line: keep arguments plain.
+        return self.os('appcontainer', 'exec', name, *argv, check=check)
+
+    def run_container(self, name, *args):
+        self.os('appcontainer', 'run', '--name', name,
+                '--image-pull-policy', 'ifnotpresent', *args)
+        # A failed test leaves nothing attached for the next one.
+        self.addCleanup(self.os, 'appcontainer', 'delete', '--force', name,
+                        check=False)
+
+    def device_of(self, volume_id):
+        devices = [d for d, backing in self.cinder.loop_devices().items()
+                   if backing.endswith('volume-%s' % volume_id)]
+        self.assertEqual(1, len(devices), self.cinder.loop_devices())
+        return devices[0]
+
+    def assert_never_mounted_on_host(self, volume_id):
+        """No mount namespace of the host has the volume's device, and
+        zun's own mount point for it does not exist.
+        """
+        device = self.device_of(volume_id)
+        self.assertEqual([], host_mounts_of(device))
+        self.assertFalse(glob.glob(os.path.join(self.volume_dir, '*')),
+                         'zun mount points were made')
+
+    # -- tests
+
+    def test_cinder_volume_keeps_data_across_containers_and_a_crash(self):
+        name = 'kzv-%s' % uuid.uuid4().hex[:6]
+        vol = self.osj('volume', 'create', '-f', 'json', '--size', '1',
+                       name)
+        self.addCleanup(self.os, 'volume', 'delete', vol['id'],
+                        check=False)
+        self.wait_volume(vol['id'], 'available')
+        self.run_container('w1', '--mount',
+                           'source=%s,destination=/data' % name,
+                           'busybox', 'sleep', '600')
+        self.wait_status('w1', ('Running',))
+        self.assertEqual('in-use', self.volume(vol['id'])['status'])
+        # A blank volume got its file system inside the VM.
+        out = self.exec_('w1', 'cat', '/proc/mounts')[1]
+        self.assertRegex(out, r'/dev/vd[a-z]+ /data ext4 rw')
+        self.exec_('w1', 'sh', '-c', 'echo first > /data/f && sync')
+        self.assert_never_mounted_on_host(vol['id'])
+
+        # zun-compute crashes with the volume attached: the VM goes on,
+        # zun-compute attaches the volume again (no host mount either).
+        self.env.restart_compute(kill=True)
+        self.assertEqual('Running', self.show('w1')['status'])
+        self.exec_('w1', 'sh', '-c', 'echo second >> /data/f && sync')
+        self.assertEqual('in-use', self.volume(vol['id'])['status'])
+        self.assert_never_mounted_on_host(vol['id'])
+        # Stop and start: the VM boots again with the same volume.
+        self.os('appcontainer', 'stop', '--timeout', '1', 'w1')
+        self.wait_status('w1', ('Stopped',))
+        self.os('appcontainer', 'start', 'w1')
+        self.wait_status('w1', ('Running',))
+        self.assertEqual('first\nsecond',
+                         self.exec_('w1', 'cat', '/data/f')[1].strip())
+
+        self.delete_container('w1')
+        # A user's volume is never deleted with the container.
+        self.wait_volume(vol['id'], 'available')
+        self.run_container('w2', '--mount',
+                           'source=%s,destination=/data' % name,
+                           'busybox', 'sleep', '600')
+        self.wait_status('w2', ('Running',))
+        self.assertEqual('first\nsecond',
+                         self.exec_('w2', 'cat', '/data/f')[1].strip())
+        self.delete_container('w2')
+        self.wait_volume(vol['id'], 'available')
+
+    def test_dynamic_volume_lives_and_dies_with_its_container(self):
+        self.run_container('dyn', '--mount', 'size=1,destination=/scratch',
+                           'busybox', 'sleep', '600')
+        info = self.wait_status('dyn', ('Running',))
+        attached = [v for v in self.osj('volume', 'list', '-f', 'json',
+                                        '--long')
+                    if v['Status'] == 'in-use' and
+                    [a['server_id'] for a in v['Attached to']] ==
+                    [info['uuid']]]
+        self.assertEqual(1, len(attached), attached)
+        volume_id = attached[0]['ID']
+        self.exec_('dyn', 'sh', '-c', 'echo x > /scratch/x')
+        self.assertIn('/scratch', self.exec_('dyn', 'cat',
+                                             '/proc/mounts')[1])
+        self.assert_never_mounted_on_host(volume_id)
+        self.delete_container('dyn')
+        self.wait_volume_gone(volume_id)
+
+    def test_injected_file(self):
+        local = os.path.join(self.work, 'app.conf')
+        with open(local, 'w') as f:
+            f.write('greeting = hello from the host\n')
+        self.run_container('inj', '--mount',
+                           'type=bind,source=%s,destination=/etc/app.conf'
+                           % local, 'busybox', 'sleep', '600')
+        self.wait_status('inj', ('Running',))
+        self.assertEqual('greeting = hello from the host\n',
+                         self.exec_('inj', 'cat', '/etc/app.conf')[1])
+        # The container's writes reach the host copy (zun's volume_dir).
+        self.exec_('inj', 'sh', '-c', 'echo changed >> /etc/app.conf')
+        copies = glob.glob(os.path.join(self.volume_dir, '*', '*'))
+        self.assertEqual(1, len(copies), copies)
+        with open(copies[0]) as f:
+            self.assertEqual('greeting = hello from the host\nchanged\n',
+                             f.read())
+        # Nothing else of the host is there: the export is that file.
+        out = self.exec_('inj', 'ls', '-a', '/etc')[1]
+        self.assertNotIn(os.path.basename(copies[0]), out)
+        self.delete_container('inj')
+        self.assertEqual([], glob.glob(os.path.join(self.volume_dir, '*')))
+
+    def test_guest_crafted_filesystem_is_never_mounted_on_the_host(self):
+        name = 'kzh-%s' % uuid.uuid4().hex[:6]
+        vol = self.osj('volume', 'create', '-f', 'json', '--size', '1',
+                       name)
+        self.addCleanup(self.os, 'volume', 'delete', vol['id'],
+                        check=False)
+        self.wait_volume(vol['id'], 'available')
+        # The guest (root, every capability) replaces the file system
+        # with a crafted one: an ext4 magic over garbage metadata.
+        script = (
+            'dev=$(awk \'$2 == "/data" {print $1}\' /proc/mounts); '
+            'n=${dev#/dev/}; umount /data && '
+            'mknod /tmp/disk b $(tr : " " < /sys/class/block/$n/dev) && '
+            'dd if=/dev/urandom of=/tmp/disk bs=4096 count=64 '
+            'conv=fsync 2>/dev/null && '
+            'printf "\\123\\357" | dd of=/tmp/disk bs=1 seek=1080 '
+            'conv=notrunc,fsync 2>/dev/null && echo crafted; sleep 600')
+        self.run_container('evil', '--privileged', '--mount',
+                           'source=%s,destination=/data' % name,
+                           'busybox', 'sh', '-c', script)
+        self.wait_status('evil', ('Running',))
+        deadline = time.time() + STATUS_TIMEOUT
+        while 'crafted' not in self.os('appcontainer', 'logs', 'evil')[1]:
+            self.assertLess(time.time(), deadline,
+                            self.os('appcontainer', 'logs', 'evil')[1])
+            time.sleep(1)
+        self.assert_never_mounted_on_host(vol['id'])
+        self.delete_container('evil')
+        self.wait_volume(vol['id'], 'available')
+        self.assert_never_mounted_on_host(vol['id'])
+        # The next container gets the crafted volume in its VM; only the
+        # guest kernel parses it, and says no.
+        self.run_container('next', '--mount',
+                           'source=%s,destination=/data' % name,
+                           'busybox', 'true')
+        info = self.wait_status('next', ('Error',))
+        self.assertIn('/data', info['status_reason'] or '', info)
+        self.assert_never_mounted_on_host(vol['id'])
+        self.delete_container('next')
+        self.wait_volume(vol['id'], 'available')
