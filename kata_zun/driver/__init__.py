@@ -11,10 +11,8 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 (unpacking an image) goes through ``eventlet.tpool``.
 """
 
-import collections
 import copy
 import datetime
-import ipaddress
 import math
 import os
 import platform
@@ -22,11 +20,9 @@ import shlex
 import signal as signal_mod
 import time
 import urllib.parse
-import weakref
 
 import eventlet
 from eventlet import patcher
-from eventlet import semaphore
 from eventlet import tpool
 import os_resource_classes as orc
 from oslo_log import log as logging
@@ -40,6 +36,10 @@ from zun import objects
 from kata_zun import conf
 from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
+from kata_zun.driver.common import runtime_id  # noqa: F401 (API)
+from kata_zun.driver.common import wrap as _wrap
+from kata_zun.driver import images as zun_images
+from kata_zun.driver import network as zun_network
 from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
@@ -49,21 +49,7 @@ from kata_zun.shim import logs
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
-IMAGE_DRIVER = 'docker'     # what zun-api sends for registry images
 RUNTIME_NAME = 'kata'
-# Bounds image work in eventlet's thread pool (see _image_work).
-_IMAGE_SLOTS = None
-# zun asks for an image by name, without the project, right after it
-# pulled or committed it (see KataDriver._remember).
-_RECENT_PER_THREAD = 8
-
-
-def _name_key(name):
-    from kata_zun.image import reference
-    try:
-        return reference.parse(name).name
-    except (exception.InvalidReference, TypeError, AttributeError):
-        return None
 
 
 _STATUS = {
@@ -73,11 +59,6 @@ _STATUS = {
     manager.RESTARTING: consts.RESTARTING,
     manager.EXITED: consts.STOPPED,
 }
-
-
-def runtime_id(container):
-    """The runtime id of a Zun container: its uuid without dashes."""
-    return container.uuid.replace('-', '')
 
 
 def _healthcheck(container):
@@ -91,26 +72,6 @@ def _healthcheck(container):
             'timeout': hc.get('timeout'), 'retries': hc.get('retries')}
 
 
-def _wrap(func):
-    """Turn kata-zun errors into the zun exceptions the API expects."""
-    def wrapper(self, *args, **kwargs):
-        try:
-            return func(self, *args, **kwargs)
-        except exception.ContainerNotFound as exc:
-            raise zun_exc.Invalid(str(exc))
-        except exception.ImageNotFound as exc:
-            raise zun_exc.ImageNotFound(str(exc))
-        except exception.Conflict as exc:
-            raise zun_exc.Conflict(str(exc))
-        except exception.InvalidInput as exc:
-            raise zun_exc.Invalid(str(exc))
-        except exception.KataZunException as exc:
-            raise zun_exc.ZunException(str(exc))
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
-
-
 def _ago(ts):
     if not ts:
         return ''
@@ -122,7 +83,9 @@ def _ago(ts):
     return '%d seconds' % seconds
 
 
-class KataDriver(zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
+class KataDriver(zun_images.ImageDriverMixin,
+                 zun_network.NetworkDriverMixin,
+                 zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
                  zun_driver.ContainerDriver):
     """Runs every Zun container in its own QEMU micro-VM."""
 
@@ -165,121 +128,6 @@ class KataDriver(zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
             except Exception:
                 LOG.exception('Starting container %s again after the host '
                               'restarted failed', c.name)
-
-    # ------------------------------------------------------------- images
-    def _images(self, context):
-        """The image store as the request's project sees it: names are
-        per project (see ImageStore.scoped), content is shared.
-        """
-        project = getattr(context, 'project_id', None)
-        if project:
-            return self.rt.images.scoped(str(project))
-        return self.rt.images
-
-    def _recent(self):
-        # Created on first use: per driver, keyed by green thread.
-        return self.__dict__.setdefault('_recent_images',
-                                        weakref.WeakKeyDictionary())
-
-    def _remember(self, names, image_id, store):
-        """Remember what this green thread pulled or committed.
-
-        zun asks for it by name, without the project, right after and in
-        the same green thread (inspect_image, get_image, read_tar_image):
-        {name or ('id', id): (image id, the project's store view)}, per
-        green thread, so that no other request ever sees it.
-        """
-        recent = self._recent().setdefault(eventlet.getcurrent(),
-                                           collections.OrderedDict())
-        for key in [_name_key(n) for n in names] + [('id', image_id)]:
-            if key:
-                recent[key] = (image_id, store)
-                recent.move_to_end(key)
-        while len(recent) > _RECENT_PER_THREAD:
-            recent.popitem(last=False)
-
-    def _recall(self, name=None, image_id=None):
-        """(image id, store view) remembered for ``name`` or
-        ``image_id`` by this green thread, or None.
-        """
-        key = ('id', image_id) if image_id else _name_key(name)
-        return (self._recent().get(eventlet.getcurrent()) or {}).get(key)
-
-    def _image_work(self, func, *args, **kwargs):
-        """Run image work (pull, load, commit) in eventlet's thread pool,
-        a few at a time: however many are requested, they leave most of
-        the pool's threads to the rest of zun-compute.
-        """
-        global _IMAGE_SLOTS
-        if _IMAGE_SLOTS is None:
-            # Half the pool at most.
-            _IMAGE_SLOTS = semaphore.Semaphore(max(1, min(
-                CONF.kata_image.max_concurrent_pulls,
-                tpool._nthreads // 2)))
-        with _IMAGE_SLOTS:
-            return tpool.execute(func, *args, **kwargs)
-
-    @_wrap
-    def pull_image(self, context, repo, tag, image_pull_policy='always',
-                   driver_name=None, registry=None):
-        """Make ``repo:tag`` available locally.
-
-        :returns: (image dict, True): the image is loaded into the store.
-        """
-        ref = '%s:%s' % (repo, tag) if tag else repo
-        store = self._images(context)
-        if driver_name == 'glance':
-            return self._pull_glance(context, repo, tag, image_pull_policy,
-                                     registry)
-        if image_pull_policy != 'never':
-            credentials = None
-            if registry is not None and getattr(registry, 'username', None):
-                credentials = {'username': registry.username,
-                               'password': registry.password}
-            record = self._image_work(store.pull, ref,
-                                      policy=image_pull_policy,
-                                      credentials=credentials)
-        else:
-            record = store.get(ref)
-        self._remember([ref] + record.repo_tags, record.id, store)
-        return {'image': repo, 'tag': tag, 'repo': repo,
-                'driver': driver_name or IMAGE_DRIVER, 'path': None,
-                'id': record.id, 'tags': record.repo_tags}, True
-
-    @_wrap
-    def load_image(self, path):
-        # zun loads an image right after pull_image (Glance), which has
-        # already loaded it into the project's names.
-        self._image_work(self.rt.images.load_archive, path)
-
-    @_wrap
-    def inspect_image(self, image):
-        recalled = self._recall(image)
-        if recalled:
-            # The project's image of that name, just pulled.
-            record = recalled[1].get(recalled[0])
-            tags = [_name_key(image)] + [t for t in record.repo_tags
-                                         if t != _name_key(image)]
-        else:
-            record = self.rt.images.get(image)
-            tags = record.repo_tags
-        return {'Id': record.id, 'RepoTags': tags,
-                'Size': record.size, 'Config': record.config,
-                'Architecture': record.architecture, 'Os': record.os}
-
-    @_wrap
-    def delete_image(self, context, img_id, image_driver=None):
-        store = self._images(context)
-        record = store.get(img_id)
-        store.remove(img_id, users=self.rt.image_users(record.id))
-
-    def search_image(self, context, repo, tag, driver_name, exact_match):
-        ref = '%s:%s' % (repo, tag) if tag else repo
-        try:
-            record = self._images(context).get(ref)
-        except exception.ImageNotFound:
-            return []
-        return [{'image': repo, 'tags': record.repo_tags, 'id': record.id}]
 
     # -------------------------------------------------------- containers
     @_wrap
@@ -414,221 +262,6 @@ class KataDriver(zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
             return True
         except exception.KataZunException:
             return False
-
-    # ------------------------------------- network (Zun mode, Neutron)
-    DEVICE_OWNER = 'compute:zun'
-
-    @staticmethod
-    def _neutron(context):
-        from zun.network import neutron as zun_neutron
-        return zun_neutron.NeutronAPI(context)
-
-    def _setup_network(self, context, container, requested_networks):
-        """Make (or take) a Neutron port per requested network, as zun's
-        own drivers do.
-
-        :returns: (Zun addresses, the runtime's network request or None)
-        """
-        if not requested_networks or \
-                CONF.kata_network.zun_network != 'neutron':
-            return {}, None
-        api = self._neutron(context)
-        self._expose_ports(api, container)
-        from zun.common import utils as zun_utils
-        sg_ids = zun_utils.get_security_group_ids(
-            context, container.security_groups)
-        if not container.host:
-            container.host = CONF.host
-        addresses, nics = {}, []
-        try:
-            for requested in requested_networks:
-                net_id = requested['network']
-                if net_id in addresses:
-                    continue
-                addrs, port = api.create_or_update_port(
-                    container, net_id, requested, self.DEVICE_OWNER,
-                    security_groups=sg_ids, set_binding_host=True)
-                addresses[net_id] = addrs
-                nics.append(self._nic(api, container, port))
-        except BaseException:
-            self._release_network(context, container, addresses)
-            raise
-        return addresses, {'network': 'neutron', 'nics': nics}
-
-    def _nic(self, api, container, port):
-        """What the host and the guest need of a bound port."""
-        vif_type = port.get('binding:vif_type')
-        details = port.get('binding:vif_details') or {}
-        if vif_type != 'ovs':
-            raise zun_exc.ZunException(
-                'Neutron port %s is bound as %r on host %s: the kata '
-                'driver plugs Open vSwitch ports only (is the OVS agent '
-                'of this host alive?)' % (port['id'], vif_type,
-                                          container.host))
-        if details.get('ovs_hybrid_plug'):
-            raise zun_exc.ZunException(
-                'Neutron port %s wants hybrid plugging (iptables_hybrid '
-                'firewall); the kata driver needs the OVS agent\'s '
-                'openvswitch (or noop) firewall driver' % port['id'])
-        network = api.show_network(port['network_id'])['network']
-        ips, dns = [], []
-        for fixed in port.get('fixed_ips') or []:
-            subnet = api.show_subnet(fixed['subnet_id'])['subnet']
-            ips.append({
-                'address': fixed['ip_address'],
-                'prefix': ipaddress.ip_network(subnet['cidr']).prefixlen,
-                'gateway': subnet.get('gateway_ip'),
-                'version': subnet.get('ip_version', 4),
-                'subnet_id': fixed['subnet_id']})
-            dns += [d for d in subnet.get('dns_nameservers') or []
-                    if d not in dns]
-        return {'port_id': port['id'], 'net_id': port['network_id'],
-                'mac': port['mac_address'],
-                'mtu': int(network.get('mtu') or 1500),
-                'bridge': (details.get('bridge_name') or
-                           CONF.kata_network.integration_bridge),
-                'datapath_type': details.get('datapath_type') or 'system',
-                'device_id': container.uuid, 'ips': ips, 'dns': dns}
-
-    def _expose_ports(self, api, container):
-        """``--expose-port``: a security group of the container's own
-        (named like zun's docker driver names it) allowing those ports in
-        from anywhere, added to the container's groups.
-        """
-        exposed = container.exposed_ports or {}
-        if not exposed:
-            return
-        name = consts.NAME_PREFIX + container.uuid
-        group = api.create_security_group(
-            {'security_group': {'name': name}})['security_group']
-        api.expose_ports(group['id'], exposed)
-        container.security_groups = list(container.security_groups or
-                                         []) + [group['id']]
-
-    def _release_network(self, context, container, addresses,
-                         exposed=True):
-        """Delete the ports the driver made, unbind the user's (they are
-        ``preserve_on_delete``), delete the exposed ports' group (unless
-        ``exposed`` is False). Ports already gone are no error.
-        """
-        if CONF.kata_network.zun_network != 'neutron':
-            return
-        exposed = exposed and container.exposed_ports
-        if not addresses and not exposed:
-            return
-        api = self._neutron(context)
-        ports, delete = set(), set()
-        for addrs in (addresses or {}).values():
-            for addr in addrs:
-                ports.add(addr['port'])
-                if not addr.get('preserve_on_delete'):
-                    delete.add(addr['port'])
-        if ports:
-            api.delete_or_unbind_ports(ports, delete)
-        if exposed:
-            from neutronclient.common import exceptions as n_exc
-            name = consts.NAME_PREFIX + container.uuid
-            try:
-                for group in api.list_security_groups(name=name).get(
-                        'security_groups', []):
-                    api.delete_security_group(group['id'])
-            except n_exc.NeutronClientException as exc:
-                LOG.warning('deleting security group %s: %s', name, exc)
-
-    def _port_ids(self, container):
-        return sorted({addr['port'] for addrs in
-                       (container.addresses or {}).values()
-                       for addr in addrs})
-
-    def _update_security_groups(self, context, container, change):
-        from neutronclient.common import exceptions as n_exc
-        api = self._neutron(context)
-        for port_id in self._port_ids(container):
-            port = api.show_port(port_id)['port']
-            groups = change(list(port.get('security_groups') or []))
-            try:
-                api.update_port(port_id, {'port': {
-                    'security_groups': groups}}, admin=True)
-            except n_exc.NeutronClientException as exc:
-                if exc.status_code == 400:
-                    raise zun_exc.SecurityGroupCannotBeApplied(str(exc))
-                raise
-
-    def add_security_group(self, context, container, security_group):
-        """Add a group (zun-api passes its id) to every port."""
-        self._update_security_groups(
-            context, container,
-            lambda groups: groups + [security_group]
-            if security_group not in groups else groups)
-
-    def remove_security_group(self, context, container, security_group):
-        """Remove a group (zun-api passes its id) from every port."""
-        self._update_security_groups(
-            context, container,
-            lambda groups: [g for g in groups if g != security_group])
-
-    def _runtime_request(self, container):
-        """The runtime's network request for ``container.addresses``."""
-        c = self.rt.get(container.container_id)
-        return c, c.config.get('network') or {}
-
-    @_wrap
-    def network_attach(self, context, container, requested_network):
-        """Attach a Neutron network to a container.
-
-        The port is made (or taken) now. A running container gets the NIC
-        hotplugged into its micro-VM and configured by the agent at once;
-        a created or stopped one gets it at its next start. A paused one
-        is refused (its guest cannot take the NIC).
-        """
-        net_id = requested_network['network']
-        if net_id in (container.addresses or {}):
-            raise zun_exc.ZunException(
-                'Container %s has already connected to the network %s.' %
-                (container.uuid, net_id))
-        if CONF.kata_network.zun_network != 'neutron':
-            raise zun_exc.Invalid('[kata_network] zun_network is "none" on '
-                                  'host %s: no Neutron ports' % CONF.host)
-        c, request = self._runtime_request(container)
-        self._check_not_paused(c)
-        addresses, new = self._setup_network(context, container,
-                                             [requested_network])
-        nics = [n for n in request.get('nics') or []] + new['nics']
-        try:
-            self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics})
-        except BaseException:
-            self._release_network(context, container, addresses)
-            raise
-        merged = dict(container.addresses or {})
-        merged.update(addresses)
-        container.addresses = merged
-        container.save(context)
-
-    @_wrap
-    def network_detach(self, context, container, network):
-        """Detach a Neutron network from a container: a running one loses
-        the NIC at once (hot-unplugged), a stopped one at its next start;
-        its ports are deleted (or unbound, when they were the user's).
-        """
-        c, request = self._runtime_request(container)
-        self._check_not_paused(c)
-        nics = [n for n in request.get('nics') or []
-                if n.get('net_id') != network]
-        # No NIC left is still a Neutron request: the VM keeps its
-        # hotplug slots for the next attach.
-        self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics})
-        addresses = dict(container.addresses or {})
-        gone = {network: addresses.pop(network, [])}
-        self._release_network(context, container, gone, exposed=False)
-        container.addresses = addresses
-        container.save(context)
-
-    @staticmethod
-    def _check_not_paused(c):
-        if c.status == manager.PAUSED:
-            raise zun_exc.Conflict(
-                'container %s is paused: its guest cannot take or give up '
-                'a NIC; unpause it first' % c.id[:12])
 
     # -------------------------------------------------------------- state
     def _refresh(self, container, c=None):
@@ -1012,115 +645,6 @@ class KataDriver(zun_volumes.VolumeDriverMixin, zun_driver.BaseDriver,
     @_wrap
     def put_archive(self, context, container, path, data):
         self.rt.put_archive(container.container_id, path, data)
-
-    # ------------------------------------------- commit and Glance
-    @_wrap
-    def commit(self, context, container, repository=None, tag=None):
-        """Commit the container as ``repository:tag`` in the store.
-
-        zun pauses the container first; the runtime unpauses its VM for
-        the read (the agent freezes the container's cgroup instead) and
-        pauses it again.
-
-        :returns: the new image id.
-        """
-        ref = str(repository)
-        if tag is not None and str(tag) != 'None':
-            ref += ':' + str(tag)
-        # Committed untagged, then named for the project alone.
-        record = self._image_work(self.rt.commit, container.container_id)
-        store = self._images(context)
-        record = store.tag(record.id, ref)
-        self._remember([ref], record.id, store)
-        env = (record.config or {}).get('Env') or []
-        if env:
-            LOG.warning('Image %s committed from container %s holds the '
-                        "container's %d environment variables (Env): "
-                        'whoever can use the image reads them',
-                        record.id, container.uuid, len(env))
-        return record.id
-
-    @_wrap
-    def get_image(self, name):
-        """The ``docker save`` stream of an image, for zun's upload.
-
-        A file-like iterator of chunks, not a generator: zun's Glance
-        driver would join a generator in memory, while glanceclient
-        streams a file-like object.
-        """
-        from kata_zun.image import export
-        # zun asks for the image it just committed, by name, without the
-        # project: the project's view that commit remembered names it.
-        store = (self._recall(name) or (None, self.rt.images))[1]
-        store.get(name)
-        return export.ExportStream(store, [name])
-
-    def create_image(self, context, image_name, image_driver):
-        try:
-            return image_driver.create_image(context, image_name)
-        except Exception as exc:
-            LOG.exception('creating Glance image %s failed', image_name)
-            raise zun_exc.ZunException(str(exc))
-
-    def upload_image_data(self, context, image, image_tag, image_data,
-                          image_driver):
-        try:
-            image_driver.update_image(context, image.id, tag=image_tag)
-            return image_driver.upload_image_data(context, image.id,
-                                                  image_data)
-        except Exception as exc:
-            LOG.exception('uploading Glance image %s failed', image.id)
-            raise zun_exc.ZunException(str(exc))
-
-    def delete_committed_image(self, context, img_id, image_driver):
-        try:
-            image_driver.delete_committed_image(context, img_id)
-        except Exception as exc:
-            LOG.exception('deleting Glance image %s failed', img_id)
-            raise zun_exc.ZunException(str(exc))
-
-    def _pull_glance(self, context, repo, tag, image_pull_policy, registry):
-        """Download through zun's Glance driver, load into the store."""
-        from zun.image.glance import driver as glance_driver
-        image, _loaded = glance_driver.GlanceDriver().pull_image(
-            context, repo, tag, image_pull_policy, registry)
-        store = self._images(context)
-        records = self._image_work(store.load_archive, image['path'])
-        self._remember(records[0].repo_tags, records[0].id, store)
-        image.update({'driver': 'glance', 'repo': repo, 'tag': tag,
-                      'id': records[0].id})
-        image.setdefault('tags', [])
-        return image, True
-
-    def read_tar_image(self, image):
-        """Name the image after a RepoTags entry of its tar (``repo``,
-        ``tag``), like zun's docker driver; ``tags`` stays Glance's.
-
-        zun's docker driver takes the first entry; an archive with
-        several names is better served by the one that was asked for:
-        the requested repo and tag, else the requested repo, else the
-        first.
-        """
-        from kata_zun.image import reference
-        image.setdefault('tags', [])
-        # The project's view of the store that _pull_glance loaded into.
-        recalled = self._recall(image_id=image.get('id'))
-        store = recalled[1] if recalled else self.rt.images
-        try:
-            record = store.get(image.get('id') or image['repo'])
-        except (exception.KataZunException, KeyError) as exc:
-            LOG.warning('reading the tar image %s: %s', image.get('path'),
-                        exc)
-            return
-        image['id'] = record.id
-        if not record.repo_tags:
-            image['repo'], image['tag'] = record.id.split(':', 1)[1], ''
-            return
-        refs = [reference.parse(t) for t in record.repo_tags]
-        wanted = (image.get('repo'), image.get('tag') or 'latest')
-        ref = next((r for r in refs if (r.repo, r.tag) == wanted), None) \
-            or next((r for r in refs if r.repo == wanted[0]), refs[0])
-        image['repo'], image['tag'] = ref.repo, ref.tag
 
     # ------------------------------------------------------------ host
     def get_available_resources(self):

@@ -32,7 +32,8 @@ class DriverImageTestCase(base.BaseTestCase):
         self.rt.images.tag.return_value = mock.Mock(
             id='sha256:' + 'c' * 64, repo_tags=['repo:v1'],
             config={'Env': ['PASSWORD=x']})
-        with mock.patch.object(self.mod.LOG, 'warning') as warning:
+        from kata_zun.driver import images
+        with mock.patch.object(images.LOG, 'warning') as warning:
             self.assertEqual('sha256:' + 'c' * 64,
                              self.driver.commit(None, c, 'repo', 'v1'))
         self.assertIn('environment', warning.call_args[0][0])

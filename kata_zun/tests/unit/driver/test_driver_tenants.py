@@ -207,8 +207,9 @@ class DriverTenantTestCase(base.BaseTestCase):
 
     def test_pulls_leave_most_of_the_thread_pool(self):
         self.flags(max_concurrent_pulls=2, group='kata_image')
-        self.mod._IMAGE_SLOTS = None
-        self.addCleanup(setattr, self.mod, '_IMAGE_SLOTS', None)
+        from kata_zun.driver import images
+        images._IMAGE_SLOTS = None
+        self.addCleanup(setattr, images, '_IMAGE_SLOTS', None)
         lock = threading.Lock()
         running, peak = [0], [0]
         record = mock.Mock(id='sha256:' + 'e' * 64, repo_tags=[])

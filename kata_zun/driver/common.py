@@ -1,0 +1,30 @@
+"""What the parts of the Zun driver share: error translation and ids."""
+
+from zun.common import exception as zun_exc
+
+from kata_zun import exception
+
+
+def runtime_id(container):
+    """The runtime id of a Zun container: its uuid without dashes."""
+    return container.uuid.replace('-', '')
+
+
+def wrap(func):
+    """Turn kata-zun errors into the zun exceptions the API expects."""
+    def wrapper(self, *args, **kwargs):
+        try:
+            return func(self, *args, **kwargs)
+        except exception.ContainerNotFound as exc:
+            raise zun_exc.Invalid(str(exc))
+        except exception.ImageNotFound as exc:
+            raise zun_exc.ImageNotFound(str(exc))
+        except exception.Conflict as exc:
+            raise zun_exc.Conflict(str(exc))
+        except exception.InvalidInput as exc:
+            raise zun_exc.Invalid(str(exc))
+        except exception.KataZunException as exc:
+            raise zun_exc.ZunException(str(exc))
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
