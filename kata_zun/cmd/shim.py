@@ -141,6 +141,7 @@ def main(argv=None):
                        qemu_vm.QemuHypervisor(),
                        max_frame=CONF.kata_agent.max_frame_bytes,
                        agent_timeout=CONF.kata_agent.connect_timeout,
+                       boot_cpu_budget=CONF.kata_agent.boot_cpu_budget,
                        log_max_bytes=CONF.kata.log_max_bytes,
                        stop_timeout=CONF.kata.stop_timeout)
     try:

@@ -4,8 +4,16 @@ GROUP = cfg.OptGroup('kata_agent', title='Guest agent link options')
 
 OPTS = [
     cfg.IntOpt('connect_timeout', default=30, min=1,
-               help='Seconds from QEMU start until the agent must answer '
-                    'the version handshake.'),
+               help='While a sandbox boots and its container is set up, '
+                    'the seconds over which its QEMU must get at least 2 '
+                    'percent of a CPU (else it makes no progress). The '
+                    'wait itself has no fixed length: on a busy host a '
+                    'boot takes longer and is still awaited.'),
+    cfg.FloatOpt('boot_cpu_budget', default=120.0, min=1.0,
+                 help='CPU seconds a sandbox\'s QEMU may use from its '
+                      'start until the container is set up (a boot needs '
+                      'a few under TCG): a guest that spins instead of '
+                      'answering is stopped.'),
     cfg.IntOpt('request_timeout', default=30, min=1,
                help='Seconds a control request to the agent may take.'),
     cfg.IntOpt('max_frame_bytes', default=1024 * 1024, min=4096,

@@ -19,11 +19,14 @@ from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.shim import guestdata
 from kata_zun.shim import logs
+from kata_zun.shim import progress
 
 LOG = logging.getLogger(__name__)
 
 # Warnings the guest can trigger that reach the shim's log in a minute.
 GUEST_WARNINGS_PER_MINUTE = 10
+# Seconds between two looks at a booting VM's progress.
+PROGRESS_POLL = 0.5
 
 
 class ShimSetupError(Exception):
@@ -47,13 +50,18 @@ class AgentLink(object):
         self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
                         boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}
+        # Set-up waits while the VM makes progress, however long a busy
+        # host makes that (see kata_zun.shim.progress).
+        self._progress = progress.BootProgress(
+            self.vm.pid, window=self.agent_timeout,
+            cpu_budget=self.boot_cpu_budget)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.agent_timeout)
         sock.connect(self.vm.agent_socket)
         self._agent_sock = sock
         self.agent = protocol.Channel(sock.fileno(), self.max_frame,
                                       owns_fd=False)
-        hello = self._sync_frame(protocol.HELLO, self.agent_timeout)
+        hello = self._sync_frame(protocol.HELLO)
         version = hello.json().get('version')
         if version != protocol.VERSION:
             raise ShimSetupError('agent speaks protocol version %s' %
@@ -101,10 +109,9 @@ class AgentLink(object):
             k: round(v, 3) for k, v in timing.items()})
         LOG.info('sandbox %s up: %s', self.cid, self.state['boot_timing'])
 
-    def _sync_frame(self, ftype, timeout):
-        deadline = time.monotonic() + timeout
+    def _sync_frame(self, ftype):
         while True:
-            frames, eof = self._read_blocking(deadline)
+            frames, eof = self._read_blocking()
             for frame in frames:
                 # Nothing but the HELLO is expected before set-up is done.
                 if frame.type == ftype:
@@ -112,17 +119,22 @@ class AgentLink(object):
             if eof:
                 raise ShimSetupError('agent closed the link during set-up')
 
-    def _read_blocking(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ShimSetupError('agent did not answer within %s s' %
-                                 self.agent_timeout)
-        self._agent_sock.settimeout(remaining)
-        try:
-            data = self._agent_sock.recv(256 * 1024)
-        except socket.timeout:
-            raise ShimSetupError('agent did not answer within %s s' %
-                                 self.agent_timeout)
+    def _read_blocking(self):
+        """Wait for the agent's next bytes while the VM makes progress.
+
+        :raises: ShimSetupError
+        """
+        while True:
+            try:
+                self._progress.check()
+            except progress.NoProgress as exc:
+                raise ShimSetupError('agent did not answer: %s' % exc)
+            self._agent_sock.settimeout(PROGRESS_POLL)
+            try:
+                data = self._agent_sock.recv(256 * 1024)
+                break
+            except socket.timeout:
+                continue
         if not data:
             return [], True
         try:
@@ -135,9 +147,8 @@ class AgentLink(object):
         self._agent_sock.settimeout(self.agent_timeout)
         self._agent_sock.sendall(protocol.encode_json(protocol.REQUEST, {
             'id': rid, 'op': op, 'args': args}))
-        deadline = time.monotonic() + self.agent_timeout
         while True:
-            frames, eof = self._read_blocking(deadline)
+            frames, eof = self._read_blocking()
             for frame in frames:
                 if frame.type != protocol.RESPONSE:
                     continue

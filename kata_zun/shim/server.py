@@ -52,12 +52,16 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
            lifecycle.Lifecycle):
 
     def __init__(self, state_dir, run_dir, hypervisor, max_frame,
-                 agent_timeout, log_max_bytes, stop_timeout):
+                 agent_timeout, log_max_bytes, stop_timeout,
+                 boot_cpu_budget=120.0):
         self.state_dir = state_dir
         self.run_dir = run_dir
         self.hypervisor = hypervisor
         self.max_frame = max_frame
+        # Set-up gives up on a VM without progress over agent_timeout
+        # seconds, or past boot_cpu_budget CPU seconds (shim.progress).
         self.agent_timeout = agent_timeout
+        self.boot_cpu_budget = boot_cpu_budget
         self.log_max_bytes = log_max_bytes
         self.stop_timeout = stop_timeout
         self.config = fileutils.read_json(self._path('config.json'))

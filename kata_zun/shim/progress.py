@@ -1,0 +1,105 @@
+"""How long to wait for a booting guest: as long as it makes progress.
+
+A fixed wall-clock deadline for the agent's first answer fails on a busy
+host: 20 VMs booting at once on 2 cores under TCG each get a tenth of a
+core, and a boot that takes 1.5 s alone takes 30 s or more. What a boot
+needs is CPU time, roughly the same however busy the host is. So the
+shim watches the CPU time of the VM's QEMU process:
+
+* **stalled**: over the last ``window`` seconds QEMU got less than
+  ``min_share`` of one CPU. An idle guest (a hung agent, a kernel
+  waiting for nothing) uses about 0.5 %; a booting guest that the host
+  starves still gets several percent. The VM is not coming.
+* **over budget**: QEMU has used ``cpu_budget`` CPU seconds since the
+  boot began (a boot needs about 1.5 here): a guest that spins (a kernel
+  stuck calibrating its delay loop) never answers.
+
+Either ends the wait with a reason. Nothing else does, so the deadline
+scales with the host's load instead of guessing it.
+"""
+
+import collections
+import os
+import time
+
+#: CPU ticks per second, for /proc/PID/stat.
+_TICKS = os.sysconf('SC_CLK_TCK')
+
+
+def cpu_seconds(pid):
+    """:returns: user + system CPU seconds of process ``pid`` (threads
+        included), or None when it is gone.
+    """
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            data = f.read(4096)
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start
+    # after the last ')'.
+    fields = data[data.rfind(b')') + 2:].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+class NoProgress(Exception):
+    """The VM stopped making progress; the message says how."""
+
+
+class BootProgress(object):
+    """Judges whether a booting VM is still worth waiting for.
+
+    :param pid: the QEMU process.
+    :param window: seconds over which CPU progress is measured.
+    :param min_share: least share of one CPU that counts as progress.
+    :param cpu_budget: most CPU seconds the whole wait may cost.
+    :param clock: monotonic clock (tests).
+    :param cpu: callable pid -> CPU seconds or None (tests).
+    """
+
+    def __init__(self, pid, window=30.0, min_share=0.02, cpu_budget=120.0,
+                 clock=time.monotonic, cpu=cpu_seconds):
+        self.pid = pid
+        self.window = float(window)
+        self.min_share = float(min_share)
+        self.cpu_budget = float(cpu_budget)
+        self._clock = clock
+        self._cpu = cpu
+        now = clock()
+        first = cpu(pid) or 0.0
+        self.started = now
+        self._cpu0 = first
+        # (time, cpu) samples covering the last window.
+        self._samples = collections.deque([(now, first)])
+
+    def check(self):
+        """Take a sample.
+
+        :returns: seconds waited so far (wall clock).
+        :raises: NoProgress
+        """
+        now = self._clock()
+        used = self._cpu(self.pid)
+        if used is None:
+            raise NoProgress('QEMU (pid %d) is gone' % self.pid)
+        self._samples.append((now, used))
+        # Keep one sample at or before the window's start.
+        while len(self._samples) > 2 and \
+                self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+        waited = now - self.started
+        if used - self._cpu0 > self.cpu_budget:
+            raise NoProgress(
+                'the VM used %.0f CPU seconds without its agent answering '
+                '(a boot needs a few)' % (used - self._cpu0))
+        t_old, cpu_old = self._samples[0]
+        if now - t_old >= self.window:
+            share = (used - cpu_old) / (now - t_old)
+            if share < self.min_share:
+                raise NoProgress(
+                    'the VM made no progress for %.0f s (QEMU got %.1f %% '
+                    'of a CPU; %.0f s since the boot began)'
+                    % (now - t_old, share * 100, waited))
+        return waited

@@ -1,0 +1,83 @@
+"""A booting VM is awaited while it makes progress, not for a fixed time.
+"""
+
+import os
+import subprocess
+import time
+
+from oslotest import base
+
+from kata_zun.shim import progress
+
+
+class FakeVM(object):
+    """A clock and a QEMU CPU counter the test drives."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.cpu = 5.0
+        self.gone = False
+
+    def clock(self):
+        return self.now
+
+    def cpu_of(self, pid):
+        return None if self.gone else self.cpu
+
+    def run(self, seconds, share):
+        self.now += seconds
+        self.cpu += seconds * share
+
+
+class BootProgressTestCase(base.BaseTestCase):
+
+    def _watch(self, vm, **kw):
+        return progress.BootProgress(42, clock=vm.clock, cpu=vm.cpu_of,
+                                     **kw)
+
+    def test_a_starved_boot_is_awaited_as_long_as_it_moves(self):
+        vm = FakeVM()
+        watch = self._watch(vm)
+        # 50 VMs on 2 cores: 4 % of a CPU each, for 10 minutes.
+        for _ in range(1200):
+            vm.run(0.5, 0.04)
+            watch.check()
+        self.assertEqual(600, round(watch.check()))
+
+    def test_an_idle_guest_is_given_up_after_the_window(self):
+        vm = FakeVM()
+        watch = self._watch(vm, window=30)
+        vm.run(2, 1.0)              # it booted a little...
+        watch.check()
+        waited = 0
+        with self.assertRaisesRegex(progress.NoProgress,
+                                    'no progress for 3[0-9] s'):
+            while True:             # ... then idles at 0.5 %
+                vm.run(0.5, 0.005)
+                waited += 0.5
+                watch.check()
+        self.assertLessEqual(waited, 33)
+
+    def test_a_spinning_guest_is_stopped_by_the_cpu_budget(self):
+        vm = FakeVM()
+        watch = self._watch(vm, cpu_budget=60)
+        with self.assertRaisesRegex(progress.NoProgress, '6[01] CPU sec'):
+            for _ in range(1000):
+                vm.run(0.5, 1.0)
+                watch.check()
+        self.assertLess(vm.now - 100, 62)
+
+    def test_qemu_gone(self):
+        vm = FakeVM()
+        watch = self._watch(vm)
+        vm.gone = True
+        self.assertRaisesRegex(progress.NoProgress, 'gone', watch.check)
+
+    def test_cpu_seconds_of_real_processes(self):
+        self.assertIsNone(progress.cpu_seconds(2 ** 22 + 12345))
+        busy = subprocess.Popen(['sh', '-c', 'while :; do :; done'])
+        self.addCleanup(busy.wait)
+        self.addCleanup(busy.kill)
+        time.sleep(0.5)
+        self.assertGreater(progress.cpu_seconds(busy.pid), 0.05)
+        self.assertGreaterEqual(progress.cpu_seconds(os.getpid()), 0)
