@@ -644,6 +644,10 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     @_wrap
     def put_archive(self, context, container, path, data):
+        if isinstance(data, str):
+            # Below API microversion 1.25 zun-api passes the tar as the
+            # text the client's JSON encoder made of its bytes (UTF-8).
+            data = data.encode('utf-8', 'surrogateescape')
         self.rt.put_archive(container.container_id, path, data)
 
     # ------------------------------------------------------------ host

@@ -229,3 +229,12 @@ class DriverTestCase(base.BaseTestCase):
         exec_id = self.driver.execute_create(None, c, 'echo "a b"')
         self.assertEqual((c.container_id, ['echo', 'a b'], False),
                          self.driver._execs[exec_id])
+
+    def test_put_archive_below_microversion_1_25_takes_text(self):
+        c = self._container()
+        self.driver.put_archive(None, c, '/tmp', 'tar \u00e9')
+        self.driver.put_archive(None, c, '/tmp', b'tar \xff')
+        self.assertEqual(
+            [mock.call('ab' * 16, '/tmp', 'tar \u00e9'.encode()),
+             mock.call('ab' * 16, '/tmp', b'tar \xff')],
+            self.rt.put_archive.call_args_list)
