@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 from kata_zun.tests.functional import base
 
@@ -323,6 +324,30 @@ class SharedFileTestCase(base.KataZunFunctionalTest):
                     check=0)
         self.assertEqual('key = new\n', self._read(self.conf))
         self.assertEqual(inode, os.stat(self.conf).st_ino)
+
+    def test_host_side_changes_in_place_are_seen_replacements_not(self):
+        """As with Docker: the mount holds the file's inode."""
+        cid = self.kz('run', '-d', '-v', '%s:/etc/app.conf:ro' % self.conf,
+                      'busybox', 'sleep', '600', check=0).text.strip()
+        with open(self.conf, 'r+') as f:
+            f.write('key = HOST\n')
+        # Seen once the guest's cached attributes expire (one second).
+        deadline = time.monotonic() + 10
+        while True:
+            r = self.kz('exec', cid, 'cat', '/etc/app.conf', check=0)
+            if r.out == b'key = HOST\n' or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(b'key = HOST\n', r.out)
+        new = os.path.join(self.top, 'new')
+        with open(new, 'w') as f:
+            f.write('key = replaced\n')
+        os.rename(new, self.conf)
+        time.sleep(2)
+        r = self.kz('exec', cid, 'cat', '/etc/app.conf', check=0)
+        self.assertEqual(b'key = HOST\n', r.out)
+        self.kz('rm', '-f', cid, check=0)
+        self.assertEqual('key = replaced\n', self._read(self.conf))
 
     def test_read_only_file_is_read_only_on_the_host_side_too(self):
         r = self.kz('run', '--rm', '--privileged', '-v',
