@@ -191,6 +191,10 @@ def enter(c, privileged, run_dir='/run'):
         os.symlink(target, root + '/dev/' + link)
     for name in ('hostname', 'hosts', 'resolv.conf'):
         target = root + '/etc/' + name
+        if os.path.ismount(target):
+            # A file volume of the user's is there: it wins, as with
+            # Docker.
+            continue
         # Never follow a symlink the image put at /etc/<name>.
         if os.path.islink(target):
             os.unlink(target)

@@ -373,6 +373,13 @@ class SharedFileTestCase(base.KataZunFunctionalTest):
         r = self.kz('run', '--rm', '-v', '%s:/etc/passwd:ro' % self.conf,
                     'busybox', 'cat', '/etc/passwd', check=0)
         self.assertEqual(b'key = host\n', r.out)
+        # The files the agent writes itself give way to the user's.
+        r = self.kz('run', '--rm', '-v', '%s:/etc/resolv.conf:ro'
+                    % self.conf, '-v', '%s:/etc/hosts:ro' % self.conf,
+                    'busybox', 'sh', '-c',
+                    'cat /etc/resolv.conf /etc/hosts; hostname', check=0)
+        self.assertEqual(['key = host', 'key = host'],
+                         r.text.splitlines()[:2])
         # Over a directory: refused, as Docker does.
         r = self.kz('run', '--rm', '-v', '%s:/etc' % self.conf, 'busybox',
                     'true')
