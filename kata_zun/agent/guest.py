@@ -637,8 +637,10 @@ class Agent(object):
         # --- volumes (issue 11): block and shared volumes at their targets
         from kata_zun.agent import guestvolumes
         try:
+            # Shared files' exports are staged next to the root, never
+            # in it: the container never sees them.
             guestvolumes.mount_all(c.rootfs, args.get('volumes'), find_disk,
-                                   mount)
+                                   mount, os.path.join(c.dir, 'shared'))
         except guestvolumes.VolumeError as exc:
             raise OpError('volume', str(exc))
         # --- end volumes
@@ -1202,36 +1204,17 @@ class Agent(object):
             time.sleep(60)
 
 
-def secure_resolve(root, path, follow_final=False, max_links=40):
-    """Resolve ``path`` inside ``root`` the way a chroot would: '..'
-    stops at the root and absolute symlinks start again from it.
+def secure_resolve(root, path, follow_final=False):
+    """:func:`kata_zun.agent.guestroot.resolve` (creating nothing), its
+    refusals as the agent's errors.
 
     :returns: the resolved path relative to ``root`` (starting with /).
-    :raises: OpError on a symlink loop.
+    :raises: OpError
     """
-    parts = [p for p in path.split('/') if p not in ('', '.')]
-    resolved = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == '..':
-            if resolved:
-                resolved.pop()
-            continue
-        full = root + '/' + '/'.join(resolved + [name])
-        if os.path.islink(full) and (parts or follow_final):
-            links += 1
-            if links > max_links:
-                raise OpError('invalid', 'too many levels of symbolic '
-                              'links: %s' % path)
-            target = os.readlink(full)
-            if target.startswith('/'):
-                resolved = []
-            parts = [p for p in target.split('/')
-                     if p not in ('', '.')] + parts
-            continue
-        resolved.append(name)
-    return '/' + '/'.join(resolved)
+    try:
+        return guestroot.resolve(root, path, follow_final=follow_final)
+    except guestroot.ResolveError as exc:
+        raise OpError('invalid', str(exc))
 
 
 def _tar_out(inner):

@@ -1,4 +1,8 @@
-"""The container's root: /proc, /sys, /dev, masked paths, pivot_root.
+"""The container's root: paths in it, /proc, /sys, /dev, masked paths,
+pivot_root.
+
+:func:`resolve` is the one way the agent turns a container path into a
+path under the root (volume targets, archive paths): as a chroot would.
 
 Runs in the forked container process, in its new mount namespace (see
 ``Agent._child`` in :mod:`kata_zun.agent.guest`). Standard library only.
@@ -25,6 +29,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155                   # x86_64
+MAX_LINKS = 40
 
 DEV_NODES = (('null', 1, 3), ('zero', 1, 5), ('full', 1, 7),
              ('random', 1, 8), ('urandom', 1, 9), ('tty', 5, 0))
@@ -39,6 +44,68 @@ MASKED_PATHS = ('/proc/asound', '/proc/acpi', '/proc/kcore', '/proc/keys',
 # Visible but read-only: kernel tunables and triggers of the whole VM.
 READONLY_PATHS = ('/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys',
                   '/proc/sysrq-trigger')
+
+
+class ResolveError(ValueError):
+    """A path cannot be resolved inside the root (loop, not a directory,
+    cannot be created); the message says which.
+    """
+
+
+def resolve(root, path, follow_final=True, create=None,
+            max_links=MAX_LINKS):
+    """Resolve ``path`` inside ``root`` the way a chroot would: '..'
+    stops at the root and absolute symlinks start again from it, so no
+    symlink (an image's, a container's) leads outside ``root``.
+
+    :param root: the container's root, as the agent sees it.
+    :param path: a path in the container (relative paths start at /).
+    :param follow_final: follow a symlink in the last component too.
+    :param create: None (create nothing), ``'dir'`` (a missing component
+        becomes a directory) or ``'file'`` (missing parents become
+        directories, a missing last component an empty regular file).
+    :returns: the resolved path relative to ``root``, starting with '/'
+        ('/' for the root itself).
+    :raises: ResolveError (loop, a non-directory in the middle, or the
+        creation failed).
+    """
+    parts = [p for p in path.split('/') if p not in ('', '.')]
+    resolved = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == '..':
+            if resolved:
+                resolved.pop()
+            continue
+        full = root + '/' + '/'.join(resolved + [name])
+        if os.path.islink(full) and (parts or follow_final):
+            links += 1
+            if links > max_links:
+                raise ResolveError('too many levels of symbolic links: %s'
+                                   % path)
+            target = os.readlink(full)
+            if target.startswith('/'):
+                resolved = []
+            parts = [p for p in target.split('/')
+                     if p not in ('', '.')] + parts
+            continue
+        last = not parts
+        if create and not os.path.lexists(full):
+            try:
+                if last and create == 'file':
+                    os.close(os.open(full, os.O_WRONLY | os.O_CREAT |
+                                     os.O_EXCL | os.O_NOFOLLOW |
+                                     os.O_CLOEXEC, 0o644))
+                else:
+                    os.mkdir(full, 0o755)
+            except OSError as exc:
+                raise ResolveError('cannot create %s: %s'
+                                   % (path, exc.strerror))
+        elif not last and os.path.lexists(full) and not os.path.isdir(full):
+            raise ResolveError('%s: not a directory' % path)
+        resolved.append(name)
+    return '/' + '/'.join(resolved)
 
 
 def _agent():
@@ -124,6 +191,10 @@ def enter(c, privileged, run_dir='/run'):
         os.symlink(target, root + '/dev/' + link)
     for name in ('hostname', 'hosts', 'resolv.conf'):
         target = root + '/etc/' + name
+        if os.path.ismount(target):
+            # A file volume of the user's is there: it wins, as with
+            # Docker.
+            continue
         # Never follow a symlink the image put at /etc/<name>.
         if os.path.islink(target):
             os.unlink(target)

@@ -36,14 +36,19 @@ class Disk:
 
 @dataclasses.dataclass(frozen=True)
 class SharedDir:
-    """A host directory shared with the guest through virtio-fs.
+    """A host directory (or one host file) shared with the guest through
+    virtio-fs.
 
     One virtiofsd serves it, confined to ``source`` (read-only on the
     host side too when ``read_only``); the guest mounts it by ``tag``.
+    With ``file_name`` set, ``source`` is a regular file and the export
+    is a directory holding that one file under that name (never the
+    file's siblings).
     """
     source: str
     tag: str
     read_only: bool = False
+    file_name: typing.Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

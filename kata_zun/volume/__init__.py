@@ -11,7 +11,8 @@ A volume is a typed device handed to the VM plus a guest mount spec:
   raw image under ``<state_path>/volumes/NAME/``, handed over as a block
   volume.
 * ``bind``: a host directory shared through virtio-fs by a virtiofsd
-  confined to it (:mod:`.virtiofs`).
+  confined to it (:mod:`.virtiofs`), or one host file, exported alone
+  (never its directory) and bind-mounted at the target by the agent.
 
 :mod:`.spec` parses and validates what a user asks for,
 :mod:`.devices` turns a container record into VM disks, shared

@@ -5,6 +5,12 @@ block file exists and is a regular file or a block device, a named
 volume exists or is created) and fixes what the VM will get: the disk
 path, its serial and the mount spec the agent receives. The shim turns
 the record into disks with :func:`disks`.
+
+A bind mount of a directory shares that directory. A bind mount of a
+regular file (Docker's ``-v /host/file:/etc/app.conf``, and Zun's
+injected files) shares that one file: its virtiofsd exports a directory
+holding only it, as :data:`FILE_NAME`, never the file's parent
+(:mod:`.virtiofs`); the agent bind-mounts it at the target.
 """
 
 import os
@@ -16,6 +22,9 @@ from kata_zun.volume import spec
 
 SERIAL_PREFIX = 'kz-vol'
 TAG_PREFIX = 'kz-fs'
+# The name of a single shared file inside its export; the host file's
+# own name never reaches the guest.
+FILE_NAME = 'file'
 
 
 def _block_source(path):
@@ -31,16 +40,19 @@ def _block_source(path):
 
 
 def _bind_source(path):
+    """:returns: (the resolved path, True if it is a regular file).
+    :raises: InvalidInput
+    """
     try:
         st = os.stat(path)
     except OSError as exc:
         raise exception.InvalidInput(
             reason='bind mount %s: %s' % (path, exc.strerror))
-    if not stat.S_ISDIR(st.st_mode):
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise exception.InvalidInput(
-            reason='bind mount %s is not a directory (only directories '
-            'can be shared)' % path)
-    return os.path.realpath(path)
+            reason='bind mount %s is not a directory or a regular file'
+            % path)
+    return os.path.realpath(path), stat.S_ISREG(st.st_mode)
 
 
 def resolve(requests, store):
@@ -51,7 +63,7 @@ def resolve(requests, store):
         volume that does not exist is created (Docker does the same).
     :returns: the record entries: the request plus ``disk`` (host path)
         and ``serial`` for a block device, ``dir`` and ``tag`` for a
-        shared directory.
+        shared directory, ``file`` and ``tag`` for a shared file.
     :raises: InvalidInput, NotFound
     """
     out = []
@@ -59,7 +71,8 @@ def resolve(requests, store):
     for req in spec.check_all(requests):
         entry = dict(req)
         if req['type'] == 'bind':
-            entry['dir'] = _bind_source(req['source'])
+            path, is_file = _bind_source(req['source'])
+            entry['file' if is_file else 'dir'] = path
             entry['tag'] = '%s%d' % (TAG_PREFIX, shared)
             shared += 1
             out.append(entry)
@@ -83,8 +96,11 @@ def agent_specs(entries):
     out = []
     for e in entries:
         if e['type'] == 'bind':
-            out.append({'type': 'virtiofs', 'tag': e['tag'],
-                        'target': e['target'], 'readonly': e['readonly']})
+            vol = {'type': 'virtiofs', 'tag': e['tag'],
+                   'target': e['target'], 'readonly': e['readonly']}
+            if 'file' in e:
+                vol['file'] = FILE_NAME
+            out.append(vol)
         else:
             out.append({'type': 'block', 'serial': e['serial'],
                         'target': e['target'], 'readonly': e['readonly']})
@@ -109,10 +125,13 @@ def disks(entries):
 
 def shared_dirs(entries):
     """:returns: the :class:`kata_zun.hypervisor.base.SharedDir` of each
-        bind mount.
+        bind mount (of a directory or of a single file).
     """
-    return tuple(base.SharedDir(e['dir'], e['tag'], read_only=e['readonly'])
-                 for e in entries or () if e['type'] == 'bind')
+    return tuple(
+        base.SharedDir(e['file'], e['tag'], read_only=e['readonly'],
+                       file_name=FILE_NAME) if 'file' in e else
+        base.SharedDir(e['dir'], e['tag'], read_only=e['readonly'])
+        for e in entries or () if e['type'] == 'bind')
 
 
 def users(containers, name):

@@ -1,4 +1,4 @@
-"""Shared directories: one virtiofsd per exported directory.
+"""Shared directories: one virtiofsd per exported directory (or file).
 
 The VM's owner (root) starts each virtiofsd as its child, before QEMU:
 
@@ -6,7 +6,15 @@ The VM's owner (root) starts each virtiofsd as its child, before QEMU:
   exported directory is bind-mounted (not recursively: mounts below it
   are not exported) onto an empty directory of the sandbox's run
   directory, read-only for a read-only volume: the host refuses the
-  guest's writes, whatever the guest kernel does;
+  guest's writes, whatever the guest kernel does. What is mounted is
+  what was checked: the bind mount is made from a descriptor of the
+  source (``O_PATH``, no symlink followed) that is the checked file;
+* for a single shared file, the export is a tiny tmpfs made in that
+  namespace, holding one empty file on which the host file is
+  bind-mounted, then remounted read-only: the guest sees that one file
+  (its writes land in it, in place) and nothing else of its directory,
+  cannot create, rename or remove anything next to it, and nothing of
+  this ever appears in the host's mount table, even if we crash;
 * with virtiofsd's own sandbox (``-o sandbox=namespace``: new pid, mount
   and net namespaces and ``pivot_root`` into that directory, so a
   guest-made symlink or ``..`` resolves inside the export) and its
@@ -22,9 +30,11 @@ connect. virtiofsd's messages go through a size-capped log.
 """
 
 import ctypes
+import errno
 import os
 import signal
 import socket
+import stat
 import subprocess
 
 from oslo_log import log as logging
@@ -46,6 +56,9 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 PR_SET_PDEATHSIG = 1
+# The export of a single file: its root and the file, nothing more.
+FILE_EXPORT_OPTS = 'size=4k,nr_inodes=8,mode=0755'
+MAX_FILE_NAME = 64
 
 _libc = []
 
@@ -62,16 +75,36 @@ def _check(ret, what):
         raise OSError(err, '%s: %s' % (what, os.strerror(err)))
 
 
-def _mount(lib, source, target, flags):
+def _mount(lib, source, target, flags, fstype=None, data=None):
     def b(s):
         return None if s is None else os.fsencode(s)
-    _check(lib.mount(b(source), b(target), None, flags, None),
+    _check(lib.mount(b(source), b(target), b(fstype), flags, b(data)),
            'mount %s' % target)
 
 
-def _child_setup(lib, parent, source, mountpoint, read_only,
-                 cgroup_procs):
-    """Runs in the forked child before exec (no allocation-heavy work)."""
+def _pin(path, identity):
+    """:returns: an ``O_PATH`` descriptor of ``path`` if it is still the
+        file checked by the parent (``identity``: device, inode).
+    :raises: OSError
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != identity:
+        os.close(fd)
+        raise OSError(errno.ESTALE, '%s changed under us' % path)
+    return fd
+
+
+def _child_setup(lib, parent, source, identity, mountpoint, read_only,
+                 cgroup_procs, file_name=None):
+    """Runs in the forked child before exec (no allocation-heavy work).
+
+    :param identity: (device, inode) of the source the parent checked:
+        the bind mount is made from a descriptor of that very file (a
+        descriptor opened in our new namespace: mount(2) refuses one of
+        another namespace).
+    :param file_name: set for a single file: its name in the export.
+    """
     for path in cgroup_procs:
         with open(path, 'w') as f:
             f.write('0')
@@ -82,11 +115,28 @@ def _child_setup(lib, parent, source, mountpoint, read_only,
     _check(lib.unshare(CLONE_NEWNS), 'unshare')
     # Nothing below propagates to the host's mount table.
     _mount(lib, None, '/', MS_REC | MS_PRIVATE)
-    _mount(lib, source, mountpoint, MS_BIND)
+    source_fd = _pin(source, identity)
+    source = '/proc/self/fd/%d' % source_fd
     flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV
     if read_only:
         flags |= MS_RDONLY
-    _mount(lib, None, mountpoint, flags)
+    if file_name is None:
+        _mount(lib, source, mountpoint, MS_BIND)
+        os.close(source_fd)
+        _mount(lib, None, mountpoint, flags)
+        return
+    _mount(lib, 'tmpfs', mountpoint, MS_NOSUID | MS_NODEV, 'tmpfs',
+           FILE_EXPORT_OPTS)
+    target = os.path.join(mountpoint, file_name)
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    _mount(lib, source, target, MS_BIND)
+    os.close(source_fd)
+    _mount(lib, None, target, flags)
+    # The guest can neither add nor remove anything next to the file
+    # (and cannot unlink or rename it: it is a mount point).
+    _mount(lib, None, mountpoint, MS_REMOUNT | MS_RDONLY | MS_NOSUID |
+           MS_NODEV)
 
 
 class Daemon(object):
@@ -112,29 +162,48 @@ class Daemon(object):
         self.drain.join(5)
 
 
-def _check_source(source):
+def _check_source(shared):
+    """Check the source (never through a symlink) and its type.
+
+    :returns: its (device, inode): the child mounts that file only.
+    :raises: kata_zun.exception.HypervisorError
+    """
+    what = 'shared file' if shared.file_name else 'shared directory'
+    name = shared.file_name
+    if name is not None and (
+            not isinstance(name, str) or '/' in name or '\0' in name or
+            name in ('', '.', '..') or len(name) > MAX_FILE_NAME):
+        raise exception.HypervisorError(
+            reason='bad file name %r for %s' % (name, shared.source))
     try:
-        st = os.lstat(source)
+        fd = os.open(shared.source,
+                     os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise exception.HypervisorError(
-            reason='shared directory %s: %s' % (source, exc.strerror))
-    import stat
-    if not stat.S_ISDIR(st.st_mode):
+            reason='%s %s: %s' % (what, shared.source, exc.strerror))
+    st = os.fstat(fd)
+    os.close(fd)
+    if not (stat.S_ISREG(st.st_mode) if name else
+            stat.S_ISDIR(st.st_mode)):
         raise exception.HypervisorError(
-            reason='shared directory %s is not a directory' % source)
+            reason='%s %s is not a %s' % (
+                what, shared.source,
+                'regular file' if name else 'directory'))
+    return st.st_dev, st.st_ino
 
 
 def start(shared, index, run_dir, virtiofsd=VIRTIOFSD, cgroup_procs=()):
     """Start the virtiofsd of one shared directory.
 
-    :param shared: a :class:`kata_zun.hypervisor.base.SharedDir`.
+    :param shared: a :class:`kata_zun.hypervisor.base.SharedDir` (a
+        directory, or one file when its ``file_name`` is set).
     :param index: its number in the VM (names its socket and mount point).
     :param run_dir: the VM's run directory (root-only).
     :param cgroup_procs: ``cgroup.procs`` files it joins (the sandbox's).
     :returns: (:class:`Daemon`, a socket connected to it, for QEMU).
     :raises: kata_zun.exception.HypervisorError
     """
-    _check_source(shared.source)
+    identity = _check_source(shared)
     sock_path = os.path.join(run_dir, 'vfs%d.sock' % index)
     mountpoint = os.path.join(run_dir, 'fs%d' % index)
     if ',' in mountpoint:
@@ -158,9 +227,9 @@ def start(shared, index, run_dir, virtiofsd=VIRTIOFSD, cgroup_procs=()):
                 stderr=subprocess.STDOUT, close_fds=True,
                 pass_fds=(listener.fileno(),), env={'PATH': '/usr/bin:/bin'},
                 preexec_fn=lambda: _child_setup(lib, parent, shared.source,
-                                                mountpoint,
+                                                identity, mountpoint,
                                                 shared.read_only,
-                                                procs))
+                                                procs, shared.file_name))
         except (OSError, subprocess.SubprocessError) as exc:
             raise exception.HypervisorError(
                 reason='cannot start virtiofsd for %s: %s'

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 
 from kata_zun.tests.functional import base
 
@@ -228,37 +229,6 @@ class SharedDirectoryTestCase(base.KataZunFunctionalTest):
             self.assertEqual('from the host\n', f.read())
         self.assertEqual(['in'], os.listdir(self.export))
 
-    def test_guest_symlinks_and_dotdot_never_leave_the_export(self):
-        """A container plants links to / and to host paths in the shared
-        directory and goes through them: the host daemon never follows
-        them, the container only ever reaches its own root.
-        """
-        outside = os.path.join(self.top, 'pwned')
-        r = self.kz(
-            'run', '--rm', '--hostname', 'guestbox', '-v',
-            '%s:/data' % self.export, 'busybox', 'sh', '-c',
-            'ln -s / /data/root && ln -s %(top)s /data/top && '
-            'ln -s ../../../../../../.. /data/up && '
-            'cat /data/root/etc/hostname; '
-            'cat /data/up/etc/hostname; '
-            'cat /data/top/secret || echo no-secret-via-link; '
-            'cat /data/../secret || echo no-secret-via-dotdot; '
-            'echo owned > /data/top/pwned || echo no-write-via-link; '
-            'ls /data/root/ | grep -c "^bin$"'
-            % {'top': self.top})
-        self.assertEqual(0, r.code, r)
-        self.assertEqual(['guestbox', 'guestbox', 'no-secret-via-link',
-                          'no-secret-via-dotdot', 'no-write-via-link', '1'],
-                         r.text.splitlines())
-        # The links are in the export, as links (nothing was followed on
-        # the host); nothing outside the export changed.
-        self.assertEqual('/', os.readlink(os.path.join(self.export,
-                                                       'root')))
-        self.assertFalse(os.path.exists(outside))
-        with open(self.secret) as f:
-            self.assertEqual('host only\n', f.read())
-        self.assertEqual(['export', 'secret'], sorted(os.listdir(self.top)))
-
     def _virtiofsd_pids(self):
         found = []
         for pid in os.listdir('/proc'):
@@ -296,3 +266,130 @@ class SharedDirectoryTestCase(base.KataZunFunctionalTest):
         self.kz('rm', '-f', cid, check=0)
         self.assertEqual([], [p for p in pids
                               if os.path.exists('/proc/%d' % p)])
+
+
+class SharedFileTestCase(base.KataZunFunctionalTest):
+    """Bind mounts of one file (Docker's ``-v /host/file:/etc/app.conf``,
+    Zun's injected files): the container gets that file, never its
+    siblings, and its writes land in the host file itself.
+    """
+    extra_config = VolumeTestCase.extra_config
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+        self.top = os.path.join(self.state_path, 'host')
+        os.makedirs(self.top)
+        self.conf = os.path.join(self.top, 'app.conf')
+        with open(self.conf, 'w') as f:
+            f.write('key = host\n')
+        self.secret = os.path.join(self.top, 'secret')
+        with open(self.secret, 'w') as f:
+            f.write('host only\n')
+
+    def _read(self, path):
+        with open(path) as f:
+            return f.read()
+
+    def test_file_reads_and_writes_in_place(self):
+        inode = os.stat(self.conf).st_ino
+        mounts_before = _host_mounts()
+        r = self.kz('run', '--rm', '-v', '%s:/etc/app.conf' % self.conf,
+                    '--mount', 'type=bind,source=%s,target=/new/dir/copy'
+                    % self.conf, 'busybox', 'sh', '-c',
+                    'cat /etc/app.conf && echo "key = guest" >> '
+                    '/etc/app.conf && sleep 2 && cat /new/dir/copy && '
+                    'grep " /etc/app.conf " /proc/mounts && '
+                    'ls /etc | grep -c -e secret -e "^file$"; '
+                    'ls -a /new/dir', check=0)
+        lines = r.text.splitlines()
+        self.assertEqual('key = host', lines[0])
+        # The second mount of the same file (another virtiofsd) sees the
+        # first one's write once its cached attributes expire
+        # (cache=auto: one second), as the host's own writes.
+        self.assertEqual(['key = host', 'key = guest'], lines[1:3])
+        self.assertEqual('virtiofs', lines[3].split()[2])
+        self.assertIn('rw', lines[3].split()[3].split(','))
+        # Neither the file's siblings nor its export's name showed up.
+        self.assertEqual('0', lines[4])
+        self.assertEqual(['.', '..', 'copy'], lines[5:])
+        # In place: the same inode, the guest's line appended.
+        self.assertEqual('key = host\nkey = guest\n', self._read(self.conf))
+        self.assertEqual(inode, os.stat(self.conf).st_ino)
+        self.assertEqual(['app.conf', 'secret'], sorted(os.listdir(self.top)))
+        self.assertEqual(mounts_before, _host_mounts())
+        # A truncating write (sh's >) lands in place too.
+        r = self.kz('run', '--rm', '-v', '%s:/etc/app.conf' % self.conf,
+                    'busybox', 'sh', '-c', 'echo "key = new" > /etc/app.conf',
+                    check=0)
+        self.assertEqual('key = new\n', self._read(self.conf))
+        self.assertEqual(inode, os.stat(self.conf).st_ino)
+
+    def test_host_side_changes_in_place_are_seen_replacements_not(self):
+        """As with Docker: the mount holds the file's inode."""
+        cid = self.kz('run', '-d', '-v', '%s:/etc/app.conf:ro' % self.conf,
+                      'busybox', 'sleep', '600', check=0).text.strip()
+        with open(self.conf, 'r+') as f:
+            f.write('key = HOST\n')
+        # Seen once the guest's cached attributes expire (one second).
+        deadline = time.monotonic() + 10
+        while True:
+            r = self.kz('exec', cid, 'cat', '/etc/app.conf', check=0)
+            if r.out == b'key = HOST\n' or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(b'key = HOST\n', r.out)
+        new = os.path.join(self.top, 'new')
+        with open(new, 'w') as f:
+            f.write('key = replaced\n')
+        os.rename(new, self.conf)
+        time.sleep(2)
+        r = self.kz('exec', cid, 'cat', '/etc/app.conf', check=0)
+        self.assertEqual(b'key = HOST\n', r.out)
+        self.kz('rm', '-f', cid, check=0)
+        self.assertEqual('key = replaced\n', self._read(self.conf))
+
+    def test_read_only_file_is_read_only_on_the_host_side_too(self):
+        r = self.kz('run', '--rm', '--privileged', '-v',
+                    '%s:/etc/app.conf:ro' % self.conf, 'busybox', 'sh', '-c',
+                    'cat /etc/app.conf; grep " /etc/app.conf " /proc/mounts; '
+                    'echo x >> /etc/app.conf; '
+                    'mount -o remount,rw /etc/app.conf && '
+                    'grep " /etc/app.conf " /proc/mounts; '
+                    'echo y >> /etc/app.conf; rm /etc/app.conf', check=1)
+        lines = r.text.splitlines()
+        self.assertEqual('key = host', lines[0])
+        self.assertIn('ro', lines[1].split()[3].split(','))
+        # The guest's remount worked; the host still refused the write.
+        self.assertIn('rw', lines[2].split()[3].split(','))
+        self.assertEqual(2, r.err.count(b'Read-only file system'), r)
+        # A mount point: the container cannot remove or replace it.
+        self.assertIn(b'esource busy', r.err)
+        self.assertEqual('key = host\n', self._read(self.conf))
+
+    def test_image_path_is_kept_or_refused(self):
+        # Over a file of the image: the host file wins while it is
+        # mounted.
+        r = self.kz('run', '--rm', '-v', '%s:/etc/passwd:ro' % self.conf,
+                    'busybox', 'cat', '/etc/passwd', check=0)
+        self.assertEqual(b'key = host\n', r.out)
+        # The files the agent writes itself give way to the user's.
+        r = self.kz('run', '--rm', '-v', '%s:/etc/resolv.conf:ro'
+                    % self.conf, '-v', '%s:/etc/hosts:ro' % self.conf,
+                    'busybox', 'sh', '-c',
+                    'cat /etc/resolv.conf /etc/hosts; hostname', check=0)
+        self.assertEqual(['key = host', 'key = host'],
+                         r.text.splitlines()[:2])
+        # Over a directory: refused, as Docker does.
+        r = self.kz('run', '--rm', '-v', '%s:/etc' % self.conf, 'busybox',
+                    'true')
+        self.assertEqual(125, r.code, r)
+        self.assertIn(b'is a directory', r.err)
+        # A file source is checked at create: a fifo is neither shared
+        # directory nor shared file.
+        fifo = os.path.join(self.top, 'fifo')
+        os.mkfifo(fifo)
+        r = self.kz('run', '--rm', '-v', '%s:/f' % fifo, 'busybox', 'true')
+        self.assertEqual(125, r.code, r)
+        self.assertIn(b'not a directory or a regular file', r.err)
+        self.assertEqual('key = host\n', self._read(self.conf))

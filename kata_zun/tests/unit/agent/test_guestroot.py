@@ -109,3 +109,77 @@ class AgentLimitsTestCase(base.BaseTestCase):
         for bad in (1, 'yes', None, []):
             self.assertRaises(guest.OpError, guest._bool,
                               {'privileged': bad}, 'privileged')
+
+
+class ResolveTestCase(base.BaseTestCase):
+    """The one resolver of container paths (volume targets, archives):
+    whatever links a hostile image holds, the result stays inside the
+    root and nothing is created outside it.
+    """
+
+    def setUp(self):
+        super().setUp()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.root = os.path.join(tmp, 'rootfs')
+        self.outside = os.path.join(tmp, 'outside')
+        os.makedirs(os.path.join(self.root, 'etc'))
+        os.makedirs(self.outside)
+        open(os.path.join(self.root, 'etc/passwd'), 'w').close()
+
+    def _link(self, name, target):
+        os.symlink(target, os.path.join(self.root, name))
+
+    def test_dotdot_and_absolute_links_stay_in_the_root(self):
+        self._link('abs', self.outside)
+        self._link('rel', '../../../outside')
+        self._link('up', '../../../../..')
+        self.assertEqual('/', guestroot.resolve(self.root, '/../../..'))
+        self.assertEqual('/etc/passwd',
+                         guestroot.resolve(self.root, 'x/../../etc/passwd'))
+        self.assertEqual(self.outside + '/f',
+                         guestroot.resolve(self.root, '/abs/f'))
+        self.assertEqual('/outside', guestroot.resolve(self.root, '/rel'))
+        self.assertEqual('/etc', guestroot.resolve(self.root, '/up/etc'))
+
+    def test_final_link_followed_only_when_asked(self):
+        self._link('pw', '/etc/passwd')
+        self.assertEqual('/pw', guestroot.resolve(self.root, '/pw',
+                                                  follow_final=False))
+        self.assertEqual('/etc/passwd', guestroot.resolve(self.root, '/pw'))
+        # In the middle a link is always followed.
+        self._link('e', 'etc')
+        self.assertEqual('/etc/passwd', guestroot.resolve(
+            self.root, '/e/passwd', follow_final=False))
+
+    def test_loops_and_non_directories_are_bounded_errors(self):
+        self._link('a', '/b')
+        self._link('b', '/a')
+        self.assertRaises(guestroot.ResolveError, guestroot.resolve,
+                          self.root, '/a/x')
+        self.assertRaises(guestroot.ResolveError, guestroot.resolve,
+                          self.root, '/etc/passwd/x')
+        self.assertRaises(guestroot.ResolveError, guestroot.resolve,
+                          self.root, '/etc/passwd/x', create='dir')
+
+    def test_nothing_is_created_unless_asked_and_never_outside(self):
+        self.assertEqual('/new/dir',
+                         guestroot.resolve(self.root, '/new/dir'))
+        self.assertFalse(os.path.lexists(os.path.join(self.root, 'new')))
+        self._link('abs', self.outside)
+        self.assertEqual(self.outside + '/d/f', guestroot.resolve(
+            self.root, '/abs/d/f', create='file'))
+        self.assertTrue(os.path.isfile(
+            os.path.join(self.root, self.outside.lstrip('/'), 'd/f')))
+        self.assertEqual(self.outside + '/d/g', guestroot.resolve(
+            self.root, '/abs/d/g', create='dir'))
+        self.assertTrue(os.path.isdir(
+            os.path.join(self.root, self.outside.lstrip('/'), 'd/g')))
+        self.assertEqual([], os.listdir(self.outside))
+
+    def test_creation_failure_is_a_resolve_error(self):
+        # A name longer than NAME_MAX: ENAMETOOLONG, whoever we are.
+        for create in ('file', 'dir'):
+            exc = self.assertRaises(guestroot.ResolveError,
+                                    guestroot.resolve, self.root,
+                                    '/etc/' + 'x' * 300, create=create)
+            self.assertIn('cannot create', str(exc))

@@ -108,8 +108,8 @@ class DevicesTestCase(base.BaseTestCase):
                  'No such file'),
                 ('type=block,source=%s,target=/d' % self.tmp,
                  'not a file or a block device'),
-                ('type=bind,source=%s,target=/d' % self.image,
-                 'not a directory'),
+                ('type=bind,source=/dev/null,target=/d',
+                 'not a directory or a regular file'),
                 ('type=bind,source=/nonexistent,target=/d',
                  'No such file')):
             exc = self.assertRaises(exception.InvalidInput, devices.resolve,
@@ -135,6 +135,32 @@ class DevicesTestCase(base.BaseTestCase):
               'readonly': False},
              {'type': 'virtiofs', 'tag': 'kz-fs1', 'target': '/b',
               'readonly': False}], devices.agent_specs(entries))
+
+    def test_bind_mount_of_a_file_shares_that_file_only(self):
+        link = os.path.join(self.tmp, 'conf-link')
+        os.symlink(self.image, link)
+        entries = devices.resolve(
+            [spec.parse_v('%s:/etc/app.conf:ro' % link),
+             spec.parse_mount('type=bind,source=%s,target=/b' % self.image)],
+            self.store)
+        # The record names the file itself (the link resolved at create).
+        self.assertEqual([self.image, self.image],
+                         [e['file'] for e in entries])
+        self.assertFalse(any('dir' in e for e in entries))
+        self.assertEqual(
+            (hv_base.SharedDir(self.image, 'kz-fs0', True, 'file'),
+             hv_base.SharedDir(self.image, 'kz-fs1', False, 'file')),
+            devices.shared_dirs(entries))
+        self.assertEqual((), devices.disks(entries))
+        # The guest learns the file's name in the export, never the
+        # host's name for it.
+        self.assertEqual(
+            [{'type': 'virtiofs', 'tag': 'kz-fs0', 'target': '/etc/app.conf',
+              'readonly': True, 'file': 'file'},
+             {'type': 'virtiofs', 'tag': 'kz-fs1', 'target': '/b',
+              'readonly': False, 'file': 'file'}],
+            devices.agent_specs(entries))
+        self.assertNotIn('a.img', repr(devices.agent_specs(entries)))
 
     def test_users(self):
         records = [Record('a', [{'type': 'volume', 'source': 'v'}]),
