@@ -15,9 +15,10 @@ the host kernel must never parse it. So here:
     Read-only Cinder attachments (``access_mode`` ``ro``) are read-only
     for QEMU and in the guest.
 ``local`` (injected files)
-    zun's Local driver writes the file under ``[volume] volume_dir``;
-    the sandbox's virtiofsd exports that one file and the guest binds it
-    at its destination, so the container's writes reach the host copy.
+    the file is written where zun's Local driver keeps it
+    (``<[volume] volume_dir>/<uuid>/<uuid>``, atomically, bounded); the
+    sandbox's virtiofsd exports that one file and the guest binds it at
+    its destination, so the container's writes reach the host copy.
 
 Detach happens once the VM no longer holds the device: zun deletes the
 container (and with it the VM) before it detaches; any other caller
@@ -30,10 +31,12 @@ device zun knows now, and a volume zun has detached is never reused.
 import base64
 import binascii
 import os
+import shutil
 import stat
 
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
+from oslo_utils import uuidutils
 from zun.common import exception as zun_exc
 from zun.common import mount as zun_mount
 from zun import objects
@@ -63,8 +66,13 @@ def volume_ref(volmap):
 
 
 def injected_file(volmap):
-    """:returns: the host path where zun keeps an injected file."""
+    """:returns: the host path where zun keeps an injected file.
+    :raises: zun.common.exception.ZunException if the volume's uuid is not
+        one (it names a directory that is removed at detach).
+    """
     uuid = volmap.volume.uuid
+    if not uuidutils.is_uuid_like(uuid):
+        raise zun_exc.ZunException('volume uuid %r is not a uuid' % (uuid,))
     return os.path.join(zun_mount.get_mountpoint(uuid), uuid)
 
 
@@ -219,7 +227,8 @@ class VolumeDriverMixin(object):
             cinder_workflow.CinderWorkflow(context).detach_volume(
                 context, volume_mapping)
         elif provider == 'local':
-            self.volume_drivers['local'].detach(context, volume_mapping)
+            shutil.rmtree(os.path.dirname(injected_file(volume_mapping)),
+                          ignore_errors=True)
         else:
             raise zun_exc.ZunException(
                 'volume provider %r is not supported by the kata driver'

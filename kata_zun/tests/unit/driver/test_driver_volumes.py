@@ -15,6 +15,7 @@ from kata_zun import conf
 from kata_zun import exception
 
 UUID = '6f1c7a56-6a8e-4b5e-9f5e-0d1b2c3d4e5f'
+VOL = '0d6b8a4e-7c9f-4e21-8a3b-5f6e7d8c9b0a'
 
 
 def _volmap(provider='cinder', device='/dev/loop7', access_mode='rw',
@@ -25,7 +26,7 @@ def _volmap(provider='cinder', device='/dev/loop7', access_mode='rw',
         volume_provider=provider, volume_id=3, cinder_volume_id='cv-1',
         container_uuid=UUID, container_path='/data', auto_remove=False,
         connection_info=json.dumps(info) if connected else None,
-        contents=None, volume=types.SimpleNamespace(uuid='vol-uuid'),
+        contents=None, volume=types.SimpleNamespace(uuid=VOL),
         save=mock.Mock())
     v.__dict__.update(kw)
     return v
@@ -110,7 +111,7 @@ class VolumeDriverTest(base.BaseTestCase):
                      contents=base64.b64encode(b'hello\n').decode())
         self.driver.attach_volume(None, vm)
         path = self.mod.injected_file(vm)
-        self.assertEqual(os.path.join(self.voldir, 'vol-uuid', 'vol-uuid'),
+        self.assertEqual(os.path.join(self.voldir, VOL, VOL),
                          path)
         with open(path, 'rb') as f:
             self.assertEqual(b'hello\n', f.read())
@@ -122,6 +123,15 @@ class VolumeDriverTest(base.BaseTestCase):
         with open(path, 'rb') as f:
             self.assertEqual(b'changed\n', f.read())
 
+    def test_injected_file_needs_a_real_uuid(self):
+        from zun.common import exception as zun_exc
+        for bad in ('..', '../x', '', None):
+            vm = _volmap(provider='local',
+                         volume=types.SimpleNamespace(uuid=bad))
+            self.assertRaises(zun_exc.ZunException,
+                              self.driver.detach_volume, None, vm)
+        self.assertTrue(os.path.isdir(self.voldir))
+
     def test_injected_file_too_big_or_not_base64(self):
         from zun.common import exception as zun_exc
         big = base64.b64encode(b'x' * (self.mod.MAX_INJECTED_BYTES + 1))
@@ -130,7 +140,7 @@ class VolumeDriverTest(base.BaseTestCase):
         self.assertRaises(zun_exc.Invalid, self.driver.attach_volume, None,
                           _volmap(provider='local', contents='%%%'))
         self.assertFalse(os.path.exists(
-            os.path.join(self.voldir, 'vol-uuid', 'vol-uuid')))
+            os.path.join(self.voldir, VOL, VOL)))
 
     def test_injected_file_does_not_follow_a_planted_symlink(self):
         vm = _volmap(provider='local', connected=False,
@@ -158,7 +168,7 @@ class VolumeDriverTest(base.BaseTestCase):
             {'type': 'block', 'source': '/dev/loop8', 'target': '/ro',
              'readonly': True, 'ref': 'cinder:5'},
             {'type': 'bind', 'target': '/etc/app.conf', 'readonly': False,
-             'source': os.path.join(self.voldir, 'vol-uuid', 'vol-uuid'),
+             'source': os.path.join(self.voldir, VOL, VOL),
              'ref': 'local:4'}], reqs)
 
     def test_requests_refuse_unattached_and_bad_targets(self):
