@@ -152,3 +152,96 @@ class ConsoleLog(threading.Thread):
             if out is not None:
                 out.close()
             self.sock.close()
+
+
+class VMHandles(object):
+    """Everything one VM inherits, opened by its owner.
+
+    :meth:`open` makes the QMP and agent listening sockets, the console
+    socket pair, opens (and locks) the disks, attaches the taps and starts
+    a virtiofsd per shared directory; :meth:`for_argv` names the
+    descriptors for :func:`kata_zun.hypervisor.qemu.argv.build_argv`.
+    Once QEMU runs, :meth:`close` drops the owner's copies (QEMU keeps
+    its own); :meth:`abort` also stops the virtiofsd daemons when QEMU
+    could not be started.
+    """
+
+    def __init__(self):
+        self._fds = []
+        self._sockets = []
+        self.qmp = self.agent = self.console_host = self.console_vm = None
+        self.disk_fds = ()
+        self.tap_fds = ()
+        self.fs_fds = ()
+        #: the running virtiofsd daemons (:class:`..volume.virtiofs.Daemon`)
+        self.helpers = []
+
+    @classmethod
+    def open(cls, config, qmp_path, agent_path, cgroup_procs=()):
+        """:param config: the :class:`kata_zun.hypervisor.base.VMConfig`.
+        :param cgroup_procs: ``cgroup.procs`` files the virtiofsd daemons
+            join (the sandbox's host cgroup).
+        :returns: a :class:`VMHandles`.
+        :raises: kata_zun.exception.HypervisorError
+        """
+        self = cls()
+        try:
+            self.qmp = self._sock(listening_socket(qmp_path))
+            self.agent = self._sock(listening_socket(agent_path))
+            self.console_host, self.console_vm = (
+                self._sock(s) for s in socket.socketpair())
+            self.disk_fds = tuple(self._fd(open_disk(d.path, d.read_only))
+                                  for d in config.disks)
+            self.tap_fds = tuple(self._fd(open_tap(n.tap))
+                                 for n in config.nics)
+            fs_fds = []
+            if config.shared_dirs:
+                from kata_zun.volume import virtiofs
+            for i, shared in enumerate(config.shared_dirs):
+                daemon, conn = virtiofs.start(shared, i, config.run_dir,
+                                              cgroup_procs=cgroup_procs)
+                self.helpers.append(daemon)
+                fs_fds.append(self._sock(conn).fileno())
+            self.fs_fds = tuple(fs_fds)
+        except BaseException:
+            self.abort()
+            raise
+        return self
+
+    def _sock(self, sock):
+        self._sockets.append(sock)
+        return sock
+
+    def _fd(self, fd):
+        self._fds.append(fd)
+        return fd
+
+    def for_argv(self, kernel, initrd):
+        """:returns: the :class:`kata_zun.hypervisor.qemu.argv.Handles`."""
+        from kata_zun.hypervisor.qemu import argv
+        return argv.Handles(kernel, initrd, self.qmp.fileno(),
+                            self.agent.fileno(), self.console_vm.fileno(),
+                            self.disk_fds, self.tap_fds, self.fs_fds)
+
+    def take_console(self):
+        """:returns: the owner's end of the console; :meth:`close` leaves
+            it open (a :class:`ConsoleLog` drains it).
+        """
+        self._sockets.remove(self.console_host)
+        return self.console_host
+
+    def close(self):
+        """Close the owner's copies of what QEMU inherited."""
+        for fd in self._fds:
+            os.close(fd)
+        for sock in self._sockets:
+            sock.close()
+        self._fds, self._sockets = [], []
+
+    def abort(self):
+        """Close everything and stop the virtiofsd daemons."""
+        self.close()
+        for helper in self.helpers:
+            helper.proc.kill()
+            helper.stop(0)
+        self.helpers = []

@@ -396,55 +396,25 @@ class QemuHypervisor(base.Hypervisor):
                 reason='the jail needs root (the shim runs as uid %d); '
                 'run it as root or set [kata_jail] enabled = false'
                 % os.geteuid())
-        opened = []
-        sockets = []
         jail = None
+        vmh = None
         drains = []
-        helpers = []
         try:
-            qmp_sock = handles.listening_socket(qmp_path)
-            sockets.append(qmp_sock)
-            agent_sock = handles.listening_socket(agent_path)
-            sockets.append(agent_sock)
-            console_host, console_vm = socket.socketpair()
-            sockets += [console_host, console_vm]
-            disk_fds = []
-            for disk in config.disks:
-                disk_fds.append(handles.open_disk(disk.path, disk.read_only))
-                opened.append(disk_fds[-1])
-            tap_fds = []
-            for nic in config.nics:
-                tap_fds.append(handles.open_tap(nic.tap))
-                opened.append(tap_fds[-1])
             kernel, initrd = config.kernel, config.initrd
+            qemu_path = self.qemu_path
             if self.jailed:
                 from kata_zun.jail import launch
                 jail = launch.prepare(
                     config.name, os.path.join(config.run_dir, 'jail'),
                     config.kernel, config.initrd, config.memory_mb,
-                    config.cpu_quota,
-                    chosen.name)
+                    config.cpu_quota, chosen.name)
                 kernel, initrd = jail.root.kernel, jail.root.initrd
                 qemu_path = jail.root.qemu
-            else:
-                qemu_path = self.qemu_path
-            # --- volumes (issue 11): a virtiofsd per shared directory, in
-            # the sandbox's cgroup with QEMU
-            fs_fds = []
-            if config.shared_dirs:
-                from kata_zun.volume import virtiofs
-                procs = jail.cgroup.procs_files('vmm') if jail else ()
-            for i, shared in enumerate(config.shared_dirs):
-                daemon, conn = virtiofs.start(shared, i, config.run_dir,
-                                              cgroup_procs=procs)
-                helpers.append(daemon)
-                sockets.append(conn)
-                fs_fds.append(conn.fileno())
-            # --- end volumes
-            fds = qargv.Handles(kernel, initrd, qmp_sock.fileno(),
-                                agent_sock.fileno(), console_vm.fileno(),
-                                tuple(disk_fds), tuple(tap_fds),
-                                tuple(fs_fds))
+            # virtiofsd daemons join the sandbox's cgroup with QEMU.
+            vmh = handles.VMHandles.open(
+                config, qmp_path, agent_path,
+                cgroup_procs=jail.cgroup.procs_files('vmm') if jail else ())
+            fds = vmh.for_argv(kernel, initrd)
             cmd = qargv.build_argv(
                 config, chosen.name, self.machine_type, self.cpu_model,
                 qemu_path, handles=fds,
@@ -455,32 +425,33 @@ class QemuHypervisor(base.Hypervisor):
             # QEMU's own messages go through a capped log too: some are
             # triggered by the guest.
             log_host, log_vm = socket.socketpair()
-            sockets += [log_host, log_vm]
             try:
-                proc = spawn(cmd, log_vm, fds.fds(), jail)
-            except (OSError, subprocess.SubprocessError) as exc:
-                raise exception.HypervisorError(
-                    reason='cannot run %s: %s' % (self.qemu_path, exc))
+                try:
+                    proc = spawn(cmd, log_vm, fds.fds(), jail)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    raise exception.HypervisorError(
+                        reason='cannot run %s: %s' % (self.qemu_path, exc))
+            except BaseException:
+                log_host.close()
+                raise
+            finally:
+                log_vm.close()
             for sock, path, cap in (
                     (log_host, log_path, QEMU_LOG_MAX_BYTES),
-                    (console_host, config.console_log,
+                    (vmh.take_console(), config.console_log,
                      CONF.kata.console_log_max_bytes)):
                 drain = handles.ConsoleLog(sock, path, cap)
-                sockets.remove(sock)
                 drain.start()
                 drains.append(drain)
         except BaseException:
+            if vmh is not None:
+                vmh.abort()
             if jail is not None:
                 jail.release()
-            for helper in helpers:
-                helper.proc.kill()
-                helper.stop(0)
             raise
-        finally:
-            for fd in opened:
-                os.close(fd)
-            for sock in sockets:
-                sock.close()
+        # QEMU holds its copies now.
+        vmh.close()
+        helpers = vmh.helpers
         vm = QemuVM(proc, config, chosen, log_path, qmp_path, agent_path,
                     self.machine_type, jail, drains, helpers)
         try:
