@@ -133,6 +133,14 @@ class KataDriver(zun_images.ImageDriverMixin,
     @_wrap
     def create(self, context, container, image, requested_networks=None,
                requested_volumes=None):
+        runtime = getattr(container, 'runtime', None)
+        if runtime not in (None, '', RUNTIME_NAME):
+            # The scheduler sends a --runtime to hosts that list it; this
+            # host lists only kata: never run a container in another
+            # runtime than the one asked for.
+            raise zun_exc.Invalid('runtime %s is not available on this '
+                                  'host (it runs only %s)'
+                                  % (runtime, RUNTIME_NAME))
         ref = '%s:%s' % (image['repo'], image['tag']) if image.get('tag') \
             else image['repo']
         record = self.rt.images.get(image.get('id') or ref)
@@ -671,7 +679,8 @@ class KataDriver(zun_images.ImageDriverMixin,
             'os': 'Debian GNU/Linux (kata-zun micro-VMs)',
             'kernel_version': uname.release,
             'labels': {},
-            'runtimes': [RUNTIME_NAME, 'runc'],
+            # Only what runs here (zun's RuntimeFilter reads it).
+            'runtimes': [RUNTIME_NAME],
         })
         # Each VM costs its guest kernel and agent on top of the limit.
         overhead = CONF.kata_hypervisor.memory_overhead_mb

@@ -371,3 +371,14 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         self.assert_never_mounted_on_host(vol['id'])
         self.delete_container('next')
         self.wait_volume(vol['id'], 'available')
+
+    def test_disk_size(self):
+        self.run_container('big', '--disk', '5', 'busybox', 'sleep', '600')
+        info = self.wait_status('big', ('Running',))
+        self.assertEqual(5, int(info['disk']))
+        out = self.exec_('big', 'df', '-k', '/')[1].strip().splitlines()
+        total_kib = int(out[-1].split()[1])
+        # A 5 GiB ext4 layer, less the file system's own metadata.
+        self.assertGreater(total_kib, 0.95 * 5 * 1024 * 1024, out)
+        self.assertLessEqual(total_kib, 5 * 1024 * 1024, out)
+        self.delete_container('big')

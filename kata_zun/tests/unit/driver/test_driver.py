@@ -238,3 +238,17 @@ class DriverTestCase(base.BaseTestCase):
             [mock.call('ab' * 16, '/tmp', 'tar \u00e9'.encode()),
              mock.call('ab' * 16, '/tmp', b'tar \xff')],
             self.rt.put_archive.call_args_list)
+
+    def test_only_the_kata_runtime(self):
+        from zun.common import exception as zun_exc
+        c = self._container(runtime='runc')
+        self.assertRaisesRegex(zun_exc.Invalid, 'runs only kata',
+                               self.driver.create, None, c, {'repo': 'x'})
+        self.rt.create.assert_not_called()
+        with mock.patch('zun.container.driver.BaseDriver.'
+                        'get_available_resources', return_value={
+                            'mem_available': 1000}):
+            self.rt.list.return_value = []
+            self.assertEqual(
+                ['kata'],
+                self.driver.get_available_resources()['runtimes'])
