@@ -15,7 +15,6 @@ import collections
 import copy
 import datetime
 import ipaddress
-import math
 import os
 import platform
 import shlex
@@ -339,7 +338,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             healthcheck=_healthcheck(container), network=net_request,
             # Every capability inside the guest, never a host device:
             # the VM is the boundary.
-            privileged=bool(container.privileged))
+            privileged=bool(container.privileged),
+            # Zun's --disk (GiB; zun fills in [DEFAULT] default_disk).
+            disk_mb=int(container.disk) * 1024 if container.disk else None)
 
     @_wrap
     def start(self, context, container):
@@ -1165,5 +1166,30 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
                                  memory.get('reserved', 0))
         provider_tree.update_inventory(nodename, inventory)
 
+    # ------------------------------------------------------------ disk
+    def node_support_disk_quota(self):
+        """Every container's writable layer is a disk of its own size
+        (``--disk``), so zun-compute may pass any size on.
+        """
+        return True
+
     def get_host_default_base_size(self):
-        return int(math.ceil(CONF.kata.writable_layer_mb / 1024.0))
+        """None: no base size (Docker's devicemapper notion) a disk must
+        exceed; zun then gives a container without ``--disk`` its
+        ``[DEFAULT] default_disk`` GiB.
+        """
+        return None
+
+    def get_total_disk_for_container(self):
+        """The filesystem of ``[kata] state_path`` (writable layers and
+        images live there), not zun's ``/``: what placement's DISK_GB
+        inventory and the ``disk_total`` of the compute node show.
+
+        :returns: (total GiB, GiB kept for images, as zun's
+                  ``[compute] reserve_disk_for_image`` share of it)
+        """
+        from kata_zun.runtime import layer
+        total_mb, _free = layer.filesystem_mb(self.rt.containers_dir)
+        total_gb = total_mb / 1024.0
+        return (int(total_gb),
+                int(total_gb * CONF.compute.reserve_disk_for_image))
