@@ -89,6 +89,14 @@ def _healthcheck(container):
             'timeout': hc.get('timeout'), 'retries': hc.get('retries')}
 
 
+def _disk_mb(container):
+    """:returns: the writable layer size Zun asks for, in MiB, or None
+        (the runtime's default) for an object without a disk.
+    """
+    disk = getattr(container, 'disk', None)
+    return int(disk) * 1024 if disk else None
+
+
 def _wrap(func):
     """Turn kata-zun errors into the zun exceptions the API expects."""
     def wrapper(self, *args, **kwargs):
@@ -339,8 +347,9 @@ class KataDriver(zun_driver.BaseDriver, zun_driver.ContainerDriver):
             # Every capability inside the guest, never a host device:
             # the VM is the boundary.
             privileged=bool(container.privileged),
-            # Zun's --disk (GiB; zun fills in [DEFAULT] default_disk).
-            disk_mb=int(container.disk) * 1024 if container.disk else None)
+            # Zun's --disk in GiB; zun-compute fills in [DEFAULT]
+            # default_disk when none was asked for.
+            disk_mb=_disk_mb(container))
 
     @_wrap
     def start(self, context, container):

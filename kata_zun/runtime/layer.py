@@ -27,12 +27,19 @@ MIN_MB = 16
 
 # Docker's units.RAMInBytes: a number, an optional binary unit (k, m, g,
 # t, p; 1024-based), optionally followed by "i" and/or "b".
-_SIZE_RE = re.compile(r'^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$', re.IGNORECASE)
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp])?i?b?",
+                      re.IGNORECASE | re.ASCII)
 _UNITS = {None: 1, 'k': 1024, 'm': 1024 ** 2, 'g': 1024 ** 3,
           't': 1024 ** 4, 'p': 1024 ** 5}
 # Longer than any size anyone writes: what is longer is refused unread.
 _SIZE_MAX_CHARS = 32
 STORAGE_OPTS = ('size',)
+
+
+def _shown(value):
+    """A user's value in an error message, bounded."""
+    text = repr(value)
+    return text if len(text) <= 64 else text[:60] + '...'
 
 
 def parse_size(text):
@@ -43,13 +50,13 @@ def parse_size(text):
     :returns: MiB, rounded up to a whole MiB.
     :raises: InvalidInput
     """
-    match = (_SIZE_RE.match(text.strip())
+    match = (_SIZE_RE.fullmatch(text.strip())
              if isinstance(text, str) and len(text) <= _SIZE_MAX_CHARS
              else None)
     if not match:
         raise exception.InvalidInput(
-            reason='invalid size %r (a number with an optional unit: '
-            'b, k, m, g, t or p, e.g. 512m or 5G)' % (text,))
+            reason='invalid size %s (a number with an optional unit: '
+            'b, k, m, g, t or p, e.g. 512m or 5G)' % _shown(text))
     number, unit = match.groups()
     multiplier = _UNITS[unit.lower() if unit else None]
     whole, _dot, fraction = number.partition('.')
@@ -76,11 +83,12 @@ def parse_storage_opts(opts):
         key = key.strip().lower()
         if not sep or not key:
             raise exception.InvalidInput(
-                reason='invalid storage option %r (want size=SIZE)' % opt)
+                reason='invalid storage option %s (want size=SIZE)'
+                % _shown(opt))
         if key not in STORAGE_OPTS:
             raise exception.InvalidInput(
-                reason='unknown storage option %r: only size=SIZE (the '
-                'writable layer\'s size) is supported' % key[:64])
+                reason='unknown storage option %s: only size=SIZE (the '
+                'writable layer\'s size) is supported' % _shown(key))
         size_mb = parse_size(value)
     return {'size_mb': size_mb}
 
