@@ -29,6 +29,7 @@ from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.shim import agentlink
 from kata_zun.shim import clients
+from kata_zun.shim import diskstall
 from kata_zun.shim import lifecycle
 from kata_zun.shim import ops
 
@@ -49,7 +50,7 @@ NIC_AGENT_TIMEOUT = ops.NIC_AGENT_TIMEOUT
 
 
 class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
-           lifecycle.Lifecycle):
+           lifecycle.Lifecycle, diskstall.DiskStall):
 
     def __init__(self, state_dir, run_dir, hypervisor, max_frame,
                  agent_timeout, log_max_bytes, stop_timeout):
@@ -103,12 +104,21 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
         self.state.update(changes)
         path = self._path('state.json')
         try:
-            fileutils.write_json(path, self.state)
-        except ValueError as exc:
-            LOG.error('sandbox %s: %s', self.cid, exc)
-            self.state.pop('health', None)
-            self.state['error'] = 'the sandbox record outgrew its limit'
-            fileutils.write_json(path, self.state)
+            try:
+                fileutils.write_json(path, self.state)
+            except ValueError as exc:
+                LOG.error('sandbox %s: %s', self.cid, exc)
+                self.state.pop('health', None)
+                self.state['error'] = 'the sandbox record outgrew its limit'
+                fileutils.write_json(path, self.state)
+            self.state_unsaved = False
+        except OSError as exc:
+            # A full host file system (the writable layers are sparse):
+            # the old record stays whole (atomic write), this state stays
+            # in memory and is written again by _watch_disks.
+            LOG.error('sandbox %s: cannot write its state: %s', self.cid,
+                      exc)
+            self.state_unsaved = True
 
     # ------------------------------------------------------------ serving
     def serve(self):
@@ -119,6 +129,8 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
         self.sel.register(self.agent.fd, selectors.EVENT_READ, 'agent')
         self.timers.append((time.monotonic() + RECORD_CHECK_INTERVAL,
                             self._check_record))
+        self.timers.append((time.monotonic() + diskstall.CHECK_INTERVAL,
+                            self._watch_disks))
         drain_deadline = None
         while True:
             if self.finished:
@@ -149,6 +161,8 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
                         self._drop(what)
         for client in list(self.clients):
             self._drop(client)
+        if self.state_unsaved:
+            self.save_state()      # a last try: the exit status matters
 
     def _update_interest(self):
         if self.agent is not None and not self.agent.closed:

@@ -7,6 +7,9 @@ busybox's df and dd in the container. Nothing is mocked.
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 from kata_zun.tests.functional import base
 
@@ -127,3 +130,100 @@ class DiskSizeTestCase(base.KataZunFunctionalTest):
         self.assertEqual('', self.kz('ps', '-a', '-q', check=0).text)
         self.assertEqual([], [n for n in os.listdir(os.path.join(
             self.state_path, 'containers')) if not n.startswith('.')])
+
+
+class HostFullTestCase(base.KataZunFunctionalTest):
+    """The layers are sparse: the host file system may fill before a
+    layer does. QEMU then stops the VM rather than lose a write; the shim
+    resumes it once there is room again, and a stop still stops it.
+
+    Real: a small tmpfs as the state path (so "the host is full" is
+    cheap and safe), QEMU, the guest, the shim.
+    """
+    extra_config = '[kata_agent]\nconnect_timeout = 120\n'
+
+    def setUp(self):
+        super().setUp()
+        guest = os.readlink(os.path.join(self.state_path, 'guest'))
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=160m',
+                        'kz-test-full', self.state_path], check=True,
+                       timeout=30)
+        self.addCleanup(subprocess.run, ['umount', '-l', self.state_path],
+                        timeout=30)
+        # Runs before the umount: no VM outlives its state path.
+        self.addCleanup(self._remove_all)
+        os.symlink(guest, os.path.join(self.state_path, 'guest'))
+        self.load_busybox()
+        self.filler = os.path.join(self.state_path, 'filler')
+
+    def _fill_host(self, leave_mb):
+        st = os.statvfs(self.state_path)
+        size = st.f_bavail * st.f_frsize - leave_mb * MiB
+        with open(self.filler, 'wb') as f:
+            for _ in range(size // MiB):
+                f.write(b'\xff' * MiB)
+
+    def _free(self):
+        st = os.statvfs(self.state_path)
+        return st.f_bavail * st.f_frsize
+
+    def _exec_bg(self, *command):
+        argv = [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+                self.conf_file, 'exec'] + list(command)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def _wait_for_stall(self, proc):
+        deadline = time.monotonic() + 120
+        while self._free() > MiB and proc.poll() is None:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.5)
+        # Full, and the writer waits instead of failing.
+        time.sleep(6)
+        if proc.poll() is not None:
+            self.fail('the writer did not wait: %r' % (proc.communicate(),))
+
+    def test_a_full_host_stalls_the_vm_until_there_is_room(self):
+        cid = self.kz('run', '-d', '--name', 'thin', '--storage-opt',
+                      'size=100M', 'busybox', 'sh', '-c',
+                      'echo started; exec sleep 600', check=0).text.strip()
+        self._fill_host(leave_mb=30)
+        writer = self._exec_bg('thin', 'sh', '-c',
+                               'dd if=/dev/zero of=/fill bs=1M count=60 '
+                               'conv=fsync && echo written')
+        self._wait_for_stall(writer)
+        os.unlink(self.filler)
+        out, err = writer.communicate(timeout=120)
+        self.assertEqual(0, writer.returncode, (out, err))
+        self.assertEqual(b'written\n', out)
+        # Nothing was lost: every byte dd wrote is there.
+        r = self.kz('exec', 'thin', 'wc', '-c', '/fill', check=0)
+        self.assertEqual(str(60 * MiB), r.text.split()[0])
+        with open(os.path.join(self.state_path, 'containers', cid,
+                               'shim.log')) as f:
+            self.assertIn('room again: resuming the VM', f.read())
+
+        # Stalled again, then stopped: the stop does not wait for room.
+        self._fill_host(leave_mb=10)
+        writer = self._exec_bg('thin', 'dd', 'if=/dev/zero', 'of=/more',
+                               'bs=1M', 'count=40', 'conv=fsync')
+        self._wait_for_stall(writer)
+        started = time.monotonic()
+        self.kz('stop', '-t', '1', 'thin', check=0)
+        self.assertLess(time.monotonic() - started, 60)
+        os.unlink(self.filler)
+        state = json.loads(self.kz('inspect', 'thin', check=0).text)[0][
+            'State']
+        self.assertEqual(('exited', 137), (state['Status'],
+                                           state['ExitCode']))
+        self.assertIn('host file system of its disks is full',
+                      state['Error'])
+        writer.communicate(timeout=60)
+        # It starts again, with the data written before.
+        self.kz('start', 'thin', check=0)
+        r = self.kz('exec', 'thin', 'wc', '-c', '/fill', check=0)
+        self.assertEqual(str(60 * MiB), r.text.split()[0])
+        self.kz('rm', '-f', 'thin', check=0)
