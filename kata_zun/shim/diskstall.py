@@ -13,7 +13,10 @@ at QEMU's run state now and then and
   cannot pass a signal on; the container exits with 137 and says why).
 
 A state the shim could not write on the full file system is written
-again from here.
+again from here. So that the last one (the exit status) can be written
+even then, the shim keeps a little room of its own in the record
+directory (:data:`ROOM_FILE`), given back when a state write meets
+ENOSPC and taken again when there is room.
 """
 
 import os
@@ -32,6 +35,45 @@ CHECK_INTERVAL = 2.0
 RESUME_FREE_BYTES = 64 * 1024 * 1024
 STALL_ERROR = ('the VM stalled: the host file system of its disks is '
                'full')
+
+
+# Room kept for the sandbox's state writes: a few state.json files.
+ROOM_FILE = '.state-room'
+ROOM_BYTES = 64 * 1024
+
+
+def keep_room(directory):
+    """Allocate the state writes' room (real blocks, not sparse).
+
+    :returns: True if it is there.
+    """
+    path = os.path.join(directory, ROOM_FILE)
+    if os.path.exists(path):
+        return True
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return False
+    try:
+        os.posix_fallocate(fd, 0, ROOM_BYTES)
+        return True
+    except OSError:
+        os.unlink(path)
+        return False
+    finally:
+        os.close(fd)
+
+
+def give_room(directory):
+    """Free the state writes' room.
+
+    :returns: True if there was room to give.
+    """
+    try:
+        os.unlink(os.path.join(directory, ROOM_FILE))
+        return True
+    except OSError:
+        return False
 
 
 def host_free_bytes(path):
@@ -53,6 +95,8 @@ class DiskStall(object):
         """
         if self.state_unsaved:
             self.save_state()
+        elif host_free_bytes(self.state_dir) >= RESUME_FREE_BYTES:
+            keep_room(self.state_dir)
         if self.finished:
             return
         try:

@@ -19,6 +19,7 @@ client sends can grow the shim's memory without bound: see the limits in
 :mod:`.clients` and :mod:`.guestdata`.
 """
 
+import errno
 import os
 import selectors
 import time
@@ -102,23 +103,35 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
         given up rather than the record.
         """
         self.state.update(changes)
-        path = self._path('state.json')
         try:
-            try:
-                fileutils.write_json(path, self.state)
-            except ValueError as exc:
-                LOG.error('sandbox %s: %s', self.cid, exc)
-                self.state.pop('health', None)
-                self.state['error'] = 'the sandbox record outgrew its limit'
-                fileutils.write_json(path, self.state)
-            self.state_unsaved = False
+            self._write_state()
         except OSError as exc:
             # A full host file system (the writable layers are sparse):
-            # the old record stays whole (atomic write), this state stays
-            # in memory and is written again by _watch_disks.
-            LOG.error('sandbox %s: cannot write its state: %s', self.cid,
-                      exc)
-            self.state_unsaved = True
+            # the room kept for this is given back and the write tried
+            # again; failing that, the old record stays whole (atomic
+            # write) and this state is written again by _watch_disks.
+            if (exc.errno != errno.ENOSPC or
+                    not diskstall.give_room(self.state_dir)):
+                return self._state_unsaved(exc)
+            try:
+                self._write_state()
+            except OSError as exc:
+                return self._state_unsaved(exc)
+        self.state_unsaved = False
+
+    def _write_state(self):
+        path = self._path('state.json')
+        try:
+            fileutils.write_json(path, self.state)
+        except ValueError as exc:
+            LOG.error('sandbox %s: %s', self.cid, exc)
+            self.state.pop('health', None)
+            self.state['error'] = 'the sandbox record outgrew its limit'
+            fileutils.write_json(path, self.state)
+
+    def _state_unsaved(self, exc):
+        LOG.error('sandbox %s: cannot write its state: %s', self.cid, exc)
+        self.state_unsaved = True
 
     # ------------------------------------------------------------ serving
     def serve(self):
@@ -131,6 +144,7 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
                             self._check_record))
         self.timers.append((time.monotonic() + diskstall.CHECK_INTERVAL,
                             self._watch_disks))
+        diskstall.keep_room(self.state_dir)
         drain_deadline = None
         while True:
             if self.finished:

@@ -110,6 +110,45 @@ class DiskStallTestCase(base.BaseTestCase):
         self.assertEqual({'status': 'exited', 'exit_code': 3},
                          fileutils.read_json(path))
 
+    def test_the_room_kept_lets_the_exit_status_be_written(self):
+        room = os.path.join(self.dir, diskstall.ROOM_FILE)
+        self.assertTrue(diskstall.keep_room(self.dir))
+        self.assertEqual(diskstall.ROOM_BYTES, os.stat(room).st_size)
+        # Really allocated, not a hole: freeing it gives room back.
+        self.assertGreaterEqual(os.stat(room).st_blocks * 512,
+                                diskstall.ROOM_BYTES)
+        real_write = fileutils.write_json
+        calls = []
+
+        def write(path, obj):
+            calls.append(os.path.exists(room))
+            if os.path.exists(room):
+                raise OSError(28, 'No space left on device')
+            real_write(path, obj)
+        with mock.patch.object(server.fileutils, 'write_json',
+                               side_effect=write):
+            self.shim.save_state(status='exited', exit_code=137)
+        self.assertEqual([True, False], calls)
+        self.assertFalse(self.shim.state_unsaved)
+        self.assertEqual(137, fileutils.read_json(os.path.join(
+            self.dir, 'state.json'))['exit_code'])
+        # Taken again once the host has room.
+        self.free = 0
+        self._tick()
+        self.assertFalse(os.path.exists(room))
+        self.free = diskstall.RESUME_FREE_BYTES
+        self._tick()
+        self.assertTrue(os.path.exists(room))
+
+    def test_other_write_errors_do_not_give_the_room(self):
+        self.assertTrue(diskstall.keep_room(self.dir))
+        with mock.patch.object(server.fileutils, 'write_json',
+                               side_effect=OSError(13, 'denied')):
+            self.shim.save_state(status='exited')
+        self.assertTrue(self.shim.state_unsaved)
+        self.assertTrue(os.path.exists(os.path.join(
+            self.dir, diskstall.ROOM_FILE)))
+
 
 class HostFreeBytesTestCase(base.BaseTestCase):
 
