@@ -148,10 +148,13 @@ def _healthcheck(args):
 
 
 def cmd_run(rt, args):
+    from kata_zun.runtime import layer
     from kata_zun.runtime import manager
     from kata_zun.volume import cli as volumecli
     if args.rm and args.restart != 'no':
         raise CliError('--rm and --restart cannot be combined', 125)
+    # Checked before any pull: a typo costs nothing.
+    storage = layer.parse_storage_opts(args.storage_opt)
     image = _pull(rt, args.image, _RUN_PULL[args.pull])
     container = rt.create(
         # Images pulled by digest have no name: run them by id.
@@ -167,7 +170,7 @@ def cmd_run(rt, args):
         network=args.network or CONF.kata_network.driver,
         ports=args.publish, healthcheck=_healthcheck(args),
         volumes=volumecli.requests(args), privileged=args.privileged,
-        pids_limit=args.pids_limit)
+        pids_limit=args.pids_limit, disk_mb=storage['size_mb'])
     holder = {}
 
     def attach(client, main):
@@ -560,6 +563,11 @@ def build_parser():
     p.add_argument('--pids-limit', type=int, metavar='N',
                    help='processes the container may have (0: no limit; '
                         'default: [kata] pids_limit)')
+    p.add_argument('--storage-opt', action='append', default=[],
+                   metavar='size=SIZE',
+                   help='size of the writable layer, what df / shows in '
+                        'the container (e.g. size=512M, size=5G; default: '
+                        '[kata] writable_layer_mb)')
     p.add_argument('--entrypoint')
     p.add_argument('--restart', default='no',
                    help='no, always, unless-stopped or on-failure[:N]')

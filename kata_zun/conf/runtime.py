@@ -38,7 +38,11 @@ OPTS = [
                     'get_archive) returns; zun-compute holds it in '
                     'memory. A bigger one is refused with an error.'),
     cfg.IntOpt('writable_layer_mb', default=2048, min=16,
-               help='Size of the sparse per-container writable layer.'),
+               help='Size of a container\'s sparse writable layer (its '
+                    'root file system inside the VM) when none is asked '
+                    'for (`kata-zun run --storage-opt size=SIZE`). '
+                    'Containers made by Zun always ask: `--disk`, or '
+                    'Zun\'s [DEFAULT] default_disk.'),
     cfg.IntOpt('pids_limit', default=4096, min=0, max=4194304,
                help='Default number of processes (and threads) a '
                     'container may have, enforced in its cgroup inside '

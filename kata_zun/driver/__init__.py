@@ -13,7 +13,6 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 
 import copy
 import datetime
-import math
 import os
 import platform
 import shlex
@@ -70,6 +69,14 @@ def _healthcheck(container):
         return None
     return {'test': hc['test'], 'interval': hc.get('interval'),
             'timeout': hc.get('timeout'), 'retries': hc.get('retries')}
+
+
+def _disk_mb(container):
+    """:returns: the writable layer size Zun asks for, in MiB, or None
+        (the runtime's default) for an object without a disk.
+    """
+    disk = getattr(container, 'disk', None)
+    return int(disk) * 1024 if disk else None
 
 
 def _ago(ts):
@@ -201,7 +208,10 @@ class KataDriver(zun_images.ImageDriverMixin,
             volumes=volume_requests,
             # Every capability inside the guest, never a host device:
             # the VM is the boundary.
-            privileged=bool(container.privileged))
+            privileged=bool(container.privileged),
+            # Zun's --disk in GiB; zun-compute fills in [DEFAULT]
+            # default_disk when none was asked for.
+            disk_mb=_disk_mb(container))
 
     @_wrap
     def start(self, context, container):
@@ -709,5 +719,30 @@ class KataDriver(zun_images.ImageDriverMixin,
                                  memory.get('reserved', 0))
         provider_tree.update_inventory(nodename, inventory)
 
+    # ------------------------------------------------------------ disk
+    def node_support_disk_quota(self):
+        """Every container's writable layer is a disk of its own size
+        (``--disk``), so zun-compute may pass any size on.
+        """
+        return True
+
     def get_host_default_base_size(self):
-        return int(math.ceil(CONF.kata.writable_layer_mb / 1024.0))
+        """None: no base size (Docker's devicemapper notion) a disk must
+        exceed; zun then gives a container without ``--disk`` its
+        ``[DEFAULT] default_disk`` GiB.
+        """
+        return None
+
+    def get_total_disk_for_container(self):
+        """The filesystem of ``[kata] state_path`` (writable layers and
+        images live there), not zun's ``/``: what placement's DISK_GB
+        inventory and the ``disk_total`` of the compute node show.
+
+        :returns: (total GiB, GiB kept for images, as zun's
+                  ``[compute] reserve_disk_for_image`` share of it)
+        """
+        from kata_zun.runtime import layer
+        total_mb, _free = layer.filesystem_mb(self.rt.containers_dir)
+        total_gb = total_mb / 1024.0
+        return (int(total_gb),
+                int(total_gb * CONF.compute.reserve_disk_for_image))

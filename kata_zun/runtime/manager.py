@@ -37,6 +37,7 @@ from kata_zun import conf
 from kata_zun import exception
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
+from kata_zun.runtime import layer
 from kata_zun.shim import client as shim_client
 from kata_zun.shim import logs
 
@@ -284,7 +285,9 @@ class Container(object):
                 'Limits': {'memory_mb': self.config.get('memory_mb'),
                            'cpus': self.config.get('cpus'),
                            'pids_limit': self.config['agent_spec'].get(
-                               'pids_limit')},
+                               'pids_limit'),
+                           'disk_mb': layer.size_mb_of(self.config,
+                                                       self.dir)},
                 'VM': self.config['vm'],
                 'NetworkSettings': self._network_settings(),
                 'Labels': self.config.get('labels', {}),
@@ -451,7 +454,7 @@ class Runtime(object):
                auto_remove=False, labels=None, dns=(), cid=None,
                restart_policy=None, network=None, ports=(),
                healthcheck=None, volumes=(), privileged=False,
-               pids_limit=None):
+               pids_limit=None, disk_mb=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -474,6 +477,9 @@ class Runtime(object):
             paths inside the guest (never a host device).
         :param pids_limit: processes the container may have (0: no
             limit; None: ``[kata] pids_limit``).
+        :param disk_mb: size of the writable layer in MiB, what ``df /``
+            shows inside the container (None: ``[kata] writable_layer_mb``);
+            see :mod:`kata_zun.runtime.layer`.
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -515,6 +521,7 @@ class Runtime(object):
         if not 0 <= pids_limit <= 4194304:
             raise exception.InvalidInput(reason='pids limit must be in '
                                          '[0, 4194304] (0: no limit)')
+        disk_mb = layer.check_size(disk_mb, self.containers_dir)
         argv = self._argv(image.config or {}, command, entrypoint)
         image_env = list((image.config or {}).get('Env') or [])
         merged = _merge_env(image_env, list(env))
@@ -553,7 +560,7 @@ class Runtime(object):
             'image': {'id': image.id, 'name': image_ref,
                       'block_image': image.block_image,
                       'block_fs': image.block_fs},
-            'memory_mb': memory_mb, 'cpus': cpus,
+            'memory_mb': memory_mb, 'cpus': cpus, 'disk_mb': disk_mb,
             'auto_remove': bool(auto_remove), 'labels': labels or {},
             'restart_policy': restart_policy or {'name': 'no',
                                                  'max_retries': 0},
@@ -588,7 +595,7 @@ class Runtime(object):
             directory = os.path.join(self.containers_dir, cid)
             os.mkdir(directory, 0o700)
             try:
-                self._make_layer(os.path.join(directory, 'rw.img'))
+                layer.make(os.path.join(directory, 'rw.img'), disk_mb)
                 fileutils.write_json(os.path.join(directory, 'state.json'),
                                      {'status': CREATED})
                 # config.json last: a record without it is incomplete and
@@ -615,19 +622,6 @@ class Runtime(object):
         if not argv:
             raise exception.InvalidInput(reason='no command specified')
         return argv
-
-    @staticmethod
-    def _make_layer(path):
-        with open(path, 'wb') as f:
-            f.truncate(CONF.kata.writable_layer_mb * 1024 * 1024)
-        try:
-            subprocess.run(['mkfs.ext4', '-q', '-F', '-m', '0',
-                            '-E', 'lazy_itable_init=1,lazy_journal_init=1',
-                            '-L', 'kz-rw', path],
-                           check=True, capture_output=True, timeout=120)
-        except subprocess.CalledProcessError as exc:
-            raise exception.KataZunException(
-                'mkfs.ext4 failed: %s' % exc.stderr.decode(errors='replace'))
 
     # --------------------------------------------------------------- start
     def _run_dir(self, cid):

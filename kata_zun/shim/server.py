@@ -19,6 +19,7 @@ client sends can grow the shim's memory without bound: see the limits in
 :mod:`.clients` and :mod:`.guestdata`.
 """
 
+import errno
 import os
 import selectors
 import time
@@ -29,6 +30,7 @@ from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.shim import agentlink
 from kata_zun.shim import clients
+from kata_zun.shim import diskstall
 from kata_zun.shim import lifecycle
 from kata_zun.shim import ops
 
@@ -49,7 +51,7 @@ NIC_AGENT_TIMEOUT = ops.NIC_AGENT_TIMEOUT
 
 
 class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
-           lifecycle.Lifecycle):
+           lifecycle.Lifecycle, diskstall.DiskStall):
 
     def __init__(self, state_dir, run_dir, hypervisor, max_frame,
                  agent_timeout, log_max_bytes, stop_timeout,
@@ -105,6 +107,23 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
         given up rather than the record.
         """
         self.state.update(changes)
+        try:
+            self._write_state()
+        except OSError as exc:
+            # A full host file system (the writable layers are sparse):
+            # the room kept for this is given back and the write tried
+            # again; failing that, the old record stays whole (atomic
+            # write) and this state is written again by _watch_disks.
+            if (exc.errno != errno.ENOSPC or
+                    not diskstall.give_room(self.state_dir)):
+                return self._state_unsaved(exc)
+            try:
+                self._write_state()
+            except OSError as exc:
+                return self._state_unsaved(exc)
+        self.state_unsaved = False
+
+    def _write_state(self):
         path = self._path('state.json')
         try:
             fileutils.write_json(path, self.state)
@@ -113,6 +132,10 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
             self.state.pop('health', None)
             self.state['error'] = 'the sandbox record outgrew its limit'
             fileutils.write_json(path, self.state)
+
+    def _state_unsaved(self, exc):
+        LOG.error('sandbox %s: cannot write its state: %s', self.cid, exc)
+        self.state_unsaved = True
 
     # ------------------------------------------------------------ serving
     def serve(self):
@@ -123,6 +146,9 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
         self.sel.register(self.agent.fd, selectors.EVENT_READ, 'agent')
         self.timers.append((time.monotonic() + RECORD_CHECK_INTERVAL,
                             self._check_record))
+        self.timers.append((time.monotonic() + diskstall.CHECK_INTERVAL,
+                            self._watch_disks))
+        diskstall.keep_room(self.state_dir)
         drain_deadline = None
         while True:
             if self.finished:
@@ -153,6 +179,8 @@ class Shim(agentlink.AgentLink, clients.ClientHandling, ops.ApiOps,
                         self._drop(what)
         for client in list(self.clients):
             self._drop(client)
+        if self.state_unsaved:
+            self.save_state()      # a last try: the exit status matters
 
     def _update_interest(self):
         if self.agent is not None and not self.agent.closed:

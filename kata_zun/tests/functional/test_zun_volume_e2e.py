@@ -382,3 +382,16 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         self.assertGreater(total_kib, 0.95 * 5 * 1024 * 1024, out)
         self.assertLessEqual(total_kib, 5 * 1024 * 1024, out)
         self.delete_container('big')
+
+    def test_runtime_runc_is_not_run_here(self):
+        # (Not a volume test: it only needs a real zun-api and scheduler.)
+        # This host runs only kata: --runtime runc finds no host, with
+        # zun's reason, instead of running in kata.
+        self.run_container('runc1', '--runtime', 'runc', 'busybox', 'true')
+        deadline = time.time() + STATUS_TIMEOUT
+        while self.show('runc1')['status'] != 'Error':
+            self.assertLess(time.time(), deadline, self.show('runc1'))
+            time.sleep(1)
+        info = self.show('runc1')
+        self.assertIn('host', info['status_reason'], info)
+        self.assertIsNone(info['host'], info)

@@ -1,5 +1,6 @@
 import types
 
+import fixtures
 from oslotest import base
 
 from kata_zun.cmd import cli
@@ -69,3 +70,39 @@ class CliEscapesTestCase(base.BaseTestCase):
         self.assertIn('Unknown [damaged sandbox record', out)
         self.assertNotIn('\x1b', out)
         self.assertEqual(2, out.count('\n'))
+
+
+class StorageOptTestCase(base.BaseTestCase):
+    """``run --storage-opt size=SIZE`` sizes the writable layer."""
+
+    def setUp(self):
+        super().setUp()
+        from unittest import mock
+        self.rt = mock.Mock()
+        self.rt.start.return_value = (mock.Mock(id='c' * 64), mock.Mock())
+        self.pull = self.useFixture(fixtures.MockPatchObject(
+            cli, '_pull', return_value=mock.Mock(id='i'))).mock
+        self.useFixture(fixtures.MockPatch('sys.stdout'))
+
+    def _run(self, *argv):
+        args = cli.build_parser().parse_args(['run', '-d'] + list(argv) +
+                                             ['busybox', 'true'])
+        cli.cmd_run(self.rt, args)
+        return self.rt.create.call_args[1]['disk_mb']
+
+    def test_size_reaches_the_runtime_in_mib(self):
+        self.assertEqual(5120, self._run('--storage-opt', 'size=5G'))
+        self.assertEqual(512, self._run('--storage-opt', 'size=1G',
+                                        '--storage-opt', 'size=512m'))
+        self.assertIsNone(self._run())
+
+    def test_bad_options_fail_before_any_pull(self):
+        from kata_zun import exception
+        for bad, want in (('dm.basesize=5G', 'unknown storage option'),
+                          ('size=5X', 'invalid size'),
+                          ('size', 'invalid storage option')):
+            exc = self.assertRaises(exception.InvalidInput, self._run,
+                                    '--storage-opt', bad)
+            self.assertIn(want, str(exc))
+        self.assertFalse(self.pull.called)
+        self.assertFalse(self.rt.create.called)

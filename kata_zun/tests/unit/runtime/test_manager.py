@@ -370,3 +370,56 @@ class RebindVolumesTestCase(base.BaseTestCase):
         self.rt.rebind_volumes('c' * 64, {})
         self.assertEqual(self.dev['old'],
                          self._config()['volumes'][0]['disk'])
+
+
+class DiskSizeTestCase(base.BaseTestCase):
+    """Runtime.create makes the writable layer at the size asked, records
+    it, shows it, and refuses a size it cannot give before making
+    anything.
+    """
+
+    def setUp(self):
+        super().setUp()
+        root = self.useFixture(fixtures.TempDir()).path
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(state_path=root + '/state', run_path=root + '/run',
+                        writable_layer_mb=32, group='kata')
+        self.rt = manager.Runtime()
+        self.rt._images = mock.Mock()
+        self.rt._images.get.return_value = mock.Mock(
+            id='sha256:' + 'e' * 64, config={'Cmd': ['sh']},
+            block_image='/nowhere/image.erofs', block_fs='erofs')
+        # The guest assets are looked up at create; none are needed here.
+        self.useFixture(fixtures.MockPatch('kata_zun.guest.builder.find'))
+
+    def _layer_size(self, c):
+        return os.stat(os.path.join(c.dir, 'rw.img')).st_size // (1 << 20)
+
+    def test_size_recorded_and_shown(self):
+        c = self.rt.create('busybox', disk_mb=64)
+        self.assertEqual(64, self._layer_size(c))
+        config = fileutils.read_json(os.path.join(c.dir, 'config.json'))
+        self.assertEqual(64, config['disk_mb'])
+        self.assertEqual(64, self.rt.get(c.id).to_dict()['Limits'][
+            'disk_mb'])
+
+    def test_default_is_the_configured_size(self):
+        c = self.rt.create('busybox')
+        self.assertEqual(32, self._layer_size(c))
+        self.assertEqual(32, c.to_dict()['Limits']['disk_mb'])
+
+    def test_refused_sizes_leave_nothing_behind(self):
+        from kata_zun.runtime import layer
+        total_mb, _free = layer.filesystem_mb(self.rt.containers_dir)
+        for bad in (total_mb + 1, layer.MIN_MB - 1, 0, -5, 2 ** 80, 1.5):
+            self.assertRaises(exception.InvalidInput, self.rt.create,
+                              'busybox', disk_mb=bad)
+        self.assertEqual([], os.listdir(self.rt.containers_dir))
+
+    def test_a_failed_mkfs_leaves_nothing_behind(self):
+        with mock.patch('kata_zun.runtime.layer.make',
+                        side_effect=exception.KataZunException('mkfs')):
+            self.assertRaises(exception.KataZunException, self.rt.create,
+                              'busybox', disk_mb=64)
+        self.assertEqual([], self.rt.list())
+        self.assertEqual(['.lock'], os.listdir(self.rt.containers_dir))
