@@ -193,7 +193,8 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         self.os('appcontainer', 'delete', '--force', name)
         deadline = time.time() + STATUS_TIMEOUT
         while self.os('appcontainer', 'show', name, check=False)[0] == 0:
-            self.assertLess(time.time(), deadline, self.show(name))
+            self.assertLess(time.time(), deadline,
+                            '%s still there after delete' % name)
             time.sleep(1)
 
     def volume(self, ref):
