@@ -99,9 +99,11 @@ class DiskStall(object):
             keep_room(self.state_dir)
         if self.finished:
             return
+        # Only a VM that can tell its run state (QEMU's QMP) can stall.
+        query = getattr(self.vm, 'query_status', None)
         try:
-            if self.vm is not None and self.vm.poll() is None:
-                status = self.vm.query_status().get('status')
+            if query is not None and self.vm.poll() is None:
+                status = query().get('status')
                 if status == 'io-error':
                     self._io_stalled()
                 elif self.io_stalled:
@@ -109,6 +111,9 @@ class DiskStall(object):
                     self.io_stalled = False
         except (exception.HypervisorError, OSError) as exc:
             LOG.debug('sandbox %s: run state unknown: %s', self.cid, exc)
+        except Exception:
+            # A timer never takes the shim down with it.
+            LOG.exception('sandbox %s: watching its disks failed', self.cid)
         if not self.finished:
             self.timers.append((time.monotonic() + CHECK_INTERVAL,
                                 self._watch_disks))

@@ -94,6 +94,18 @@ class DiskStallTestCase(base.BaseTestCase):
         self._tick()
         self.assertEqual([], self.shim.timers)
 
+    def test_any_trouble_and_vms_without_a_run_state_keep_the_shim(self):
+        # (found by test_shim_hostile_guest: its fake VM has no QMP, and
+        # the timer's AttributeError ended the shim's loop)
+        self.shim.vm.query_status.side_effect = KeyError('surprise')
+        self._tick()
+        self.assertEqual(1, len(self.shim.timers))
+        del self.shim.timers[:]
+        del self.shim.vm.query_status
+        self._tick()
+        self.assertEqual(1, len(self.shim.timers))
+        self.assertFalse(self.shim.vm.resume.called)
+
     def test_a_state_that_cannot_be_written_is_written_later(self):
         path = os.path.join(self.dir, 'state.json')
         fileutils.write_json(path, {'status': 'running'})
