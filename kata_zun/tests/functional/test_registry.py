@@ -163,13 +163,47 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.assertTrue(any(m.startswith('Layer 3/3 ') and
                             m.endswith(': done') for m in self.messages))
 
-    def test_plain_http_needs_listing(self):
+    def test_loopback_plain_http_without_configuration(self):
+        # Like Docker: a registry on loopback needs no insecure entry.
+        reg = self.start()
+        image_id = self.push_busybox(reg)
+        self.flags(insecure_registries=[], group='kata_image')
+        sends = self.useFixture(fixtures.MockPatchObject(
+            registry.Client, '_send', autospec=True,
+            side_effect=registry.Client._send)).mock
+        self.assertEqual(image_id, self.pull('busybox').id)
+        urls = [c.args[1] for c in sends.call_args_list]
+        self.assertTrue(urls[0].startswith('https://%s/' % reg.address),
+                        urls)
+        # One HTTPS attempt, then plain HTTP for every request.
+        self.assertFalse([u for u in urls[1:] if u.startswith('https')],
+                         urls)
+        for name in ('localhost:%d' % reg.port, '127.0.0.1:%d' % reg.port):
+            self.store.remove(self.store.list()[0].id)
+            self.assertEqual(image_id, self.pull(name + '/library/busybox',
+                                                 policy='always').id)
+
+    def test_plain_http_elsewhere_says_how_to_allow_it(self):
+        # The registry is on 127.0.0.1 (traffic stays here) but is taken
+        # for a remote host: HTTPS only, one attempt, a hint.
         reg = self.start()
         self.push_busybox(reg)
         self.flags(insecure_registries=[], group='kata_image')
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
+        sends = self.useFixture(fixtures.MockPatchObject(
+            registry.Client, '_send', autospec=True,
+            side_effect=registry.Client._send)).mock
+        started = time.monotonic()
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('https://%s/v2/library/busybox/manifests/latest'
                       % reg.address, str(e))
+        self.assertIn('%s answers in plain HTTP, not HTTPS; to pull from it '
+                      'over plain HTTP, add "%s" to [kata_image] '
+                      'insecure_registries' % (reg.address, reg.address),
+                      str(e))
+        self.assertEqual(1, sends.call_count)
+        self.assertLess(time.monotonic() - started, 5)
         self.assertStoreClean()
 
     def test_basic_auth(self):
@@ -233,8 +267,13 @@ class PullTestCase(oslo_base.BaseTestCase):
             credentials={'username': rf.USER, 'password': 'bad'})
         self.assertIn('answered 401: incorrect username or password',
                       str(e))
-        # A token server over plain HTTP must be listed too.
+        # A token server on loopback needs no listing; elsewhere, one
+        # over plain HTTP must be listed too.
         self.flags(insecure_registries=[reg.address], group='kata_image')
+        self.assertEqual(image_id, self.pull('busybox').id)
+        self.store.remove('busybox')
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('refusing %s' % reg.issuer.realm, str(e))
         self.assertStoreClean(pulled_before=True)
