@@ -1,5 +1,5 @@
 """Docker verbs of ``kata-zun`` beyond run/ps/logs: create, restart,
-wait, rename, port, tag, version and info.
+wait, rename, port, tag, login, logout, version and info.
 
 Registered into ``kata-zun`` by :func:`add_parsers`.  Each prints what
 Docker prints and exits as Docker does (errors: ``kata-zun: error: ...``
@@ -136,6 +136,60 @@ def cmd_tag(rt, args):
     return 0
 
 
+def _read_password(args):
+    if args.password is not None:
+        if args.password_stdin:
+            raise cli.CliError('--password and --password-stdin are '
+                               'mutually exclusive')
+        print('WARNING! Using --password via the CLI is insecure. Use '
+              '--password-stdin.', file=sys.stderr)
+        return args.password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip('\r\n')
+    if not os.isatty(0):
+        raise cli.CliError('Cannot perform an interactive login from a '
+                           'non TTY device: use --password-stdin')
+    import getpass
+    return getpass.getpass('Password: ')
+
+
+def cmd_login(rt, args):
+    """``docker login``: check the credentials with the registry, then
+    keep them (0600) for later pulls.
+    """
+    from kata_zun.image import logins
+    from kata_zun.image import registry
+    server = logins.server_name(args.server)
+    username = args.username
+    if not username:
+        if args.password_stdin or not os.isatty(0):
+            raise cli.CliError('Must provide --username with '
+                               '--password-stdin' if args.password_stdin
+                               else 'Cannot perform an interactive login '
+                               'from a non TTY device: use --username and '
+                               '--password-stdin')
+        username = input('Username: ').strip()
+    password = _read_password(args)
+    if not username or not password:
+        raise cli.CliError('Error: a username and a password are needed')
+    client = registry.Client(server, None, {'username': username,
+                                            'password': password})
+    client.login()
+    logins.save(rt.images, server, username, password)
+    print('Login Succeeded')
+    return 0
+
+
+def cmd_logout(rt, args):
+    from kata_zun.image import logins
+    server = logins.server_name(args.server)
+    if logins.remove(rt.images, server):
+        print('Removing login credentials for %s' % server)
+    else:
+        print('Not logged in to %s' % server)
+    return 0
+
+
 # --------------------------------------------------------------- system
 
 def _version():
@@ -255,7 +309,9 @@ def cmd_info(rt, args):
 # --------------------------------------------------------------- parser
 
 def add_parsers(sub):
-    """Add create, restart, wait, rename, port, tag, version and info."""
+    """Add create, restart, wait, rename, port, tag, login, logout,
+    version and info.
+    """
     p = sub.add_parser('create', help='create a container (not started; '
                        'see start)')
     cli.add_create_options(p)
@@ -288,6 +344,23 @@ def add_parsers(sub):
     p.add_argument('source', metavar='SOURCE_IMAGE[:TAG]')
     p.add_argument('target', metavar='TARGET_IMAGE[:TAG]')
     p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser('login', help='log in to a registry (the '
+                       'credentials are kept, 0600, for later pulls)')
+    p.add_argument('-u', '--username')
+    p.add_argument('-p', '--password', help='insecure: use '
+                   '--password-stdin')
+    p.add_argument('--password-stdin', action='store_true',
+                   help='read the password from the first line of stdin')
+    p.add_argument('server', nargs='?', metavar='SERVER',
+                   help='registry host[:port] (default: [kata_image] '
+                   'default_registry)')
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser('logout', help='forget the credentials of a '
+                       'registry')
+    p.add_argument('server', nargs='?', metavar='SERVER')
+    p.set_defaults(func=cmd_logout)
 
     p = sub.add_parser('version', help='show version information')
     p.set_defaults(func=cmd_version)

@@ -81,7 +81,9 @@ REGISTRY_OPTS = [
     cfg.StrOpt('credentials_file',
                help='JSON file {"registry": {"username": ..., "password": '
                     '...}} of registry credentials, used when a pull gets '
-                    'none. Docker Hub is "docker.io".'),
+                    'none (after those of "kata-zun login", which the CLI '
+                    'keeps in <state_path>/images/registry/auth.json). '
+                    'Docker Hub is "docker.io".'),
 ]
 
 

@@ -707,8 +707,10 @@ class Client(object):
                 'not its own host: list that host in [kata_image] '
                 'token_realm_hosts if it is the registry\'s' % realm,
                 RegistryAuthError)
-        query = {'scope': params.get('scope') or
-                 'repository:%s:pull' % self.repository}
+        query = {}
+        if params.get('scope') or self.repository:
+            query['scope'] = (params.get('scope') or
+                              'repository:%s:pull' % self.repository)
         if params.get('service'):
             query['service'] = params['service']
         url = '%s%s%s' % (realm, '&' if '?' in realm else '?',
@@ -751,6 +753,24 @@ class Client(object):
                 'needs other credentials' % (self.repository, detail),
                 RegistryAuthError)
         raise self._error('%s: HTTP %d%s' % (what, resp.status, detail))
+
+    def login(self):
+        """Check the client's credentials like ``docker login``: the API
+        root (``/v2/``), with a token of no scope where the registry
+        uses tokens.
+
+        :raises: RegistryAuthError (refused), RegistryError
+        """
+        url = '%s://%s/v2/' % (self.scheme, self.host)
+        with self._get(url) as resp:
+            if resp.status == 200:
+                return
+            if resp.status in (401, 403):
+                detail = _error_detail(resp)
+                raise self._error('login refused (HTTP %d%s)' % (
+                    resp.status, ': ' + detail if detail else ''),
+                    RegistryAuthError)
+            raise self._error('%s: HTTP %d' % (url, resp.status))
 
     def get_manifest(self, ref, name):
         """Fetch a manifest or index by tag or digest.
@@ -1024,6 +1044,10 @@ def _write_layout(layout, manifest, name):
 def _pull(store, remote, credentials, report, deadline):
     name = str(remote)
     report('Pulling %s' % name)
+    if not credentials:
+        # The CLI's logins (kata-zun login), never for a Zun project.
+        from kata_zun.image import logins
+        credentials = logins.lookup(store, remote.registry)
     client = Client(remote.registry, remote.repository, credentials,
                     host_credentials=store.scope is None)
     client.deadline = deadline

@@ -668,3 +668,83 @@ class PullRunTestCase(base.KataZunFunctionalTest):
         self.assertRegex(r.text.splitlines()[-1], r'^sha256:[0-9a-f]{64}$')
         r = self.kz('run', '--rm', app, 'cat', '/etc/motd', check=0)
         self.assertTrue(r.out.endswith(b'private'), r)
+
+
+class LoginTestCase(base.KataZunFunctionalTest):
+    """kata-zun login/logout against the real registry on 127.0.0.1,
+    without any insecure_registries entry (loopback: plain HTTP).
+    """
+
+    def push_private(self, reg):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        path = os.path.join(tmp, 'busybox.tar')
+        image_id = busybox.write_oci_archive(
+            path, extra_files={'etc/motd': b'private'})
+        reg.push('oci-archive:' + path, 'team/app:1')
+        return image_id
+
+    def auth_file(self):
+        return os.path.join(self.state_path, 'images', 'registry',
+                            'auth.json')
+
+    def check_login_pull_logout(self, reg):
+        image_id = self.push_private(reg)
+        app = '%s/team/app:1' % reg.address
+        r = self.kz('login', '-u', rf.USER, '--password-stdin', reg.address,
+                    input=b'wrong\n', check=1)
+        self.assertIn(b'authentication failed', r.err)
+        self.assertNotIn(b'Login Succeeded', r.out)
+        self.assertFalse(os.path.exists(self.auth_file()))
+        r = self.kz('pull', app, check=1)
+
+        r = self.kz('login', '-u', rf.USER, '--password-stdin',
+                    'http://%s/' % reg.address,
+                    input=rf.PASSWORD.encode() + b'\n', check=0)
+        self.assertEqual('Login Succeeded\n', r.text)
+        self.assertEqual(0o600, os.stat(self.auth_file()).st_mode & 0o777)
+        with open(self.auth_file()) as f:
+            self.assertEqual({reg.address: {'username': rf.USER,
+                                            'password': rf.PASSWORD}},
+                             json.load(f))
+        # Later pulls use it.
+        r = self.kz('pull', app, check=0)
+        self.assertEqual(image_id, r.text.splitlines()[-1])
+
+        r = self.kz('logout', reg.address, check=0)
+        self.assertEqual('Removing login credentials for %s\n'
+                         % reg.address, r.text)
+        r = self.kz('logout', reg.address, check=0)
+        self.assertEqual('Not logged in to %s\n' % reg.address, r.text)
+        self.kz('rmi', app, check=0)
+        r = self.kz('pull', app, check=1)
+        self.assertIn(b'Registry %s' % reg.address.encode(), r.err)
+
+    def test_basic(self):
+        self.check_login_pull_logout(self.useFixture(rf.Registry('basic')))
+
+    def test_token(self):
+        reg = self.useFixture(rf.Registry('token'))
+        reg.issuer.anonymous_pull = False
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata_image]\ntoken_realm_hosts = %s\n'
+                    % reg.issuer.address)
+        self.check_login_pull_logout(reg)
+        # docker login asks the token server for no scope.
+        logins = [r for r in reg.issuer.requests
+                  if r['auth'] and 'scope' not in r['query']]
+        self.assertTrue(logins, reg.issuer.requests)
+
+    def test_usage_errors(self):
+        r = self.kz('login', '--password-stdin', '127.0.0.1:9',
+                    input=b'x\n', check=1)
+        self.assertIn(b'Must provide --username with --password-stdin',
+                      r.err)
+        r = self.kz('login', '-u', 'a', '127.0.0.1:9', check=1)
+        self.assertIn(b'non TTY device', r.err)
+        r = self.kz('login', '-u', 'a', '--password-stdin', 'ftp://x',
+                    input=b'x\n', check=1)
+        self.assertIn(b'invalid registry', r.err)
+        r = self.kz('login', '-u', 'a', '-p', 'b', '127.0.0.1:9', check=1)
+        self.assertIn(b'Using --password via the CLI is insecure', r.err)
+        self.assertIn(b'Connection refused', r.err)
+        self.assertFalse(os.path.exists(self.auth_file()))
