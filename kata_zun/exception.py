@@ -67,7 +67,10 @@ class Conflict(KataZunException):
 
 
 class ContainerNameInUse(Conflict):
-    msg_fmt = 'The container name %(name)r is already in use by %(id)s'
+    # Docker's words, so that what users and scripts look for is there.
+    msg_fmt = ('Conflict. The container name %(name)r is already in use by '
+               'container %(id)s. You have to remove (or rename) that '
+               'container to be able to reuse that name.')
 
 
 class ImageInUse(Conflict):

@@ -26,7 +26,7 @@ from kata_zun.shim import logs
 
 # Characters of one table cell or error message printed: what the guest
 # or a damaged record says is escaped before it reaches the terminal.
-_PRINT_MAX = 64 * 1024
+_PRINT_MAX = PRINT_MAX = 64 * 1024
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -147,7 +147,12 @@ def _healthcheck(args):
             'start_period': args.health_start_period}
 
 
-def cmd_run(rt, args):
+def create_container(rt, args):
+    """Pull (per ``--pull``) and create the container of a ``run`` or
+    ``create`` command line.
+
+    :returns: the :class:`kata_zun.runtime.manager.Container`.
+    """
     from kata_zun.runtime import layer
     from kata_zun.runtime import manager
     from kata_zun.volume import cli as volumecli
@@ -156,7 +161,7 @@ def cmd_run(rt, args):
     # Checked before any pull: a typo costs nothing.
     storage = layer.parse_storage_opts(args.storage_opt)
     image = _pull(rt, args.image, _RUN_PULL[args.pull])
-    container = rt.create(
+    return rt.create(
         # Images pulled by digest have no name: run them by id.
         image.id if '@' in args.image else args.image,
         command=args.command or None,
@@ -171,6 +176,10 @@ def cmd_run(rt, args):
         ports=args.publish, healthcheck=_healthcheck(args),
         volumes=volumecli.requests(args), privileged=args.privileged,
         pids_limit=args.pids_limit, disk_mb=storage['size_mb'])
+
+
+def cmd_run(rt, args):
+    container = create_container(rt, args)
     holder = {}
 
     def attach(client, main):
@@ -539,18 +548,8 @@ def _add_process_options(p):
     p.add_argument('-t', '--tty', action='store_true')
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog='kata-zun',
-        description='Run OCI containers, each in its own QEMU micro-VM.')
-    parser.add_argument('--config-file', action='append', default=[],
-                        help='oslo.config file (repeatable)')
-    parser.add_argument('--debug', action='store_true')
-    sub = parser.add_subparsers(dest='cmd', metavar='COMMAND')
-    sub.required = True
-
-    p = sub.add_parser('run', help='create and start a container')
-    p.add_argument('-d', '--detach', action='store_true')
+def add_create_options(p):
+    """The options and arguments ``run`` and ``create`` share."""
     p.add_argument('--rm', action='store_true')
     p.add_argument('--name')
     p.add_argument('--hostname')
@@ -602,6 +601,21 @@ def build_parser():
     _add_process_options(p)
     p.add_argument('image')
     p.add_argument('command', nargs=argparse.REMAINDER)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='kata-zun',
+        description='Run OCI containers, each in its own QEMU micro-VM.')
+    parser.add_argument('--config-file', action='append', default=[],
+                        help='oslo.config file (repeatable)')
+    parser.add_argument('--debug', action='store_true')
+    sub = parser.add_subparsers(dest='cmd', metavar='COMMAND')
+    sub.required = True
+
+    p = sub.add_parser('run', help='create and start a container')
+    p.add_argument('-d', '--detach', action='store_true')
+    add_create_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser('start', help='start stopped containers')
@@ -687,6 +701,8 @@ def build_parser():
 
     from kata_zun.cmd import imagecli
     imagecli.add_parsers(sub)
+    from kata_zun.cmd import verbs
+    verbs.add_parsers(sub)
     from kata_zun.volume import cli as volumecli
     volumecli.add_parsers(sub)
 
@@ -706,7 +722,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, 'command', None) is not None and args.cmd in (
-            'run', 'exec') and args.command[:1] == ['--']:
+            'run', 'create', 'exec') and args.command[:1] == ['--']:
         args.command = args.command[1:]
     if args.cmd == 'exec' and not args.command:
         parser.error('exec needs a command')
@@ -720,7 +736,7 @@ def main(argv=None):
     CONF.set_default('use_stderr', True)
     logging.setup(CONF, 'kata-zun')
     try:
-        rt = _runtime() if args.cmd not in ('guest',) else None
+        rt = _runtime() if args.cmd not in ('guest', 'version') else None
         return args.func(rt, args)
     except CliError as exc:
         print('kata-zun: error: %s' % guestdata.printable(exc, _PRINT_MAX),
@@ -729,7 +745,7 @@ def main(argv=None):
     except exception.KataZunException as exc:
         print('kata-zun: error: %s' % guestdata.printable(exc, _PRINT_MAX),
               file=sys.stderr)
-        return 125 if args.cmd == 'run' else 1
+        return 125 if args.cmd in ('run', 'create') else 1
     except KeyboardInterrupt:
         return 130
 

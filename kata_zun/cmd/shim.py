@@ -168,7 +168,9 @@ def main(argv=None):
         return 1
     finally:
         shutil.rmtree(args.run_dir, ignore_errors=True)
-    if shim.config.get('auto_remove'):
+    # A restart (kata_zun.runtime.manager.Runtime.restart) keeps it.
+    if shim.config.get('auto_remove') and not os.path.exists(
+            os.path.join(args.state_dir, 'restarting')):
         shutil.rmtree(args.state_dir, ignore_errors=True)
     return 0
 

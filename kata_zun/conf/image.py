@@ -27,7 +27,10 @@ REGISTRY_OPTS = [
     cfg.ListOpt('insecure_registries', default=[],
                 help='Registries (host[:port]) reached over plain HTTP '
                      'instead of HTTPS; this also applies to token '
-                     'servers and redirects.'),
+                     'servers and redirects. Loopback registries '
+                     '(localhost, 127.0.0.0/8, ::1) need no entry: as '
+                     'with Docker, HTTPS is tried first and a TLS '
+                     'failure falls back to plain HTTP.'),
     cfg.StrOpt('ca_file',
                help='PEM bundle of CAs trusted for registries, in addition '
                     'to the system CAs.'),
@@ -78,7 +81,9 @@ REGISTRY_OPTS = [
     cfg.StrOpt('credentials_file',
                help='JSON file {"registry": {"username": ..., "password": '
                     '...}} of registry credentials, used when a pull gets '
-                    'none. Docker Hub is "docker.io".'),
+                    'none (after those of "kata-zun login", which the CLI '
+                    'keeps in <state_path>/images/registry/auth.json). '
+                    'Docker Hub is "docker.io".'),
 ]
 
 

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import http.client
 import io
+import ipaddress
 import json
 import os
 import re
@@ -197,8 +198,65 @@ def parse_www_authenticate(value):
 
 # ------------------------------------------------------------------- client
 
-def _plain_http_allowed(netloc):
+def is_loopback(host):
+    """Whether ``host`` (a host name or IP literal, no port) is this
+    machine's loopback: ``localhost``, 127.0.0.0/8 or ``::1``.
+
+    Names other than ``localhost`` are not resolved: whether a registry
+    may be reached over plain HTTP must not depend on what DNS answers.
+    """
+    host = (host or '').strip('[]').lower()
+    if host == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(netloc):
+    return urllib.parse.urlsplit('//' + netloc).hostname
+
+
+def _plain_http_first(netloc):
+    """Registries reached over plain HTTP only, by configuration."""
     return netloc in CONF.kata_image.insecure_registries
+
+
+def _plain_http_allowed(netloc):
+    """Hosts that may be reached over plain HTTP: the insecure registries
+    and, like Docker, every loopback registry (after HTTPS failed).
+    """
+    return _plain_http_first(netloc) or is_loopback(_hostname(netloc))
+
+
+# OpenSSL's reasons when the server answers a TLS handshake in plain HTTP
+# ("HTTP/1.1 400 ..." read as a TLS record): 3.0 says WRONG_VERSION_NUMBER,
+# 3.2 and later RECORD_LAYER_FAILURE.
+_PLAIN_HTTP_REASONS = frozenset((
+    'WRONG_VERSION_NUMBER', 'RECORD_LAYER_FAILURE', 'UNKNOWN_PROTOCOL',
+    'PACKET_LENGTH_TOO_LONG', 'HTTP_REQUEST'))
+
+
+def _tls_protocol_error(error):
+    """Whether ``error`` is a TLS failure that another try would repeat:
+    any SSL error but a lost connection (EOF) and a verification failure
+    (handled as such).
+    """
+    return (isinstance(error, ssl.SSLError) and not isinstance(
+        error, (ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                ssl.SSLCertVerificationError)))
+
+
+def _speaks_plain_http(error):
+    """Whether a TLS handshake failed because the server spoke plain HTTP.
+    """
+    if not isinstance(error, ssl.SSLError):
+        return False
+    reason = getattr(error, 'reason', None) or ''
+    text = str(error).lower()
+    return (reason in _PLAIN_HTTP_REASONS or 'wrong version number' in text
+            or 'record layer failure' in text)
 
 
 def _ssl_context():
@@ -376,7 +434,12 @@ class Client(object):
     """One repository of one registry.
 
     Requests go over HTTPS (system CAs plus ``[kata_image] ca_file``), or
-    plain HTTP for hosts listed in ``insecure_registries``; every request
+    plain HTTP for hosts listed in ``insecure_registries``.  Like Docker,
+    a loopback registry (``localhost``, 127.0.0.0/8, ``::1``) needs no
+    configuration: HTTPS is tried first (its certificate is verified all
+    the same) and a TLS failure falls back to plain HTTP; for any other
+    host a plain HTTP answer to HTTPS is an error that names the option
+    allowing it, and is not retried.  Every request
     opens its own connection, so threads may share a client.  A 401
     answer is met once per request with the scheme it asks for: a bearer
     token from its realm (with basic credentials when there are some) or
@@ -394,7 +457,9 @@ class Client(object):
         self.registry = registry
         self.repository = repository
         self.host = HUB_API if registry == HUB else registry
-        self.scheme = 'http' if _plain_http_allowed(registry) else 'https'
+        # Loopback registries start with HTTPS too and fall back to plain
+        # HTTP when the answer is not TLS (see _send), as Docker does.
+        self.scheme = 'http' if _plain_http_first(registry) else 'https'
         creds = credentials
         if not creds and (host_credentials or registry in
                           CONF.kata_image.shared_credentials_registries):
@@ -456,8 +521,8 @@ class Client(object):
                     parts.scheme == 'http' and
                     not _plain_http_allowed(parts.netloc)):
                 raise self._error(
-                    'refusing %s: plain HTTP only goes to hosts in '
-                    '[kata_image] insecure_registries' % url)
+                    'refusing %s: plain HTTP only goes to loopback hosts '
+                    'and hosts in [kata_image] insecure_registries' % url)
             path = parts.path or '/'
             if parts.query:
                 path += '?' + parts.query
@@ -467,17 +532,10 @@ class Client(object):
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                failed = _ConnectionFailed(registry=self.registry,
-                                           reason='GET %s%s: %s' % (
-                                               url, via, e))
-                # Nothing listens, no such name, a certificate we do not
-                # trust, or the proxy refused the tunnel: another try
-                # would get the same answer.
-                failed.retryable = not (
-                    isinstance(e, (ConnectionRefusedError, socket.gaierror,
-                                   ssl.SSLCertVerificationError))
-                    or str(e).startswith('Tunnel connection failed'))
-                raise failed
+                if self._fall_back_to_http(parts, e):
+                    url = 'http' + url[len('https'):]
+                    continue
+                raise self._connection_failed(url, parts, via, e)
             resp.url_netloc, resp.url_path = parts.netloc, parts.path
             resp.via = via
             location = resp.getheader('Location')
@@ -489,6 +547,41 @@ class Client(object):
                 # Credentials stay with the host they are for.
                 headers.pop('Authorization', None)
         raise self._error('too many redirects from %s' % url)
+
+    def _fall_back_to_http(self, parts, error):
+        """Whether to repeat over plain HTTP a request whose HTTPS
+        connection failed: only for a loopback host and a TLS failure
+        other than an untrusted certificate (a server that speaks TLS
+        does not speak plain HTTP on the same port).  The client then
+        keeps plain HTTP for the registry: one failed handshake a pull.
+        """
+        if (parts.scheme != 'https' or not is_loopback(parts.hostname) or
+                not isinstance(error, ssl.SSLError) or
+                isinstance(error, ssl.SSLCertVerificationError)):
+            return False
+        LOG.info('Registry %s: no TLS on loopback host %s (%s): using '
+                 'plain HTTP', self.registry, parts.netloc, error)
+        if parts.netloc == self.host:
+            self.scheme = 'http'
+        return True
+
+    def _connection_failed(self, url, parts, via, error):
+        """:returns: the :class:`_ConnectionFailed` of a request."""
+        reason = 'GET %s%s: %s' % (url, via, error)
+        if parts.scheme == 'https' and _speaks_plain_http(error):
+            reason += (': %s answers in plain HTTP, not HTTPS; to pull '
+                       'from it over plain HTTP, add "%s" to [kata_image] '
+                       'insecure_registries' % (parts.netloc, parts.netloc))
+        failed = _ConnectionFailed(registry=self.registry, reason=reason)
+        # Nothing listens, no such name, a certificate we do not trust,
+        # a TLS protocol failure (e.g. a plain HTTP server), or the proxy
+        # refused the tunnel: another try would get the same answer.
+        failed.retryable = not (
+            isinstance(error, (ConnectionRefusedError, socket.gaierror,
+                               ssl.SSLCertVerificationError))
+            or _tls_protocol_error(error)
+            or str(error).startswith('Tunnel connection failed'))
+        return failed
 
     def _connection(self, parts, path, headers):
         """A connection for one request, through a proxy if one is set:
@@ -614,8 +707,10 @@ class Client(object):
                 'not its own host: list that host in [kata_image] '
                 'token_realm_hosts if it is the registry\'s' % realm,
                 RegistryAuthError)
-        query = {'scope': params.get('scope') or
-                 'repository:%s:pull' % self.repository}
+        query = {}
+        if params.get('scope') or self.repository:
+            query['scope'] = (params.get('scope') or
+                              'repository:%s:pull' % self.repository)
         if params.get('service'):
             query['service'] = params['service']
         url = '%s%s%s' % (realm, '&' if '?' in realm else '?',
@@ -658,6 +753,24 @@ class Client(object):
                 'needs other credentials' % (self.repository, detail),
                 RegistryAuthError)
         raise self._error('%s: HTTP %d%s' % (what, resp.status, detail))
+
+    def login(self):
+        """Check the client's credentials like ``docker login``: the API
+        root (``/v2/``), with a token of no scope where the registry
+        uses tokens.
+
+        :raises: RegistryAuthError (refused), RegistryError
+        """
+        url = '%s://%s/v2/' % (self.scheme, self.host)
+        with self._get(url) as resp:
+            if resp.status == 200:
+                return
+            if resp.status in (401, 403):
+                detail = _error_detail(resp)
+                raise self._error('login refused (HTTP %d%s)' % (
+                    resp.status, ': ' + detail if detail else ''),
+                    RegistryAuthError)
+            raise self._error('%s: HTTP %d' % (url, resp.status))
 
     def get_manifest(self, ref, name):
         """Fetch a manifest or index by tag or digest.
@@ -931,6 +1044,10 @@ def _write_layout(layout, manifest, name):
 def _pull(store, remote, credentials, report, deadline):
     name = str(remote)
     report('Pulling %s' % name)
+    if not credentials:
+        # The CLI's logins (kata-zun login), never for a Zun project.
+        from kata_zun.image import logins
+        credentials = logins.lookup(store, remote.registry)
     client = Client(remote.registry, remote.repository, credentials,
                     host_credentials=store.scope is None)
     client.deadline = deadline

@@ -45,10 +45,10 @@ LOG = logging.getLogger(__name__)
 CONF = conf.CONF
 
 # 64 hex digits of our own, or a Zun uuid without its dashes (32).
-_ID_RE = re.compile(r'^[0-9a-f]{32,64}$')
-_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$')
+_ID_RE = re.compile(r'^[0-9a-f]{32,64}\Z')
+_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z')
 _ENV_RE = re.compile(r'^[^=\0]+=[^\0]*$')
-_HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
+_HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})\Z')
 IMAGE_SERIAL = 'kz-image'
 LAYER_SERIAL = 'kz-rw'
 
@@ -61,6 +61,9 @@ EXITED = 'exited'
 UNKNOWN = 'unknown'
 LIVE = (RUNNING, PAUSED, RESTARTING)
 RESTART_POLICIES = ('no', 'on-failure', 'always', 'unless-stopped')
+# In a container's directory while ``restart`` stops it: its shim then
+# keeps an auto_remove record (see kata_zun.cmd.shim).
+RESTART_MARK = 'restarting'
 
 
 def parse_restart_policy(value):
@@ -867,6 +870,93 @@ class Runtime(object):
         pid = c.state.get('shim_pid')
         while _pid_is_shim(pid, c.id) and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    def restart(self, ref, timeout=None):
+        """Stop a container if it runs, then start it (``docker
+        restart``).
+
+        A container created with ``auto_remove`` keeps its record across
+        the restart: its shim, which removes the record when it ends,
+        finds the :data:`RESTART_MARK` file and leaves it.
+
+        :param timeout: seconds between SIGTERM and SIGKILL.
+        :returns: (container, connected ShimClient) as :meth:`start`.
+        :raises: ContainerNotFound, ShimError
+        """
+        c = self.get(ref)
+        if c.shim_alive:
+            mark = os.path.join(c.dir, RESTART_MARK)
+            fileutils.write_atomic(mark, '%d\n' % os.getpid(), 0o600)
+            try:
+                self.stop(c.id, timeout=timeout)
+            finally:
+                try:
+                    os.unlink(mark)
+                except FileNotFoundError:
+                    pass
+            if not self._record_exists(c.id):
+                raise exception.ContainerNotFound(ref=ref)
+        return self.start(c.id)
+
+    def wait(self, ref):
+        """Block until a container stops (``docker wait``).
+
+        A container that does not run has nothing to wait for: its
+        last exit code is returned at once (0 when it never ran), as
+        Docker's default ``not-running`` condition does.  With a restart
+        policy the wait lasts until the shim gives up restarting.
+
+        :returns: the exit code (255 when the sandbox was lost).
+        :raises: ContainerNotFound
+        """
+        c = self.get(ref)
+        if c.shim_alive:
+            try:
+                with self.connect(c) as client:
+                    code = client.call('wait', {}, timeout=None).get(
+                        'exit_code')
+                if code is not None:
+                    return int(code)
+            except exception.ShimError as exc:
+                # The shim went away: its record says how it ended.
+                LOG.warning('waiting for %s: %s', c.id[:12], exc)
+            self._wait_shim_gone(c)
+            c = self._load(c.id) or c
+            if c.shim_alive:
+                c.shim_alive = False      # stopped answering: lost
+        code = c.exit_code
+        return 0 if code is None else int(code)
+
+    def rename(self, ref, name):
+        """Give a container another name (``docker rename``); it may
+        run.
+
+        :raises: ContainerNotFound, InvalidInput, ContainerNameInUse
+        """
+        name = name[1:] if isinstance(name, str) and \
+            name.startswith('/') else name
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise exception.InvalidInput(reason='invalid container name '
+                                         '%r: only [a-zA-Z0-9][a-zA-Z0-9_.-] '
+                                         'are allowed' % name)
+        lock = self._lock()
+        try:
+            c = self.get(ref)
+            if c.unreadable:
+                raise exception.Conflict(reason='container %s has a '
+                                         'damaged record' % c.id[:12])
+            if c.name == name:
+                return c
+            for other in self.list():
+                if other.name == name:
+                    raise exception.ContainerNameInUse(name=name,
+                                                       id=other.id[:12])
+            config = c.config
+            config['name'] = name
+            fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
+        finally:
+            os.close(lock)
+        return self._load(c.id)
 
     def kill(self, ref, sig):
         c, client = self._running_client(ref)

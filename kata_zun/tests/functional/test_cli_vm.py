@@ -472,3 +472,115 @@ class HostRestartTestCase(base.KataZunFunctionalTest):
         state = json.loads(self.kz('inspect', cid, check=0).out)[0]['State']
         self.assertEqual(('running', None), (state['Status'],
                                              state['Error']))
+
+
+class DockerVerbsTestCase(base.KataZunFunctionalTest):
+    """create, wait, restart, rename, port, tag, version and info."""
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+
+    def _state(self, ref):
+        return json.loads(self.kz('inspect', ref, check=0).out)[0]['State']
+
+    def test_create_start_wait(self):
+        cid = self.kz('create', '--name', 'c1', 'busybox', 'sh', '-c',
+                      'echo ran; exit 3', check=0).text.strip()
+        self.assertRegex(cid, r'^[0-9a-f]{64}$')
+        self.assertEqual('created', self._state('c1')['Status'])
+        self.assertIn('Created', self.kz('ps', '-a', check=0).text)
+        # Never started: nothing to wait for.
+        self.assertEqual('0\n', self.kz('wait', 'c1', check=0).text)
+        r = self.kz('create', '--pull', 'never', 'no-such-image', 'true')
+        self.assertEqual(125, r.code, r)
+        self.assertIn(b'No such image', r.err)
+        self.kz('create', '--name', 'c1', 'busybox', 'true', check=125)
+
+        self.kz('start', 'c1', check=0)
+        self.assertEqual('3\n', self.kz('wait', 'c1', check=0).text)
+        self.assertEqual(b'ran\n', self.kz('logs', 'c1', check=0).out)
+        # Waiting for a running container blocks until it exits; several
+        # containers: one code each, and an unknown one fails the verb.
+        self.kz('run', '-d', '--name', 'w', 'busybox', 'sh', '-c',
+                'sleep 2; exit 5', check=0)
+        r = self.kz('wait', 'w', 'c1', 'nope', check=1)
+        self.assertEqual('5\n3\n', r.text)
+        self.assertIn(b'No such container: nope', r.err)
+        self.kz('run', '-d', '--name', 'k', 'busybox', 'sleep', '600',
+                check=0)
+        self.kz('kill', 'k', check=0)
+        self.assertEqual('137\n', self.kz('wait', 'k', check=0).text)
+
+    def test_restart_and_rename(self):
+        self.kz('run', '-d', '--name', 'one', 'busybox', 'sh', '-c',
+                'date +%s%N > /started; sleep 600', check=0)
+        self.kz('create', '--name', 'two', 'busybox', 'true', check=0)
+        r = self.kz('rename', 'one', 'two', check=1)
+        self.assertIn(b"Conflict. The container name 'two' is already in "
+                      b"use by container", r.err)
+        r = self.kz('rename', 'one', 'bad/name', check=1)
+        self.assertIn(b'invalid container name', r.err)
+        # A running container is renamed in place.
+        self.kz('rename', 'one', 'three', check=0)
+        self.assertEqual('running', self._state('three')['Status'])
+        self.kz('exec', 'three', 'true', check=0)
+        self.kz('inspect', 'one', check=1)
+
+        first = self.kz('exec', 'three', 'cat', '/started', check=0).out
+        self.kz('exec', 'three', 'touch', '/kept', check=0)
+        r = self.kz('restart', '-t', '0', 'three', check=0)
+        self.assertEqual('three\n', r.text)
+        self.assertEqual('running', self._state('three')['Status'])
+        deadline = time.time() + 30
+        while True:
+            again = self.kz('exec', 'three', 'cat', '/started').out
+            if again and again != first:
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        self.kz('exec', 'three', 'test', '-f', '/kept', check=0)
+        # A stopped container is just started.
+        self.kz('restart', 'two', check=0)
+        self.assertEqual('0\n', self.kz('wait', 'two', check=0).text)
+
+    def test_restart_keeps_an_auto_remove_container(self):
+        self.kz('run', '-d', '--rm', '--name', 'tmp', 'busybox', 'sleep',
+                '600', check=0)
+        self.kz('restart', '-t', '0', 'tmp', check=0)
+        self.assertEqual('running', self._state('tmp')['Status'])
+        self.kz('stop', '-t', '0', 'tmp', check=0)
+        # Removed once it stops for good.
+        deadline = time.time() + 30
+        while self.kz('ps', '-a', '-q', check=0).text.strip():
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+
+    def test_port_tag_version_info(self):
+        self.kz('run', '-d', '--name', 'p', 'busybox', 'sleep', '600',
+                check=0)
+        # network none: nothing published.
+        self.assertEqual(b'', self.kz('port', 'p', check=0).out)
+        r = self.kz('port', 'p', '80', check=1)
+        self.assertIn(b"No public port '80/tcp' published for p", r.err)
+        self.kz('port', 'p', '80/icmp', check=1)
+
+        self.assertEqual(b'', self.kz('tag', 'busybox', 'mine:1',
+                                      check=0).out)
+        images = self.kz('images', check=0).text
+        self.assertRegex(images, r'(?m)^mine\s+1\s')
+        self.assertIn(b'No such image', self.kz('tag', 'nope', 'x',
+                                                check=1).err)
+        self.assertIn(b'Invalid image reference',
+                      self.kz('tag', 'busybox', 'UPPER:case', check=1).err)
+        self.kz('run', '--rm', 'mine:1', 'true', check=0)
+
+        r = self.kz('version', check=0).text
+        self.assertIn('Client: kata-zun', r)
+        self.assertRegex(r, r' QEMU: QEMU emulator version \d')
+        self.assertNotIn('not built', r)
+        r = self.kz('info', check=0).text
+        self.assertTrue(r.startswith('Containers: 1\n Running: 1\n'
+                                     ' Paused: 0\n Stopped: 0\n'), r)
+        self.assertIn('Images: 1\n', r)
+        self.assertIn('Root Dir: %s\n' % self.state_path, r)

@@ -224,6 +224,15 @@ class NetworkTestCase(base.KataZunFunctionalTest):
         self.assertEqual({'8080/tcp': [
             {'HostIp': '0.0.0.0', 'HostPort': str(p1)},
             {'HostIp': '127.0.0.1', 'HostPort': str(p2)}]}, s['Ports'])
+        # docker port: every mapping, or the host side of one port.
+        self.assertEqual(['8080/tcp -> 0.0.0.0:%d' % p1,
+                          '8080/tcp -> 127.0.0.1:%d' % p2],
+                         self.kz('port', 'web', check=0).text.splitlines())
+        self.assertEqual(['0.0.0.0:%d' % p1, '127.0.0.1:%d' % p2],
+                         self.kz('port', 'web', '8080/tcp',
+                                 check=0).text.splitlines())
+        self.assertIn(b"No public port '8080/udp' published for web",
+                      self.kz('port', 'web', '8080/udp', check=1).err)
         # From the host itself: through loopback and through the bridge
         # address (OUTPUT DNAT), on every address and on 127.0.0.1 only.
         for url in ('http://127.0.0.1:%d/' % p1,
@@ -248,6 +257,8 @@ class NetworkTestCase(base.KataZunFunctionalTest):
         self.kz('stop', '-t', '0', 'web', check=0)
         self.assertIn('kzt' + cid[:12], self.host('ip', '-o', 'link',
                                                   check=0).text)
+        # Like Docker, a stopped container publishes nothing.
+        self.assertEqual(b'', self.kz('port', 'web', check=0).out)
         # ... and rm removes every tap, rule and lease it made.
         self.kz('rm', 'web', check=0)
         self.assert_nothing_left([cid])

@@ -163,13 +163,47 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.assertTrue(any(m.startswith('Layer 3/3 ') and
                             m.endswith(': done') for m in self.messages))
 
-    def test_plain_http_needs_listing(self):
+    def test_loopback_plain_http_without_configuration(self):
+        # Like Docker: a registry on loopback needs no insecure entry.
+        reg = self.start()
+        image_id = self.push_busybox(reg)
+        self.flags(insecure_registries=[], group='kata_image')
+        sends = self.useFixture(fixtures.MockPatchObject(
+            registry.Client, '_send', autospec=True,
+            side_effect=registry.Client._send)).mock
+        self.assertEqual(image_id, self.pull('busybox').id)
+        urls = [c.args[1] for c in sends.call_args_list]
+        self.assertTrue(urls[0].startswith('https://%s/' % reg.address),
+                        urls)
+        # One HTTPS attempt, then plain HTTP for every request.
+        self.assertFalse([u for u in urls[1:] if u.startswith('https')],
+                         urls)
+        for name in ('localhost:%d' % reg.port, '127.0.0.1:%d' % reg.port):
+            self.store.remove(self.store.list()[0].id)
+            self.assertEqual(image_id, self.pull(name + '/library/busybox',
+                                                 policy='always').id)
+
+    def test_plain_http_elsewhere_says_how_to_allow_it(self):
+        # The registry is on 127.0.0.1 (traffic stays here) but is taken
+        # for a remote host: HTTPS only, one attempt, a hint.
         reg = self.start()
         self.push_busybox(reg)
         self.flags(insecure_registries=[], group='kata_image')
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
+        sends = self.useFixture(fixtures.MockPatchObject(
+            registry.Client, '_send', autospec=True,
+            side_effect=registry.Client._send)).mock
+        started = time.monotonic()
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('https://%s/v2/library/busybox/manifests/latest'
                       % reg.address, str(e))
+        self.assertIn('%s answers in plain HTTP, not HTTPS; to pull from it '
+                      'over plain HTTP, add "%s" to [kata_image] '
+                      'insecure_registries' % (reg.address, reg.address),
+                      str(e))
+        self.assertEqual(1, sends.call_count)
+        self.assertLess(time.monotonic() - started, 5)
         self.assertStoreClean()
 
     def test_basic_auth(self):
@@ -233,8 +267,13 @@ class PullTestCase(oslo_base.BaseTestCase):
             credentials={'username': rf.USER, 'password': 'bad'})
         self.assertIn('answered 401: incorrect username or password',
                       str(e))
-        # A token server over plain HTTP must be listed too.
+        # A token server on loopback needs no listing; elsewhere, one
+        # over plain HTTP must be listed too.
         self.flags(insecure_registries=[reg.address], group='kata_image')
+        self.assertEqual(image_id, self.pull('busybox').id)
+        self.store.remove('busybox')
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('refusing %s' % reg.issuer.realm, str(e))
         self.assertStoreClean(pulled_before=True)
@@ -629,3 +668,83 @@ class PullRunTestCase(base.KataZunFunctionalTest):
         self.assertRegex(r.text.splitlines()[-1], r'^sha256:[0-9a-f]{64}$')
         r = self.kz('run', '--rm', app, 'cat', '/etc/motd', check=0)
         self.assertTrue(r.out.endswith(b'private'), r)
+
+
+class LoginTestCase(base.KataZunFunctionalTest):
+    """kata-zun login/logout against the real registry on 127.0.0.1,
+    without any insecure_registries entry (loopback: plain HTTP).
+    """
+
+    def push_private(self, reg):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        path = os.path.join(tmp, 'busybox.tar')
+        image_id = busybox.write_oci_archive(
+            path, extra_files={'etc/motd': b'private'})
+        reg.push('oci-archive:' + path, 'team/app:1')
+        return image_id
+
+    def auth_file(self):
+        return os.path.join(self.state_path, 'images', 'registry',
+                            'auth.json')
+
+    def check_login_pull_logout(self, reg):
+        image_id = self.push_private(reg)
+        app = '%s/team/app:1' % reg.address
+        r = self.kz('login', '-u', rf.USER, '--password-stdin', reg.address,
+                    input=b'wrong\n', check=1)
+        self.assertIn(b'authentication failed', r.err)
+        self.assertNotIn(b'Login Succeeded', r.out)
+        self.assertFalse(os.path.exists(self.auth_file()))
+        r = self.kz('pull', app, check=1)
+
+        r = self.kz('login', '-u', rf.USER, '--password-stdin',
+                    'http://%s/' % reg.address,
+                    input=rf.PASSWORD.encode() + b'\n', check=0)
+        self.assertEqual('Login Succeeded\n', r.text)
+        self.assertEqual(0o600, os.stat(self.auth_file()).st_mode & 0o777)
+        with open(self.auth_file()) as f:
+            self.assertEqual({reg.address: {'username': rf.USER,
+                                            'password': rf.PASSWORD}},
+                             json.load(f))
+        # Later pulls use it.
+        r = self.kz('pull', app, check=0)
+        self.assertEqual(image_id, r.text.splitlines()[-1])
+
+        r = self.kz('logout', reg.address, check=0)
+        self.assertEqual('Removing login credentials for %s\n'
+                         % reg.address, r.text)
+        r = self.kz('logout', reg.address, check=0)
+        self.assertEqual('Not logged in to %s\n' % reg.address, r.text)
+        self.kz('rmi', app, check=0)
+        r = self.kz('pull', app, check=1)
+        self.assertIn(b'Registry %s' % reg.address.encode(), r.err)
+
+    def test_basic(self):
+        self.check_login_pull_logout(self.useFixture(rf.Registry('basic')))
+
+    def test_token(self):
+        reg = self.useFixture(rf.Registry('token'))
+        reg.issuer.anonymous_pull = False
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata_image]\ntoken_realm_hosts = %s\n'
+                    % reg.issuer.address)
+        self.check_login_pull_logout(reg)
+        # docker login asks the token server for no scope.
+        logins = [r for r in reg.issuer.requests
+                  if r['auth'] and 'scope' not in r['query']]
+        self.assertTrue(logins, reg.issuer.requests)
+
+    def test_usage_errors(self):
+        r = self.kz('login', '--password-stdin', '127.0.0.1:9',
+                    input=b'x\n', check=1)
+        self.assertIn(b'Must provide --username with --password-stdin',
+                      r.err)
+        r = self.kz('login', '-u', 'a', '127.0.0.1:9', check=1)
+        self.assertIn(b'non TTY device', r.err)
+        r = self.kz('login', '-u', 'a', '--password-stdin', 'ftp://x',
+                    input=b'x\n', check=1)
+        self.assertIn(b'invalid registry', r.err)
+        r = self.kz('login', '-u', 'a', '-p', 'b', '127.0.0.1:9', check=1)
+        self.assertIn(b'Using --password via the CLI is insecure', r.err)
+        self.assertIn(b'Connection refused', r.err)
+        self.assertFalse(os.path.exists(self.auth_file()))

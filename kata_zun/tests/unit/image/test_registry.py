@@ -1,4 +1,7 @@
 import base64
+import http.server
+import ssl
+import threading
 from unittest import mock
 
 import fixtures
@@ -247,3 +250,129 @@ class RetryDelayTestCase(base.BaseTestCase):
         # An HTTP date is not worth parsing: back off as usual.
         resp.getheader.return_value = 'Wed, 21 Oct 2026 07:28:00 GMT'
         self.assertEqual(1.0, registry._retry_delay(2, resp))
+
+
+class LoopbackTestCase(base.BaseTestCase):
+
+    def test_is_loopback(self):
+        for host in ('localhost', 'LOCALHOST', '127.0.0.1', '127.1.2.3',
+                     '::1', '[::1]'):
+            self.assertTrue(registry.is_loopback(host), host)
+        for host in ('', None, 'example.com', 'localhost.example.com',
+                     '128.0.0.1', '10.0.0.1', '::2', '0.0.0.0',
+                     '127.0.0.1.nip.io', 'registry'):
+            self.assertFalse(registry.is_loopback(host), host)
+
+    def test_plain_http_allowed(self):
+        self.useFixture(config_fixture.Config(CONF)).config(
+            insecure_registries=['reg.example:5000'], group='kata_image')
+        for netloc in ('reg.example:5000', '127.0.0.1:5000', 'localhost',
+                       '[::1]:5000'):
+            self.assertTrue(registry._plain_http_allowed(netloc), netloc)
+        for netloc in ('reg.example', 'reg.example:5001', 'other:5000'):
+            self.assertFalse(registry._plain_http_allowed(netloc), netloc)
+        # Configured: plain HTTP at once; loopback: HTTPS first.
+        self.assertEqual('http', registry.Client('reg.example:5000',
+                                                 'a/b').scheme)
+        self.assertEqual('https', registry.Client('127.0.0.1:5000',
+                                                  'a/b').scheme)
+
+    def test_tls_error_classes(self):
+        plain = ssl.SSLError(1, '[SSL: WRONG_VERSION_NUMBER] wrong version '
+                                'number (_ssl.c:992)')
+        plain.reason = 'WRONG_VERSION_NUMBER'
+        newer = ssl.SSLError(1, '[SSL] record layer failure (_ssl.c:1000)')
+        other = ssl.SSLError(1, '[SSL: SSLV3_ALERT_HANDSHAKE_FAILURE] ...')
+        other.reason = 'SSLV3_ALERT_HANDSHAKE_FAILURE'
+        for e in (plain, newer):
+            self.assertTrue(registry._speaks_plain_http(e))
+            self.assertTrue(registry._tls_protocol_error(e))
+        self.assertFalse(registry._speaks_plain_http(other))
+        self.assertTrue(registry._tls_protocol_error(other))
+        for e in (ssl.SSLEOFError(8, 'EOF occurred in violation of '
+                                     'protocol'),
+                  ssl.SSLCertVerificationError(1, 'verify failed'),
+                  ConnectionResetError(), OSError('x')):
+            self.assertFalse(registry._tls_protocol_error(e), e)
+            self.assertFalse(registry._speaks_plain_http(e), e)
+
+
+class PlainHTTPServerTestCase(base.BaseTestCase):
+    """A plain HTTP registry on 127.0.0.1, reached with HTTPS first."""
+
+    def setUp(self):
+        super().setUp()
+        self.flags = self.useFixture(config_fixture.Config(CONF)).config
+        self.flags(registry_retries=3, group='kata_image')
+        self.connections = []
+        test = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def setup(self):
+                test.connections.append(self.client_address)
+                super().setup()
+
+            def do_GET(self):
+                body = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.address = '127.0.0.1:%d' % server.server_address[1]
+        self.sleep = self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.time.sleep')).mock
+
+    def get(self, client):
+        conn, resp = client._send_retrying(
+            client._url('manifests', 'latest'), {})
+        try:
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def test_loopback_falls_back_to_plain_http(self):
+        client = registry.Client(self.address, 'library/busybox')
+        self.assertEqual((200, b'{"ok": true}'), self.get(client))
+        # One TLS attempt, then plain HTTP, kept for the next requests.
+        self.assertEqual(2, len(self.connections))
+        self.assertEqual('http', client.scheme)
+        self.assertEqual((200, b'{"ok": true}'), self.get(client))
+        self.assertEqual(3, len(self.connections))
+        self.sleep.assert_not_called()
+
+    def test_other_host_gets_a_hint_and_no_retry(self):
+        # The host is classified as remote: its traffic stays here.
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
+        client = registry.Client(self.address, 'library/busybox')
+        e = self.assertRaises(registry.RegistryError, self.get, client)
+        self.assertIn('%s answers in plain HTTP, not HTTPS' % self.address,
+                      str(e))
+        self.assertIn('add "%s" to [kata_image] insecure_registries'
+                      % self.address, str(e))
+        self.assertFalse(e.retryable)
+        self.assertEqual(1, len(self.connections))
+        self.sleep.assert_not_called()
+        # Listed: plain HTTP at once.
+        self.flags(insecure_registries=[self.address], group='kata_image')
+        client = registry.Client(self.address, 'library/busybox')
+        self.assertEqual((200, b'{"ok": true}'), self.get(client))
+        self.assertEqual(2, len(self.connections))
+
+    def test_plain_http_redirect_refused_for_other_hosts(self):
+        self.useFixture(fixtures.MockPatch(
+            'kata_zun.image.registry.is_loopback', return_value=False))
+        client = registry.Client('reg.example', 'library/busybox')
+        e = self.assertRaises(registry.RegistryError, client._send,
+                              'http://%s/v2/' % self.address, {})
+        self.assertIn('plain HTTP only goes to loopback hosts and hosts in '
+                      '[kata_image] insecure_registries', str(e))
+        self.assertEqual([], self.connections)
