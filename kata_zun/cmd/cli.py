@@ -748,6 +748,12 @@ def main(argv=None):
         return 125 if args.cmd in ('run', 'create') else 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (``kata-zun ps | head``):
+        # stop quietly, as a command killed by SIGPIPE does; never let
+        # Python complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == '__main__':

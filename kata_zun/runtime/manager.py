@@ -918,8 +918,9 @@ class Runtime(object):
                 if code is not None:
                     return int(code)
             except exception.ShimError as exc:
-                # The shim went away: its record says how it ended.
-                LOG.warning('waiting for %s: %s', c.id[:12], exc)
+                # The shim went away (it does once the container ended):
+                # its record says how it ended.
+                LOG.debug('waiting for %s: %s', c.id[:12], exc)
             self._wait_shim_gone(c)
             c = self._load(c.id) or c
             if c.shim_alive:

@@ -106,3 +106,28 @@ class StorageOptTestCase(base.BaseTestCase):
             self.assertIn(want, str(exc))
         self.assertFalse(self.pull.called)
         self.assertFalse(self.rt.create.called)
+
+
+class CliBrokenPipeTestCase(base.BaseTestCase):
+
+    def test_a_reader_that_goes_away_ends_the_cli_quietly(self):
+        # `kata-zun info | head -1`: a real pipe whose reader is closed.
+        import subprocess
+        import sys
+        proc = subprocess.Popen(
+            [sys.executable, '-c',
+             'import sys\n'
+             'from unittest import mock\n'
+             'from kata_zun.cmd import cli\n'
+             'def flood(rt, args):\n'
+             '    while True:\n'
+             '        print("x" * 1000)\n'
+             'with mock.patch.object(cli, "_runtime"), '
+             'mock.patch("kata_zun.cmd.verbs.cmd_version", flood):\n'
+             '    sys.exit(cli.main(["version"]))\n'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.read(10)
+        proc.stdout.close()
+        _out, err = proc.communicate(timeout=60)
+        self.assertEqual(141, proc.returncode, err)
+        self.assertNotIn(b'Traceback', err)
