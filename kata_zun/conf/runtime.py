@@ -11,9 +11,13 @@ OPTS = [
                help='Directory for runtime sockets (shim API, QMP, agent '
                     'link). Paths must stay short: unix socket paths are '
                     'limited to 107 bytes.'),
-    cfg.IntOpt('shim_start_timeout', default=60, min=1,
-               help='Seconds to wait for a shim to boot its VM and report '
-                    'the container created.'),
+    cfg.IntOpt('shim_start_timeout', default=900, min=1,
+               help='Last-resort bound, in seconds, on waiting for a shim '
+                    'to boot its VM and report the container created. '
+                    'The shim itself gives up on a VM that stops making '
+                    'progress ([kata_agent] connect_timeout and '
+                    'boot_cpu_budget), however long a busy host makes a '
+                    'boot; this only bounds a shim that hangs.'),
     cfg.IntOpt('stop_timeout', default=10, min=0,
                help='Default seconds between SIGTERM and SIGKILL on stop.'),
     cfg.IntOpt('console_log_max_bytes', default=1024 * 1024, min=4096,

@@ -17,6 +17,14 @@ class FakeVM(object):
         self.now = 100.0
         self.cpu = 5.0
         self.gone = False
+        self.load = 0.5
+        self.io = 0
+
+    def load_of_host(self):
+        return 2, self.load
+
+    def io_of(self, pid):
+        return self.io
 
     def clock(self):
         return self.now
@@ -33,6 +41,7 @@ class BootProgressTestCase(base.BaseTestCase):
 
     def _watch(self, vm, **kw):
         return progress.BootProgress(42, clock=vm.clock, cpu=vm.cpu_of,
+                                     load=vm.load_of_host, io=vm.io_of,
                                      **kw)
 
     def test_a_starved_boot_is_awaited_as_long_as_it_moves(self):
@@ -43,6 +52,16 @@ class BootProgressTestCase(base.BaseTestCase):
             vm.run(0.5, 0.04)
             watch.check()
         self.assertEqual(600, round(watch.check()))
+        # 100 at once, some unlucky: 1.5 %; the host's load says why.
+        vm.load = 100.0
+        for _ in range(1200):
+            vm.run(0.5, 0.015)
+            watch.check()
+        # The same share on a quiet host is a stall.
+        vm.load = 1.0
+        self.assertRaises(progress.NoProgress,
+                          lambda: [(vm.run(0.5, 0.015), watch.check())
+                                   for _ in range(120)])
 
     def test_an_idle_guest_is_given_up_after_the_window(self):
         vm = FakeVM()
@@ -58,6 +77,18 @@ class BootProgressTestCase(base.BaseTestCase):
                 watch.check()
         self.assertLessEqual(waited, 33)
 
+    def test_a_guest_waiting_on_the_host_disk_is_awaited(self):
+        vm = FakeVM()
+        watch = self._watch(vm, window=30)
+        for _ in range(600):        # no CPU, but its writes go on
+            vm.run(0.5, 0.001)
+            vm.io += 4096
+            watch.check()
+        with self.assertRaises(progress.NoProgress):
+            for _ in range(80):     # then nothing at all
+                vm.run(0.5, 0.001)
+                watch.check()
+
     def test_a_spinning_guest_is_stopped_by_the_cpu_budget(self):
         vm = FakeVM()
         watch = self._watch(vm, cpu_budget=60)
@@ -72,6 +103,15 @@ class BootProgressTestCase(base.BaseTestCase):
         watch = self._watch(vm)
         vm.gone = True
         self.assertRaisesRegex(progress.NoProgress, 'gone', watch.check)
+
+    def test_io_bytes(self):
+        self.assertEqual(0, progress.io_bytes(2 ** 22 + 12345))
+        self.assertGreaterEqual(progress.io_bytes(os.getpid()), 0)
+
+    def test_host_load(self):
+        cpus, load = progress.host_load()
+        self.assertGreaterEqual(cpus, 1)
+        self.assertGreaterEqual(load, 0.0)
 
     def test_cpu_seconds_of_real_processes(self):
         self.assertIsNone(progress.cpu_seconds(2 ** 22 + 12345))

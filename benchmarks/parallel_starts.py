@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Concurrent starts: N ``kata-zun run -d`` at once, how many come up and
+how long each takes.
+
+Runs in a state path of its own (a temporary directory; the host's guest
+assets are linked in and busybox is loaded from the host's
+busybox-static), so it never touches a user's containers::
+
+    .venv/bin/python benchmarks/parallel_starts.py [--counts 1,20,50]
+
+For each count it prints succeeded/total, the p50/p99/max start time
+(from launching the CLI to its exit with the container up) and the wall
+time until all were up; failures are printed with their reason. It
+asserts nothing.
+"""
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+GUEST_DIR = os.environ.get('KATA_ZUN_GUEST_DIR', '/var/lib/kata-zun/guest')
+CLI_TIMEOUT = 900
+
+
+class Sandbox(object):
+    """An isolated CLI configuration."""
+
+    def __init__(self):
+        self.root = tempfile.mkdtemp(prefix='kzconc')
+        self.state = os.path.join(self.root, 'state')
+        os.makedirs(self.state)
+        os.symlink(GUEST_DIR, os.path.join(self.state, 'guest'))
+        # Unix socket paths must stay short.
+        self.run = tempfile.mkdtemp(prefix='kz', dir='/tmp')
+        self.conf = os.path.join(self.root, 'kata-zun.conf')
+        with open(self.conf, 'w') as f:
+            f.write('[kata]\nstate_path = %s\nrun_path = %s\n'
+                    '[kata_image]\ndefault_registry = 127.0.0.1:9\n'
+                    '[kata_network]\ndriver = none\n'
+                    % (self.state, self.run))
+
+    def cli(self, *args, timeout=CLI_TIMEOUT):
+        return subprocess.run(
+            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+             self.conf] + list(args), capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def load_busybox(self):
+        from kata_zun.image import busybox
+        archive = os.path.join(self.root, 'busybox.tar')
+        busybox.write_docker_archive(archive)
+        r = self.cli('load', '-i', archive)
+        if r.returncode:
+            raise SystemExit('load failed: %s' % r.stderr)
+
+    def remove_all(self):
+        ids = self.cli('ps', '-a', '-q').stdout.split()
+        if ids:
+            self.cli('rm', '-f', *ids)
+
+    def close(self):
+        self.remove_all()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.run, ignore_errors=True)
+
+
+def start_one(sandbox, name):
+    t = time.monotonic()
+    try:
+        r = sandbox.cli('run', '-d', '--name', name, 'busybox', 'sleep',
+                        '3600')
+        ok, why = r.returncode == 0, r.stderr.strip()[-300:]
+        if not ok and os.environ.get('KZ_CONSOLE_TAIL'):
+            for word in r.stderr.replace(')', ' ').split():
+                if word.endswith('console.log') and os.path.exists(word):
+                    for name in ('console.log', 'shim.log'):
+                        path = os.path.join(os.path.dirname(word), name)
+                        with open(path, 'rb') as f:
+                            why += '\n    %s: %s' % (
+                                name, f.read()[-1500:].decode(
+                                    'utf-8', 'replace').replace(
+                                        '\n', '\n    '))
+    except subprocess.TimeoutExpired:
+        ok, why = False, 'the CLI took more than %d s' % CLI_TIMEOUT
+    return ok, time.monotonic() - t, why
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1,
+                      max(0, int(round(p / 100.0 * len(values) + 0.5)) - 1))]
+
+
+def run_count(sandbox, count):
+    t = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(lambda i: start_one(sandbox, 'c%d' % i),
+                                range(count)))
+    wall = time.monotonic() - t
+    times = [s for ok, s, _ in results if ok]
+    failures = [why for ok, _, why in results if not ok]
+    sandbox.remove_all()
+    return times, failures, wall
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--counts', default='1,20,50',
+                        help='comma-separated numbers of concurrent starts')
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.counts.split(',')]
+    sandbox = Sandbox()
+    rows = []
+    try:
+        sandbox.load_busybox()
+        for count in counts:
+            times, failures, wall = run_count(sandbox, count)
+            rows.append((count, times, failures, wall))
+            for why in failures:
+                print('  failed start (%d at once): %s' % (count, why))
+    finally:
+        sandbox.close()
+    print('%-10s %-12s %8s %8s %8s %10s' % (
+        'at once', 'up/total', 'p50 s', 'p99 s', 'max s', 'all up s'))
+    for count, times, failures, wall in rows:
+        if times:
+            print('%-10d %-12s %8.2f %8.2f %8.2f %10.1f' % (
+                count, '%d/%d' % (len(times), count),
+                statistics.median(times), percentile(times, 99),
+                max(times), wall))
+        else:
+            print('%-10d %-12s %8s %8s %8s %10.1f' % (
+                count, '0/%d' % count, '-', '-', '-', wall))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
