@@ -26,6 +26,9 @@ How a step is hit (no guessed delays):
 * ``boot``: ``run -d`` is started; the kill comes as soon as the shim has
   recorded its QEMU's pid (QEMU started, the agent not yet up: a boot
   under TCG takes 1.5 s or more, the poll is every 10 ms).
+* ``volume``: as ``boot``, for a container with a host directory
+  shared through virtiofsd (``-v DIR:/data``): no virtiofsd may outlive
+  its sandbox.
 * ``start``: the CLI stops itself at the ``start-spawned`` point (the VM
   up and its container created, its process not started).
 * ``exec``: the exec'd command prints a line and sleeps: the kill comes
@@ -43,7 +46,7 @@ kill of QEMU or the shim lands at that statement of the CLI; what the
 shim itself is doing at that moment is not chosen. The CLI's network
 driver is ``none`` (taps and nftables rules are not exercised), and the
 Zun driver, zun-compute, privsep, commit, pull and volume attach are not
-covered here.
+covered here; a volume is only exercised at boot.
 
 Run: ``.venv/bin/python tools/fault-matrix.py [--quick]``. It uses a
 state and run path of its own: it never touches anyone's containers.
@@ -72,7 +75,7 @@ DEFAULT_GUEST_DIR = '/var/lib/kata-zun/guest'
 LEASE_DIR = '/run/kata-zun-jail/uids'
 CGROUP_PARENT = 'kata_zun'
 TARGETS = ('qemu', 'shim', 'cli')
-STEPS = ('create', 'boot', 'start', 'exec', 'stop', 'rm')
+STEPS = ('create', 'boot', 'volume', 'start', 'exec', 'stop', 'rm')
 # Nothing to kill: no QEMU nor shim exists while a record is created.
 NOT_APPLICABLE = {('create', 'qemu'), ('create', 'shim')}
 QUICK = (('create', 'cli'), ('boot', 'cli'), ('start', 'shim'),
@@ -507,14 +510,22 @@ def cell_create(env, target, name, cids):
     return 'half-made record swept by the next run; name free'
 
 
-def cell_boot(env, target, name, cids):
-    cli = Cli(env, ['run', '-d', '--name', name, 'busybox', 'sh', '-c',
-                    MAIN])
+def cell_boot(env, target, name, cids, volume=False):
+    extra = []
+    if volume:
+        shared = os.path.join(env.root, 'shared-' + name)
+        os.makedirs(shared, exist_ok=True)
+        extra = ['-v', '%s:/data' % shared]
+    cli = Cli(env, ['run', '-d', '--name', name] + extra + [
+        'busybox', 'sh', '-c', MAIN])
     cid = env.cid_of(name)
     cids.append(cid)
     env.wait_state(cid, 'vm_pid')
     _check(not env.state(cid).get('boot_timing'),
            'the VM was up before the kill: not mid-boot')
+    if volume:
+        _check('virtiofsd' in env.processes(cid).values(),
+               'no virtiofsd runs for the volume')
     env.kill(target, cid, cli)
     if target != 'cli':
         code = cli.wait()
@@ -635,7 +646,12 @@ def cell_rm(env, target, name, cids):
     return said
 
 
-CELLS = {'create': cell_create, 'boot': cell_boot, 'start': cell_start,
+def cell_volume(env, target, name, cids):
+    return cell_boot(env, target, name, cids, volume=True)
+
+
+CELLS = {'create': cell_create, 'boot': cell_boot, 'volume': cell_volume,
+         'start': cell_start,
          'exec': cell_exec, 'stop': cell_stop, 'rm': cell_rm}
 
 
