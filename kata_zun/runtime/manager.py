@@ -341,16 +341,49 @@ def _pid_is_shim(pid, cid):
 
 
 def _pid_is_vm(pid, cid):
-    """:returns: True if ``pid`` is the QEMU of sandbox ``cid``."""
+    """:returns: True if ``pid`` is the QEMU of sandbox ``cid``, running
+        or on its way out.
+    """
     if not pid:
         return False
     from kata_zun.hypervisor import base as hv_base
+    name = hv_base.vm_name(cid).encode()
     try:
         with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            cmdline = f.read()
+            if name in f.read():
+                return True
+        # A QEMU that is exiting has no command line any more (its
+        # memory is being freed, which takes a while for a VM) but is
+        # still in its sandbox's cgroup, which cannot be removed yet.
+        with open('/proc/%d/cgroup' % pid, 'rb') as f:
+            return b'/' + name in f.read()
     except OSError:
         return False
-    return hv_base.vm_name(cid).encode() in cmdline
+
+
+def _vm_cgroup_busy(cid):
+    """:returns: True while a process is left in the sandbox's host
+        cgroup: a killed QEMU's main thread is a zombie (no command
+        line, no cgroup of its own) while its other threads still exit,
+        and the cgroup lists it until they have.
+    """
+    if not CONF.kata_jail.enabled or os.geteuid() != 0:
+        return False
+    from kata_zun.hypervisor import base as hv_base
+    from kata_zun.jail import cgroup
+    try:
+        files = cgroup.for_sandbox(CONF.kata_jail.cgroup_parent,
+                                   hv_base.vm_name(cid)).procs_files('vmm')
+    except exception.JailError:
+        return False
+    for path in files:
+        try:
+            with open(path) as f:
+                if f.read(64).strip():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 class Runtime(object):
@@ -954,7 +987,8 @@ class Runtime(object):
         state = self._load(c.id)
         pid = (state.state if state is not None else c.state).get('vm_pid')
         deadline = time.monotonic() + timeout
-        while _pid_is_vm(pid, c.id) and time.monotonic() < deadline:
+        while ((_pid_is_vm(pid, c.id) or _vm_cgroup_busy(c.id)) and
+               time.monotonic() < deadline):
             time.sleep(0.02)
 
     @staticmethod

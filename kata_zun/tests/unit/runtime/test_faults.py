@@ -169,3 +169,56 @@ class ShimStarterGoneTestCase(base.BaseTestCase):
         self.assertIsNone(kwargs['shim_pid'])
         self.assertIn('abandoned', kwargs['error'])
         self.assertFalse(os.path.exists(run_dir))
+
+
+class VmPidTestCase(base.BaseTestCase):
+    """rm of a container whose shim was just killed: its QEMU, killed by
+    the kernel in turn, may still be freeing its memory (no command line
+    any more) while it is in the sandbox's cgroup (found by the fault
+    matrix: the cgroup leaked).
+    """
+
+    def _proc(self, files):
+        def fake_open(path, mode='r'):
+            for suffix, data in files.items():
+                if path.endswith(suffix):
+                    if data is None:
+                        raise FileNotFoundError(path)
+                    return mock.mock_open(read_data=data)()
+            raise AssertionError(path)
+        return mock.patch('builtins.open', side_effect=fake_open)
+
+    def test_running_exiting_and_gone(self):
+        name = ('kz-' + CID[:12]).encode()
+        with self._proc({'cmdline': b'qemu\0-name\0' + name + b'\0',
+                         'cgroup': b''}):
+            self.assertTrue(manager._pid_is_vm(7, CID))
+        with self._proc({'cmdline': b'', 'cgroup':
+                         b'4:memory:/kata_zun/' + name + b'/vmm\n'}):
+            self.assertTrue(manager._pid_is_vm(7, CID))
+        with self._proc({'cmdline': b'', 'cgroup': b'4:memory:/\n'}):
+            self.assertFalse(manager._pid_is_vm(7, CID))
+        with self._proc({'cmdline': None, 'cgroup': None}):
+            self.assertFalse(manager._pid_is_vm(7, CID))
+        self.assertFalse(manager._pid_is_vm(None, CID))
+
+    def test_a_cgroup_with_a_process_left_is_busy(self):
+        procs = self.useFixture(fixtures.TempDir()).path
+        busy = os.path.join(procs, 'busy')
+        with open(busy, 'w') as f:
+            f.write('31883\n')
+        empty = os.path.join(procs, 'empty')
+        open(empty, 'w').close()
+        group = mock.Mock()
+        self.useFixture(config_fixture.Config(conf.CONF)).config(
+            enabled=True, group='kata_jail')
+        with mock.patch('os.geteuid', return_value=0), \
+                mock.patch('kata_zun.jail.cgroup.for_sandbox',
+                           return_value=group) as for_sandbox:
+            group.procs_files.return_value = [empty, busy]
+            self.assertTrue(manager._vm_cgroup_busy(CID))
+            group.procs_files.return_value = [empty, procs + '/gone']
+            self.assertFalse(manager._vm_cgroup_busy(CID))
+            for_sandbox.side_effect = exception.JailError(reason='none')
+            self.assertFalse(manager._vm_cgroup_busy(CID))
+        for_sandbox.assert_called_with('kata_zun', 'kz-' + CID[:12])
