@@ -78,6 +78,18 @@ def _report(fd, text):
         os.close(fd)
 
 
+def boot_error(shim, exc):
+    """:returns: why a boot failed, as the record and the user see it:
+        a QEMU that died says so (the link to its agent then only says
+        "connection reset").
+    """
+    status = shim.vm.poll() if shim.vm is not None else None
+    if status is None:
+        return str(exc)
+    return 'the VM exited during its boot (QEMU status %s): %s' % (status,
+                                                                   exc)
+
+
 def _abandon(shim, run_dir):
     LOG.error('sandbox %s: its starter went away during the boot: '
               'stopping the VM', shim.cid)
@@ -167,7 +179,7 @@ def main(argv=None):
         shim.boot(vm_config(shim, args.run_dir))
     except Exception as exc:
         LOG.exception('sandbox %s failed to start', shim.cid)
-        message = str(exc)
+        message = boot_error(shim, exc)
         console = os.path.join(args.state_dir, 'console.log')
         shim.save_state(status='exited', exit_code=255, error=message)
         if shim.vm is not None:

@@ -170,6 +170,20 @@ class ShimStarterGoneTestCase(base.BaseTestCase):
         self.assertIn('abandoned', kwargs['error'])
         self.assertFalse(os.path.exists(run_dir))
 
+    def test_boot_error_says_the_vm_died(self):
+        shim = mock.Mock()
+        shim.vm.poll.return_value = -9
+        self.assertEqual('the VM exited during its boot (QEMU status -9): '
+                         '[Errno 104] Connection reset by peer',
+                         shim_cmd.boot_error(shim, ConnectionResetError(
+                             104, 'Connection reset by peer')))
+        shim.vm.poll.return_value = None
+        self.assertEqual('no agent', shim_cmd.boot_error(
+            shim, RuntimeError('no agent')))
+        shim.vm = None
+        self.assertEqual('no qemu', shim_cmd.boot_error(
+            shim, RuntimeError('no qemu')))
+
 
 class VmPidTestCase(base.BaseTestCase):
     """rm of a container whose shim was just killed: its QEMU, killed by
