@@ -83,9 +83,12 @@ QUICK = (('create', 'cli'), ('boot', 'cli'), ('start', 'shim'),
 # The container's process: logs SIGTERM and goes on (stop must SIGKILL).
 MAIN = ("trap 'echo got-term' TERM; echo main-up; "
         "while :; do sleep 1 & wait; done")
-# Seconds: generous, for a loaded 2-core TCG host (a boot takes 1.5-10 s).
-WAIT = 120
-CLI_TIMEOUT = 240
+# Seconds: generous, for a loaded 2-core TCG host (a boot takes 1.5-10 s,
+# far more while dozens of VMs boot at once): a slow host makes a cell
+# slower, never a failure.
+WAIT = 300
+CLI_TIMEOUT = 400
+BOOT_TIMEOUT = 300
 SETTLE = 30
 
 
@@ -199,11 +202,11 @@ class Env(object):
         with open(self.conf, 'w') as f:
             f.write('[DEFAULT]\ndebug = True\n'
                     '[kata]\nstate_path = %s\nrun_path = %s\n'
-                    'writable_layer_mb = 64\n'
+                    'writable_layer_mb = 64\nshim_start_timeout = %d\n'
                     '[kata_hypervisor]\naccelerator = %s\n'
                     '[kata_image]\ndefault_registry = 127.0.0.1:9\n'
                     '[kata_network]\ndriver = none\n' % (
-                        self.state_path, self.run_path,
+                        self.state_path, self.run_path, BOOT_TIMEOUT,
                         os.environ.get('KATA_ZUN_ACCEL', 'auto')))
         self.containers = os.path.join(self.state_path, 'containers')
 

@@ -26,14 +26,14 @@ TOOL = os.path.join(REPO, 'tools', 'fault-matrix.py')
 class FaultMatrixTestCase(base.BaseTestCase):
 
     def test_quick_matrix_every_cell_passes(self):
-        self.useFixture(fixtures.Timeout(1500, gentle=True))
+        self.useFixture(fixtures.Timeout(2400, gentle=True))
         guest_dir = os.environ.get('KATA_ZUN_GUEST_DIR',
                                    fbase.DEFAULT_GUEST_DIR)
         if not os.path.isdir(guest_dir):
             self.fail('guest assets missing in %s: run tools/install.sh' %
                       guest_dir)
         proc = subprocess.run([sys.executable, TOOL, '--quick'],
-                              capture_output=True, timeout=1400, cwd=REPO,
+                              capture_output=True, timeout=2300, cwd=REPO,
                               stdin=subprocess.DEVNULL)
         out = proc.stdout.decode('utf-8', 'replace')
         detail = out + proc.stderr.decode('utf-8', 'replace')[-4000:]
