@@ -401,8 +401,17 @@ class Env(object):
             left.append('fd %s of pid %d on %s' % (fd, pid, target))
         return left
 
-    def check_gone(self, cid):
-        left = self.leaks(cid)
+    def check_gone(self, cid, timeout=SETTLE):
+        """Fail on what is still left of ``cid`` after ``timeout``: a
+        shim on its way out (no command line any more, its descriptors
+        not yet closed) is not a leak, what stays is.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.leaks(cid)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         _check(not left, 'leaked: %s' % '; '.join(left))
 
     def cleanup(self, cids):
