@@ -731,7 +731,8 @@ class Runtime(object):
         except BaseException:
             # The shim died while booting (or is still at it past our
             # deadline: it then stops its VM itself, see cmd/shim.py).
-            if not self._load(c.id).shim_alive:
+            now = self._load(c.id)
+            if now is None or not now.shim_alive:
                 self._wait_vm_gone(c)
                 self._cleanup_sandbox(c)
             raise
