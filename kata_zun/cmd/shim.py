@@ -61,12 +61,43 @@ def _cap_log(path, max_bytes):
 
 
 def _report(fd, text):
+    """Tell our starter how the boot went.
+
+    :returns: False if nobody reads any more (the starter was killed or
+        gave up waiting), True otherwise.
+    """
     if fd is None:
-        return
+        return True
     try:
         os.write(fd, text.encode('utf-8', 'replace')[:4000])
+        return True
+    except OSError as exc:
+        LOG.warning('cannot report to the starter: %s', exc)
+        return False
     finally:
         os.close(fd)
+
+
+def boot_error(shim, exc):
+    """:returns: why a boot failed, as the record and the user see it:
+        a QEMU that died says so (the link to its agent then only says
+        "connection reset").
+    """
+    status = shim.vm.poll() if shim.vm is not None else None
+    if status is None:
+        return str(exc)
+    return 'the VM exited during its boot (QEMU status %s): %s' % (status,
+                                                                   exc)
+
+
+def _abandon(shim, run_dir):
+    LOG.error('sandbox %s: its starter went away during the boot: '
+              'stopping the VM', shim.cid)
+    shim.vm.stop(0)
+    shim.save_state(status='created', shim_pid=None, vm_pid=None,
+                    error='the start was abandoned: the process that '
+                    'started the container went away while its VM booted')
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def vm_config(shim, run_dir):
@@ -148,7 +179,7 @@ def main(argv=None):
         shim.boot(vm_config(shim, args.run_dir))
     except Exception as exc:
         LOG.exception('sandbox %s failed to start', shim.cid)
-        message = str(exc)
+        message = boot_error(shim, exc)
         console = os.path.join(args.state_dir, 'console.log')
         shim.save_state(status='exited', exit_code=255, error=message)
         if shim.vm is not None:
@@ -156,7 +187,13 @@ def main(argv=None):
         _report(ready_fd, 'error: %s (guest console: %s)' % (message,
                                                              console))
         return 1
-    _report(ready_fd, 'ok\n')
+    if not _report(ready_fd, 'ok\n'):
+        # Our starter went away while the VM booted (killed, or past its
+        # shim_start_timeout): it told its user the start failed, and
+        # nobody would start this container or know its VM runs. Stop
+        # the VM (which releases its jail) and say so in the record.
+        _abandon(shim, args.run_dir)
+        return 1
     try:
         shim.serve()
     except Exception:

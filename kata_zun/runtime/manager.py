@@ -35,6 +35,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.runtime import layer
@@ -264,6 +265,11 @@ class Container(object):
             return 'the host restarted while the container ran'
         if lost:
             return 'the sandbox shim died (crash)'
+        if (self.state.get('error') is None and self.status == CREATED and
+                self.state.get('shim_pid') and not self.shim_alive):
+            # Its shim was killed while it booted the VM: nothing else
+            # would say why the container is not running.
+            return 'the sandbox shim died before the container started'
         return self.state.get('error')
 
     @property
@@ -335,6 +341,52 @@ def _pid_is_shim(pid, cid):
     except OSError:
         return False
     return b'kata_zun.cmd.shim' in cmdline and cid.encode() in cmdline
+
+
+def _pid_is_vm(pid, cid):
+    """:returns: True if ``pid`` is the QEMU of sandbox ``cid``, running
+        or on its way out.
+    """
+    if not pid:
+        return False
+    from kata_zun.hypervisor import base as hv_base
+    name = hv_base.vm_name(cid).encode()
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            if name in f.read():
+                return True
+        # A QEMU that is exiting has no command line any more (its
+        # memory is being freed, which takes a while for a VM) but is
+        # still in its sandbox's cgroup, which cannot be removed yet.
+        with open('/proc/%d/cgroup' % pid, 'rb') as f:
+            return b'/' + name in f.read()
+    except OSError:
+        return False
+
+
+def _vm_cgroup_busy(cid):
+    """:returns: True while a process is left in the sandbox's host
+        cgroup: a killed QEMU's main thread is a zombie (no command
+        line, no cgroup of its own) while its other threads still exit,
+        and the cgroup lists it until they have.
+    """
+    if not CONF.kata_jail.enabled or os.geteuid() != 0:
+        return False
+    from kata_zun.hypervisor import base as hv_base
+    from kata_zun.jail import cgroup
+    try:
+        files = cgroup.for_sandbox(CONF.kata_jail.cgroup_parent,
+                                   hv_base.vm_name(cid)).procs_files('vmm')
+    except exception.JailError:
+        return False
+    for path in files:
+        try:
+            with open(path) as f:
+                if f.read(64).strip():
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 class Runtime(object):
@@ -584,6 +636,7 @@ class Runtime(object):
         }
         lock = self._lock()
         try:
+            self._sweep_incomplete()
             for other in self.list():
                 if other.name == name:
                     raise exception.ContainerNameInUse(name=name,
@@ -599,6 +652,7 @@ class Runtime(object):
             os.mkdir(directory, 0o700)
             try:
                 layer.make(os.path.join(directory, 'rw.img'), disk_mb)
+                faultpoint.reached('create')
                 fileutils.write_json(os.path.join(directory, 'state.json'),
                                      {'status': CREATED})
                 # config.json last: a record without it is incomplete and
@@ -611,6 +665,24 @@ class Runtime(object):
         finally:
             os.close(lock)
         return self._load(cid)
+
+    def _sweep_incomplete(self):
+        """Remove the records whose creator died before finishing them.
+
+        A record is made whole under the records lock (config.json last),
+        so one without config.json seen under that lock was abandoned (a
+        CLI or zun-compute killed in the middle of create): nobody can
+        list, start or remove it, and its writable layer would stay for
+        ever. Call with the lock held.
+        """
+        for cid in os.listdir(self.containers_dir):
+            if cid.startswith('.') or not _ID_RE.match(cid):
+                continue
+            directory = os.path.join(self.containers_dir, cid)
+            if not os.path.exists(os.path.join(directory, 'config.json')):
+                LOG.warning('removing the incomplete record %s (its '
+                            'creator died)', cid)
+                shutil.rmtree(directory, ignore_errors=True)
 
     @staticmethod
     def _argv(image_config, command, entrypoint):
@@ -642,6 +714,8 @@ class Runtime(object):
         :raises: Conflict if it runs already; ShimError if the VM failed.
         """
         c = self.get(ref)
+        if c.status == CREATED and c.shim_alive:
+            return self._start_booted(c, before_start)
         if c.status in LIVE or c.shim_alive:
             raise exception.Conflict(reason='container %s is already '
                                      'running' % c.id[:12])
@@ -649,15 +723,53 @@ class Runtime(object):
         # and a restart count of its restart policy back at zero.
         fileutils.write_json(os.path.join(c.dir, 'state.json'),
                              {'status': CREATED})
+        # What a previous life left when its shim was killed with it
+        # (its QEMU's cgroup and uid lease): nobody else releases them.
+        self._cleanup_sandbox(c)
         run_dir = self._run_dir(c.id)
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
         self._plug_network(c)
-        self._spawn_shim(c, run_dir)
-        client = self.connect(c)
-        main = client.call('state').get('main')
-        if before_start is not None:
-            before_start(client, main)
-        result = client.call('start', timeout=CONF.kata_agent.request_timeout)
+        try:
+            self._spawn_shim(c, run_dir)
+        except BaseException:
+            # The shim died while booting (or is still at it past our
+            # deadline: it then stops its VM itself, see cmd/shim.py).
+            now = self._load(c.id)
+            if now is None or not now.shim_alive:
+                self._wait_vm_gone(c)
+                self._cleanup_sandbox(c)
+            raise
+        faultpoint.reached('start-spawned')
+        return self._start_booted(c, before_start)
+
+    def _start_booted(self, c, before_start):
+        """Start the process of a sandbox whose VM is up (status
+        ``created`` with its shim alive): just booted by :meth:`start`,
+        or booted by a start whose caller went away before this step.
+        """
+        sock = os.path.join(self._run_dir(c.id), 'shim.sock')
+        try:
+            if not os.path.exists(sock):
+                raise exception.ShimError(reason='no shim socket')
+            client = self.connect(c)
+        except exception.ShimError:
+            now = self._load(c.id)
+            if now is not None and now.shim_alive and \
+                    now.status == CREATED:
+                raise exception.Conflict(reason='container %s is being '
+                                         'started' % c.id[:12])
+            raise exception.ShimError(
+                reason='the sandbox of %s died before its container '
+                'started: %s' % (c.id[:12], now and now.error))
+        try:
+            main = client.call('state').get('main')
+            if before_start is not None:
+                before_start(client, main)
+            result = client.call('start',
+                                 timeout=CONF.kata_agent.request_timeout)
+        except BaseException:
+            client.close()
+            raise
         client.start_error = result.get('error')
         return self._load(c.id), client
 
@@ -959,6 +1071,24 @@ class Runtime(object):
             os.close(lock)
         return self._load(c.id)
 
+    def _wait_vm_gone(self, c, timeout=15.0):
+        """Wait for the QEMU of a sandbox whose shim died: the kernel
+        kills it then (PR_SET_PDEATHSIG), but not at once, and its cgroup
+        cannot be removed while it is in there.
+        """
+        state = self._load(c.id)
+        pid = (state.state if state is not None else c.state).get('vm_pid')
+        deadline = time.monotonic() + timeout
+        while ((_pid_is_vm(pid, c.id) or _vm_cgroup_busy(c.id)) and
+               time.monotonic() < deadline):
+            time.sleep(0.02)
+
+    @staticmethod
+    def _cleanup_sandbox(c):
+        from kata_zun.hypervisor import base as hv_base
+        from kata_zun.jail import launch
+        launch.cleanup(hv_base.vm_name(c.id))
+
     def kill(self, ref, sig):
         c, client = self._running_client(ref)
         with client:
@@ -1132,6 +1262,7 @@ class Runtime(object):
         :raises: Conflict when it runs and ``force`` is not set.
         """
         c = self.get(ref)
+        faultpoint.reached('rm')
         if c.shim_alive:
             if not force:
                 raise exception.Conflict(
@@ -1145,10 +1276,10 @@ class Runtime(object):
                 if _pid_is_shim(pid, c.id):
                     os.kill(pid, 9)
             self._wait_shim_gone(c)
+        faultpoint.reached('rm-cleanup')
+        self._wait_vm_gone(c)
         self._unplug_network(c, force)
-        from kata_zun.hypervisor import base as hv_base
-        from kata_zun.jail import launch
-        launch.cleanup(hv_base.vm_name(c.id))
+        self._cleanup_sandbox(c)
         shutil.rmtree(self._run_dir(c.id), ignore_errors=True)
         shutil.rmtree(c.dir, ignore_errors=True)
         return c
