@@ -35,7 +35,7 @@ from zun import objects
 from kata_zun import conf
 from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
-from kata_zun.driver.common import runtime_id  # noqa: F401 (API)
+from kata_zun.driver.common import runtime_id
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.driver import images as zun_images
 from kata_zun.driver import network as zun_network

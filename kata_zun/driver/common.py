@@ -7,7 +7,12 @@ from kata_zun import exception
 
 def runtime_id(container):
     """The runtime id of a Zun container: its uuid without dashes."""
-    return container.uuid.replace('-', '')
+    return runtime_id_of(container.uuid)
+
+
+def runtime_id_of(uuid):
+    """:returns: the runtime id of the Zun container ``uuid``."""
+    return uuid.replace('-', '')
 
 
 def wrap(func):

@@ -41,6 +41,7 @@ from zun.common import exception as zun_exc
 from zun.common import mount as zun_mount
 from zun import objects
 
+from kata_zun.driver import common
 from kata_zun import exception
 from kata_zun.runtime import manager
 from kata_zun.volume import spec as volume_spec
@@ -74,6 +75,12 @@ def injected_file(volmap):
     if not uuidutils.is_uuid_like(uuid):
         raise zun_exc.ZunException('volume uuid %r is not a uuid' % (uuid,))
     return os.path.join(zun_mount.get_mountpoint(uuid), uuid)
+
+
+def _unsupported(provider):
+    return zun_exc.ZunException(
+        'volume provider %r is not supported by the kata driver'
+        % (provider,))
 
 
 def _connection(volmap):
@@ -119,9 +126,7 @@ def requests(volmaps):
                 req = volume_spec.make('bind', injected_file(volmap),
                                        target)
             else:
-                raise zun_exc.ZunException(
-                    'volume provider %r is not supported by the kata '
-                    'driver' % volmap.volume_provider)
+                raise _unsupported(volmap.volume_provider)
         except exception.InvalidInput as exc:
             raise zun_exc.Invalid(str(exc))
         req['ref'] = volume_ref(volmap)
@@ -143,9 +148,7 @@ class VolumeDriverMixin(object):
         elif provider == 'local':
             self._attach_local(volume_mapping)
         else:
-            raise zun_exc.ZunException(
-                'volume provider %r is not supported by the kata driver'
-                % provider)
+            raise _unsupported(provider)
 
     def _attach_cinder(self, context, volmap):
         from zun.volume import cinder_workflow
@@ -230,15 +233,13 @@ class VolumeDriverMixin(object):
             shutil.rmtree(os.path.dirname(injected_file(volume_mapping)),
                           ignore_errors=True)
         else:
-            raise zun_exc.ZunException(
-                'volume provider %r is not supported by the kata driver'
-                % provider)
+            raise _unsupported(provider)
 
     def _release_from_vm(self, volmap):
         """Stop the container's VM if it still runs: the guest syncs and
         unmounts, QEMU closes the device, before the host lets go of it.
         """
-        cid = (volmap.container_uuid or '').replace('-', '')
+        cid = common.runtime_id_of(volmap.container_uuid or '')
         try:
             c = self.rt.get(cid)
         except exception.KataZunException:
