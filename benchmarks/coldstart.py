@@ -30,6 +30,8 @@ from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel as qemu_accel
 from kata_zun.hypervisor.qemu import argv as qemu_argv
 
+import isolated  # benchmarks/isolated.py
+
 CONF = conf.CONF
 
 
@@ -119,18 +121,11 @@ def main():
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--stream-mb', type=int, default=50)
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix='kz-bench-')
-    state = os.path.join(tmp, 'state')
-    os.makedirs(state)
-    os.symlink('/var/lib/kata-zun/guest', os.path.join(state, 'guest'))
-    run_path = tempfile.mkdtemp(prefix='kzr', dir='/tmp')
-    conf_file = os.path.join(tmp, 'kata-zun.conf')
-    with open(conf_file, 'w') as f:
-        # No network: the floor has none either (networking adds its own
-        # set-up time, measured separately by the network tests).
-        f.write('[kata]\nstate_path = %s\nrun_path = %s\n'
-                'writable_layer_mb = 256\n[kata_network]\ndriver = none\n'
-                % (state, run_path))
+    # No network: the floor has none either (networking adds its own
+    # set-up time, measured separately by the network tests).
+    iso = isolated.Isolated('kz-bench-',
+                            '[kata]\nwritable_layer_mb = 256\n')
+    tmp, conf_file = iso.root, iso.conf
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=[conf_file])
     try:
@@ -191,8 +186,7 @@ def main():
         subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                         '--config-file', conf_file, 'rm', '-f', 'bench'],
                        capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(run_path, ignore_errors=True)
+        iso.close()
 
 
 if __name__ == '__main__':

@@ -17,33 +17,22 @@ asserts nothing.
 import argparse
 import concurrent.futures
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-GUEST_DIR = os.environ.get('KATA_ZUN_GUEST_DIR', '/var/lib/kata-zun/guest')
+import isolated  # benchmarks/isolated.py
+
 CLI_TIMEOUT = 900
 
 
-class Sandbox(object):
+class Sandbox(isolated.Isolated):
     """An isolated CLI configuration."""
 
     def __init__(self):
-        self.root = tempfile.mkdtemp(prefix='kzconc')
-        self.state = os.path.join(self.root, 'state')
-        os.makedirs(self.state)
-        os.symlink(GUEST_DIR, os.path.join(self.state, 'guest'))
-        # Unix socket paths must stay short.
-        self.run = tempfile.mkdtemp(prefix='kz', dir='/tmp')
-        self.conf = os.path.join(self.root, 'kata-zun.conf')
-        with open(self.conf, 'w') as f:
-            f.write('[kata]\nstate_path = %s\nrun_path = %s\n'
-                    '[kata_image]\ndefault_registry = 127.0.0.1:9\n'
-                    '[kata_network]\ndriver = none\n'
-                    % (self.state, self.run))
+        super().__init__('kzconc', '[kata_image]\n'
+                         'default_registry = 127.0.0.1:9\n')
 
     def cli(self, *args, timeout=CLI_TIMEOUT):
         return subprocess.run(
@@ -66,8 +55,7 @@ class Sandbox(object):
 
     def close(self):
         self.remove_all()
-        shutil.rmtree(self.root, ignore_errors=True)
-        shutil.rmtree(self.run, ignore_errors=True)
+        super().close()
 
 
 def start_one(sandbox, name):

@@ -27,12 +27,12 @@ It prints figures and ratios; it asserts nothing.
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+import isolated  # benchmarks/isolated.py
 
 BUSYBOX = '/bin/busybox'
 GUEST_MEMORY_MB = 512
@@ -82,16 +82,10 @@ def main():
     parser.add_argument('--mb', type=int, default=256)
     parser.add_argument('--runs', type=int, default=3)
     args = parser.parse_args()
-    tmp = tempfile.mkdtemp(prefix='kz-bench-vol-')
-    state = os.path.join(tmp, 'state')
-    os.makedirs(state)
-    os.symlink('/var/lib/kata-zun/guest', os.path.join(state, 'guest'))
-    run_path = tempfile.mkdtemp(prefix='kzr', dir='/tmp')
-    conf_file = os.path.join(tmp, 'kata-zun.conf')
-    with open(conf_file, 'w') as f:
-        f.write('[kata]\nstate_path = %s\nrun_path = %s\n'
-                'writable_layer_mb = 256\n[kata_network]\ndriver = none\n'
-                '[kata_agent]\nconnect_timeout = 120\n' % (state, run_path))
+    iso = isolated.Isolated('kz-bench-vol-',
+                            '[kata]\nwritable_layer_mb = 256\n'
+                            '[kata_agent]\nconnect_timeout = 120\n')
+    tmp, conf_file = iso.root, iso.conf
     image = os.path.join(tmp, 'block.img')
     with open(image, 'wb') as f:
         f.truncate((args.mb * 2 + 256) * 1024 * 1024)
@@ -141,8 +135,7 @@ def main():
         subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                         '--config-file', conf_file, 'rm', '-f', 'bench'],
                        capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(run_path, ignore_errors=True)
+        iso.close()
 
 
 if __name__ == '__main__':
