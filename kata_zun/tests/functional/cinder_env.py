@@ -572,6 +572,22 @@ class CinderEnvironment(zun_env.ProcessGroupServices,
             raise
         self._phase('cinder start total', started)
 
+    def start_with_keystone(self):
+        """Start the ``keystone`` environment and this one side by side.
+
+        Cinder boots without keystone (only requests need it): it is
+        prepared while keystone starts, and started once keystone has its
+        admin password (:meth:`start` then waits for keystone itself).
+
+        :raises: what either start raises.
+        """
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            keystone = pool.submit(self.keystone.start)
+            self.prepare()
+            while not (self.keystone.admin_password or keystone.done()):
+                time.sleep(0.05)
+            self.start(keystone_ready=keystone.result)
+
     def stop(self):
         """Kill the services; remove volumes, database, vhost, keystone
         user and services.

@@ -25,7 +25,6 @@ Needs root (loop devices) and a virtualenv with cinder
 (``tools/install-cinder.sh``).
 """
 
-import concurrent.futures
 import fcntl
 import json
 import os
@@ -86,14 +85,7 @@ class CinderEnvironmentTest(base.BaseTestCase):
         cls.overrides = []
         started = time.monotonic()
         try:
-            # Cinder boots without keystone (only requests need it): both
-            # start at the same time.
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                keystone = pool.submit(cls.keystone.start)
-                cls.cinder.prepare()
-                while not (cls.keystone.admin_password or keystone.done()):
-                    time.sleep(0.05)
-                cls.cinder.start(keystone_ready=keystone.result)
+            cls.cinder.start_with_keystone()
             # os-brick asks privsep for the connector properties, as in
             # zun-compute: with the configuration zun-compute gets (there
             # is no sudo here).

@@ -21,6 +21,24 @@ from kata_zun.tests.functional import base as kz_base
 from kata_zun.tests.functional import zun_env
 
 
+def attach_compute_logs(test, env, state_path):
+    """Add zun-compute's log and each sandbox's shim and guest console
+    (they say why a VM failed) to a failed test's details.
+    """
+    from testtools import content
+    test.addDetail('zun-compute.log', content.text_content(
+        kz_base.tail_file(env.compute_log, 20000)))
+    containers = os.path.join(state_path, 'containers')
+    for cid in sorted(os.listdir(containers)) if os.path.isdir(
+            containers) else ():
+        for name in ('shim.log', 'console.log'):
+            path = os.path.join(containers, cid, name)
+            if os.path.exists(path):
+                test.addDetail('%s-%s' % (cid[:12], name),
+                               content.text_content(
+                                   kz_base.tail_file(path, 4000)))
+
+
 class ZunEndToEndBase(base.BaseTestCase):
     """An environment per test, and helpers; no tests of its own."""
 
@@ -84,19 +102,7 @@ class ZunEndToEndBase(base.BaseTestCase):
                            timeout=functional.CLI_TIMEOUT)
 
     def _attach_logs(self, exc_info):
-        from testtools import content
-        self.addDetail('zun-compute.log', content.text_content(
-            kz_base.tail_file(self.env.compute_log, 20000)))
-        # Each sandbox's shim and guest console say why a VM failed.
-        containers = os.path.join(self.state_path, 'containers')
-        for cid in sorted(os.listdir(containers)) if os.path.isdir(
-                containers) else ():
-            for name in ('shim.log', 'console.log'):
-                path = os.path.join(containers, cid, name)
-                if os.path.exists(path):
-                    self.addDetail('%s-%s' % (cid[:12], name),
-                                   content.text_content(
-                                       kz_base.tail_file(path, 4000)))
+        attach_compute_logs(self, self.env, self.state_path)
 
     def _no_vm_left(self):
         out = subprocess.run(['pgrep', '-f', 'kata_zun.cmd.shim.*%s' %

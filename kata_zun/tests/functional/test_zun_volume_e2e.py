@@ -31,6 +31,7 @@ from testtools import content
 
 from kata_zun.tests.functional import base as kz_base
 from kata_zun.tests.functional import cinder_env
+from kata_zun.tests.functional import test_zun_e2e
 from kata_zun.tests.functional import zun_env
 
 STATUS_TIMEOUT = 180
@@ -99,13 +100,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         cls.cinder = cinder_env.CinderEnvironment(
             venv, os.path.join(cls.work, 'cinder'), keystone=cls.env)
         try:
-            import concurrent.futures
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                zun = pool.submit(cls.env.start)
-                cls.cinder.prepare()
-                while not (cls.env.admin_password or zun.done()):
-                    time.sleep(0.05)
-                cls.cinder.start(keystone_ready=zun.result)
+            cls.cinder.start_with_keystone()
             from kata_zun.image import busybox
             archive = os.path.join(cls.work, 'busybox.tar')
             busybox.write_docker_archive(archive)
@@ -147,19 +142,9 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         self.addOnException(self._attach_logs)
 
     def _attach_logs(self, exc_info):
-        self.addDetail('zun-compute.log', content.text_content(
-            kz_base.tail_file(self.env.compute_log, 20000)))
+        test_zun_e2e.attach_compute_logs(self, self.env, self.state_path)
         self.addDetail('cinder-logs', content.text_content(
             self.cinder.logs_tail()))
-        containers = os.path.join(self.state_path, 'containers')
-        for cid in sorted(os.listdir(containers)) if os.path.isdir(
-                containers) else ():
-            for name in ('shim.log', 'console.log'):
-                path = os.path.join(containers, cid, name)
-                if os.path.exists(path):
-                    self.addDetail('%s-%s' % (cid[:12], name),
-                                   content.text_content(
-                                       kz_base.tail_file(path, 4000)))
 
     # -- clients
 
