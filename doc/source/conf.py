@@ -2,6 +2,7 @@
 # tools/run-tests.sh: sphinx-build -W, so every warning fails the build).
 
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.abspath('_exts'))
@@ -29,8 +30,30 @@ else:
     openstackdocs_auto_name = False
     openstackdocs_use_storyboard = False
 
-# The release notes page (releasenotes/notes, read from git by reno).
-extensions.append('reno.sphinxext')
+
+def _full_git_history():
+    """True where reno can read the notes' history: a git checkout that
+    is not shallow (CI may clone with --depth).
+    """
+    try:
+        out = subprocess.run(
+            ['git', 'rev-parse', '--is-shallow-repository'],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and out.stdout.strip() == 'false'
+
+
+# The release notes page: reno where it can read git history, otherwise
+# every note as unreleased (_exts/notes_fallback.py).
+try:
+    import reno.sphinxext  # noqa: F401
+except ImportError:
+    _reno = False
+else:
+    _reno = _full_git_history()
+extensions.append('reno.sphinxext' if _reno else 'notes_fallback')
 
 config_generator_config_file = (
     '../../etc/kata_zun/kata_zun-config-generator.conf')
