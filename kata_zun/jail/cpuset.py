@@ -36,12 +36,14 @@ def parse_list(text, what='CPU list'):
     """
     if not isinstance(text, str):
         try:
-            items = sorted({int(i) for i in text})
-        except (TypeError, ValueError):
+            items = list(text)
+        except TypeError:
             raise _invalid('bad %s %r' % (what, text))
-        if any(isinstance(i, bool) or not 0 <= i <= MAX_CPU
-               for i in items):
+        if len(items) > MAX_CPU + 1 or any(
+                isinstance(i, bool) or not isinstance(i, int) or
+                not 0 <= i <= MAX_CPU for i in items):
             raise _invalid('bad %s %r' % (what, text))
+        items = sorted(set(items))
         return tuple(items)
     text = text.strip()
     if len(text) > MAX_LIST_CHARS or not _LIST_RE.fullmatch(text):
