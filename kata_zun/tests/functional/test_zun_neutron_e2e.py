@@ -34,6 +34,10 @@ def _by_version(entries, version):
 
 class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
 
+    # Neutron's start, four VMs, NIC hotplug and a TCP transfer: over
+    # 900 s on this busy 2-core machine under TCG.
+    TEST_TIMEOUT = 1800
+
     def setUp(self):
         venv = test_neutron_env.neutron_venv()
         if venv is None:

@@ -6,7 +6,8 @@ console port (see ``extra_computes`` of
 placement memory is made room for one default-sized container (512 MiB):
 placement spreads two containers over both hosts and refuses a third;
 ``--host`` puts a container on the host asked for; each host's runtime
-and console know only their own containers.
+knows only its own containers, and zun-wsproxy reaches each container's
+interactive exec through its own host's console.
 """
 
 import os
@@ -21,6 +22,7 @@ import urllib.request
 import fixtures
 
 from kata_zun.tests.functional import base as kz_base
+from kata_zun.tests.functional import test_zun_console_e2e
 from kata_zun.tests.functional import test_zun_e2e
 from kata_zun.tests.functional import zun_env
 
@@ -57,6 +59,8 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
                      'writable_layer_mb': '256'},
             'kata_console': {'listen_host': zun_env.HOST_IP,
                              'listen_port': self.console_ports[1]},
+            # zun-compute gives zun-wsproxy this URL for interactive exec.
+            'docker': {'docker_remote_api_port': self.console_ports[1]},
             'compute': room}
         real = zun_env.ZunEnvironment
 
@@ -64,8 +68,11 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
             extra = kwargs.setdefault('extra_conf', {})
             extra['kata_console'] = {'listen_host': zun_env.HOST_IP,
                                      'listen_port': self.console_ports[0]}
+            extra['docker'] = {
+                'docker_remote_api_port': self.console_ports[0]}
             extra['compute'] = dict(room)
-            return real(*args, extra_computes=[second], **kwargs)
+            return real(*args, extra_computes=[second], wsproxy=True,
+                        **kwargs)
         with mock.patch.object(zun_env, 'ZunEnvironment', environment):
             super().setUp()
         self.host1, self.host2 = self.env.hosts
@@ -162,11 +169,30 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
                           out.replace('-', ''))
 
         # Each host's console listens on a port of its own (one fixed
-        # port for both would leave the second without a console).
+        # port for both would leave the second without a console), and
+        # zun-wsproxy reaches each container's interactive exec there.
         for port in self.console_ports:
             with urllib.request.urlopen('http://%s:%d/version' % (
                     zun_env.HOST_IP, port), timeout=30) as resp:
                 self.assertEqual(200, resp.status)
+        for name in ('h1', 'h2'):
+            term = self.terminal('appcontainer', 'exec', '--interactive',
+                                 name, 'sh')
+            term.expect(test_zun_console_e2e.PROMPT)
+            term.wait_raw()
+            term.type(b'echo ex$((6*7))ec; hostname; exit 3\r')
+            term.expect(b'ex42ec')
+            self.assertEqual(0, term.wait())
+            uuid = self.show(name)['uuid'].replace('-', '')
+            self.assertIn(uuid[:12].encode(), term.output)
+
+    def terminal(self, *args):
+        argv = [self.env._bin('openstack'), '--os-container-api-version',
+                zun_env.CONTAINER_API_VERSION] + list(args)
+        term = test_zun_console_e2e.Terminal(
+            argv, self.env._env(**self.env.os_environ()))
+        self.addCleanup(term.close)
+        return term
 
     def _wait_gone(self, names, timeout=180):
         deadline = time.time() + timeout
