@@ -175,7 +175,8 @@ def create_container(rt, args):
         network=args.network or CONF.kata_network.driver,
         ports=args.publish, healthcheck=_healthcheck(args),
         volumes=volumecli.requests(args), privileged=args.privileged,
-        pids_limit=args.pids_limit, disk_mb=storage['size_mb'])
+        pids_limit=args.pids_limit, disk_mb=storage['size_mb'],
+        cpuset_cpus=args.cpuset_cpus, cpuset_mems=args.cpuset_mems)
 
 
 def cmd_run(rt, args):
@@ -555,6 +556,13 @@ def add_create_options(p):
     p.add_argument('--hostname')
     p.add_argument('--memory', type=int, metavar='MiB')
     p.add_argument('--cpus', type=float)
+    p.add_argument('--cpuset-cpus', metavar='LIST',
+                   help='host CPUs the VM runs on (e.g. 0-3,8; every '
+                        'QEMU thread is pinned to them; without --cpus '
+                        'one vCPU each)')
+    p.add_argument('--cpuset-mems', metavar='LIST',
+                   help='NUMA nodes the VM\'s memory comes from '
+                        '(default: the nodes of --cpuset-cpus)')
     p.add_argument('--privileged', action='store_true',
                    help='all capabilities, no seccomp filter and no '
                         'masked paths inside the VM (still no host '

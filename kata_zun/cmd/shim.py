@@ -108,7 +108,9 @@ def vm_config(shim, run_dir):
     # --- network (issue 5): the tap the runtime made before this boot
     from kata_zun import network
     attachment = network.read_attachment(shim.state_dir) or {}
-    nics = tuple(base.Nic(n['tap'], n['mac'])
+    nics = tuple(base.Nic(n['tap'], n['mac'],
+                          checksum_offload=n.get('checksum_offload') is not
+                          False)
                  for n in attachment.get('nics') or ())
     # Networks that can be attached and detached while the container runs
     # (Zun's) put every NIC in a hotplug slot.
@@ -130,6 +132,8 @@ def vm_config(shim, run_dir):
                          shim.config['agent_spec']['layer_serial'])) +
         volume_disks,
         nics=nics, pci_slots=pci_slots, cpu_quota=shim.config.get('cpus'),
+        cpuset_cpus=tuple(vm.get('cpuset_cpus') or ()),
+        cpuset_mems=tuple(vm.get('cpuset_mems') or ()),
         shared_dirs=shared_dirs)
 
 

@@ -71,6 +71,26 @@ def _healthcheck(container):
             'timeout': hc.get('timeout'), 'retries': hc.get('retries')}
 
 
+def _cpuset(container):
+    """The host CPUs and NUMA nodes zun-compute claimed for a container
+    with ``cpu_policy=dedicated`` (its resource claim fills
+    ``container.cpuset``), as the runtime takes them.
+
+    :returns: (CPU ids, node ids) or (None, None) for a shared policy.
+    :raises: kata_zun.exception.InvalidInput for a dedicated container
+        without a claim: it would run unpinned.
+    """
+    if getattr(container, 'cpu_policy', None) != 'dedicated':
+        return None, None
+    claim = getattr(container, 'cpuset', None)
+    cpus = getattr(claim, 'cpuset_cpus', None) if claim else None
+    if not cpus:
+        raise exception.InvalidInput(
+            reason='cpu_policy dedicated without claimed host CPUs')
+    return (sorted(cpus),
+            sorted(getattr(claim, 'cpuset_mems', None) or ()) or None)
+
+
 def _disk_mb(container):
     """:returns: the writable layer size Zun asks for, in MiB, or None
         (the runtime's default) for an object without a disk.
@@ -192,6 +212,7 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     def _rt_create(self, container, record, env, memory, policy,
                    net_request, volume_requests=()):
+        cpuset_cpus, cpuset_mems = _cpuset(container)
         return self.rt.create(
             record.id, command=list(container.command or []) or None,
             entrypoint=(list(container.entrypoint)
@@ -211,7 +232,9 @@ class KataDriver(zun_images.ImageDriverMixin,
             privileged=bool(container.privileged),
             # Zun's --disk in GiB; zun-compute fills in [DEFAULT]
             # default_disk when none was asked for.
-            disk_mb=_disk_mb(container))
+            disk_mb=_disk_mb(container),
+            # cpu_policy=dedicated: every QEMU thread on the claimed CPUs.
+            cpuset_cpus=cpuset_cpus, cpuset_mems=cpuset_mems)
 
     @_wrap
     def start(self, context, container):

@@ -56,9 +56,16 @@ class Nic:
     """A virtio-net NIC backed by a host tap device that already exists.
 
     The guest finds it by ``mac``, never by probe order.
+
+    ``checksum_offload`` False: the guest computes its packets' checksums
+    and segments them itself (virtio-net without the CSUM feature), for a
+    tap whose reader cannot finish partial checksums (Open vSwitch's
+    userspace datapath: its conntrack counts them bad and the firewall
+    drops the packets).
     """
     tap: str
     mac: str
+    checksum_offload: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +88,11 @@ class VMConfig:
     # Host CPU time the VM may use, in CPUs (e.g. 0.5); None: no quota.
     # Enforced on the host, whatever the guest kernel does.
     cpu_quota: typing.Optional[float] = None
+    # Dedicated host CPUs and NUMA nodes (kata_zun.jail.cpuset.plan): all
+    # of QEMU's threads run on those CPUs, its memory comes from those
+    # nodes. (): not pinned.
+    cpuset_cpus: typing.Tuple[int, ...] = ()
+    cpuset_mems: typing.Tuple[int, ...] = ()
     shared_dirs: typing.Tuple[SharedDir, ...] = ()
 
 

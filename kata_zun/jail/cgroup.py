@@ -14,7 +14,13 @@ Limits on ``vmm``:
 * CPU: a quota from the container's ``cpu``, so a fractional CPU is
   enforced by the host and not only by the untrusted guest kernel
   (``cpu.max`` / ``cpu.cfs_quota_us``);
-* pids: ``pids.max``.
+* pids: ``pids.max``;
+* dedicated CPUs and NUMA nodes (``cpu_policy=dedicated``,
+  ``--cpuset-cpus``): ``cpuset.cpus`` and ``cpuset.mems``, only for a
+  sandbox that asks for them (the ``cpuset`` controller is then enabled
+  on v2; on v1 the sandbox also gets a group in the cpuset hierarchy,
+  whose upper levels copy their parent's CPUs and nodes, as v1 wants
+  them set before any task joins).
 
 The version is found from the mounts: a cgroup2 file system at the root
 (``/sys/fs/cgroup``) is v2; otherwise the v1 hierarchies of the memory,
@@ -38,6 +44,7 @@ MOUNTS = '/proc/self/mounts'
 PROC_CGROUP = '/proc/self/cgroup'
 FALLBACK = '/run/kata-zun-cgroup'
 CONTROLLERS = ('memory', 'cpu', 'pids')
+CPUSET = 'cpuset'
 LEAVES = ('vmm',)
 SHIMS = 'shims'
 CPU_PERIOD_US = 100000
@@ -84,18 +91,28 @@ class SandboxCgroup(metaclass=abc.ABCMeta):
     def __init__(self, parent, sandbox):
         self.parent = _check_name(parent, 'parent')
         self.sandbox = _check_name(sandbox, 'name')
+        self.pinned = False
 
     @abc.abstractmethod
-    def create(self, memory_bytes, cpu_quota, pids_max):
+    def create(self, memory_bytes, cpu_quota, pids_max, cpuset=None):
         """Make the sandbox cgroup and set the limits of its ``vmm`` leaf.
 
         :param memory_bytes: memory limit of the leaf (int bytes).
         :param cpu_quota: CPU time per period as a fraction of one CPU
             (e.g. 0.5), or None for no quota.
         :param pids_max: most tasks in the leaf.
+        :param cpuset: (CPU ids, NUMA node ids) the leaf is confined to
+            (from :func:`kata_zun.jail.cpuset.plan`; no nodes: all), or
+            None.
         :returns: None
         :raises: kata_zun.exception.JailError
         """
+
+    def cpuset(self):
+        """:returns: (cpuset.cpus, cpuset.mems) of ``vmm`` as the kernel
+            has them (kernel list strings), or None if not pinned.
+        """
+        raise NotImplementedError()
 
     @abc.abstractmethod
     def procs_files(self, leaf):
@@ -154,28 +171,29 @@ class CgroupV2(SandboxCgroup):
     def procs_files(self, leaf):
         return [os.path.join(self.directories()[0], leaf, 'cgroup.procs')]
 
-    def _enable(self, directory):
+    def _enable(self, directory, controllers=CONTROLLERS):
         available = set(_read(os.path.join(directory,
                                            'cgroup.controllers')).split())
-        missing = [c for c in CONTROLLERS if c not in available]
+        missing = [c for c in controllers if c not in available]
         if missing:
             raise exception.JailError(
                 reason='cgroup v2 controllers %s are not available in %s'
                 % (', '.join(missing), directory))
         enabled = set(_read(os.path.join(directory,
                                          'cgroup.subtree_control')).split())
-        want = ' '.join('+' + c for c in CONTROLLERS if c not in enabled)
+        want = ' '.join('+' + c for c in controllers if c not in enabled)
         if want:
             _write(os.path.join(directory, 'cgroup.subtree_control'), want)
 
-    def create(self, memory_bytes, cpu_quota, pids_max):
+    def create(self, memory_bytes, cpu_quota, pids_max, cpuset=None):
         sandbox = self.directories()[0]
+        controllers = CONTROLLERS + ((CPUSET,) if cpuset else ())
         try:
-            self._enable(self.root)
+            self._enable(self.root, controllers)
             os.makedirs(os.path.dirname(sandbox), exist_ok=True)
-            self._enable(os.path.dirname(sandbox))
+            self._enable(os.path.dirname(sandbox), controllers)
             os.makedirs(sandbox, exist_ok=True)
-            self._enable(sandbox)
+            self._enable(sandbox, controllers)
             for leaf in LEAVES:
                 os.makedirs(os.path.join(sandbox, leaf), exist_ok=True)
             vmm = os.path.join(sandbox, 'vmm')
@@ -184,9 +202,22 @@ class CgroupV2(SandboxCgroup):
             _write(os.path.join(vmm, 'pids.max'), int(pids_max))
             _write(os.path.join(vmm, 'cpu.max'), '%s %d' % (
                 _quota_us(cpu_quota), CPU_PERIOD_US))
+            if cpuset:
+                cpus, mems = cpuset
+                _write(os.path.join(vmm, 'cpuset.cpus'), _list(cpus))
+                if mems:
+                    _write(os.path.join(vmm, 'cpuset.mems'), _list(mems))
+                self.pinned = True
         except OSError as exc:
             raise exception.JailError(reason='cgroup v2 %s: %s'
                                       % (sandbox, exc))
+
+    def cpuset(self):
+        vmm = os.path.join(self.directories()[0], 'vmm')
+        if not os.path.exists(os.path.join(vmm, 'cpuset.cpus')):
+            return None
+        return (_read(os.path.join(vmm, 'cpuset.cpus')),
+                _read(os.path.join(vmm, 'cpuset.mems')))
 
     def limits(self):
         vmm = os.path.join(self.directories()[0], 'vmm')
@@ -212,19 +243,49 @@ class CgroupV1(SandboxCgroup):
                             self.sandbox)
 
     def directories(self):
-        # One hierarchy may carry several controllers (cpu,cpuacct).
-        return sorted({self._dir(c) for c in CONTROLLERS})
+        # One hierarchy may carry several controllers (cpu,cpuacct). The
+        # cpuset one is listed when there is one (to remove a pinned
+        # sandbox's group; destroying what does not exist is a no-op).
+        return sorted({self._dir(c) for c in CONTROLLERS +
+                       ((CPUSET,) if CPUSET in self.mountpoints else ())})
 
     def procs_files(self, leaf):
-        return [os.path.join(d, leaf, 'cgroup.procs')
-                for d in self.directories()]
+        dirs = {self._dir(c) for c in CONTROLLERS}
+        if self.pinned:
+            dirs.add(self._dir(CPUSET))
+        return [os.path.join(d, leaf, 'cgroup.procs') for d in sorted(dirs)]
 
-    def create(self, memory_bytes, cpu_quota, pids_max):
+    def _create_cpuset(self, cpus, mems):
+        """The sandbox's group in the v1 cpuset hierarchy: every level
+        needs CPUs and nodes before a task may join below it; the upper
+        ones copy their parent's.
+        """
+        if CPUSET not in self.mountpoints:
+            raise exception.JailError(
+                reason='no cgroup v1 cpuset hierarchy is mounted: cannot '
+                'pin a sandbox to CPUs')
+        upper = self.mountpoints[CPUSET]
+        for level in (self.parent, self.sandbox, 'vmm'):
+            path = os.path.join(upper, level)
+            os.makedirs(path, exist_ok=True)
+            for name, value in (('cpuset.cpus', cpus),
+                                ('cpuset.mems', mems)):
+                if level == 'vmm' and value:
+                    _write(os.path.join(path, name), _list(value))
+                elif not _read(os.path.join(path, name)):
+                    _write(os.path.join(path, name),
+                           _read(os.path.join(upper, name)))
+            upper = path
+        self.pinned = True
+
+    def create(self, memory_bytes, cpu_quota, pids_max, cpuset=None):
         try:
-            for directory in self.directories():
+            for directory in sorted({self._dir(c) for c in CONTROLLERS}):
                 for leaf in LEAVES:
                     os.makedirs(os.path.join(directory, leaf),
                                 exist_ok=True)
+            if cpuset:
+                self._create_cpuset(*cpuset)
             memory = os.path.join(self._dir('memory'), 'vmm')
             _write(os.path.join(memory, 'memory.limit_in_bytes'),
                    int(memory_bytes))
@@ -245,6 +306,15 @@ class CgroupV1(SandboxCgroup):
             raise exception.JailError(reason='cgroup v1 %s: %s'
                                       % (self.sandbox, exc))
 
+    def cpuset(self):
+        if CPUSET not in self.mountpoints:
+            return None
+        vmm = os.path.join(self._dir(CPUSET), 'vmm')
+        if not os.path.exists(vmm):
+            return None
+        return (_read(os.path.join(vmm, 'cpuset.cpus')),
+                _read(os.path.join(vmm, 'cpuset.mems')))
+
     def limits(self):
         memory = int(_read(os.path.join(self._dir('memory'), 'vmm',
                                         'memory.limit_in_bytes')))
@@ -261,6 +331,11 @@ def _quota_us(fraction):
     if fraction is None or fraction <= 0:
         return 'max'
     return max(1000, int(round(fraction * CPU_PERIOD_US)))
+
+
+def _list(ids):
+    from kata_zun.jail import cpuset
+    return cpuset.format_list(ids)
 
 
 def _int_or_none(text):
@@ -284,6 +359,10 @@ def _detect(mounts_file, root):
         raise exception.JailError(
             reason='no cgroup v2 at %s and no cgroup v1 hierarchy for %s'
             % (root, ', '.join(missing)))
+    # Optional: only sandboxes pinned to CPUs need it.
+    for point, fstype, opts in mounts:
+        if fstype == 'cgroup' and CPUSET in opts and CPUSET not in v1:
+            v1[CPUSET] = point
     return 'v1', v1
 
 
@@ -312,7 +391,7 @@ def _mount_own(fallback, proc_cgroup):
     """
     from kata_zun.jail import rootfs
     sets, unified = _hierarchies(proc_cgroup)
-    wanted = [c for c in sets if set(c) & set(CONTROLLERS)]
+    wanted = [c for c in sets if set(c) & set(CONTROLLERS + (CPUSET,))]
     mounted = {point for point, _t, _o in _mounts(MOUNTS)}
     if not wanted and unified:
         target = os.path.join(fallback, 'unified')

@@ -108,7 +108,7 @@ def _kvm_group():
 
 
 def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
-            accel='tcg', lease_dir=None):
+            accel='tcg', lease_dir=None, cpuset=None):
     """Lease an identity, make the cgroup and plan the root of one QEMU.
 
     :param sandbox: the sandbox id.
@@ -121,6 +121,7 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
         'tcg'.
     :param lease_dir: where uid leases live (default [kata_jail]
         lease_dir).
+    :param cpuset: (CPU ids, NUMA node ids) to confine QEMU to, or None.
     :returns: a :class:`Jail`.
     :raises: kata_zun.exception.JailError
     """
@@ -137,7 +138,7 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
         group = cgroup.for_sandbox(opts.cgroup_parent, sandbox)
         group.destroy()             # left over by a crashed shim
         group.create((memory_mb + opts.memory_overhead_mb) * 1024 * 1024,
-                     cpus, opts.pids_max)
+                     cpus, opts.pids_max, cpuset=cpuset)
     except BaseException:
         identity.release(lease_dir, uid, sandbox)
         raise

@@ -91,6 +91,20 @@ MAX_ARGV_BYTES = 512 * 1024
 MAX_LABEL_BYTES = 64 * 1024
 
 
+def _cpuset(cpus, mems):
+    """The (CPUs, nodes) plan of a pinning request, or None.
+
+    :raises: InvalidInput
+    """
+    if cpus in (None, '', (), []) and mems in (None, '', (), []):
+        return None
+    from kata_zun.jail import cpuset
+    topology = cpuset.read_topology()
+    if cpus in (None, '', (), []):
+        cpus = topology.cpus
+    return cpuset.plan(cpus, mems or None, topology)
+
+
 def _check_sizes(what, items, limit):
     total = 0
     for item in items:
@@ -509,7 +523,8 @@ class Runtime(object):
                auto_remove=False, labels=None, dns=(), cid=None,
                restart_policy=None, network=None, ports=(),
                healthcheck=None, volumes=(), privileged=False,
-               pids_limit=None, disk_mb=None):
+               pids_limit=None, disk_mb=None, cpuset_cpus=None,
+               cpuset_mems=None):
         """Create a container record (nothing boots until start).
 
         :param image_ref: a local image name, id or id prefix.
@@ -535,6 +550,11 @@ class Runtime(object):
         :param disk_mb: size of the writable layer in MiB, what ``df /``
             shows inside the container (None: ``[kata] writable_layer_mb``);
             see :mod:`kata_zun.runtime.layer`.
+        :param cpuset_cpus: host CPUs the VM runs on only (a ``0-3,8``
+            list or ints; Zun's dedicated CPUs); without ``cpus`` the VM
+            gets one vCPU per CPU. See :mod:`kata_zun.jail.cpuset`.
+        :param cpuset_mems: NUMA nodes its memory comes from (None: the
+            nodes of ``cpuset_cpus``).
         :returns: the :class:`Container`.
         :raises: InvalidInput, ImageNotFound, ContainerNameInUse, Conflict
                  (host port taken), NetworkError
@@ -566,6 +586,7 @@ class Runtime(object):
             raise exception.InvalidInput(
                 reason='cpus must be in (0, %d]: this host has %d CPUs'
                 % (min(64, _host_cpus()), _host_cpus()))
+        pinned = _cpuset(cpuset_cpus, cpuset_mems)
         _check_sizes('environment', env, MAX_ENV_BYTES)
         _check_sizes('command', list(command or ()) +
                      list(entrypoint or ()), MAX_ARGV_BYTES)
@@ -601,6 +622,7 @@ class Runtime(object):
         from kata_zun.guest import builder
         builder.find()
         vcpus = (max(1, math.ceil(cpus)) if cpus
+                 else min(64, len(pinned[0])) if pinned
                  else CONF.kata_hypervisor.default_vcpus)
         vm_memory = (memory_mb + CONF.kata_hypervisor.memory_overhead_mb
                      if memory_mb else
@@ -620,7 +642,10 @@ class Runtime(object):
             'restart_policy': restart_policy or {'name': 'no',
                                                  'max_retries': 0},
             'healthcheck': check,
-            'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
+            'vm': dict({'vcpus': vcpus, 'memory_mb': vm_memory},
+                       **({'cpuset_cpus': list(pinned[0]),
+                           'cpuset_mems': list(pinned[1])}
+                          if pinned else {})),
             'sandbox': {'hostname': hostname},
             'network': net_request,
             'agent_spec': {
@@ -887,6 +912,7 @@ class Runtime(object):
                 try:
                     client.call('nic_add', {
                         'tap': tap, 'mac': nic['mac'],
+                        'checksum_offload': neutron.checksum_offload(nic),
                         'interface': network_mod.guest_interface(
                             hostname, nics + [nic], nic)}, timeout=timeout)
                 except BaseException:

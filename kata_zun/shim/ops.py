@@ -179,7 +179,9 @@ class ApiOps(object):
         """
         if self._hotplug_refused(client, rid):
             return
-        nic = hv_base.Nic(str(args['tap']), str(args['mac']).lower())
+        nic = hv_base.Nic(str(args['tap']), str(args['mac']).lower(),
+                          checksum_offload=args.get('checksum_offload')
+                          is not False)
         interface = args.get('interface')
         try:
             self.vm.add_nic(nic)

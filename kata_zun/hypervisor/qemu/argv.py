@@ -344,6 +344,14 @@ class PcieRootPort:
                              self.slot + 1)]
 
 
+# virtio-net features a NIC without checksum offload does not offer: the
+# host finishing partial checksums (CSUM) and those that need it (the
+# virtio spec: segmentation offloads require CSUM). The guest sends every
+# frame whole and checksummed.
+NO_OFFLOAD_FEATURES = ('csum', 'host_tso4', 'host_tso6', 'host_ecn',
+                       'host_ufo')
+
+
 @dataclasses.dataclass(frozen=True)
 class NetDevice:
     """A virtio-net NIC on an existing host tap device.
@@ -365,6 +373,7 @@ class NetDevice:
     slot: typing.Optional[int] = None
     generation: int = 0
     fd: typing.Optional[int] = None
+    checksum_offload: bool = True
 
     def _check(self):
         if not _TAP_RE.fullmatch(self.tap):
@@ -405,6 +414,8 @@ class NetDevice:
             device = ('virtio-net-pci,id=%s,netdev=%s,mac=%s,bus=%s,'
                       'romfile=' % (self.device_id, self.netdev_id, self.mac,
                                     root_port_id(self.slot)))
+        if not self.checksum_offload:
+            device += ''.join(',%s=off' % f for f in NO_OFFLOAD_FEATURES)
         if self.fd is not None:
             netdev = 'tap,id=%s,fd=%d,vhost=off' % (self.netdev_id,
                                                     _fd(self.fd))
@@ -431,9 +442,12 @@ class NetDevice:
         if self.slot is None:
             raise exception.HypervisorError(
                 reason='NIC %s has no hotplug slot' % self.tap)
-        return {'driver': 'virtio-net-pci', 'id': self.device_id,
+        args = {'driver': 'virtio-net-pci', 'id': self.device_id,
                 'netdev': self.netdev_id, 'mac': self.mac,
                 'bus': root_port_id(self.slot), 'romfile': ''}
+        if not self.checksum_offload:
+            args.update((f, False) for f in NO_OFFLOAD_FEATURES)
+        return args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -573,7 +587,8 @@ def boot_nics(config, machine_type, tap_fds=None):
     """
     return [NetDevice(i, n.tap, n.mac, machine_type,
                       slot=i if config.pci_slots else None,
-                      fd=tap_fds[i] if tap_fds else None)
+                      fd=tap_fds[i] if tap_fds else None,
+                      checksum_offload=n.checksum_offload)
             for i, n in enumerate(config.nics)]
 
 

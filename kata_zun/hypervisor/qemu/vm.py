@@ -44,7 +44,7 @@ def _child_setup(prctl, parent):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def spawn(argv, log, pass_fds=(), jail=None):
+def spawn(argv, log, pass_fds=(), jail=None, cpus=()):
     """Start a QEMU child that dies with its owner.
 
     :param argv: the command line, program first.
@@ -52,6 +52,8 @@ def spawn(argv, log, pass_fds=(), jail=None):
     :param pass_fds: descriptors QEMU inherits.
     :param jail: a :class:`kata_zun.jail.launch.Jail` to confine QEMU in,
         or None.
+    :param cpus: host CPU ids QEMU runs on (every thread it makes
+        inherits the affinity), or () for any.
     :returns: the :class:`subprocess.Popen`.
     :raises: OSError if QEMU cannot be started.
     """
@@ -60,11 +62,16 @@ def spawn(argv, log, pass_fds=(), jail=None):
         _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
     parent = os.getpid()
     if jail is not None:
-        def setup():
+        def confine():
             jail.child_setup(parent)
     else:
-        def setup():
+        def confine():
             _child_setup(_prctl[0], parent)
+
+    def setup():
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        confine()
     # QEMU gets no environment of ours (zun-compute's may hold
     # credentials).
     return subprocess.Popen(
@@ -221,7 +228,8 @@ class QemuVM(base.VM):
                     % self.config.pci_slots)
             self._generation += 1
             dev = qargv.NetDevice(slot, nic.tap, nic.mac, self._machine_type,
-                                  slot=slot, generation=self._generation)
+                                  slot=slot, generation=self._generation,
+                                  checksum_offload=nic.checksum_offload)
             self._netdev_add(dev)
             try:
                 self.execute('device_add', dev.device_add_args())
@@ -396,6 +404,14 @@ class QemuHypervisor(base.Hypervisor):
                 reason='the jail needs root (the shim runs as uid %d); '
                 'run it as root or set [kata_jail] enabled = false'
                 % os.geteuid())
+        if not self.jailed and config.cpuset_mems:
+            from kata_zun.jail import cpuset
+            if cpuset.needs_memory_binding(config.cpuset_mems):
+                # Only the jail's cgroup (cpuset.mems) binds QEMU's memory.
+                raise exception.HypervisorError(
+                    reason='binding guest memory to NUMA nodes %s needs '
+                    'the jail ([kata_jail] enabled = true, as root)'
+                    % cpuset.format_list(config.cpuset_mems))
         jail = None
         vmh = None
         drains = []
@@ -407,7 +423,9 @@ class QemuHypervisor(base.Hypervisor):
                 jail = launch.prepare(
                     config.name, os.path.join(config.run_dir, 'jail'),
                     config.kernel, config.initrd, config.memory_mb,
-                    config.cpu_quota, chosen.name)
+                    config.cpu_quota, chosen.name,
+                    cpuset=((config.cpuset_cpus, config.cpuset_mems)
+                            if config.cpuset_cpus else None))
                 kernel, initrd = jail.root.kernel, jail.root.initrd
                 qemu_path = jail.root.qemu
             # virtiofsd daemons join the sandbox's cgroup with QEMU.
@@ -427,7 +445,8 @@ class QemuHypervisor(base.Hypervisor):
             log_host, log_vm = socket.socketpair()
             try:
                 try:
-                    proc = spawn(cmd, log_vm, fds.fds(), jail)
+                    proc = spawn(cmd, log_vm, fds.fds(), jail,
+                                 cpus=config.cpuset_cpus)
                 except (OSError, subprocess.SubprocessError) as exc:
                     raise exception.HypervisorError(
                         reason='cannot run %s: %s' % (self.qemu_path, exc))

@@ -46,10 +46,12 @@ class ZunEndToEndBase(base.BaseTestCase):
     GLANCE = False
     #: More ZunEnvironment arguments (e.g. a real Neutron).
     ENV_OPTIONS = {}
+    #: Seconds a whole test may take (the environment's start included).
+    TEST_TIMEOUT = 900
 
     def setUp(self):
         super().setUp()
-        self.useFixture(fixtures.Timeout(900, gentle=True))
+        self.useFixture(fixtures.Timeout(self.TEST_TIMEOUT, gentle=True))
         try:
             import zun  # noqa: F401
         except ImportError:

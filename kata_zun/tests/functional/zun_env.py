@@ -730,6 +730,12 @@ class ZunEnvironment(ServiceHarness):
         :class:`~neutron_env.NeutronEnvironment`.
     :param neutron_venv: the virtualenv with neutron (default: ``venv``;
         ``tools/install-neutron.sh`` makes ``.venv-neutron``).
+    :param extra_computes: more zun-compute hosts on this machine, under
+        the same zun-api: one ``{section: {key: value}}`` each, merged
+        into its own copy of zun.conf (give each its own ``[kata]``
+        state_path and run_path and ``[kata_console]`` listen_port). Host
+        ``i`` (from 2) is ``<host>-<i>``, with zun state and locks of its
+        own; see :attr:`hosts` and :meth:`compute_conf_path`.
     :param schema_cache: directory keeping a ``mysqldump`` of each
         database right after its migrations (keystone, placement, zun,
         glance; neutron's too), one file per service version: later
@@ -744,7 +750,7 @@ class ZunEnvironment(ServiceHarness):
     def __init__(self, venv, workdir, driver='kata', extra_conf=None,
                  timeout=START_TIMEOUT, glance=False, zun=True,
                  wsproxy=False, neutron=False, neutron_venv=None,
-                 schema_cache=DEFAULT_SCHEMA_CACHE):
+                 schema_cache=DEFAULT_SCHEMA_CACHE, extra_computes=()):
         self.venv = os.path.abspath(venv)
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
@@ -762,6 +768,7 @@ class ZunEnvironment(ServiceHarness):
         self.services += ('glance-api',) if glance else ()
         self.services += ('zun-wsproxy',) if wsproxy and zun else ()
         self.extra_conf = extra_conf or {}
+        self.extra_computes = [dict(c) for c in extra_computes]
         self.timeout = timeout
         self.schema_cache = schema_cache
         self.log_dir = os.path.join(self.workdir, 'logs')
@@ -789,6 +796,27 @@ class ZunEnvironment(ServiceHarness):
     def host(self):
         """``[DEFAULT] host`` of zun-compute (and its placement RP name)."""
         return self._state.get('host')
+
+    @property
+    def hosts(self):
+        """Every zun-compute host, :attr:`host` first."""
+        if not self.host:
+            return []
+        return [self.host] + ['%s-%d' % (self.host, i + 2)
+                              for i in range(len(self.extra_computes))]
+
+    def compute_conf_path(self, host):
+        """:returns: the zun.conf of zun-compute ``host``."""
+        index = self.hosts.index(host)
+        if not index:
+            return self.conf_path
+        return os.path.join(os.path.dirname(self.conf_path),
+                            'zun-compute-%d.conf' % (index + 1))
+
+    def _compute_name(self, host):
+        index = self.hosts.index(host)
+        return 'zun-compute' if not index else 'zun-compute-%d' % (
+            index + 1)
 
     @property
     def ports(self):
@@ -1048,6 +1076,16 @@ class ZunEnvironment(ServiceHarness):
             # kata driver makes no ports.
             conf['kata_network'] = {'zun_network': 'none'}
         _write_ini(self.conf_path, _merge(conf, self.extra_conf))
+        for host, extra in zip(self.hosts[1:], self.extra_computes):
+            own = os.path.join(zun_dir, host)
+            for d in ('state', 'lock'):
+                os.makedirs(os.path.join(own, d), exist_ok=True)
+            _write_ini(self.compute_conf_path(host), _merge(_merge(_merge(
+                conf, self.extra_conf), {
+                    'DEFAULT': {'host': host,
+                                'state_path': os.path.join(own, 'state')},
+                    'oslo_concurrency': {
+                        'lock_path': os.path.join(own, 'lock')}}), extra))
         if self.glance:
             self._write_glance_config()
         with open(self.openrc_path, 'w') as f:
@@ -1315,11 +1353,13 @@ class ZunEnvironment(ServiceHarness):
         self._wait_http('fake-neutron', 'http://%s:%s/' % (
             HOST_IP, self.ports['fake-neutron']), 30)
 
-    def _start_compute(self):
-        argv = [self._bin('zun-compute'), '--config-file', self.conf_path]
-        if os.path.exists(self._neutron_conf_path):
-            argv += ['--config-file', self._neutron_conf_path]
-        self._spawn('zun-compute', argv, env=self._zun_env())
+    def _start_compute(self, hosts=None):
+        for host in hosts or self.hosts:
+            argv = [self._bin('zun-compute'), '--config-file',
+                    self.compute_conf_path(host)]
+            if os.path.exists(self._neutron_conf_path):
+                argv += ['--config-file', self._neutron_conf_path]
+            self._spawn(self._compute_name(host), argv, env=self._zun_env())
 
     @property
     def _neutron_conf_path(self):
@@ -1355,19 +1395,22 @@ class ZunEnvironment(ServiceHarness):
                      'container %s' % CONTAINER_API_VERSION})
         return _check(status, body, 'GET zun %s' % path)
 
-    def compute_service(self):
+    def compute_service(self, host=None):
         """zun-compute's service record as zun-api shows it, or None.
 
+        :param host: which zun-compute (default: :attr:`host`).
         :returns: a dict with ``state``, ``report_count``... or None.
         """
         for service in self._zun_get('/services')['services']:
             if (service['binary'] == 'zun-compute' and
-                    service['host'] == self.host):
+                    service['host'] == (host or self.host)):
                 return service
         return None
 
-    def resource_provider(self):
+    def resource_provider(self, host=None):
         """The placement resource provider of the compute node, or None.
+
+        :param host: which zun-compute (default: :attr:`host`).
 
         :returns: a dict with ``uuid`` and ``inventories``, or None.
         """
@@ -1375,7 +1418,8 @@ class ZunEnvironment(ServiceHarness):
         base = idc.endpoint('placement')
         headers = {'OpenStack-API-Version': 'placement 1.14'}
         status, _, body = idc.request(
-            'GET', '%s/resource_providers?name=%s' % (base, self.host),
+            'GET', '%s/resource_providers?name=%s' % (
+                base, host or self.host),
             headers=headers)
         providers = _check(status, body, 'GET resource providers')
         if not providers['resource_providers']:
@@ -1388,20 +1432,24 @@ class ZunEnvironment(ServiceHarness):
                                    'GET inventories')['inventories']
         return rp
 
-    def _wait_compute(self, min_report_count=0, need_provider=True):
-        """Wait until zun-compute reports up (and has a placement RP)."""
+    def _wait_compute(self, min_report_count=0, need_provider=True,
+                      host=None):
+        """Wait until zun-compute ``host`` (default: :attr:`host`) reports
+        up (and has a placement RP).
+        """
         deadline = time.monotonic() + self.timeout
         last = None
         while True:
-            self._check_alive(self.SERVICES)
+            self._check_alive(self.SERVICES + tuple(
+                self._compute_name(h) for h in self.hosts[1:]))
             try:
-                service = self.compute_service()
+                service = self.compute_service(host)
                 last = service
                 if (service and service['state'] == 'up' and
                         service.get('report_count', 0) > min_report_count):
                     if not need_provider:
                         return
-                    rp = self.resource_provider()
+                    rp = self.resource_provider(host)
                     last = (service, rp)
                     if rp and rp['inventories']:
                         return
@@ -1410,7 +1458,8 @@ class ZunEnvironment(ServiceHarness):
             if time.monotonic() > deadline:
                 raise ZunEnvironmentError(
                     'zun-compute %s not ready after %ss (last seen: %s)\n%s'
-                    % (self.host, self.timeout, last, self.logs_tail()))
+                    % (host or self.host, self.timeout, last,
+                       self.logs_tail()))
             time.sleep(0.3)
 
     # -- public API
@@ -1515,7 +1564,8 @@ class ZunEnvironment(ServiceHarness):
                     if future is not None:
                         future.cancel()
                 raise
-        self._wait_compute()
+        for host in self.hosts:
+            self._wait_compute(host=host)
         self._phase('zun-compute ready', t)
         if 'zun-wsproxy' in self.services:
             self._zun_wsproxy()
@@ -1621,7 +1671,7 @@ class ZunEnvironment(ServiceHarness):
         t = time.monotonic()
         before = self.compute_service() or {}
         self._kill('zun-compute', signal.SIGKILL if kill else signal.SIGTERM)
-        self._start_compute()
+        self._start_compute([self.host])
         self._wait_compute(min_report_count=before.get('report_count', 0),
                            need_provider=False)
         self._phase('restart_compute', t)

@@ -233,6 +233,31 @@ class NetDeviceTestCase(base.BaseTestCase):
                         'romfile='] + SANDBOX,
             argv.build_argv(config, 'kvm', 'q35', 'host', QEMU)[-6:])
 
+    def test_nic_without_checksum_offload(self):
+        # Open vSwitch's userspace datapath: the guest checksums and
+        # segments its frames itself (issue 15).
+        config = _config(nics=(
+            hv_base.Nic('kzt0123456789ab', '02:6b:0a:58:00:02',
+                        checksum_offload=False),
+            hv_base.Nic('kzt0123456789ac', '02:6b:0a:58:00:03')))
+        full = argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU)
+        self.assertEqual([
+            '-device', 'virtio-net-device,netdev=net0,'
+                       'mac=02:6b:0a:58:00:02,csum=off,host_tso4=off,'
+                       'host_tso6=off,host_ecn=off,host_ufo=off',
+            '-netdev', 'tap,id=net1,ifname=kzt0123456789ac,script=no,'
+                       'downscript=no,vhost=off',
+            '-device', 'virtio-net-device,netdev=net1,'
+                       'mac=02:6b:0a:58:00:03',
+        ] + SANDBOX, full[-8:])
+        slotted = argv.build_argv(
+            _config(pci_slots=2, nics=config.nics[:1]), 'kvm', 'q35',
+            'host', QEMU)
+        self.assertIn('virtio-net-pci,id=nic-kzt0123456789ab,'
+                      'netdev=net-kzt0123456789ab,mac=02:6b:0a:58:00:02,'
+                      'bus=rp0,romfile=,csum=off,host_tso4=off,'
+                      'host_tso6=off,host_ecn=off,host_ufo=off', slotted)
+
     def test_no_nics_no_netdev(self):
         full = argv.build_argv(_config(), 'tcg', 'microvm', 'max', QEMU)
         self.assertNotIn('-netdev', full)
@@ -310,6 +335,15 @@ class NetDeviceTestCase(base.BaseTestCase):
                           'netdev': 'net-kzt0123456789ab-7',
                           'mac': '02:6b:0a:58:00:02', 'bus': 'rp2',
                           'romfile': ''}, dev.device_add_args())
+        plain = argv.NetDevice(2, 'kzt0123456789ab', '02:6b:0a:58:00:02',
+                               slot=2, generation=7, checksum_offload=False)
+        self.assertEqual({'driver': 'virtio-net-pci',
+                          'id': 'nic-kzt0123456789ab-7',
+                          'netdev': 'net-kzt0123456789ab-7',
+                          'mac': '02:6b:0a:58:00:02', 'bus': 'rp2',
+                          'romfile': '', 'csum': False, 'host_tso4': False,
+                          'host_tso6': False, 'host_ecn': False,
+                          'host_ufo': False}, plain.device_add_args())
         fixed = argv.NetDevice(0, 'kzt1', '02:00:00:00:00:01')
         self.assertIsNone(fixed.device_id)
         self.assertRaises(exception.HypervisorError, fixed.device_add_args)

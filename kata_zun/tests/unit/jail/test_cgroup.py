@@ -147,3 +147,103 @@ class CgroupV2TestCase(base.BaseTestCase):
         cgroup.join_shims('kata_zun', 1234, ('v2', self.root))
         self.assertEqual('1234', _read(os.path.join(
             self.root, 'kata_zun', 'shims', 'cgroup.procs')))
+
+
+class CpusetTestCase(base.BaseTestCase):
+    """Sandboxes pinned to CPUs and NUMA nodes (issue 15)."""
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+        real_makedirs = os.makedirs
+        self.files = {}
+
+        def makedirs(path, *args, **kwargs):
+            real_makedirs(path, *args, **kwargs)
+            for name, text in self.files.items():
+                if not os.path.exists(os.path.join(path, name)):
+                    with open(os.path.join(path, name), 'w') as f:
+                        f.write(text)
+        self.useFixture(fixtures.MonkeyPatch(
+            'kata_zun.jail.cgroup.os.makedirs', makedirs))
+
+    def _v1(self):
+        points = {c: os.path.join(self.root, c)
+                  for c in ('memory', 'pids', 'cpu', 'cpuset')}
+        os.makedirs(points['cpuset'])
+        for name, text in (('cpuset.cpus', '0-7'), ('cpuset.mems', '0-1')):
+            with open(os.path.join(points['cpuset'], name), 'w') as f:
+                f.write(text)
+        # A new v1 cpuset group starts with no CPUs and no nodes.
+        self.files = {'cpuset.cpus': '', 'cpuset.mems': ''}
+        return points
+
+    def test_v1_detects_the_cpuset_hierarchy(self):
+        path = self.useFixture(fixtures.TempDir()).join('mounts')
+        with open(path, 'w') as f:
+            f.write('cgroup /c/cpu cgroup rw,cpu 0 0\n'
+                    'cgroup /c/cpuset cgroup rw,cpuset 0 0\n'
+                    'cgroup /c/memory cgroup rw,memory 0 0\n'
+                    'cgroup /c/pids cgroup rw,pids 0 0\n')
+        self.assertEqual('/c/cpuset', cgroup.detect(path, fallback=None)[1][
+            'cpuset'])
+
+    def test_v1_pinned_sandbox(self):
+        points = self._v1()
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v1', points))
+        group.create(1 << 30, 2, 64, cpuset=((2, 3), (1,)))
+        upper = os.path.join(points['cpuset'], 'kata_zun')
+        # The upper levels copy their parent's, the leaf is pinned.
+        for level in (upper, os.path.join(upper, 'kz-1')):
+            self.assertEqual('0-7', _read(level + '/cpuset.cpus'))
+            self.assertEqual('0-1', _read(level + '/cpuset.mems'))
+        self.assertEqual(('2-3', '1'), group.cpuset())
+        self.assertIn(os.path.join(upper, 'kz-1', 'vmm', 'cgroup.procs'),
+                      group.procs_files('vmm'))
+        self.assertEqual(4, len(group.procs_files('vmm')))
+        self.assertIn(os.path.join(upper, 'kz-1'), group.directories())
+
+    def test_v1_no_nodes_given_inherits_them(self):
+        points = self._v1()
+        group = cgroup.for_sandbox('kata_zun', 'kz-2', ('v1', points))
+        group.create(1 << 30, None, 64, cpuset=((0,), ()))
+        self.assertEqual(('0', '0-1'), group.cpuset())
+
+    def test_v1_unpinned_sandbox_stays_out_of_cpuset(self):
+        points = self._v1()
+        group = cgroup.for_sandbox('kata_zun', 'kz-3', ('v1', points))
+        group.create(1 << 30, None, 64)
+        self.assertEqual(3, len(group.procs_files('vmm')))
+        self.assertFalse(os.path.exists(os.path.join(points['cpuset'],
+                                                     'kata_zun')))
+
+    def test_v1_without_cpuset_hierarchy_refuses(self):
+        points = self._v1()
+        del points['cpuset']
+        group = cgroup.for_sandbox('kata_zun', 'kz-4', ('v1', points))
+        exc = self.assertRaises(exception.JailError, group.create,
+                                1 << 30, None, 64, cpuset=((0,), ()))
+        self.assertIn('cpuset', str(exc))
+
+    def test_v2_pinned_sandbox(self):
+        with open(os.path.join(self.root, 'cgroup.controllers'), 'w') as f:
+            f.write('cpuset cpu io memory pids\n')
+        open(os.path.join(self.root, 'cgroup.subtree_control'), 'w').close()
+        self.files = {'cgroup.controllers': 'cpuset cpu memory pids\n',
+                      'cgroup.subtree_control': ''}
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v2', self.root))
+        group.create(1 << 30, None, 64, cpuset=((1, 2, 3, 5), (0,)))
+        self.assertEqual('+memory +cpu +pids +cpuset',
+                         _read(self.root + '/cgroup.subtree_control'))
+        self.assertEqual(('1-3,5', '0'), group.cpuset())
+
+    def test_v2_without_cpuset_controller_refuses(self):
+        with open(os.path.join(self.root, 'cgroup.controllers'), 'w') as f:
+            f.write('cpu memory pids\n')
+        open(os.path.join(self.root, 'cgroup.subtree_control'), 'w').close()
+        self.files = {'cgroup.controllers': 'cpu memory pids\n',
+                      'cgroup.subtree_control': ''}
+        group = cgroup.for_sandbox('kata_zun', 'kz-1', ('v2', self.root))
+        exc = self.assertRaises(exception.JailError, group.create,
+                                1 << 30, None, 64, cpuset=((0,), ()))
+        self.assertIn('cpuset', str(exc))

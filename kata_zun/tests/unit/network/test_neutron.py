@@ -79,9 +79,11 @@ class AttachmentTest(base.BaseTestCase):
                  'version': 6}], dns=['10.0.0.2', '10.1.0.2'])])
         self.assertEqual('neutron', att['network'])
         self.assertEqual([{'tap': 'kzt0b5c1f2e3a4d', 'port_id': PORT,
-                           'mac': 'fa:16:3e:00:00:01'},
+                           'mac': 'fa:16:3e:00:00:01',
+                           'checksum_offload': False},
                           {'tap': 'kzt9d8c7b6a5f4e', 'port_id': PORT2,
-                           'mac': 'fa:16:3e:00:00:02'}], att['nics'])
+                           'mac': 'fa:16:3e:00:00:02',
+                           'checksum_offload': False}], att['nics'])
         ifaces = att['guest']['interfaces']
         self.assertEqual({'mac': 'fa:16:3e:00:00:01',
                           'address': '10.0.0.5', 'prefix': 24,
@@ -95,6 +97,13 @@ class AttachmentTest(base.BaseTestCase):
         self.assertEqual(['10.0.0.2', '10.1.0.2'], att['guest']['dns'])
         self.assertEqual('10.0.0.5', att['address'])
         self.assertEqual('web', att['guest']['hostname'])
+
+    def test_checksum_offload_except_on_the_userspace_datapath(self):
+        att = neutron.attachment('web', [
+            nic(), nic(PORT2, datapath_type='system')])
+        self.assertEqual([False, True], [n['checksum_offload']
+                                         for n in att['nics']])
+        self.assertTrue(neutron.checksum_offload({}))
 
     def test_ipv6_only_and_v4_first(self):
         att = neutron.attachment('web', [nic(ips=[

@@ -205,6 +205,8 @@ class LiveNetworkChangeTestCase(base.BaseTestCase):
             mock.call.plug_nic(state, 'c' * 64, _nic(2)),
             mock.call.client.call('nic_add', {
                 'tap': 'kzt000000020000', 'mac': 'fa:16:3e:00:00:02',
+                # Open vSwitch userspace datapath: no checksum offload
+                'checksum_offload': False,
                 # the only NIC now: it carries the default route
                 'interface': {'mac': 'fa:16:3e:00:00:02',
                               'address': '10.0.2.5', 'prefix': 24,

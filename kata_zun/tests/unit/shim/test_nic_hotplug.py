@@ -53,10 +53,19 @@ class NicOpsTestCase(base.BaseTestCase):
                                        'mac': 'fa:16:3e:00:00:01',
                                        'interface': iface})
         self.shim.vm.add_nic.assert_called_once()
+        self.assertTrue(
+            self.shim.vm.add_nic.call_args[0][0].checksum_offload)
         self._silence_passes()
         self.shim.vm.remove_nic.assert_called_once_with('kzt1')
         rid, result, error = self.shim.responses[0]
         self.assertEqual((8, 'timeout'), (rid, error['code']))
+
+    def test_nic_without_checksum_offload(self):
+        self.shim.op_nic_add(None, 12, {'tap': 'kzt1',
+                                        'mac': 'fa:16:3e:00:00:01',
+                                        'checksum_offload': False})
+        self.assertFalse(
+            self.shim.vm.add_nic.call_args[0][0].checksum_offload)
 
     def test_configure_an_existing_nic(self):
         iface = {'mac': 'fa:16:3e:00:00:02', 'address': '10.0.2.5',
