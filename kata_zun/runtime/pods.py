@@ -307,7 +307,8 @@ class PodMixin(object):
         if len(set(names)) != len(names):
             raise exception.InvalidInput(reason='two pod volumes have the '
                                          'same name')
-        podspec.check_containers(containers, init_containers, set(names))
+        podspec.check_containers(containers, init_containers, set(names),
+                                 need_one=False)
         all_ports = list(ports)
         for spec in containers:
             all_ports += spec.ports
@@ -342,8 +343,8 @@ class PodMixin(object):
                             self._member_config(spec, hostname)))
         config = {
             'id': pod_id, 'name': name, 'created': time.time(),
-            'labels': labels or {}, 'vm': {'vcpus': vcpus,
-                                          'memory_mb': vm_memory},
+            'labels': labels or {},
+            'vm': {'vcpus': vcpus, 'memory_mb': vm_memory},
             'sandbox': {'hostname': hostname}, 'network': net_request,
             'restart_policy': {'name': policy, 'max_retries': 0},
             'init_containers': [m[0] for m in members if m[2]],
@@ -516,7 +517,8 @@ class PodMixin(object):
                      for n in names]
             podspec.check_containers(
                 specs + ([] if init else [spec]), [spec] if init else [],
-                set(v['name'] for v in config.get('volumes') or ()))
+                set(v['name'] for v in config.get('volumes') or ()),
+                need_one=False)
             if spec.ports:
                 raise exception.InvalidInput(reason='a container added to '
                                              'a pod cannot publish ports '
@@ -568,6 +570,10 @@ class PodMixin(object):
         if pod.shim_alive:
             raise exception.Conflict(reason='pod %s is already running' %
                                      pod.name)
+        if not pod.containers:
+            raise exception.InvalidInput(reason='pod %s has no container '
+                                         'to run (add one with run --pod)'
+                                         % pod.name)
         fileutils.write_json(os.path.join(pod.dir, 'state.json'),
                              {'status': 'created'})
         for c in pod.init_containers + pod.containers:

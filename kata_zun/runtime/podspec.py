@@ -91,13 +91,16 @@ class ContainerSpec(object):
         return 'ContainerSpec(%r, %r)' % (self.name, self.image)
 
 
-def check_containers(containers, init_containers, volume_names):
+def check_containers(containers, init_containers, volume_names,
+                     need_one=True):
     """Check a pod's containers as a whole.
 
     :param volume_names: the names of the pod's volumes.
+    :param need_one: a pod without a regular container is an error (a
+        pod made empty gets its containers later).
     :raises: InvalidInput
     """
-    if not containers:
+    if need_one and not containers:
         raise _invalid('a pod needs one container at least')
     everyone = list(init_containers) + list(containers)
     if len(everyone) > MAX_CONTAINERS:
