@@ -264,11 +264,13 @@ def _number(where, value, integer=False):
 
 
 def _container(where, data):
+    name = data.get('name') if isinstance(data, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise _invalid('%s: the name must be a string' % where)
+    where = '%s (%s)' % (where, name) if name else where
     _keys(where, data, _CONTAINER_KEYS)
     if 'image' not in data:
         raise _invalid('%s: the image is needed' % where)
-    name = data.get('name')
-    where = '%s (%s)' % (where, name) if name else where
     env = data.get('env') or {}
     if not isinstance(env, dict) or not all(
             isinstance(k, str) and _ENV_KEY_RE.match(k) and

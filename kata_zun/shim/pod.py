@@ -294,6 +294,9 @@ class PodShim(server.Shim):
                        exit_code=m.state.get('exit_code')
                        if m.state.get('status') == 'restarting' else 255,
                        error=lost or m.state.get('start_error'))
+            elif error:
+                # Never started: the pod ended first, and says why.
+                m.save(error='not started: %s' % error)
             self._answer_waiters(m)
         self.save_state(finished_at=now)
         super()._container_exited(code, oom, error=error)
