@@ -195,7 +195,12 @@ def cmd_play(rt, args):
         rt.remove_pod(pod.id, force=True)
         raise
     print(pod.id)
-    return 0 if pod.status != podspec.FAILED else 1
+    if pod.status == podspec.FAILED:
+        print('kata-zun: error: pod %s failed: %s' % (
+            pod.name, guestdata.printable(pod.error, cli.PRINT_MAX)),
+            file=sys.stderr)
+        return 1
+    return 0
 
 
 def add_parsers(sub):

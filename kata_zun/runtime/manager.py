@@ -481,7 +481,9 @@ class Runtime(pods.PodMixin):
             except Exception as exc:       # never one record for all
                 c = Container.unreadable_record(
                     os.path.join(self.containers_dir, cid), cid, exc)
-            if c is not None:
+            # A pod's container shows once its pod is whole.
+            pod_id = c is not None and not c.unreadable and self.pod_of(c)
+            if c is not None and (not pod_id or self._pod_exists(pod_id)):
                 out.append(c)
         return sorted(out, key=lambda c: c.config['created'])
 

@@ -357,17 +357,18 @@ class PodMixin(object):
             self._sweep_incomplete()
             self._check_names_free(name, [m[1].name for m in members])
             for vol in volumes:
-                if vol.get('size') is not None and \
-                        vol.get('type', 'volume') == 'volume':
+                if vol.get('type', 'volume') == 'volume':
                     try:
                         self.volumes.get(vol['source'])
                     except exception.NotFound:
-                        self.volumes.create(vol['source'], vol['size'])
+                        self.volumes.create(vol['source'], vol.get('size'))
                         made_volumes.append(vol['source'])
             resolved = volume_devices.resolve(requests, self.volumes)
             for vol, entry in zip(volumes, resolved):
                 entry['name'] = vol['name']
-                entry['owned'] = bool(vol.get('owned')) or \
+                # Removed with the pod only if made for it: never a
+                # volume that existed before.
+                entry['owned'] = bool(vol.get('owned')) and \
                     entry['source'] in made_volumes
             config['volumes'] = resolved
             os.mkdir(directory, 0o700)
