@@ -243,8 +243,9 @@ class PodTestCase(base.KataZunFunctionalTest):
         self.assertIsNone(app['StartedAt'])
         self.assertIn('not started: init container setup failed',
                       app['Error'])
-        self.assertEqual('cannot set up\n', self.kz(
-            'logs', 'failing-setup', check=0).text)
+        # (stderr records go to stderr, as docker logs does)
+        self.assertEqual(b'cannot set up\n', self.kz(
+            'logs', 'failing-setup', check=0).err)
         self.assertIn(b'init container setup failed', r.err)
         # Its VM goes away by itself: then rm needs no force.
         self.wait_shim_gone('failing')
@@ -295,8 +296,9 @@ class PodTestCase(base.KataZunFunctionalTest):
                 'X=1', 'busybox', 'sh', '-c', 'echo $X', check=0)
         self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox', 'sh',
                 '-c', 'echo main-up; exec sleep 100000', check=0)
-        self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox', 'true',
-                check=1)                                  # name taken
+        r = self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox',
+                    'true', check=125)
+        self.assertIn(b"two containers are named 'main'", r.err)
         self.kz('pod', 'start', '--wait', 'p1', check=0)
         self.assertIn('main-up', self.wait_log('p1-main', 'main-up'))
         self.assertEqual('1\n', self.kz('logs', 'p1-prep', check=0).text)
