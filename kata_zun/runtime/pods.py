@@ -159,12 +159,19 @@ class Pod(object):
                 'Volumes': [{'Name': v['name'], 'Type': v['type'],
                              'Source': v['source']}
                             for v in self.config.get('volumes') or ()],
+                'NetworkSettings': self._network_settings(),
                 'ShimPid': self.state.get('shim_pid') if self.shim_alive
                 else None,
                 'StartedAt': self.state.get('started_at'),
                 'FinishedAt': self.state.get('finished_at'),
                 'InitContainers': [member(c) for c in self.init_containers],
                 'Containers': [member(c) for c in self.containers]}
+
+    def _network_settings(self):
+        if not self.config.get('network'):
+            return None
+        from kata_zun import network
+        return network.settings(self.dir, self.config['network'])
 
 
 class PodMixin(object):
