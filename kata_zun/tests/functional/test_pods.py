@@ -376,3 +376,28 @@ class PodTestCase(base.KataZunFunctionalTest):
         self._killed_at('pod-rm-cleanup', 'pod', 'rm', '-f', 'k1')
         self.kz('pod', 'rm', '-f', 'k1', check=0)
         self.assert_gone(pod['Id'], [pod['Containers'][0]['Id']])
+
+    def test_killed_shim_or_starter_is_explained_and_removable(self):
+        self.kz('pod', 'create', '--name', 'ks', check=0)
+        self.kz('run', '--pod', 'ks', '--name', 'c1', 'busybox', 'sleep',
+                '100000', check=0)
+        # The starter killed once the shim is spawned: the pod goes on.
+        self._killed_at('pod-start-spawned', 'pod', 'start', 'ks')
+        deadline = time.monotonic() + 120
+        while self.inspect('ks')['Containers'][0]['Status'] != 'running' \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pod = self.inspect('ks')
+        self.assertEqual('Running', pod['Status'])
+        # Its shim killed: the records say so, nothing stays.
+        os.kill(pod['ShimPid'], signal.SIGKILL)
+        self.wait_shim_gone('ks')
+        pod = self.inspect('ks')
+        self.assertEqual('Failed', pod['Status'])
+        self.assertEqual('the pod shim died (crash)', pod['Error'])
+        member, = pod['Containers']
+        self.assertEqual(('exited', 255), (member['Status'],
+                                           member['ExitCode']))
+        self.assertIn('crash', member['Error'])
+        self.kz('pod', 'rm', 'ks', check=0)
+        self.assert_gone(pod['Id'], [member['Id']])
