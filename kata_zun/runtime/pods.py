@@ -48,7 +48,6 @@ rm marks the pod ``removing`` first and any later rm or sweep finishes
 it. The shim stops its VM when its starter dies during the boot.
 """
 
-import math
 import os
 import re
 import secrets
@@ -300,7 +299,7 @@ class PodMixin(object):
         if not manager._NAME_RE.match(name):
             raise exception.InvalidInput(reason='invalid pod name %r' %
                                          name)
-        hostname = hostname or name[:63]
+        hostname = hostname or re.sub(r'[^A-Za-z0-9.-]', '-', name[:63])
         if not manager._HOSTNAME_RE.match(hostname):
             raise exception.InvalidInput(reason='invalid hostname %r' %
                                          hostname)
@@ -551,23 +550,32 @@ class PodMixin(object):
                 raise exception.InvalidInput(reason='a container added to '
                                              'a pod cannot publish ports '
                                              '(the pod\'s network is made)')
-            self._check_names_free('\0', [])
+            full_name = '%s-%s' % (pod.name, spec.name)
+            for c in self.list():
+                if c.name == full_name:
+                    raise exception.ContainerNameInUse(name=c.name,
+                                                       id=c.id[:12])
             member = self._member_config(spec, config['sandbox']['hostname'])
-            index = len(names)
             cid = secrets.token_hex(32)
-            from kata_zun.runtime import manager
-            _cpu_host = manager._host_cpus()
-            self._write_member(cid, member, config, spec, init, index)
+            # Its disks' serials: one index per member, never reused.
+            self._write_member(cid, member, config, spec, init, len(names))
             key = 'init_containers' if init else 'containers'
             config[key] = config[key] + [cid]
-            # The VM grows with the new container.
-            memory = spec.memory_mb or podspec.DEFAULT_CONTAINER_MB
-            config['vm']['memory_mb'] += 0 if init else memory
-            if spec.cpus and not init:
-                config['vm']['vcpus'] = min(_cpu_host, max(
-                    config['vm']['vcpus'],
-                    math.ceil(sum(c.config.get('cpus') or 0
-                                  for c in pod.containers) + spec.cpus)))
+            # The VM is sized again for all its containers.
+            from kata_zun.runtime import manager
+
+            def specs_of(members):
+                return [podspec.ContainerSpec(
+                    c.config.get('pod_member'), 'kz',
+                    cpus=c.config.get('cpus'),
+                    memory_mb=c.config.get('memory_mb')) for c in members]
+            regular = specs_of(pod.containers) + ([] if init else [spec])
+            inits = specs_of(pod.init_containers) + ([spec] if init else [])
+            vcpus, memory_mb = podspec.vm_size(
+                regular, inits, CONF.kata_hypervisor.memory_overhead_mb,
+                CONF.kata_hypervisor.default_vcpus,
+                CONF.kata_hypervisor.default_memory_mb, manager._host_cpus())
+            config['vm'] = {'vcpus': vcpus, 'memory_mb': memory_mb}
             try:
                 fileutils.write_json(os.path.join(pod.dir, 'config.json'),
                                      config)
@@ -742,11 +750,22 @@ class PodMixin(object):
             except (OSError, ValueError):
                 continue
             pod = config.get('pod') if isinstance(config, dict) else None
-            if isinstance(pod, dict) and not self._pod_exists(
-                    str(pod.get('id'))):
-                LOG.warning('removing container %s of no pod', cid)
-                shutil.rmtree(os.path.join(self.containers_dir, cid),
-                              ignore_errors=True)
+            if not isinstance(pod, dict):
+                continue
+            pod_id = str(pod.get('id'))
+            if self._pod_exists(pod_id):
+                # Added by a run --pod killed before the pod named it?
+                try:
+                    pod_config = fileutils.read_json(os.path.join(
+                        self._pod_dir(pod_id), 'config.json'))
+                except (OSError, ValueError):
+                    continue               # shown damaged, never guessed
+                if cid in (pod_config.get('init_containers', []) +
+                           pod_config.get('containers', [])):
+                    continue
+            LOG.warning('removing container %s of no pod', cid)
+            shutil.rmtree(os.path.join(self.containers_dir, cid),
+                          ignore_errors=True)
 
     def resume_removals(self):
         """Finish the removals a killed ``pod rm`` left.

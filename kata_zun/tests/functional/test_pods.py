@@ -305,6 +305,8 @@ class PodTestCase(base.KataZunFunctionalTest):
         pod = self.inspect('p1')
         self.assertEqual('Running', pod['Status'])
         self.assertEqual('no', pod['RestartPolicy'])
+        # Sized for its containers (none sets a limit: the default VM).
+        self.assertEqual({'vcpus': 1, 'memory_mb': 256}, pod['VM'])
         self.kz('pod', 'rm', 'p1', check=1)               # it runs
         members = [c['Id'] for c in pod['InitContainers'] +
                    pod['Containers']]
