@@ -223,17 +223,25 @@ class PodShim(server.Shim):
         if m.init:
             m.done = True
             self._close_member(m)
+            failure = None
+            if code != 0 and not self.manually_stopped:
+                reason = 'OOMKilled' if oom else (error or 'Error')
+                failure = 'init container %s failed: exit code %d (%s)' % (
+                    m.name, code, reason)
+                # Said before the init container's exit is recorded:
+                # whoever sees the pod failed reads why at once.
+                self.save_state(error=failure)
+                for other in self.members:
+                    if not other.done and other is not m:
+                        other.save(error='not started: %s' % failure)
             m.save(status='exited', exit_code=code, oom_killed=oom,
                    finished_at=now, error=error)
             self._answer_waiters(m)
             if code == 0:
                 return self._next_init()
-            if self.manually_stopped:
+            if failure is None:
                 return self._pod_done()
-            reason = 'OOMKilled' if oom else (error or 'Error')
-            return self._pod_done(
-                code=code, error='init container %s failed: exit code %d '
-                '(%s)' % (m.name, code, reason))
+            return self._pod_done(code=code, error=failure)
         if self._should_restart_member(code):
             m.restarts += 1
             m.save(status='restarting', exit_code=code, oom_killed=oom,
