@@ -640,7 +640,8 @@ class Agent(object):
             # Shared files' exports are staged next to the root, never
             # in it: the container never sees them.
             guestvolumes.mount_all(c.rootfs, args.get('volumes'), find_disk,
-                                   mount, os.path.join(c.dir, 'shared'))
+                                   self._volume_mount(),
+                                   os.path.join(c.dir, 'shared'))
         except guestvolumes.VolumeError as exc:
             raise OpError('volume', str(exc))
         # --- end volumes
@@ -653,6 +654,13 @@ class Agent(object):
         c.main = self._new_proc(c, spec['tty'], spec['stdin'])
         self.containers[cid] = c
         return {'proc': c.main.handle}
+
+    def _volume_mount(self):
+        # Several containers (a pod) may mount one block volume.
+        if getattr(self, 'shared_mounts', None) is None:
+            from kata_zun.agent import guestshare
+            self.shared_mounts = guestshare.SharedMounts(mount)
+        return self.shared_mounts
 
     def _mount_rootfs(self, c, image_dev, image_fs, layer_dev):
         lower = os.path.join(c.dir, 'lower')

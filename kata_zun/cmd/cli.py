@@ -180,6 +180,9 @@ def create_container(rt, args):
 
 
 def cmd_run(rt, args):
+    if getattr(args, 'pod', None):
+        from kata_zun.cmd import podcli
+        return podcli.run_in_pod(rt, args)
     container = create_container(rt, args)
     holder = {}
 
@@ -622,6 +625,11 @@ def build_parser():
     sub.required = True
 
     p = sub.add_parser('run', help='create and start a container')
+    p.add_argument('--pod', metavar='POD',
+                   help='add the container to this pod (not running), '
+                   'it starts with the pod')
+    p.add_argument('--init', action='store_true',
+                   help='with --pod: an init container')
     p.add_argument('-d', '--detach', action='store_true')
     add_create_options(p)
     p.set_defaults(func=cmd_run)
@@ -713,6 +721,8 @@ def build_parser():
     verbs.add_parsers(sub)
     from kata_zun.volume import cli as volumecli
     volumecli.add_parsers(sub)
+    from kata_zun.cmd import podcli
+    podcli.add_parsers(sub)
 
     p = sub.add_parser('check', help='can this host run kata-zun VMs?')
     p.set_defaults(func=cmd_check)

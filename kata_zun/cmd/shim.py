@@ -137,6 +137,36 @@ def vm_config(shim, run_dir):
         shared_dirs=shared_dirs)
 
 
+def pod_vm_config(shim, run_dir):
+    """The VM of a pod: two disks per container (image, writable
+    layer), the pod's volumes once, its network's NICs.
+    """
+    from kata_zun.guest import builder
+    from kata_zun import network
+    assets = builder.find()
+    shim.save_state(guest_version=assets.version)
+    attachment = network.read_attachment(shim.state_dir) or {}
+    nics = tuple(base.Nic(n['tap'], n['mac'])
+                 for n in attachment.get('nics') or ())
+    disks = []
+    for m in shim.members:
+        spec = m.config['agent_spec']
+        disks.append(base.Disk(m.config['image']['block_image'],
+                               spec['image_serial'], read_only=True))
+        disks.append(base.Disk(os.path.join(m.dir, 'rw.img'),
+                               spec['layer_serial']))
+    volumes = shim.config.get('volumes')
+    vm = shim.config['vm']
+    return base.VMConfig(
+        name=base.vm_name(shim.cid), vcpus=vm['vcpus'],
+        memory_mb=vm['memory_mb'], kernel=assets.kernel,
+        initrd=assets.initrd, run_dir=run_dir,
+        console_log=os.path.join(shim.state_dir, 'console.log'),
+        disks=tuple(disks) + volume_devices.disks(volumes), nics=nics,
+        pci_slots=0, cpu_quota=None,
+        shared_dirs=volume_devices.shared_dirs(volumes))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='kata-zun-shim')
     parser.add_argument('--state-dir', required=True)
@@ -144,6 +174,8 @@ def main(argv=None):
     parser.add_argument('--ready-fd', type=int)
     parser.add_argument('--config-file', action='append', default=[])
     parser.add_argument('--foreground', action='store_true')
+    parser.add_argument('--pod', action='store_true',
+                        help='the state dir is a pod\'s')
     args = parser.parse_args(argv)
     if not args.foreground:
         _daemonize(os.path.join(args.state_dir, 'shim.log'))
@@ -172,15 +204,24 @@ def main(argv=None):
     from kata_zun.shim import server
 
     ready_fd = args.ready_fd
-    shim = server.Shim(args.state_dir, args.run_dir,
-                       qemu_vm.QemuHypervisor(),
-                       max_frame=CONF.kata_agent.max_frame_bytes,
-                       agent_timeout=CONF.kata_agent.connect_timeout,
-                       boot_cpu_budget=CONF.kata_agent.boot_cpu_budget,
-                       log_max_bytes=CONF.kata.log_max_bytes,
-                       stop_timeout=CONF.kata.stop_timeout)
+    shim_args = dict(max_frame=CONF.kata_agent.max_frame_bytes,
+                     agent_timeout=CONF.kata_agent.connect_timeout,
+                     boot_cpu_budget=CONF.kata_agent.boot_cpu_budget,
+                     log_max_bytes=CONF.kata.log_max_bytes,
+                     stop_timeout=CONF.kata.stop_timeout)
+    if args.pod:
+        from kata_zun.shim import pod
+        shim = pod.PodShim(args.state_dir, args.run_dir,
+                           qemu_vm.QemuHypervisor(),
+                           os.path.join(CONF.kata.state_path, 'containers'),
+                           **shim_args)
+        make_config = pod_vm_config
+    else:
+        shim = server.Shim(args.state_dir, args.run_dir,
+                           qemu_vm.QemuHypervisor(), **shim_args)
+        make_config = vm_config
     try:
-        shim.boot(vm_config(shim, args.run_dir))
+        shim.boot(make_config(shim, args.run_dir))
     except Exception as exc:
         LOG.exception('sandbox %s failed to start', shim.cid)
         message = boot_error(shim, exc)
@@ -199,6 +240,8 @@ def main(argv=None):
         _abandon(shim, args.run_dir)
         return 1
     try:
+        if args.pod:
+            shim.start_pod()
         shim.serve()
     except Exception:
         LOG.exception('sandbox %s: shim failed', shim.cid)

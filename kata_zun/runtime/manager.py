@@ -39,6 +39,7 @@ from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.runtime import layer
+from kata_zun.runtime import pods
 from kata_zun.shim import client as shim_client
 from kata_zun.shim import logs
 
@@ -162,7 +163,7 @@ def _check_config(config, cid):
     created = config.get('created')
     if isinstance(created, bool) or not isinstance(created, _NUMBER):
         return 'config.json has no creation time'
-    for key in ('image', 'agent_spec', 'vm', 'sandbox'):
+    for key in ('image', 'agent_spec', 'vm', 'sandbox', 'pod'):
         if key in config and not isinstance(config[key], dict):
             return 'config.json has a malformed %s' % key
     return None
@@ -403,8 +404,10 @@ def _vm_cgroup_busy(cid):
     return False
 
 
-class Runtime(object):
-    """Entry point for everything that manages containers on this host."""
+class Runtime(pods.PodMixin):
+    """Entry point for everything that manages containers on this host
+    (pods: see :mod:`kata_zun.runtime.pods`).
+    """
 
     def __init__(self):
         self.state_path = CONF.kata.state_path
@@ -473,7 +476,9 @@ class Runtime(object):
         except (OSError, ValueError) as exc:
             return Container.unreadable_record(directory, cid, exc)
         state, problem = _clean_state(state)
-        alive = _pid_is_shim(state.get('shim_pid'), cid)
+        # A pod's containers share its shim.
+        alive = _pid_is_shim(state.get('shim_pid'),
+                             (config.get('pod') or {}).get('id') or cid)
         return Container(directory, config, state, alive,
                          record_error=_record_error(problem))
 
@@ -490,7 +495,9 @@ class Runtime(object):
             except Exception as exc:       # never one record for all
                 c = Container.unreadable_record(
                     os.path.join(self.containers_dir, cid), cid, exc)
-            if c is not None:
+            # A pod's container shows once its pod is whole.
+            pod_id = c is not None and not c.unreadable and self.pod_of(c)
+            if c is not None and (not pod_id or self._pod_exists(pod_id)):
                 out.append(c)
         return sorted(out, key=lambda c: c.config['created'])
 
@@ -708,6 +715,7 @@ class Runtime(object):
                 LOG.warning('removing the incomplete record %s (its '
                             'creator died)', cid)
                 shutil.rmtree(directory, ignore_errors=True)
+        self._sweep_pods()
 
     @staticmethod
     def _argv(image_config, command, entrypoint):
@@ -739,6 +747,7 @@ class Runtime(object):
         :raises: Conflict if it runs already; ShimError if the VM failed.
         """
         c = self.get(ref)
+        self._refuse_member(c, 'start')
         if c.status == CREATED and c.shim_alive:
             return self._start_booted(c, before_start)
         if c.status in LIVE or c.shim_alive:
@@ -801,7 +810,8 @@ class Runtime(object):
     # ------------------------------------------- network (issue 5)
     def _record_exists(self, cid):
         return os.path.exists(os.path.join(self.containers_dir, cid,
-                                           'config.json'))
+                                           'config.json')) or \
+            self._pod_exists(cid)
 
     def _plug_network(self, c):
         """Make the network before the VM boots (tap, lease, rules); it
@@ -935,11 +945,11 @@ class Runtime(object):
 
     # ------------------------------------------- end network
 
-    def _spawn_shim(self, c, run_dir):
+    def _spawn_shim(self, c, run_dir, pod=False):
         read_fd, write_fd = os.pipe()
         argv = [sys.executable, '-m', 'kata_zun.cmd.shim',
                 '--state-dir', c.dir, '--run-dir', run_dir,
-                '--ready-fd', str(write_fd)]
+                '--ready-fd', str(write_fd)] + (['--pod'] if pod else [])
         for path in CONF.config_file or []:
             argv += ['--config-file', path]
         try:
@@ -977,6 +987,8 @@ class Runtime(object):
 
     def connect(self, c, timeout=10.0):
         """:returns: a ShimClient connected to a running container."""
+        if self.pod_of(c):
+            return self._member_client(c, timeout)
         return shim_client.ShimClient(
             os.path.join(self._run_dir(c.id), 'shim.sock'), timeout=timeout)
 
@@ -994,6 +1006,7 @@ class Runtime(object):
         :returns: the exit information dict.
         """
         c = self.get(ref)
+        self._refuse_member(c, 'stop')
         if not c.shim_alive:
             return {'exited': True, 'exit_code': c.exit_code}
         timeout = CONF.kata.stop_timeout if timeout is None else timeout
@@ -1288,6 +1301,7 @@ class Runtime(object):
         :raises: Conflict when it runs and ``force`` is not set.
         """
         c = self.get(ref)
+        self._refuse_member(c, 'remove')
         faultpoint.reached('rm')
         if c.shim_alive:
             if not force:
