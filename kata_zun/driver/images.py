@@ -31,6 +31,25 @@ _IMAGE_SLOTS = None
 _RECENT_PER_THREAD = 8
 
 
+#: In the image dict of a sandbox image that was not pulled.
+SANDBOX_MARK = 'kata_sandbox_not_pulled'
+
+
+def _is_sandbox_image(repo, tag, driver_name):
+    """:returns: True for zun's ``[DEFAULT] sandbox_image``."""
+    from zun.common import utils as zun_utils
+    import zun.conf
+    zconf = zun.conf.CONF
+    if (driver_name or IMAGE_DRIVER) != zconf.sandbox_image_driver:
+        return False
+    try:
+        want = zun_utils.parse_image_name(zconf.sandbox_image,
+                                          zconf.sandbox_image_driver)
+    except Exception:
+        return False
+    return (repo, tag) == tuple(want)
+
+
 def _name_key(name):
     from kata_zun.image import reference
     try:
@@ -99,8 +118,23 @@ class ImageDriverMixin(object):
                    driver_name=None, registry=None):
         """Make ``repo:tag`` available locally.
 
+        zun-compute also "pulls" ``[DEFAULT] sandbox_image`` for every
+        capsule (the pause container of CRI runtimes); a kata capsule's
+        sandbox is its VM, so that image is not pulled here: the answer
+        says so (:data:`SANDBOX_MARK`), and a container that runs that
+        very image pulls it at create.
+
         :returns: (image dict, True): the image is loaded into the store.
         """
+        if _is_sandbox_image(repo, tag, driver_name):
+            return {'image': repo, 'tag': tag, 'repo': repo,
+                    'driver': driver_name or IMAGE_DRIVER, 'path': None,
+                    'id': None, 'tags': [], SANDBOX_MARK: True}, True
+        return self._pull_image(context, repo, tag, image_pull_policy,
+                                driver_name, registry)
+
+    def _pull_image(self, context, repo, tag, image_pull_policy,
+                    driver_name, registry):
         ref = '%s:%s' % (repo, tag) if tag else repo
         store = self._images(context)
         if driver_name == 'glance':
