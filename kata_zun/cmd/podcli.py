@@ -117,9 +117,11 @@ def run_in_pod(rt, args):
         ('--volume/--mount', args.volume or args.mount),
         ('--health-cmd', args.health_cmd)) if value]
     if unsupported:
-        raise cli.CliError('with --pod, %s belong to the pod (pod '
-                           'create) or are not supported' %
-                           ', '.join(unsupported), 125)
+        # Never cli.CliError here: the CLI runs as __main__, where that
+        # class is another one.
+        raise exception.InvalidInput(
+            reason='with --pod, %s belong to the pod (pod create) or are '
+            'not supported' % ', '.join(unsupported))
     cli._pull(rt, args.image, cli._RUN_PULL[args.pull])
     spec = podspec.ContainerSpec(
         name=args.name, image=args.image,
@@ -136,21 +138,23 @@ def run_in_pod(rt, args):
 
 def load_template(path):
     """:returns: the parsed template of a YAML or JSON file.
-    :raises: CliError
+    :raises: InvalidInput
     """
     import yaml
     try:
         with open(path, 'rb') as f:
             data = f.read(MAX_TEMPLATE_BYTES + 1)
     except OSError as exc:
-        raise cli.CliError('cannot read %s: %s' % (path, exc.strerror))
+        raise exception.InvalidInput(reason='cannot read %s: %s' % (
+            path, exc.strerror))
     if len(data) > MAX_TEMPLATE_BYTES:
-        raise cli.CliError('%s is larger than %d bytes' % (
+        raise exception.InvalidInput(reason='%s is larger than %d bytes' % (
             path, MAX_TEMPLATE_BYTES))
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise cli.CliError('%s is not valid YAML: %s' % (path, exc))
+        raise exception.InvalidInput(reason='%s is not valid YAML: %s' % (
+            path, exc))
 
 
 def template_volumes(template, pod_name):
@@ -177,8 +181,8 @@ def cmd_play(rt, args):
     template = podspec.from_template(load_template(args.file))
     name = args.name or template.name
     if name is None:
-        raise cli.CliError('the template has no metadata.name: give '
-                           '--name')
+        raise exception.InvalidInput(reason='the template has no '
+                                     'metadata.name: give --name')
     for spec in template.init_containers + template.containers:
         cli._pull(rt, spec.image, cli._RUN_PULL[args.pull])
     pod = rt.create_pod(

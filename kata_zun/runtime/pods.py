@@ -557,8 +557,9 @@ class PodMixin(object):
         """Boot the pod's VM and create its containers in it; its shim
         then runs the init containers in order and starts the others.
 
-        :param wait: return once the pod left ``Pending`` (init
-            containers done, regular ones started, or the pod failed).
+        :param wait: return once the pod left ``Pending`` and every
+            regular container started (init containers done), or the
+            pod failed or ended.
         :param timeout: seconds to wait (None: ``[kata]
             shim_start_timeout`` per init container and more).
         :returns: the :class:`Pod`.
@@ -603,7 +604,10 @@ class PodMixin(object):
                     pod.init_containers)))
             while time.monotonic() < deadline:
                 pod = self._load_pod(pod.id)
-                if pod.status != podspec.PENDING or not pod.shim_alive:
+                if not pod.shim_alive or pod.status == podspec.FAILED or (
+                        pod.status != podspec.PENDING and all(
+                            c.status != 'created' for c in
+                            pod.containers)):
                     break
                 time.sleep(0.1)
         return self._load_pod(pod.id)

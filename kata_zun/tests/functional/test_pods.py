@@ -73,7 +73,7 @@ spec:
   initContainers:
   - name: ok
     image: busybox
-    command: [true]
+    command: ["true"]
   - name: setup
     image: busybox
     command: [sh, -c, "echo cannot set up >&2; exit 3"]
@@ -277,6 +277,8 @@ class PodTestCase(base.KataZunFunctionalTest):
              b"unknown field 'readonly'"),
             ('kind: capsule\nmetadata: {name: x}\nspec: [1',
              b'not valid YAML'),
+            (FAILING_INIT.replace('["true"]', '[true]'),
+             b'command must be a list of strings'),
         ]
         for text, message in bad:
             r = self.kz('play', self.template(text % {'name': 'web'}
@@ -373,7 +375,7 @@ class PodTestCase(base.KataZunFunctionalTest):
                                                'containers'))
             if not d.startswith('.')])
         # In the middle of rm of a running pod: the next rm finishes it.
-        self.kz('run', '--pod', 'k1', '--name', 'c', 'busybox', 'sleep',
+        self.kz('run', '--pod', 'k1', '--name', 'c1', 'busybox', 'sleep',
                 '100000', check=0)
         self.kz('pod', 'start', '--wait', 'k1', check=0)
         pod = self.inspect('k1')
