@@ -36,6 +36,7 @@ from kata_zun import conf
 from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
 from kata_zun.driver import capsule as zun_capsule
+from kata_zun.driver import common
 from kata_zun.driver.common import runtime_id
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.driver import images as zun_images
@@ -418,7 +419,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             since_ts = logs.parse_since(since)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         limit = CONF.kata.log_read_max_bytes
         _c, (records, truncated) = tpool.execute(
             self.rt.logs, container.container_id, stdout=stdout,
@@ -449,7 +450,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             console = console_server.from_conf(self.rt, CONF)
         except exception.KataZunException as exc:
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
         try:
             self._console = console.start()
         except OSError as exc:
@@ -490,7 +491,7 @@ class KataDriver(zun_images.ImageDriverMixin,
                     container.container_id, argv, tty=True, stdin=True,
                     project=getattr(container, 'project_id', None))
             except console_sessions.Busy as exc:
-                raise zun_exc.Conflict(str(exc))
+                raise common.zun_error(zun_exc.Conflict, exc)
         exec_id = os.urandom(16).hex()
         self._execs[exec_id] = (container.container_id, argv, interactive)
         return exec_id
@@ -512,7 +513,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             rows, cols = console_server.tty_size(height, width)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         if self._console is None:
             raise zun_exc.Invalid('no such interactive exec: %s' %
                                   str(exec_id)[:12])
@@ -535,14 +536,14 @@ class KataDriver(zun_images.ImageDriverMixin,
                 container.container_id,
                 project=getattr(container, 'project_id', None))
         except console_sessions.Busy as exc:
-            raise zun_exc.Conflict(str(exc))
+            raise common.zun_error(zun_exc.Conflict, exc)
 
     @_wrap
     def resize(self, context, container, height, width):
         try:
             rows, cols = console_server.tty_size(height, width)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         if container.tty:          # without a tty there is nothing to size
             self.rt.call(container.container_id, 'resize',
                          {'rows': rows, 'cols': cols})

@@ -16,6 +16,7 @@ from oslo_log import log as logging
 from zun.common import exception as zun_exc
 
 from kata_zun import conf
+from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun import exception
 
@@ -237,7 +238,7 @@ class ImageDriverMixin(object):
             return image_driver.create_image(context, image_name)
         except Exception as exc:
             LOG.exception('creating Glance image %s failed', image_name)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def upload_image_data(self, context, image, image_tag, image_data,
                           image_driver):
@@ -247,14 +248,14 @@ class ImageDriverMixin(object):
                                                   image_data)
         except Exception as exc:
             LOG.exception('uploading Glance image %s failed', image.id)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def delete_committed_image(self, context, img_id, image_driver):
         try:
             image_driver.delete_committed_image(context, img_id)
         except Exception as exc:
             LOG.exception('deleting Glance image %s failed', img_id)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def _pull_glance(self, context, repo, tag, image_pull_policy, registry):
         """Download through zun's Glance driver, load into the store."""

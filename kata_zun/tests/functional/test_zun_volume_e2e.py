@@ -200,6 +200,14 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
 
     def _attach_logs(self, exc_info):
         test_zun_e2e.attach_compute_logs(self, self.env, self.state_path)
+        # A capsule's VM: its pod's shim and console logs.
+        for path in sorted(glob.glob(os.path.join(
+                self.state_path, 'pods', '*', '*.log'))):
+            with open(path, 'rb') as f:
+                f.seek(max(0, os.path.getsize(path) - 8192))
+                tail = f.read().decode('utf-8', 'replace')
+            self.addDetail('pod-' + '-'.join(path.split(os.sep)[-2:]),
+                           content.text_content(tail))
         self.addDetail('cinder-logs', content.text_content(
             self.cinder.logs_tail()))
 

@@ -283,3 +283,18 @@ class ContainerDriverCapsuleTest(base.BaseTestCase):
                 'ifnotpresent', 'docker')
             self.assertNotIn(images.SANDBOX_MARK, image)
             work.assert_called_once()
+
+
+class ZunErrorTest(base.BaseTestCase):
+
+    def test_a_percent_in_our_reason_reaches_zun_as_it_is(self):
+        from kata_zun.driver import common
+        from zun.common import exception as zun_exc
+
+        @common.wrap
+        def fails(self):
+            raise exception.ShimError(reason='QEMU got 1.9 % of a CPU')
+        exc = self.assertRaises(zun_exc.ZunException, fails, None)
+        self.assertIn('1.9 % of a CPU', str(exc))
+        self.assertEqual('50 %(x)s %', str(common.zun_error(
+            zun_exc.Invalid, '50 %(x)s %')))
