@@ -159,12 +159,19 @@ class Pod(object):
                 'Volumes': [{'Name': v['name'], 'Type': v['type'],
                              'Source': v['source']}
                             for v in self.config.get('volumes') or ()],
+                'NetworkSettings': self._network_settings(),
                 'ShimPid': self.state.get('shim_pid') if self.shim_alive
                 else None,
                 'StartedAt': self.state.get('started_at'),
                 'FinishedAt': self.state.get('finished_at'),
                 'InitContainers': [member(c) for c in self.init_containers],
                 'Containers': [member(c) for c in self.containers]}
+
+    def _network_settings(self):
+        if not self.config.get('network'):
+            return None
+        from kata_zun import network
+        return network.settings(self.dir, self.config['network'])
 
 
 class PodMixin(object):
@@ -280,6 +287,7 @@ class PodMixin(object):
             port taken), NetworkError
         """
         from kata_zun import network as network_mod
+        from kata_zun.runtime import manager
         from kata_zun.volume import devices as volume_devices
         from kata_zun.volume import spec as volume_spec
         containers = list(containers)
@@ -289,7 +297,6 @@ class PodMixin(object):
             raise exception.InvalidInput(reason='pod id must be 32 to 64 '
                                          'lowercase hex digits')
         name = name or 'kz-pod-' + pod_id[:12]
-        from kata_zun.runtime import manager
         if not manager._NAME_RE.match(name):
             raise exception.InvalidInput(reason='invalid pod name %r' %
                                          name)
@@ -309,6 +316,9 @@ class PodMixin(object):
                                          'same name')
         podspec.check_containers(containers, init_containers, set(names),
                                  need_one=False)
+        manager._check_sizes('labels', ['%s=%s' % kv for kv in
+                                        (labels or {}).items()],
+                             manager.MAX_LABEL_BYTES)
         all_ports = list(ports)
         for spec in containers:
             all_ports += spec.ports
@@ -339,8 +349,12 @@ class PodMixin(object):
         for index, (spec, init) in enumerate(
                 [(s, True) for s in init_containers] +
                 [(s, False) for s in containers]):
-            members.append((secrets.token_hex(32), spec, init, index,
-                            self._member_config(spec, hostname)))
+            members.append((spec.cid or secrets.token_hex(32), spec, init,
+                            index, self._member_config(spec, hostname)))
+        ids = [m[0] for m in members]
+        if len(set(ids)) != len(ids) or pod_id in ids:
+            raise exception.InvalidInput(reason='two containers of the pod '
+                                         'have the same id')
         config = {
             'id': pod_id, 'name': name, 'created': time.time(),
             'labels': labels or {},
@@ -352,6 +366,8 @@ class PodMixin(object):
         }
         lock = self._lock()
         made_volumes = []
+        written = []
+        made_dir = False
         directory = self._pod_dir(pod_id)
         try:
             self._sweep_incomplete()
@@ -371,10 +387,20 @@ class PodMixin(object):
                 entry['owned'] = bool(vol.get('owned')) and \
                     entry['source'] in made_volumes
             config['volumes'] = resolved
+            if os.path.lexists(directory):
+                raise exception.Conflict(reason='a pod with id %s exists' %
+                                         pod_id[:12])
             os.mkdir(directory, 0o700)
+            made_dir = True
             fileutils.write_json(os.path.join(directory, 'state.json'),
                                  {'status': 'created'})
+            for cid, *_rest in members:
+                if os.path.lexists(os.path.join(self.containers_dir, cid)):
+                    raise exception.Conflict(reason='a container with id '
+                                             '%s exists' % cid[:12])
             for cid, spec, init, index, member in members:
+                # Checked free above, under the lock: ours from here.
+                written.append(cid)
                 self._write_member(cid, member, config, spec, init, index)
                 faultpoint.reached('pod-create')
             # config.json last: without it the pod and its members are
@@ -382,10 +408,11 @@ class PodMixin(object):
             fileutils.write_json(os.path.join(directory, 'config.json'),
                                  config)
         except BaseException:
-            for cid, *_rest in members:
+            for cid in written:
                 shutil.rmtree(os.path.join(self.containers_dir, cid),
                               ignore_errors=True)
-            shutil.rmtree(directory, ignore_errors=True)
+            if made_dir:
+                shutil.rmtree(directory, ignore_errors=True)
             for vol in made_volumes:
                 try:
                     self.volumes.remove(vol, lambda n: [])

@@ -33,8 +33,14 @@ RESTART_POLICIES = {'Always': 'always', 'OnFailure': 'on-failure',
 MAX_CONTAINERS = 16
 # Memory of a container that sets no limit, for the VM's size.
 DEFAULT_CONTAINER_MB = 64
+# Characters of a container's environment, or of its command and args,
+# and of a pod's labels, in a template (what the runtime accepts of one
+# container: see kata_zun.runtime.manager).
+MAX_TEXT = 512 * 1024
+MAX_LABEL_TEXT = 64 * 1024
 _NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,62}\Z')
 _IMAGE_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_./:@-]{1,254}\Z')
+_ID_RE = re.compile(r'^[0-9a-f]{32,64}\Z')
 _ENV_KEY_RE = re.compile(r'^[^=\0]{1,1024}\Z')
 
 
@@ -58,14 +64,17 @@ class ContainerSpec(object):
         (the pod's network carries them: one VM, one address).
     :param volume_mounts: list of ``{'name', 'target', 'readonly'}``
         naming a volume of the pod.
+    :param cid: the container's id (32 to 64 lowercase hex, e.g. a Zun
+        container's uuid without dashes), or None for a random one.
     """
 
     FIELDS = ('name', 'image', 'command', 'args', 'env', 'workdir', 'cpus',
-              'memory_mb', 'ports', 'volume_mounts', 'tty', 'stdin')
+              'memory_mb', 'ports', 'volume_mounts', 'tty', 'stdin', 'cid')
 
     def __init__(self, name, image, command=None, args=None, env=(),
                  workdir=None, cpus=None, memory_mb=None, ports=(),
-                 volume_mounts=(), tty=False, stdin=False):
+                 volume_mounts=(), tty=False, stdin=False, cid=None):
+        self.cid = cid
         self.name = name
         self.image = image
         self.command = list(command) if command is not None else None
@@ -113,6 +122,10 @@ def check_containers(containers, init_containers, volume_names,
         if spec.name in seen:
             raise _invalid('two containers are named %r' % spec.name)
         seen.add(spec.name)
+        if spec.cid is not None and (not isinstance(spec.cid, str) or
+                                     not _ID_RE.match(spec.cid)):
+            raise _invalid('container %s: its id must be 32 to 64 '
+                           'lowercase hex digits' % spec.name)
         if not isinstance(spec.image, str) or \
                 not _IMAGE_RE.match(spec.image):
             raise _invalid('container %s: invalid image %r' % (
@@ -244,6 +257,19 @@ def _keys(where, obj, allowed):
     return obj
 
 
+def _bounded(where, strings, limit):
+    """Refuse strings that add up to more than ``limit`` characters.
+
+    YAML aliases let a small template name one long string many times:
+    it is measured here, before anything copies it.
+    """
+    total = 0
+    for text in strings:
+        total += len(text) + 1
+        if total > limit:
+            raise _invalid('%s: more than %d characters' % (where, limit))
+
+
 def _str_list(where, value):
     if isinstance(value, str):
         value = [value]
@@ -276,6 +302,8 @@ def _container(where, data):
             isinstance(k, str) and _ENV_KEY_RE.match(k) and
             isinstance(v, str) for k, v in env.items()):
         raise _invalid('%s: env must map names to strings' % where)
+    _bounded(where + ': env', (k + v for k, v in env.items()),
+             MAX_TEXT)
     requests = _keys(where + ': resources', data.get('resources') or {},
                      {'requests'}).get('requests') or {}
     _keys(where + ': resources.requests', requests, {'cpu', 'memory'})
@@ -317,6 +345,11 @@ def _container(where, data):
     for key in ('stdin', 'tty'):
         if key in data and not isinstance(data[key], bool):
             raise _invalid('%s: %s must be true or false' % (where, key))
+    _bounded(where + ': command and args', [
+        t for key in ('command', 'args') for t in (
+            data.get(key) if isinstance(data.get(key), list) else
+            [data.get(key) or ''])
+        if isinstance(t, str)], MAX_TEXT)
     return ContainerSpec(
         name=name, image=data['image'],
         command=(_str_list(where + ': command', data['command'])
@@ -357,6 +390,8 @@ def from_template(data):
             isinstance(k, str) and isinstance(v, str)
             for k, v in labels.items()):
         raise _invalid('metadata: labels must map strings to strings')
+    _bounded('metadata: labels', (k + v for k, v in labels.items()),
+             MAX_LABEL_TEXT)
     out.labels = labels
     spec = _keys('spec', data['spec'], _SPEC_KEYS)
     policy = spec.get('restartPolicy', data.get('restartPolicy', 'Always'))

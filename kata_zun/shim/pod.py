@@ -400,6 +400,20 @@ class PodShim(server.Shim):
         self._respond(client, rid, result=dict(
             self.state, containers={m.cid: m.state for m in self.members}))
 
+    def op_pause(self, client, rid, args):
+        if args.get('container') is not None:
+            return self._respond(client, rid, error={
+                'code': 'state', 'message': 'the containers of a pod share '
+                'its VM: they cannot be paused one by one'})
+        super().op_pause(client, rid, args)
+
+    def op_unpause(self, client, rid, args):
+        if args.get('container') is not None:
+            return self._respond(client, rid, error={
+                'code': 'state', 'message': 'the containers of a pod share '
+                'its VM: they cannot be paused one by one'})
+        super().op_unpause(client, rid, args)
+
     def op_start(self, client, rid, args):
         self._respond(client, rid, error={
             'code': 'state', 'message': 'a pod starts as a whole'})

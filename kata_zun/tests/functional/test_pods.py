@@ -251,8 +251,9 @@ class PodTestCase(base.KataZunFunctionalTest):
         self.assertIsNone(app['StartedAt'])
         self.assertIn('not started: init container setup failed',
                       app['Error'])
-        self.assertEqual('cannot set up\n', self.kz(
-            'logs', 'failing-setup', check=0).text)
+        # (stderr records go to stderr, as docker logs does)
+        self.assertEqual(b'cannot set up\n', self.kz(
+            'logs', 'failing-setup', check=0).err)
         self.assertIn(b'init container setup failed', r.err)
         # Its VM goes away by itself: then rm needs no force.
         self.wait_shim_gone('failing')
@@ -303,8 +304,9 @@ class PodTestCase(base.KataZunFunctionalTest):
                 'X=1', 'busybox', 'sh', '-c', 'echo $X', check=0)
         self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox', 'sh',
                 '-c', 'echo main-up; exec sleep 100000', check=0)
-        self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox', 'true',
-                check=1)                                  # name taken
+        r = self.kz('run', '--pod', 'p1', '--name', 'main', 'busybox',
+                    'true', check=125)
+        self.assertIn(b"two containers are named 'main'", r.err)
         self.kz('pod', 'start', '--wait', 'p1', check=0)
         self.assertIn('main-up', self.wait_log('p1-main', 'main-up'))
         self.assertEqual('1\n', self.kz('logs', 'p1-prep', check=0).text)
@@ -382,3 +384,28 @@ class PodTestCase(base.KataZunFunctionalTest):
         self._killed_at('pod-rm-cleanup', 'pod', 'rm', '-f', 'k1')
         self.kz('pod', 'rm', '-f', 'k1', check=0)
         self.assert_gone(pod['Id'], [pod['Containers'][0]['Id']])
+
+    def test_killed_shim_or_starter_is_explained_and_removable(self):
+        self.kz('pod', 'create', '--name', 'ks', check=0)
+        self.kz('run', '--pod', 'ks', '--name', 'c1', 'busybox', 'sleep',
+                '100000', check=0)
+        # The starter killed once the shim is spawned: the pod goes on.
+        self._killed_at('pod-start-spawned', 'pod', 'start', 'ks')
+        deadline = time.monotonic() + 120
+        while self.inspect('ks')['Containers'][0]['Status'] != 'running' \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pod = self.inspect('ks')
+        self.assertEqual('Running', pod['Status'])
+        # Its shim killed: the records say so, nothing stays.
+        os.kill(pod['ShimPid'], signal.SIGKILL)
+        self.wait_shim_gone('ks')
+        pod = self.inspect('ks')
+        self.assertEqual('Failed', pod['Status'])
+        self.assertEqual('the pod shim died (crash)', pod['Error'])
+        member, = pod['Containers']
+        self.assertEqual(('exited', 255), (member['Status'],
+                                           member['ExitCode']))
+        self.assertIn('crash', member['Error'])
+        self.kz('pod', 'rm', 'ks', check=0)
+        self.assert_gone(pod['Id'], [member['Id']])

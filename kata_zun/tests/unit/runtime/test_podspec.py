@@ -232,3 +232,40 @@ class CheckContainersTest(base.BaseTestCase):
                 exception.InvalidInput, podspec.check_containers,
                 [podspec.ContainerSpec('c1', 'busybox', **kwargs)], [],
                 set())
+
+
+class HostileTemplateTest(base.BaseTestCase):
+
+    def test_yaml_aliases_cannot_blow_up_env_or_labels(self):
+        import yaml
+        big = 'x' * 100000
+        text = ('kind: capsule\nmetadata:\n  name: bomb\n  labels:\n'
+                '    l0: &big %s\n' % big +
+                ''.join('    l%d: *big\n' % i for i in range(1, 50)) +
+                'spec:\n  containers:\n  - image: busybox\n')
+        exc = self.assertRaises(exception.InvalidInput,
+                                podspec.from_template, yaml.safe_load(text))
+        self.assertIn('labels: more than', str(exc))
+        text = ('kind: capsule\nmetadata: {name: bomb}\nspec:\n'
+                '  containers:\n  - image: busybox\n    env:\n'
+                '      E0: &big %s\n' % big +
+                ''.join('      E%d: *big\n' % i for i in range(1, 50)))
+        exc = self.assertRaises(exception.InvalidInput,
+                                podspec.from_template, yaml.safe_load(text))
+        self.assertIn('env: more than', str(exc))
+        text = ('kind: capsule\nmetadata: {name: bomb}\nspec:\n'
+                '  containers:\n  - image: busybox\n    command: [&big %s'
+                % big + ', *big' * 49 + ']\n')
+        exc = self.assertRaises(exception.InvalidInput,
+                                podspec.from_template, yaml.safe_load(text))
+        self.assertIn('command and args: more than', str(exc))
+
+    def test_container_ids(self):
+        data = copy.deepcopy(TEMPLATE)
+        t = podspec.from_template(data)
+        t.containers[0].cid = 'A' * 32
+        self.assertRaises(exception.InvalidInput, podspec.check_containers,
+                          t.containers, t.init_containers, {'shared'})
+        t.containers[0].cid = 'a' * 32
+        podspec.check_containers(t.containers, t.init_containers,
+                                 {'shared'})
