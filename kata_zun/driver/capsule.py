@@ -29,7 +29,8 @@ capsule's host, and a later delete never reaches this host.
 zun 18's API has no per-container calls for a capsule's containers
 (logs, exec: the containers API finds only standalone containers); on
 the compute host ``kata-zun --config-file zun.conf logs|exec ID`` reaches
-each of them (their ids are the capsule containers' ``container_id``).
+each of them (their ids are the capsule containers' uuids without
+dashes, as for a container).
 """
 
 from oslo_log import log as logging
@@ -215,6 +216,8 @@ class KataCapsuleDriver(zun_images.ImageDriverMixin,
             zc.workdir = config['WorkingDir']
         return podspec.ContainerSpec(
             name=('init%d' if init else 'c%d') % index, image=record.id,
+            # The member's id is the Zun container's, as for a container.
+            cid=runtime_id(zc),
             # zun's command is Docker's Cmd (zun-api joined the
             # template's command and args into it), as for a container.
             command=list(zc.entrypoint) if zc.entrypoint else None,

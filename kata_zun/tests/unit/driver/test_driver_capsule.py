@@ -156,6 +156,8 @@ class CapsuleDriverTest(base.BaseTestCase):
         # zun's order of creation, whatever order the list came in.
         self.assertEqual(['img-busybox'] * 2, [s.image for s in args[0]])
         self.assertEqual(['sleep', '1000'], args[0][0].args)
+        self.assertEqual([C1.replace('-', ''), C2.replace('-', '')],
+                         [s.cid for s in args[0]])
         # A command left to the image: zun shows the image's.
         self.assertEqual(['sh'], self.c2.command)
         self.assertEqual(['init0'], [s.name for s in kw['init_containers']])
