@@ -326,8 +326,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         # with every capsule (zun's capsule drivers have no sync call).
         capsules = [c for c in containers if isinstance(c, objects.Capsule)]
         for capsule in capsules:
-            if (capsule.host == CONF.host and not capsule.task_state and
-                    capsule.container_id):
+            if capsule.host == CONF.host:
                 zun_capsule.sync_capsule(self.rt, context, capsule)
         if capsules and len(capsules) == len(containers):
             return

@@ -33,6 +33,8 @@ each of them (their ids are the capsule containers' uuids without
 dashes, as for a container).
 """
 
+import datetime
+
 from oslo_log import log as logging
 from zun.common import consts
 from zun.container import driver as zun_driver
@@ -111,11 +113,50 @@ def _exposed_ports(containers):
     return ports
 
 
+#: When this process started (UTC, naive as zun's timestamps): a capsule
+#: whose create began before was interrupted by a restart of zun-compute.
+_STARTED = datetime.datetime.utcnow()
+
+
+def _interrupted(capsule):
+    """:returns: True for a capsule whose create a previous zun-compute
+        process began and never finished (zun has no recovery for
+        capsules: it would show Creating for ever).
+    """
+    if capsule.task_state != consts.CONTAINER_CREATING:
+        return False
+    updated = capsule.updated_at
+    if updated is None:
+        return False
+    if updated.tzinfo is not None:
+        updated = updated.astimezone(datetime.timezone.utc).replace(
+            tzinfo=None)
+    return updated < _STARTED
+
+
 def sync_capsule(rt, context, capsule):
     """Copy the pod's state into the capsule and its containers, saving
     what changed (the periodic sync; never raises).
+
+    A capsule whose create was cut short by a crash of zun-compute goes to
+    Error with that reason, so that its user sees it and deletes it
+    (which removes whatever the create made).
     """
     try:
+        if _interrupted(capsule):
+            LOG.warning('capsule %s: its create was interrupted by a '
+                        'restart of zun-compute', capsule.uuid)
+            capsule.task_state = None
+            capsule.status = consts.ERROR
+            capsule.status_reason = (
+                'zun-compute restarted while this capsule was being '
+                'created; delete it (its VM and ports go with it)')
+            capsule.save(context)
+            return
+        if capsule.task_state or not capsule.container_id:
+            # An operation of this process owns it, or it never got a
+            # pod (its reason, e.g. an image not found, stays).
+            return
         _sync(rt, capsule, context)
     except Exception as exc:
         LOG.warning('refreshing capsule %s: %s', capsule.uuid,

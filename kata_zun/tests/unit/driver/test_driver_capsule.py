@@ -227,6 +227,7 @@ class CapsuleDriverTest(base.BaseTestCase):
     def test_sync_follows_the_pod_and_says_when_it_is_gone(self):
         self.capsule.container_id = 'p' * 32
         self.capsule.status = 'Running'
+        self.capsule.task_state = None
         self.members[2] = _record('2' * 64, 'exited', 1)
         self.c2.container_id = '2' * 64
         self._pod_now(podspec.RUNNING)
@@ -241,6 +242,32 @@ class CapsuleDriverTest(base.BaseTestCase):
         # Never raises: the sync of the others goes on.
         self.rt.get_pod.side_effect = RuntimeError('boom')
         self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+
+    def test_a_create_cut_short_by_a_restart_becomes_an_error(self):
+        import datetime
+        self.capsule.task_state = 'container_creating'
+        self.capsule.status = 'Creating'
+        # Begun by this process: left alone.
+        self.capsule.updated_at = datetime.datetime.utcnow()
+        self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+        self.assertEqual('Creating', self.capsule.status)
+        self.rt.get_pod.assert_not_called()
+        # Begun before this process started: an Error saying why.
+        self.capsule.updated_at = (self.mod._STARTED -
+                                   datetime.timedelta(seconds=1)).replace(
+            tzinfo=datetime.timezone.utc)
+        self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+        self.assertEqual('Error', self.capsule.status)
+        self.assertIsNone(self.capsule.task_state)
+        self.assertIn('zun-compute restarted', self.capsule.status_reason)
+        self.capsule.save.assert_called_with('ctx')
+
+    def test_a_capsule_without_a_pod_keeps_its_reason(self):
+        self.capsule.task_state = None
+        self.capsule.container_id = None
+        self.capsule.status_reason = 'image not found'
+        self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+        self.assertEqual('image not found', self.capsule.status_reason)
 
 
 class ContainerDriverCapsuleTest(base.BaseTestCase):
