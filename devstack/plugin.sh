@@ -1,8 +1,10 @@
 #!/bin/bash
 # DevStack plugin for kata-zun: enable it after zun in local.conf.
+# DevStack sources this file with the mode and phase as arguments:
+# "stack install|post-config|extra", "unstack", "clean".
 
 # shellcheck source=/dev/null
-source "$DEST/kata-zun/devstack/lib/kata_zun"
+source "${KATA_ZUN_DIR:-$DEST/kata-zun}/devstack/lib/kata_zun"
 
 if is_service_enabled zun-compute; then
     if [[ "$1" == "stack" && "$2" == "install" ]]; then
@@ -17,5 +19,9 @@ if is_service_enabled zun-compute; then
     fi
     if [[ "$1" == "unstack" ]]; then
         cleanup_kata_zun
+    fi
+    if [[ "$1" == "clean" ]]; then
+        cleanup_kata_zun
+        clean_kata_zun
     fi
 fi

@@ -1,9 +1,11 @@
 #!/bin/bash
 # Set up kata-zun on this host and run a container in a micro-VM.
 # Needs no OpenStack: embedded defaults, local state in /var/lib/kata-zun.
+# Installs only the base (tools/install-base.sh); tools/run-tests.sh adds
+# what the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install.sh
+tools/install-base.sh
 KZ=.venv/bin/kata-zun
 $KZ check || true
 demo=$(mktemp --suffix=.tar)

@@ -1,12 +1,17 @@
 #!/bin/bash
-# Install what is needed (see tools/install.sh), then run the style check,
-# the unit tests and the functional tests (real QEMU VMs under TCG or KVM).
+# Install what is needed (tools/install.sh: the base install of
+# tools/quickstart.sh and the test stack), then run the style checks, the
+# documentation build (warnings are errors), the unit tests and the
+# functional tests (real QEMU VMs under TCG or KVM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tools/install.sh || exit 1
 .venv/bin/flake8 || exit 1
 .venv/bin/bashate -i E006 devstack/plugin.sh devstack/settings \
     devstack/lib/kata_zun tools/*.sh || exit 1
+rm -rf doc/build
+.venv/bin/sphinx-build -W --keep-going -q -b html doc/source \
+    doc/build/html || exit 1
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
