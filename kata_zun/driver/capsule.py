@@ -188,10 +188,16 @@ def _sync(rt, capsule, context=None):
         if context is not None:
             _save(context, zc)
     phase = pod.status
+    reason = None
+    if phase in (podspec.FAILED, podspec.UNKNOWN):
+        # A reason said before (e.g. the create was cut short) stays
+        # when the pod's records tell no better one.
+        reason = _reason(pod, inits + regulars) or (
+            capsule.status_reason if capsule.status == consts.ERROR
+            else None) or 'the capsule %s' % phase.lower()
     capsule.status = PHASES.get(phase, consts.UNKNOWN)
     capsule.status_detail = phase
-    capsule.status_reason = _reason(pod, inits + regulars) \
-        if phase in (podspec.FAILED, podspec.UNKNOWN) else None
+    capsule.status_reason = reason
     if context is not None:
         _save(context, capsule)
     return pod

@@ -572,15 +572,20 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
 
     def test_capsule_template_errors_make_nothing(self):
         pods_before = self.kz('pod', 'ps', '-q').split()
-        # zun-api itself checks little of a template the client sends as
-        # an object (kind, spec, containers, image; unknown fields are
-        # dropped before the driver sees them): what it checks, it says.
+        # zun-api checks the template against its schema (not the init
+        # containers, which its schema does not list): what it checks,
+        # it says, and nothing is made.
         no_image = CAPSULE.replace('  containers:\n  - image: busybox\n',
                                    '  containers:\n  - tty: false\n')
+        typo = CAPSULE.replace('  containers:\n  - image: busybox\n'
+                               '    imagePullPolicy:',
+                               '  containers:\n  - image: busybox\n'
+                               '    imagePulPolicy:')
         for broken, says in (
                 (CAPSULE.replace('kind: capsule', 'kind: pod'),
-                 'kind fields need to be set as capsule'),
-                (no_image, 'image is needed')):
+                 "'pod' is not one of"),
+                (no_image, "'image' is a required property"),
+                (typo, 'imagePulPolicy')):
             self.assertNotEqual(CAPSULE, broken)
             path = os.path.join(self.work, 'broken.yaml')
             with open(path, 'w') as f:
