@@ -138,21 +138,29 @@ def sync_capsule(rt, context, capsule):
     """Copy the pod's state into the capsule and its containers, saving
     what changed (the periodic sync; never raises).
 
-    A capsule whose create was cut short by a crash of zun-compute goes to
-    Error with that reason, so that its user sees it and deletes it
-    (which removes whatever the create made).
+    A capsule whose create was cut short by a crash of zun-compute follows
+    its pod if the create made one (the VM went on without zun-compute,
+    as every sandbox does); without a pod, it goes to Error saying why,
+    so that its user deletes it.
     """
     try:
         if _interrupted(capsule):
-            LOG.warning('capsule %s: its create was interrupted by a '
-                        'restart of zun-compute', capsule.uuid)
             capsule.task_state = None
-            capsule.status = consts.ERROR
-            capsule.status_reason = (
-                'zun-compute restarted while this capsule was being '
-                'created; delete it (its VM and ports go with it)')
-            capsule.save(context)
-            return
+            try:
+                pod = rt.get_pod(runtime_id(capsule))
+            except exception.NotFound:
+                pod = None
+            LOG.warning('capsule %s: its create was interrupted by a '
+                        'restart of zun-compute%s', capsule.uuid,
+                        '' if pod is None else '; its VM went on')
+            if pod is None:
+                capsule.status = consts.ERROR
+                capsule.status_reason = (
+                    'zun-compute restarted while this capsule was being '
+                    'created; delete it')
+                capsule.save(context)
+                return
+            capsule.container_id = pod.id
         if capsule.task_state or not capsule.container_id:
             # An operation of this process owns it, or it never got a
             # pod (its reason, e.g. an image not found, stays).
@@ -181,13 +189,20 @@ def _sync(rt, capsule, context=None):
         return None
     records = {c.id: c for c in pod.init_containers + pod.containers}
     for zc in inits + regulars:
-        c = records.get(zc.container_id)
+        # A member's id is its Zun container's (even when a crash came
+        # before zun saved it).
+        c = records.get(zc.container_id or runtime_id(zc))
         if c is None:
             continue
+        zc.container_id = c.id
         zun_status.copy_state(zc, c)
         if context is not None:
             _save(context, zc)
     phase = pod.status
+    if phase == podspec.PENDING and pod.error and not pod.shim_alive:
+        # Its start was abandoned (zun-compute died while the VM booted):
+        # nothing will take it further.
+        phase = podspec.FAILED
     reason = None
     if phase in (podspec.FAILED, podspec.UNKNOWN):
         # A reason said before (e.g. the create was cut short) stays
@@ -349,8 +364,9 @@ class KataCapsuleDriver(zun_images.ImageDriverMixin,
         """Remove the capsule's VM, disks, taps and the ports made for it
         (zun-compute then detaches its volumes and deletes those it made).
         """
-        if capsule.container_id:
-            self._remove_pod(capsule.container_id)
+        # The pod's id is the capsule's: a create cut short before zun
+        # saved it leaves no pod behind either.
+        self._remove_pod(capsule.container_id or runtime_id(capsule))
         self._release_network(context, capsule, capsule.addresses)
         capsule.status = consts.DELETED
         return capsule

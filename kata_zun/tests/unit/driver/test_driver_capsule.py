@@ -54,6 +54,8 @@ def _record(cid, status='running', exit_code=None, error=None):
 
 
 class _Pod(object):
+    shim_alive = True
+
     def __init__(self, inits, containers, status, error=None):
         self.id = CAPSULE.replace('-', '')
         self.init_containers = inits
@@ -137,8 +139,9 @@ class CapsuleDriverTest(base.BaseTestCase):
             restart_policy={'Name': 'on-failure'}, host='h1',
             init_containers=[self.init], containers=[self.c2, self.c1],
             addresses=None, container_id=None)
-        self.members = [_record('i' * 64, 'exited', 0),
-                        _record('1' * 64), _record('2' * 64)]
+        self.members = [_record(INIT.replace('-', ''), 'exited', 0),
+                        _record(C1.replace('-', '')),
+                        _record(C2.replace('-', ''))]
         made = _Pod(self.members[:1], self.members[1:], podspec.PENDING)
         self.rt.create_pod.return_value = made
 
@@ -166,9 +169,9 @@ class CapsuleDriverTest(base.BaseTestCase):
         self.assertEqual({'network': 'neutron', 'nics': []},
                          kw['network'])
         self.rt.start_pod.assert_called_once_with(mock.ANY, wait=True)
-        self.assertEqual('1' * 64, self.c1.container_id)
-        self.assertEqual('2' * 64, self.c2.container_id)
-        self.assertEqual('i' * 64, self.init.container_id)
+        self.assertEqual(C1.replace('-', ''), self.c1.container_id)
+        self.assertEqual(C2.replace('-', ''), self.c2.container_id)
+        self.assertEqual(INIT.replace('-', ''), self.init.container_id)
         self.assertEqual('Running', self.c1.status)
         self.assertEqual('Stopped', self.init.status)
         self.assertEqual({'net': [{'addr': '10.0.0.5'}]},
@@ -176,9 +179,9 @@ class CapsuleDriverTest(base.BaseTestCase):
         self.release.assert_not_called()
 
     def test_a_failing_init_container_fails_the_capsule_with_why(self):
-        self.members[0] = _record('i' * 64, 'exited', 3)
-        self.members[1] = _record('1' * 64, 'created')
-        self.members[2] = _record('2' * 64, 'created')
+        self.members[0] = _record(INIT.replace('-', ''), 'exited', 3)
+        self.members[1] = _record(C1.replace('-', ''), 'created')
+        self.members[2] = _record(C2.replace('-', ''), 'created')
         self._pod_now(podspec.FAILED)
         out = self.driver.create_capsule('ctx', self.capsule, {}, [{}], {})
         self.assertEqual('Error', out.status)
@@ -228,8 +231,8 @@ class CapsuleDriverTest(base.BaseTestCase):
         self.capsule.container_id = 'p' * 32
         self.capsule.status = 'Running'
         self.capsule.task_state = None
-        self.members[2] = _record('2' * 64, 'exited', 1)
-        self.c2.container_id = '2' * 64
+        self.members[2] = _record(C2.replace('-', ''), 'exited', 1)
+        self.c2.container_id = C2.replace('-', '')
         self._pod_now(podspec.RUNNING)
         self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
         self.assertEqual('Stopped', self.c2.status)
@@ -243,24 +246,47 @@ class CapsuleDriverTest(base.BaseTestCase):
         self.rt.get_pod.side_effect = RuntimeError('boom')
         self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
 
-    def test_a_create_cut_short_by_a_restart_becomes_an_error(self):
+    def test_a_create_cut_short_by_a_restart(self):
         import datetime
         self.capsule.task_state = 'container_creating'
         self.capsule.status = 'Creating'
+        self.capsule.container_id = None
         # Begun by this process: left alone.
         self.capsule.updated_at = datetime.datetime.utcnow()
         self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
         self.assertEqual('Creating', self.capsule.status)
         self.rt.get_pod.assert_not_called()
-        # Begun before this process started: an Error saying why.
+        # Begun before this process started, and its pod was made: the
+        # VM went on, the capsule follows it.
         self.capsule.updated_at = (self.mod._STARTED -
                                    datetime.timedelta(seconds=1)).replace(
             tzinfo=datetime.timezone.utc)
+        self.c1.container_id = None
+        self._pod_now(podspec.RUNNING)
+        self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+        self.rt.get_pod.assert_called_with(CAPSULE.replace('-', ''))
+        self.assertEqual('Running', self.capsule.status)
+        self.assertIsNone(self.capsule.task_state)
+        self.assertEqual(CAPSULE.replace('-', ''), self.capsule.container_id)
+        self.assertEqual(C1.replace('-', ''), self.c1.container_id)
+        # No pod: an Error that says why.
+        self.capsule.task_state = 'container_creating'
+        self.rt.get_pod.side_effect = exception.NotFound(what='pod')
         self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
         self.assertEqual('Error', self.capsule.status)
         self.assertIsNone(self.capsule.task_state)
         self.assertIn('zun-compute restarted', self.capsule.status_reason)
         self.capsule.save.assert_called_with('ctx')
+
+    def test_an_abandoned_start_is_an_error(self):
+        self.capsule.task_state = None
+        self.capsule.container_id = 'p' * 32
+        pod = self._pod_now(podspec.PENDING, error='the start was abandoned')
+        pod.shim_alive = False
+        self.mod.sync_capsule(self.rt, 'ctx', self.capsule)
+        self.assertEqual('Error', self.capsule.status)
+        self.assertEqual('the start was abandoned',
+                         self.capsule.status_reason)
 
     def test_a_capsule_without_a_pod_keeps_its_reason(self):
         self.capsule.task_state = None
