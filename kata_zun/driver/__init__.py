@@ -35,10 +35,13 @@ from zun import objects
 from kata_zun import conf
 from kata_zun.console import server as console_server
 from kata_zun.console import sessions as console_sessions
+from kata_zun.driver import capsule as zun_capsule
+from kata_zun.driver import common
 from kata_zun.driver.common import runtime_id
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.driver import images as zun_images
 from kata_zun.driver import network as zun_network
+from kata_zun.driver import status as zun_status
 from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
@@ -49,15 +52,6 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 RUNTIME_NAME = 'kata'
-
-
-_STATUS = {
-    manager.CREATED: consts.CREATED,
-    manager.RUNNING: consts.RUNNING,
-    manager.PAUSED: consts.PAUSED,
-    manager.RESTARTING: consts.RESTARTING,
-    manager.EXITED: consts.STOPPED,
-}
 
 
 def _healthcheck(container):
@@ -97,17 +91,6 @@ def _disk_mb(container):
     """
     disk = getattr(container, 'disk', None)
     return int(disk) * 1024 if disk else None
-
-
-def _ago(ts):
-    if not ts:
-        return ''
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (('days', 86400), ('hours', 3600),
-                       ('minutes', 60)):
-        if seconds >= size:
-            return '%d %s' % (seconds // size, unit)
-    return '%d seconds' % seconds
 
 
 class KataDriver(zun_images.ImageDriverMixin,
@@ -168,6 +151,14 @@ class KataDriver(zun_images.ImageDriverMixin,
             raise zun_exc.Invalid('runtime %s is not available on this '
                                   'host (it runs only %s)'
                                   % (runtime, RUNTIME_NAME))
+        if image.get(zun_images.SANDBOX_MARK):
+            # zun's capsule sandbox image, run as a container: pull it.
+            from zun.common import utils as zun_utils
+            image, _loaded = self._pull_image(
+                context, image['repo'], image['tag'],
+                zun_utils.get_image_pull_policy(
+                    container.image_pull_policy, image['tag']),
+                container.image_driver, getattr(container, 'registry', None))
         ref = '%s:%s' % (image['repo'], image['tag']) if image.get('tag') \
             else image['repo']
         record = self.rt.images.get(image.get('id') or ref)
@@ -309,60 +300,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         """Copy the sandbox state into the Zun object (never raises)."""
         if c is None:
             c = self.rt.get(container.container_id)
-        status = c.status
-        if c.lost == 'host-restart':
-            # Stopped like Docker's containers after a reboot, not an
-            # error: zun's [compute] resume_container_state starts the
-            # ones that were running.
-            container.status = consts.STOPPED
-            container.status_reason = guestdata.printable(c.error)
-            container.status_detail = 'Exited(255) %s ago' % _ago(
-                c.state.get('started_at'))
-            return
-        if status == manager.UNKNOWN:
-            # A damaged record: shown with its error, never dropped (nor
-            # rebuilt by auto_heal as if it were missing).
-            container.status = consts.UNKNOWN
-            container.status_reason = guestdata.printable(c.error)
-            container.status_detail = 'Unknown'
-            return
-        if status == manager.EXITED and c.error:
-            container.status = consts.ERROR
-            container.status_reason = guestdata.printable(c.error)
-            container.status_detail = 'Exited(%s) %s ago (error)' % (
-                c.exit_code, _ago(c.state.get('finished_at')))
-            return
-        container.status = _STATUS.get(status, consts.UNKNOWN)
-        if status == manager.RUNNING:
-            container.status_detail = 'Up %s' % _ago(
-                c.state.get('started_at'))
-            # Like docker ps: "Up 2 minutes (healthy)".
-            if c.health == 'starting':
-                container.status_detail += ' (health: starting)'
-            elif c.health:
-                container.status_detail += ' (%s)' % c.health
-            container.status_reason = None
-            if c.health == 'unhealthy':
-                last = ((c.state.get('health') or {}).get('log') or [{}])[-1]
-                output = last.get('output')
-                container.status_reason = (
-                    'health check failing (exit %s): %s' % (
-                        guestdata.integer(last.get('exit_code'), -1, 255),
-                        guestdata.printable(
-                            output.strip() if isinstance(output, str)
-                            else '', 200)))
-        elif status == manager.RESTARTING:
-            container.status_detail = 'Restarting'
-        elif status == manager.PAUSED:
-            container.status_detail = 'Up %s (paused)' % _ago(
-                c.state.get('started_at'))
-        elif status == manager.EXITED:
-            container.status_detail = 'Exited(%s) %s ago' % (
-                c.exit_code, _ago(c.state.get('finished_at')))
-            if c.state.get('oom_killed'):
-                container.status_reason = 'OOMKilled'
-        else:
-            container.status_detail = 'Created'
+        zun_status.copy_state(container, c)
 
     def show(self, context, container):
         if not container.container_id:
@@ -407,6 +345,14 @@ class KataDriver(zun_images.ImageDriverMixin,
         return local, missing
 
     def update_containers_states(self, context, containers, manager_):
+        # zun-compute's sync calls this twice: with every container, then
+        # with every capsule (zun's capsule drivers have no sync call).
+        capsules = [c for c in containers if isinstance(c, objects.Capsule)]
+        for capsule in capsules:
+            if capsule.host == CONF.host:
+                zun_capsule.sync_capsule(self.rt, context, capsule)
+        if capsules and len(capsules) == len(containers):
+            return
         local, missing = self.list(context)
         local_by_id = {c.container_id: c for c in local if c.container_id}
         for container in containers:
@@ -495,7 +441,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             since_ts = logs.parse_since(since)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         limit = CONF.kata.log_read_max_bytes
         _c, (records, truncated) = tpool.execute(
             self.rt.logs, container.container_id, stdout=stdout,
@@ -526,7 +472,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             console = console_server.from_conf(self.rt, CONF)
         except exception.KataZunException as exc:
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
         try:
             self._console = console.start()
         except OSError as exc:
@@ -567,7 +513,7 @@ class KataDriver(zun_images.ImageDriverMixin,
                     container.container_id, argv, tty=True, stdin=True,
                     project=getattr(container, 'project_id', None))
             except console_sessions.Busy as exc:
-                raise zun_exc.Conflict(str(exc))
+                raise common.zun_error(zun_exc.Conflict, exc)
         exec_id = os.urandom(16).hex()
         self._execs[exec_id] = (container.container_id, argv, interactive)
         return exec_id
@@ -589,7 +535,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         try:
             rows, cols = console_server.tty_size(height, width)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         if self._console is None:
             raise zun_exc.Invalid('no such interactive exec: %s' %
                                   str(exec_id)[:12])
@@ -612,14 +558,14 @@ class KataDriver(zun_images.ImageDriverMixin,
                 container.container_id,
                 project=getattr(container, 'project_id', None))
         except console_sessions.Busy as exc:
-            raise zun_exc.Conflict(str(exc))
+            raise common.zun_error(zun_exc.Conflict, exc)
 
     @_wrap
     def resize(self, context, container, height, width):
         try:
             rows, cols = console_server.tty_size(height, width)
         except ValueError as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         if container.tty:          # without a tty there is nothing to size
             self.rt.call(container.container_id, 'resize',
                          {'rows': rows, 'cols': cols})

@@ -15,21 +15,31 @@ def runtime_id_of(uuid):
     return uuid.replace('-', '')
 
 
+def zun_error(cls, reason):
+    """:returns: zun exception ``cls`` saying ``reason`` as it is.
+
+    zun's exceptions printf-format their message with their keyword
+    arguments: a message of ours holding a ``%`` ("QEMU got 1.9 % of a
+    CPU") would become a TypeError instead of the reason a user reads.
+    """
+    return cls('%(reason)s', reason=str(reason))
+
+
 def wrap(func):
     """Turn kata-zun errors into the zun exceptions the API expects."""
     def wrapper(self, *args, **kwargs):
         try:
             return func(self, *args, **kwargs)
         except exception.ContainerNotFound as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise zun_error(zun_exc.Invalid, exc)
         except exception.ImageNotFound as exc:
-            raise zun_exc.ImageNotFound(str(exc))
+            raise zun_error(zun_exc.ImageNotFound, exc)
         except exception.Conflict as exc:
-            raise zun_exc.Conflict(str(exc))
+            raise zun_error(zun_exc.Conflict, exc)
         except exception.InvalidInput as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise zun_error(zun_exc.Invalid, exc)
         except exception.KataZunException as exc:
-            raise zun_exc.ZunException(str(exc))
+            raise zun_error(zun_exc.ZunException, exc)
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper

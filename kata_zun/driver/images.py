@@ -16,6 +16,7 @@ from oslo_log import log as logging
 from zun.common import exception as zun_exc
 
 from kata_zun import conf
+from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun import exception
 
@@ -29,6 +30,25 @@ _IMAGE_SLOTS = None
 # zun asks for an image by name, without the project, right after it
 # pulled or committed it (see KataDriver._remember).
 _RECENT_PER_THREAD = 8
+
+
+#: In the image dict of a sandbox image that was not pulled.
+SANDBOX_MARK = 'kata_sandbox_not_pulled'
+
+
+def _is_sandbox_image(repo, tag, driver_name):
+    """:returns: True for zun's ``[DEFAULT] sandbox_image``."""
+    from zun.common import utils as zun_utils
+    import zun.conf
+    zconf = zun.conf.CONF
+    if (driver_name or IMAGE_DRIVER) != zconf.sandbox_image_driver:
+        return False
+    try:
+        want = zun_utils.parse_image_name(zconf.sandbox_image,
+                                          zconf.sandbox_image_driver)
+    except Exception:
+        return False
+    return (repo, tag) == tuple(want)
 
 
 def _name_key(name):
@@ -99,8 +119,23 @@ class ImageDriverMixin(object):
                    driver_name=None, registry=None):
         """Make ``repo:tag`` available locally.
 
+        zun-compute also "pulls" ``[DEFAULT] sandbox_image`` for every
+        capsule (the pause container of CRI runtimes); a kata capsule's
+        sandbox is its VM, so that image is not pulled here: the answer
+        says so (:data:`SANDBOX_MARK`), and a container that runs that
+        very image pulls it at create.
+
         :returns: (image dict, True): the image is loaded into the store.
         """
+        if _is_sandbox_image(repo, tag, driver_name):
+            return {'image': repo, 'tag': tag, 'repo': repo,
+                    'driver': driver_name or IMAGE_DRIVER, 'path': None,
+                    'id': None, 'tags': [], SANDBOX_MARK: True}, True
+        return self._pull_image(context, repo, tag, image_pull_policy,
+                                driver_name, registry)
+
+    def _pull_image(self, context, repo, tag, image_pull_policy,
+                    driver_name, registry):
         ref = '%s:%s' % (repo, tag) if tag else repo
         store = self._images(context)
         if driver_name == 'glance':
@@ -203,7 +238,7 @@ class ImageDriverMixin(object):
             return image_driver.create_image(context, image_name)
         except Exception as exc:
             LOG.exception('creating Glance image %s failed', image_name)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def upload_image_data(self, context, image, image_tag, image_data,
                           image_driver):
@@ -213,14 +248,14 @@ class ImageDriverMixin(object):
                                                   image_data)
         except Exception as exc:
             LOG.exception('uploading Glance image %s failed', image.id)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def delete_committed_image(self, context, img_id, image_driver):
         try:
             image_driver.delete_committed_image(context, img_id)
         except Exception as exc:
             LOG.exception('deleting Glance image %s failed', img_id)
-            raise zun_exc.ZunException(str(exc))
+            raise common.zun_error(zun_exc.ZunException, exc)
 
     def _pull_glance(self, context, repo, tag, image_pull_policy, registry):
         """Download through zun's Glance driver, load into the store."""

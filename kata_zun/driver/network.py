@@ -12,6 +12,7 @@ from zun.common import consts
 from zun.common import exception as zun_exc
 
 from kata_zun import conf
+from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.runtime import manager
 
@@ -157,7 +158,8 @@ class NetworkDriverMixin(object):
                     'security_groups': groups}}, admin=True)
             except n_exc.NeutronClientException as exc:
                 if exc.status_code == 400:
-                    raise zun_exc.SecurityGroupCannotBeApplied(str(exc))
+                    raise common.zun_error(
+                        zun_exc.SecurityGroupCannotBeApplied, exc)
                 raise
 
     def add_security_group(self, context, container, security_group):

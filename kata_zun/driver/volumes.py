@@ -128,7 +128,7 @@ def requests(volmaps):
             else:
                 raise _unsupported(volmap.volume_provider)
         except exception.InvalidInput as exc:
-            raise zun_exc.Invalid(str(exc))
+            raise common.zun_error(zun_exc.Invalid, exc)
         req['ref'] = volume_ref(volmap)
         out.append(req)
     return out
@@ -262,4 +262,4 @@ class VolumeDriverMixin(object):
         try:
             self.rt.rebind_volumes(container.container_id, current)
         except exception.Conflict as exc:
-            raise zun_exc.Conflict(str(exc))
+            raise common.zun_error(zun_exc.Conflict, exc)

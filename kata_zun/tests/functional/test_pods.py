@@ -84,6 +84,40 @@ spec:
 """
 
 
+def pod_leaks(state_path, run_path, pod_id, member_ids):
+    """:returns: what is left of a removed pod: processes, its run and
+        state directories, its members' records, cgroups, links.
+    """
+    left = []
+    vm = hv_base.vm_name(pod_id).encode()
+    run_dir = os.path.join(run_path, pod_id[:16])
+    for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if (pod_id.encode() in cmd or vm in cmd) and \
+                b'kata_zun.cmd.cli' not in cmd:
+            left.append('process %s %r' % (pid, cmd[:100]))
+    for path in [run_dir, os.path.join(state_path, 'pods',
+                                       pod_id)] + [
+            os.path.join(state_path, 'containers', cid)
+            for cid in member_ids]:
+        if os.path.lexists(path):
+            left.append(path)
+    try:
+        from kata_zun.jail import cgroup
+        group = cgroup.for_sandbox('kata_zun', vm.decode())
+        left += [d for d in group.directories() if os.path.isdir(d)]
+    except Exception as exc:
+        left.append('cgroups not checked: %s' % exc)
+    out = subprocess.run(['ip', '-o', 'link'], capture_output=True)
+    if pod_id[:8].encode() in out.stdout:
+        left.append('a link named after the pod')
+    return left
+
+
 class PodTestCase(base.KataZunFunctionalTest):
 
     def setUp(self):
@@ -121,34 +155,8 @@ class PodTestCase(base.KataZunFunctionalTest):
 
     def leaks(self, pod_id, member_ids):
         """:returns: what is left of a removed pod."""
-        left = []
-        vm = hv_base.vm_name(pod_id).encode()
-        run_dir = os.path.join(self.run_path, pod_id[:16])
-        for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
-            try:
-                with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if (pod_id.encode() in cmd or vm in cmd) and \
-                    b'kata_zun.cmd.cli' not in cmd:
-                left.append('process %s %r' % (pid, cmd[:100]))
-        for path in [run_dir, os.path.join(self.state_path, 'pods',
-                                           pod_id)] + [
-                os.path.join(self.state_path, 'containers', cid)
-                for cid in member_ids]:
-            if os.path.lexists(path):
-                left.append(path)
-        try:
-            from kata_zun.jail import cgroup
-            group = cgroup.for_sandbox('kata_zun', vm.decode())
-            left += [d for d in group.directories() if os.path.isdir(d)]
-        except Exception as exc:
-            left.append('cgroups not checked: %s' % exc)
-        out = subprocess.run(['ip', '-o', 'link'], capture_output=True)
-        if pod_id[:8].encode() in out.stdout:
-            left.append('a link named after the pod')
-        return left
+        return pod_leaks(self.state_path, self.run_path, pod_id,
+                         member_ids)
 
     def assert_gone(self, pod_id, member_ids):
         deadline = time.monotonic() + 60

@@ -236,6 +236,7 @@ class DevStackPluginTest(base.BaseTestCase):
         options = self.zun_conf_options()
         expected = {
             ('DEFAULT', 'container_driver'): 'kata',
+            ('DEFAULT', 'capsule_driver'): 'kata',
             ('DEFAULT', 'debug'): 'True',       # zun's own, kept
             ('volume', 'fstype'): 'ext4',
             ('kata', 'state_path'): self.state,
