@@ -172,6 +172,14 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         cli = [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
                cls.env.conf_path]
         try:
+            # Capsules first: the members of a pod go with it only.
+            pods = subprocess.run(cli + ['pod', 'ps', '-q'],
+                                  capture_output=True,
+                                  timeout=120).stdout.split()
+            if pods:
+                subprocess.run(cli + ['pod', 'rm', '-f'] + [
+                    p.decode() for p in pods], capture_output=True,
+                    timeout=300)
             ids = subprocess.run(cli + ['ps', '-a', '-q'],
                                  capture_output=True,
                                  timeout=120).stdout.split()
