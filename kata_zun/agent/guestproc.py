@@ -15,6 +15,7 @@ import time
 
 from kata_zun.agent import guestcaps
 from kata_zun.agent import guestroot
+from kata_zun.agent import guestseccomp
 from kata_zun.agent import guestutil
 from kata_zun.agent import protocol
 
@@ -43,6 +44,16 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 TIOCSCTTY = 0x540E
+SYS_CLONE3 = 435
+CLONE_INTO_CGROUP = 0x200000000
+# What an exec joins besides the PID namespace, in this order (mount
+# last: the others are found through /proc of the agent's mounts).
+JOINED_NAMESPACES = ('ipc', 'uts', 'cgroup', 'mnt')
+FORK_REFUSED = ('cannot fork in the container: it is at its pids limit '
+                '(or out of memory)')
+# Our own PID namespace (an fd), to return to after a clone into a
+# container's.
+_own_pidns = None
 TIOCSWINSZ = 0x5414
 
 
@@ -108,6 +119,42 @@ def resolve_user(rootfs, spec):
                 except ValueError:
                     pass
     return uid, gid, extra, home
+
+
+def clone_into(cgroup_fd, pidns_fd):
+    """fork() with the child born in the cgroup ``cgroup_fd`` and the PID
+    namespace ``pidns_fd`` (``clone3``, Linux 5.7+).
+
+    The child runs on in Python like after os.fork (this process is
+    single-threaded, so nothing is left locked); it must end with exec or
+    os._exit.
+
+    :returns: 0 in the child, the child's PID (ours) in the parent.
+    :raises: OSError (EAGAIN at the cgroup's pids limit).
+    """
+    import ctypes
+    global _own_pidns
+    lib = libc()
+    if _own_pidns is None:
+        _own_pidns = os.open('/proc/self/ns/pid', os.O_RDONLY | os.O_CLOEXEC)
+    args = (ctypes.c_uint64 * 11)()
+    args[0] = CLONE_INTO_CGROUP                  # flags
+    args[4] = signal.SIGCHLD                     # exit_signal
+    args[10] = cgroup_fd                         # cgroup
+    _check(lib.setns(pidns_fd, CLONE_NEWPID), 'setns pid')
+    pid = lib.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args),
+                      ctypes.c_size_t(ctypes.sizeof(args)))
+    err = ctypes.get_errno()
+    if pid == 0:
+        return 0
+    if lib.setns(_own_pidns, CLONE_NEWPID) != 0:
+        # Every later child would be born in that container: stop the
+        # guest rather than run on like that.
+        raise SystemExit('cannot return to our PID namespace: %s' %
+                         os.strerror(ctypes.get_errno()))
+    if pid < 0:
+        raise OSError(err, 'clone3: %s' % os.strerror(err))
+    return pid
 
 
 # ----------------------------------------------------------------- processes
@@ -197,13 +244,17 @@ class ProcessOps(object):
 
     def _read_output(self, proc, fd):
         try:
-            data = os.read(fd, OUTPUT_READ)
+            frame = protocol.read_stream(fd, proc.out_fds[fd], proc.handle,
+                                         OUTPUT_READ)
         except BlockingIOError:
             return
         except OSError:
-            data = b''                 # EIO: pty closed by the last user
-        if data:
-            self.chan.send_stream(proc.out_fds[fd], proc.handle, data)
+            frame = None               # EIO: pty closed by the last user
+        if frame:
+            # One buffer, header included: the port takes at most 32 KiB
+            # a write, and a separate header would cost a write (and a
+            # virtqueue buffer, and a wake-up of the host) of its own.
+            self.chan.send(frame)
             return
         del self.fd_owner[fd]
         del proc.out_fds[fd]
@@ -301,27 +352,27 @@ class ProcessOps(object):
         return merged
 
     def _spawn(self, c, proc, argv, env, workdir, user, join):
-        """Fork a container process: an intermediate child enters (or
-        creates) the namespaces and forks the real process, which then
-        reparents to us (PID 1) so we reap it like any other child.
+        """Fork a container process. A process joining a running
+        container (``join``) is made by :meth:`_spawn_joined`. A main
+        process: an intermediate child creates the namespaces and forks
+        the real process, which then reparents to us (PID 1) so we reap
+        it like any other child.
 
         :returns: None, or the exec error text (the process then exits
                   126/127 like Docker reports it).
         """
+        if join:
+            return self._spawn_joined(c, proc, argv, env, workdir, user)
         child_io, parent_fds, close_after = self._stdio(proc)
         pid_r, pid_w = os.pipe()
         err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
-        root_fd = None
-        if join:
-            root_fd = os.open('/proc/%d/root' % c.init_pid,
-                              os.O_RDONLY | os.O_DIRECTORY)
         child = os.fork()
         if child == 0:
             try:
                 os.close(pid_r)
                 os.close(err_pipe_r)
-                self._child(c, proc, argv, env, workdir, user, join,
-                            child_io, pid_w, err_pipe_w, root_fd)
+                self._child(c, proc, argv, env, workdir, user, child_io,
+                            pid_w, err_pipe_w)
             except BaseException as exc:
                 try:
                     os.write(err_pipe_w, ('%s' % exc).encode()[:4000])
@@ -330,8 +381,6 @@ class ProcessOps(object):
             os._exit(126)
         for fd in close_after + [pid_w, err_pipe_w]:
             os.close(fd)
-        if root_fd is not None:
-            os.close(root_fd)
         raw = b''
         while True:
             chunk = os.read(pid_r, 16)
@@ -358,6 +407,98 @@ class ProcessOps(object):
             return text
         proc.pid = int(raw)
         self.pid_proc[proc.pid] = proc
+        self._drain_signals()          # it may be gone already
+        if error:
+            text = error.decode('utf-8', 'replace')
+            self._stderr_note(proc, text)
+            return text
+        return None
+
+    def _spawn_joined(self, c, proc, argv, env, workdir, user):
+        """Fork a process into a running container in one step (exec,
+        the hot path).
+
+        No intermediate process: a fork of this (large) interpreter is
+        the dearest step under TCG, so there is exactly one. ``clone3``
+        with ``CLONE_INTO_CGROUP`` makes the child in the container's
+        cgroup, charged against its pids limit from birth (at the limit
+        the clone fails like any fork in the container would); our own
+        ``pid_for_children`` namespace is switched to the container's
+        around the clone, so the child is in its PID namespace and still
+        our child (we reap it like the main process). The child then
+        joins the other namespaces and the root and confines itself
+        exactly as :meth:`_child` does.
+
+        :returns: None, or the spawn or exec error text (the process then
+                  exits 126/127 like Docker reports it).
+        """
+        ns_fds = {}
+        fds = []
+        try:
+            for ns in ('pid',) + JOINED_NAMESPACES:
+                ns_fds[ns] = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
+                                     os.O_RDONLY | os.O_CLOEXEC)
+                fds.append(ns_fds[ns])
+            root_fd = os.open('/proc/%d/root' % c.init_pid,
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(root_fd)
+            cgroup_fd = os.open(c.cgroup, os.O_RDONLY | os.O_DIRECTORY |
+                                os.O_CLOEXEC)
+            fds.append(cgroup_fd)
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise OpError('state', 'container is not running')
+        if not c.spec['privileged']:
+            guestseccomp.compiled()    # once, here, not in every child
+        child_io, parent_fds, close_after = self._stdio(proc)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = clone_into(cgroup_fd, ns_fds['pid'])
+        except OSError as exc:
+            pid = None
+            if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+                text = FORK_REFUSED
+            else:
+                text = 'spawn failed: %s' % exc
+        if pid == 0:
+            code = 126
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(err_r)
+                for ns in JOINED_NAMESPACES:
+                    _check(libc().setns(ns_fds[ns], 0), 'setns %s' % ns)
+                os.fchdir(root_fd)
+                os.chroot('.')
+                self._become(c, proc, argv, env, workdir, user, child_io,
+                             err_w)
+            except BaseException as exc:
+                try:
+                    os.write(err_w, ('%s' % exc).encode()[:4000])
+                except BaseException:
+                    pass
+            os._exit(code)
+        for fd in fds + close_after + [err_w]:
+            os.close(fd)
+        for fd in parent_fds:
+            self.fd_owner[fd] = proc
+        if pid is None:
+            os.close(err_r)
+            proc.status = (126, 0)
+            proc.reaped_at = time.monotonic()
+            self._stderr_note(proc, text)
+            return text
+        proc.pid = pid
+        self.pid_proc[pid] = proc
+        # Until the exec (the pipe is close-on-exec) or an error.
+        error = b''
+        while True:
+            chunk = os.read(err_r, 4096)
+            if not chunk:
+                break
+            error += chunk[:4096 - len(error)]
+        os.close(err_r)
         self._drain_signals()          # it may be gone already
         if error:
             text = error.decode('utf-8', 'replace')
@@ -449,39 +590,35 @@ class ProcessOps(object):
         self.after_reply.append(protocol.encode_stream(
             protocol.STDERR, proc.handle, (text + '\n').encode()))
 
-    def _child(self, c, proc, argv, env, workdir, user, join, child_io,
-               pid_w, err_w, root_fd):
-        """Runs in the intermediate child: never returns normally."""
+    def _child(self, c, proc, argv, env, workdir, user, child_io, pid_w,
+               err_w):
+        """Runs in the intermediate child of a container's main process:
+        new namespaces, then the real process forked in them. Never
+        returns normally.
+        """
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         write_file(c.cgroup + '/cgroup.procs', str(os.getpid()))
-        if join:
-            for ns in ('ipc', 'uts', 'cgroup', 'pid', 'mnt'):
-                fd = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
-                             os.O_RDONLY)
-                _check(libc().setns(fd, 0), 'setns %s' % ns)
-                os.close(fd)
-        else:
-            # The cgroup namespace after joining the container's cgroup:
-            # its processes see that cgroup as their root.
-            _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS |
-                                  CLONE_NEWIPC | CLONE_NEWPID |
-                                  CLONE_NEWCGROUP), 'unshare')
+        # The cgroup namespace after joining the container's cgroup: its
+        # processes see that cgroup as their root.
+        _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC |
+                              CLONE_NEWPID | CLONE_NEWCGROUP), 'unshare')
         try:
             pid = os.fork()
         except BlockingIOError:
-            raise OSError(errno.EAGAIN, 'cannot fork in the container: '
-                          'it is at its pids limit (or out of memory)')
+            raise OSError(errno.EAGAIN, FORK_REFUSED)
         if pid:
             os.write(pid_w, str(pid).encode())
             os._exit(0)
         os.close(pid_w)
-        if join:
-            os.fchdir(root_fd)
-            os.chroot('.')
-            os.close(root_fd)
-        else:
-            guestroot.enter(c, c.spec['privileged'])
+        guestroot.enter(c, c.spec['privileged'])
+        self._become(c, proc, argv, env, workdir, user, child_io, err_w)
+
+    def _become(self, c, proc, argv, env, workdir, user, child_io, err_w):
+        """Runs in the new process, in the container's namespaces and
+        root: stdio, session, confinement, user, then exec. Never
+        returns.
+        """
         os.setsid()
         for target, fd in enumerate(child_io):
             os.dup2(fd, target)
