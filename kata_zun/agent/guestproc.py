@@ -7,6 +7,7 @@ agent's poll loop serves. Standard library only.
 """
 
 import errno
+import gc
 import os
 import select
 import signal
@@ -54,6 +55,7 @@ FORK_REFUSED = ('cannot fork in the container: it is at its pids limit '
 # Our own PID namespace (an fd), to return to after a clone into a
 # container's.
 _own_pidns = None
+_last_cap = None
 TIOCSWINSZ = 0x5414
 
 
@@ -119,6 +121,16 @@ def resolve_user(rootfs, spec):
                 except ValueError:
                     pass
     return uid, gid, extra, home
+
+
+def last_cap():
+    """:returns: the kernel's highest capability (read once, from the
+    guest's own /proc: call it first outside any container root).
+    """
+    global _last_cap
+    if _last_cap is None:
+        _last_cap = guestcaps.last_cap()
+    return _last_cap
 
 
 def clone_into(cgroup_fd, pidns_fd):
@@ -361,6 +373,7 @@ class ProcessOps(object):
         :returns: None, or the exec error text (the process then exits
                   126/127 like Docker reports it).
         """
+        last_cap()                     # read here, outside any root
         if join:
             return self._spawn_joined(c, proc, argv, env, workdir, user)
         child_io, parent_fds, close_after = self._stdio(proc)
@@ -464,6 +477,9 @@ class ProcessOps(object):
         if pid == 0:
             code = 126
             try:
+                # A collection would walk (and so copy) every page of
+                # objects shared with us; this process lives a few ms.
+                gc.disable()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(err_r)
@@ -628,14 +644,14 @@ class ProcessOps(object):
         os.closerange(3, err_w)
         os.closerange(err_w + 1, 65536)
         uid, gid, groups, _home = user
-        if workdir:
+        if workdir and not os.path.isdir(workdir):
             try:
                 os.makedirs(workdir, exist_ok=True)
             except OSError:
                 pass
         # Docker's defaults (or everything, privileged) from here on:
         # capabilities, no_new_privs, the seccomp filter.
-        guestcaps.confine(libc(), c.spec['privileged'])
+        guestcaps.confine(libc(), c.spec['privileged'], last=last_cap())
         os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
