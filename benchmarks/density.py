@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from oslo_config import cfg
 from oslo_log import log as logging
 
 from kata_zun import conf
@@ -138,7 +139,10 @@ def main():
         print('%-46s %8.1f MB/s (%d of %d bytes)' % (
             'stdout guest -> host (API)', got / elapsed / 1e6, got, size))
         sys.stdout.flush()
-        reporting = CONF.kata_hypervisor.free_page_reporting
+        try:
+            reporting = CONF.kata_hypervisor.free_page_reporting
+        except cfg.NoSuchOptError:     # a kata-zun before the option
+            reporting = False
         qemu, shim = idle_pss(conf_file, args.sandboxes)
         print_pss('PSS per idle sandbox, %d running (reporting %s)'
                   % (args.sandboxes, 'on' if reporting else 'off'),

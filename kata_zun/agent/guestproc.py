@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import struct
+import sys
 import time
 
 from kata_zun.agent import guestcaps
@@ -34,6 +35,9 @@ DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # through the Python loop is expensive, bytes are not.
 OUTPUT_READ = 256 * 1024
 PIPE_SIZE = 1024 * 1024
+# Output frame buffers kept for reuse (OUTPUT_READ each): enough for the
+# frames queued for the host while output streams.
+OUTPUT_BUFFERS = 8
 F_SETPIPE_SZ = 1031
 # How long a reaped process may keep its output pipes open (a daemonized
 # grandchild holding them) before its exit is reported anyway.
@@ -257,7 +261,7 @@ class ProcessOps(object):
     def _read_output(self, proc, fd):
         try:
             frame = protocol.read_stream(fd, proc.out_fds[fd], proc.handle,
-                                         OUTPUT_READ)
+                                         self._output_buffer())
         except BlockingIOError:
             return
         except OSError:
@@ -274,6 +278,23 @@ class ProcessOps(object):
             proc.master = None
             proc.stdin_fd = None
         os.close(fd)
+
+    def _output_buffer(self):
+        """:returns: a frame buffer no queued frame uses: one of a few
+        kept for reuse, else a new one. A new bytearray is zeroed (or
+        fresh pages faulted in) first, which under TCG costs about as
+        much as copying the output once more.
+        """
+        pool = self.__dict__.setdefault('_out_pool', [])
+        for buf in pool:
+            # Held by the pool, this loop and getrefcount only: no view
+            # of it (a queued frame) is left.
+            if sys.getrefcount(buf) <= 3:
+                return buf
+        buf = bytearray(protocol.STREAM_HEAD.size + OUTPUT_READ)
+        if len(pool) < OUTPUT_BUFFERS:
+            pool.append(buf)
+        return buf
 
     def _write_stdin(self, proc):
         fd = proc.stdin_fd

@@ -158,8 +158,8 @@ def encode_stream(ftype, handle, data):
     return encode(ftype, HANDLE.pack(handle) + data)
 
 
-def read_stream(fd, ftype, handle, size):
-    """Read up to ``size`` bytes from ``fd`` into a whole stream frame.
+def read_stream(fd, ftype, handle, buf):
+    """Read from ``fd`` into a whole stream frame in ``buf``.
 
     The bytes land after room left for the header, so the frame goes out
     as one buffer without being copied (output is the bulk of the
@@ -168,19 +168,19 @@ def read_stream(fd, ftype, handle, size):
     :param fd: a (non-blocking) fd to read.
     :param ftype: STDOUT or STDERR.
     :param handle: the process handle.
-    :param size: the most bytes to read (keep ``size + 4`` under the
-        peer's frame limit).
-    :returns: the frame (a bytearray), None at end of file.
+    :param buf: a bytearray of :data:`STREAM_HEAD` ``.size`` plus the
+        most bytes to read (keep that under the peer's frame limit).
+    :returns: the frame (a memoryview of ``buf``: the buffer is in use
+        while the view lives), None at end of file.
     :raises: OSError (BlockingIOError when nothing is there).
     """
-    buf = bytearray(STREAM_HEAD.size + size)
-    with memoryview(buf) as view:
-        n = os.readv(fd, [view[STREAM_HEAD.size:]])
+    view = memoryview(buf)
+    n = os.readv(fd, [view[STREAM_HEAD.size:]])
     if not n:
+        view.release()
         return None
     STREAM_HEAD.pack_into(buf, 0, ftype, HANDLE.size + n, handle)
-    del buf[STREAM_HEAD.size + n:]
-    return buf
+    return view[:STREAM_HEAD.size + n]
 
 
 class Decoder(object):
