@@ -64,15 +64,21 @@ def idle_pss(conf_file, count):
     :returns: (QEMU KiB list, shim KiB list), one entry per sandbox.
     """
     names = ['idle%d' % i for i in range(count)]
+    started = []
     try:
         for name in names:
-            coldstart.cli(conf_file, 'run', '-d', '--name', name, 'busybox',
-                          'sleep', '3600')
+            try:
+                coldstart.cli(conf_file, 'run', '-d', '--name', name,
+                              'busybox', 'sleep', '3600')
+                started.append(name)
+            except subprocess.CalledProcessError as exc:
+                print('%s did not start: %s' % (
+                    name, exc.stderr.decode('utf-8', 'replace').strip()))
         time.sleep(SETTLE_SECONDS)
         from kata_zun.runtime import manager
         rt = manager.Runtime()
         qemu, shim = [], []
-        for name in names:
+        for name in started:
             state = rt.get(name).state
             qemu.append(pss_kib(int(state.get('vm_pid') or 0)))
             shim.append(pss_kib(int(state.get('shim_pid') or 0)))
