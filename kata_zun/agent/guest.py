@@ -4,7 +4,9 @@ Runs as PID 1 inside the VM (exec'd by the initrd's tiny /init), standard
 library only, single-threaded: one ``poll`` loop serves the host link, the
 stdio of every container process and child reaping. Heavy modules (ctypes,
 termios) are imported lazily: under TCG every import costs milliseconds of
-boot time.
+boot time. Processes (spawn, stdio, exits) are in
+:mod:`kata_zun.agent.guestproc`, shared helpers in
+:mod:`kata_zun.agent.guestutil`.
 
 The host talks to us over the virtio-serial port named ``agent.0`` using
 :mod:`kata_zun.agent.protocol`. Every request is answered with exactly one
@@ -21,237 +23,51 @@ import struct
 import sys
 import time
 
-from kata_zun.agent import guestcaps
 from kata_zun.agent import guestdev
+from kata_zun.agent import guestproc
 from kata_zun.agent import guestroot
+from kata_zun.agent import guestutil
 from kata_zun.agent import protocol
+
+# Shared helpers under their old names: guestroot, guestvolumes and
+# the tests reach them here.
+EXIT_DRAIN_GRACE = guestproc.EXIT_DRAIN_GRACE
+exec_path = guestproc.exec_path
+Process = guestproc.Process
+resolve_user = guestproc.resolve_user
+_bool = guestutil._bool
+_id = guestutil._id
+_num = guestutil._num
+_str = guestutil._str
+_strlist = guestutil._strlist
+libc = guestutil.libc
+log = guestutil.log
+mount = guestutil.mount
+OpError = guestutil.OpError
+read_file = guestutil.read_file
+umount = guestutil.umount
+write_file = guestutil.write_file
 
 PORT_NAME = 'agent.0'
 RUN_DIR = '/run/kz'
 CGROUP_ROOT = '/sys/fs/cgroup'
-DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 # Stop reading process output while this much is queued for the host:
 # back-pressure reaches the process through its pipe instead of our RAM.
 MAX_QUEUED_OUT = 4 * 1024 * 1024
-# Output is read in big chunks from 1 MiB pipes: under TCG every pass
-# through the Python loop is expensive, bytes are not.
-OUTPUT_READ = 256 * 1024
-PIPE_SIZE = 1024 * 1024
-F_SETPIPE_SZ = 1031
-# How long a reaped process may keep its output pipes open (a daemonized
-# grandchild holding them) before its exit is reported anyway.
-EXIT_DRAIN_GRACE = 2.0
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MNT_DETACH = 2
-TIOCSCTTY = 0x540E
-TIOCSWINSZ = 0x5414
 RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 RB_POWER_OFF = 0x4321FEDC
 
-_ID_RE = re.compile(r'^[0-9a-f]{1,64}$')
 _SERIAL_RE = re.compile(r'^[A-Za-z0-9_-]{1,20}$')
 _HOSTNAME_RE = re.compile(r'^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$')
 _FSTYPES = ('erofs', 'ext4')
-
-
-def log(msg):
-    try:
-        os.write(2, ('kata-agent: %s\n' % msg).encode())
-    except OSError:
-        pass
-
-
-class OpError(Exception):
-    """A request failed; ``code`` is a short machine-readable reason."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-_libc = None
-
-
-def libc():
-    global _libc
-    if _libc is None:
-        import ctypes
-        _libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    return _libc
-
-
-def _check(ret, what):
-    if ret != 0:
-        import ctypes
-        err = ctypes.get_errno()
-        raise OSError(err, '%s: %s' % (what, os.strerror(err)))
-
-
-def mount(source, target, fstype, flags=0, data=None):
-    def b(s):
-        return s.encode() if isinstance(s, str) else s
-    _check(libc().mount(b(source), b(target), b(fstype), flags, b(data)),
-           'mount %s' % target)
-
-
-def umount(target, flags=0):
-    _check(libc().umount2(target.encode(), flags), 'umount %s' % target)
-
-
-def write_file(path, data, mode=0o644):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data.encode() if isinstance(data, str) else data)
-    finally:
-        os.close(fd)
-
-
-def read_file(path, limit=1024 * 1024):
-    with open(path, 'rb') as f:
-        return f.read(limit)
-
-
-# ---------------------------------------------------------------- validation
-
-def _str(args, key, default=None, maxlen=4096, required=False):
-    value = args.get(key, default)
-    if value is None:
-        if required:
-            raise OpError('invalid', '%s is required' % key)
-        return default
-    if not isinstance(value, str) or len(value) > maxlen or '\0' in value:
-        raise OpError('invalid', '%s must be a string' % key)
-    return value
-
-
-def _strlist(args, key, required=False, maxitems=4096):
-    value = args.get(key) or []
-    if (not isinstance(value, list) or len(value) > maxitems or
-            not all(isinstance(v, str) and '\0' not in v for v in value)):
-        raise OpError('invalid', '%s must be a list of strings' % key)
-    if required and not value:
-        raise OpError('invalid', '%s must not be empty' % key)
-    return value
-
-
-def _num(args, key, default=None, minimum=0):
-    value = args.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OpError('invalid', '%s must be a number' % key)
-    if value < minimum:
-        raise OpError('invalid', '%s must be >= %s' % (key, minimum))
-    return value
-
-
-def _bool(args, key):
-    value = args.get(key, False)
-    if not isinstance(value, bool):
-        raise OpError('invalid', '%s must be a boolean' % key)
-    return value
-
-
-def _id(args, key='id'):
-    value = _str(args, key, required=True, maxlen=64)
-    if not _ID_RE.match(value):
-        raise OpError('invalid', '%s must be lowercase hex' % key)
-    return value
-
-
-# ---------------------------------------------------------- users and groups
-
-def _parse_db(path):
-    try:
-        text = read_file(path).decode('utf-8', 'replace')
-    except OSError:
-        return []
-    return [line.split(':') for line in text.splitlines()
-            if line and not line.startswith('#')]
-
-
-def resolve_user(rootfs, spec):
-    """Resolve a Docker-style user spec inside the container rootfs.
-
-    :returns: (uid, gid, [supplementary gids], home)
-    :raises: OpError if a name is not found.
-    """
-    user, _, group = (spec or '').partition(':')
-    passwd = _parse_db(rootfs + '/etc/passwd')
-    uid, gid, home, name = 0, 0, '/', 'root'
-    entry = None
-    if user:
-        for fields in passwd:
-            if len(fields) >= 7 and (fields[0] == user or
-                                     (user.isdigit() and fields[2] == user)):
-                entry = fields
-                break
-        if entry is None and not user.isdigit():
-            raise OpError('user', 'unable to find user %s: no matching '
-                          'entries in passwd file' % user)
-        if entry is not None:
-            name, uid, gid, home = (entry[0], int(entry[2]), int(entry[3]),
-                                    entry[5] or '/')
-        else:
-            uid, name = int(user), None
-    else:
-        for fields in passwd:
-            if len(fields) >= 7 and fields[2] == '0':
-                home = fields[5] or '/'
-                break
-    groups = _parse_db(rootfs + '/etc/group')
-    if group:
-        for fields in groups:
-            if len(fields) >= 3 and (fields[0] == group or
-                                     (group.isdigit() and
-                                      fields[2] == group)):
-                gid = int(fields[2])
-                break
-        else:
-            if not group.isdigit():
-                raise OpError('user', 'unable to find group %s: no '
-                              'matching entries in group file' % group)
-            gid = int(group)
-    extra = []
-    if name:
-        for fields in groups:
-            if len(fields) >= 4 and name in fields[3].split(','):
-                try:
-                    extra.append(int(fields[2]))
-                except ValueError:
-                    pass
-    return uid, gid, extra, home
-
-
-# ----------------------------------------------------------------- processes
-
-class Process(object):
-    def __init__(self, handle, container, tty, stdin):
-        self.handle = handle
-        self.container = container
-        self.tty = tty
-        self.wants_stdin = stdin
-        self.pid = None
-        self.master = None            # pty master (tty mode)
-        self.stdin_fd = None          # pipe write end (interactive)
-        self.stdin_buf = bytearray()
-        self.stdin_eof = False
-        self.out_fds = {}             # fd -> frame type
-        self.status = None            # (exit_code, signal) once reaped
-        self.reaped_at = None
-        self.reported = False
 
 
 class Container(object):
@@ -267,7 +83,7 @@ class Container(object):
         self.oom_base = 0
 
 
-class Agent(object):
+class Agent(guestproc.ProcessOps):
 
     def __init__(self, port_fd):
         self.chan = protocol.Channel(port_fd)
@@ -360,35 +176,6 @@ class Agent(object):
         future = [d - now for d in deadlines if d > now]
         return int(min(future) * 1000) + 1 if future else 1000
 
-    def _drain_signals(self):
-        try:
-            while os.read(self.sig_r, 512):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            proc = self.pid_proc.pop(pid, None)
-            if proc is not None:
-                self._reaped(proc, status)
-
-    def _reaped(self, proc, status):
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            proc.status = (128 + sig, sig)
-        else:
-            proc.status = (os.WEXITSTATUS(status), 0)
-        proc.reaped_at = time.monotonic()
-        on_exit = getattr(proc, 'on_exit', None)
-        if on_exit is not None:
-            proc.on_exit = None
-            on_exit()
-
     def _port_event(self, ev):
         if ev & select.POLLOUT:
             try:
@@ -411,85 +198,6 @@ class Agent(object):
         # No host connected to the port: reads return EOF straight away.
         # Poll again a little later instead of spinning.
         self.port_idle_until = time.monotonic() + 0.05
-
-    def _proc_event(self, fd, ev):
-        proc = self.fd_owner[fd]
-        if fd == proc.stdin_fd and ev & (select.POLLOUT | select.POLLERR):
-            self._write_stdin(proc)
-        if fd in proc.out_fds and ev & (select.POLLIN | select.POLLHUP |
-                                        select.POLLERR):
-            self._read_output(proc, fd)
-
-    def _read_output(self, proc, fd):
-        try:
-            data = os.read(fd, OUTPUT_READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b''                 # EIO: pty closed by the last user
-        if data:
-            self.chan.send_stream(proc.out_fds[fd], proc.handle, data)
-            return
-        del self.fd_owner[fd]
-        del proc.out_fds[fd]
-        if fd == proc.master:
-            proc.master = None
-            proc.stdin_fd = None
-        os.close(fd)
-
-    def _write_stdin(self, proc):
-        fd = proc.stdin_fd
-        try:
-            while proc.stdin_buf:
-                n = os.write(fd, proc.stdin_buf[:65536])
-                del proc.stdin_buf[:n]
-        except BlockingIOError:
-            return
-        except OSError:
-            proc.stdin_buf.clear()
-            proc.stdin_eof = True
-        if proc.stdin_eof and not proc.stdin_buf:
-            if proc.master is None:
-                self.fd_owner.pop(fd, None)
-                os.close(fd)
-                proc.stdin_fd = None
-            else:
-                # A tty has no half-close: send EOT like a terminal would.
-                try:
-                    os.write(fd, b'\x04')
-                except OSError:
-                    pass
-                proc.stdin_eof = False
-                proc.stdin_fd = None
-
-    def _report_exits(self):
-        now = time.monotonic()
-        for proc in list(self.procs.values()):
-            if proc.reported or proc.reaped_at is None:
-                continue
-            if proc.out_fds and now < proc.reaped_at + EXIT_DRAIN_GRACE:
-                continue
-            for fd in list(proc.out_fds):
-                self._read_output(proc, fd)
-                if fd in proc.out_fds:
-                    del self.fd_owner[fd]
-                    del proc.out_fds[fd]
-                    os.close(fd)
-            if proc.stdin_fd is not None:
-                self.fd_owner.pop(proc.stdin_fd, None)
-                if proc.stdin_fd != proc.master:
-                    os.close(proc.stdin_fd)
-                proc.stdin_fd = None
-            proc.reported = True
-            event = {'event': 'exit', 'proc': proc.handle,
-                     'container': proc.container.id,
-                     'exit_code': proc.status[0], 'signal': proc.status[1],
-                     'oom_killed': False}
-            if proc is proc.container.main:
-                event['oom_killed'] = self._oom_killed(proc.container)
-                self._kill_all(proc.container)
-            self.chan.send(protocol.encode_json(protocol.EVENT, event))
-            del self.procs[proc.handle]
 
     # -------------------------------------------------------------- frames
     def _handle_frame(self, frame):
@@ -714,12 +422,6 @@ class Agent(object):
         write_file(os.path.join(c.dir, 'resolv.conf'),
                    '\n'.join(resolv) + '\n')
 
-    def _new_proc(self, c, tty, stdin):
-        proc = Process(self.next_handle, c, tty, stdin)
-        self.next_handle += 1
-        self.procs[proc.handle] = proc
-        return proc
-
     def _container(self, args):
         c = self.containers.get(_id(args))
         if c is None:
@@ -741,139 +443,6 @@ class Agent(object):
                             c.user, join=False)
         c.init_pid = c.main.pid
         return {'pid': c.main.pid, 'error': error, 'proc': c.main.handle}
-
-    def op_exec(self, args):
-        c = self._container(args)
-        if c.init_pid is None or c.init_pid not in self.pid_proc:
-            raise OpError('state', 'container is not running')
-        argv = _strlist(args, 'argv', required=True)
-        user = c.user
-        if args.get('user'):
-            user = resolve_user(c.rootfs, _str(args, 'user', maxlen=256))
-        env = self._env(c.spec['env'] + _strlist(args, 'env'), user)
-        proc = self._new_proc(c, bool(args.get('tty')),
-                              bool(args.get('stdin')))
-        error = self._spawn(c, proc, argv, env,
-                            _str(args, 'workdir') or c.spec['workdir'],
-                            user, join=True)
-        return {'proc': proc.handle, 'pid': proc.pid, 'error': error}
-
-    @staticmethod
-    def _env(env, user):
-        merged = {}
-        for item in env:
-            key, sep, value = item.partition('=')
-            if key and sep:
-                merged[key] = value
-        merged.setdefault('PATH', DEFAULT_PATH)
-        merged.setdefault('HOME', user[3])
-        merged.setdefault('HOSTNAME', '')
-        return merged
-
-    def _spawn(self, c, proc, argv, env, workdir, user, join):
-        """Fork a container process: an intermediate child enters (or
-        creates) the namespaces and forks the real process, which then
-        reparents to us (PID 1) so we reap it like any other child.
-
-        :returns: None, or the exec error text (the process then exits
-                  126/127 like Docker reports it).
-        """
-        child_io, parent_fds, close_after = self._stdio(proc)
-        pid_r, pid_w = os.pipe()
-        err_pipe_r, err_pipe_w = os.pipe2(os.O_CLOEXEC)
-        root_fd = None
-        if join:
-            root_fd = os.open('/proc/%d/root' % c.init_pid,
-                              os.O_RDONLY | os.O_DIRECTORY)
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(pid_r)
-                os.close(err_pipe_r)
-                self._child(c, proc, argv, env, workdir, user, join,
-                            child_io, pid_w, err_pipe_w, root_fd)
-            except BaseException as exc:
-                try:
-                    os.write(err_pipe_w, ('%s' % exc).encode()[:4000])
-                except BaseException:
-                    pass
-            os._exit(126)
-        for fd in close_after + [pid_w, err_pipe_w]:
-            os.close(fd)
-        if root_fd is not None:
-            os.close(root_fd)
-        raw = b''
-        while True:
-            chunk = os.read(pid_r, 16)
-            if not chunk:
-                break
-            raw += chunk
-        os.close(pid_r)
-        _, istatus = os.waitpid(child, 0)
-        error = b''
-        while True:
-            chunk = os.read(err_pipe_r, 4096)
-            if not chunk:
-                break
-            error += chunk
-        os.close(err_pipe_r)
-        for fd in parent_fds:
-            self.fd_owner[fd] = proc
-        if not raw:
-            # The intermediate failed before forking: no process exists.
-            text = error.decode('utf-8', 'replace') or 'spawn failed'
-            proc.status = (126, 0)
-            proc.reaped_at = time.monotonic()
-            self._stderr_note(proc, text)
-            return text
-        proc.pid = int(raw)
-        self.pid_proc[proc.pid] = proc
-        self._drain_signals()          # it may be gone already
-        if error:
-            text = error.decode('utf-8', 'replace')
-            self._stderr_note(proc, text)
-            return text
-        return None
-
-    def _stdio(self, proc):
-        """Make the pipes (or pty) of a new process.
-
-        :returns: (the child's stdin/stdout/stderr fds, our ends, fds to
-                  close once the child has them)
-        """
-        parent_fds = []
-        if proc.tty:
-            master, slave = os.openpty()
-            child_io = (slave, slave, slave)
-            proc.master = master
-            proc.out_fds = {master: protocol.STDOUT}
-            if proc.wants_stdin:
-                proc.stdin_fd = master
-            parent_fds = [master]
-            close_after = [slave]
-        else:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            import fcntl
-            for fd in (out_r, err_r):
-                try:
-                    fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-                except OSError:
-                    pass
-            if proc.wants_stdin:
-                in_r, in_w = os.pipe()
-                proc.stdin_fd = in_w
-                parent_fds.append(in_w)
-            else:
-                in_r = os.open('/dev/null', os.O_RDONLY)
-            child_io = (in_r, out_w, err_w)
-            proc.out_fds = {out_r: protocol.STDOUT, err_r: protocol.STDERR}
-            parent_fds += [out_r, err_r]
-            close_after = [in_r, out_w, err_w]
-        for fd in parent_fds:
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
-        return child_io, parent_fds, close_after
 
     # -------------------------------------------------------- archives
     def op_archive_get(self, args):
@@ -934,142 +503,6 @@ class Agent(object):
             raise
         proc.on_exit = thaw
         return {'proc': proc.handle}
-
-    def _spawn_helper(self, c, proc, func, inner, extra_caps=()):
-        """Fork a helper chrooted into the container's root: whatever
-        the image holds (symlinks included), the helper cannot reach out.
-
-        The helper handles untrusted bytes (archives from the user, files
-        from the container) as root: it gets a container's default
-        capabilities (plus ``extra_caps``), no_new_privs and the seccomp
-        filter, whatever the container's own mode.
-        """
-        import tarfile  # noqa: F401  (imported before the chroot)
-        lib = libc()                   # ctypes too, before the chroot
-        child_io, parent_fds, close_after = self._stdio(proc)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.set_wakeup_fd(-1)
-                for target, fd in enumerate(child_io):
-                    os.dup2(fd, target)
-                os.closerange(3, 65536)
-                os.chroot(c.rootfs)
-                os.chdir('/')
-                guestcaps.confine(lib, False, extra=extra_caps)
-                func(inner)
-                code = 0
-            except BaseException as exc:
-                try:
-                    os.write(2, ('%s\n' % exc).encode()[:4000])
-                except BaseException:
-                    pass
-            os._exit(code)
-        for fd in close_after:
-            os.close(fd)
-        for fd in parent_fds:
-            self.fd_owner[fd] = proc
-        proc.pid = pid
-        self.pid_proc[pid] = proc
-
-    def _stderr_note(self, proc, text):
-        # Sent after the reply: the host subscribes to a process's output
-        # when it learns its handle from that reply.
-        self.after_reply.append(protocol.encode_stream(
-            protocol.STDERR, proc.handle, (text + '\n').encode()))
-
-    def _child(self, c, proc, argv, env, workdir, user, join, child_io,
-               pid_w, err_w, root_fd):
-        """Runs in the intermediate child: never returns normally."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        write_file(c.cgroup + '/cgroup.procs', str(os.getpid()))
-        if join:
-            for ns in ('ipc', 'uts', 'cgroup', 'pid', 'mnt'):
-                fd = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
-                             os.O_RDONLY)
-                _check(libc().setns(fd, 0), 'setns %s' % ns)
-                os.close(fd)
-        else:
-            # The cgroup namespace after joining the container's cgroup:
-            # its processes see that cgroup as their root.
-            _check(libc().unshare(CLONE_NEWNS | CLONE_NEWUTS |
-                                  CLONE_NEWIPC | CLONE_NEWPID |
-                                  CLONE_NEWCGROUP), 'unshare')
-        try:
-            pid = os.fork()
-        except BlockingIOError:
-            raise OSError(errno.EAGAIN, 'cannot fork in the container: '
-                          'it is at its pids limit (or out of memory)')
-        if pid:
-            os.write(pid_w, str(pid).encode())
-            os._exit(0)
-        os.close(pid_w)
-        if join:
-            os.fchdir(root_fd)
-            os.chroot('.')
-            os.close(root_fd)
-        else:
-            guestroot.enter(c, c.spec['privileged'])
-        os.setsid()
-        for target, fd in enumerate(child_io):
-            os.dup2(fd, target)
-        if proc.tty:
-            import fcntl
-            fcntl.ioctl(0, TIOCSCTTY, 0)
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, 65536)
-        uid, gid, groups, _home = user
-        if workdir:
-            try:
-                os.makedirs(workdir, exist_ok=True)
-            except OSError:
-                pass
-        # Docker's defaults (or everything, privileged) from here on:
-        # capabilities, no_new_privs, the seccomp filter.
-        guestcaps.confine(libc(), c.spec['privileged'])
-        os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
-        try:
-            os.chdir(workdir or '/')
-        except OSError as exc:
-            os.write(err_w, ('chdir to cwd (%r) set in config.json failed: '
-                             '%s' % (workdir, exc.strerror)).encode())
-            os._exit(126)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
-                    signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        exc = exec_path(argv, env)
-        code = 127 if exc.errno == errno.ENOENT else 126
-        what = ('executable file not found in $PATH'
-                if code == 127 and '/' not in argv[0] else exc.strerror)
-        os.write(err_w, ('exec: "%s": %s' % (argv[0], what)).encode())
-        os._exit(code)
-
-    def op_signal(self, args):
-        handle = _num(args, 'proc', minimum=1)
-        sig = int(_num(args, 'signal', signal.SIGTERM, minimum=1))
-        if sig >= signal.NSIG:
-            raise OpError('invalid', 'bad signal')
-        proc = self.procs.get(handle)
-        if proc is None or proc.pid is None or proc.reaped_at:
-            raise OpError('notfound', 'no such running process')
-        os.kill(proc.pid, sig)
-        return {}
-
-    def op_resize(self, args):
-        proc = self.procs.get(_num(args, 'proc', minimum=1))
-        if proc is None or proc.master is None:
-            raise OpError('notfound', 'no such process with a tty')
-        rows = int(_num(args, 'rows', 24, minimum=1))
-        cols = int(_num(args, 'cols', 80, minimum=1))
-        import fcntl
-        fcntl.ioctl(proc.master, TIOCSWINSZ,
-                    struct.pack('HHHH', min(rows, 65535), min(cols, 65535),
-                                0, 0))
-        return {}
 
     def op_update(self, args):
         c = self._container(args)
@@ -1249,32 +682,6 @@ def _tar_in(inner):
                 if member.isdev():
                     continue
                 tar.extract(member, path='.', set_attrs=True)
-
-
-def exec_path(argv, env):
-    """execve ``argv[0]`` searched in the container's PATH.
-
-    os.execvpe is no use here: it imports modules lazily, and after the
-    chroot into the container the guest's stdlib is out of sight.
-
-    :returns: the OSError of the best candidate (only if all failed).
-    """
-    name = argv[0]
-    if '/' in name:
-        candidates = [name]
-    else:
-        candidates = [os.path.join(d or '.', name)
-                      for d in env.get('PATH', DEFAULT_PATH).split(':')]
-    error = None
-    for path in candidates:
-        try:
-            os.execve(path, argv, env)
-        except OSError as exc:
-            # Like execvp: remember a "found but not runnable" error over
-            # a plain "not here".
-            if error is None or exc.errno != errno.ENOENT:
-                error = exc
-    return error or OSError(errno.ENOENT, 'not found')
 
 
 def find_port(name=PORT_NAME, timeout=10.0):

@@ -58,16 +58,19 @@ def _fail(what):
     raise OSError(err, '%s: %s' % (what, os.strerror(err)))
 
 
-def limit(libc, keep):
+def limit(libc, keep, last_cap=CAP_LIMIT - 1):
     """Reduce the calling process's capabilities to the mask ``keep``.
 
     :param libc: a ctypes CDLL of libc (use_errno=True).
     :param keep: capability bit mask to keep (bounding, permitted and
         effective); inheritable and ambient end up empty.
+    :param last_cap: the kernel's highest capability (read by the caller
+        before any chroot, see :func:`last_cap`): none above it exists to
+        drop, and every drop is a system call.
     :raises: OSError if the kernel refuses.
     """
     import ctypes
-    for cap in range(CAP_LIMIT):
+    for cap in range(min(last_cap, CAP_LIMIT - 1) + 1):
         if not keep & (1 << cap):
             if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
                 if ctypes.get_errno() != EINVAL:
@@ -84,7 +87,19 @@ def limit(libc, keep):
         _fail('capset')
 
 
-def confine(libc, privileged, extra=()):
+def last_cap(path='/proc/sys/kernel/cap_last_cap'):
+    """:returns: the kernel's highest capability number (the guest's own
+    /proc: call it outside any container root), else the interface's.
+    """
+    try:
+        with open(path, 'rb') as f:
+            value = int(f.read(16))
+    except (OSError, ValueError):
+        return CAP_LIMIT - 1
+    return value if 0 <= value < CAP_LIMIT else CAP_LIMIT - 1
+
+
+def confine(libc, privileged, extra=(), last=CAP_LIMIT - 1):
     """Apply the container defaults to the calling process.
 
     Call as root before changing to the container's user (setuid needs
@@ -94,10 +109,11 @@ def confine(libc, privileged, extra=()):
     :param libc: a ctypes CDLL of libc (use_errno=True).
     :param privileged: keep every capability, no filter.
     :param extra: capability names kept beyond the default set.
+    :param last: the kernel's highest capability (:func:`last_cap`).
     :raises: OSError if the kernel refuses any step: a container never
         starts with less protection than asked for.
     """
     if privileged:
         return
-    limit(libc, mask(DEFAULT_CAPS + tuple(extra)))
+    limit(libc, mask(DEFAULT_CAPS + tuple(extra)), last)
     guestseccomp.install(libc)

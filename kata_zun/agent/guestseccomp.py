@@ -198,6 +198,20 @@ def assemble(prog):
     return b''.join(struct.pack('<HBBI', *insn) for insn in prog)
 
 
+_compiled = None
+
+
+def compiled():
+    """:returns: the default program assembled (built once per process:
+    every exec installs it, and building it in Python is not free under
+    TCG).
+    """
+    global _compiled
+    if _compiled is None:
+        _compiled = assemble(build())
+    return _compiled
+
+
 def install(libc, prog=None):
     """Set no_new_privs and install the filter on the calling thread.
 
@@ -213,12 +227,10 @@ def install(libc, prog=None):
         # filter that would mean something else.
         raise OSError(95, 'no seccomp filter for %s' % machine)
 
-    class SockFprog(ctypes.Structure):
-        _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.c_void_p)]
-
-    code = assemble(prog if prog is not None else build())
+    code = assemble(prog) if prog is not None else compiled()
     buf = ctypes.create_string_buffer(code, len(code))
-    fprog = SockFprog(len(code) // 8, ctypes.addressof(buf))
+    # struct sock_fprog: an unsigned short, then (aligned) a pointer.
+    fprog = (ctypes.c_uint64 * 2)(len(code) // 8, ctypes.addressof(buf))
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, 'no_new_privs')

@@ -43,6 +43,8 @@ _ALL_TYPES = CONTROL_TYPES + STREAM_TYPES
 
 HEADER = struct.Struct('>BI')
 HANDLE = struct.Struct('>I')
+# A stream frame's header and process handle, as one.
+STREAM_HEAD = struct.Struct('>BII')
 
 DEFAULT_MAX_FRAME = 1024 * 1024
 # Payload bytes the sender puts in one stream frame: well under any limit.
@@ -154,6 +156,31 @@ def encode_json(ftype, obj):
 def encode_stream(ftype, handle, data):
     """:returns: the bytes of one stream frame (data must be small)."""
     return encode(ftype, HANDLE.pack(handle) + data)
+
+
+def read_stream(fd, ftype, handle, buf):
+    """Read from ``fd`` into a whole stream frame in ``buf``.
+
+    The bytes land after room left for the header, so the frame goes out
+    as one buffer without being copied (output is the bulk of the
+    traffic, and the guest pays for every copy and every write).
+
+    :param fd: a (non-blocking) fd to read.
+    :param ftype: STDOUT or STDERR.
+    :param handle: the process handle.
+    :param buf: a bytearray of :data:`STREAM_HEAD` ``.size`` plus the
+        most bytes to read (keep that under the peer's frame limit).
+    :returns: the frame (a memoryview of ``buf``: the buffer is in use
+        while the view lives), None at end of file.
+    :raises: OSError (BlockingIOError when nothing is there).
+    """
+    view = memoryview(buf)
+    n = os.readv(fd, [view[STREAM_HEAD.size:]])
+    if not n:
+        view.release()
+        return None
+    STREAM_HEAD.pack_into(buf, 0, ftype, HANDLE.size + n, handle)
+    return view[:STREAM_HEAD.size + n]
 
 
 class Decoder(object):

@@ -27,6 +27,13 @@ OPTS = [
                 help='Run QEMU with -sandbox on,obsolete=deny,'
                      'elevateprivileges=deny,spawn=deny,'
                      'resourcecontrol=deny.'),
+    cfg.BoolOpt('free_page_reporting', default=True,
+                help='Give every VM a virtio balloon with free page '
+                     'reporting: the guest returns the memory it frees to '
+                     'the host, so idle sandboxes cost the host what they '
+                     'use, not what they once touched. The balloon is '
+                     'never inflated and cannot give a guest more than its '
+                     'memory size.'),
     cfg.IntOpt('tsc_khz', default=0, min=0,
                help='Host TSC rate passed as tsc_early_khz (microvm hangs '
                     'in calibration without it). 0 reads it from the '

@@ -48,11 +48,13 @@ LOG = logging.getLogger(__name__)
 AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
                'guestlayer.py', 'guestvolumes.py', 'guestroot.py',
                'guestcaps.py', 'guestseccomp.py', 'guestdev.py',
-               'guestshare.py')
+               'guestshare.py', 'guestproc.py', 'guestutil.py')
 AGENT_ROOT = 'opt/kata-agent'
+# virtio_balloon: free page reporting (see [kata_hypervisor]
+# free_page_reporting).
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',
-                'erofs', 'ext4', 'virtiofs')
+                'erofs', 'ext4', 'virtiofs', 'virtio_balloon')
 BUSYBOX = '/bin/busybox'
 BUSYBOX_APPLETS = ('sh', 'ash', 'cat', 'cp', 'dmesg', 'echo', 'grep', 'insmod',
                    'ip', 'kill', 'ln', 'ls', 'lsmod', 'mkdir', 'mknod',

@@ -212,10 +212,12 @@ class AgentLink(object):
             if handle == self.main and self.logw is not None:
                 self.logw.write(logs.STDOUT if frame.type == protocol.STDOUT
                                 else logs.STDERR, data)
-            encoded = protocol.encode(frame.type, frame.payload)
+            # Header and payload go out as they are (writev): no copy of
+            # the bulk of the traffic.
+            header = protocol.HEADER.pack(frame.type, len(frame.payload))
             for client in self.clients:
                 if handle in client.subs:
-                    self._send(client, encoded)
+                    self._send(client, header, frame.payload)
             return
         if frame.type == protocol.RESPONSE:
             msg = frame.json()

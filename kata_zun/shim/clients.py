@@ -100,13 +100,13 @@ class ClientHandling(object):
             pass
         client.close()
 
-    def _send(self, client, data):
+    def _send(self, client, *chunks):
         if client.chan.pending_out > CLIENT_MAX_BACKLOG:
             LOG.warning('dropping a client that stopped reading')
             self._drop(client)
             return
         try:
-            client.chan.send(data)
+            client.chan.send(*chunks)
         except OSError:
             self._drop(client)
 

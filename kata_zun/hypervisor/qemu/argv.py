@@ -227,6 +227,24 @@ class AgentPort:
 
 
 @dataclasses.dataclass(frozen=True)
+class FreePageReporting:
+    """A virtio balloon used only for free page reporting: the guest
+    kernel hands pages it has freed back to QEMU, which discards them, so
+    an idle VM's host memory shrinks to what its guest really uses.
+
+    The balloon itself is never inflated (nothing sets a target) and
+    ``deflate-on-oom`` is off: the guest can only give memory back, never
+    take more than its ``-m``.
+    """
+    machine_type: str = 'microvm'
+
+    def args(self):
+        return ['-device', '%s,id=balloon0,free-page-reporting=on,'
+                'deflate-on-oom=off' % _device(self.machine_type,
+                                               'virtio-balloon')]
+
+
+@dataclasses.dataclass(frozen=True)
 class QmpSocket:
     socket_path: typing.Optional[str]
     fd: typing.Optional[int] = None
@@ -661,6 +679,8 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
         parts += [Kernel(h.kernel, h.initrd, params),
                   SerialConsole(fd=h.console_fd), QmpSocket(None, h.qmp_fd),
                   AgentPort(None, machine_type, h.agent_fd)]
+    if CONF.kata_hypervisor.free_page_reporting:
+        parts.append(FreePageReporting(machine_type))
     parts.extend(BlockDevice(i, d.path, d.serial, d.read_only, machine_type,
                              fd=h.disk_fds[i] if h else None,
                              host_device=d.host_device)

@@ -153,6 +153,30 @@ class DetachedTestCase(base.KataZunFunctionalTest):
         self.assertFalse(os.path.exists(os.path.join(self.run_path,
                                                      cid[:16])))
 
+    def test_exec_streams_lose_no_byte(self):
+        # An exec's stdout and stderr at full speed, with stdin fed at
+        # the same time: every byte arrives, in order, on the right
+        # stream, and the exit code is the process's.
+        self.kz('run', '-d', '--name', 's', 'busybox', 'sleep', '600',
+                check=0)
+        r = self.kz('exec', 's', 'sh', '-c',
+                    'head -c 30000000 /dev/urandom > /tmp/blob; '
+                    'sha256sum /tmp/blob >&2; cat /tmp/blob; exit 5',
+                    check=5)
+        self.assertEqual(30000000, len(r.out))
+        self.assertEqual(r.err.split()[0].decode(),
+                         hashlib.sha256(r.out).hexdigest())
+        data = os.urandom(3 << 20)
+        r = self.kz('exec', '-i', 's', 'sh', '-c',
+                    'tee /tmp/in; sha256sum /tmp/in >&2', input=data,
+                    check=0)
+        # (Digests compared: a failure message holding megabytes breaks
+        # the test runner's stream.)
+        digest = hashlib.sha256(data).hexdigest()
+        self.assertEqual((len(data), digest),
+                         (len(r.out), hashlib.sha256(r.out).hexdigest()))
+        self.assertEqual(digest, r.err.split()[0].decode())
+
     def test_kill_pause_unpause(self):
         self.kz('run', '-d', '--name', 'p', 'busybox', 'sleep', '600',
                 check=0)

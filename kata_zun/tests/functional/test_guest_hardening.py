@@ -169,6 +169,51 @@ class DefaultContainerTestCase(base.KataZunFunctionalTest):
             time.sleep(0.5)
         self.assertEqual('healthy', health['Status'], health)
 
+    def test_exec_is_confined_exactly_like_the_main_process(self):
+        # An exec is made on its own path (one clone into the running
+        # container): it must end up with everything its main process
+        # has, namespace for namespace, and nothing more.
+        self.kz('run', '-d', '--name', 'same', 'busybox', 'sleep', '600',
+                check=0)
+        fields = STATUS_FIELDS + ('Seccomp_filters', 'Uid', 'Gid',
+                                  'Groups')
+        show = ('for p in 1 self; do grep -E "^(%s):" /proc/$p/status; '
+                'for ns in cgroup ipc mnt net pid pid_for_children uts; '
+                'do echo "$ns: $(readlink /proc/$p/ns/$ns)"; done; '
+                'echo "cgroup: $(cat /proc/$p/cgroup)"; '
+                'echo "root: $(readlink /proc/$p/root)"; echo ---; done'
+                % '|'.join(fields))
+        r = self.kz('exec', 'same', 'sh', '-c', show, check=0)
+        main, exec_ = [dict(line.split(':', 1) for line in part.splitlines()
+                            if ':' in line)
+                       for part in r.text.split('---\n')[:2]]
+        for key in fields + ('cgroup', 'ipc', 'mnt', 'net', 'pid',
+                             'pid_for_children', 'uts', 'root'):
+            self.assertIn(key, main, r)
+        self.assertEqual(main, exec_, r)
+        self.assertEqual(DOCKER_DEFAULT_CAPS, exec_['CapEff'].strip(), r)
+        self.assertEqual('1', exec_['NoNewPrivs'].strip(), r)
+        self.assertEqual('2', exec_['Seccomp'].strip(), r)
+        self.assertEqual('1', exec_['Seccomp_filters'].strip(), r)
+        self.assertEqual('0::/', exec_['cgroup'].strip(), r)
+        # The device program holds for an exec: a node of the VM's disk
+        # can be made (CAP_MKNOD) but not opened.
+        r = self.kz('exec', 'same', 'sh', '-c',
+                    'set -- $(grep -w vda /proc/partitions); '
+                    'mknod /tmp/disk b $1 $2 && head -c 512 /tmp/disk')
+        self.assertNotEqual(0, r.code, r)
+        self.assertEqual(b'', r.out)
+        self.assertIn(b'not permitted', r.err)
+        # Exit codes and exec errors are the container runtime's.
+        self.kz('exec', 'same', 'sh', '-c', 'exit 7', check=7)
+        r = self.kz('exec', 'same', 'no-such-command')
+        self.assertEqual(127, r.code, r)
+        self.assertIn(b'executable file not found', r.err)
+        r = self.kz('exec', 'same', '/etc/hostname')
+        self.assertEqual(126, r.code, r)
+        r = self.kz('exec', '-w', '/no/such/dir', 'same', 'true')
+        self.assertEqual(0, r.code, r)
+
     def test_process_flood_stops_at_the_pids_limit(self):
         # The main process reaps what is left to it (PID 1 of the
         # container): sleepers orphaned by the exec below do not stay

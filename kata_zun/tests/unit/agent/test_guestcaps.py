@@ -4,6 +4,7 @@ import ctypes
 import os
 import re
 
+import fixtures
 from oslotest import base
 
 from kata_zun.agent import guestcaps
@@ -93,3 +94,35 @@ class ConfineTestCase(base.BaseTestCase):
         status = status_of_child(lambda libc: guestcaps.confine(libc, True))
         self.assertEqual(mine, status)
         self.assertEqual('0', status['Seccomp'])
+
+
+class LastCapTestCase(base.BaseTestCase):
+
+    def _file(self, text):
+        path = os.path.join(self.useFixture(
+            fixtures.TempDir()).path, 'cap_last_cap')
+        with open(path, 'w') as f:
+            f.write(text)
+        return path
+
+    def test_reads_the_kernels_value(self):
+        self.assertEqual(40, guestcaps.last_cap(self._file('40\n')))
+
+    def test_anything_else_means_every_number_of_the_interface(self):
+        for text in ('', 'x', '-1', '64', '99999'):
+            self.assertEqual(guestcaps.CAP_LIMIT - 1,
+                             guestcaps.last_cap(self._file(text)), text)
+        self.assertEqual(guestcaps.CAP_LIMIT - 1,
+                         guestcaps.last_cap('/nonexistent/cap_last_cap'))
+
+    def test_same_sets_when_only_the_kernels_caps_are_dropped(self):
+        if os.geteuid() != 0:
+            self.skipTest('capability sets can only be shown as root')
+        last = guestcaps.last_cap()
+        for extra in ((), ('SYS_ADMIN',)):
+            self.assertEqual(
+                status_of_child(
+                    lambda libc: guestcaps.confine(libc, False, extra)),
+                status_of_child(
+                    lambda libc: guestcaps.confine(libc, False, extra,
+                                                   last=last)))

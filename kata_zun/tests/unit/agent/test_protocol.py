@@ -109,3 +109,37 @@ class ChannelTestCase(base.BaseTestCase):
         chan.close()
         frames, eof = peer.read()
         self.assertTrue(eof)
+
+
+class ReadStreamTestCase(base.BaseTestCase):
+
+    def test_a_whole_frame_read_in_place(self):
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        os.write(w, b'hello')
+        buf = bytearray(protocol.STREAM_HEAD.size + 64)
+        frame = protocol.read_stream(r, protocol.STDERR, 9, buf)
+        self.assertEqual(protocol.STREAM_HEAD.size + 5, len(frame))
+        out = protocol.Decoder().feed(bytes(frame))
+        self.assertEqual(1, len(out))
+        self.assertEqual(protocol.STDERR, out[0].type)
+        self.assertEqual((9, b'hello'), out[0].stream())
+        # The frame is a view of the buffer: no copy was made.
+        self.assertIs(buf, frame.obj)
+        os.close(w)
+        self.assertIsNone(protocol.read_stream(r, protocol.STDOUT, 9, buf))
+
+    def test_reads_at_most_the_buffer(self):
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        os.write(w, b'x' * 100)
+        buf = bytearray(protocol.STREAM_HEAD.size + 30)
+        frame = protocol.read_stream(r, protocol.STDOUT, 1, buf)
+        self.assertEqual(protocol.Decoder().feed(bytes(frame))[0].stream(),
+                         (1, b'x' * 30))
+        self.assertEqual(b'x' * 70, os.read(r, 100))
+        os.set_blocking(r, False)
+        self.assertRaises(BlockingIOError, protocol.read_stream, r,
+                          protocol.STDOUT, 1,
+                          bytearray(protocol.STREAM_HEAD.size + 100))

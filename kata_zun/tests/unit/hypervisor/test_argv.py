@@ -27,7 +27,29 @@ class BuildArgvTestCase(base.BaseTestCase):
     def setUp(self):
         super().setUp()
         self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
-        self.cfg.config(tsc_khz=2596138, group='kata_hypervisor')
+        # The goldens below leave the balloon out (see
+        # test_free_page_reporting_balloon).
+        self.cfg.config(tsc_khz=2596138, free_page_reporting=False,
+                        group='kata_hypervisor')
+
+    def test_free_page_reporting_balloon(self):
+        self.cfg.config(free_page_reporting=True, group='kata_hypervisor')
+        config = _config(disks=(hv_base.Disk('/img/r.erofs', 'r', True),))
+        for machine, device in (('microvm', 'virtio-balloon-device'),
+                                ('q35', 'virtio-balloon-pci')):
+            full = argv.build_argv(config, 'tcg', machine, 'max', QEMU)
+            balloon = ['-device', '%s,id=balloon0,free-page-reporting=on,'
+                       'deflate-on-oom=off' % device]
+            # Right after the agent port, before the disks: never
+            # inflated, it can only give memory back.
+            at = full.index('virtserialport,bus=vser0.0,chardev=agent,'
+                            'name=agent.0') + 1
+            self.assertEqual(balloon, full[at:at + 2])
+            self.assertEqual(1, full.count(balloon[1]))
+            self.assertEqual('-blockdev', full[at + 2])
+        self.cfg.config(free_page_reporting=False, group='kata_hypervisor')
+        full = argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU)
+        self.assertFalse([a for a in full if 'balloon' in a])
 
     def test_microvm_tcg_disks_sandbox(self):
         config = _config(

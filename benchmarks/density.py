@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Data plane and density figures of kata-zun, next to the floor.
+
+In one run, in a state path of its own (see benchmarks/isolated.py)::
+
+    .venv/bin/python benchmarks/density.py [--sandboxes 20] [--runs 5]
+
+- the floor: a bare QEMU boot of the same kernel (benchmarks/coldstart.py);
+- exec round trip of ``true`` through the API (median, p90);
+- stdout guest -> host through the API (MB/s, every byte counted);
+- host memory (PSS, from /proc/PID/smaps_rollup) per idle sandbox with
+  ``--sandboxes`` running: QEMU, shim, both; with free page reporting
+  (``[kata_hypervisor] free_page_reporting``) as configured, and with
+  ``--compare-reporting`` once more with it off, for the difference.
+
+It prints figures; it asserts nothing (the exit status says whether the
+stream lost bytes).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun.guest import builder
+from kata_zun.hypervisor.qemu import accel as qemu_accel
+
+import coldstart  # benchmarks/coldstart.py
+import isolated  # benchmarks/isolated.py
+
+CONF = conf.CONF
+# How long idle sandboxes are left alone before their memory is read:
+# the guest reports free pages in batches about 2 s apart.
+SETTLE_SECONDS = 20
+
+
+def pss_kib(pid):
+    """:returns: the PSS of ``pid`` in KiB (0 if it is gone)."""
+    try:
+        with open('/proc/%d/smaps_rollup' % pid) as f:
+            for line in f:
+                if line.startswith('Pss:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def med_p90(values):
+    ordered = sorted(values)
+    return (statistics.median(ordered),
+            ordered[max(0, int(len(ordered) * 0.9) - 1)])
+
+
+def idle_pss(conf_file, count):
+    """Start ``count`` idle sandboxes, let them settle, read their PSS.
+
+    :returns: (QEMU KiB list, shim KiB list), one entry per sandbox.
+    """
+    names = ['idle%d' % i for i in range(count)]
+    started = []
+    try:
+        for name in names:
+            try:
+                coldstart.cli(conf_file, 'run', '-d', '--name', name,
+                              'busybox', 'sleep', '3600')
+                started.append(name)
+            except subprocess.CalledProcessError as exc:
+                print('%s did not start: %s' % (
+                    name, exc.stderr.decode('utf-8', 'replace').strip()))
+        time.sleep(SETTLE_SECONDS)
+        from kata_zun.runtime import manager
+        rt = manager.Runtime()
+        qemu, shim = [], []
+        for name in started:
+            state = rt.get(name).state
+            qemu.append(pss_kib(int(state.get('vm_pid') or 0)))
+            shim.append(pss_kib(int(state.get('shim_pid') or 0)))
+        return qemu, shim
+    finally:
+        for name in names:
+            subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                            '--config-file', conf_file, 'rm', '-f', name],
+                           capture_output=True)
+
+
+def print_pss(label, qemu, shim):
+    mib = 1024.0
+    total = [q + s for q, s in zip(qemu, shim)]
+    print('%-46s QEMU %6.1f + shim %5.1f = %6.1f MiB  (median of %d; '
+          'all: %.0f MiB)' % (
+              label, statistics.median(qemu) / mib,
+              statistics.median(shim) / mib, statistics.median(total) / mib,
+              len(total), sum(total) / mib))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--sandboxes', type=int, default=20)
+    parser.add_argument('--stream-mb', type=int, default=100)
+    parser.add_argument('--compare-reporting', action='store_true',
+                        help='measure idle PSS with free page reporting '
+                             'off as well')
+    args = parser.parse_args()
+    iso = isolated.Isolated('kz-density-',
+                            '[kata]\nwritable_layer_mb = 256\n')
+    conf_file = iso.conf
+    logging.register_options(CONF)
+    CONF([], project='kata-zun', default_config_files=[conf_file])
+    try:
+        assets = builder.find()
+        accel = qemu_accel.choose(assets.kernel)
+        name = getattr(accel, 'name', accel)
+        from kata_zun.image import busybox
+        archive = os.path.join(iso.root, 'busybox.tar')
+        busybox.write_docker_archive(archive)
+        coldstart.cli(conf_file, 'load', '-i', archive)
+        floor = [coldstart.bare_boot(assets, iso.root, name)
+                 for _ in range(args.runs)]
+
+        coldstart.cli(conf_file, 'run', '-d', '--name', 'bench', 'busybox',
+                      'sleep', '3600')
+        from kata_zun.runtime import manager
+        rt = manager.Runtime()
+        rtt = coldstart.exec_round_trips(rt, 'bench', max(args.runs, 20))
+        size = args.stream_mb * 1000 * 1000
+        got, elapsed = coldstart.stdout_throughput(rt, 'bench', size)
+        coldstart.cli(conf_file, 'rm', '-f', 'bench')
+
+        print('kata-zun data plane and density (accelerator: %s, machine: '
+              '%s)' % (name, CONF.kata_hypervisor.machine_type))
+        print('%-46s %8.3f s' % ('floor: bare QEMU boot -> /init -> '
+                                 'poweroff', statistics.median(floor)))
+        med, p90 = med_p90(rtt)
+        print('%-46s %8.2f ms (p90 %.2f ms, %d runs)' % (
+            'exec round trip (API, exec true)', med * 1000, p90 * 1000,
+            len(rtt)))
+        print('%-46s %8.1f MB/s (%d of %d bytes)' % (
+            'stdout guest -> host (API)', got / elapsed / 1e6, got, size))
+        sys.stdout.flush()
+        try:
+            reporting = CONF.kata_hypervisor.free_page_reporting
+        except cfg.NoSuchOptError:     # a kata-zun before the option
+            reporting = False
+        qemu, shim = idle_pss(conf_file, args.sandboxes)
+        print_pss('PSS per idle sandbox, %d running (reporting %s)'
+                  % (args.sandboxes, 'on' if reporting else 'off'),
+                  qemu, shim)
+        if args.compare_reporting and reporting:
+            with open(conf_file, 'a') as f:
+                f.write('[kata_hypervisor]\nfree_page_reporting = false\n')
+            qemu, shim = idle_pss(conf_file, args.sandboxes)
+            print_pss('PSS per idle sandbox, %d running (reporting off)'
+                      % args.sandboxes, qemu, shim)
+        return 0 if got == size else 1
+    finally:
+        subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                        '--config-file', conf_file, 'rm', '-f', 'bench'],
+                       capture_output=True)
+        iso.close()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
