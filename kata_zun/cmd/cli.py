@@ -703,6 +703,10 @@ def build_parser():
     imagecli.add_parsers(sub)
     from kata_zun.cmd import verbs
     verbs.add_parsers(sub)
+    from kata_zun.cmd import attach
+    attach.add_parsers(sub)
+    from kata_zun.cmd import system
+    system.add_parsers(sub)
     from kata_zun.volume import cli as volumecli
     volumecli.add_parsers(sub)
 

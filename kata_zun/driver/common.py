@@ -16,20 +16,32 @@ def runtime_id_of(uuid):
 
 
 def wrap(func):
-    """Turn kata-zun errors into the zun exceptions the API expects."""
+    """Turn kata-zun errors into the zun exceptions the API expects, and
+    record the reason in the request's action (see
+    :mod:`kata_zun.driver.actionevents`).
+    """
     def wrapper(self, *args, **kwargs):
         try:
-            return func(self, *args, **kwargs)
-        except exception.ContainerNotFound as exc:
-            raise zun_exc.Invalid(str(exc))
-        except exception.ImageNotFound as exc:
-            raise zun_exc.ImageNotFound(str(exc))
-        except exception.Conflict as exc:
-            raise zun_exc.Conflict(str(exc))
-        except exception.InvalidInput as exc:
-            raise zun_exc.Invalid(str(exc))
-        except exception.KataZunException as exc:
-            raise zun_exc.ZunException(str(exc))
+            return _translated(func, self, *args, **kwargs)
+        except Exception as exc:
+            from kata_zun.driver import actionevents
+            actionevents.record_failure(func.__name__, args, exc)
+            raise
     wrapper.__name__ = func.__name__
     wrapper.__doc__ = func.__doc__
     return wrapper
+
+
+def _translated(func, self, *args, **kwargs):
+    try:
+        return func(self, *args, **kwargs)
+    except exception.ContainerNotFound as exc:
+        raise zun_exc.Invalid(str(exc))
+    except exception.ImageNotFound as exc:
+        raise zun_exc.ImageNotFound(str(exc))
+    except exception.Conflict as exc:
+        raise zun_exc.Conflict(str(exc))
+    except exception.InvalidInput as exc:
+        raise zun_exc.Invalid(str(exc))
+    except exception.KataZunException as exc:
+        raise zun_exc.ZunException(str(exc))
