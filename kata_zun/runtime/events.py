@@ -29,6 +29,7 @@ import time
 from oslo_log import log as logging
 
 from kata_zun import conf
+from kata_zun import exception
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ def parse_lines(data):
 
 
 def read(state_path):
-    """:returns: every event the log keeps, oldest first."""
+    """:returns: every event the log keeps, oldest first.
+    :raises: KataZunException when the log exists but cannot be read.
+    """
     path = log_path(state_path)
     events = []
     # Each file is read whole at most: both are bounded by rotation (a
@@ -169,6 +172,9 @@ def read(state_path):
                 data = f.read(limit)
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            raise exception.KataZunException(
+                'cannot read the event log %s: %s' % (name, exc))
         events.extend(parse_lines(data[:data.rfind(b'\n') + 1]))
     events.sort(key=lambda e: e['timeNano'])
     return events

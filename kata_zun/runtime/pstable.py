@@ -82,7 +82,10 @@ FIELDS = {
     'rss': ('RSS', lambda p, now: str(p['rss_kb'])),
     '%cpu': ('%CPU', lambda p, now: '%.1f' % _pcpu(p, now)),
     'c': ('C', lambda p, now: str(int(_pcpu(p, now)))),
+    # The guest does not report terminals: '?', as ps prints a
+    # process without one.
     'tty': ('TT', lambda p, now: '?'),
+    'tname': ('TTY', lambda p, now: '?'),
     'cmd': ('CMD', lambda p, now: _cmd(p)),
     'args': ('COMMAND', lambda p, now: _cmd(p)),
     'command': ('COMMAND', lambda p, now: _cmd(p)),
@@ -90,9 +93,9 @@ FIELDS = {
 }
 _ALIASES = {'pcpu': '%cpu', 'rssize': 'rss', 'rsz': 'rss', 's': 'state',
             'cputime': 'time', 'euid': 'uid', 'euser': 'user',
-            'tname': 'tty', 'tt': 'tty', 'ucomm': 'comm', 'lstart': 'start'}
-DEFAULT = ('uid', 'pid', 'ppid', 'c', 'stime', 'tty', 'time', 'cmd')
-_SHORT = ('pid', 'tty', 'time', 'cmd')
+            'tt': 'tty', 'ucomm': 'comm', 'lstart': 'start'}
+DEFAULT = ('uid', 'pid', 'ppid', 'c', 'stime', 'tname', 'time', 'cmd')
+_SHORT = ('pid', 'tname', 'time', 'cmd')
 
 
 def _invalid(ps_args, why):
@@ -148,7 +151,7 @@ def columns(ps_args):
             more = _parse_fields(ps_args, value)
             if word in ('-O', 'O'):
                 # -O: the default columns with these after the PID.
-                more = ['pid'] + more + ['state', 'tty', 'time', 'cmd']
+                more = ['pid'] + more + ['state', 'tname', 'time', 'cmd']
             fields = (fields or []) + more
             continue
         if word.startswith('-o') and len(word) > 2:
