@@ -454,12 +454,16 @@ def cmd_stats(rt, args):
 
 
 def cmd_top(rt, args):
+    """``docker top CONTAINER [ps OPTIONS]`` (see
+    :mod:`kata_zun.runtime.pstable`).
+    """
+    from kata_zun.runtime import pstable
+    ps_args = ' '.join(args.ps_args) or None
+    pstable.columns(ps_args)        # refused before the guest is asked
     c = rt.get(args.container)
-    rows = [('UID', 'PID', 'PPID', 'STAT', 'TIME', 'CMD')]
-    for p in rt.call(c.id, 'ps')['processes']:
-        rows.append((p['uid'], p['pid'], p['ppid'], p['state'],
-                     '%.2f' % p['cpu_time'], p['cmd']))
-    _table(rows)
+    procs = guestdata.processes(rt.call(c.id, 'ps'))['processes']
+    table = pstable.table(procs, ps_args)
+    _table([table['Titles']] + table['Processes'])
     return 0
 
 
@@ -679,6 +683,8 @@ def build_parser():
 
     p = sub.add_parser('top', help='processes of a container')
     p.add_argument('container')
+    p.add_argument('ps_args', nargs=argparse.REMAINDER,
+                   help='ps options: -ef (default), -e, -o FIELDS')
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser('images', help='list images')
