@@ -290,9 +290,11 @@ def prune_images(rt, all_images=False):
             continue        # a Zun tenant's image: never pruned here
         try:
             for tag in image.repo_tags or ():
-                if rt.images.remove(tag, users=rt.image_users(image.id)):
-                    break
+                deleted = rt.images.remove(tag,
+                                           users=rt.image_users(image.id))
                 done.append(('untagged', tag))
+                if deleted:
+                    break
             else:
                 rt.images.remove(image.id, users=rt.image_users(image.id))
         except exception.ImageNotFound:

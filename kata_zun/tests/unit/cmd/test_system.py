@@ -247,7 +247,8 @@ class PruneTestCase(base.BaseTestCase):
                           mock.call('x:1', users=[]),
                           mock.call('x:2', users=[])],
                          rt.images.remove.call_args_list)
-        self.assertIn('untagged: x:1\ndeleted: sha256:tagged', out)
+        self.assertIn('untagged: x:1\nuntagged: x:2\ndeleted: '
+                      'sha256:tagged', out)
         self.assertIn('Total reclaimed space: 2.3kB', out)
 
     def test_system_df_and_prune(self):
