@@ -489,9 +489,9 @@ def cmd_rmi(rt, args):
 
 
 def cmd_load(rt, args):
-    def progress(msg):
-        print(msg, file=sys.stderr)
-    for image in rt.images.load_archive(args.input, progress=progress):
+    from kata_zun.image import progress
+    for image in rt.images.load_archive(
+            args.input, progress=progress.Terminal(sys.stderr)):
         for tag in image.repo_tags or [image.id]:
             print('Loaded image: %s' % tag)
     return 0
@@ -501,8 +501,9 @@ _RUN_PULL = {'missing': 'ifnotpresent', 'always': 'always', 'never': 'never'}
 
 
 def _pull(rt, ref, policy, credentials=None):
+    from kata_zun.image import progress
     return rt.images.pull(ref, policy=policy, credentials=credentials,
-                          progress=lambda msg: print(msg, file=sys.stderr))
+                          progress=progress.Terminal(sys.stderr))
 
 
 def cmd_pull(rt, args):
@@ -532,10 +533,9 @@ def cmd_check(rt, args):
 
 def cmd_guest_build(rt, args):
     from kata_zun.guest import builder
-
-    def progress(msg):
-        print(msg, file=sys.stderr)
-    assets = builder.build(force=args.force, progress=progress)
+    from kata_zun.image import progress
+    assets = builder.build(force=args.force,
+                           progress=progress.Terminal(sys.stderr))
     print('kernel: %s\ninitrd: %s\nversion: %s' % (
         assets.kernel, assets.initrd, assets.version))
     return 0
