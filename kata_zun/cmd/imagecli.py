@@ -63,8 +63,10 @@ def cmd_save(rt, args):
         with open(tmp, 'wb') as f:
             writer = progress.CountingWriter(f, report, args.output)
             rt.images.export(args.images, writer)
-        report(progress.Update('%s: saved %s' % (
-            args.output, progress.human(writer.done)), key=args.output))
+        if report.tty:      # docker save prints nothing otherwise
+            report(progress.Update('%s: saved %s' % (
+                args.output, progress.human(writer.done)),
+                key=args.output))
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):

@@ -74,6 +74,7 @@ class Terminal(object):
         self.lock = threading.Lock()
         self.lines = collections.OrderedDict()   # key -> rendered text
         self.starts = {}            # key -> (time, bytes) of the first count
+        self.counted = set()        # keys whose byte count was drawn
         self.drawn = 0              # lines of the block on the screen
         self.last_draw = 0.0
 
@@ -92,10 +93,14 @@ class Terminal(object):
             while len(self.lines) > MAX_LINES:
                 self.lines.popitem(last=False)
             now = self.clock()
-            if message.done is not None and (
+            # Counts are drawn at most every REDRAW_INTERVAL, except the
+            # first of each line (a fast download still shows its bytes).
+            if message.done is not None and key in self.counted and (
                     message.total is None or message.done < message.total) \
                     and now - self.last_draw < REDRAW_INTERVAL:
                 return
+            if message.done is not None:
+                self.counted.add(key)
             self.last_draw = now
             self._write(self._clear() + self._block())
 

@@ -139,3 +139,78 @@ class AttachEventsPruneTestCase(base.KataZunFunctionalTest):
         self.assertEqual(130, follow.wait(timeout=60))
         kill = self.events('--filter', 'event=kill')
         self.assertEqual('2', kill[0]['Actor']['Attributes']['signal'])
+
+
+class ProgressTestCase(base.KataZunFunctionalTest):
+    """Pull and save progress through a real pseudo-terminal, and the
+    same commands quiet on a pipe (a real registry; no VM).
+    """
+
+    def _with_pty(self, *args):
+        """Run the CLI with stderr on a pty; :returns: (code, stdout,
+        what the terminal received).
+        """
+        import pty
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+             self.conf_file] + list(args), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        screen = bytearray()
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:       # EIO: the last writer closed the pty
+                break
+            if not data:
+                break
+            screen += data
+        os.close(master)
+        out = proc.stdout.read()
+        proc.stdout.close()
+        return proc.wait(timeout=300), out, bytes(screen)
+
+    def test_pull_and_save_progress_on_a_tty_only(self):
+        import fixtures
+        from kata_zun.image import busybox
+        from kata_zun.tests.functional import registry_fixture as rf
+        tmp = self.useFixture(fixtures.TempDir()).path
+        registry = self.useFixture(rf.Registry('http'))
+        path = os.path.join(tmp, 'big.tar')
+        # Incompressible, so that the layer takes several reads.
+        busybox.write_oci_archive(path, extra_files={
+            'big.bin': os.urandom(3 * 1024 * 1024)})
+        registry.push('oci-archive:' + path, 'team/big:1')
+        ref = '%s/team/big:1' % registry.address
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata_image]\ninsecure_registries = %s\n'
+                    % registry.address)
+
+        code, out, screen = self._with_pty('pull', ref)
+        self.assertEqual(0, code, screen)
+        self.assertTrue(out.startswith(b'sha256:'), out)
+        text = screen.decode()
+        self.assertRegex(text, r'Layer 1/1 [0-9a-f]{12}: Downloading '
+                               r'\[[=> ]{30}\] [\d.]+[kM]B/[\d.]+MB  '
+                               r'[\d.]+[kMG]?B/s')
+        self.assertIn('\x1b[J', text)             # redrawn in place
+        self.assertRegex(text, r'Layer 1/1 [0-9a-f]{12}: done')
+
+        saved = os.path.join(tmp, 'saved.tar')
+        code, _out, screen = self._with_pty('save', '-o', saved, ref)
+        self.assertEqual(0, code, screen)
+        self.assertRegex(screen.decode(),
+                         r'%s: Writing [\d.]+[kM]?B' % saved)
+        self.assertIn('%s: saved ' % saved, screen.decode())
+
+        # Not a terminal: the status lines, no byte counts, no escapes.
+        self.kz('rmi', ref, check=0)
+        r = self.kz('pull', ref, check=0)
+        self.assertIn(b'Pulling %s' % ref.encode(), r.err)
+        self.assertRegex(r.text + r.err.decode(), r': done')
+        self.assertNotIn(b'\x1b', r.err)
+        self.assertNotIn(b'Downloading', r.err)
+        self.assertNotIn(b' / ', r.err)
+        r = self.kz('save', '-o', saved, ref, check=0)
+        self.assertEqual(b'', r.err)

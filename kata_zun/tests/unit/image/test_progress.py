@@ -50,7 +50,10 @@ class TerminalTestCase(base.BaseTestCase):
         screen = text.rsplit('\x1b[J', 1)[1]
         self.assertEqual(['L2: downloading', 'L1: Downloading'],
                          [line[:15] for line in screen.splitlines()])
-        # Counts closer than REDRAW_INTERVAL are not drawn; a status is.
+        # Counts closer than REDRAW_INTERVAL are not drawn (but the
+        # first of a line); a status is.
+        report(progress.Update('x', key='L2', done=1, total=4))
+        self.assertIn('L2: Downloading [', out.getvalue())
         before = out.getvalue()
         report(progress.Update('x', key='L1', done=2 * 10 ** 6,
                                total=4 * 10 ** 6))
@@ -60,8 +63,8 @@ class TerminalTestCase(base.BaseTestCase):
         screen = out.getvalue().rsplit('\x1b[J', 1)[1]
         self.assertEqual(['Digest: sha256:1'], out.getvalue().rsplit(
             '\x1b[J', 2)[1].splitlines()[:1])
-        self.assertEqual(['L2: downloading', 'L1: done'],
-                         screen.splitlines())
+        self.assertEqual(['L2: Downloading', 'L1: done'],
+                         [line[:15] for line in screen.splitlines()])
 
     def test_counting_writer(self):
         out, sink = _Tty(), io.BytesIO()
