@@ -38,13 +38,31 @@ def _find(args):
     return context, container
 
 
+def _uuid_of_request(context):
+    """The container of the request's action, for calls that are not
+    given the container (``pull_image``: zun pulls before it creates).
+
+    A request id names one API request, and so one action.
+
+    :returns: the container uuid, or None.
+    """
+    from zun.db.sqlalchemy import api as sa_api
+    from zun.db.sqlalchemy import models
+    with sa_api._session_for_read() as session:
+        rows = session.query(models.ContainerAction.container_uuid).\
+            filter_by(request_id=context.request_id,
+                      project_id=context.project_id).limit(2).all()
+    return rows[0][0] if len(rows) == 1 else None
+
+
 def record_failure(call, args, exc):
     """Add ``kata_<call>`` with our message to the request's action.
 
     :param call: the driver method's name.
     :param args: its positional arguments (the request context and the
-        container are found among them; without both nothing is
-        recorded: not every call belongs to an action).
+        container are found among them, or the container from the
+        request's action; without both nothing is recorded: not every
+        call belongs to an action).
     :param exc: the exception the call raises.
     """
     try:
@@ -52,9 +70,13 @@ def record_failure(call, args, exc):
         # A request of a user (periodic tasks run with an admin context
         # without a project, and zun would file their event under the
         # container's last action, another request's).
-        if context is None or container is None or \
+        if context is None or \
                 not getattr(context, 'request_id', None) or \
                 not getattr(context, 'project_id', None):
+            return
+        uuid = container.uuid if container is not None else \
+            _uuid_of_request(context)
+        if uuid is None:
             return
         from oslo_utils import timeutils
         from zun.db import api as dbapi
@@ -63,7 +85,7 @@ def record_failure(call, args, exc):
         message = guestdata.printable(str(exc) or type(exc).__name__,
                                       TRACEBACK_MAX)
         values = {'event': 'kata_%s' % call,
-                  'container_uuid': container.uuid,
+                  'container_uuid': uuid,
                   'request_id': context.request_id}
         dbapi.action_event_start(context, dict(
             values, start_time=timeutils.utcnow()))
