@@ -32,16 +32,24 @@ def wrap(func):
     return wrapper
 
 
+def _zun_text(exc):
+    """Our message as zun exceptions take it: they printf-format their
+    message with their keyword arguments, so a ``%`` of ours (``%cpu``,
+    a guest's text) would turn into a TypeError (HTTP 500) instead.
+    """
+    return str(exc).replace('%', '%%')
+
+
 def _translated(func, self, *args, **kwargs):
     try:
         return func(self, *args, **kwargs)
     except exception.ContainerNotFound as exc:
-        raise zun_exc.Invalid(str(exc))
+        raise zun_exc.Invalid(_zun_text(exc))
     except exception.ImageNotFound as exc:
-        raise zun_exc.ImageNotFound(str(exc))
+        raise zun_exc.ImageNotFound(_zun_text(exc))
     except exception.Conflict as exc:
-        raise zun_exc.Conflict(str(exc))
+        raise zun_exc.Conflict(_zun_text(exc))
     except exception.InvalidInput as exc:
-        raise zun_exc.Invalid(str(exc))
+        raise zun_exc.Invalid(_zun_text(exc))
     except exception.KataZunException as exc:
-        raise zun_exc.ZunException(str(exc))
+        raise zun_exc.ZunException(_zun_text(exc))
