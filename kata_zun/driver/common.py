@@ -33,11 +33,15 @@ def wrap(func):
 
 
 def _zun_text(exc):
-    """Our message as zun exceptions take it: they printf-format their
-    message with their keyword arguments, so a ``%`` of ours (``%cpu``,
-    a guest's text) would turn into a TypeError (HTTP 500) instead.
+    """Our message as zun exceptions can carry it.
+
+    They printf-format their message with their keyword arguments, and
+    again in zun-api when an RPC call brings them back: a ``%`` of ours
+    (``%cpu``, a guest's text) would be a TypeError (HTTP 500) in one or
+    the other, whatever escaping.  So it becomes the full-width percent
+    sign, which reads the same.
     """
-    return str(exc).replace('%', '%%')
+    return str(exc).replace('%', '\uff05')
 
 
 def _translated(func, self, *args, **kwargs):

@@ -45,7 +45,7 @@ class DriverVerbsTestCase(base.BaseTestCase):
         e = self.assertRaises(zun_exc.Invalid, self.driver.top, None,
                               self.container, 'aux')
         self.assertIn('VSZ', str(e))
-        self.assertIn('%cpu', str(e))
+        self.assertIn('\uff05cpu', str(e))
         self.driver.rt.call.assert_not_called()
 
     def test_search_image_exact_match_and_glance(self):
@@ -141,4 +141,4 @@ class ActionEventsTestCase(base.BaseTestCase):
             raise exception.InvalidInput(reason='100% bad')
         e = self.assertRaises(zun_exc.Invalid, start, None, self.context,
                               self.container)
-        self.assertEqual('Invalid input: 100% bad', str(e))
+        self.assertEqual('Invalid input: 100\uff05 bad', str(e))
