@@ -181,7 +181,13 @@ class ImageDriverMixin(object):
         wanted = wanted.rpartition(':')[0] if ':' in wanted.rsplit(
             '/', 1)[-1] else wanted
         found = {}
-        for record in self._images(context).list():
+        # The project's names, then the host operator's (CLI) names,
+        # which every project's lookups find too.
+        store = self._images(context)
+        records = store.list()
+        if store is not self.rt.images:
+            records += self.rt.images.list()
+        for record in records:
             for name in record.repo_tags or ():
                 base, _, version = name.rpartition(':')
                 if exact_match and base != wanted and base != repo:
@@ -196,7 +202,8 @@ class ImageDriverMixin(object):
                     'name': base, 'id': record.id, 'tags': [],
                     'size': record.size,
                     'metadata': {'created': record.created}})
-                entry['tags'].append(version)
+                if version not in entry['tags']:
+                    entry['tags'].append(version)
         return sorted(found.values(), key=lambda e: (e['name'], e['id']))
 
     # ------------------------------------------- commit and Glance
