@@ -222,9 +222,17 @@ class ImageStore(object):
         :raises: ImageNotFound, ImageError (and its subclasses),
             registry.RegistryError, InvalidInput, OSError
         """
+        had = None
+        if policy != 'always' and self.events_path is not None:
+            # Docker records a pull only when it pulls.
+            try:
+                had = self.get(ref).id
+            except exception.KataZunException:
+                had = None
         record = registry.pull(self, ref, policy=policy,
                                credentials=credentials, progress=progress)
-        self._event('pull', record.id, name=ref)
+        if record.id != had:
+            self._event('pull', record.id, name=ref)
         return record
 
     def tag(self, ref, name):
