@@ -125,5 +125,9 @@ class AgentRequestFailed(AgentError):
     msg_fmt = 'Agent refused %(op)s: %(reason)s'
 
 
+class ContainerStartFailed(KataZunException):
+    msg_fmt = 'The container process could not start: %(reason)s'
+
+
 class ShimError(KataZunException):
     msg_fmt = 'Sandbox shim error: %(reason)s'

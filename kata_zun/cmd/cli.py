@@ -458,12 +458,16 @@ def cmd_stats(rt, args):
 
 
 def cmd_top(rt, args):
+    """``docker top CONTAINER [ps OPTIONS]`` (see
+    :mod:`kata_zun.runtime.pstable`).
+    """
+    from kata_zun.runtime import pstable
+    ps_args = ' '.join(args.ps_args) or None
+    pstable.columns(ps_args)        # refused before the guest is asked
     c = rt.get(args.container)
-    rows = [('UID', 'PID', 'PPID', 'STAT', 'TIME', 'CMD')]
-    for p in rt.call(c.id, 'ps')['processes']:
-        rows.append((p['uid'], p['pid'], p['ppid'], p['state'],
-                     '%.2f' % p['cpu_time'], p['cmd']))
-    _table(rows)
+    procs = guestdata.processes(rt.call(c.id, 'ps'))['processes']
+    table = pstable.table(procs, ps_args)
+    _table([table['Titles']] + table['Processes'])
     return 0
 
 
@@ -489,9 +493,9 @@ def cmd_rmi(rt, args):
 
 
 def cmd_load(rt, args):
-    def progress(msg):
-        print(msg, file=sys.stderr)
-    for image in rt.images.load_archive(args.input, progress=progress):
+    from kata_zun.image import progress
+    for image in rt.images.load_archive(
+            args.input, progress=progress.Terminal(sys.stderr)):
         for tag in image.repo_tags or [image.id]:
             print('Loaded image: %s' % tag)
     return 0
@@ -501,8 +505,9 @@ _RUN_PULL = {'missing': 'ifnotpresent', 'always': 'always', 'never': 'never'}
 
 
 def _pull(rt, ref, policy, credentials=None):
+    from kata_zun.image import progress
     return rt.images.pull(ref, policy=policy, credentials=credentials,
-                          progress=lambda msg: print(msg, file=sys.stderr))
+                          progress=progress.Terminal(sys.stderr))
 
 
 def cmd_pull(rt, args):
@@ -532,10 +537,9 @@ def cmd_check(rt, args):
 
 def cmd_guest_build(rt, args):
     from kata_zun.guest import builder
-
-    def progress(msg):
-        print(msg, file=sys.stderr)
-    assets = builder.build(force=args.force, progress=progress)
+    from kata_zun.image import progress
+    assets = builder.build(force=args.force,
+                           progress=progress.Terminal(sys.stderr))
     print('kernel: %s\ninitrd: %s\nversion: %s' % (
         assets.kernel, assets.initrd, assets.version))
     return 0
@@ -695,6 +699,8 @@ def build_parser():
 
     p = sub.add_parser('top', help='processes of a container')
     p.add_argument('container')
+    p.add_argument('ps_args', nargs=argparse.REMAINDER,
+                   help='ps options: -ef (default), -e, -o FIELDS')
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser('images', help='list images')
@@ -719,6 +725,10 @@ def build_parser():
     imagecli.add_parsers(sub)
     from kata_zun.cmd import verbs
     verbs.add_parsers(sub)
+    from kata_zun.cmd import attach
+    attach.add_parsers(sub)
+    from kata_zun.cmd import system
+    system.add_parsers(sub)
     from kata_zun.volume import cli as volumecli
     volumecli.add_parsers(sub)
     from kata_zun.cmd import podcli

@@ -9,8 +9,12 @@ import sys
 from kata_zun import exception
 
 
-def _progress(msg):
-    print(msg, file=sys.stderr)
+def _progress_reporter():
+    """Progress on stderr: live lines on a terminal, status lines only
+    elsewhere (see :mod:`kata_zun.image.progress`).
+    """
+    from kata_zun.image import progress
+    return progress.Terminal(sys.stderr)
 
 
 def _changes(items):
@@ -32,7 +36,8 @@ def _changes(items):
 def cmd_commit(rt, args):
     record = rt.commit(args.container, args.repository,
                        changes=_changes(args.change),
-                       comment=args.message, progress=_progress)
+                       comment=args.message,
+                       progress=_progress_reporter())
     env = (record.config or {}).get('Env') or []
     if env:
         # Env often holds secrets (passwords, tokens given with -e).
@@ -52,9 +57,16 @@ def cmd_save(rt, args):
         sys.stdout.buffer.flush()
         return 0
     tmp = '%s.tmp-%d' % (args.output, os.getpid())
+    from kata_zun.image import progress
+    report = progress.Terminal(sys.stderr)
     try:
         with open(tmp, 'wb') as f:
-            rt.images.export(args.images, f)
+            writer = progress.CountingWriter(f, report, args.output)
+            rt.images.export(args.images, writer)
+        if report.tty:      # docker save prints nothing otherwise
+            report(progress.Update('%s: saved %s' % (
+                args.output, progress.human(writer.done)),
+                key=args.output))
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):
@@ -78,7 +90,8 @@ def _glance(args):
 
 def cmd_glance_load(rt, args):
     client = _glance(args)
-    for image in client.load(rt.images, args.image_id, progress=_progress):
+    for image in client.load(rt.images, args.image_id,
+                             progress=_progress_reporter()):
         for tag in image.repo_tags or [image.id]:
             print('Loaded image: %s' % tag)
     return 0
@@ -87,7 +100,7 @@ def cmd_glance_load(rt, args):
 def cmd_glance_upload(rt, args):
     client = _glance(args)
     image_id = client.upload(rt.images, args.image, args.name,
-                             progress=_progress)
+                             progress=_progress_reporter())
     print(image_id)
     return 0
 

@@ -24,6 +24,11 @@ OPTS = [
                help='Most bytes of guest console output kept per sandbox '
                     '(console.log, then console.log.1 with the output '
                     'before it): a guest cannot fill the host disk.'),
+    cfg.IntOpt('events_log_max_bytes', default=1024 * 1024, min=4096,
+               help='Size at which the host\'s event log (events.log in '
+                    'state_path, what "kata-zun events" reads) is '
+                    'rotated; one rotated file is kept, so the log takes '
+                    'at most twice this on disk.'),
     cfg.IntOpt('log_max_bytes', default=100 * 1024 * 1024, min=4096,
                help='Size at which a container log file is rotated (one '
                     'rotated file is kept).'),

@@ -12,7 +12,6 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 """
 
 import copy
-import datetime
 import os
 import platform
 import shlex
@@ -233,11 +232,13 @@ class KataDriver(zun_images.ImageDriverMixin,
         _c, client = self.rt.start(container.container_id)
         client.close()
         if getattr(client, 'start_error', None):
-            container.status = consts.ERROR
-            container.status_reason = client.start_error
-        else:
-            container.status = consts.RUNNING
-            container.status_reason = None
+            # As Docker's start fails (OCI runtime error) and zun then
+            # marks the container Error with this reason, and the action
+            # failed.
+            raise exception.ContainerStartFailed(
+                reason=client.start_error)
+        container.status = consts.RUNNING
+        container.status_reason = None
         return container
 
     @_wrap
@@ -573,24 +574,19 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     @_wrap
     def top(self, context, container, ps_args=None):
+        """``docker top``: the container's processes as ``ps ps_args``
+        would list them (see :mod:`kata_zun.runtime.pstable`).
+
+        :raises: InvalidInput (Zun: 400) for options that cannot be
+            honoured, before the guest is asked.
+        """
+        from kata_zun.runtime import pstable
+        pstable.columns(ps_args)
         # The shim bounds and types the guest's answer; it is checked
         # again here, where a surprise would fail Zun's request.
         procs = guestdata.processes(self.rt.call(container.container_id,
                                                  'ps'))['processes']
-        titles = ['UID', 'PID', 'PPID', 'STAT', 'STIME', 'TIME', 'CMD']
-        rows = []
-        for p in procs:
-            started = datetime.datetime.fromtimestamp(
-                min(p['start_time'], 2 ** 33))
-            cpu = int(min(p['cpu_time'], 2 ** 40))
-            rows.append([str(p['uid']), str(p['pid']), str(p['ppid']),
-                         guestdata.printable(p['state'], 8),
-                         started.strftime('%H:%M'),
-                         '%02d:%02d:%02d' % (cpu // 3600, cpu // 60 % 60,
-                                             cpu % 60),
-                         guestdata.printable(p['cmd'],
-                                             guestdata.MAX_CMD)])
-        return {'Titles': titles, 'Processes': rows}
+        return pstable.table(procs, ps_args)
 
     @_wrap
     def stats(self, context, container):

@@ -183,13 +183,63 @@ class ImageDriverMixin(object):
         record = store.get(img_id)
         store.remove(img_id, users=self.rt.image_users(record.id))
 
+    @_wrap
     def search_image(self, context, repo, tag, driver_name, exact_match):
-        ref = '%s:%s' % (repo, tag) if tag else repo
-        try:
-            record = self._images(context).get(ref)
-        except exception.ImageNotFound:
-            return []
-        return [{'image': repo, 'tags': record.repo_tags, 'id': record.id}]
+        """``openstack appcontainer image search``.
+
+        For the glance image driver, Glance is searched as zun's Docker
+        driver does (images of container_format ``docker``, by name).
+        Otherwise the host's image store is (the images this project
+        pulled, loaded or committed, and the operator's): a registry has
+        no search API (Docker Hub's search is not part of the
+        distribution API, and zun's Docker driver refuses every other
+        registry).
+
+        :param exact_match: the name must equal ``repo``; otherwise
+            ``repo`` is a substring of the name.
+        :returns: list of dicts ``id``, ``name``, ``tags`` (the
+            versions), ``size``, ``metadata`` (Glance: its image
+            objects).
+        """
+        import zun.conf
+        driver_name = driver_name or zun.conf.CONF.default_image_driver
+        if driver_name == 'glance':
+            from zun.image.glance import driver as glance_driver
+            return glance_driver.GlanceDriver().search_image(
+                context, repo, tag, exact_match)
+        wanted = _name_key(repo)
+        if wanted is None:
+            raise exception.InvalidInput(reason='invalid image name %r'
+                                         % repo)
+        # A name without a tag is stored with ":latest"; the search is
+        # on the repository part.
+        wanted = wanted.rpartition(':')[0] if ':' in wanted.rsplit(
+            '/', 1)[-1] else wanted
+        found = {}
+        # The project's names, then the host operator's (CLI) names,
+        # which every project's lookups find too.
+        store = self._images(context)
+        records = store.list()
+        if store is not self.rt.images:
+            records += self.rt.images.list()
+        for record in records:
+            for name in record.repo_tags or ():
+                base, _, version = name.rpartition(':')
+                if exact_match and base != wanted and base != repo:
+                    continue
+                if not exact_match and repo not in base:
+                    continue
+                if tag and version != str(tag):
+                    continue
+                # The columns of ``image search`` (ID, Name, Tags, Size,
+                # Metadata), as zun's Glance results have them.
+                entry = found.setdefault((base, record.id), {
+                    'name': base, 'id': record.id, 'tags': [],
+                    'size': record.size,
+                    'metadata': {'created': record.created}})
+                if version not in entry['tags']:
+                    entry['tags'].append(version)
+        return sorted(found.values(), key=lambda e: (e['name'], e['id']))
 
     # ------------------------------------------- commit and Glance
     @_wrap

@@ -44,6 +44,7 @@ from oslo_log import log as logging
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.image import archive
+from kata_zun.image import progress
 from kata_zun.image import reference
 from kata_zun.runtime import fileutils
 
@@ -63,7 +64,6 @@ BLOB_ATTEMPTS = 3
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 MAX_RETRY_AFTER = 30.0
 CHUNK = 1024 * 1024
-PROGRESS_INTERVAL = 2.0
 LOCK_POLL = 0.1
 
 _SHA256 = re.compile(r'sha256:([0-9a-f]{64})\Z')
@@ -928,11 +928,16 @@ def _mb(size):
 
 
 class _Progress(object):
-    """Progress lines of one blob, at most every PROGRESS_INTERVAL s."""
+    """Byte counts of one blob (:class:`progress.Update`), at most every
+    :data:`progress.REDRAW_INTERVAL` s: a terminal shows them as a
+    line per layer, other reporters leave them out.
+    """
 
     def __init__(self, report, label, size):
         self.report, self.label, self.size = report, label, size
-        self.last = time.monotonic()
+        # The first count is reported at once: every blob of more than
+        # one read shows its bytes at least once.
+        self.last = float('-inf')
 
     def __call__(self, done, restarted_at):
         if restarted_at is not None:
@@ -940,10 +945,11 @@ class _Progress(object):
                         'restarting (had %s)' % (self.label,
                                                  _mb(restarted_at)))
         now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL and done < self.size:
+        if now - self.last >= progress.REDRAW_INTERVAL and done < self.size:
             self.last = now
-            self.report('%s: %s / %s' % (self.label, _mb(done),
-                                         _mb(self.size)))
+            self.report(progress.Update(
+                '%s: %s / %s' % (self.label, _mb(done), _mb(self.size)),
+                key=self.label, done=done, total=self.size))
 
 
 def _download(client, config, layers, directory, report):
@@ -956,10 +962,11 @@ def _download(client, config, layers, directory, report):
 
     def fetch(label, desc):
         label += ' ' + desc['digest'][7:19]
-        report('%s: downloading %s' % (label, _mb(desc['size'])))
+        report(progress.Update('%s: downloading %s' % (
+            label, _mb(desc['size'])), key=label))
         client.fetch_blob(desc, os.path.join(directory, desc['digest'][7:]),
                           _Progress(report, label, desc['size']), abort)
-        report('%s: done' % label)
+        report(progress.Update('%s: done' % label, key=label))
 
     workers = min(CONF.kata_image.max_concurrent_downloads, len(unique))
     with concurrent.futures.ThreadPoolExecutor(max(workers, 1)) as pool:

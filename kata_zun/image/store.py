@@ -96,6 +96,16 @@ def _rmtree(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _disk_bytes(path):
+    """:returns: the bytes ``path`` takes on disk (sparse files count
+        what they hold), 0 when it is gone.
+    """
+    try:
+        return os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
 def _fsync_file(path):
     with open(path, 'rb') as f:
         os.fsync(f.fileno())
@@ -117,6 +127,9 @@ class ImageStore(object):
         self._blobs = os.path.join(self.root, 'blobs', 'sha256')
         self._projects = os.path.join(self.root, 'projects')
         self.scope = None
+        # The state path whose event log records pulls, loads, tags and
+        # deletions (set by the runtime; None: no events).
+        self.events_path = None
         self.digests_dir = os.path.join(self.root, 'registry', 'digests')
         # Images are private to the host (tenants' images, credentials
         # in their configs): no other user may read the store.
@@ -178,7 +191,17 @@ class ImageStore(object):
             os.mkdir(blobs)
             report('Reading %s' % path)
             images = archive.read_archive(path, blobs)
-            return [self._load(image, work, report) for image in images]
+            records = [self._load(image, work, report) for image in images]
+        for record in records:
+            self._event('load', record.id,
+                        name=','.join(record.repo_tags or ()) or None)
+        return records
+
+    def _event(self, action, image_id, **attributes):
+        if self.events_path is not None:
+            from kata_zun.runtime import events
+            events.emit(self.events_path, 'image', action, image_id,
+                        attributes)
 
     def pull(self, ref, policy='ifnotpresent', credentials=None,
              progress=None):
@@ -199,8 +222,18 @@ class ImageStore(object):
         :raises: ImageNotFound, ImageError (and its subclasses),
             registry.RegistryError, InvalidInput, OSError
         """
-        return registry.pull(self, ref, policy=policy,
-                             credentials=credentials, progress=progress)
+        had = None
+        if policy != 'always' and self.events_path is not None:
+            # Docker records a pull only when it pulls.
+            try:
+                had = self.get(ref).id
+            except exception.KataZunException:
+                had = None
+        record = registry.pull(self, ref, policy=policy,
+                               credentials=credentials, progress=progress)
+        if record.id != had:
+            self._event('pull', record.id, name=ref)
+        return record
 
     def tag(self, ref, name):
         """Name an image; a name of another image moves to this one.
@@ -214,7 +247,9 @@ class ImageStore(object):
         with self._lock():
             hexid = self._resolve(ref, self._read_tags())[0]
             self._tag('sha256:' + hexid, [name])
-            return self._record(hexid, self._read_tags())
+            record = self._record(hexid, self._read_tags())
+        self._event('tag', record.id, name=name)
+        return record
 
     def workdir(self):
         """A context manager: a new work directory on the store's file
@@ -273,6 +308,7 @@ class ImageStore(object):
                 del tags[tag]
                 self._write_tags(tags)
                 LOG.info('Untagged %s', tag)
+                self._event('untag', image_id, name=tag)
                 return False
             for name in names:
                 del tags[name]
@@ -284,6 +320,8 @@ class ImageStore(object):
                     # this one's names go.
                     LOG.info('Untagged %s of %s', ', '.join(names) or '-',
                              image_id)
+                    self._event('untag', image_id,
+                                name=','.join(names) or None)
                     return False
                 # The host's operator deletes by id: every project's
                 # names go with it.
@@ -296,7 +334,22 @@ class ImageStore(object):
             fileutils.fsync_dir(self._images)
             self._remove_unused_blobs()
             LOG.info('Deleted image %s', image_id)
+            self._event('delete', image_id, name=','.join(names) or None)
             return True
+
+    def named_by_projects(self, image_id):
+        """:returns: whether a Zun project names the image (what the
+            host's CLI must not prune).
+        """
+        for key in os.listdir(self._projects):
+            try:
+                tags = fileutils.read_json(
+                    os.path.join(self._projects, key, 'tags.json'))
+            except (OSError, ValueError):
+                continue
+            if isinstance(tags, dict) and image_id in tags.values():
+                return True
+        return False
 
     def _named_elsewhere(self, image_id):
         """Whether a tag file other than this view's names the image."""
@@ -389,6 +442,28 @@ class ImageStore(object):
         for name in blobs + block:
             LOG.info('Garbage collected %s', name)
         return {'blobs': blobs, 'block': block}
+
+    def usage(self):
+        """What the store takes on disk (``kata-zun system df``).
+
+        Read without the store's lock: a concurrent load or removal makes
+        the figures a moment old, never wrong on disk.
+
+        :returns: dict with ``images`` ({image id: bytes of its block
+            image}), ``cache`` (bytes of blobs no image references and
+            of leftover work directories: what ``image-gc`` frees).
+        """
+        images = {}
+        for hexid in self._ids():
+            images['sha256:' + hexid] = _disk_bytes(self._block_path(hexid))
+        used = self._referenced_blobs()
+        cache = 0
+        for name in os.listdir(self._blobs):
+            if name not in used:
+                cache += _disk_bytes(os.path.join(self._blobs, name))
+        for root, _dirs, files in os.walk(self._tmp):
+            cache += sum(_disk_bytes(os.path.join(root, f)) for f in files)
+        return {'images': images, 'cache': cache}
 
     # Blobs.
 

@@ -79,8 +79,11 @@ def new_config(base, diff_id, container_config, comment=None):
     return doc
 
 
-def read_layer(rt, c, path):
+def read_layer(rt, c, path, report=None):
     """Stream the container's writable layer into ``path``.
+
+    :param report: optional progress callable (byte counts as
+        :class:`kata_zun.image.progress.Update`).
 
     :returns: the diff id (``sha256:<hex>``) of the layer.
     :raises: Conflict, ImageLimitExceeded, KataZunException
@@ -90,6 +93,10 @@ def read_layer(rt, c, path):
     size = 0
     err = bytearray()
     with rt.connect(c) as client, open(path, 'wb') as out:
+        if report is not None:
+            from kata_zun.image import progress
+            out = progress.CountingWriter(
+                out, report, 'Writable layer %s' % c.id[:12], 'Reading')
         result = rt._process_call(client, 'layer_diff', {})
         handle = result['proc']
         deadline = time.monotonic() + STREAM_TIMEOUT
@@ -176,7 +183,7 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
             rt.unpause(c.id)
         try:
             report('Reading the writable layer of %s' % c.id[:12])
-            diff_id = read_layer(rt, c, layer_path)
+            diff_id = read_layer(rt, c, layer_path, report)
         finally:
             if repause:
                 rt.pause(c.id)

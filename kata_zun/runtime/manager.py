@@ -35,6 +35,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.runtime import events
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
@@ -423,6 +424,9 @@ class Runtime(pods.PodMixin):
             from kata_zun.image import store
             self._images = store.ImageStore(
                 os.path.join(self.state_path, 'images'))
+            # The store records pulls, tags and deletions in this
+            # host's event log.
+            self._images.events_path = self.state_path
         return self._images
 
     # ------------------------------------------------------------- records
@@ -696,7 +700,9 @@ class Runtime(pods.PodMixin):
                 raise
         finally:
             os.close(lock)
-        return self._load(cid)
+        c = self._load(cid)
+        self._event('create', c)
+        return c
 
     def _sweep_incomplete(self):
         """Remove the records whose creator died before finishing them.
@@ -805,7 +811,23 @@ class Runtime(pods.PodMixin):
             client.close()
             raise
         client.start_error = result.get('error')
+        self._event('start', c)
         return self._load(c.id), client
+
+    def _event(self, action, c, **attributes):
+        """Record a container's event in the host's log (see
+        :mod:`kata_zun.runtime.events`); never raises.
+        """
+        try:
+            image = c.config.get('image') or {}
+            attributes.setdefault('name', c.name)
+            attributes.setdefault('image', image.get('name') or
+                                  image.get('id'))
+            cid = c.id
+        except Exception as exc:      # a damaged record: still an event
+            LOG.debug('event %s of %r: %s', action, c, exc)
+            cid = getattr(c, 'id', '?')
+        events.emit(self.state_path, 'container', action, cid, attributes)
 
     # ------------------------------------------- network (issue 5)
     def _record_exists(self, cid):
@@ -1014,6 +1036,7 @@ class Runtime(pods.PodMixin):
             result = client.call('stop', {'timeout': timeout},
                                  timeout=timeout + 30)
         self._wait_shim_gone(c)
+        self._event('stop', c)
         return result
 
     def _wait_shim_gone(self, c, timeout=15.0):
@@ -1047,7 +1070,9 @@ class Runtime(pods.PodMixin):
                     pass
             if not self._record_exists(c.id):
                 raise exception.ContainerNotFound(ref=ref)
-        return self.start(c.id)
+        container, client = self.start(c.id)
+        self._event('restart', c)
+        return container, client
 
     def wait(self, ref):
         """Block until a container stops (``docker wait``).
@@ -1103,12 +1128,15 @@ class Runtime(pods.PodMixin):
                 if other.name == name:
                     raise exception.ContainerNameInUse(name=name,
                                                        id=other.id[:12])
+            old_name = c.name
             config = c.config
             config['name'] = name
             fileutils.write_json(os.path.join(c.dir, 'config.json'), config)
         finally:
             os.close(lock)
-        return self._load(c.id)
+        renamed = self._load(c.id)
+        self._event('rename', renamed, oldName=old_name)
+        return renamed
 
     def _wait_vm_gone(self, c, timeout=15.0):
         """Wait for the QEMU of a sandbox whose shim died: the kernel
@@ -1132,16 +1160,19 @@ class Runtime(pods.PodMixin):
         c, client = self._running_client(ref)
         with client:
             client.call('signal', {'signal': int(sig)})
+        self._event('kill', c, signal=int(sig))
 
     def pause(self, ref):
         c, client = self._running_client(ref)
         with client:
             client.call('pause')
+        self._event('pause', c)
 
     def unpause(self, ref):
         c, client = self._running_client(ref)
         with client:
             client.call('unpause')
+        self._event('unpause', c)
 
     def exec_client(self, ref, argv, env=(), workdir=None, user=None,
                     tty=False, stdin=False):
@@ -1322,6 +1353,7 @@ class Runtime(pods.PodMixin):
         self._cleanup_sandbox(c)
         shutil.rmtree(self._run_dir(c.id), ignore_errors=True)
         shutil.rmtree(c.dir, ignore_errors=True)
+        self._event('destroy', c)
         return c
 
     def logs(self, ref, stdout=True, stderr=True, since=None, tail=None,
@@ -1342,9 +1374,14 @@ class Runtime(pods.PodMixin):
 
         :returns: the new image's record.
         """
-        from kata_zun.runtime import commit
-        return commit.commit(self, ref, repo_tag, changes=changes,
-                             comment=comment, progress=progress)
+        from kata_zun.runtime import commit as commit_mod
+        record = commit_mod.commit(self, ref, repo_tag,
+                                   changes=changes, comment=comment,
+                                   progress=progress)
+        c = self.get(ref)
+        self._event('commit', c, comment=comment,
+                    imageID=record.id)
+        return record
 
     def image_users(self, image_id):
         return [c.id for c in self.list()

@@ -9,6 +9,7 @@ import time
 
 from oslo_log import log as logging
 
+from kata_zun.runtime import events
 from kata_zun.shim import guestdata
 
 LOG = logging.getLogger(__name__)
@@ -30,7 +31,23 @@ class Lifecycle(object):
         return (name == 'on-failure' and code != 0 and
                 (limit == 0 or self.restarts < limit))
 
+    def _event(self, action, **attributes):
+        """Record an event of this container in the host's log (the
+        state path is two levels above the sandbox record).
+        """
+        try:
+            config = self.config
+            image = config.get('image') or {}
+            attributes.setdefault('name', config.get('name'))
+            attributes.setdefault('image', image.get('name') or
+                                  image.get('id'))
+            events.emit(os.path.dirname(os.path.dirname(self.state_dir)),
+                        'container', action, self.cid, attributes)
+        except Exception as exc:      # an event never stops the shim
+            LOG.debug('event %s: %s', action, exc)
+
     def _schedule_restart(self, code, oom):
+        self._event('die', exitCode=code, oomKilled=oom or None)
         self.restarts += 1
         self.save_state(status='restarting', exit_code=code,
                         oom_killed=oom, finished_at=time.time(),
@@ -59,6 +76,7 @@ class Lifecycle(object):
             self.main = run['proc']
             self.save_state(status='running', started_at=time.time(),
                             pid=run['pid'], start_error=run['error'])
+            self._event('start')
             self._health_start()
         self._agent_call('start', {'id': self.cid}, started)
 
@@ -132,6 +150,8 @@ class Lifecycle(object):
 
     # --------------------------------------------------------- transitions
     def _container_exited(self, code, oom, error=None):
+        if not self.exited:
+            self._event('die', exitCode=code, oomKilled=oom or None)
         self.exited = True
         if self.logw is not None:
             self.logw.close()

@@ -4,6 +4,7 @@ import fixtures
 from oslotest import base
 
 from kata_zun.cmd import cli
+from kata_zun import exception
 
 
 class CliHelpersTestCase(base.BaseTestCase):
@@ -49,13 +50,21 @@ class CliEscapesTestCase(base.BaseTestCase):
             'cpu_time': 0.5,
             'cmd': 'sh\n\x1b]0;owned\x07\u202eevil\r'}]}
         out = self._out(cli.cmd_top, rt,
-                        types.SimpleNamespace(container='a'))
+                        types.SimpleNamespace(container='a', ps_args=[]))
         self.assertNotIn('\x1b', out)
         self.assertNotIn('\x07', out)
         self.assertNotIn('\r', out)
         self.assertNotIn('\u202e', out)
         self.assertEqual(2, out.count('\n'))
         self.assertIn('sh\\n\\x1b]0;owned\\x07\\u202eevil\\r', out)
+        out = self._out(cli.cmd_top, rt, types.SimpleNamespace(
+            container='a', ps_args=['-o', 'pid,stat']))
+        self.assertEqual(['PID', 'STAT', '1', 'S\\x1b[2J'], out.split())
+        rt.call.reset_mock()
+        self.assertRaises(exception.InvalidInput, cli.cmd_top, rt,
+                          types.SimpleNamespace(container='a',
+                                                ps_args=['aux']))
+        rt.call.assert_not_called()
 
     def test_ps_shows_a_damaged_record_with_its_error(self):
         from unittest import mock

@@ -350,6 +350,6 @@ class ZunErrorTest(base.BaseTestCase):
         def fails(self):
             raise exception.ShimError(reason='QEMU got 1.9 % of a CPU')
         exc = self.assertRaises(zun_exc.ZunException, fails, None)
-        self.assertIn('1.9 % of a CPU', str(exc))
-        self.assertEqual('50 %(x)s %', str(common.zun_error(
+        self.assertIn('1.9 \uff05 of a CPU', str(exc))
+        self.assertEqual('50 \uff05(x)s \uff05', str(common.zun_error(
             zun_exc.Invalid, '50 %(x)s %')))

@@ -152,10 +152,10 @@ class DriverTenantTestCase(base.BaseTestCase):
         self.rt.commit.side_effect = commit
         c = types.SimpleNamespace(container_id='ab' * 16, uuid='u')
         image_id = self.driver.commit(context('A'), c, 'mine', 'v1')
-        self.assertEqual([{'image': 'mine', 'tags': ['mine:v1'],
-                           'id': image_id}],
-                         self.driver.search_image(context('A'), 'mine', 'v1',
-                                                  'docker', True))
+        found = self.driver.search_image(context('A'), 'mine', 'v1',
+                                         'docker', True)
+        self.assertEqual([('mine', ['v1'], image_id)],
+                         [(f['name'], f['tags'], f['id']) for f in found])
         self.assertEqual([], self.driver.search_image(
             context('B'), 'mine', 'v1', 'docker', True))
         self.assertRaises(zun_exc.ImageNotFound, self.driver.pull_image,
