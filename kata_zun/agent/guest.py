@@ -55,8 +55,6 @@ MS_NOEXEC = 8
 MNT_DETACH = 2
 TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
-RNDADDENTROPY = 0x40085203
-RNDRESEEDCRNG = 0x5207
 RB_POWER_OFF = 0x4321FEDC
 
 _ID_RE = re.compile(r'^[0-9a-f]{1,64}$')
@@ -277,6 +275,7 @@ class Agent(object):
         self.pid_proc = {}            # pid -> Process
         self.next_handle = 1
         self.hello = False
+        self.restored = False         # from a VM template (guestidentity)
         self.after_reply = []
         self.port_idle_until = 0.0
         self.poweroff = False
@@ -515,6 +514,14 @@ class Agent(object):
             log('malformed control frame: %s' % exc)
             return
         if frame.type == protocol.HELLO:
+            if self.hello:
+                # A HELLO after the handshake: a new host side. That is
+                # the shim of a VM restored from a template (the
+                # template's builder had the first): greet it too.
+                self.restored = True
+                self.chan.send(protocol.encode_json(protocol.HELLO, {
+                    'version': protocol.VERSION, 'agent': 'kata-zun',
+                    'pid': os.getpid()}))
             # The host answers our HELLO with the version it speaks.
             self.hello = msg.get('version') == protocol.VERSION
             if not self.hello:
@@ -550,28 +557,21 @@ class Agent(object):
         return {'time': time.time()}
 
     def op_create_sandbox(self, args):
-        now = _num(args, 'time')
-        if now:
-            time.clock_settime(time.CLOCK_REALTIME, float(now))
         entropy = _str(args, 'entropy', maxlen=8192)
-        if entropy:
-            import base64
-            import fcntl
-            data = base64.b64decode(entropy)[:4096]
-            fd = os.open('/dev/urandom', os.O_WRONLY)
-            try:
-                fcntl.ioctl(fd, RNDADDENTROPY,
-                            struct.pack('ii', len(data) * 8, len(data)) +
-                            data)
-                fcntl.ioctl(fd, RNDRESEEDCRNG)
-            finally:
-                os.close(fd)
         hostname = _str(args, 'hostname', maxlen=63)
-        if hostname:
-            if not _HOSTNAME_RE.match(hostname):
-                raise OpError('invalid', 'bad hostname')
-            import socket
-            socket.sethostname(hostname)
+        if hostname and not _HOSTNAME_RE.match(hostname):
+            raise OpError('invalid', 'bad hostname')
+        import base64
+        import binascii
+        try:
+            entropy = base64.b64decode(entropy or '', validate=True)
+        except (binascii.Error, ValueError):
+            raise OpError('invalid', 'bad entropy')
+        # A fresh identity (RNG, clock, hostname, disks of a restored
+        # VM) before any container code runs.
+        from kata_zun.agent import guestidentity
+        guestidentity.renew(_num(args, 'time'), entropy, hostname,
+                            self.restored)
         # --- network (issue 5): interfaces, routes; lo up even without NICs
         network = args.get('network')
         if network is not None:
@@ -632,6 +632,8 @@ class Agent(object):
             raise OpError('invalid', 'bad disk description')
         c = Container(cid, spec)
         os.makedirs(c.dir, exist_ok=True)
+        from kata_zun.agent import guestidentity
+        guestidentity.new_container_ids(c.dir)
         self._mount_rootfs(c, find_disk(image_serial), image_fs,
                            find_disk(layer_serial))
         # --- volumes (issue 11): block and shared volumes at their targets

@@ -47,7 +47,8 @@ LOG = logging.getLogger(__name__)
 
 AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
                'guestlayer.py', 'guestvolumes.py', 'guestroot.py',
-               'guestcaps.py', 'guestseccomp.py', 'guestdev.py')
+               'guestcaps.py', 'guestseccomp.py', 'guestdev.py',
+               'guestidentity.py')
 AGENT_ROOT = 'opt/kata-agent'
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',

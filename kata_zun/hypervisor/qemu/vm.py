@@ -376,22 +376,46 @@ class QemuHypervisor(base.Hypervisor):
                        else jailed)
 
     def start(self, config):
-        """Boot a VM.
-
-        The VM's sockets, disks and taps are opened here and inherited
-        by QEMU; with the jail on (``[kata_jail] enabled``), QEMU runs
-        confined (see :mod:`kata_zun.jail`).
+        """Start a VM: restored from a VM template when ``[kata]
+        vm_templating`` is on and the VM's shape allows it (see
+        :mod:`kata_zun.hypervisor.qemu.clone`), else (or when the
+        template cannot be used: a warning) booted cold. Either way the
+        caller gets the same kind of VM, its agent about to say HELLO.
 
         :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
         :returns: a :class:`QemuVM` whose agent socket accepts connections.
         :raises: kata_zun.exception.HypervisorError (JailError when QEMU
             cannot be confined)
         """
+        if CONF.kata.vm_templating:
+            from kata_zun.hypervisor.qemu import clone
+            vm = clone.try_restore(self, config)
+            if vm is not None:
+                return vm
+        return self.launch(config)
+
+    def launch(self, config, memory=None, incoming=False, jailed=None):
+        """Run QEMU for one VM.
+
+        The VM's sockets, disks and taps are opened here and inherited
+        by QEMU; with the jail on (``[kata_jail] enabled``), QEMU runs
+        confined (see :mod:`kata_zun.jail`).
+
+        :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
+        :param memory: the RAM argv part (None: a private memfd).
+        :param incoming: wait for a device state instead of booting.
+        :param jailed: override ``[kata_jail] enabled`` (a template
+            build runs our own guest only, unjailed).
+        :returns: a :class:`QemuVM` answering on QMP.
+        :raises: kata_zun.exception.HypervisorError (JailError when QEMU
+            cannot be confined)
+        """
+        jailed = self.jailed if jailed is None else jailed
         qmp_path, agent_path = qargv.socket_paths(config.run_dir)
         os.makedirs(config.run_dir, mode=0o700, exist_ok=True)
         chosen = accel.choose(config.kernel, self.qemu_path, self.cpu_model,
                               self.machine_type)
-        if self.jailed and os.geteuid() != 0:
+        if jailed and os.geteuid() != 0:
             raise exception.JailError(
                 reason='the jail needs root (the shim runs as uid %d); '
                 'run it as root or set [kata_jail] enabled = false'
@@ -402,7 +426,7 @@ class QemuHypervisor(base.Hypervisor):
         try:
             kernel, initrd = config.kernel, config.initrd
             qemu_path = self.qemu_path
-            if self.jailed:
+            if jailed:
                 from kata_zun.jail import launch
                 jail = launch.prepare(
                     config.name, os.path.join(config.run_dir, 'jail'),
@@ -418,7 +442,8 @@ class QemuHypervisor(base.Hypervisor):
             cmd = qargv.build_argv(
                 config, chosen.name, self.machine_type, self.cpu_model,
                 qemu_path, handles=fds,
-                tcg_cache_mb=CONF.kata_jail.tcg_cache_mb)
+                tcg_cache_mb=CONF.kata_jail.tcg_cache_mb, memory=memory,
+                incoming=incoming)
             log_path = os.path.join(config.run_dir, QEMU_LOG)
             LOG.debug('Starting VM %s: %s', config.name, cmd)
             started = time.monotonic()
