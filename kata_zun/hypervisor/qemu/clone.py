@@ -48,6 +48,12 @@ RESTORE_TIMEOUT = 60.0
 _POLL = 0.005
 
 
+class TemplateLoadError(template.TemplateError):
+    """QEMU could not load a template's state: the template is retired
+    (the next use builds it again).
+    """
+
+
 def _capabilities(vm, ignore_shared):
     vm.execute('migrate-set-capabilities', {'capabilities': [
         {'capability': 'x-ignore-shared', 'state': bool(ignore_shared)}]})
@@ -194,7 +200,7 @@ def _load_and_run(vm, timeout):
     deadline = time.monotonic() + timeout
     while True:
         if vm.poll() is not None:
-            raise template.TemplateError(
+            raise TemplateLoadError(
                 reason='QEMU exited while restoring (status %s): %s'
                 % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
         info = vm.execute('query-migrate')
@@ -202,7 +208,7 @@ def _load_and_run(vm, timeout):
         if status == 'completed':
             break
         if status in ('failed', 'cancelled'):
-            raise template.TemplateError(
+            raise TemplateLoadError(
                 reason='restoring failed: %s'
                 % info.get('error-desc', status))
         if time.monotonic() > deadline:
@@ -281,7 +287,11 @@ def try_restore(hv, config):
             qargv.kernel_params(shaped, machine_type=hv.machine_type))
         store = template.Store()
         tmpl = store.get_or_build(key, lambda work: build(hv, config, work))
-        vm = restore(hv, config, tmpl)
+        try:
+            vm = restore(hv, config, tmpl)
+        except TemplateLoadError:
+            store.retire(key.digest)
+            raise
     except (exception.HypervisorError, OSError, ValueError) as exc:
         if isinstance(exc, exception.JailError):
             raise       # the cold boot would fail the same way
@@ -289,6 +299,6 @@ def try_restore(hv, config):
                     '%s', config.name, exc)
         return None
     store.touch(key.digest)
-    LOG.debug('VM %s restored from template %s in %.3f s', config.name,
-              key.digest, time.monotonic() - started)
+    LOG.info('VM %s restored from template %s in %.3f s', config.name,
+             key.digest, time.monotonic() - started)
     return vm
