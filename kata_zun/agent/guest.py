@@ -554,6 +554,10 @@ class Agent(object):
 
     # ----------------------------------------------------------- operations
     def op_ping(self, args):
+        if args.get('warm') is True:
+            # A VM template's last request before it is saved.
+            from kata_zun.agent import guestidentity
+            return {'time': time.time(), 'warm': guestidentity.warm_up()}
         return {'time': time.time()}
 
     def op_create_sandbox(self, args):

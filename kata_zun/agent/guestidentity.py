@@ -56,8 +56,11 @@ def reseed(data):
         fcntl.ioctl(fd, RNDRESEEDCRNG)
     finally:
         os.close(fd)
-    import random
-    random.seed(os.urandom(32))
+    import sys
+    if 'random' in sys.modules:
+        # Whatever seeded it (at import, maybe in the template) is
+        # shared with every clone.
+        sys.modules['random'].seed(os.urandom(32))
 
 
 def revalidate_disks(driver=VIRTIO_BLK_DRIVER):
@@ -154,3 +157,21 @@ def bind_container_ids(container_dir, root, mount, write_file, bind_flag):
         if not os.path.exists(target):
             write_file(target, '')
         mount(source, target, None, bind_flag)
+
+
+# Imported by the first requests of every sandbox: a template imports
+# them once (see :func:`warm_up`) so that no clone pays for it.
+WARM_MODULES = ('base64', 'binascii', 'fcntl', 'socket',
+                'kata_zun.agent.guestnet', 'kata_zun.agent.guestvolumes')
+
+
+def warm_up():
+    """Import what the first requests of a sandbox import (called in a
+    template before it is saved: Python starts ~17x slower under TCG).
+
+    :returns: the number of modules imported.
+    """
+    import importlib
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    return len(WARM_MODULES)

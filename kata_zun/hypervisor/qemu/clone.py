@@ -113,7 +113,7 @@ def _greet_agent(path, timeout):
         sock.sendall(protocol.encode_json(protocol.HELLO,
                                           {'version': protocol.VERSION}))
         sock.sendall(protocol.encode_json(protocol.REQUEST, {
-            'id': 1, 'op': 'ping', 'args': {}}))
+            'id': 1, 'op': 'ping', 'args': {'warm': True}}))
         decoder = protocol.Decoder()
         hello = ponged = False
         while not (hello and ponged):
@@ -251,8 +251,17 @@ def restore(hv, config, tmpl):
     try:
         _capabilities(vm, ignore_shared)
         _give_fd(vm, fd)
-        vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME})
-        _load_and_run(vm, RESTORE_TIMEOUT)
+        try:
+            vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME})
+            _load_and_run(vm, RESTORE_TIMEOUT)
+        except exception.HypervisorError as exc:
+            # QEMU exits as soon as it meets a state it cannot load: its
+            # QMP socket is then simply gone.
+            if isinstance(exc, TemplateLoadError) or vm.wait(2) is None:
+                raise
+            raise TemplateLoadError(
+                reason='QEMU exited loading the template (status %s): %s'
+                % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
         vm.config = config
         for nic in config.nics:
             vm.add_nic(nic)
