@@ -169,7 +169,8 @@ def main(argv=None):
 
     ready_fd = args.ready_fd
     shim = server.Shim(args.state_dir, args.run_dir,
-                       qemu_vm.QemuHypervisor(),
+                       qemu_vm.QemuHypervisor(
+                           templates=CONF.kata.vm_templating),
                        max_frame=CONF.kata_agent.max_frame_bytes,
                        agent_timeout=CONF.kata_agent.connect_timeout,
                        boot_cpu_budget=CONF.kata_agent.boot_cpu_budget,

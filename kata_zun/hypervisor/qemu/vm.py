@@ -361,11 +361,15 @@ class QemuHypervisor(base.Hypervisor):
     """Starts QEMU VMs as children of the calling process."""
 
     def __init__(self, qemu_path=None, machine_type=None, cpu_model=None,
-                 start_timeout=START_TIMEOUT, jailed=None):
+                 start_timeout=START_TIMEOUT, jailed=None, templates=False):
         """:param qemu_path: QEMU binary (default from config).
         :param machine_type: 'microvm' or 'q35' (default from config).
         :param cpu_model: ``-cpu`` model (default from config).
         :param start_timeout: seconds until QEMU must answer on QMP.
+        :param jailed: override ``[kata_jail] enabled``.
+        :param templates: start VMs from VM templates when their shape
+            allows (the caller's policy: the shim passes ``[kata]
+            vm_templating``; the VM must run kata-zun's agent).
         """
         hv = CONF.kata_hypervisor
         self.qemu_path = qemu_path or hv.qemu_path
@@ -374,10 +378,11 @@ class QemuHypervisor(base.Hypervisor):
         self.start_timeout = start_timeout
         self.jailed = (CONF.kata_jail.enabled if jailed is None
                        else jailed)
+        self.templates = templates
 
     def start(self, config):
-        """Start a VM: restored from a VM template when ``[kata]
-        vm_templating`` is on and the VM's shape allows it (see
+        """Start a VM: restored from a VM template when this hypervisor
+        was made with ``templates`` and the VM's shape allows it (see
         :mod:`kata_zun.hypervisor.qemu.clone`), else (or when the
         template cannot be used: a warning) booted cold. Either way the
         caller gets the same kind of VM, its agent about to say HELLO.
@@ -387,7 +392,7 @@ class QemuHypervisor(base.Hypervisor):
         :raises: kata_zun.exception.HypervisorError (JailError when QEMU
             cannot be confined)
         """
-        if CONF.kata.vm_templating:
+        if self.templates:
             from kata_zun.hypervisor.qemu import clone
             vm = clone.try_restore(self, config)
             if vm is not None:

@@ -9,6 +9,8 @@ line so that a silent cold boot can never pass for a clone.
 import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 
 from kata_zun.tests.functional import base
@@ -19,9 +21,29 @@ COLD = b'booting cold'
 
 class TemplatingTestCase(base.KataZunFunctionalTest):
 
+    # Tests that leave their template whole share one (built by the
+    # first); those that break theirs get their own.
+    own_templates = ('test_corrupt_template_falls_back_to_a_cold_boot',
+                     'test_missing_ram_falls_back_to_a_cold_boot',
+                     'test_templating_off_boots_cold')
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.shared_templates = tempfile.mkdtemp(prefix='kzft',
+                                                dir='/dev/shm')
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.shared_templates, ignore_errors=True)
+        super().tearDownClass()
+
     def setUp(self):
         super().setUp()
-        self.template_dir = os.path.join(self.state_path, 'templates')
+        if self._testMethodName in self.own_templates:
+            self.template_dir = os.path.join(self.state_path, 'templates')
+        else:
+            self.template_dir = os.path.join(self.shared_templates, 't')
         self.configure('template_dir = %s\n' % self.template_dir)
         self.load_busybox()
 
