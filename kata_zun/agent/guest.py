@@ -19,7 +19,6 @@ import os
 import re
 import select
 import signal
-import struct
 import sys
 import time
 
@@ -61,8 +60,6 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MNT_DETACH = 2
-RNDADDENTROPY = 0x40085203
-RNDRESEEDCRNG = 0x5207
 RB_POWER_OFF = 0x4321FEDC
 
 _SERIAL_RE = re.compile(r'^[A-Za-z0-9_-]{1,20}$')
@@ -93,6 +90,7 @@ class Agent(guestproc.ProcessOps):
         self.pid_proc = {}            # pid -> Process
         self.next_handle = 1
         self.hello = False
+        self.restored = False         # from a VM template (guestidentity)
         self.after_reply = []
         self.port_idle_until = 0.0
         self.poweroff = False
@@ -223,6 +221,14 @@ class Agent(guestproc.ProcessOps):
             log('malformed control frame: %s' % exc)
             return
         if frame.type == protocol.HELLO:
+            if self.hello:
+                # A HELLO after the handshake: a new host side. That is
+                # the shim of a VM restored from a template (the
+                # template's builder had the first): greet it too.
+                self.restored = True
+                self.chan.send(protocol.encode_json(protocol.HELLO, {
+                    'version': protocol.VERSION, 'agent': 'kata-zun',
+                    'pid': os.getpid()}))
             # The host answers our HELLO with the version it speaks.
             self.hello = msg.get('version') == protocol.VERSION
             if not self.hello:
@@ -255,31 +261,28 @@ class Agent(guestproc.ProcessOps):
 
     # ----------------------------------------------------------- operations
     def op_ping(self, args):
+        if args.get('warm') is True:
+            # A VM template's last request before it is saved.
+            from kata_zun.agent import guestidentity
+            return {'time': time.time(), 'warm': guestidentity.warm_up()}
         return {'time': time.time()}
 
     def op_create_sandbox(self, args):
-        now = _num(args, 'time')
-        if now:
-            time.clock_settime(time.CLOCK_REALTIME, float(now))
         entropy = _str(args, 'entropy', maxlen=8192)
-        if entropy:
-            import base64
-            import fcntl
-            data = base64.b64decode(entropy)[:4096]
-            fd = os.open('/dev/urandom', os.O_WRONLY)
-            try:
-                fcntl.ioctl(fd, RNDADDENTROPY,
-                            struct.pack('ii', len(data) * 8, len(data)) +
-                            data)
-                fcntl.ioctl(fd, RNDRESEEDCRNG)
-            finally:
-                os.close(fd)
         hostname = _str(args, 'hostname', maxlen=63)
-        if hostname:
-            if not _HOSTNAME_RE.match(hostname):
-                raise OpError('invalid', 'bad hostname')
-            import socket
-            socket.sethostname(hostname)
+        if hostname and not _HOSTNAME_RE.match(hostname):
+            raise OpError('invalid', 'bad hostname')
+        import base64
+        import binascii
+        try:
+            entropy = base64.b64decode(entropy or '', validate=True)
+        except (binascii.Error, ValueError):
+            raise OpError('invalid', 'bad entropy')
+        # A fresh identity (RNG, clock, hostname, disks of a restored
+        # VM) before any container code runs.
+        from kata_zun.agent import guestidentity
+        guestidentity.renew(_num(args, 'time'), entropy, hostname,
+                            self.restored)
         # --- network (issue 5): interfaces, routes; lo up even without NICs
         network = args.get('network')
         if network is not None:
@@ -340,6 +343,8 @@ class Agent(guestproc.ProcessOps):
             raise OpError('invalid', 'bad disk description')
         c = Container(cid, spec)
         os.makedirs(c.dir, exist_ok=True)
+        from kata_zun.agent import guestidentity
+        guestidentity.new_container_ids(c.dir)
         self._mount_rootfs(c, find_disk(image_serial), image_fs,
                            find_disk(layer_serial))
         # --- volumes (issue 11): block and shared volumes at their targets

@@ -201,6 +201,9 @@ def enter(c, privileged, run_dir='/run'):
         if not os.path.exists(target):
             g.write_file(target, '')
         mount(os.path.join(c.dir, name), target, None, MS_BIND)
+    from kata_zun.agent import guestidentity
+    guestidentity.bind_container_ids(c.dir, root, mount, g.write_file,
+                                     MS_BIND)
     if not privileged:
         mask_paths(root, mount)
         readonly_paths(root, mount)

@@ -211,14 +211,18 @@ def main(argv=None):
                      stop_timeout=CONF.kata.stop_timeout)
     if args.pod:
         from kata_zun.shim import pod
+        # Pods boot cold: their shim's handshake waits for the agent's
+        # HELLO, which a restored agent sends only when greeted first.
         shim = pod.PodShim(args.state_dir, args.run_dir,
-                           qemu_vm.QemuHypervisor(),
+                           qemu_vm.QemuHypervisor(templates=False),
                            os.path.join(CONF.kata.state_path, 'containers'),
                            **shim_args)
         make_config = pod_vm_config
     else:
         shim = server.Shim(args.state_dir, args.run_dir,
-                           qemu_vm.QemuHypervisor(), **shim_args)
+                           qemu_vm.QemuHypervisor(
+                               templates=CONF.kata.vm_templating),
+                           **shim_args)
         make_config = vm_config
     try:
         shim.boot(make_config(shim, args.run_dir))

@@ -14,6 +14,7 @@ from kata_zun.conf import image
 from kata_zun.conf import jail
 from kata_zun.conf import network
 from kata_zun.conf import runtime
+from kata_zun.conf import template
 
 CONF = cfg.CONF
 
@@ -25,3 +26,4 @@ guest.register_opts(CONF)
 image.register_opts(CONF)
 network.register_opts(CONF)
 console.register_opts(CONF)
+template.register_opts(CONF)

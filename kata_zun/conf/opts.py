@@ -8,15 +8,24 @@ from kata_zun.conf import image
 from kata_zun.conf import jail
 from kata_zun.conf import network
 from kata_zun.conf import runtime
+from kata_zun.conf import template
 
 _MODULES = (runtime, hypervisor, jail, agent, guest, image, network,
-            console)
+            console, template)
 
 
 def list_opts():
-    """Return [(group, opts)] for every kata-zun option group."""
+    """Return [(group, opts)] for every kata-zun option group (a group
+    whose options come from several modules is listed once).
+    """
     result = []
+    index = {}
     for mod in _MODULES:
         for group, opts in mod.list_opts().items():
-            result.append((group, opts))
+            name = getattr(group, 'name', group)
+            if name in index:
+                result[index[name]][1].extend(opts)
+                continue
+            index[name] = len(result)
+            result.append((group, list(opts)))
     return result

@@ -48,7 +48,8 @@ LOG = logging.getLogger(__name__)
 AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
                'guestlayer.py', 'guestvolumes.py', 'guestroot.py',
                'guestcaps.py', 'guestseccomp.py', 'guestdev.py',
-               'guestshare.py', 'guestproc.py', 'guestutil.py')
+               'guestshare.py', 'guestproc.py', 'guestutil.py',
+               'guestidentity.py')
 AGENT_ROOT = 'opt/kata-agent'
 # virtio_balloon: free page reporting (see [kata_hypervisor]
 # free_page_reporting).

@@ -61,6 +61,13 @@ class AgentLink(object):
         self._agent_sock = sock
         self.agent = protocol.Channel(sock.fileno(), self.max_frame,
                                       owns_fd=False)
+        # Our HELLO goes first: a freshly booted agent greets whoever
+        # connects, an agent restored from a VM template (greeted once
+        # when the template was made) greets each new HELLO; either way
+        # exactly one HELLO comes back (QEMU holds our bytes until the
+        # guest has opened its port).
+        sock.sendall(protocol.encode_json(
+            protocol.HELLO, {'version': protocol.VERSION}))
         hello = self._sync_frame(protocol.HELLO)
         version = hello.json().get('version')
         if version != protocol.VERSION:
@@ -68,8 +75,6 @@ class AgentLink(object):
                                  guestdata.printable(repr(version),
                                                      guestdata.MAX_WORD))
         timing['agent_ready'] = time.monotonic() - t0
-        sock.sendall(protocol.encode_json(
-            protocol.HELLO, {'version': protocol.VERSION}))
         sandbox = self.config['sandbox']
         sandbox_args = {
             'hostname': sandbox['hostname'], 'time': time.time(),

@@ -156,6 +156,39 @@ class Memory:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileMemory:
+    """Guest RAM in a file (VM templates, see
+    :mod:`kata_zun.hypervisor.template`).
+
+    ``share=True``: a template's RAM, written through to the file, so a
+    paused template leaves its memory there. ``share=False``: a clone's
+    RAM, the same file mapped private copy-on-write: pages stay shared
+    with the template (and other clones) until the guest writes them.
+    """
+    size_mb: int
+    path: str
+    share: bool
+    backend_id: str = MEMORY_BACKEND_ID
+
+    def args(self):
+        size = '%dM' % self.size_mb
+        return ['-m', size, '-object',
+                'memory-backend-file,id=%s,size=%s,mem-path=%s,share=%s,'
+                'prealloc=off' % (self.backend_id, size, _esc(self.path),
+                                  'on' if self.share else 'off')]
+
+
+@dataclasses.dataclass(frozen=True)
+class Incoming:
+    """Wait for a device state (QMP ``migrate-incoming``) instead of
+    booting: a clone of a VM template.
+    """
+
+    def args(self):
+        return ['-incoming', 'defer']
+
+
+@dataclasses.dataclass(frozen=True)
 class Smp:
     vcpus: int = 1
 
@@ -632,7 +665,8 @@ class Handles:
 
 
 def build_argv(config, accel, machine_type, cpu_model, qemu_path,
-               tsc_khz=None, handles=None, tcg_cache_mb=None):
+               tsc_khz=None, handles=None, tcg_cache_mb=None, memory=None,
+               incoming=False):
     """Compose the whole QEMU command line of one VM.
 
     :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
@@ -644,6 +678,9 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     :param handles: a :class:`Handles` for a jailed QEMU, or None for
         one that opens its files and sockets by path.
     :param tcg_cache_mb: TCG translation cache size (None: QEMU's).
+    :param memory: the RAM part (e.g. a :class:`FileMemory` of a VM
+        template); None: a :class:`Memory` of ``config.memory_mb``.
+    :param incoming: wait for a device state (:class:`Incoming`).
     :returns: the argv list, program first.
     :raises: kata_zun.exception.HypervisorError on invalid input.
     """
@@ -669,7 +706,8 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     parts = [Globals(), Name(config.name),
              Machine(machine_type, pcie=bool(slots)),
              Accelerator(accel, tcg_cache_mb), Cpu(cpu_model),
-             Memory(config.memory_mb, share=bool(config.shared_dirs)),
+             memory or Memory(config.memory_mb,
+                              share=bool(config.shared_dirs)),
              Smp(config.vcpus)]
     if h is None:
         parts += [Kernel(config.kernel, config.initrd, params),
@@ -691,6 +729,8 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
                  for i, d in enumerate(config.shared_dirs))
     parts.extend(PcieRootPort(i) for i in range(slots))
     parts.extend(boot_nics(config, machine_type, h.tap_fds if h else None))
+    if incoming:
+        parts.append(Incoming())
     parts.append(Sandbox(CONF.kata_hypervisor.seccomp_sandbox))
     argv = [qemu_path]
     for part in parts:

@@ -369,11 +369,15 @@ class QemuHypervisor(base.Hypervisor):
     """Starts QEMU VMs as children of the calling process."""
 
     def __init__(self, qemu_path=None, machine_type=None, cpu_model=None,
-                 start_timeout=START_TIMEOUT, jailed=None):
+                 start_timeout=START_TIMEOUT, jailed=None, templates=False):
         """:param qemu_path: QEMU binary (default from config).
         :param machine_type: 'microvm' or 'q35' (default from config).
         :param cpu_model: ``-cpu`` model (default from config).
         :param start_timeout: seconds until QEMU must answer on QMP.
+        :param jailed: override ``[kata_jail] enabled``.
+        :param templates: start VMs from VM templates when their shape
+            allows (the caller's policy: the shim passes ``[kata]
+            vm_templating``; the VM must run kata-zun's agent).
         """
         hv = CONF.kata_hypervisor
         self.qemu_path = qemu_path or hv.qemu_path
@@ -382,24 +386,49 @@ class QemuHypervisor(base.Hypervisor):
         self.start_timeout = start_timeout
         self.jailed = (CONF.kata_jail.enabled if jailed is None
                        else jailed)
+        self.templates = templates
 
     def start(self, config):
-        """Boot a VM.
-
-        The VM's sockets, disks and taps are opened here and inherited
-        by QEMU; with the jail on (``[kata_jail] enabled``), QEMU runs
-        confined (see :mod:`kata_zun.jail`).
+        """Start a VM: restored from a VM template when this hypervisor
+        was made with ``templates`` and the VM's shape allows it (see
+        :mod:`kata_zun.hypervisor.qemu.clone`), else (or when the
+        template cannot be used: a warning) booted cold. Either way the
+        caller gets the same kind of VM, its agent about to say HELLO.
 
         :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
         :returns: a :class:`QemuVM` whose agent socket accepts connections.
         :raises: kata_zun.exception.HypervisorError (JailError when QEMU
             cannot be confined)
         """
+        if self.templates:
+            from kata_zun.hypervisor.qemu import clone
+            vm = clone.try_restore(self, config)
+            if vm is not None:
+                return vm
+        return self.launch(config)
+
+    def launch(self, config, memory=None, incoming=False, jailed=None):
+        """Run QEMU for one VM.
+
+        The VM's sockets, disks and taps are opened here and inherited
+        by QEMU; with the jail on (``[kata_jail] enabled``), QEMU runs
+        confined (see :mod:`kata_zun.jail`).
+
+        :param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
+        :param memory: the RAM argv part (None: a private memfd).
+        :param incoming: wait for a device state instead of booting.
+        :param jailed: override ``[kata_jail] enabled`` (a template
+            build runs our own guest only, unjailed).
+        :returns: a :class:`QemuVM` answering on QMP.
+        :raises: kata_zun.exception.HypervisorError (JailError when QEMU
+            cannot be confined)
+        """
+        jailed = self.jailed if jailed is None else jailed
         qmp_path, agent_path = qargv.socket_paths(config.run_dir)
         os.makedirs(config.run_dir, mode=0o700, exist_ok=True)
         chosen = accel.choose(config.kernel, self.qemu_path, self.cpu_model,
                               self.machine_type)
-        if self.jailed and os.geteuid() != 0:
+        if jailed and os.geteuid() != 0:
             raise exception.JailError(
                 reason='the jail needs root (the shim runs as uid %d); '
                 'run it as root or set [kata_jail] enabled = false'
@@ -418,7 +447,7 @@ class QemuHypervisor(base.Hypervisor):
         try:
             kernel, initrd = config.kernel, config.initrd
             qemu_path = self.qemu_path
-            if self.jailed:
+            if jailed:
                 from kata_zun.jail import launch
                 jail = launch.prepare(
                     config.name, os.path.join(config.run_dir, 'jail'),
@@ -436,7 +465,8 @@ class QemuHypervisor(base.Hypervisor):
             cmd = qargv.build_argv(
                 config, chosen.name, self.machine_type, self.cpu_model,
                 qemu_path, handles=fds,
-                tcg_cache_mb=CONF.kata_jail.tcg_cache_mb)
+                tcg_cache_mb=CONF.kata_jail.tcg_cache_mb, memory=memory,
+                incoming=incoming)
             log_path = os.path.join(config.run_dir, QEMU_LOG)
             LOG.debug('Starting VM %s: %s', config.name, cmd)
             started = time.monotonic()

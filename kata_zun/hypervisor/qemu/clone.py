@@ -1,0 +1,313 @@
+"""Build VM templates with QEMU and start sandboxes from them.
+
+:func:`try_restore` is the fast start path of
+:meth:`kata_zun.hypervisor.qemu.vm.QemuHypervisor.start`: it finds (or
+builds, once per :class:`kata_zun.hypervisor.template.Key`) the template
+of a VM's shape and restores it; anything that goes wrong gives a
+warning and None, and the caller boots cold. The returned VM is a
+:class:`kata_zun.hypervisor.qemu.vm.QemuVM` like a cold boot's, its
+agent ready to greet whoever connects next.
+
+A template is our own guest, booted with placeholder disks and no NIC,
+its agent greeted once and pinged (so it is past every boot step), then
+paused and saved. A clone is started with the same machine but its own
+disks (its ``-blockdev`` backends are its own files: the device state
+comes from the template, the data and size from the clone's files; the
+agent makes the guest re-read each disk's size) and its own sockets,
+loads the state, runs, and gets its NICs hotplugged, each with its own
+tap and MAC. The guest's identity (RNG, clock, hostname, ids) is renewed
+by the agent before any container code runs
+(:mod:`kata_zun.agent.guestidentity`).
+"""
+
+import dataclasses
+import os
+import socket
+import time
+
+from oslo_log import log as logging
+
+from kata_zun.agent import protocol
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.hypervisor import base
+from kata_zun.hypervisor.qemu import accel
+from kata_zun.hypervisor.qemu import argv as qargv
+from kata_zun.hypervisor import template
+from kata_zun.runtime import fileutils
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+PLACEHOLDER_BYTES = 1024 * 1024
+STATE_FD_NAME = 'kz-template-state'
+# A template build boots a VM cold: as slow as the host makes it.
+BUILD_AGENT_TIMEOUT = 300.0
+SAVE_TIMEOUT = 300.0
+RESTORE_TIMEOUT = 60.0
+_POLL = 0.005
+
+
+class TemplateLoadError(template.TemplateError):
+    """QEMU could not load a template's state: the template is retired
+    (the next use builds it again).
+    """
+
+
+def _capabilities(vm, ignore_shared):
+    vm.execute('migrate-set-capabilities', {'capabilities': [
+        {'capability': 'x-ignore-shared', 'state': bool(ignore_shared)}]})
+
+
+def _give_fd(vm, fd):
+    try:
+        vm.execute('getfd', {'fdname': STATE_FD_NAME}, fds=(fd,))
+    finally:
+        os.close(fd)
+
+
+def _wait_migration(vm, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        info = vm.execute('query-migrate')
+        status = info.get('status')
+        if status == 'completed':
+            return
+        if status in ('failed', 'cancelled'):
+            raise template.TemplateError(
+                reason='saving the template failed: %s'
+                % info.get('error-desc', status))
+        if time.monotonic() > deadline:
+            raise template.TemplateError(
+                reason='saving the template took more than %d s' % timeout)
+        time.sleep(0.02)
+
+
+def save_state(vm, path, ignore_shared):
+    """Save a paused VM's state into a new file ``path``.
+
+    :param ignore_shared: leave the (shared, file-backed) RAM out.
+    :raises: TemplateError, HypervisorError
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC |
+                 os.O_NOFOLLOW, 0o600)
+    _capabilities(vm, ignore_shared)
+    _give_fd(vm, fd)
+    vm.execute('migrate', {'uri': 'fd:%s' % STATE_FD_NAME})
+    _wait_migration(vm, SAVE_TIMEOUT)
+    os.chmod(path, 0o400)
+
+
+def _greet_agent(path, timeout):
+    """Do the host's side of the agent handshake and one ping, as a
+    shim does: the template is then past every step of its boot.
+
+    :returns: the connected socket (kept open until the VM is saved).
+    :raises: TemplateError
+    """
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(protocol.encode_json(protocol.HELLO,
+                                          {'version': protocol.VERSION}))
+        sock.sendall(protocol.encode_json(protocol.REQUEST, {
+            'id': 1, 'op': 'ping', 'args': {'warm': True}}))
+        decoder = protocol.Decoder()
+        hello = ponged = False
+        while not (hello and ponged):
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                raise template.TemplateError(
+                    reason='the template agent closed its link')
+            for frame in decoder.feed(data):
+                if frame.type == protocol.HELLO:
+                    if frame.json().get('version') != protocol.VERSION:
+                        raise template.TemplateError(
+                            reason='the template agent speaks another '
+                            'protocol version')
+                    hello = True
+                elif frame.type == protocol.RESPONSE:
+                    msg = frame.json()
+                    if msg.get('id') == 1 and 'result' in msg:
+                        ponged = True
+                    elif msg.get('id') == 1:
+                        raise template.TemplateError(
+                            reason='the template agent refused a ping: %r'
+                            % (msg.get('error'),))
+        return sock
+    except (OSError, protocol.ProtocolError) as exc:
+        sock.close()
+        raise template.TemplateError(
+            reason='the template agent did not answer: %s' % exc)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def build(hv, config, work):
+    """Boot the template of ``config``'s shape in ``work`` and save it.
+
+    :param hv: the :class:`QemuHypervisor`.
+    :param config: the VMConfig of the first sandbox of this shape.
+    :param work: an empty directory (root only) that receives the files.
+    :raises: TemplateError, HypervisorError, OSError
+    """
+    disks = []
+    for i, disk in enumerate(config.disks):
+        path = os.path.join(work, 'disk%d' % i)
+        with open(path, 'wb') as f:
+            f.truncate(PLACEHOLDER_BYTES)
+        disks.append(base.Disk(path, 'kztemplate%d' % i,
+                               read_only=disk.read_only))
+    shaped = dataclasses.replace(
+        template.template_config(config), name='kz-template',
+        run_dir=work, console_log=os.path.join(work, 'console.log'),
+        disks=tuple(disks), cpu_quota=None)
+    memory = qargv.FileMemory(config.memory_mb,
+                              os.path.join(work, template.RAM), share=True)
+    vm = hv.launch(shaped, memory=memory, jailed=False)
+    sock = None
+    try:
+        sock = _greet_agent(vm.agent_socket, BUILD_AGENT_TIMEOUT)
+        vm.execute('stop')
+        # The stream with the RAM first: it holds all it needs. QEMU
+        # saves a VM once per pause, so the VM runs again for a moment
+        # (the agent is idle) and is saved a second time without its
+        # RAM, which the file holds as of this second pause.
+        save_state(vm, os.path.join(work, template.STATE_FULL), False)
+        vm.execute('cont')
+        vm.execute('stop')
+        save_state(vm, os.path.join(work, template.STATE_DEV), True)
+    finally:
+        if sock is not None:
+            sock.close()
+        vm.kill()
+        for disk in disks:
+            try:
+                os.unlink(disk.path)
+            except OSError:
+                pass
+    os.chmod(os.path.join(work, template.RAM), 0o400)
+
+
+def _load_and_run(vm, timeout):
+    """Wait until the incoming state is loaded, then run the VM (it
+    comes back paused, as the template was saved).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if vm.poll() is not None:
+            raise TemplateLoadError(
+                reason='QEMU exited while restoring (status %s): %s'
+                % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
+        info = vm.execute('query-migrate')
+        status = info.get('status')
+        if status == 'completed':
+            break
+        if status in ('failed', 'cancelled'):
+            raise TemplateLoadError(
+                reason='restoring failed: %s'
+                % info.get('error-desc', status))
+        if time.monotonic() > deadline:
+            raise template.TemplateError(
+                reason='restoring took more than %d s' % timeout)
+        time.sleep(_POLL)
+    while vm.query_status().get('status') == 'inmigrate':
+        # "completed" is reported a moment before the run state moves.
+        if time.monotonic() > deadline:
+            raise template.TemplateError(
+                reason='restoring took more than %d s' % timeout)
+        time.sleep(_POLL)
+    vm.execute('cont')
+
+
+def restore(hv, config, tmpl):
+    """Start ``config``'s VM from ``tmpl``.
+
+    Jailed: the whole RAM is loaded from the full state into private
+    memory (a jailed QEMU is never given the template's files, only a
+    read-only descriptor of the state). Unjailed: the template's RAM
+    file is mapped private copy-on-write and only the device state is
+    loaded.
+
+    :returns: a running :class:`QemuVM` with ``config``'s NICs.
+    :raises: TemplateError, HypervisorError
+    """
+    shaped = template.template_config(config)
+    if hv.jailed:
+        memory, state, ignore_shared = None, tmpl.state_full, False
+    else:
+        memory = qargv.FileMemory(config.memory_mb, tmpl.ram, share=False)
+        state, ignore_shared = tmpl.state_dev, True
+    fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        vm = hv.launch(shaped, memory=memory, incoming=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        _capabilities(vm, ignore_shared)
+        _give_fd(vm, fd)
+        try:
+            vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME})
+            _load_and_run(vm, RESTORE_TIMEOUT)
+        except exception.HypervisorError as exc:
+            # QEMU exits as soon as it meets a state it cannot load: its
+            # QMP socket is then simply gone.
+            if isinstance(exc, TemplateLoadError) or vm.wait(2) is None:
+                raise
+            raise TemplateLoadError(
+                reason='QEMU exited loading the template (status %s): %s'
+                % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
+        vm.config = config
+        for nic in config.nics:
+            vm.add_nic(nic)
+    except BaseException:
+        vm.kill()
+        raise
+    return vm
+
+
+def try_restore(hv, config):
+    """The fast start path.
+
+    :param hv: the :class:`QemuHypervisor`.
+    :param config: the sandbox's VMConfig.
+    :returns: a running :class:`QemuVM` restored from a template, or
+        None when the VM must boot cold (its shape has no template, or
+        the template could not be built or used: a warning says why).
+    :raises: nothing but KeyboardInterrupt-like exceptions
+    """
+    reason = template.unsupported(config, hv.machine_type)
+    if reason:
+        LOG.debug('VM %s boots cold: %s', config.name, reason)
+        return None
+    started = time.monotonic()
+    try:
+        chosen = accel.choose(config.kernel, hv.qemu_path, hv.cpu_model,
+                              hv.machine_type)
+        shaped = template.template_config(config)
+        key = template.key_for(
+            config, chosen.name, hv.machine_type, hv.cpu_model, hv.qemu_path,
+            CONF.kata_jail.tcg_cache_mb, CONF.kata_hypervisor.seccomp_sandbox,
+            qargv.kernel_params(shaped, machine_type=hv.machine_type))
+        store = template.Store()
+        tmpl = store.get_or_build(key, lambda work: build(hv, config, work))
+        try:
+            vm = restore(hv, config, tmpl)
+        except TemplateLoadError:
+            store.retire(key.digest)
+            raise
+    except (exception.HypervisorError, OSError, ValueError) as exc:
+        if isinstance(exc, exception.JailError):
+            raise       # the cold boot would fail the same way
+        LOG.warning('VM %s: cannot start from a VM template, booting cold: '
+                    '%s', config.name, exc)
+        return None
+    store.touch(key.digest)
+    LOG.info('VM %s restored from template %s in %.3f s', config.name,
+             key.digest, time.monotonic() - started)
+    return vm

@@ -1,0 +1,193 @@
+"""VM templating with real VMs: clones are fast and never alike.
+
+Every VM of a test here starts from a template of the test's own
+(``[kata] template_dir`` under the test's state), built on first use.
+A shim logs "restored from template" for a clone; the tests check that
+line so that a silent cold boot can never pass for a clone.
+"""
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+
+from kata_zun.tests.functional import base
+
+RESTORED = b'restored from template'
+COLD = b'booting cold'
+
+
+class TemplatingTestCase(base.KataZunFunctionalTest):
+
+    # Tests that leave their template whole share one (built by the
+    # first); those that break theirs get their own.
+    own_templates = ('test_corrupt_template_falls_back_to_a_cold_boot',
+                     'test_missing_ram_falls_back_to_a_cold_boot',
+                     'test_templating_off_boots_cold')
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.shared_templates = tempfile.mkdtemp(prefix='kzft',
+                                                dir='/dev/shm')
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.shared_templates, ignore_errors=True)
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        if self._testMethodName in self.own_templates:
+            self.template_dir = os.path.join(self.state_path, 'templates')
+        else:
+            self.template_dir = os.path.join(self.shared_templates, 't')
+        self.configure('template_dir = %s\n' % self.template_dir)
+        self.load_busybox()
+
+    def configure(self, text):
+        # A second [kata] section: oslo.config merges it with the first.
+        with open(self.conf_file, 'a') as f:
+            f.write('\n[kata]\n' + text)
+
+    def _dir(self, ref):
+        info = json.loads(self.kz('inspect', ref, check=0).out)[0]
+        return os.path.join(self.state_path, 'containers', info['Id'])
+
+    def _shim_log(self, ref):
+        with open(os.path.join(self._dir(ref), 'shim.log'), 'rb') as f:
+            return f.read()
+
+    def assertRestored(self, ref):
+        log = self._shim_log(ref)
+        self.assertIn(RESTORED, log, log[-3000:])
+        self.assertNotIn(COLD, log)
+
+    def _templates(self):
+        return [p for p in glob.glob(os.path.join(self.template_dir, '*'))
+                if len(os.path.basename(p)) == 16]
+
+    def test_clones_never_share_randomness_or_identity(self):
+        # What each container reads first, before anything else runs in
+        # it: 32 bytes of /dev/urandom, its boot id, machine-id, hostname.
+        script = ('head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; '
+                  'echo; cat /proc/sys/kernel/random/boot_id; '
+                  'cat /etc/machine-id; hostname; '
+                  'cat /proc/sys/kernel/random/uuid')
+        seen = []
+        for name in ('c1', 'c2', 'c3'):
+            out = self.kz('run', '--name', name, 'busybox', 'sh', '-c',
+                          script, check=0).text.split()
+            self.assertEqual(5, len(out), out)
+            self.assertEqual(64, len(out[0]))
+            self.assertRestored(name)
+            seen.append(out)
+        # The template was built once and every container restored it.
+        self.assertEqual(1, len(self._templates()))
+        for column, what in enumerate(('urandom', 'boot_id', 'machine-id',
+                                       'hostname', 'kernel uuid')):
+            values = [s[column] for s in seen]
+            self.assertEqual(len(values), len(set(values)),
+                             '%s repeated across clones: %s' % (what,
+                                                                values))
+        # The clock is the host's, not the template's.
+        out = self.kz('run', '--rm', 'busybox', 'date', '+%s', check=0)
+        self.assertLess(abs(int(out.text) - time.time()), 30)
+
+    def test_writes_stay_in_their_clone(self):
+        self.kz('run', '-d', '--name', 'writer', 'busybox', 'sh', '-c',
+                'echo disk > /written-on-disk; '
+                'echo ram > /dev/shm/written-in-ram; '
+                'head -c 20000000 /dev/zero > /dev/shm/fill; '
+                'echo done; sleep 1000', check=0)
+        self.assertRestored('writer')
+        self.kz('exec', 'writer', 'sh', '-c', 'cat /written-on-disk '
+                '/dev/shm/written-in-ram', check=0)
+        # A clone started after those writes sees none of them: neither
+        # the template's memory nor its disks took them.
+        r = self.kz('run', '--name', 'reader', 'busybox', 'sh', '-c',
+                    'ls /written-on-disk /dev/shm/written-in-ram '
+                    '/dev/shm/fill; true', check=0)
+        self.assertRestored('reader')
+        self.assertIn(b'No such file', r.err)
+        self.assertNotIn(b'written', r.out)
+        # And the writer still has its own.
+        r = self.kz('exec', 'writer', 'cat', '/written-on-disk',
+                    '/dev/shm/written-in-ram', check=0)
+        self.assertEqual(b'disk\nram\n', r.out)
+
+    def test_disks_have_their_own_size_and_content(self):
+        # The template booted on 1 MiB placeholders: each clone must see
+        # its own disks' sizes (the guest probes them again) and data.
+        self.kz('run', '-d', '--name', 'small', '--storage-opt',
+                'size=300M', 'busybox', 'sleep', '1000', check=0)
+        self.kz('run', '-d', '--name', 'large', '--storage-opt',
+                'size=700M', 'busybox', 'sleep', '1000', check=0)
+        for name, mb in (('small', 300), ('large', 700)):
+            self.assertRestored(name)
+            rw = os.path.join(self._dir(name), 'rw.img')
+            image = json.load(open(os.path.join(
+                self._dir(name), 'config.json')))['image']['block_image']
+            sizes = self.kz('exec', name, 'sh', '-c',
+                            'cat /sys/block/vd*/size', check=0).text.split()
+            self.assertEqual(sorted([os.path.getsize(rw) // 512,
+                                     os.path.getsize(image) // 512]),
+                             sorted(int(s) for s in sizes))
+            self.assertEqual(mb * 1024 * 1024, os.path.getsize(rw))
+            # The writable layer is usable to its size and holds this
+            # container's data.
+            df = self.kz('exec', name, 'df', '-k', '/', check=0).text
+            total_kb = int(df.splitlines()[1].split()[1])
+            self.assertGreater(total_kb, mb * 1024 * 0.8)
+            self.assertLess(total_kb, mb * 1024 * 1.01)
+            self.kz('exec', name, 'sh', '-c', 'echo %s > /mine' % name,
+                    check=0)
+        for name in ('small', 'large'):
+            r = self.kz('exec', name, 'cat', '/mine', check=0)
+            self.assertEqual(name.encode() + b'\n', r.out)
+            # The image disk's content is the image's.
+            r = self.kz('exec', name, 'ls', '/bin/busybox', check=0)
+
+    def test_corrupt_template_falls_back_to_a_cold_boot(self):
+        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        self.assertRestored('first')
+        [path] = self._templates()
+        # Same size, other bytes: only loading it can tell. (The VMs
+        # here are jailed: they load the state with the RAM in it.)
+        full = os.path.join(path, 'state.full')
+        os.chmod(full, 0o600)
+        with open(full, 'r+b') as f:
+            f.write(os.urandom(64))
+        r = self.kz('run', '--name', 'after', 'busybox', 'echo', 'still runs',
+                    check=0)
+        self.assertEqual(b'still runs\n', r.out)
+        log = self._shim_log('after')
+        self.assertIn(COLD, log)
+        # The broken template is gone; the next start builds a new one
+        # and restores it.
+        r = self.kz('run', '--name', 'rebuilt', 'busybox', 'echo', 'ok',
+                    check=0)
+        self.assertEqual(b'ok\n', r.out)
+        self.assertRestored('rebuilt')
+
+    def test_missing_ram_falls_back_to_a_cold_boot(self):
+        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        [path] = self._templates()
+        os.unlink(os.path.join(path, 'ram'))
+        r = self.kz('run', '--name', 'after', 'busybox', 'echo', 'runs',
+                    check=0)
+        self.assertEqual(b'runs\n', r.out)
+        # Rebuilt at once (lazily, by this very start) and restored.
+        self.assertRestored('after')
+        self.assertIn(b'retired', self._shim_log('after'))
+
+    def test_templating_off_boots_cold(self):
+        self.configure('vm_templating = false\n')
+        r = self.kz('run', '--name', 'cold', 'busybox', 'echo', 'cold',
+                    check=0)
+        self.assertEqual(b'cold\n', r.out)
+        log = self._shim_log('cold')
+        self.assertNotIn(RESTORED, log)
+        self.assertEqual([], self._templates())

@@ -1,0 +1,94 @@
+import os
+import re
+from unittest import mock
+
+import fixtures
+from oslotest import base
+
+from kata_zun.agent import guestidentity
+
+UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}'
+                     r'-[0-9a-f]{12}\n$')
+
+
+class GuestIdentityTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+    def test_container_ids_are_new_each_time(self):
+        one = guestidentity.new_container_ids(self.tmp)
+        with open(os.path.join(self.tmp, 'boot_id')) as f:
+            boot_id = f.read()
+        with open(os.path.join(self.tmp, 'machine-id')) as f:
+            machine_id = f.read()
+        self.assertRegex(boot_id, UUID_RE)
+        self.assertRegex(machine_id, r'^[0-9a-f]{32}\n$')
+        self.assertEqual(one['boot_id'] + '\n', boot_id)
+        two = guestidentity.new_container_ids(self.tmp)
+        self.assertNotEqual(one, two)
+
+    def test_ids_never_written_through_a_link(self):
+        os.symlink('/etc/passwd', os.path.join(self.tmp, 'boot_id'))
+        self.assertRaises(OSError, guestidentity.new_container_ids, self.tmp)
+
+    def test_bind_over_boot_id_and_machine_id(self):
+        cdir = os.path.join(self.tmp, 'c')
+        root = os.path.join(self.tmp, 'root')
+        os.makedirs(cdir)
+        os.makedirs(root + '/etc')
+        # An image's link at /etc/machine-id is replaced, never followed.
+        os.symlink('/etc/shadow', root + '/etc/machine-id')
+        guestidentity.new_container_ids(cdir)
+        mount = mock.Mock()
+
+        def write_file(path, data):
+            with open(path, 'w') as f:
+                f.write(data)
+        guestidentity.bind_container_ids(cdir, root, mount, write_file, 4096)
+        self.assertEqual([
+            mock.call(cdir + '/boot_id',
+                      root + '/proc/sys/kernel/random/boot_id', None, 4096),
+            mock.call(cdir + '/machine-id', root + '/etc/machine-id', None,
+                      4096)], mount.call_args_list)
+        self.assertFalse(os.path.islink(root + '/etc/machine-id'))
+
+    def test_revalidate_rebinds_every_virtio_blk_device(self):
+        driver = os.path.join(self.tmp, 'virtio_blk')
+        os.makedirs(driver)
+        for name in ('virtio2', 'virtio5', 'module'):
+            os.mkdir(os.path.join(driver, name))
+        for name in ('bind', 'unbind'):
+            open(os.path.join(driver, name), 'w').close()
+        writes = []
+        real_write = os.write
+
+        def record(fd, data):
+            writes.append((os.readlink('/proc/self/fd/%d' % fd), data))
+            return real_write(fd, data)
+        with mock.patch.object(os, 'write', side_effect=record):
+            self.assertEqual(2, guestidentity.revalidate_disks(driver))
+        self.assertEqual(sorted([
+            (driver + '/unbind', b'virtio2'), (driver + '/bind', b'virtio2'),
+            (driver + '/unbind', b'virtio5'), (driver + '/bind', b'virtio5'),
+        ]), sorted(writes))
+        # Unbind comes before bind for each device.
+        self.assertLess(writes.index((driver + '/unbind', b'virtio2')),
+                        writes.index((driver + '/bind', b'virtio2')))
+        self.assertEqual(0, guestidentity.revalidate_disks(
+            os.path.join(self.tmp, 'none')))
+
+    def test_renew_reseeds_and_only_restored_guests_reprobe(self):
+        with mock.patch.object(guestidentity, 'reseed') as reseed, \
+                mock.patch.object(guestidentity, 'revalidate_disks',
+                                  return_value=3) as reprobe:
+            self.assertEqual({'restored': False, 'disks': 0},
+                             guestidentity.renew(None, b'x' * 64))
+            reseed.assert_called_once_with(b'x' * 64)
+            reprobe.assert_not_called()
+            self.assertEqual({'restored': True, 'disks': 3},
+                             guestidentity.renew(None, b'', restored=True))
+            # Reseeded even without host entropy (the CRNG is forced to
+            # reseed from what the guest kernel has).
+            self.assertEqual(2, reseed.call_count)

@@ -1,0 +1,370 @@
+import dataclasses
+import json
+import os
+import threading
+import time
+from unittest import mock
+
+import fixtures
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+from kata_zun.hypervisor import base as hv_base
+from kata_zun.hypervisor.qemu import argv
+from kata_zun.hypervisor.qemu import clone
+from kata_zun.hypervisor import template
+
+QEMU = '/usr/bin/qemu-system-x86_64'
+
+
+def _config(tmp, **kwargs):
+    for name in ('vmlinux', 'initrd.img', 'qemu'):
+        path = os.path.join(tmp, name)
+        if not os.path.exists(path):
+            with open(path, 'w') as f:
+                f.write(name)
+    values = dict(name='sb1', vcpus=1, memory_mb=1, kernel=tmp + '/vmlinux',
+                  initrd=tmp + '/initrd.img', run_dir='/run/kz/sb1',
+                  console_log='/var/log/kz/sb1/console.log',
+                  disks=(hv_base.Disk('/img/rootfs.erofs', 'rootfs', True),
+                         hv_base.Disk('/var/lib/kz/rw.img', 'rw0')))
+    values.update(kwargs)
+    return hv_base.VMConfig(**values)
+
+
+def _key(tmp, **kwargs):
+    config = _config(tmp, **kwargs)
+    return template.key_for(config, 'tcg', 'microvm', 'max', tmp + '/qemu',
+                            64, True, ('console=ttyS0',))
+
+
+def _fake_build(work, memory_mb=1, state=b'device state'):
+    with open(os.path.join(work, template.RAM), 'wb') as f:
+        f.truncate(memory_mb * 1024 * 1024)
+    with open(os.path.join(work, template.STATE_DEV), 'wb') as f:
+        f.write(state)
+    with open(os.path.join(work, template.STATE_FULL), 'wb') as f:
+        f.write(state * 3)
+
+
+class TemplateArgvTestCase(base.BaseTestCase):
+    """Goldens of the template and clone command lines: the same machine
+    as a cold boot but for the RAM and ``-incoming``.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(tsc_khz=2596138, group='kata_hypervisor')
+
+    def _common(self, memory):
+        return [
+            QEMU,
+            '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+            '-name', 'sb1',
+            '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
+                        'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
+            '-accel', 'tcg,tb-size=64',
+            '-cpu', 'max',
+        ] + memory + [
+            '-smp', '1',
+            '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
+            '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
+                       'cryptomgr.notests rdinit=/init quiet '
+                       'pcie_ports=native',
+            '-chardev', 'socket,id=console,fd=7,server=off',
+            '-serial', 'chardev:console',
+            '-chardev', 'socket,id=qmp,fd=5,server=on,wait=off',
+            '-mon', 'chardev=qmp,mode=control',
+            '-device', 'virtio-serial-device,id=vser0,max_ports=2',
+            '-chardev', 'socket,id=agent,fd=6,server=on,wait=off',
+            '-device', 'virtserialport,bus=vser0.0,chardev=agent,'
+                       'name=agent.0',
+            '-add-fd', 'fd=8,set=1',
+            '-blockdev', '{"driver":"raw","node-name":"disk0",'
+                         '"read-only":true,"file":{"driver":"file",'
+                         '"filename":"/dev/fdset/1"}}',
+            '-device', 'virtio-blk-device,drive=disk0,serial=rootfs',
+        ] + [arg for i in range(argv.MAX_PCI_SLOTS)
+             for arg in ('-device', 'pcie-root-port,id=rp%d,bus=pcie.0,'
+                         'chassis=%d,slot=%d' % (i, i + 1, i + 1))]
+
+    def _argv(self, memory, incoming):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        config = template.template_config(_config(
+            tmp, name='sb1', memory_mb=512,
+            disks=(hv_base.Disk('/img/rootfs.erofs', 'rootfs', True),),
+            nics=(hv_base.Nic('kzt0123456789ab', '02:6b:0a:58:00:02'),)))
+        handles = argv.Handles('/guest/vmlinux', '/guest/initrd.img',
+                               qmp_fd=5, agent_fd=6, console_fd=7,
+                               disk_fds=(8,))
+        return argv.build_argv(config, 'tcg', 'microvm', 'max', QEMU,
+                               handles=handles, tcg_cache_mb=64,
+                               memory=memory, incoming=incoming)
+
+    def test_template_ram_is_a_shared_file(self):
+        got = self._argv(argv.FileMemory(512, '/dev/shm/t/ab,c/ram', True),
+                         False)
+        self.assertEqual(self._common([
+            '-m', '512M', '-object',
+            'memory-backend-file,id=mem,size=512M,'
+            'mem-path=/dev/shm/t/ab,,c/ram,share=on,prealloc=off']) +
+            list(argv.Sandbox().args()), got)
+
+    def test_unjailed_clone_maps_it_private_and_waits_for_state(self):
+        got = self._argv(argv.FileMemory(512, '/dev/shm/t/x/ram', False),
+                         True)
+        self.assertEqual(self._common([
+            '-m', '512M', '-object',
+            'memory-backend-file,id=mem,size=512M,'
+            'mem-path=/dev/shm/t/x/ram,share=off,prealloc=off']) +
+            ['-incoming', 'defer'] + list(argv.Sandbox().args()), got)
+
+    def test_jailed_clone_has_private_memfd_ram(self):
+        got = self._argv(None, True)
+        self.assertEqual(self._common([
+            '-m', '512M', '-object',
+            'memory-backend-memfd,id=mem,size=512M']) +
+            ['-incoming', 'defer'] + list(argv.Sandbox().args()), got)
+
+    def test_template_shape_has_no_nic_and_all_slots(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        config = _config(tmp, nics=(hv_base.Nic('kzt1', '02:00:00:00:00:01'),))
+        shaped = template.template_config(config)
+        self.assertEqual((), shaped.nics)
+        self.assertEqual(argv.MAX_PCI_SLOTS, shaped.pci_slots)
+        self.assertEqual(config.disks, shaped.disks)
+
+    def test_unsupported_shapes(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        self.assertIsNone(template.unsupported(_config(tmp), 'microvm'))
+        self.assertIn('microvm', template.unsupported(_config(tmp), 'q35'))
+        shared = _config(tmp, shared_dirs=(hv_base.SharedDir('/x', 't'),))
+        self.assertIn('virtio-fs', template.unsupported(shared, 'microvm'))
+        many = _config(tmp, nics=tuple(
+            hv_base.Nic('kzt%d' % i, '02:00:00:00:00:%02x' % i)
+            for i in range(argv.MAX_PCI_SLOTS + 1)))
+        self.assertIn('slots', template.unsupported(many, 'microvm'))
+
+
+class KeyTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+
+    def test_same_machine_same_digest(self):
+        one = _key(self.tmp)
+        two = _key(self.tmp, name='other', run_dir='/run/kz/other',
+                   disks=(hv_base.Disk('/img/b.erofs', 'x', True),
+                          hv_base.Disk('/var/lib/kz/rw2.img', 'y')),
+                   nics=(hv_base.Nic('kzt1', '02:00:00:00:00:01'),))
+        # Names, paths, serials and NICs are the clone's own.
+        self.assertEqual(one.digest, two.digest)
+        self.assertEqual(16, len(one.digest))
+
+    def test_what_changes_the_machine_changes_the_digest(self):
+        one = _key(self.tmp)
+        self.assertNotEqual(one.digest, _key(self.tmp, memory_mb=2).digest)
+        self.assertNotEqual(one.digest, _key(self.tmp, vcpus=2).digest)
+        self.assertNotEqual(one.digest, _key(self.tmp, disks=(
+            hv_base.Disk('/img/rootfs.erofs', 'rootfs', True),)).digest)
+        self.assertNotEqual(one.digest, _key(self.tmp, disks=(
+            hv_base.Disk('/img/rootfs.erofs', 'rootfs', False),
+            hv_base.Disk('/var/lib/kz/rw.img', 'rw0'))).digest)
+        self.assertNotEqual(one.digest, dataclasses.replace(
+            one, kernel_params=('console=ttyS0', 'x')).digest)
+        self.assertNotEqual(one.digest, dataclasses.replace(
+            one, accel='kvm').digest)
+        # New guest assets (another kernel file) are another template.
+        time.sleep(0.01)
+        with open(os.path.join(self.tmp, 'vmlinux'), 'w') as f:
+            f.write('a new kernel')
+        self.assertNotEqual(one.digest, _key(self.tmp).digest)
+
+
+class StoreTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.root = os.path.join(self.tmp, 'templates')
+        self.store = template.Store(self.root)
+        self.key = _key(self.tmp)
+
+    def test_built_once_then_found_and_indexed(self):
+        builds = []
+
+        def build(work):
+            builds.append(work)
+            _fake_build(work)
+        first = self.store.get_or_build(self.key, build)
+        second = self.store.get_or_build(self.key, build)
+        self.assertEqual(1, len(builds))
+        self.assertEqual(first, second)
+        self.assertEqual(os.path.join(self.root, self.key.digest),
+                         first.path)
+        self.assertTrue(os.path.isfile(first.ram))
+        index = self.store.read_index()
+        self.assertIn(self.key.digest, index)
+        self.assertIn('last_used', index[self.key.digest])
+        self.assertEqual(0o700, os.stat(self.root).st_mode & 0o777)
+        # No build directory is left over.
+        self.assertEqual(
+            sorted([self.key.digest, self.key.digest + '.lock',
+                    'index.json', 'index.lock']),
+            sorted(os.listdir(self.root)))
+
+    def test_concurrent_first_uses_build_once(self):
+        builds = []
+        gate = threading.Event()
+
+        def build(work):
+            builds.append(work)
+            gate.wait(5)
+            _fake_build(work)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(
+            self.store.get_or_build(self.key, build))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        # Nobody sees the template while it is being built.
+        self.assertIsNone(self.store.find(self.key))
+        gate.set()
+        for t in threads:
+            t.join(10)
+        self.assertEqual(1, len(builds))
+        self.assertEqual(3, len(results))
+        self.assertEqual(1, len(set(results)))
+
+    def test_failed_build_leaves_nothing(self):
+        def build(work):
+            _fake_build(work)
+            raise template.TemplateError(reason='boom')
+        self.assertRaises(template.TemplateError, self.store.get_or_build,
+                          self.key, build)
+        self.assertIsNone(self.store.find(self.key))
+        self.assertEqual([], [n for n in os.listdir(self.root)
+                              if 'build' in n or len(n) == 16])
+
+    def test_incomplete_build_is_refused(self):
+        def build(work):
+            _fake_build(work)
+            os.unlink(os.path.join(work, template.STATE_FULL))
+        self.assertRaises(OSError, self.store.get_or_build, self.key, build)
+        self.assertIsNone(self.store.find(self.key))
+
+    def test_corrupt_state_is_retired(self):
+        tmpl = self.store.get_or_build(self.key, _fake_build)
+        os.chmod(tmpl.state_dev, 0o600)
+        with open(tmpl.state_dev, 'r+b') as f:
+            f.write(b'X')           # same size, other content
+        exc = self.assertRaises(template.TemplateError, self.store.find,
+                                self.key)
+        self.assertIn('corrupt', str(exc))
+        self.assertFalse(os.path.exists(tmpl.path))
+        self.assertNotIn(self.key.digest, self.store.read_index())
+        # The next use builds it again.
+        builds = []
+        self.store.get_or_build(self.key, lambda w: (builds.append(w),
+                                                     _fake_build(w)))
+        self.assertEqual(1, len(builds))
+
+    def test_truncated_ram_and_missing_files_are_refused(self):
+        tmpl = self.store.get_or_build(self.key, _fake_build)
+        os.truncate(tmpl.ram, 4096)
+        self.assertRaises(template.TemplateError, self.store.verify,
+                          self.key, tmpl.path)
+        tmpl = self.store.get_or_build(self.key, _fake_build)
+        os.unlink(tmpl.state_full)
+        self.assertRaises(template.TemplateError, self.store.verify,
+                          self.key, tmpl.path)
+
+    def test_mismatched_key_is_refused(self):
+        tmpl = self.store.get_or_build(self.key, _fake_build)
+        other = dataclasses.replace(self.key, vcpus=4)
+        exc = self.assertRaises(template.TemplateError, self.store.verify,
+                                other, tmpl.path)
+        self.assertIn('another machine', str(exc))
+
+    def test_unreadable_index_is_an_empty_one(self):
+        self.store.get_or_build(self.key, _fake_build)
+        with open(os.path.join(self.root, 'index.json'), 'w') as f:
+            f.write('{not json')
+        self.assertEqual({}, self.store.read_index())
+        # The template itself is still found (and recorded again).
+        self.assertIsNotNone(self.store.find(self.key))
+        self.store.touch(self.key.digest)
+        self.assertIn(self.key.digest, self.store.read_index())
+
+    def test_foreign_root_refused(self):
+        os.makedirs(self.root)
+        os.chmod(self.root, 0o777)
+        self.assertRaises(template.TemplateError, self.store.get_or_build,
+                          self.key, _fake_build)
+
+    def test_bad_digest_never_makes_a_path(self):
+        for bad in ('../../etc', 'ABCDEF0123456789', '0' * 15, '0' * 17):
+            self.assertRaises(template.TemplateError, self.store.path, bad)
+
+    def test_gc_by_age_count_and_dead_builds(self):
+        keys = [dataclasses.replace(self.key, vcpus=i) for i in range(1, 5)]
+        for k in keys:
+            self.store.get_or_build(k, _fake_build)
+        now = time.time()
+        index = self.store.read_index()
+        for age, k in zip((10, 20, 30, 10 ** 6), keys):
+            index[k.digest]['last_used'] = now - age
+        with open(os.path.join(self.root, 'index.json'), 'w') as f:
+            json.dump(index, f)
+        dead = os.path.join(self.root, keys[0].digest + '.build-999999999')
+        os.mkdir(dead)
+        removed = self.store.gc(now=now, max_count=2, max_age=1000)
+        # The oldest by age, the third by count; the two newest stay.
+        self.assertEqual(sorted([keys[2].digest, keys[3].digest]),
+                         sorted(removed))
+        self.assertFalse(os.path.exists(dead))
+        left = sorted(n for n in os.listdir(self.root) if len(n) == 16)
+        self.assertEqual(sorted([keys[0].digest, keys[1].digest]), left)
+        self.assertEqual(sorted(left), sorted(self.store.read_index()))
+
+
+class TryRestoreTestCase(base.BaseTestCase):
+    """Whatever goes wrong with a template, the caller boots cold."""
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.cfg.config(template_dir=os.path.join(self.tmp, 't'),
+                        group='kata')
+        self.cfg.config(accelerator='tcg', tsc_khz=1000,
+                        group='kata_hypervisor')
+        self.hv = mock.Mock(machine_type='microvm', qemu_path=QEMU,
+                            cpu_model='max', jailed=True)
+        self.log = self.useFixture(fixtures.FakeLogger())
+
+    def test_build_failure_boots_cold_with_a_warning(self):
+        self.hv.launch.side_effect = template.TemplateError(reason='no')
+        self.assertIsNone(clone.try_restore(self.hv, _config(self.tmp)))
+        self.assertIn('booting cold', self.log.output)
+
+    def test_shared_dirs_boot_cold_quietly(self):
+        config = _config(self.tmp,
+                         shared_dirs=(hv_base.SharedDir('/x', 't'),))
+        self.assertIsNone(clone.try_restore(self.hv, config))
+        self.assertNotIn('WARNING', self.log.output)
+        self.hv.launch.assert_not_called()
+
+    def test_restore_failure_retires_the_template(self):
+        with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
+                               _fake_build(w, memory_mb=1)), \
+                mock.patch.object(clone, 'restore', side_effect=(
+                    clone.TemplateLoadError(reason='bad state'))):
+            self.assertIsNone(clone.try_restore(self.hv, _config(self.tmp)))
+        self.assertIn('bad state', self.log.output)
+        self.assertEqual([], [n for n in os.listdir(
+            os.path.join(self.tmp, 't')) if len(n) == 16])
