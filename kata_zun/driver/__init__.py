@@ -161,14 +161,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         ref = '%s:%s' % (image['repo'], image['tag']) if image.get('tag') \
             else image['repo']
         record = self.rt.images.get(image.get('id') or ref)
-        config = record.config or {}
-        # Zun shows what will run: fill what the user left to the image.
-        if not container.entrypoint and config.get('Entrypoint'):
-            container.entrypoint = list(config['Entrypoint'])
-        if not container.command and config.get('Cmd'):
-            container.command = list(config['Cmd'])
-        if not container.workdir and config.get('WorkingDir'):
-            container.workdir = config['WorkingDir']
+        zun_status.fill_from_image(container, record.config)
         env = ['%s=%s' % (k, v) for k, v in
                (container.environment or {}).items()]
         memory = int(container.memory) if container.memory else None

@@ -268,14 +268,7 @@ class KataCapsuleDriver(zun_images.ImageDriverMixin,
 
     def _spec(self, context, zc, mounts, index, init):
         record = self._member_image(context, zc)
-        config = record.config or {}
-        # zun shows what runs: fill what the template left to the image.
-        if not zc.entrypoint and config.get('Entrypoint'):
-            zc.entrypoint = list(config['Entrypoint'])
-        if not zc.command and config.get('Cmd'):
-            zc.command = list(config['Cmd'])
-        if not zc.workdir and config.get('WorkingDir'):
-            zc.workdir = config['WorkingDir']
+        zun_status.fill_from_image(zc, record.config)
         return podspec.ContainerSpec(
             name=('init%d' if init else 'c%d') % index, image=record.id,
             # The member's id is the Zun container's, as for a container.

@@ -20,6 +20,19 @@ STATUS = {
 }
 
 
+def fill_from_image(container, config):
+    """Zun shows what will run: fill in the entrypoint, command and
+    working directory the user left to the image (its ``config``).
+    """
+    config = config or {}
+    if not container.entrypoint and config.get('Entrypoint'):
+        container.entrypoint = list(config['Entrypoint'])
+    if not container.command and config.get('Cmd'):
+        container.command = list(config['Cmd'])
+    if not container.workdir and config.get('WorkingDir'):
+        container.workdir = config['WorkingDir']
+
+
 def _ago(ts):
     if not ts:
         return ''
