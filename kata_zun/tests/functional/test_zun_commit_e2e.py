@@ -68,6 +68,17 @@ class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
         self.assertEqual('kzsnap', meta['name'])
         self.assertEqual(['v1'], meta['tags'])
         self.assertGreater(meta['size'], 100 * 1024)
+        # image search with the glance driver searches Glance, exactly
+        # or by part of the name, as zun's Docker driver does.
+        for name, exact, found in (('kzsnap:v1', True, True),
+                                   ('kzsn:v1', False, True),
+                                   ('kzsn:v1', True, False),
+                                   ('kzsnap:v2', True, False)):
+            out = self.os('appcontainer', 'image', 'search', '-f', 'json',
+                          '--image-driver', 'glance', *(
+                              ('--exact-match',) if exact else ()),
+                          name)[1]
+            self.assertEqual(found, image_id[0] in out, (name, exact, out))
         # zun paused the container for the commit, then unpaused it.
         info = self.wait_status('c1', ('Running',), timeout=60)
         self.assertEqual('Running', info['status'])
