@@ -7,23 +7,14 @@ then runs from that Glance image on a host store that no longer has it.
 """
 
 import re
-import subprocess
-import sys
 import time
 
-from kata_zun.tests.functional import base as kz_base
 from kata_zun.tests.functional import test_zun_e2e
 
 
 class ZunCommitToGlanceTest(test_zun_e2e.ZunEndToEndBase):
 
     GLANCE = True
-
-    def kz(self, *args):
-        return subprocess.run(
-            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
-             self.env.conf_path] + list(args), capture_output=True,
-            text=True, timeout=kz_base.CLI_TIMEOUT)
 
     def host_image_ids(self):
         """Ids (12 digits) of the images of the host's store."""

@@ -71,7 +71,9 @@ class ZunEndToEndBase(base.BaseTestCase):
             sys.prefix, os.path.join(work, 'zun'), driver='kata',
             extra_conf={'DEFAULT': {
                 # Find vanished sandboxes soon (auto_heal).
-                'sync_container_state_interval': '5'},
+                'sync_container_state_interval': '5',
+                # Capsules in one VM each (kata_zun.driver.capsule).
+                'capsule_driver': 'kata'},
                 'kata': kata, 'kata_image': {
                 # Nothing leaves this machine: missing images are pulled
                 # from a closed loopback port.
@@ -96,6 +98,13 @@ class ZunEndToEndBase(base.BaseTestCase):
         from kata_zun.tests.functional import base as functional
         cli = [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
                self.env.conf_path]
+        # Pods (capsules) first: their members go with them only.
+        pods = subprocess.run(cli + ['pod', 'ps', '-q'], capture_output=True,
+                              timeout=functional.CLI_TIMEOUT).stdout.split()
+        if pods:
+            subprocess.run(cli + ['pod', 'rm', '-f'] + [
+                p.decode() for p in pods], capture_output=True,
+                timeout=functional.CLI_TIMEOUT)
         ids = subprocess.run(cli + ['ps', '-a', '-q'], capture_output=True,
                              timeout=functional.CLI_TIMEOUT).stdout.split()
         if ids:
@@ -105,6 +114,17 @@ class ZunEndToEndBase(base.BaseTestCase):
 
     def _attach_logs(self, exc_info):
         attach_compute_logs(self, self.env, self.state_path)
+
+    def kz(self, *args):
+        """The kata-zun CLI on zun-compute's state (the host's view).
+
+        :returns: the CompletedProcess (text).
+        """
+        from kata_zun.tests.functional import base as functional
+        return subprocess.run(
+            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+             self.env.conf_path] + list(args), capture_output=True,
+            text=True, timeout=functional.CLI_TIMEOUT)
 
     def _no_vm_left(self):
         out = subprocess.run(['pgrep', '-f', 'kata_zun.cmd.shim.*%s' %

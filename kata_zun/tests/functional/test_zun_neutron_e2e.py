@@ -20,6 +20,7 @@ import time
 import uuid
 
 from kata_zun.tests.functional import test_neutron_env
+from kata_zun.tests.functional import test_pods
 from kata_zun.tests.functional import test_zun_e2e
 
 CIDR = '10.77.1.0/24'
@@ -27,12 +28,34 @@ CIDR2 = '10.77.9.0/24'
 CIDR6 = 'fd77:9::/64'
 
 
+# A capsule on Neutron: two containers of one VM, a server and a client
+# that reaches it on localhost.
+CAPSULE = """
+kind: capsule
+metadata:
+  name: web
+spec:
+  containers:
+  - image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c]
+    args: ["mkdir -p /www && echo hello-from-server > /www/index.html &&
+            exec httpd -f -p 8080 -h /www"]
+  - image: busybox
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c]
+    args: ["until wget -q -O - http://localhost:8080/; do sleep 0.2; done;
+            exec sleep 100000"]
+"""
+
+
 def _by_version(entries, version):
     """The Zun address entry of one IP version."""
     return [e for e in entries if e['version'] == version][0]
 
 
-class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
+class ZunNeutronBase(test_zun_e2e.ZunEndToEndBase):
+    """A Zun with a real Neutron per test, and helpers; no tests."""
 
     # Neutron's start, four VMs, NIC hotplug and a TCP transfer: over
     # 900 s on this busy 2-core machine under TCG.
@@ -122,6 +145,9 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
     def taps(self):
         return sorted(n for n in os.listdir('/sys/class/net')
                       if n.startswith('kzt'))
+
+
+class ZunNeutronEndToEndTest(ZunNeutronBase):
 
     def test_ports_connectivity_security_groups_delete(self):
         suffix = uuid.uuid4().hex[:6]
@@ -349,3 +375,55 @@ class ZunNeutronEndToEndTest(test_zun_e2e.ZunEndToEndBase):
         left = subprocess.run(['ip', '-o', 'link'], capture_output=True,
                               text=True).stdout
         self.assertNotIn(addr1['port'].replace('-', '')[:12], left)
+
+
+class ZunNeutronCapsuleTest(ZunNeutronBase):
+    """A capsule on a real Neutron: one port for its VM, none left."""
+
+    def test_capsule_has_one_port_and_leaves_none(self):
+        suffix = uuid.uuid4().hex[:6]
+        net = self.osj('network', 'create', 'kznet-' + suffix)
+        self.osj('subnet', 'create', '--network', net['id'],
+                 '--subnet-range', CIDR, 'kzsub-' + suffix)
+        taps_before = self.taps()
+        path = os.path.join(self.state_path, 'capsule.yaml')
+        with open(path, 'w') as f:
+            f.write(CAPSULE)
+        ref = self.osj('capsule', 'create', '--file', path)['uuid']
+        deadline = time.time() + 600
+        while True:
+            info = self.osj('capsule', 'show', ref)
+            if info['status'] == 'Running':
+                break
+            self.assertNotIn(info['status'], ('Error', 'Stopped'), info)
+            self.assertLess(time.time(), deadline, info)
+            time.sleep(1)
+        # One port for the whole capsule, bound here, wired by the agent.
+        ports = self.osj('port', 'list', '--device-id', ref, '--long')
+        self.assertEqual(1, len(ports), ports)
+        port = self.neutron.wait_port(ports[0]['ID'], 'ACTIVE')
+        self.assertEqual('compute:zun', port['device_owner'])
+        self.assertEqual(self.env.host, port['binding:host_id'])
+        self.assertEqual(1, len(set(self.taps()) - set(taps_before)))
+        # Its containers share the VM's network: the client reached the
+        # server on localhost, and the VM has the port's address.
+        pod_id = ref.replace('-', '')
+        client = info['containers'][1]['uuid'].replace('-', '')
+        deadline = time.time() + 120
+        while 'hello-from-server' not in self.kz('logs', client).stdout:
+            self.assertLess(time.time(), deadline,
+                            self.kz('logs', client).stdout)
+            time.sleep(1)
+        self.assertIn(port['fixed_ips'][0]['ip_address'],
+                      self.kz('exec', client, 'ip', 'addr').stdout)
+        members = [c['uuid'].replace('-', '') for c in info['containers']]
+        self.os('capsule', 'delete', ref)
+        deadline = time.time() + 180
+        while self.os('capsule', 'show', ref, check=False)[0] == 0:
+            self.assertLess(time.time(), deadline, ref)
+            time.sleep(1)
+        # No VM, record, tap or port left.
+        self.assertEqual([], self.osj('port', 'list', '--device-id', ref))
+        self.assertEqual(taps_before, self.taps())
+        self.assertEqual([], test_pods.pod_leaks(
+            self.state_path, self.run_path, pod_id, members))
