@@ -11,8 +11,10 @@ Per container it keeps what the single-container shim keeps for its one
 container: the stdout/stderr log (``container.log`` of the container's
 record), the exit status and its reason, the restart count (state.json
 of the container's record). The pod's restart policy applies to each
-regular container; an init container that fails fails the pod (its
-record and the pod's say which one, its exit code and why). The VM
+regular container; an init container that fails is started again
+(policy ``always`` or ``on-failure``, at most ``INIT_RETRIES`` times, as
+zun and Kubernetes do) and then fails the pod (its record and the pod's
+say which one, its exit code and why). The VM
 powers off once no regular container runs and none will restart.
 
 API requests that concern one container (exec, ps, stats, archives,
@@ -38,6 +40,13 @@ from kata_zun.shim import progress
 from kata_zun.shim import server
 
 LOG = logging.getLogger(__name__)
+
+
+#: Restarts of a failing init container before it fails the pod (zun
+#: gives a capsule's init containers on-failure with 10 retries).
+INIT_RETRIES = 10
+#: Longest wait between two starts of a failing init container (s).
+INIT_RETRY_MAX_DELAY = 10.0
 
 
 class Member(object):
@@ -217,9 +226,30 @@ class PodShim(server.Shim):
             return False
         return policy == 'always' or code != 0
 
+    def _should_retry_init(self, m, code):
+        """Zun runs a capsule's init containers ``on-failure`` (at most
+        :data:`INIT_RETRIES` times when the capsule's policy is
+        ``always``), as Kubernetes retries them unless the pod's policy is
+        Never: a failing init container is started again, with a growing
+        delay, before it fails the pod.
+        """
+        policy = (self.config.get('restart_policy') or {}).get('name', 'no')
+        return (code != 0 and not self.manually_stopped and
+                policy in ('always', 'on-failure') and
+                m.restarts < INIT_RETRIES)
+
     def _member_exited(self, m, code, oom, error=None):
         now = time.time()
         error = error or m.state.get('start_error')
+        if m.init and self._should_retry_init(m, code):
+            m.restarts += 1
+            m.save(status='restarting', exit_code=code, oom_killed=oom,
+                   finished_at=now,
+                   restart_count=m.state.get('restart_count', 0) + 1)
+            delay = min(0.1 * 2 ** (m.restarts - 1), INIT_RETRY_MAX_DELAY)
+            self.timers.append((time.monotonic() + delay,
+                                lambda: self._restart_member(m)))
+            return
         if m.init:
             m.done = True
             self._close_member(m)
@@ -228,6 +258,8 @@ class PodShim(server.Shim):
                 reason = 'OOMKilled' if oom else (error or 'Error')
                 failure = 'init container %s failed: exit code %d (%s)' % (
                     m.name, code, reason)
+                if m.restarts:
+                    failure += ' after %d restarts' % m.restarts
                 # Said before the init container's exit is recorded:
                 # whoever sees the pod failed reads why at once.
                 self.save_state(error=failure)

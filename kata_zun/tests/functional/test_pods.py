@@ -70,6 +70,9 @@ kind: capsule
 metadata:
   name: failing
 spec:
+  # Never: the failing init container is not retried (see the pod
+  # shim's INIT_RETRIES for the other policies).
+  restartPolicy: Never
   initContainers:
   - name: ok
     image: busybox

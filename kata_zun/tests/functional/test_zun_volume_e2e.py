@@ -49,7 +49,7 @@ metadata:
   labels:
     app: web
 spec:
-  restartPolicy: Always
+  restartPolicy: %(policy)s
   initContainers:
   - image: busybox
     imagePullPolicy: IfNotPresent
@@ -512,7 +512,8 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         volumes_before = {v['ID'] for v in self.osj('volume', 'list',
                                                     '-f', 'json')}
         ref = self.create_capsule(CAPSULE % {
-            'name': 'web', 'init': 'echo from-init > /data/init.txt'})
+            'name': 'web', 'init': 'echo from-init > /data/init.txt',
+            'policy': 'Always'})
         info = self.wait_capsule(ref, ('Running',))
         # zun shows each container's own status.
         self.assertEqual(['Stopped'], [c['status'] for c in
@@ -560,7 +561,10 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
 
     def test_capsule_with_a_failing_init_container_fails(self):
         ref = self.create_capsule(CAPSULE % {
-            'name': 'bad-init', 'init': 'echo no-luck; exit 3'})
+            'name': 'bad-init', 'init': 'echo no-luck; exit 3',
+            # Never: not retried (zun retries init containers 10 times
+            # when its policy is Always).
+            'policy': 'Never'})
         deadline = time.time() + STATUS_TIMEOUT * 2
         while self.capsule(ref)['status'] != 'Error':
             self.assertLess(time.time(), deadline, self.capsule(ref))
@@ -597,7 +601,8 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
             self.assertNotEqual(CAPSULE, broken)
             path = os.path.join(self.work, 'broken.yaml')
             with open(path, 'w') as f:
-                f.write(broken % {'name': 'broken', 'init': 'true'})
+                f.write(broken % {'name': 'broken', 'init': 'true',
+                                  'policy': 'Always'})
             code, out, err = self.os('capsule', 'create', '--file', path,
                                      check=False)
             self.assertNotEqual(0, code, out)
@@ -606,7 +611,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         # not a half-made capsule on the host.
         ref = self.create_capsule(CAPSULE.replace(
             'image: busybox', 'image: no-such-image-kz', 1) % {
-                'name': 'no-image', 'init': 'true'})
+                'name': 'no-image', 'init': 'true', 'policy': 'Always'})
         deadline = time.time() + STATUS_TIMEOUT
         while self.capsule(ref)['status'] != 'Error':
             self.assertLess(time.time(), deadline, self.capsule(ref))
@@ -620,7 +625,8 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         volumes_before = {v['ID'] for v in self.osj('volume', 'list',
                                                     '-f', 'json')}
         ref = self.create_capsule(CAPSULE % {
-            'name': 'crash', 'init': 'sleep 15; echo late > /data/init.txt'})
+            'name': 'crash', 'init': 'sleep 15; echo late > /data/init.txt',
+            'policy': 'Always'})
         pod_id = ref.replace('-', '')
         # zun-compute dies in the middle of the capsule's create, while
         # the init container runs.

@@ -83,8 +83,33 @@ class PodShimTest(base.BaseTestCase):
         self.assertEqual('running', s.member('a').state['status'])
         self.assertFalse(s.exited)
 
+    def test_failing_init_container_is_retried_then_fails_the_pod(self):
+        s = self.shim(policy='on-failure')
+        s.start_pod()
+        for n in range(pod.INIT_RETRIES):
+            s.exit('i1', 2)
+            self.assertFalse(s.exited)
+            self.assertEqual(('restarting', n + 1), (
+                s.member('i1').state['status'],
+                s.member('i1').state['restart_count']))
+            s.timers.pop()[1]()
+        self.assertEqual(['i1'] * (pod.INIT_RETRIES + 1), s.started())
+        s.exit('i1', 2)
+        self.assertTrue(s.exited)
+        self.assertEqual('init container i1 failed: exit code 2 (Error) '
+                         'after %d restarts' % pod.INIT_RETRIES,
+                         s.state['error'])
+        # One that succeeds on a retry lets the pod go on.
+        s = FakePodShim(os.path.join(self.root, 'again'), 'always',
+                        ('i1',), ('a',))
+        s.start_pod()
+        s.exit('i1', 1)
+        s.timers.pop()[1]()
+        s.exit('i1', 0)
+        self.assertEqual(['i1', 'i1', 'a'], s.started())
+
     def test_failing_init_container_fails_the_pod(self):
-        s = self.shim()
+        s = self.shim(policy='no')
         s.start_pod()
         s.exit('i1', 2)
         self.assertEqual(['i1'], s.started())
