@@ -117,14 +117,18 @@ def unsupported(config, machine_type):
     """:param config: a :class:`kata_zun.hypervisor.base.VMConfig`.
     :returns: why this VM cannot start from a template, or None.
     """
-    from kata_zun.hypervisor.qemu import argv as qargv
     if machine_type != 'microvm':
         return 'templates are made for microvm only'
     if config.shared_dirs:
         # vhost-user devices (virtiofsd) cannot be migrated.
         return 'shared directories (virtio-fs) cannot be restored'
-    if len(config.nics) > qargv.MAX_PCI_SLOTS:
-        return 'more NICs than hotplug slots'
+    if config.nics:
+        # A clone's NICs are hotplugged after the restore; on a real
+        # Neutron (Open vSwitch) an OVS port outlived its tap after such
+        # a sandbox was deleted (test_zun_neutron_e2e): until that path
+        # is fixed and proven, a sandbox with a NIC boots cold.
+        return 'sandboxes with NICs boot cold (hotplugged NICs of clones '\
+            'are not proven on Open vSwitch yet)'
     return None
 
 
