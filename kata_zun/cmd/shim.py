@@ -211,8 +211,8 @@ def main(argv=None):
                      stop_timeout=CONF.kata.stop_timeout)
     if args.pod:
         from kata_zun.shim import pod
-        # Pods boot cold: their shim's handshake waits for the agent's
-        # HELLO, which a restored agent sends only when greeted first.
+        # Pods boot cold: restoring a pod's shape (a disk pair per
+        # container) from a template is not tested yet.
         shim = pod.PodShim(args.state_dir, args.run_dir,
                            qemu_vm.QemuHypervisor(templates=False),
                            os.path.join(CONF.kata.state_path, 'containers'),

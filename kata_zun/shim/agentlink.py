@@ -50,8 +50,35 @@ class AgentLink(object):
         self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
                         boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}
-        # Set-up waits while the VM makes progress, however long a busy
-        # host makes that (see kata_zun.shim.progress).
+        self._shake_hands()
+        timing['agent_ready'] = time.monotonic() - t0
+        result, attachment = self._create_sandbox()
+        timing['sandbox_created'] = time.monotonic() - t0
+        if isinstance(result.get('network'), dict):
+            timing['guest_network'] = guestdata.number(
+                result['network'].get('seconds')) or 0.0
+        from kata_zun import network
+        spec = network.container_spec(self.config['agent_spec'],
+                                      attachment)
+        result = self._sync_call('create_container', spec)
+        timing['container_created'] = time.monotonic() - t0
+        self.main = guestdata.started(result)['proc']
+        if self.main is None:
+            raise ShimSetupError('agent returned no process handle')
+        self.logw = logs.LogWriter(self._path('container.log'),
+                                   self.log_max_bytes)
+        self._listen()
+        # Where boot time goes, for operators and benchmarks (seconds).
+        self.save_state(status='created', error=None, boot_timing={
+            k: round(v, 3) for k, v in timing.items()})
+        LOG.info('sandbox %s up: %s', self.cid, self.state['boot_timing'])
+
+    def _shake_hands(self):
+        """Connect to the VM's agent and exchange HELLOs, waiting as long
+        as the VM makes progress (see :mod:`kata_zun.shim.progress`).
+
+        :raises: ShimSetupError, OSError
+        """
         self._progress = progress.BootProgress(
             self.vm.pid, window=self.agent_timeout,
             cpu_budget=self.boot_cpu_budget)
@@ -74,31 +101,26 @@ class AgentLink(object):
             raise ShimSetupError('agent speaks protocol version %s' %
                                  guestdata.printable(repr(version),
                                                      guestdata.MAX_WORD))
-        timing['agent_ready'] = time.monotonic() - t0
-        sandbox = self.config['sandbox']
+
+    def _create_sandbox(self):
+        """The guest's identity and network (issue 5: interface, DNS,
+        /etc/hosts entry).
+
+        :returns: (the agent's result, the network attachment or None)
+        :raises: ShimSetupError
+        """
         sandbox_args = {
-            'hostname': sandbox['hostname'], 'time': time.time(),
+            'hostname': self.config['sandbox']['hostname'],
+            'time': time.time(),
             'entropy': base64.b64encode(os.urandom(64)).decode()}
-        # --- network (issue 5): guest interface, DNS, /etc/hosts entry
         from kata_zun import network
         attachment = network.read_attachment(self.state_dir)
         if attachment is not None:
             sandbox_args['network'] = attachment.get('guest') or {}
-        result = self._sync_call('create_sandbox', sandbox_args)
-        timing['sandbox_created'] = time.monotonic() - t0
-        if isinstance(result.get('network'), dict):
-            timing['guest_network'] = guestdata.number(
-                result['network'].get('seconds')) or 0.0
-        spec = network.container_spec(self.config['agent_spec'],
-                                      attachment)
-        # --- end network
-        result = self._sync_call('create_container', spec)
-        timing['container_created'] = time.monotonic() - t0
-        self.main = guestdata.started(result)['proc']
-        if self.main is None:
-            raise ShimSetupError('agent returned no process handle')
-        self.logw = logs.LogWriter(self._path('container.log'),
-                                   self.log_max_bytes)
+        return self._sync_call('create_sandbox', sandbox_args), attachment
+
+    def _listen(self):
+        """Open the shim's API socket (``shim.sock``, 0600)."""
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock_path = os.path.join(self.run_dir, 'shim.sock')
         try:
@@ -109,10 +131,6 @@ class AgentLink(object):
         os.chmod(sock_path, 0o600)
         self.listener.listen(16)
         self.listener.setblocking(False)
-        # Where boot time goes, for operators and benchmarks (seconds).
-        self.save_state(status='created', error=None, boot_timing={
-            k: round(v, 3) for k, v in timing.items()})
-        LOG.info('sandbox %s up: %s', self.cid, self.state['boot_timing'])
 
     def _sync_frame(self, ftype):
         while True:

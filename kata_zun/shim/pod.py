@@ -23,11 +23,9 @@ update, attach, wait, signal) carry its id as ``container``
 ``state`` without one concern the pod.
 """
 
-import base64
 import contextlib
 import os
 import signal
-import socket
 import time
 
 from oslo_log import log as logging
@@ -36,7 +34,6 @@ from kata_zun.agent import protocol
 from kata_zun.runtime import fileutils
 from kata_zun.shim import guestdata
 from kata_zun.shim import logs
-from kata_zun.shim import progress
 from kata_zun.shim import server
 
 LOG = logging.getLogger(__name__)
@@ -111,32 +108,9 @@ class PodShim(server.Shim):
         self.save_state(**common)
         for m in self.members:
             m.save(status='created', **common)
-        self._progress = progress.BootProgress(
-            self.vm.pid, window=self.agent_timeout,
-            cpu_budget=self.boot_cpu_budget)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.agent_timeout)
-        sock.connect(self.vm.agent_socket)
-        self._agent_sock = sock
-        self.agent = protocol.Channel(sock.fileno(), self.max_frame,
-                                      owns_fd=False)
-        hello = self._sync_frame(protocol.HELLO)
-        version = hello.json().get('version')
-        if version != protocol.VERSION:
-            raise server.ShimSetupError(
-                'agent speaks protocol version %s' % guestdata.printable(
-                    repr(version), guestdata.MAX_WORD))
-        sock.sendall(protocol.encode_json(
-            protocol.HELLO, {'version': protocol.VERSION}))
-        sandbox_args = {
-            'hostname': self.config['sandbox']['hostname'],
-            'time': time.time(),
-            'entropy': base64.b64encode(os.urandom(64)).decode()}
+        self._shake_hands()
+        _result, attachment = self._create_sandbox()
         from kata_zun import network
-        attachment = network.read_attachment(self.state_dir)
-        if attachment is not None:
-            sandbox_args['network'] = attachment.get('guest') or {}
-        self._sync_call('create_sandbox', sandbox_args)
         for m in self.members:
             spec = network.container_spec(m.config['agent_spec'],
                                           attachment)
@@ -152,16 +126,7 @@ class PodShim(server.Shim):
             self.by_handle[m.main] = m
             m.logw = logs.LogWriter(os.path.join(m.dir, 'container.log'),
                                     self.log_max_bytes)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock_path = os.path.join(self.run_dir, 'shim.sock')
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass
-        self.listener.bind(sock_path)
-        os.chmod(sock_path, 0o600)
-        self.listener.listen(16)
-        self.listener.setblocking(False)
+        self._listen()
         self.save_state(status='created', error=None, boot_timing={
             'containers_created': round(time.monotonic() - t0, 3)})
         LOG.info('pod %s up with %d containers', self.cid,
