@@ -6,8 +6,9 @@ console port (see ``extra_computes`` of
 placement memory is made room for one default-sized container (512 MiB):
 placement spreads two containers over both hosts and refuses a third;
 ``--host`` puts a container on the host asked for; each host's runtime
-knows only its own containers, and zun-wsproxy reaches each container's
-interactive exec through its own host's console.
+knows only its own containers, zun-wsproxy reaches each container's
+interactive exec through its own host's console, and one host's console
+refuses another host's exec ids and attach tokens.
 """
 
 import os
@@ -17,9 +18,11 @@ import sys
 import tempfile
 import time
 from unittest import mock
+import urllib.error
 import urllib.request
 
 import fixtures
+import websocket
 
 from kata_zun.tests.functional import base as kz_base
 from kata_zun.tests.functional import test_zun_console_e2e
@@ -157,9 +160,15 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
         # --host: each container on the host asked for, and its exec is
         # served there.
         for name, host in (('h1', self.host1), ('h2', self.host2)):
-            self.os('appcontainer', 'run', '--name', name, '--host', host,
+            # --interactive (zun attaches only to such containers) makes
+            # ``run`` attach at once: create, then start.
+            self.os('appcontainer', 'create', '--name', name, '--host',
+                    host, '--interactive',
                     '--image-pull-policy', 'ifnotpresent', 'busybox',
                     'sleep', '100000')
+        for name in ('h1', 'h2'):
+            self.wait_status(name, ('Created',), timeout=240)
+            self.os('appcontainer', 'start', name)
         for name, host in (('h1', self.host1), ('h2', self.host2)):
             info = self.wait_status(name, ('Running',), timeout=240)
             self.assertEqual(host, info['host'])
@@ -185,6 +194,72 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
             self.assertEqual(0, term.wait())
             uuid = self.show(name)['uuid'].replace('-', '')
             self.assertIn(uuid[:12].encode(), term.output)
+
+        # Each console serves only its own host's containers: an exec id
+        # and an attach token that zun-compute of one host made are
+        # refused by the other host's console, and the same secrets
+        # then work on their own host (so they were valid, not refused
+        # for some other reason).
+        for name, own, other in (('h1', 0, 1), ('h2', 1, 0)):
+            uuid = self.show(name)['uuid']
+            exec_id = self.interactive_exec_id(uuid)
+            self.assertEqual(404, self.console_get(
+                self.console_ports[other], '/exec/%s/json' % exec_id))
+            self.assertEqual(200, self.console_get(
+                self.console_ports[own], '/exec/%s/json' % exec_id))
+            url = self.attach_url(uuid)
+            self.assertIn(':%d/attach/' % self.console_ports[own], url)
+            stolen = url.replace(':%d/' % self.console_ports[own],
+                                 ':%d/' % self.console_ports[other])
+            self.assertRaisesRegex(
+                websocket.WebSocketBadStatusException, '403',
+                websocket.create_connection, stolen, timeout=30)
+            ws = websocket.create_connection(url, timeout=30)
+            ws.close()
+
+    def zun_api(self, method, path):
+        idc = self.env._identity_client()
+        status, _, body = idc.request(
+            method, idc.endpoint('container') + path,
+            body={'command': 'sh'} if method == 'POST' else None,
+            headers={'OpenStack-API-Version': 'container %s' %
+                     zun_env.CONTAINER_API_VERSION})
+        self.assertEqual(200, status, body)
+        return body
+
+    def interactive_exec_id(self, uuid):
+        """The driver's exec id of an interactive exec zun-api made."""
+        reply = self.zun_api(
+            'POST', '/containers/%s/execute?run=false&interactive=true'
+            % uuid)
+        self.assertTrue(reply.get('exec_id'), reply)
+        return reply['exec_id']
+
+    def attach_url(self, uuid):
+        """The console URL with the attach token zun-compute stored.
+
+        zun-api hands users only zun-wsproxy's own token; the console's
+        token is in zun's database, where zun-wsproxy reads it.
+        """
+        self.zun_api('GET', '/containers/%s/attach' % uuid)
+        proc = subprocess.run(
+            zun_env._mysql_argv('mysql') + [
+                '-N', '-B', '-e',
+                "SELECT websocket_url FROM container WHERE uuid = '%s'"
+                % uuid, '%s_zun' % self.env.name],
+            capture_output=True, timeout=60, check=True)
+        url = proc.stdout.decode().strip()
+        self.assertTrue(url.startswith('ws'), proc)
+        return url
+
+    @staticmethod
+    def console_get(port, path):
+        try:
+            with urllib.request.urlopen('http://%s:%d%s' % (
+                    zun_env.HOST_IP, port, path), timeout=30) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
 
     def terminal(self, *args):
         argv = [self.env._bin('openstack'), '--os-container-api-version',
