@@ -37,6 +37,8 @@ class AgentLink(object):
     """Mixin of :class:`kata_zun.shim.server.Shim`: the agent side."""
 
     _warn_window = None
+    # Bytes read from the agent during set-up (for the error message).
+    _setup_rx = 0
 
     # ------------------------------------------------------------ set-up
     def boot(self, vm_config):
@@ -151,7 +153,11 @@ class AgentLink(object):
             try:
                 self._progress.check()
             except progress.NoProgress as exc:
-                raise ShimSetupError('agent did not answer: %s' % exc)
+                # What came from the guest tells a silent agent from a
+                # link that lost or garbled its bytes.
+                raise ShimSetupError(
+                    'agent did not answer: %s (%d bytes from it so far)'
+                    % (exc, self._setup_rx))
             self._agent_sock.settimeout(PROGRESS_POLL)
             try:
                 data = self._agent_sock.recv(256 * 1024)
@@ -160,6 +166,7 @@ class AgentLink(object):
                 continue
         if not data:
             return [], True
+        self._setup_rx += len(data)
         try:
             return self.agent.decoder.feed(data), False
         except protocol.ProtocolError as exc:
