@@ -797,10 +797,17 @@ class Runtime(pods.PodMixin):
         or booted by a start whose caller went away before this step.
         """
         sock = os.path.join(self._run_dir(c.id), 'shim.sock')
+        # The start is part of the boot: on a host busy with many boots
+        # the shim and the guest answer late but do answer (a fixed 10 s
+        # connect and 30 s start failed most of 50 concurrent starts that
+        # then came up anyway). A dead shim refuses the connection at
+        # once; this bound is the last resort, as for the boot.
+        patience = max(CONF.kata.shim_start_timeout,
+                       CONF.kata_agent.request_timeout)
         try:
             if not os.path.exists(sock):
                 raise exception.ShimError(reason='no shim socket')
-            client = self.connect(c)
+            client = self.connect(c, timeout=patience)
         except exception.ShimError:
             now = self._load(c.id)
             if now is not None and now.shim_alive and \
@@ -811,11 +818,10 @@ class Runtime(pods.PodMixin):
                 reason='the sandbox of %s died before its container '
                 'started: %s' % (c.id[:12], now and now.error))
         try:
-            main = client.call('state').get('main')
+            main = client.call('state', timeout=patience).get('main')
             if before_start is not None:
                 before_start(client, main)
-            result = client.call('start',
-                                 timeout=CONF.kata_agent.request_timeout)
+            result = client.call('start', timeout=patience)
         except BaseException:
             client.close()
             raise
