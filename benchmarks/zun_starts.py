@@ -104,16 +104,30 @@ class ZunStarts(object):
         self.delete_all()
         return list(up.values()), list(failures.values()), wall
 
-    def delete_all(self, timeout=900):
-        for c in self.client.containers.list():
-            try:
-                self.client.containers.delete(c.uuid, force=True, stop=True)
-            except Exception as exc:     # reported, the next look retries
-                print('  delete %s: %s' % (c.name, exc))
+    def delete_all(self, timeout=300):
+        """Delete every container (running ones stopped, those in Error
+        forced) and wait, at most ``timeout`` s, until Zun lists none.
+        """
         deadline = time.monotonic() + timeout
-        while self.client.containers.list() and \
-                time.monotonic() < deadline:
-            time.sleep(2)
+        while time.monotonic() < deadline:
+            left = self.client.containers.list()
+            if not left:
+                return
+            for c in left:
+                if c.status == 'Deleting':
+                    continue
+                for kwargs in ({'force': True, 'stop': True},
+                               {'force': True}):
+                    try:
+                        self.client.containers.delete(c.uuid, **kwargs)
+                        break
+                    except Exception as exc:   # the next look retries
+                        why = exc
+                else:
+                    print('  delete %s (%s): %s' % (c.name, c.status, why))
+            time.sleep(5)
+        print('  Zun still lists %d containers after %d s' % (
+            len(self.client.containers.list()), timeout))
 
     def close(self):
         try:
