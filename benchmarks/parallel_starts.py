@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Concurrent starts: N ``kata-zun run -d`` at once, how many come up and
-how long each takes.
+how long each takes; with ``--form zun``, N ``openstack appcontainer
+run`` through a real zun-api and zun-compute (``zun_starts.py``).
 
 Runs in a state path of its own (a temporary directory; the host's guest
 assets are linked in and busybox is loaded from the host's
 busybox-static), so it never touches a user's containers::
 
-    .venv/bin/python benchmarks/parallel_starts.py [--counts 1,20,50]
+    .venv/bin/python benchmarks/parallel_starts.py [--counts 1,20,50] \
+        [--form cli,zun]
 
 For each count it prints succeeded/total, the p50/p99/max start time
 (from launching the CLI to its exit with the container up) and the wall
@@ -101,30 +103,46 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--counts', default='1,20,50',
                         help='comma-separated numbers of concurrent starts')
+    parser.add_argument('--form', default='cli',
+                        help='comma-separated: cli (kata-zun run -d), '
+                        'zun (openstack appcontainer run)')
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(',')]
-    sandbox = Sandbox()
     rows = []
-    try:
-        sandbox.load_busybox()
-        for count in counts:
-            times, failures, wall = run_count(sandbox, count)
-            rows.append((count, times, failures, wall))
-            for why in failures:
-                print('  failed start (%d at once): %s' % (count, why))
-    finally:
-        sandbox.close()
-    print('%-10s %-12s %8s %8s %8s %10s' % (
-        'at once', 'up/total', 'p50 s', 'p99 s', 'max s', 'all up s'))
-    for count, times, failures, wall in rows:
+    for form in args.form.split(','):
+        if form == 'cli':
+            sandbox = Sandbox()
+            prepare, count_of = sandbox.load_busybox, (
+                lambda n, s=sandbox: run_count(s, n))
+        elif form == 'zun':
+            import zun_starts  # benchmarks/zun_starts.py
+            sandbox = zun_starts.ZunStarts()
+            prepare, count_of = sandbox.start, sandbox.run_count
+        else:
+            parser.error('unknown form %r' % form)
+        try:
+            prepare()
+            for count in counts:
+                times, failures, wall = count_of(count)
+                rows.append((form, count, times, failures, wall))
+                for why in failures:
+                    print('  failed start (%s, %d at once): %s' % (
+                        form, count, why))
+                sys.stdout.flush()
+        finally:
+            sandbox.close()
+    print('%-5s %-8s %-12s %8s %8s %8s %10s' % (
+        'form', 'at once', 'up/total', 'p50 s', 'p99 s', 'max s',
+        'all up s'))
+    for form, count, times, failures, wall in rows:
         if times:
-            print('%-10d %-12s %8.2f %8.2f %8.2f %10.1f' % (
-                count, '%d/%d' % (len(times), count),
+            print('%-5s %-8d %-12s %8.2f %8.2f %8.2f %10.1f' % (
+                form, count, '%d/%d' % (len(times), count),
                 statistics.median(times), percentile(times, 99),
                 max(times), wall))
         else:
-            print('%-10d %-12s %8s %8s %8s %10.1f' % (
-                count, '0/%d' % count, '-', '-', '-', wall))
+            print('%-5s %-8d %-12s %8s %8s %8s %10.1f' % (
+                form, count, '0/%d' % count, '-', '-', '-', wall))
     return 0
 
 

@@ -41,6 +41,7 @@ from kata_zun.runtime import fileutils
 from kata_zun.runtime import health
 from kata_zun.runtime import layer
 from kata_zun.runtime import pods
+from kata_zun.runtime import recordlock
 from kata_zun.shim import client as shim_client
 from kata_zun.shim import logs
 
@@ -750,10 +751,18 @@ class Runtime(pods.PodMixin):
                              starts (``run`` attaches here so no output is
                              missed).
         :returns: (container, connected ShimClient)
-        :raises: Conflict if it runs already; ShimError if the VM failed.
+        :raises: Conflict if it runs already or another request starts
+            or removes it now; ShimError if the VM failed.
         """
         c = self.get(ref)
         self._refuse_member(c, 'start')
+        # One start at a time per container, whichever process asks (a
+        # CLI, zun-compute): two would both find it stopped and both
+        # boot a VM. The second is told at once.
+        with recordlock.held(c.dir, c.id, 'started'):
+            return self._start_locked(self.get(c.id), before_start)
+
+    def _start_locked(self, c, before_start):
         if c.status == CREATED and c.shim_alive:
             return self._start_booted(c, before_start)
         if c.status in LIVE or c.shim_alive:
@@ -788,10 +797,17 @@ class Runtime(pods.PodMixin):
         or booted by a start whose caller went away before this step.
         """
         sock = os.path.join(self._run_dir(c.id), 'shim.sock')
+        # The start is part of the boot: on a host busy with many boots
+        # the shim and the guest answer late but do answer (a fixed 10 s
+        # connect and 30 s start failed most of 50 concurrent starts that
+        # then came up anyway). A dead shim refuses the connection at
+        # once; this bound is the last resort, as for the boot.
+        patience = max(CONF.kata.shim_start_timeout,
+                       CONF.kata_agent.request_timeout)
         try:
             if not os.path.exists(sock):
                 raise exception.ShimError(reason='no shim socket')
-            client = self.connect(c)
+            client = self.connect(c, timeout=patience)
         except exception.ShimError:
             now = self._load(c.id)
             if now is not None and now.shim_alive and \
@@ -802,11 +818,10 @@ class Runtime(pods.PodMixin):
                 reason='the sandbox of %s died before its container '
                 'started: %s' % (c.id[:12], now and now.error))
         try:
-            main = client.call('state').get('main')
+            main = client.call('state', timeout=patience).get('main')
             if before_start is not None:
                 before_start(client, main)
-            result = client.call('start',
-                                 timeout=CONF.kata_agent.request_timeout)
+            result = client.call('start', timeout=patience)
         except BaseException:
             client.close()
             raise
@@ -1333,6 +1348,14 @@ class Runtime(pods.PodMixin):
         """
         c = self.get(ref)
         self._refuse_member(c, 'remove')
+        # A start in flight has a VM booting that no record would own
+        # once the record is gone: rm -f waits for it (bounded by the
+        # start's own deadline), then stops what it started.
+        wait = CONF.kata.shim_start_timeout + 30 if force else 0
+        with recordlock.held(c.dir, c.id, 'removed', wait=wait):
+            return self._remove_locked(self.get(c.id), force)
+
+    def _remove_locked(self, c, force):
         faultpoint.reached('rm')
         if c.shim_alive:
             if not force:

@@ -7,9 +7,12 @@ crashed shim.
 """
 
 import base64
+import fcntl
 import os
 import selectors
 import socket
+import struct
+import termios
 import time
 
 from oslo_log import log as logging
@@ -33,10 +36,26 @@ class ShimSetupError(Exception):
     pass
 
 
+def _unread(sock):
+    """:returns: the socket buffer (bytes, overhead included) held by
+        what we wrote to unix socket ``sock`` and its peer (QEMU) has not
+        read yet (SIOCOUTQ): 0 once all was read, or when unknown.
+    """
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b'\0' * 4)
+    except OSError:
+        return 0
+    return struct.unpack('i', buf)[0]
+
+
 class AgentLink(object):
     """Mixin of :class:`kata_zun.shim.server.Shim`: the agent side."""
 
     _warn_window = None
+    # Bytes read from the agent during set-up (for the error message).
+    _setup_rx = 0
+    # QEMU was woken once during set-up (see _wake_qemu).
+    _woken = False
 
     # ------------------------------------------------------------ set-up
     def boot(self, vm_config):
@@ -151,7 +170,15 @@ class AgentLink(object):
             try:
                 self._progress.check()
             except progress.NoProgress as exc:
-                raise ShimSetupError('agent did not answer: %s' % exc)
+                if self._wake_qemu():
+                    continue
+                # What crossed the link tells a silent agent from a link
+                # that lost or held back its bytes.
+                raise ShimSetupError(
+                    'agent did not answer: %s (%d bytes from it so far; '
+                    'QEMU %s)' % (exc, self._setup_rx, 'has not read what '
+                                  'we sent' if _unread(self._agent_sock)
+                                  else 'read all we sent'))
             self._agent_sock.settimeout(PROGRESS_POLL)
             try:
                 data = self._agent_sock.recv(256 * 1024)
@@ -160,10 +187,35 @@ class AgentLink(object):
                 continue
         if not data:
             return [], True
+        self._setup_rx += len(data)
         try:
             return self.agent.decoder.feed(data), False
         except protocol.ProtocolError as exc:
             raise ShimSetupError('agent protocol violation: %s' % exc)
+
+    def _wake_qemu(self):
+        """Once per boot: when the VM idles while QEMU has not even read
+        what we sent (seen under 50 concurrent boots: the agent greeted
+        us, then waited for our bytes, which stayed in QEMU's socket),
+        wake QEMU's main loop with a QMP command (it re-checks whether
+        the guest takes input on each wake-up) and wait another window.
+
+        :returns: True to wait again.
+        """
+        unread = _unread(self._agent_sock)
+        if self._woken or not unread:
+            return False
+        self._woken = True
+        LOG.warning('sandbox %s: the VM idles and QEMU has not read what '
+                    'we sent on the agent link; waking QEMU', self.cid)
+        try:
+            self.vm.execute('query-status', timeout=self.agent_timeout)
+        except Exception as exc:     # the next check tells what is left
+            LOG.warning('sandbox %s: waking QEMU: %s', self.cid, exc)
+        self._progress = progress.BootProgress(
+            self.vm.pid, window=self.agent_timeout,
+            cpu_budget=self.boot_cpu_budget)
+        return True
 
     def _sync_call(self, op, args):
         rid = self._rid()

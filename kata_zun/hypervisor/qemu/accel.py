@@ -12,7 +12,9 @@ the host boot id, QEMU binary, kernel and CPU model (paths and mtimes), so
 the probe runs again only after a reboot or an upgrade.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -156,9 +158,17 @@ def detect(kernel, qemu_path=None, cpu_model=None, machine_type=None,
     machine_type = machine_type or hv.machine_type
     path = os.path.join(CONF.kata.run_path, CACHE_FILE)
     key = probe_key(qemu_path, kernel, cpu_model, machine_type)
-    cache = _load_cache(path)
-    entry = cache.get(key)
-    if not isinstance(entry, dict) or 'ok' not in entry:
+    entry = _load_cache(path).get(key)
+    if isinstance(entry, dict) and 'ok' in entry:
+        return Accel('kvm' if entry['ok'] else 'tcg', entry['reason'])
+    # One probe per host: 50 sandboxes starting at once on a fresh run
+    # path each probed (15 s of a KVM boot attempt apiece on a host
+    # without usable KVM). The others wait and read its result.
+    with _probe_lock(path):
+        cache = _load_cache(path)
+        entry = cache.get(key)
+        if isinstance(entry, dict) and 'ok' in entry:
+            return Accel('kvm' if entry['ok'] else 'tcg', entry['reason'])
         started = time.monotonic()
         ok, reason = probe(qemu_path, kernel, cpu_model, machine_type,
                            hv.accel_probe_timeout)
@@ -172,6 +182,29 @@ def detect(kernel, qemu_path=None, cpu_model=None, machine_type=None,
             del cache[old]
         _save_cache(path, cache)
     return Accel('kvm' if entry['ok'] else 'tcg', entry['reason'])
+
+
+@contextlib.contextmanager
+def _probe_lock(cache_path):
+    """flock next to the cache, polled (time.sleep yields in an
+    eventlet-patched process); a lock that cannot be made is no lock.
+    """
+    try:
+        fd = os.open(cache_path + '.lock',
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
 
 
 def choose(kernel, qemu_path=None, cpu_model=None, machine_type=None,

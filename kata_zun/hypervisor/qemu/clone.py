@@ -44,8 +44,13 @@ STATE_FD_NAME = 'kz-template-state'
 # A template build boots a VM cold: as slow as the host makes it.
 BUILD_AGENT_TIMEOUT = 300.0
 SAVE_TIMEOUT = 300.0
-RESTORE_TIMEOUT = 60.0
+# A restore waits as long as its QEMU makes progress (see _Deadline),
+# at most this long.
+RESTORE_LIMIT = 600.0
+# Seconds over which a restoring QEMU must show progress.
+RESTORE_WINDOW = 30.0
 _POLL = 0.005
+_POLL_MAX = 0.1
 
 
 class TemplateLoadError(template.TemplateError):
@@ -54,14 +59,52 @@ class TemplateLoadError(template.TemplateError):
     """
 
 
-def _capabilities(vm, ignore_shared):
+class _Deadline(object):
+    """How long a restore may wait for its QEMU: as long as the QEMU
+    makes progress (CPU time or disk I/O, :mod:`kata_zun.shim.progress`),
+    at most :data:`RESTORE_LIMIT`.
+
+    A fixed wait (it was 10 s per QMP command) failed restores on a busy
+    host: 50 sandboxes starting at once starve every QEMU's main loop,
+    QMP answers come late, and each abandoned restore then booted cold,
+    which costs the host some 25 times the CPU of a restore and starved
+    the others further.
+
+    :param pid: the restoring QEMU.
+    """
+
+    def __init__(self, pid):
+        from kata_zun.shim import progress
+        self._progress = progress.BootProgress(pid, window=RESTORE_WINDOW)
+        self._end = time.monotonic() + RESTORE_LIMIT
+
+    def left(self):
+        """:returns: seconds the next QMP command may wait.
+        :raises: TemplateError when the QEMU stalled or the limit passed
+        """
+        from kata_zun.shim import progress
+        try:
+            self._progress.check()
+        except progress.NoProgress as exc:
+            raise template.TemplateError(reason='restoring stalled: %s'
+                                         % exc)
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise template.TemplateError(
+                reason='restoring took more than %d s' % RESTORE_LIMIT)
+        return left
+
+
+def _capabilities(vm, ignore_shared, timeout=10.0):
     vm.execute('migrate-set-capabilities', {'capabilities': [
-        {'capability': 'x-ignore-shared', 'state': bool(ignore_shared)}]})
+        {'capability': 'x-ignore-shared', 'state': bool(ignore_shared)}]},
+        timeout=timeout)
 
 
-def _give_fd(vm, fd):
+def _give_fd(vm, fd, timeout=10.0):
     try:
-        vm.execute('getfd', {'fdname': STATE_FD_NAME}, fds=(fd,))
+        vm.execute('getfd', {'fdname': STATE_FD_NAME}, fds=(fd,),
+                   timeout=timeout)
     finally:
         os.close(fd)
 
@@ -193,17 +236,19 @@ def build(hv, config, work):
     os.chmod(os.path.join(work, template.RAM), 0o400)
 
 
-def _load_and_run(vm, timeout):
+def _load_and_run(vm, deadline):
     """Wait until the incoming state is loaded, then run the VM (it
     comes back paused, as the template was saved).
+
+    :param deadline: a :class:`_Deadline`.
     """
-    deadline = time.monotonic() + timeout
+    delay = _POLL
     while True:
         if vm.poll() is not None:
             raise TemplateLoadError(
                 reason='QEMU exited while restoring (status %s): %s'
                 % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
-        info = vm.execute('query-migrate')
+        info = vm.execute('query-migrate', timeout=deadline.left())
         status = info.get('status')
         if status == 'completed':
             break
@@ -211,17 +256,14 @@ def _load_and_run(vm, timeout):
             raise TemplateLoadError(
                 reason='restoring failed: %s'
                 % info.get('error-desc', status))
-        if time.monotonic() > deadline:
-            raise template.TemplateError(
-                reason='restoring took more than %d s' % timeout)
-        time.sleep(_POLL)
-    while vm.query_status().get('status') == 'inmigrate':
+        # Fast when the host is idle, few QMP round trips when it is not.
+        time.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX)
+    while vm.execute('query-status', timeout=deadline.left()).get(
+            'status') == 'inmigrate':
         # "completed" is reported a moment before the run state moves.
-        if time.monotonic() > deadline:
-            raise template.TemplateError(
-                reason='restoring took more than %d s' % timeout)
         time.sleep(_POLL)
-    vm.execute('cont')
+    vm.execute('cont', timeout=deadline.left())
 
 
 def restore(hv, config, tmpl):
@@ -249,11 +291,13 @@ def restore(hv, config, tmpl):
         os.close(fd)
         raise
     try:
-        _capabilities(vm, ignore_shared)
-        _give_fd(vm, fd)
+        deadline = _Deadline(vm.pid)
+        _capabilities(vm, ignore_shared, timeout=deadline.left())
+        _give_fd(vm, fd, timeout=deadline.left())
         try:
-            vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME})
-            _load_and_run(vm, RESTORE_TIMEOUT)
+            vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME},
+                       timeout=deadline.left())
+            _load_and_run(vm, deadline)
         except exception.HypervisorError as exc:
             # QEMU exits as soon as it meets a state it cannot load: its
             # QMP socket is then simply gone.

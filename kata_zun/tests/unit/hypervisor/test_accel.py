@@ -1,5 +1,7 @@
 import json
 import os
+import threading
+import time
 from unittest import mock
 
 import fixtures
@@ -53,6 +55,27 @@ class ChooseTestCase(base.BaseTestCase):
             self.assertEqual('KVM_RUN failed: EINVAL', result.reason)
         self.assertEqual(1, self.log.warning.call_count)
         self.assertIn('KVM_RUN failed', self.log.warning.call_args[0][1])
+
+    def test_concurrent_first_uses_probe_once(self):
+        # Regression (issue 14): 50 sandboxes starting at once on a
+        # fresh run path each ran the 15 s KVM probe.
+        os.makedirs(conf.CONF.kata.run_path)
+        started = threading.Event()
+
+        def slow_probe(*args):
+            started.set()
+            time.sleep(0.3)
+            return False, 'no KVM'
+        self.probe.side_effect = slow_probe
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(
+            self._choose())) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        self.assertEqual(1, self.probe.call_count)
+        self.assertEqual(['tcg'] * 4, [r.name for r in results])
 
     def test_cached_until_a_key_part_changes(self):
         self._choose()
