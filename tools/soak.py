@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -454,7 +455,7 @@ class ZunVerbs(object):
             status, reason = self.status(name)
             if status in wanted:
                 return status
-            if status == 'Error':
+            if status == 'Error' and None not in wanted:
                 raise CycleFailed('%s: Error: %s' % (name, reason))
             if time.monotonic() > deadline:
                 raise CycleFailed('%s: %s, not %s after %d s' % (
@@ -479,8 +480,10 @@ class ZunVerbs(object):
 
     def execute(self, name, command):
         if self.client:
-            out = self.client.containers.execute(name, command=command,
-                                                 run=True)
+            # As the OSC command sends it: one shell-quoted string.
+            out = self.client.containers.execute(
+                name, command=' '.join(shlex.quote(c) for c in command),
+                run=True)
             return out.get('output') or ''
         return self._os('exec', name, *command)
 

@@ -301,6 +301,12 @@ class KataDriver(zun_images.ImageDriverMixin,
             return container
         if container.task_state:
             return container    # another operation owns it right now
+        if container.status in (consts.DELETING, consts.DELETED):
+            # zun-compute clears the task state before it frees the
+            # placement allocation and drops the row: the sandbox is
+            # gone by design then, not lost (a soak found a deleted
+            # container shown, and saved, as Error "gone from host").
+            return container
         try:
             self._refresh(container)
         except exception.ContainerNotFound:

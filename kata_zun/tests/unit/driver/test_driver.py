@@ -156,6 +156,17 @@ class DriverTestCase(base.BaseTestCase):
         self.driver.show(None, c)
         self.assertFalse(self.rt.get.called)
 
+    def test_show_of_a_container_being_deleted(self):
+        # zun-compute clears task_state after the driver's delete, then
+        # frees placement and drops the row: a GET in between must not
+        # turn the container into Error "gone from host".
+        self.rt.get.side_effect = exception.ContainerNotFound(ref='x')
+        for status in ('Deleting', 'Deleted'):
+            c = self._container(status=status)
+            self.driver.show(None, c)
+            self.assertEqual((status, None), (c.status, c.status_reason))
+        self.assertFalse(self.rt.get.called)
+
     def test_kill_signals(self):
         c = self._container()
         for given, want in ((None, signal.SIGKILL), ('None', signal.SIGKILL),
