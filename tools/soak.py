@@ -72,6 +72,9 @@ MAIN = ("trap 'exit 0' TERM; echo up-%s; "
 SETTLE = 30
 EVENTS_MAX = 1024 * 1024      # [kata] events_log_max_bytes (default)
 ZUN_WAIT = 300
+# What a running sandbox always has (checked once per soak).
+LIVE_PROBES = ('qemu', 'shim', 'run dirs', 'records', 'cgroups',
+               'uid leases')
 
 
 class CycleFailed(Exception):
@@ -233,6 +236,18 @@ class LeakCounter(object):
             counts['zun db rows'] = self.db_rows()
         return counts
 
+    def probe_live(self):
+        """Check the probes see a running sandbox (else a 0 proves
+        nothing).
+
+        :raises: CycleFailed naming the probes that saw nothing.
+        """
+        counts = self.count_once()
+        blind = [k for k in LIVE_PROBES if not counts.get(k)]
+        if blind:
+            raise CycleFailed('the leak probes do not see a running '
+                              'sandbox: %s are 0' % ', '.join(blind))
+
     def count(self, timeout=SETTLE):
         """Count, again while anything is left, for up to ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -391,6 +406,8 @@ def cli_soak(args):
                         'sh', '-c', MAIN % i).strip()
         leaks.add(cid)
         soak.step('start', ok, 'start', cid)
+        if i == 1:
+            leaks.probe_live()
         out = soak.step('exec', ok, 'exec', cid, 'echo', 'x-%d' % i)
         if out.strip() != 'x-%d' % i:
             raise CycleFailed('exec printed %r' % out[:200])
@@ -443,7 +460,7 @@ class ZunVerbs(object):
         code, out, err = self.env.openstack('appcontainer', 'show', '-f',
                                             'json', name)
         if code != 0:
-            if 'not found' in err.lower():
+            if re.search(r'not (be )?found', err):
                 return None, None
             raise CycleFailed('appcontainer show: %s' % err.strip()[-300:])
         info = json.loads(out)
@@ -551,6 +568,8 @@ def zun_soak(args):
             soak.step('created', verbs.wait, name, ('Created',))
             soak.step('start', verbs.start, name)
             soak.step('running', verbs.wait, name, ('Running',))
+            if i == 1:
+                leaks.probe_live()
             out = soak.step('exec', verbs.execute, name,
                             ['echo', 'x-%d' % i])
             if 'x-%d' % i not in out:
