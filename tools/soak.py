@@ -40,6 +40,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,13 @@ class LeakCounter(object):
 
     def add(self, cid):
         self.cids.add(cid)
+
+    def note_records(self):
+        """Remember the sandboxes that have records now (under Zun the
+        runtime's id is not the Zun uuid the client sees).
+        """
+        self.cids.update(_listdir(os.path.join(self.state_path,
+                                               'containers')))
 
     def _store(self):
         root = os.path.join(self.state_path, 'images')
@@ -506,7 +514,8 @@ class ZunVerbs(object):
 
     def logs(self, name):
         if self.client:
-            return self.client.containers.logs(name) or ''
+            return self.client.containers.logs(name, stdout=True,
+                                               stderr=True) or ''
         return self._os('logs', name)
 
     def stop(self, name):
@@ -568,6 +577,7 @@ def zun_soak(args):
             soak.step('created', verbs.wait, name, ('Created',))
             soak.step('start', verbs.start, name)
             soak.step('running', verbs.wait, name, ('Running',))
+            leaks.note_records()
             if i == 1:
                 leaks.probe_live()
             out = soak.step('exec', verbs.execute, name,
@@ -631,6 +641,8 @@ def main(argv=None):
     parser.add_argument('--minutes', type=float,
                         help='start no cycle after this many minutes')
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds (zun services and sandboxes are stopped).
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     args.until = (time.monotonic() + args.minutes * 60
                   if args.minutes else None)
     if os.geteuid() != 0:
