@@ -241,6 +241,21 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual((c.container_id, ['echo', 'a b'], False),
                          self.driver._execs[exec_id])
 
+    def test_execs_never_run_are_bounded(self):
+        # POST execute?run=false&interactive=false makes an exec that
+        # zun never runs: repeated, it must not grow zun-compute.
+        c = self._container()
+        ids = [self.driver.execute_create(None, c, 'true')
+               for _i in range(self.mod.EXECS_MAX + 50)]
+        self.assertEqual(self.mod.EXECS_MAX, len(self.driver._execs))
+        self.assertNotIn(ids[0], self.driver._execs)
+        # The newest still runs, as zun runs it right after creating it.
+        self.rt.exec_client.return_value = (mock.MagicMock(), 'h', None)
+        self.rt.exec_client.return_value[0].collect.return_value = (
+            b'out', b'', 0)
+        self.assertEqual(('out', 0), self.driver.execute_run(ids[-1],
+                                                             'true'))
+
     def test_put_archive_below_microversion_1_25_takes_text(self):
         c = self._container()
         self.driver.put_archive(None, c, '/tmp', 'tar \u00e9')
