@@ -54,18 +54,18 @@ class SoakTestCase(base.BaseTestCase):
                          detail)
 
     def test_cli_soak_leaves_nothing(self):
-        (soak,), detail = self._soak('--cli-cycles', '8', '--zun-cycles',
-                                     '0', '--check-every', '4')
-        self._assert_clean(soak, 8, detail)
+        (soak,), detail = self._soak('--cli-cycles', '6', '--zun-cycles',
+                                     '0', '--check-every', '3')
+        self._assert_clean(soak, 6, detail)
         for what in ('qemu', 'shim', 'cgroups', 'uid leases', 'records',
                      'loop devices', 'image store'):
             self.assertIn(what, soak['leaks'])
 
     def test_zun_soak_leaves_nothing(self):
         (soak,), detail = self._soak('--cli-cycles', '0', '--zun-cycles',
-                                     '3', '--check-every', '3',
+                                     '2', '--check-every', '2',
                                      '--zun-client', 'osc')
-        self._assert_clean(soak, 3, detail)
+        self._assert_clean(soak, 2, detail)
         self.assertIn('zun db rows', soak['leaks'])
         # zun-compute was sampled at the start, the check and the end.
         self.assertEqual(3, len(soak['samples']), detail)
