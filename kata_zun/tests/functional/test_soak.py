@@ -35,11 +35,23 @@ class SoakTestCase(base.BaseTestCase):
                       guest_dir)
         figures = os.path.join(self.useFixture(fixtures.TempDir()).path,
                                'soak.json')
-        proc = subprocess.run([sys.executable, TOOL, '--json', figures] +
-                              list(args), capture_output=True, timeout=1100,
-                              cwd=REPO, stdin=subprocess.DEVNULL)
-        detail = (proc.stdout.decode('utf-8', 'replace')[-6000:] +
-                  proc.stderr.decode('utf-8', 'replace')[-3000:])
+        proc = subprocess.Popen([sys.executable, TOOL, '--json', figures] +
+                                list(args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=REPO,
+                                stdin=subprocess.DEVNULL)
+        try:
+            out, err = proc.communicate(timeout=1000)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: the soak then stops its zun services and
+            # removes its sandboxes (SIGKILL would leave them).
+            proc.terminate()
+            try:
+                out, err = proc.communicate(timeout=150)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+        detail = (out.decode('utf-8', 'replace')[-6000:] +
+                  err.decode('utf-8', 'replace')[-3000:])
         self.assertEqual(0, proc.returncode, detail)
         with open(figures) as f:
             return json.load(f), detail
