@@ -11,6 +11,7 @@ green there, so shim calls never block the hub; CPU- or disk-heavy work
 (unpacking an image) goes through ``eventlet.tpool``.
 """
 
+import collections
 import copy
 import os
 import platform
@@ -51,6 +52,8 @@ CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 RUNTIME_NAME = 'kata'
+#: Non-interactive execs kept between execute_create and execute_run.
+EXECS_MAX = 256
 
 
 def _healthcheck(container):
@@ -104,7 +107,8 @@ class KataDriver(zun_images.ImageDriverMixin,
     def __init__(self):
         super().__init__()
         self.rt = manager.Runtime()
-        self._execs = {}
+        # Non-interactive execs, from execute_create to execute_run.
+        self._execs = collections.OrderedDict()
         # Interactive exec and attach for zun-wsproxy (kata_zun.console):
         # served from zun-compute itself, in green threads. Started now in
         # zun-compute (eventlet-patched), on first use anywhere else.
@@ -301,6 +305,12 @@ class KataDriver(zun_images.ImageDriverMixin,
             return container
         if container.task_state:
             return container    # another operation owns it right now
+        if container.status in (consts.DELETING, consts.DELETED):
+            # zun-compute clears the task state before it frees the
+            # placement allocation and drops the row: the sandbox is
+            # gone by design then, not lost (a soak found a deleted
+            # container shown, and saved, as Error "gone from host").
+            return container
         try:
             self._refresh(container)
         except exception.ContainerNotFound:
@@ -510,6 +520,11 @@ class KataDriver(zun_images.ImageDriverMixin,
                 raise common.zun_error(zun_exc.Conflict, exc)
         exec_id = os.urandom(16).hex()
         self._execs[exec_id] = (container.container_id, argv, interactive)
+        # zun runs an exec right after creating it (run=true); one made
+        # with run=false is never run by anyone: keep the newest few
+        # only, or every such API call grows zun-compute for good.
+        while len(self._execs) > EXECS_MAX:
+            self._execs.popitem(last=False)
         return exec_id
 
     @_wrap

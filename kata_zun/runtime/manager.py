@@ -68,6 +68,9 @@ RESTART_POLICIES = ('no', 'on-failure', 'always', 'unless-stopped')
 # In a container's directory while ``restart`` stops it: its shim then
 # keeps an auto_remove record (see kata_zun.cmd.shim).
 RESTART_MARK = 'restarting'
+# Seconds rm waits for the shim of an exited container to finish its
+# teardown (it powers the VM off and frees the sandbox's resources).
+SHIM_TEARDOWN_WAIT = 120
 
 
 def parse_restart_policy(value):
@@ -1357,6 +1360,19 @@ class Runtime(pods.PodMixin):
 
     def _remove_locked(self, c, force):
         faultpoint.reached('rm')
+        if c.shim_alive and not force and c.state.get('status') == EXITED:
+            # It has exited and said so; its shim only tears the sandbox
+            # down (the VM powers off: slow on a loaded host, longer than
+            # stop waits). rm after stop works, as with Docker: wait for
+            # the teardown rather than call an exited container running
+            # (the soak met it).
+            self._wait_shim_gone(c, timeout=SHIM_TEARDOWN_WAIT)
+            c = self.get(c.id)
+            if c.shim_alive:
+                raise exception.Conflict(
+                    reason='container %s has exited but its sandbox is '
+                    'still shutting down after %d s: try again or use '
+                    'force' % (c.id[:12], SHIM_TEARDOWN_WAIT))
         if c.shim_alive:
             if not force:
                 raise exception.Conflict(

@@ -156,6 +156,17 @@ class DriverTestCase(base.BaseTestCase):
         self.driver.show(None, c)
         self.assertFalse(self.rt.get.called)
 
+    def test_show_of_a_container_being_deleted(self):
+        # zun-compute clears task_state after the driver's delete, then
+        # frees placement and drops the row: a GET in between must not
+        # turn the container into Error "gone from host".
+        self.rt.get.side_effect = exception.ContainerNotFound(ref='x')
+        for status in ('Deleting', 'Deleted'):
+            c = self._container(status=status)
+            self.driver.show(None, c)
+            self.assertEqual((status, None), (c.status, c.status_reason))
+        self.assertFalse(self.rt.get.called)
+
     def test_kill_signals(self):
         c = self._container()
         for given, want in ((None, signal.SIGKILL), ('None', signal.SIGKILL),
@@ -229,6 +240,21 @@ class DriverTestCase(base.BaseTestCase):
         exec_id = self.driver.execute_create(None, c, 'echo "a b"')
         self.assertEqual((c.container_id, ['echo', 'a b'], False),
                          self.driver._execs[exec_id])
+
+    def test_execs_never_run_are_bounded(self):
+        # POST execute?run=false&interactive=false makes an exec that
+        # zun never runs: repeated, it must not grow zun-compute.
+        c = self._container()
+        ids = [self.driver.execute_create(None, c, 'true')
+               for _i in range(self.mod.EXECS_MAX + 50)]
+        self.assertEqual(self.mod.EXECS_MAX, len(self.driver._execs))
+        self.assertNotIn(ids[0], self.driver._execs)
+        # The newest still runs, as zun runs it right after creating it.
+        self.rt.exec_client.return_value = (mock.MagicMock(), 'h', None)
+        self.rt.exec_client.return_value[0].collect.return_value = (
+            b'out', b'', 0)
+        self.assertEqual(('out', 0), self.driver.execute_run(ids[-1],
+                                                             'true'))
 
     def test_put_archive_below_microversion_1_25_takes_text(self):
         c = self._container()

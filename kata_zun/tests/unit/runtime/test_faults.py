@@ -145,6 +145,37 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         self.assertEqual(['poll', 'poll', 'poll', 'cleanup'], order)
         self.assertEqual([], self.rt.list())
 
+    def test_rm_right_after_stop_waits_for_the_teardown(self):
+        # stop returned (status exited, recorded by the shim) while the
+        # shim still powers the VM off: rm must wait for it, not refuse
+        # an exited container as running (found by tools/soak.py).
+        cdir = self._record({'status': 'exited', 'shim_pid': 42,
+                             'exit_code': 0})
+        alive = [True, True, False]
+
+        def is_shim(pid, cid):
+            return alive.pop(0) if len(alive) > 1 else alive[0]
+
+        with mock.patch.object(manager, '_pid_is_shim',
+                               side_effect=is_shim), \
+                mock.patch.object(self.rt, '_wait_vm_gone'):
+            self.rt.remove(CID)
+        self.assertFalse(os.path.exists(cdir))
+
+    def test_rm_of_an_exited_container_whose_shim_stays(self):
+        self._record({'status': 'exited', 'shim_pid': 42, 'exit_code': 0})
+        with mock.patch.object(manager, '_pid_is_shim', return_value=True), \
+                mock.patch.object(manager, 'SHIM_TEARDOWN_WAIT', 0.1):
+            exc = self.assertRaises(exception.Conflict, self.rt.remove, CID)
+        self.assertIn('still shutting down', str(exc))
+        # A running one is refused at once, as before.
+        fileutils.write_json(os.path.join(self.rt.containers_dir, CID,
+                                          'state.json'),
+                             {'status': 'running', 'shim_pid': 42})
+        with mock.patch.object(manager, '_pid_is_shim', return_value=True):
+            exc = self.assertRaises(exception.Conflict, self.rt.remove, CID)
+        self.assertIn('stop it first', str(exc))
+
 
 class ShimStarterGoneTestCase(base.BaseTestCase):
 
