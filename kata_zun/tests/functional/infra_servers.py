@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 from kata_zun.tests.functional import zun_env
@@ -245,3 +246,89 @@ class PrivateMariaDB(_Daemon, zun_env.MariaDBServer):
         """Stop the server and remove its files."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+LIBFAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1'
+
+# libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC=1 fails every
+# clock_nanosleep(TIMER_ABSTIME) with EINVAL (Python's time.sleep is one):
+# this, preloaded before it, hands clock_nanosleep straight to the kernel.
+# Only CLOCK_MONOTONIC sleeps are absolute in what runs here, and the
+# monotonic clock is not faked, so nothing else changes.
+_NANOSLEEP_C = r'''
+#define _GNU_SOURCE
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int clock_nanosleep(clockid_t clock, int flags, const struct timespec *req,
+                    struct timespec *rem)
+{
+    long r = syscall(SYS_clock_nanosleep, clock, flags, req, rem);
+    return r == -1 ? errno : 0;
+}
+'''
+
+
+class FakeHostClock(object):
+    """libfaketime standing in for a step of the host's wall clock.
+
+    Stepping the machine's real clock would disturb every other test
+    running on it; instead the processes given :attr:`env` (a whole Zun
+    environment: every service, the shims, the clients) read the wall
+    clock through libfaketime with an offset taken from a file that
+    :meth:`step` rewrites at run time, as ``date -s`` or an NTP step
+    would move it. The monotonic clock is left alone
+    (``FAKETIME_DONT_FAKE_MONOTONIC``), exactly as a real step leaves it.
+    QEMU itself gets no environment from the shim, so it keeps the real
+    clock (the guest's clock is its own anyway).
+
+    :param workdir: directory of the offset file and the helper library.
+    """
+
+    def __init__(self, workdir):
+        if not os.path.exists(LIBFAKETIME):
+            raise zun_env.ZunEnvironmentError(
+                'libfaketime is missing: apt-get install libfaketime')
+        os.makedirs(workdir, exist_ok=True)
+        self.offset_file = os.path.join(workdir, 'clock-offset')
+        self.offset = 0
+        self._write(0)
+        source = os.path.join(workdir, 'nanosleep.c')
+        with open(source, 'w') as f:
+            f.write(_NANOSLEEP_C)
+        self.nanosleep_lib = os.path.join(workdir, 'nanosleep.so')
+        subprocess.run(['gcc', '-shared', '-fPIC', '-O2', '-o',
+                        self.nanosleep_lib, source], check=True,
+                       capture_output=True, timeout=120)
+        #: Environment variables of a process on the faked host.
+        self.env = {
+            'LD_PRELOAD': '%s %s' % (self.nanosleep_lib, LIBFAKETIME),
+            'FAKETIME_TIMESTAMP_FILE': self.offset_file,
+            # Read the file at every call: a step is seen at once.
+            'FAKETIME_NO_CACHE': '1',
+            'FAKETIME_DONT_FAKE_MONOTONIC': '1',
+        }
+
+    def _write(self, seconds):
+        tmp = self.offset_file + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write('%+d\n' % seconds)
+        os.replace(tmp, self.offset_file)
+
+    def step(self, seconds):
+        """Set the host's clock ``seconds`` away from the real one.
+
+        :param seconds: the offset from the real clock (not from the
+            current offset), e.g. 3600, -3600, 0.
+        """
+        self._write(seconds)
+        self.offset = seconds
+
+    def now(self):
+        """:returns: time.time() as a process on the faked host sees it."""
+        out = subprocess.run(
+            [sys.executable, '-c', 'import time; print(time.time())'],
+            env=dict(os.environ, **self.env), capture_output=True,
+            text=True, check=True, timeout=60).stdout
+        return float(out)

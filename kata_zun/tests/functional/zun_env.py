@@ -799,8 +799,10 @@ class ZunEnvironment(ServiceHarness):
         (default: the host's shared MariaDB on 127.0.0.1:3306).
     :param rabbitmq: the :class:`RabbitMQServer` of zun's transport URL
         (default: the host's shared RabbitMQ on 127.0.0.1:5672).
-    :param compute_env: more environment variables of zun-compute (and
-        so of the shims and VMs it spawns), e.g. ``LD_PRELOAD``.
+    :param process_env: more environment variables of every process the
+        environment starts (services, the shims zun-compute spawns, and
+        :meth:`openstack`), e.g. ``LD_PRELOAD`` of a fake clock for the
+        whole "host".
     """
 
     error = ZunEnvironmentError
@@ -811,11 +813,11 @@ class ZunEnvironment(ServiceHarness):
                  timeout=START_TIMEOUT, glance=False, zun=True,
                  wsproxy=False, neutron=False, neutron_venv=None,
                  schema_cache=DEFAULT_SCHEMA_CACHE, extra_computes=(),
-                 mariadb=None, rabbitmq=None, compute_env=None):
+                 mariadb=None, rabbitmq=None, process_env=None):
         self.venv = os.path.abspath(venv)
         self.mariadb = mariadb or MariaDBServer()
         self.rabbitmq = rabbitmq or RabbitMQServer()
-        self.compute_env = dict(compute_env or {})
+        self.process_env = dict(process_env or {})
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
         self.glance = glance
@@ -932,6 +934,7 @@ class ZunEnvironment(ServiceHarness):
         env['PATH'] = os.pathsep.join([os.path.join(self.venv, 'bin'),
                                        env.get('PATH', os.defpath)])
         env['no_proxy'] = env['NO_PROXY'] = '%s,localhost' % HOST_IP
+        env.update(self.process_env)
         env.update(extra)
         return env
 
@@ -1424,8 +1427,7 @@ class ZunEnvironment(ServiceHarness):
                     self.compute_conf_path(host)]
             if os.path.exists(self._neutron_conf_path):
                 argv += ['--config-file', self._neutron_conf_path]
-            self._spawn(self._compute_name(host), argv,
-                        env=self._zun_env(**self.compute_env))
+            self._spawn(self._compute_name(host), argv, env=self._zun_env())
 
     @property
     def _neutron_conf_path(self):
@@ -1446,12 +1448,12 @@ class ZunEnvironment(ServiceHarness):
             'ovsdb_connection': self.neutron.ovsdb_connection}},
             self.extra_conf))
 
-    def _zun_env(self, **extra):
+    def _zun_env(self):
         # zun loads the "cri" capsule driver, which opens a gRPC channel;
         # gRPC's fork handlers then make about 1% of the children that
         # zun-compute (or its container driver) forks abort with
         # "epoll_wait error: Bad file descriptor" before exec.
-        return self._env(GRPC_ENABLE_FORK_SUPPORT='0', **extra)
+        return self._env(GRPC_ENABLE_FORK_SUPPORT='0')
 
     def _zun_get(self, path):
         idc = self._identity_client()
