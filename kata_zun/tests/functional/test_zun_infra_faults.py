@@ -106,7 +106,9 @@ class ZunInfraFaultsTest(base.BaseTestCase):
                 'kata': {'state_path': cls.state_path,
                          'run_path': cls.run_path,
                          'writable_layer_mb': '64'},
-                'kata_image': {'default_registry': kz_base.CLOSED_REGISTRY}},
+                'kata_image': {'default_registry': kz_base.CLOSED_REGISTRY},
+                # Not the default 2375, which other tests' hosts may hold.
+                'kata_console': {'listen_port': str(zun_env._free_port())}},
             mariadb=cls.db, rabbitmq=cls.mq, process_env=cls.clock.env)
         cls.env.start()
         from kata_zun.image import busybox
