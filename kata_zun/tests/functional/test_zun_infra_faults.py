@@ -33,7 +33,10 @@ from kata_zun.tests.functional import infra_servers
 from kata_zun.tests.functional import test_zun_e2e
 from kata_zun.tests.functional import zun_env
 
-STATE_FS_MB = 256
+# Four containers of 1 GiB (zun's default_disk, set below): placement
+# lets this test run them; filling it takes a fallocate, not 4 GiB of
+# writes (the image file stays sparse on the host).
+STATE_FS_MB = 4096
 STATUS_TIMEOUT = 240
 KEEPER = 'keeper'
 
@@ -102,7 +105,8 @@ class ZunInfraFaultsTest(base.BaseTestCase):
         cls.env = zun_env.ZunEnvironment(
             sys.prefix, os.path.join(cls.work, 'zun'), driver='kata',
             extra_conf={
-                'DEFAULT': {'sync_container_state_interval': '5'},
+                'DEFAULT': {'sync_container_state_interval': '5',
+                            'default_disk': '1'},
                 'kata': {'state_path': cls.state_path,
                          'run_path': cls.run_path,
                          'writable_layer_mb': '64'},
@@ -298,15 +302,14 @@ class ZunInfraFaultsTest(base.BaseTestCase):
     def _fill_state_fs(self):
         filler = os.path.join(self.state_path, 'filler')
         self.addCleanup(lambda: os.path.exists(filler) and os.unlink(filler))
-        chunk = b'\0' * (1024 * 1024)
-        with open(filler, 'wb') as f:
-            try:
-                while True:
-                    f.write(chunk)
-                    f.flush()
-            except OSError:
-                pass
-        # The last partial blocks too.
+        st = os.statvfs(self.state_path)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(
+                st.f_bavail * st.f_frsize - 4 * 1024 * 1024, 4096))
+        finally:
+            os.close(fd)
+        # The last blocks too, written.
         with open(filler, 'ab', buffering=0) as f:
             try:
                 while True:
