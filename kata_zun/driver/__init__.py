@@ -717,5 +717,13 @@ class KataDriver(zun_images.ImageDriverMixin,
         from kata_zun.runtime import layer
         total_mb, _free = layer.filesystem_mb(self.rt.containers_dir)
         total_gb = total_mb / 1024.0
+        if 0 < total_gb < 1:
+            # Placement refuses an inventory of 0 (and with it VCPU and
+            # MEMORY_MB: the node could never be scheduled to). A state
+            # filesystem smaller than 1 GiB counts as 1; a full one fails
+            # its operations with ENOSPC, named in the container's reason.
+            LOG.warning('[kata] state_path is on a filesystem of %d MiB: '
+                        'reported as 1 GiB of DISK_GB', total_mb)
+            total_gb = 1.0
         return (int(total_gb),
                 int(total_gb * CONF.compute.reserve_disk_for_image))

@@ -43,6 +43,7 @@ from zun import objects
 
 from kata_zun.driver import common
 from kata_zun import exception
+from kata_zun.runtime import fileutils
 from kata_zun.runtime import manager
 from kata_zun.volume import spec as volume_spec
 
@@ -205,18 +206,9 @@ class VolumeDriverMixin(object):
                    MAX_INJECTED_BYTES))
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        tmp = path + '.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            with os.fdopen(fd, 'wb') as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        os.rename(tmp, path)
+        # Whole or absent (the test above takes an existing file as
+        # injected already), and its name made durable with it.
+        fileutils.write_atomic(path, content, mode=0o644)
 
     def detach_volume(self, context, volume_mapping):
         """Release a volume once no VM holds it.

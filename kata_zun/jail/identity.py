@@ -1,17 +1,18 @@
 """Per-sandbox host identities: a uid (= gid) leased from a range.
 
 A lease is a file ``<lease_dir>/<uid>`` naming its holder (sandbox id,
-shim pid and start time, host boot id), created with ``O_EXCL`` so two
-shims can never take the same uid. The lease directory is one per host
+shim pid and start time, host boot id), written whole then linked to its
+name (which fails if it exists) so two shims can never take the same uid
+and nobody sees a lease half-written. The lease directory is one per host
 (``[kata_jail] lease_dir``, on a tmpfs: leases end with the boot), shared
 by the CLI and zun-compute whatever their state paths. A uid that any
 process on the host runs as is never leased; a lease whose holder is
 gone (its QEMU died with its shim) is taken over.
 """
 
-import errno
 import json
 import os
+import tempfile
 
 from kata_zun import exception
 from kata_zun.runtime import fileutils
@@ -74,6 +75,33 @@ def _read_lease(path):
     return lease if isinstance(lease, dict) else {}
 
 
+def _publish(directory, path, record):
+    """Create the lease ``path`` holding ``record``, complete or not at
+    all: written to a temporary file first, then hard-linked to its name
+    (which fails if the name exists). A lease created empty and written
+    afterwards would be seen empty by another shim in between (or for
+    good, after a crash or a full disk), taken for stale, removed and the
+    uid leased twice.
+
+    :returns: True if the lease is ours, False if the name was taken.
+    :raises: OSError
+    """
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+    try:
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False        # another shim took it just now
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def lease(lease_dir, sandbox, start, size, pid=None):
     """Lease the lowest free uid of ``[start, start + size)``.
 
@@ -107,18 +135,8 @@ def lease(lease_dir, sandbox, start, size, pid=None):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                continue        # another shim took it just now
-            raise
-        try:
-            os.write(fd, record)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return uid
+        if _publish(directory, path, record):
+            return uid
     raise exception.JailError(
         reason='no free uid in [kata_jail] uid range %d-%d: %d sandboxes '
         'already run' % (start, start + size - 1, size))

@@ -146,15 +146,35 @@ def parse_lines(data):
     """
     out = []
     for line in data.split(b'\n')[:-1]:
-        if not line or len(line) >= LINE_MAX:
+        if not line:
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+        record = _decode(line)
+        if record is None:
+            # A writer killed mid-line (or stopped by a full disk) left a
+            # torn line with no newline: the next event was appended to
+            # it. Every line starts with _RECORD_START (sorted keys): the
+            # last such start may be that whole next event.
+            start = line.rfind(_RECORD_START)
+            if start > 0:
+                record = _decode(line[start:])
         if _valid(record):
             out.append(record)
     return out
+
+
+# How every line of the log starts (json.dumps with sorted keys). Inside
+# a JSON string every '"' is escaped: these bytes only begin a record.
+_RECORD_START = b'{"Action": '
+
+
+def _decode(line):
+    """:returns: the JSON value of ``line``, or None."""
+    if len(line) >= LINE_MAX:
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def read(state_path):

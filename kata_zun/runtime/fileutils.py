@@ -8,6 +8,11 @@ import json
 import os
 import tempfile
 
+from kata_zun.runtime import faultpoint
+
+#: Name prefix of the temporary file of :func:`write_atomic` (a crashed
+#: writer may leave one behind: never read as a record).
+TEMP_PREFIX = '.tmp-'
 #: Largest JSON record written by :func:`write_json` and read by
 #: :func:`read_json`: the writer refuses what the reader would.
 RECORD_LIMIT = 4 * 1024 * 1024
@@ -28,6 +33,10 @@ def boot_id():
 
 
 def fsync_dir(path):
+    """fsync a directory: a rename or new file in it survives a crash.
+
+    :raises: OSError
+    """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -47,13 +56,20 @@ def write_atomic(path, data, mode=0o600):
     if isinstance(data, str):
         data = data.encode('utf-8')
     directory = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            f.flush()
+            # The fault points let a test kill a writer at each step and
+            # check that readers see the old content or the new one.
+            faultpoint.reached('atomic-write-half')
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        faultpoint.reached('atomic-write-replace')
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -61,6 +77,7 @@ def write_atomic(path, data, mode=0o600):
         except OSError:
             pass
         raise
+    faultpoint.reached('atomic-write-replaced')
     fsync_dir(directory)
 
 

@@ -158,17 +158,26 @@ class Tracker(object):
         self.started_at = None
 
     def container_started(self, now):
-        """A (re)start: ``starting`` again, a fresh grace period."""
+        """A (re)start: ``starting`` again, a fresh grace period.
+
+        :param now: a monotonic clock reading (``time.monotonic()``): the
+            grace period must not stretch or vanish when the host's wall
+            clock is stepped.
+        """
         self.status = STARTING
         self.failing_streak = 0
         self.started_at = now
 
-    def record(self, start, end, exit_code, output):
+    def record(self, start, end, exit_code, output, clock=None):
         """Account one probe.
 
+        :param start: wall-clock time the probe started (shown in the log).
+        :param end: wall-clock time it ended (shown in the log).
         :param exit_code: the probe's exit status; None when it timed out
             or could not run (a failure).
         :param output: its output (bytes or text), truncated here.
+        :param clock: the monotonic reading when the probe started, on the
+            clock given to :meth:`container_started`; None: ``start``.
         :returns: True when the status changed.
         """
         if isinstance(output, bytes):
@@ -181,7 +190,8 @@ class Tracker(object):
         if exit_code == 0:
             self.status, self.failing_streak = HEALTHY, 0
         elif (self.started_at is not None and self.status == STARTING and
-              start - self.started_at < self.definition['start_period']):
+              (start if clock is None else clock) - self.started_at <
+              self.definition['start_period']):
             pass    # still in its grace period
         else:
             self.failing_streak += 1

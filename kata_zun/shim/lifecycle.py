@@ -88,7 +88,7 @@ class Lifecycle(object):
         """
         if self.health_tracker is None:
             return
-        self.health_tracker.container_started(time.time())
+        self.health_tracker.container_started(time.monotonic())
         self.save_state(health=self.health_tracker.state())
         self.health_generation += 1
         generation = self.health_generation
@@ -134,12 +134,14 @@ class Lifecycle(object):
         self._probe_done(None)
 
     def _probe_done(self, code):
-        _handle, _start, output, wall = self.probe
+        _handle, start, output, wall = self.probe
         self.probe = None
         if self.exited or self.health_tracker is None:
             return
+        # The grace period is measured on the monotonic clock (``start``):
+        # a stepped wall clock must not end it early or stretch it.
         changed = self.health_tracker.record(wall, time.time(), code,
-                                             bytes(output))
+                                             bytes(output), clock=start)
         if changed:
             LOG.info('container %s is %s', self.cid,
                      self.health_tracker.status)

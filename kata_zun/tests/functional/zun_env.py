@@ -319,19 +319,67 @@ def ensure_mariadb(timeout=120):
         _wait_port(MYSQL_PORT, timeout, 'MariaDB')
 
 
-def _mysql_argv(program):
-    """``mysql`` or ``mysqldump`` as root, socket or TCP."""
-    if os.path.exists(MYSQL_SOCKET):
-        conn = ['--socket=%s' % MYSQL_SOCKET]
-    else:
-        conn = ['--host=%s' % HOST_IP, '--port=%s' % MYSQL_PORT]
-    return [program, '--user=root'] + conn
+class MariaDBServer(object):
+    """Where an environment's databases live: the host's shared MariaDB
+    (the default), or a private one (``infra_servers.PrivateMariaDB``).
+
+    :param port: TCP port on 127.0.0.1.
+    :param socket: unix socket of root's connections (tried first).
+    """
+
+    def __init__(self, port=MYSQL_PORT, socket=MYSQL_SOCKET):
+        self.port = port
+        self.socket = socket
+
+    def ensure(self):
+        """Make sure the server answers (install and start the host's)."""
+        ensure_mariadb()
+
+    def mysql_argv(self, program):
+        """``mysql`` or ``mysqldump`` as root, socket or TCP.
+
+        :returns: an argv list.
+        """
+        if os.path.exists(self.socket):
+            conn = ['--socket=%s' % self.socket]
+        else:
+            conn = ['--host=%s' % HOST_IP, '--port=%s' % self.port]
+        return [program, '--user=root'] + conn
+
+
+class RabbitMQServer(object):
+    """The broker of an environment: the host's shared RabbitMQ (the
+    default), or a private one (``infra_servers.PrivateRabbitMQ``).
+
+    :param port: AMQP port on 127.0.0.1.
+    """
+
+    def __init__(self, port=RABBIT_PORT):
+        self.port = port
+
+    def ensure(self):
+        """Make sure the broker answers (install and start the host's)."""
+        ensure_rabbitmq()
+
+    def ctl(self, *args):
+        """``rabbitmqctl`` on this broker.
+
+        :returns: ``(argv, env)`` for subprocess.
+        """
+        return ['rabbitmqctl'] + list(args), None
+
+
+def _mysql_argv(program, server=None):
+    """``mysql`` or ``mysqldump`` as root on ``server`` (default: the
+    host's shared MariaDB).
+    """
+    return (server or MariaDBServer()).mysql_argv(program)
 
 
 @functools.lru_cache(maxsize=None)
-def _mariadb_version():
+def _mariadb_version(server=None):
     """``SELECT VERSION()`` of the server (it sets defaults in the DDL)."""
-    proc = subprocess.run(_mysql_argv('mysql') + [
+    proc = subprocess.run(_mysql_argv('mysql', server) + [
         '--batch', '--skip-column-names', '--execute=SELECT VERSION()'],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     if proc.returncode:
@@ -564,14 +612,20 @@ class ServiceHarness(object):
                 json.dump(self._state, f, indent=1, sort_keys=True)
             os.replace(tmp, self._state_path)
 
+    #: The MariaDBServer and RabbitMQServer in use (the host's shared
+    #: ones unless a harness is given others).
+    mariadb = MariaDBServer()
+    rabbitmq = RabbitMQServer()
+
     def _sql(self, *statements):
-        script = _SQL_SCRIPT % {'socket': MYSQL_SOCKET, 'host': HOST_IP,
-                                'port': MYSQL_PORT}
+        script = _SQL_SCRIPT % {'socket': self.mariadb.socket,
+                                'host': HOST_IP, 'port': self.mariadb.port}
         self._run('mysql', [self._bin('python'), '-c', script] +
                   list(statements), timeout=120)
 
     def _rabbitmqctl(self, *args, check=True):
-        proc = subprocess.run(['rabbitmqctl'] + list(args),
+        argv, env = self.rabbitmq.ctl(*args)
+        proc = subprocess.run(argv, env=env,
                               stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=120)
         if check and proc.returncode:
@@ -626,7 +680,7 @@ class ServiceHarness(object):
             key = ['%s=%s' % (name, _dist_version(self.venv, name))
                    for name in _SCHEMA_TOOLS + tuple(depends)]
             key += ['%s=%s' % (dist, version),
-                    'mariadb=%s' % _mariadb_version(),
+                    'mariadb=%s' % _mariadb_version(self.mariadb),
                     'format=%s' % _SCHEMA_CACHE_FORMAT]
         except (OSError, subprocess.SubprocessError, ZunEnvironmentError) as e:
             self._say('no schema cache for %s: %s' % (dist, e))
@@ -637,7 +691,7 @@ class ServiceHarness(object):
 
     def _mysql(self, program, database, args=(), input=b'', stdout=None):
         """``mysql`` or ``mysqldump`` as root on ``database``."""
-        argv = _mysql_argv(program) + list(args) + [database]
+        argv = _mysql_argv(program, self.mariadb) + list(args) + [database]
         proc = subprocess.run(argv, input=input,
                               stdout=stdout or subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=self.timeout)
@@ -741,6 +795,14 @@ class ZunEnvironment(ServiceHarness):
         glance; neutron's too), one file per service version: later
         environments load it (about a second) instead of migrating again
         (10 to 30 s each). None: always migrate.
+    :param mariadb: the :class:`MariaDBServer` of every database
+        (default: the host's shared MariaDB on 127.0.0.1:3306).
+    :param rabbitmq: the :class:`RabbitMQServer` of zun's transport URL
+        (default: the host's shared RabbitMQ on 127.0.0.1:5672).
+    :param process_env: more environment variables of every process the
+        environment starts (services, the shims zun-compute spawns, and
+        :meth:`openstack`), e.g. ``LD_PRELOAD`` of a fake clock for the
+        whole "host".
     """
 
     error = ZunEnvironmentError
@@ -750,8 +812,12 @@ class ZunEnvironment(ServiceHarness):
     def __init__(self, venv, workdir, driver='kata', extra_conf=None,
                  timeout=START_TIMEOUT, glance=False, zun=True,
                  wsproxy=False, neutron=False, neutron_venv=None,
-                 schema_cache=DEFAULT_SCHEMA_CACHE, extra_computes=()):
+                 schema_cache=DEFAULT_SCHEMA_CACHE, extra_computes=(),
+                 mariadb=None, rabbitmq=None, process_env=None):
         self.venv = os.path.abspath(venv)
+        self.mariadb = mariadb or MariaDBServer()
+        self.rabbitmq = rabbitmq or RabbitMQServer()
+        self.process_env = dict(process_env or {})
         self.workdir = os.path.abspath(workdir)
         self.driver = driver
         self.glance = glance
@@ -868,6 +934,7 @@ class ZunEnvironment(ServiceHarness):
         env['PATH'] = os.pathsep.join([os.path.join(self.venv, 'bin'),
                                        env.get('PATH', os.defpath)])
         env['no_proxy'] = env['NO_PROXY'] = '%s,localhost' % HOST_IP
+        env.update(self.process_env)
         env.update(extra)
         return env
 
@@ -987,7 +1054,8 @@ class ZunEnvironment(ServiceHarness):
 
     def _db_url(self, service):
         return 'mysql+pymysql://%s:%s@%s:%s/%s_%s?charset=utf8' % (
-            self.name, self._state['db_password'], HOST_IP, MYSQL_PORT,
+            self.name, self._state['db_password'], HOST_IP,
+            self.mariadb.port,
             self.name, service)
 
     def _auth_section(self, user, password):
@@ -1052,7 +1120,7 @@ class ZunEnvironment(ServiceHarness):
                 'container_driver': self.driver,
                 'state_path': os.path.join(zun_dir, 'state'),
                 'transport_url': 'rabbit://guest:guest@%s:%s/%s' % (
-                    HOST_IP, RABBIT_PORT, self.name),
+                    HOST_IP, self.rabbitmq.port, self.name),
             },
             'api': {'host_ip': HOST_IP, 'port': self.ports['zun-api'],
                     'workers': 1, 'api_paste_config': paste},
@@ -1155,7 +1223,7 @@ class ZunEnvironment(ServiceHarness):
 
     def _prepare_database(self):
         t = time.monotonic()
-        ensure_mariadb()
+        self.mariadb.ensure()
         name, pw = self.name, self._state['db_password']
         statements = []
         for service in self._databases():
@@ -1175,7 +1243,7 @@ class ZunEnvironment(ServiceHarness):
 
     def _prepare_rabbitmq(self):
         t = time.monotonic()
-        ensure_rabbitmq()
+        self.rabbitmq.ensure()
         with self._lock:
             self._state['vhost_created'] = True
         self._save_state()
@@ -1642,9 +1710,10 @@ class ZunEnvironment(ServiceHarness):
             self._rabbitmqctl('delete_vhost', name, check=False)
 
         jobs = []
-        if self._state.get('db_created') and _port_open(MYSQL_PORT):
+        if self._state.get('db_created') and _port_open(self.mariadb.port):
             jobs.append(('drop databases', drop_databases))
-        if self._state.get('vhost_created') and _port_open(RABBIT_PORT):
+        if (self._state.get('vhost_created') and
+                _port_open(self.rabbitmq.port)):
             jobs.append(('delete vhost', delete_vhost))
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             futures = [(what, pool.submit(job)) for what, job in jobs]

@@ -88,6 +88,16 @@ class DriverDiskTestCase(base.BaseTestCase):
             self.assertEqual((3, 0),
                              self.driver.get_total_disk_for_container())
 
+    def test_a_state_filesystem_under_1_gib_is_reported_as_1(self):
+        # Regression: a 256 MiB state filesystem gave DISK_GB total 0,
+        # which placement refuses with the whole inventory (VCPU and
+        # MEMORY_MB too): zun-compute never got a resource provider.
+        self.cfg.config(reserve_disk_for_image=0.0, group='compute')
+        with mock.patch('os.statvfs', return_value=mock.Mock(
+                f_frsize=4096, f_blocks=65536, f_bavail=0)):
+            self.assertEqual((1, 0),
+                             self.driver.get_total_disk_for_container())
+
     def test_resources_report_disk_and_quota(self):
         self.cfg.config(reserve_disk_for_image=0.25, group='compute')
         self.rt.list.return_value = []

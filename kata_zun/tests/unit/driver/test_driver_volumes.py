@@ -150,9 +150,14 @@ class VolumeDriverTest(base.BaseTestCase):
         victim = os.path.join(self.voldir, 'victim')
         open(victim, 'w').close()
         os.symlink(victim, path + '.tmp')
-        self.assertRaises(OSError, self.driver.attach_volume, None, vm)
+        # The temporary file has an unpredictable name (made O_EXCL):
+        # the planted link is not followed, nor in the way.
+        self.driver.attach_volume(None, vm)
         with open(victim) as f:
             self.assertEqual('', f.read())
+        with open(path) as f:
+            self.assertEqual('x', f.read())
+        self.assertEqual(0o644, os.stat(path).st_mode & 0o777)
 
     def test_requests(self):
         self._as_block_device('/dev/loop7', '/dev/loop8')

@@ -57,6 +57,38 @@ class LeaseTestCase(base.BaseTestCase):
         self.assertEqual(5000, identity.lease(self.dir, 'a', 5000, 3))
         self.assertEqual(5001, identity.lease(self.dir, 'b', 5000, 3))
 
+    def test_a_lease_being_written_is_never_seen_half_written(self):
+        # Regression: the lease was created empty (O_EXCL) and written
+        # afterwards; a second shim leasing in between read it empty,
+        # took it for stale, removed it and got the same uid.
+        real_write = os.write
+        other = []
+
+        def write(fd, data):
+            if not other:       # the first shim is about to write
+                other.append(None)
+                other[0] = identity.lease(self.dir, 'b', 5000, 3)
+            return real_write(fd, data)
+        with fixtures.MockPatchObject(identity.os, 'write', write):
+            first = identity.lease(self.dir, 'a', 5000, 3)
+        self.assertNotEqual(first, other[0])
+        self.assertEqual({'a', 'b'}, {
+            json.load(open(os.path.join(self.dir, str(uid))))['sandbox']
+            for uid in (first, other[0])})
+        self.assertEqual(sorted(str(u) for u in (first, other[0])),
+                         sorted(os.listdir(self.dir)))
+
+    def test_a_shim_killed_while_leasing_leaves_no_lease(self):
+        # SIGKILL (or ENOSPC) between creating the lease and writing it:
+        # no empty lease file is left for anyone to read.
+        def write(fd, data):
+            raise OSError(28, 'No space left on device')
+        with fixtures.MockPatchObject(identity.os, 'write', write):
+            self.assertRaises(OSError, identity.lease, self.dir, 'a',
+                              5000, 3)
+        self.assertEqual([], os.listdir(self.dir))
+        self.assertEqual(5000, identity.lease(self.dir, 'b', 5000, 3))
+
     def test_release_only_by_its_holder(self):
         uid = identity.lease(self.dir, 'a', 5000, 3)
         identity.release(self.dir, uid, 'someone-else')

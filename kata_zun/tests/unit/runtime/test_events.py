@@ -82,8 +82,23 @@ class EventLogTestCase(base.BaseTestCase):
                     b' "Actor": {"ID": "a", "Attributes": {}}}\n'
                     b'{"half": ')
         events.emit(self.path, 'container', 'die', 'good2')
-        self.assertEqual(['good'], [e['Actor']['ID']
-                                    for e in events.read(self.path)])
+        # The torn line is skipped; the event appended to it is kept.
+        self.assertEqual(['good', 'good2'], [
+            e['Actor']['ID'] for e in events.read(self.path)])
+
+    def test_event_after_a_torn_write_is_kept(self):
+        # Regression: a writer killed mid-line (or a short write on a full
+        # disk) glued the next event to the torn line and both were lost.
+        events.emit(self.path, 'container', 'start', 'one')
+        with open(events.log_path(self.path), 'rb') as f:
+            line = f.read()
+        with open(events.log_path(self.path), 'ab') as f:
+            f.write(line[:len(line) // 2])
+        events.emit(self.path, 'container', 'die', 'two')
+        self.assertEqual(['one', 'two'], [
+            e['Actor']['ID'] for e in events.read(self.path)])
+        self.assertEqual(['start', 'die'], [
+            e['Action'] for e in events.read(self.path)])
 
     def test_an_unwritable_log_does_not_raise(self):
         os.mkdir(events.log_path(self.path))      # a directory: EISDIR

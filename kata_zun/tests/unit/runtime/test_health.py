@@ -87,6 +87,20 @@ class TrackerTestCase(base.BaseTestCase):
         self.assertEqual(('starting', 0), (t.status, t.failing_streak))
         self.assertFalse(t.record(2001, 2001.1, 1, b''))
 
+    def test_start_period_ignores_wall_clock_steps(self):
+        # Regression: the grace period was measured on the wall clock, so
+        # a host clock stepped back 1 h stretched it by an hour and one
+        # stepped forward ended it at once. The monotonic reading decides.
+        t = self.tracker(retries=1, start_period=10)
+        # Wall clock stepped +1 h, 5 s (monotonic) after the start.
+        self.assertFalse(t.record(4605, 4605.1, 1, b'', clock=1005.0))
+        self.assertEqual(('starting', 0), (t.status, t.failing_streak))
+        # Wall clock stepped -1 h, 11 s (monotonic) after the start.
+        self.assertTrue(t.record(-2589, -2588.9, 1, b'', clock=1011.0))
+        self.assertEqual('unhealthy', t.status)
+        # The log keeps the wall-clock times, as Docker shows them.
+        self.assertEqual(-2589, t.state()['log'][-1]['start'])
+
     def test_log_is_bounded(self):
         t = self.tracker()
         for i in range(health.LOG_ENTRIES + 3):
