@@ -18,6 +18,7 @@ import time
 from kata_zun.agent import guestcaps
 from kata_zun.agent import guestroot
 from kata_zun.agent import guestseccomp
+from kata_zun.agent import guestspawn
 from kata_zun.agent import guestutil
 from kata_zun.agent import protocol
 
@@ -485,6 +486,9 @@ class ProcessOps(object):
             raise OpError('state', 'container is not running')
         if not c.spec['privileged']:
             guestseccomp.compiled()    # once, here, not in every child
+        if guestspawn.available():
+            return self._spawn_small(c, proc, argv, env, workdir, user,
+                                     ns_fds, root_fd, cgroup_fd, fds)
         child_io, parent_fds, close_after = self._stdio(proc)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -541,6 +545,44 @@ class ProcessOps(object):
             text = error.decode('utf-8', 'replace')
             self._stderr_note(proc, text)
             return text
+        return None
+
+    def _spawn_small(self, c, proc, argv, env, workdir, user, ns_fds,
+                     root_fd, cgroup_fd, fds):
+        """:meth:`_spawn_joined` through the small helper
+        (:mod:`kata_zun.agent.guestspawn`): the same process, without a
+        fork of this interpreter. ``fds`` (the namespaces, root and
+        cgroup) are closed here.
+
+        :returns: None, or the spawn or exec error text.
+        """
+        privileged = c.spec['privileged']
+        cmd = guestspawn.command(
+            argv, workdir, user, proc.tty, privileged,
+            guestcaps.mask(guestcaps.DEFAULT_CAPS), last_cap(),
+            b'' if privileged else guestseccomp.compiled())
+        child_io, parent_fds, close_after = self._stdio(proc)
+        try:
+            pid, error, err = guestspawn.spawn(cmd, env, tuple(child_io) + (
+                ns_fds['pid'], cgroup_fd, ns_fds['ipc'], ns_fds['uts'],
+                ns_fds['cgroup'], ns_fds['mnt'], root_fd))
+        finally:
+            for fd in fds + close_after:
+                os.close(fd)
+        for fd in parent_fds:
+            self.fd_owner[fd] = proc
+        if pid is None:
+            text = FORK_REFUSED if guestspawn.refused(err) else error
+            proc.status = (126, 0)
+            proc.reaped_at = time.monotonic()
+            self._stderr_note(proc, text)
+            return text
+        proc.pid = pid
+        self.pid_proc[pid] = proc
+        self._drain_signals()          # it may be gone already
+        if error:
+            self._stderr_note(proc, error)
+            return error
         return None
 
     def _stdio(self, proc):
