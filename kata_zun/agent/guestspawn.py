@@ -82,7 +82,7 @@ def parse_status(data):
     return None, 'spawn failed: the helper died', None
 
 
-def spawn(cmd, env, fds):
+def spawn(cmd, env, fds, helper=HELPER):
     """Start the helper with ``fds`` as its fds 0, 1, 2, 4, 5... and a
     status pipe as fd 3; wait until the process has exec'd or failed.
 
@@ -90,6 +90,7 @@ def spawn(cmd, env, fds):
     :param env: the process's environment (dict).
     :param fds: (stdin, stdout, stderr, pidns, cgroup, ipc, uts,
                 cgroupns, mnt, root), all ours and left open.
+    :param helper: the helper's path.
     :returns: :func:`parse_status`'s triple.
     """
     st_r, st_w = os.pipe2(os.O_CLOEXEC)
@@ -105,7 +106,7 @@ def spawn(cmd, env, fds):
         actions = [(os.POSIX_SPAWN_DUP2, fd, target)
                    for target, fd in enumerate(sources)]
         try:
-            os.posix_spawn(HELPER, cmd, env, file_actions=actions,
+            os.posix_spawn(helper, cmd, env, file_actions=actions,
                            setsigdef=_SIGDEF)
         except (OSError, ValueError) as exc:
             return None, 'spawn failed: %s' % exc, getattr(exc, 'errno',
