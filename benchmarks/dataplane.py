@@ -153,8 +153,8 @@ def worker(conf_file):
     """
     sys.path.insert(0, HERE)
     import coldstart
-    from oslo_log import log as logging
     from kata_zun import conf
+    from oslo_log import log as logging
     CONF = conf.CONF
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=[conf_file])
@@ -232,8 +232,8 @@ def main():
     if args.worker:
         return worker(args.worker)
     import isolated  # benchmarks/isolated.py
-    from oslo_log import log as logging
     from kata_zun import conf
+    from oslo_log import log as logging
     logging.register_options(conf.CONF)
     conf.CONF([], project='kata-zun')
     sides = [('new', None)]
@@ -279,6 +279,11 @@ def main():
         execs, streams = results[name]
         if not execs:
             continue
+        # Per round (exec median, MB/s): how steady the comparison was.
+        print('%-6s rounds: %s' % (name, '  '.join(
+            '%.1f ms %.0f MB/s' % (
+                med(execs[i * args.execs:(i + 1) * args.execs]) * 1000,
+                got / t / 1e6) for i, (got, t) in enumerate(streams))))
         ok = all(got == size for got, _ in streams)
         print('%-6s exec true round trip %7.2f ms (p90 %7.2f ms)   '
               'stdout %6.1f MB/s%s' % (

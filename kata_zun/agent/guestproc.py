@@ -34,11 +34,13 @@ write_file = guestutil.write_file
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # Output is read in big chunks from 1 MiB pipes: under TCG every pass
 # through the Python loop is expensive, bytes are not.
-OUTPUT_READ = 256 * 1024
+OUTPUT_READ = 512 * 1024
+# Reads of one output in a row while the host link keeps up.
+OUTPUT_BURST = 4
 PIPE_SIZE = 1024 * 1024
 # Output frame buffers kept for reuse (OUTPUT_READ each): enough for the
 # frames queued for the host while output streams.
-OUTPUT_BUFFERS = 8
+OUTPUT_BUFFERS = 6
 F_SETPIPE_SZ = 1031
 # How long a reaped process may keep its output pipes open (a daemonized
 # grandchild holding them) before its exit is reported anyway.
@@ -260,18 +262,30 @@ class ProcessOps(object):
             self._read_output(proc, fd)
 
     def _read_output(self, proc, fd):
-        try:
-            frame = protocol.read_stream(fd, proc.out_fds[fd], proc.handle,
-                                         self._output_buffer())
-        except BlockingIOError:
-            return
-        except OSError:
-            frame = None               # EIO: pty closed by the last user
-        if frame:
+        # While the port takes everything at once, read on: a pass
+        # through the poll loop costs more under TCG than a read, and a
+        # full read means more is waiting. Bounded, so that one busy
+        # process does not hold up the others for long.
+        for _ in range(OUTPUT_BURST):
+            buf = self._output_buffer()
+            try:
+                frame = protocol.read_stream(fd, proc.out_fds[fd],
+                                             proc.handle, buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                frame = None           # EIO: pty closed by the last user
+            if not frame:
+                break
+            full = len(frame) == len(buf)
             # One buffer, header included: the port takes at most 32 KiB
             # a write, and a separate header would cost a write (and a
             # virtqueue buffer, and a wake-up of the host) of its own.
             self.chan.send(frame)
+            del frame
+            if not full or self.chan.pending_out:
+                return
+        else:
             return
         del self.fd_owner[fd]
         del proc.out_fds[fd]

@@ -109,13 +109,12 @@ def spawn(cmd, env, fds, helper=HELPER):
             os.posix_spawn(helper, cmd, env, file_actions=actions,
                            setsigdef=_SIGDEF)
         except (OSError, ValueError) as exc:
-            return None, 'spawn failed: %s' % exc, getattr(exc, 'errno',
-                                                          None)
+            return (None, 'spawn failed: %s' % exc,
+                    getattr(exc, 'errno', None))
     finally:
         os.close(st_w)
         for fd in moved:
             os.close(fd)
-        st_w = None
     try:
         data = b''
         while len(data) < STATUS_MAX:
