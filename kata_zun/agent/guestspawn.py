@@ -61,16 +61,24 @@ def command(argv, workdir, user, tty, privileged, keep, last_cap, prog):
 def parse_status(data):
     """Read what the helper and the new process wrote on the status pipe.
 
+    The helper's pid line (``\\0pid <n>\\n``) and the process's error
+    text are two atomic writes in either order (the process runs as soon
+    as it is cloned); the error text has no NUL.
+
     :param data: the bytes, up to EOF.
     :returns: (pid or None, error text or None, errno of a failed clone
               or None).
     """
-    if data.startswith(b'pid '):
-        line, _, rest = data.partition(b'\n')
+    mark = data.find(b'\0pid ')
+    if mark >= 0:
+        end = data.find(b'\n', mark)
         try:
-            pid = int(line[4:])
+            pid = int(data[mark + 5:end]) if end > 0 else 0
         except ValueError:
+            pid = 0
+        if pid <= 0:
             return None, 'spawn failed: bad helper status', None
+        rest = data[:mark] + data[end + 1:]
         return pid, rest.decode('utf-8', 'replace') or None, None
     if data.startswith(b'fail '):
         code, _, text = data[5:].partition(b' ')

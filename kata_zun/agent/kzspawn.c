@@ -31,9 +31,11 @@
  * for /), seccomp program (hex of struct sock_filter, "" for none),
  * then the command. The environment is the process's.
  *
- * Status pipe: the spawner writes "pid <n>\n" or "fail <text>"; the
- * process writes an error text only if it fails before exec (the pipe
- * is close-on-exec: EOF without text after the pid means it exec'd).
+ * Status pipe: the spawner writes "\0pid <n>\n" or (when there is no
+ * process) "fail <errno> <text>"; the process writes an error text only
+ * if it fails before exec (the pipe is close-on-exec: EOF and no text
+ * means it exec'd). Each is one write under PIPE_BUF, so they never
+ * interleave, but the process may write before the spawner does.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -249,7 +251,10 @@ int main(int argc, char **argv)
 	}
 	if (pid < 0)
 		fail(126, "fail %d clone3: %s", errno, strerror(errno));
-	n = snprintf(msg, sizeof(msg), "pid %ld\n", pid);
+	/* One write (atomic, under PIPE_BUF) that starts with a NUL: the
+	 * process may have written its own error first, never inside it. */
+	msg[0] = '\0';
+	n = 1 + snprintf(msg + 1, sizeof(msg) - 1, "pid %ld\n", pid);
 	if (write(ST, msg, n) != n)
 		return 126;
 	return 0;
