@@ -105,20 +105,33 @@ class HelperTestCase(base.BaseTestCase):
     mount), unshare(1) and a C compiler with a static libc.
     """
 
-    def setUp(self):
-        super().setUp()
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = None
         cc = shutil.which('gcc')
         if os.geteuid() != 0 or not cc or not shutil.which('unshare'):
-            self.skipTest('needs root, unshare and gcc')
-        # Not under the test's private TMPDIR: the process may be nobody.
-        self.tmp = tempfile.mkdtemp(dir='/tmp')
-        os.chmod(self.tmp, 0o755)
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.helper = os.path.join(self.tmp, 'kz-spawn')
+            return
+        # Compiled once for the class. Not under a test's private
+        # TMPDIR: the process may be nobody.
+        cls.tmp = tempfile.mkdtemp(dir='/tmp')
+        os.chmod(cls.tmp, 0o755)
+        cls.helper = os.path.join(cls.tmp, 'kz-spawn')
         subprocess.run([cc, '-static', '-Os', '-Wall', '-Werror', '-o',
-                        self.helper, SOURCE], check=True)
-        self.cgroup = os.path.join(self.tmp, 'cgroup')
-        os.mkdir(self.cgroup)
+                        cls.helper, SOURCE], check=True)
+        cls.cgroup = os.path.join(cls.tmp, 'cgroup')
+        os.mkdir(cls.cgroup)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.tmp:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        if not self.tmp:
+            self.skipTest('needs root, unshare and gcc')
 
     def _run(self, argv=None, workdir='', user=(0, 0, [], '/'),
              privileged=False, raw=None):
@@ -139,6 +152,7 @@ class HelperTestCase(base.BaseTestCase):
 
     def test_confined_process_as_user(self):
         workdir = os.path.join(self.tmp, 'made', 'here')
+        self.addCleanup(shutil.rmtree, os.path.join(self.tmp, 'made'))
         pid, error, code, out = self._run(
             ['sh', '-c', 'grep -E "^(CapBnd|CapEff|NoNewPrivs|Seccomp):" '
              '/proc/self/status; id -u; id -G; pwd; ls /proc/self/fd'],
@@ -174,6 +188,7 @@ class HelperTestCase(base.BaseTestCase):
     def test_bad_workdir(self):
         path = os.path.join(self.tmp, 'file')
         open(path, 'w').close()
+        self.addCleanup(os.unlink, path)
         _pid, error, code, _out = self._run(['true'], path,
                                             privileged=True)
         self.assertEqual(126, code)
