@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The compute-host packages of bindep.txt, and python3-venv for .venv.
+# gcc and libc6-dev build the guest agent's static exec spawner.
 PACKAGES="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static
-erofs-utils e2fsprogs lz4 cpio iproute2 nftables python3-venv"
+erofs-utils e2fsprogs lz4 cpio iproute2 nftables python3-venv gcc libc6-dev"
 
 # shellcheck source=tools/install-packages.sh
 source tools/install-packages.sh

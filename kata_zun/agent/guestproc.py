@@ -18,6 +18,7 @@ import time
 from kata_zun.agent import guestcaps
 from kata_zun.agent import guestroot
 from kata_zun.agent import guestseccomp
+from kata_zun.agent import guestspawn
 from kata_zun.agent import guestutil
 from kata_zun.agent import protocol
 
@@ -33,11 +34,13 @@ write_file = guestutil.write_file
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # Output is read in big chunks from 1 MiB pipes: under TCG every pass
 # through the Python loop is expensive, bytes are not.
-OUTPUT_READ = 256 * 1024
+OUTPUT_READ = 512 * 1024
+# Reads of one output in a row while the host link keeps up.
+OUTPUT_BURST = 4
 PIPE_SIZE = 1024 * 1024
 # Output frame buffers kept for reuse (OUTPUT_READ each): enough for the
 # frames queued for the host while output streams.
-OUTPUT_BUFFERS = 8
+OUTPUT_BUFFERS = 6
 F_SETPIPE_SZ = 1031
 # How long a reaped process may keep its output pipes open (a daemonized
 # grandchild holding them) before its exit is reported anyway.
@@ -259,18 +262,30 @@ class ProcessOps(object):
             self._read_output(proc, fd)
 
     def _read_output(self, proc, fd):
-        try:
-            frame = protocol.read_stream(fd, proc.out_fds[fd], proc.handle,
-                                         self._output_buffer())
-        except BlockingIOError:
-            return
-        except OSError:
-            frame = None               # EIO: pty closed by the last user
-        if frame:
+        # While the port takes everything at once, read on: a pass
+        # through the poll loop costs more under TCG than a read, and a
+        # full read means more is waiting. Bounded, so that one busy
+        # process does not hold up the others for long.
+        for _ in range(OUTPUT_BURST):
+            buf = self._output_buffer()
+            try:
+                frame = protocol.read_stream(fd, proc.out_fds[fd],
+                                             proc.handle, buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                frame = None           # EIO: pty closed by the last user
+            if not frame:
+                break
+            full = len(frame) == len(buf)
             # One buffer, header included: the port takes at most 32 KiB
             # a write, and a separate header would cost a write (and a
             # virtqueue buffer, and a wake-up of the host) of its own.
             self.chan.send(frame)
+            del frame
+            if not full or self.chan.pending_out:
+                return
+        else:
             return
         del self.fd_owner[fd]
         del proc.out_fds[fd]
@@ -485,6 +500,9 @@ class ProcessOps(object):
             raise OpError('state', 'container is not running')
         if not c.spec['privileged']:
             guestseccomp.compiled()    # once, here, not in every child
+        if guestspawn.available():
+            return self._spawn_small(c, proc, argv, env, workdir, user,
+                                     ns_fds, root_fd, cgroup_fd, fds)
         child_io, parent_fds, close_after = self._stdio(proc)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -541,6 +559,44 @@ class ProcessOps(object):
             text = error.decode('utf-8', 'replace')
             self._stderr_note(proc, text)
             return text
+        return None
+
+    def _spawn_small(self, c, proc, argv, env, workdir, user, ns_fds,
+                     root_fd, cgroup_fd, fds):
+        """:meth:`_spawn_joined` through the small helper
+        (:mod:`kata_zun.agent.guestspawn`): the same process, without a
+        fork of this interpreter. ``fds`` (the namespaces, root and
+        cgroup) are closed here.
+
+        :returns: None, or the spawn or exec error text.
+        """
+        privileged = c.spec['privileged']
+        cmd = guestspawn.command(
+            argv, workdir, user, proc.tty, privileged,
+            guestcaps.mask(guestcaps.DEFAULT_CAPS), last_cap(),
+            b'' if privileged else guestseccomp.compiled())
+        child_io, parent_fds, close_after = self._stdio(proc)
+        try:
+            pid, error, err = guestspawn.spawn(cmd, env, tuple(child_io) + (
+                ns_fds['pid'], cgroup_fd, ns_fds['ipc'], ns_fds['uts'],
+                ns_fds['cgroup'], ns_fds['mnt'], root_fd))
+        finally:
+            for fd in fds + close_after:
+                os.close(fd)
+        for fd in parent_fds:
+            self.fd_owner[fd] = proc
+        if pid is None:
+            text = FORK_REFUSED if guestspawn.refused(err) else error
+            proc.status = (126, 0)
+            proc.reaped_at = time.monotonic()
+            self._stderr_note(proc, text)
+            return text
+        proc.pid = pid
+        self.pid_proc[pid] = proc
+        self._drain_signals()          # it may be gone already
+        if error:
+            self._stderr_note(proc, error)
+            return error
         return None
 
     def _stdio(self, proc):

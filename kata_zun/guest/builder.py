@@ -49,7 +49,12 @@ AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
                'guestlayer.py', 'guestvolumes.py', 'guestroot.py',
                'guestcaps.py', 'guestseccomp.py', 'guestdev.py',
                'guestshare.py', 'guestproc.py', 'guestutil.py',
-               'guestidentity.py')
+               'guestidentity.py', 'guestspawn.py')
+# The small spawn helper of exec (kata_zun/agent/guestspawn.py), built
+# static with the host's C compiler when it has one.
+SPAWN_SOURCE = 'kzspawn.c'
+SPAWN_HELPER = 'kz-spawn'
+CC = 'gcc'
 AGENT_ROOT = 'opt/kata-agent'
 # virtio_balloon: free page reporting (see [kata_hypervisor]
 # free_page_reporting).
@@ -234,7 +239,7 @@ def _local_inputs(agent_dir):
     """Everything on this host that goes into the assets, cheaply."""
     here = os.path.dirname(os.path.abspath(__file__))
     agent = {}
-    for name in AGENT_FILES:
+    for name in AGENT_FILES + (SPAWN_SOURCE,):
         path = os.path.join(agent_dir, name)
         agent[name] = _sha256_file(path) if os.path.isfile(path) else None
     kpath, release, explicit = _kernel_source()
@@ -668,6 +673,7 @@ def _make_root(root, pkgroot, release, agent_dir, say):
             shutil.copyfile(src, dst)
         elif name == '__init__.py':
             open(dst, 'w').close()
+    _build_spawner(agent_dir, agent_root, say)
     # An empty package: the host kata_zun/__init__.py may import things
     # that do not exist in the guest.
     open(os.path.join(pkg, '__init__.py'), 'w').close()
@@ -693,6 +699,25 @@ def _make_root(root, pkgroot, release, agent_dir, say):
                             os.path.join(root, 'usr/lib/python%s' % ver),
                             agent_root], 'compileall')
     return {'modules': modules, 'libs': libs}
+
+
+def _build_spawner(agent_dir, agent_root, say):
+    """Compile the small spawn helper of exec into the agent's directory.
+
+    Without a C compiler (or its static libc) the initrd goes without
+    it: the agent then forks itself for every exec, slower but the same.
+    """
+    src = os.path.join(agent_dir, SPAWN_SOURCE)
+    cc = shutil.which(CC)
+    if not cc or not os.path.isfile(src):
+        say('No %s: exec in the guest forks the agent (slower)' % CC)
+        return
+    try:
+        _run([cc, '-static', '-Os', '-s', '-Wall', '-o',
+              os.path.join(agent_root, SPAWN_HELPER), src],
+             'compiling the spawn helper')
+    except exception.GuestAssetError as exc:
+        LOG.warning('%s: exec in the guest forks the agent (slower)', exc)
 
 
 def _vmlinux(bzimage, release, say):

@@ -187,6 +187,30 @@ class FindTestCase(base.BaseTestCase):
         self.assertRaises(exception.GuestAssetError, builder.find,
                           agent_dir=self.agent)
 
+    def test_spawn_helper_source_is_an_input(self):
+        key = builder._digest(builder._local_inputs(self.agent))
+        self._agent(builder.SPAWN_SOURCE, 'int main(void) { return 0; }\n')
+        self.assertNotEqual(key, builder._digest(
+            builder._local_inputs(self.agent)))
+
+    def test_spawn_helper_built_static_or_left_out(self):
+        self._agent(builder.SPAWN_SOURCE, 'int main(void) { return 0; }\n')
+        out = os.path.join(self.dir, 'root')
+        os.mkdir(out)
+        said = []
+        with mock.patch.object(builder.shutil, 'which', return_value=None):
+            builder._build_spawner(self.agent, out, said.append)
+        self.assertEqual([], os.listdir(out))
+        self.assertIn('forks the agent', said[0])
+        if builder.shutil.which(builder.CC) is None:
+            return                     # the real compile needs gcc here
+        builder._build_spawner(self.agent, out, said.append)
+        helper = os.path.join(out, builder.SPAWN_HELPER)
+        self.assertTrue(os.access(helper, os.X_OK))
+        # Static (no .interp): the initrd has no libc for it to load.
+        with open(helper, 'rb') as f:
+            self.assertNotIn(b'.interp', f.read())
+
     def test_explicit_initrd(self):
         initrd = os.path.join(self.dir, 'initrd')
         open(initrd, 'w').close()

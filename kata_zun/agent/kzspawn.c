@@ -1,0 +1,261 @@
+/*
+ * kz-spawn: the guest agent's small spawn path for exec (a process
+ * joining a running container).
+ *
+ * The agent (a large Python process) starts this static binary with
+ * posix_spawn (vfork: no copy of its page tables, no copy-on-write
+ * faults); it does in a few system calls what the agent's forked child
+ * did in Python (kata_zun.agent.guestproc, _spawn_joined and _become):
+ *
+ *   spawner: join the container's PID namespace for children, then
+ *            clone3(CLONE_INTO_CGROUP | CLONE_PARENT): the process is
+ *            born in the container's cgroup (charged against its pids
+ *            limit from birth) and is the agent's child (it reaps it);
+ *            its pid goes to the agent, the spawner exits;
+ *   process: the container's other namespaces and root, a new session,
+ *            no other fds, the workdir, the capability bounding set,
+ *            ambient, permitted and effective sets, no_new_privs and
+ *            the seccomp filter (both given by the agent), groups, gid,
+ *            uid, then exec searched in the container's PATH.
+ *
+ * Policy (which capabilities, which filter, which user) stays in the
+ * agent; this program only applies what it is given, and fails closed:
+ * any refused step ends the process with 126 and a message, never a
+ * process with less protection than asked for.
+ *
+ * fds: 0-2 stdio, 3 status pipe (to the agent), 4 PID namespace,
+ * 5 cgroup directory, 6 ipc, 7 uts, 8 cgroup namespace, 9 mount
+ * namespace, 10 the container's root directory.
+ * argv: flags ("t" tty, "p" privileged, "-" none), capability mask
+ * (hex), last capability, uid, gid, groups ("1,2" or ""), workdir (""
+ * for /), seccomp program (hex of struct sock_filter, "" for none),
+ * then the command. The environment is the process's.
+ *
+ * Status pipe: the spawner writes "\0pid <n>\n" or (when there is no
+ * process) "fail <errno> <text>"; the process writes an error text only
+ * if it fails before exec (the pipe is close-on-exec: EOF and no text
+ * means it exec'd). Each is one write under PIPE_BUF, so they never
+ * interleave, but the process may write before the spawner does.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ST 3
+#define FD_PIDNS 4
+#define FD_CGROUP 5
+#define FD_ROOT 10
+#define MAX_PROG 4096
+#define MAX_GROUPS 256
+
+static void fail(int code, const char *fmt, ...)
+{
+	char msg[4096];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(msg) - 1)
+		n = sizeof(msg) - 1;
+	if (n > 0 && write(ST, msg, n) < 0)
+		code = 126;
+	_exit(code);
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static void mkdirs(const char *path)
+{
+	char buf[4096];
+	size_t i, n = strlen(path);
+
+	if (n >= sizeof(buf))
+		return;
+	memcpy(buf, path, n + 1);
+	for (i = 1; i <= n; i++) {
+		if (buf[i] == '/' || buf[i] == '\0') {
+			char c = buf[i];
+
+			buf[i] = '\0';
+			mkdir(buf, 0755);   /* errors: chdir reports them */
+			buf[i] = c;
+		}
+	}
+}
+
+static void confine(uint64_t keep, int last_cap, const char *prog_hex)
+{
+	struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+	struct __user_cap_data_struct data[2];
+	static struct sock_filter prog[MAX_PROG];
+	struct sock_fprog fprog;
+	size_t len = strlen(prog_hex), i;
+	unsigned char *raw = (unsigned char *)prog;
+	int cap;
+
+	for (cap = 0; cap <= last_cap && cap < 64; cap++) {
+		if (!(keep & (1ULL << cap)) &&
+		    prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+			fail(126, "drop capability %d: %s", cap, strerror(errno));
+	}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 &&
+	    errno != EINVAL)
+		fail(126, "clear ambient capabilities: %s", strerror(errno));
+	memset(data, 0, sizeof(data));
+	data[0].effective = data[0].permitted = (uint32_t)keep;
+	data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
+	if (syscall(SYS_capset, &hdr, data) != 0)
+		fail(126, "capset: %s", strerror(errno));
+	if (len % 16 || len / 16 > MAX_PROG || !len)
+		fail(126, "seccomp filter: bad program");
+	for (i = 0; i < len / 2; i++) {
+		int hi = hexval(prog_hex[2 * i]), lo = hexval(prog_hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			fail(126, "seccomp filter: bad program");
+		raw[i] = hi << 4 | lo;
+	}
+	fprog.len = len / 16;
+	fprog.filter = prog;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+		fail(126, "no_new_privs: %s", strerror(errno));
+	if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog, 0, 0) != 0)
+		fail(126, "seccomp filter: %s", strerror(errno));
+}
+
+static void run(char **argv)
+{
+	const char *flags = argv[1], *workdir = argv[7];
+	uint64_t keep = strtoull(argv[2], NULL, 16);
+	int last_cap = atoi(argv[3]);
+	uid_t uid = strtoul(argv[4], NULL, 10);
+	gid_t gid = strtoul(argv[5], NULL, 10);
+	gid_t groups[MAX_GROUPS];
+	size_t ngroups = 0;
+	char *p = argv[6], **cmd = argv + 10;
+	static const int joined[] = {6, 7, 8, 9};  /* ipc uts cgroup mnt */
+	const char *path, *name = cmd[0], *dir;
+	static char candidate[8192];
+	int i, best = ENOENT;
+	struct stat st;
+
+	while (*p && ngroups < MAX_GROUPS) {
+		groups[ngroups++] = strtoul(p, &p, 10);
+		if (*p == ',')
+			p++;
+		else if (*p)
+			fail(126, "bad groups");
+	}
+	for (i = 0; i < 4; i++)
+		if (setns(joined[i], 0) != 0)
+			fail(126, "setns: %s", strerror(errno));
+	if (fchdir(FD_ROOT) != 0 || chroot(".") != 0)
+		fail(126, "chroot: %s", strerror(errno));
+	if (setsid() < 0)
+		fail(126, "setsid: %s", strerror(errno));
+	if (strchr(flags, 't') && ioctl(0, TIOCSCTTY, 0) != 0)
+		fail(126, "controlling tty: %s", strerror(errno));
+	if (syscall(SYS_close_range, 4, ~0U, 0) != 0)
+		fail(126, "close_range: %s", strerror(errno));
+	if (*workdir && (stat(workdir, &st) != 0 || !S_ISDIR(st.st_mode)))
+		mkdirs(workdir);
+	if (!strchr(flags, 'p'))
+		confine(keep, last_cap, argv[8]);
+	if (setgroups(ngroups, groups) != 0)
+		fail(126, "setgroups: %s", strerror(errno));
+	if (setgid(gid) != 0)
+		fail(126, "setgid: %s", strerror(errno));
+	if (setuid(uid) != 0)
+		fail(126, "setuid: %s", strerror(errno));
+	if (chdir(*workdir ? workdir : "/") != 0)
+		fail(126, "chdir to cwd (\"%s\") set in config.json failed: %s",
+		     workdir, strerror(errno));
+	if (strchr(name, '/')) {
+		execv(name, cmd);
+		fail(errno == ENOENT ? 127 : 126, "exec: \"%s\": %s", name,
+		     strerror(errno));
+	}
+	path = getenv("PATH");
+	if (!path)
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+		       "/sbin:/bin";
+	for (dir = path;; dir = strchr(dir, ':') + 1) {
+		size_t n = strcspn(dir, ":");
+
+		if (snprintf(candidate, sizeof(candidate), "%.*s/%s", (int)n,
+			     n ? dir : ".", name) < (int)sizeof(candidate)) {
+			execv(candidate, cmd);
+			/* Like execvp: "found but not runnable" wins. */
+			if (best == ENOENT || errno != ENOENT)
+				best = errno;
+		}
+		if (!dir[n])
+			break;
+	}
+	if (best == ENOENT)
+		fail(127, "exec: \"%s\": executable file not found in $PATH",
+		     name);
+	fail(126, "exec: \"%s\": %s", name, strerror(best));
+}
+
+int main(int argc, char **argv)
+{
+	struct clone_args args;
+	char msg[64];
+	long pid;
+	int n;
+
+	if (argc < 11 || strcmp(argv[9], "--") != 0) {
+		if (write(ST, "fail 22 kz-spawn: bad arguments", 31) < 0)
+			return 126;
+		return 126;
+	}
+	if (fcntl(ST, F_SETFD, FD_CLOEXEC) != 0)
+		return 126;
+	if (setns(FD_PIDNS, CLONE_NEWPID) != 0)
+		fail(126, "fail %d setns pid: %s", errno, strerror(errno));
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_INTO_CGROUP | CLONE_PARENT;
+	args.cgroup = FD_CGROUP;
+	pid = syscall(SYS_clone3, &args, sizeof(args));
+	if (pid == 0) {
+		close(FD_PIDNS);
+		close(FD_CGROUP);
+		run(argv);
+	}
+	if (pid < 0)
+		fail(126, "fail %d clone3: %s", errno, strerror(errno));
+	/* One write (atomic, under PIPE_BUF) that starts with a NUL: the
+	 * process may have written its own error first, never inside it. */
+	msg[0] = '\0';
+	n = 1 + snprintf(msg + 1, sizeof(msg) - 1, "pid %ld\n", pid);
+	if (write(ST, msg, n) != n)
+		return 126;
+	return 0;
+}

@@ -1,0 +1,207 @@
+"""The small spawn path of exec (guestspawn + kzspawn.c)."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from oslotest import base
+
+from kata_zun.agent import guestcaps
+from kata_zun.agent import guestspawn
+
+SOURCE = os.path.join(os.path.dirname(guestspawn.__file__), 'kzspawn.c')
+
+
+class CommandTestCase(base.BaseTestCase):
+
+    def test_default_process(self):
+        cmd = guestspawn.command(['ls', '-l'], '/w', (1000, 100, [4, 5],
+                                                      '/h'),
+                                 False, False, 0x3, 40, b'\x01\xff')
+        self.assertEqual([guestspawn.HELPER, '-', '3', '40', '1000', '100',
+                          '4,5', '/w', '01ff', '--', 'ls', '-l'], cmd)
+
+    def test_privileged_tty_has_no_filter(self):
+        cmd = guestspawn.command(['sh'], None, (0, 0, [], '/'), True, True,
+                                 0x3, 40, b'ignored')
+        self.assertEqual(['tp', '3', '40', '0', '0', '', '', ''], cmd[1:9])
+
+
+class StatusTestCase(base.BaseTestCase):
+
+    def test_exec_done(self):
+        self.assertEqual((42, None, None), guestspawn.parse_status(
+            b'\0pid 42\n'))
+
+    def test_failed_before_exec_either_order(self):
+        # The process runs as soon as it is cloned: its error may come
+        # before the helper's pid line.
+        for data in (b'\0pid 42\nexec: "x": nope',
+                     b'exec: "x": nope\0pid 42\n'):
+            self.assertEqual((42, 'exec: "x": nope', None),
+                             guestspawn.parse_status(data))
+
+    def test_clone_refused(self):
+        pid, text, err = guestspawn.parse_status(
+            b'fail 11 clone3: Resource temporarily unavailable')
+        self.assertIsNone(pid)
+        self.assertEqual('clone3: Resource temporarily unavailable', text)
+        self.assertTrue(guestspawn.refused(err))
+        self.assertFalse(guestspawn.refused(errno.EPERM))
+
+    def test_garbage_is_a_failure(self):
+        for data in (b'', b'\0pid x\n', b'\0pid 7', b'\0pid -1\n',
+                     b'pid 42\n', b'fail', b'\xff' * 100):
+            pid, text, _err = guestspawn.parse_status(data)
+            self.assertIsNone(pid)
+            self.assertTrue(text)
+
+
+# Runs in a private mount namespace with a cgroup v2 hierarchy mounted at
+# argv[1] (the host may have cgroup v1 only): the helper, given this
+# process's own namespaces and that cgroup, starts argv[3:]; one JSON
+# line tells what happened.
+_RUNNER = """
+import json, os, sys
+from kata_zun.agent import guestcaps, guestseccomp, guestspawn
+cgroup, helper, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+fds = [os.open('/proc/self/ns/pid', os.O_RDONLY),
+       os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)]
+fds += [os.open('/proc/self/ns/' + ns, os.O_RDONLY)
+        for ns in ('ipc', 'uts', 'cgroup', 'mnt')]
+fds.append(os.open('/', os.O_RDONLY | os.O_DIRECTORY))
+out_r, out_w = os.pipe()
+null = os.open('/dev/null', os.O_RDONLY)
+cmd = spec.get('raw') or guestspawn.command(
+    spec['argv'], spec['workdir'], spec['user'], False,
+    spec['privileged'], guestcaps.mask(guestcaps.DEFAULT_CAPS),
+    guestcaps.last_cap(), guestseccomp.compiled())
+pid, error, err = guestspawn.spawn(cmd, {'PATH': '/usr/bin:/bin'},
+                                   (null, out_w, out_w) + tuple(fds),
+                                   helper=helper)
+os.close(out_w)
+with os.fdopen(out_r, 'rb') as f:
+    output = f.read().decode()
+codes = {}
+while True:            # the helper and the process: both our children
+    try:
+        child, status = os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+    codes[child] = os.waitstatus_to_exitcode(status)
+print(json.dumps({'pid': pid, 'error': error, 'code': codes.get(pid),
+                  'out': output}))
+"""
+
+
+class HelperTestCase(base.BaseTestCase):
+    """kzspawn.c compiled and run for real on this host, with the
+    namespaces of a test process and a cgroup v2 hierarchy of its own
+    (the guest runs it with a container's): it needs root (setns,
+    mount), unshare(1) and a C compiler with a static libc.
+    """
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = None
+        cc = shutil.which('gcc')
+        if os.geteuid() != 0 or not cc or not shutil.which('unshare'):
+            return
+        # Compiled once for the class. Not under a test's private
+        # TMPDIR: the process may be nobody.
+        cls.tmp = tempfile.mkdtemp(dir='/tmp')
+        os.chmod(cls.tmp, 0o755)
+        cls.helper = os.path.join(cls.tmp, 'kz-spawn')
+        subprocess.run([cc, '-static', '-Os', '-Wall', '-Werror', '-o',
+                        cls.helper, SOURCE], check=True)
+        cls.cgroup = os.path.join(cls.tmp, 'cgroup')
+        os.mkdir(cls.cgroup)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.tmp:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+        super().tearDownClass()
+
+    def setUp(self):
+        super().setUp()
+        if not self.tmp:
+            self.skipTest('needs root, unshare and gcc')
+
+    def _run(self, argv=None, workdir='', user=(0, 0, [], '/'),
+             privileged=False, raw=None):
+        spec = {'argv': argv, 'workdir': workdir, 'user': user,
+                'privileged': privileged, 'raw': raw}
+        root = os.path.dirname(os.path.dirname(os.path.dirname(SOURCE)))
+        proc = subprocess.run(
+            ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
+             'mount -t cgroup2 none "$1" && shift && exec "$@"', 'sh',
+             self.cgroup, sys.executable, '-c', _RUNNER, self.cgroup,
+             self.helper, json.dumps(spec)],
+            capture_output=True, timeout=60,
+            env=dict(os.environ, PYTHONPATH=root))
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        result = json.loads(proc.stdout)
+        return (result['pid'], result['error'], result['code'],
+                result['out'])
+
+    def test_confined_process_as_user(self):
+        workdir = os.path.join(self.tmp, 'made', 'here')
+        self.addCleanup(shutil.rmtree, os.path.join(self.tmp, 'made'))
+        pid, error, code, out = self._run(
+            ['sh', '-c', 'grep -E "^(CapBnd|CapEff|NoNewPrivs|Seccomp):" '
+             '/proc/self/status; id -u; id -G; pwd; ls /proc/self/fd'],
+            workdir, (65534, 65534, [65533], '/'))
+        self.assertIsNone(error)
+        self.assertEqual(0, code)
+        self.assertIn('CapBnd:\t%016x' % guestcaps.mask(
+            guestcaps.DEFAULT_CAPS), out)
+        self.assertIn('CapEff:\t0000000000000000', out)   # not root
+        self.assertIn('NoNewPrivs:\t1', out)
+        self.assertIn('Seccomp:\t2', out)
+        self.assertIn('\n65534\n', out)
+        self.assertIn('65534 65533', out)
+        self.assertIn(workdir + '\n', out)
+        # stdio and the directory ls reads: nothing of ours leaked.
+        self.assertTrue(out.endswith('\n0\n1\n2\n3\n'), out)
+
+    def test_privileged_keeps_everything(self):
+        _pid, error, code, out = self._run(
+            ['sh', '-c', 'grep -E "^(NoNewPrivs|Seccomp):" '
+             '/proc/self/status'], '', (0, 0, [], '/'), privileged=True)
+        self.assertIsNone(error)
+        self.assertEqual(0, code)
+        self.assertIn('NoNewPrivs:\t0', out)
+        self.assertIn('Seccomp:\t0', out)
+
+    def test_not_found_in_path(self):
+        _pid, error, code, _out = self._run(['no-such-command-kz'])
+        self.assertEqual(127, code)
+        self.assertEqual('exec: "no-such-command-kz": executable file not '
+                         'found in $PATH', error)
+
+    def test_bad_workdir(self):
+        path = os.path.join(self.tmp, 'file')
+        open(path, 'w').close()
+        self.addCleanup(os.unlink, path)
+        _pid, error, code, _out = self._run(['true'], path,
+                                            privileged=True)
+        self.assertEqual(126, code)
+        self.assertIn('chdir to cwd', error)
+
+    def test_bad_arguments_fail_closed(self):
+        pid, error, _code, _out = self._run(raw=[self.helper, 'only'])
+        self.assertIsNone(pid)
+        self.assertIn('bad arguments', error)
+
+    def test_bad_filter_fails_closed(self):
+        cmd = guestspawn.command(['true'], '', (0, 0, [], '/'), False,
+                                 False, 0, 40, b'\x01\x02\x03')
+        _pid, error, code, _out = self._run(raw=cmd)
+        self.assertEqual(126, code)
+        self.assertIn('seccomp filter', error)
