@@ -6,11 +6,11 @@ next sandboxes of the shape restore one: the first start of a shape is a
 cold boot, never a wait for a template build.
 
 ``python -m kata_zun.cmd.templatebuild --config-file F --spec JSON``
-detaches at once (its starter only waits for that), then builds the
-template the spec names (:func:`kata_zun.hypervisor.qemu.clone.build_now`)
-unless another build runs on this host. It logs to ``build.log`` in
-``[kata] template_dir`` (capped), and leaves nothing if it dies: its QEMU
-dies with it, the store's garbage collection removes its build directory.
+(started by :func:`spawn`, in a session of its own) builds the template
+the spec names (:func:`kata_zun.hypervisor.qemu.clone.build_now`) unless
+another build runs on this host. It logs to ``build.log`` in ``[kata]
+template_dir`` (capped), and leaves nothing if it dies: its QEMU dies
+with it, the store's garbage collection removes its build directory.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -32,16 +33,20 @@ LOG_NAME = 'build.log'
 LOG_MAX_BYTES = 256 * 1024
 # A spec is a few hundred bytes: anything near this is not ours.
 SPEC_MAX_BYTES = 16 * 1024
-# The starter waits for the first fork only.
-SPAWN_TIMEOUT = 30
 
 
 def spawn(spec):
-    """Start a detached builder for ``spec``.
+    """Start a detached builder for ``spec`` and return at once.
+
+    The builder is a session of its own (the starter's end does not
+    touch it); a thread of the starter reaps it, so no zombie stays with
+    a long-lived starter. Its output goes to ``build.log``, cut at
+    :data:`LOG_MAX_BYTES`.
 
     :param spec: :func:`kata_zun.hypervisor.qemu.clone.build_spec`.
     :returns: True if it was started.
     """
+    from kata_zun.hypervisor import template
     argv = [sys.executable, '-m', 'kata_zun.cmd.templatebuild',
             '--spec', json.dumps(spec, sort_keys=True)]
     try:
@@ -50,47 +55,30 @@ def spawn(spec):
         files = list(CONF.default_config_files or ())
     for path in files:
         argv += ['--config-file', path]
+    log_path = os.path.join(template.Store().root, LOG_NAME)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, close_fds=True,
-                                start_new_session=True)
-        # It forks and its first process exits: reap that one now so
-        # no zombie stays with a long-lived starter.
-        proc.wait(SPAWN_TIMEOUT)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                         os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(log_fd).st_size > LOG_MAX_BYTES:
+                os.ftruncate(log_fd, 0)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=log_fd, stderr=log_fd,
+                                    close_fds=True, start_new_session=True)
+        finally:
+            os.close(log_fd)
     except (OSError, subprocess.SubprocessError) as exc:
         LOG.warning('cannot start a VM template build: %s', exc)
         return False
-    return proc.returncode == 0
-
-
-def _detach(log_path):
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir('/')
-    try:
-        if os.stat(log_path).st_size > LOG_MAX_BYTES:
-            os.truncate(log_path, 0)
-    except FileNotFoundError:
-        pass
-    null = os.open(os.devnull, os.O_RDWR)
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
-                     os.O_NOFOLLOW, 0o600)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(null)
-    os.close(log_fd)
+    threading.Thread(target=proc.wait, name='template-build-reaper',
+                     daemon=True).start()
+    return True
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='kata-zun-templatebuild')
     parser.add_argument('--config-file', action='append', default=[])
     parser.add_argument('--spec', required=True)
-    parser.add_argument('--foreground', action='store_true')
     args = parser.parse_args(argv)
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=args.config_file)
@@ -101,8 +89,6 @@ def main(argv=None):
     except template.TemplateError as exc:
         print(exc, file=sys.stderr)
         return 1
-    if not args.foreground:
-        _detach(os.path.join(store.root, LOG_NAME))
     # The config may be zun.conf: never write into zun-compute's log.
     for opt in ('log_file', 'log_dir'):
         CONF.set_override(opt, None)
