@@ -343,6 +343,34 @@ def build_in_background(hv, config, key):
     return templatebuild.spawn(build_spec(config, key))
 
 
+def prebuild_default(hv, assets):
+    """Have the template of a default container's shape (default vCPUs
+    and memory, an image disk and a writable layer) built in the
+    background, e.g. right after ``kata-zun guest build``, so that even
+    the first default container restores one.
+
+    :param assets: the guest assets (``kata_zun.guest.builder``).
+    :returns: True if a builder was started.
+    """
+    config = base.VMConfig(
+        name='kz-template', vcpus=CONF.kata_hypervisor.default_vcpus,
+        memory_mb=CONF.kata_hypervisor.default_memory_mb,
+        kernel=assets.kernel, initrd=assets.initrd, run_dir='/',
+        console_log=os.devnull,
+        disks=(base.Disk('image', 'image', read_only=True),
+               base.Disk('layer', 'layer')))
+    try:
+        key = template_key(hv, config)
+        store = template.Store()
+        store.ensure_root()
+        if store.find(key) is not None:
+            return False
+    except (exception.HypervisorError, OSError, ValueError) as exc:
+        LOG.warning('no VM template prebuild: %s', exc)
+        return False
+    return build_in_background(hv, config, key)
+
+
 def build_now(hv, config, digest):
     """A background builder's work: the template of ``config``'s shape,
     unless it exists or another build runs.

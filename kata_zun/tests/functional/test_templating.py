@@ -37,6 +37,7 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
                      'test_missing_ram_falls_back_to_a_cold_boot',
                      'test_killed_builder_leaves_nothing',
                      'test_pod_restores_with_its_containers_apart',
+                     'test_guest_build_prebuilds_the_default_shape',
                      'test_templating_off_boots_cold')
 
     @classmethod
@@ -314,6 +315,16 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
             log = f.read()
         self.assertIn(RESTORED, log, log[-3000:])
         self.kz('pod', 'rm', '-f', 'pa', 'pb', check=0)
+
+    def test_guest_build_prebuilds_the_default_shape(self):
+        # ``guest build`` (the assets exist: nothing to rebuild) has the
+        # default shape's template built in the background, so that even
+        # the first default container restores one.
+        r = self.kz('guest', 'build', check=0)
+        self.assertIn(b'being built in the background', r.err)
+        self.assertEqual(1, len(self.wait_built()), self.build_log())
+        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        self.assertRestored('first')
 
     def test_templating_off_boots_cold(self):
         self.configure('vm_templating = false\n')
