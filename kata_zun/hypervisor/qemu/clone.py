@@ -36,6 +36,7 @@ from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel
 from kata_zun.hypervisor.qemu import argv as qargv
 from kata_zun.hypervisor import template
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
@@ -173,6 +174,7 @@ def build(hv, config, work):
     vm = hv.launch(shaped, memory=memory, jailed=False)
     sock = None
     try:
+        faultpoint.reached('template-build')
         sock = _greet_agent(vm.agent_socket, BUILD_AGENT_TIMEOUT)
         vm.execute('stop')
         # The stream with the RAM first: it holds all it needs. QEMU

@@ -18,7 +18,10 @@ import subprocess
 import tempfile
 import time
 
+import fixtures
+
 from kata_zun.hypervisor import template
+from kata_zun.runtime import faultpoint
 from kata_zun.tests.functional import base
 
 RESTORED = b'restored from template'
@@ -247,34 +250,38 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertRestored('again')
 
     def test_killed_builder_leaves_nothing(self):
-        # SIGKILL the background builder while its VM boots: its QEMU
-        # dies with it, no template appears, and the next build (started
-        # by the next cold start) removes the dead one's directory.
-        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        # SIGKILL the background builder while its VM runs (it stops
+        # itself at the template-build fault point, its QEMU up): its
+        # QEMU dies with it, no template appears, and the next build
+        # (started by the next cold start) removes the dead one's
+        # directory.
+        with fixtures.EnvironmentVariable(faultpoint.ENV,
+                                          'template-build'):
+            self.kz('run', '-d', '--name', 'first', 'busybox', 'sleep',
+                    '1000', check=0)
         deadline = time.monotonic() + BUILD_WAIT
-        qemu = []
-        while not qemu:
-            builders = self.builders()
-            self.assertTrue(builders, 'the builder ended before its VM '
-                            'was seen: %s' % self.build_log())
-            out = subprocess.run(['pgrep', '-P', str(builders[0])],
-                                 capture_output=True, text=True).stdout
-            qemu = [int(p) for p in out.split()]
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.05)
-        os.kill(builders[0], signal.SIGKILL)
-        for pid in qemu:
-            deadline = time.monotonic() + 30
-            while os.path.exists('/proc/%d' % pid):
-                with open('/proc/%d/stat' % pid) as f:
-                    if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
-                        break
-                self.assertLess(time.monotonic(), deadline,
-                                'QEMU %d outlived its builder' % pid)
-                time.sleep(0.1)
+        while faultpoint.MARKER not in self.build_log().encode():
+            self.assertTrue(self.builders(), self.build_log())
+            self.assertLess(time.monotonic(), deadline, self.build_log())
+            time.sleep(0.1)
+        [builder] = self.builders()
+        out = subprocess.run(['pgrep', '-P', str(builder)],
+                             capture_output=True, text=True).stdout
+        qemu = [int(p) for p in out.split()]
+        self.assertEqual(1, len(qemu), out)
+        os.kill(builder, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while os.path.exists('/proc/%d' % qemu[0]):
+            with open('/proc/%d/stat' % qemu[0]) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    break
+            self.assertLess(time.monotonic(), deadline,
+                            'QEMU %d outlived its builder' % qemu[0])
+            time.sleep(0.1)
         self.assertEqual([], self._templates())
         self.assertTrue(glob.glob(os.path.join(self.template_dir,
                                                '*.build-*')))
+        self.kz('rm', '-f', 'first', check=0)
         self.warm()
         self.assertEqual([], glob.glob(os.path.join(self.template_dir,
                                                     '*.build-*')))
@@ -294,7 +301,8 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
                     ' && exec httpd -f -p 8080 -h /www' % pod, check=0)
             self.kz('run', '--pod', pod, '--name', 'cli', 'busybox', 'sh',
                     '-c', 'until wget -q -O - http://localhost:8080/; do '
-                    'sleep 0.2; done; ls /www; exec sleep 100000', check=0)
+                    'sleep 0.2; done; test -e /www && echo has-www || '
+                    'echo no-www; exec sleep 100000', check=0)
             self.kz('pod', 'start', '--wait', pod, check=0)
             if n == 0:
                 self.assertEqual(1, len(self.wait_built()),
@@ -303,12 +311,12 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
             deadline = time.monotonic() + 120
             while True:
                 out = self.kz('logs', pod + '-cli', check=0).text
-                if 'from-' in out or time.monotonic() > deadline:
+                if '-www' in out or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             self.assertIn('from-%s' % pod, out)
             # /www is the server's, not in the client's writable layer.
-            self.assertIn('No such file', out)
+            self.assertIn('no-www', out)
         info = json.loads(self.kz('pod', 'inspect', 'pb', check=0).out)[0]
         with open(os.path.join(self.state_path, 'pods', info['Id'],
                                'shim.log'), 'rb') as f:
