@@ -5,8 +5,9 @@ In one run: the bare-boot floor (benchmarks/coldstart.py's: the same
 kernel booting a busybox initrd that powers off at once), then
 ``kata-zun run --rm busybox true`` and the time until the agent answers
 (the shim's ``boot_timing``), booted cold (``[kata] vm_templating =
-false``) and restored from a template (built once before the timed
-runs, as a first start would)::
+false``) and restored from a template (the first start of the shape
+boots cold and has the template built in the background; the timed runs
+start once it exists)::
 
     .venv/bin/python benchmarks/templating.py [--runs 10]
 
@@ -68,6 +69,22 @@ def agent_times(conf_file, state, runs):
     return out
 
 
+def wait_built(templates, timeout=900):
+    """:returns: time.monotonic() once the template dir holds a template
+        and no build runs.
+    """
+    from kata_zun.hypervisor import template
+    store = template.Store(templates)
+    deadline = time.monotonic() + timeout
+    while True:
+        done = [n for n in os.listdir(templates) if len(n) == 16]
+        if done and not store.building():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise RuntimeError('no template after %d s' % timeout)
+        time.sleep(0.1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--runs', type=int, default=10)
@@ -89,10 +106,12 @@ def main():
             archive = os.path.join(iso.root, 'busybox.tar')
             busybox.write_docker_archive(archive)
             coldstart.cli(iso.conf, 'load', '-i', archive)
-        # The first start of a shape builds its template.
+        # The first start of a shape boots cold and has its template
+        # built in the background.
         start = time.monotonic()
         coldstart.cli(warm.conf, 'run', '--rm', 'busybox', 'true')
         first = time.monotonic() - start
+        built = wait_built(templates) - start
 
         floor = [coldstart.bare_boot(assets, cold.root, name)
                  for _ in range(args.runs)]
@@ -125,8 +144,9 @@ def main():
                 print('%-48s %8.3f s  p99 %6.3f s  (%.2fx floor)' % (
                     '  %s: %s' % (label, what), med(column), p99(column),
                     med(column) / fl))
-        print('%-48s %8.3f s' % ('first start of a shape (builds its '
-                                 'template)', first))
+        print('%-48s %8.3f s' % ('first start of a shape (cold)', first))
+        print('%-48s %8.3f s' % ('  its template ready (background)',
+                                 built))
         sys.stdout.flush()
         return 0
     finally:

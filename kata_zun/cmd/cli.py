@@ -542,6 +542,13 @@ def cmd_guest_build(rt, args):
                            progress=progress.Terminal(sys.stderr))
     print('kernel: %s\ninitrd: %s\nversion: %s' % (
         assets.kernel, assets.initrd, assets.version))
+    if CONF.kata.vm_templating:
+        from kata_zun.hypervisor.qemu import clone
+        from kata_zun.hypervisor.qemu import vm as qemu_vm
+        if clone.prebuild_default(qemu_vm.QemuHypervisor(templates=True),
+                                  assets):
+            print('VM template of the default shape: being built in the '
+                  'background', file=sys.stderr)
     return 0
 
 

@@ -211,10 +211,9 @@ def main(argv=None):
                      stop_timeout=CONF.kata.stop_timeout)
     if args.pod:
         from kata_zun.shim import pod
-        # Pods boot cold: restoring a pod's shape (a disk pair per
-        # container) from a template is not tested yet.
         shim = pod.PodShim(args.state_dir, args.run_dir,
-                           qemu_vm.QemuHypervisor(templates=False),
+                           qemu_vm.QemuHypervisor(
+                               templates=CONF.kata.vm_templating),
                            os.path.join(CONF.kata.state_path, 'containers'),
                            **shim_args)
         make_config = pod_vm_config

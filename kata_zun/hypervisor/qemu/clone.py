@@ -1,10 +1,11 @@
 """Build VM templates with QEMU and start sandboxes from them.
 
 :func:`try_restore` is the fast start path of
-:meth:`kata_zun.hypervisor.qemu.vm.QemuHypervisor.start`: it finds (or
-builds, once per :class:`kata_zun.hypervisor.template.Key`) the template
-of a VM's shape and restores it; anything that goes wrong gives a
-warning and None, and the caller boots cold. The returned VM is a
+:meth:`kata_zun.hypervisor.qemu.vm.QemuHypervisor.start`: it finds the
+template of a VM's shape and restores it. A shape without a template
+boots cold while a detached builder (:func:`build_in_background`) makes
+one; anything that goes wrong gives a warning and None, and the caller
+boots cold. The returned VM is a
 :class:`kata_zun.hypervisor.qemu.vm.QemuVM` like a cold boot's, its
 agent ready to greet whoever connects next.
 
@@ -28,12 +29,14 @@ import time
 from oslo_log import log as logging
 
 from kata_zun.agent import protocol
+from kata_zun.cmd import templatebuild
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel
 from kata_zun.hypervisor.qemu import argv as qargv
 from kata_zun.hypervisor import template
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
@@ -214,6 +217,7 @@ def build(hv, config, work):
     vm = hv.launch(shaped, memory=memory, jailed=False)
     sock = None
     try:
+        faultpoint.reached('template-build')
         sock = _greet_agent(vm.agent_socket, BUILD_AGENT_TIMEOUT)
         vm.execute('stop')
         # The stream with the RAM first: it holds all it needs. QEMU
@@ -306,7 +310,9 @@ def restore(hv, config, tmpl):
             raise TemplateLoadError(
                 reason='QEMU exited loading the template (status %s): %s'
                 % (vm.poll(), fileutils.tail(vm.log_path, 1000)))
-        vm.config = config
+        # The clone is the template's machine: its hotplug slots too
+        # (a sandbox of a network without hotplug gets its NICs in them).
+        vm.config = dataclasses.replace(config, pci_slots=shaped.pci_slots)
         for nic in config.nics:
             vm.add_nic(nic)
     except BaseException:
@@ -315,14 +321,130 @@ def restore(hv, config, tmpl):
     return vm
 
 
+def template_key(hv, config):
+    """:returns: the :class:`template.Key` of ``config``'s shape on
+        ``hv``.
+    :raises: HypervisorError, OSError
+    """
+    chosen = accel.choose(config.kernel, hv.qemu_path, hv.cpu_model,
+                          hv.machine_type)
+    shaped = template.template_config(config)
+    return template.key_for(
+        config, chosen.name, hv.machine_type, hv.cpu_model, hv.qemu_path,
+        CONF.kata_jail.tcg_cache_mb, CONF.kata_hypervisor.seccomp_sandbox,
+        qargv.kernel_params(shaped, machine_type=hv.machine_type))
+
+
+def build_spec(config, key):
+    """What a background builder needs to make ``config``'s template
+    (:mod:`kata_zun.cmd.templatebuild`): the shape, never a sandbox's
+    files.
+
+    :returns: a JSON-able dict.
+    """
+    return {'digest': key.digest, 'kernel': config.kernel,
+            'initrd': config.initrd, 'memory_mb': config.memory_mb,
+            'vcpus': config.vcpus,
+            'disks': [bool(d.read_only) for d in config.disks],
+            'kernel_params': list(config.kernel_params)}
+
+
+def config_from_spec(spec, work):
+    """The VMConfig of a template's shape from :func:`build_spec`.
+
+    :param work: where the builder's own files go.
+    :raises: ValueError if the spec is malformed.
+    """
+    def need(name, kind):
+        value = spec.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) and \
+                kind is int:
+            raise ValueError('template spec: bad %s' % name)
+        return value
+    disks = need('disks', list)
+    params = need('kernel_params', list)
+    if len(disks) > 64 or not all(isinstance(d, bool) for d in disks) or \
+            not all(isinstance(w, str) for w in params):
+        raise ValueError('template spec: bad disks or kernel_params')
+    return base.VMConfig(
+        name='kz-template', vcpus=need('vcpus', int),
+        memory_mb=need('memory_mb', int), kernel=need('kernel', str),
+        initrd=need('initrd', str), run_dir=work,
+        console_log=os.path.join(work, 'console.log'),
+        disks=tuple(base.Disk(os.path.join(work, 'disk%d' % i),
+                              'kztemplate%d' % i, read_only=ro)
+                    for i, ro in enumerate(disks)),
+        kernel_params=tuple(params))
+
+
+def build_in_background(hv, config, key):
+    """Start a detached builder for ``key``'s template and return at
+    once (the caller boots cold meanwhile). Nothing is started while
+    another build runs on this host.
+
+    :returns: True if a builder was started.
+    """
+    if template.Store().building():
+        return False
+    return templatebuild.spawn(build_spec(config, key))
+
+
+def prebuild_default(hv, assets):
+    """Have the template of a default container's shape (default vCPUs
+    and memory, an image disk and a writable layer) built in the
+    background, e.g. right after ``kata-zun guest build``, so that even
+    the first default container restores one.
+
+    :param assets: the guest assets (``kata_zun.guest.builder``).
+    :returns: True if a builder was started.
+    """
+    config = base.VMConfig(
+        name='kz-template', vcpus=CONF.kata_hypervisor.default_vcpus,
+        memory_mb=CONF.kata_hypervisor.default_memory_mb,
+        kernel=assets.kernel, initrd=assets.initrd, run_dir='/',
+        console_log=os.devnull,
+        disks=(base.Disk('image', 'image', read_only=True),
+               base.Disk('layer', 'layer')))
+    try:
+        key = template_key(hv, config)
+        store = template.Store()
+        store.ensure_root()
+        if store.find(key) is not None:
+            return False
+    except (exception.HypervisorError, OSError, ValueError) as exc:
+        LOG.warning('no VM template prebuild: %s', exc)
+        return False
+    return build_in_background(hv, config, key)
+
+
+def build_now(hv, config, digest):
+    """A background builder's work: the template of ``config``'s shape,
+    unless it exists or another build runs.
+
+    :param digest: the digest the sandbox that asked computed; a
+        builder that computes another one (assets replaced meanwhile)
+        builds nothing.
+    :returns: the :class:`template.Template`, or None.
+    :raises: TemplateError, HypervisorError, OSError
+    """
+    key = template_key(hv, config)
+    if key.digest != digest:
+        LOG.info('VM template %s: the shape changed (now %s), not built',
+                 digest, key.digest)
+        return None
+    return template.Store().build_if_idle(
+        key, lambda work: build(hv, config, work))
+
+
 def try_restore(hv, config):
     """The fast start path.
 
     :param hv: the :class:`QemuHypervisor`.
     :param config: the sandbox's VMConfig.
     :returns: a running :class:`QemuVM` restored from a template, or
-        None when the VM must boot cold (its shape has no template, or
-        the template could not be built or used: a warning says why).
+        None when the VM must boot cold (its shape has no template yet:
+        one is built in the background; or the template could not be
+        used: a warning says why).
     :raises: nothing but KeyboardInterrupt-like exceptions
     """
     reason = template.unsupported(config, hv.machine_type)
@@ -331,15 +453,21 @@ def try_restore(hv, config):
         return None
     started = time.monotonic()
     try:
-        chosen = accel.choose(config.kernel, hv.qemu_path, hv.cpu_model,
-                              hv.machine_type)
-        shaped = template.template_config(config)
-        key = template.key_for(
-            config, chosen.name, hv.machine_type, hv.cpu_model, hv.qemu_path,
-            CONF.kata_jail.tcg_cache_mb, CONF.kata_hypervisor.seccomp_sandbox,
-            qargv.kernel_params(shaped, machine_type=hv.machine_type))
+        key = template_key(hv, config)
         store = template.Store()
-        tmpl = store.get_or_build(key, lambda work: build(hv, config, work))
+        store.ensure_root()
+        try:
+            tmpl = store.find(key)
+        except template.TemplateError as exc:
+            LOG.warning('VM template %s retired: %s', key.digest, exc)
+            tmpl = None
+        if tmpl is None:
+            spawned = build_in_background(hv, config, key)
+            LOG.info('VM %s boots cold: no VM template %s yet (%s)',
+                     config.name, key.digest,
+                     'being built in the background' if spawned else
+                     'another template is being built')
+            return None
         try:
             vm = restore(hv, config, tmpl)
         except TemplateLoadError:

@@ -1,22 +1,35 @@
 """VM templating with real VMs: clones are fast and never alike.
 
 Every VM of a test here starts from a template of the test's own
-(``[kata] template_dir`` under the test's state), built on first use.
-A shim logs "restored from template" for a clone; the tests check that
-line so that a silent cold boot can never pass for a clone.
+(``[kata] template_dir`` under the test's state). The first start of a
+shape boots cold and starts a background builder
+(:mod:`kata_zun.cmd.templatebuild`); :meth:`TemplatingTestCase.warm`
+waits for it. A shim logs "restored from template" for a clone; the
+tests check that line so that a silent cold boot can never pass for a
+clone.
 """
 
 import glob
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 
+import fixtures
+
+from kata_zun.hypervisor import template
+from kata_zun.runtime import faultpoint
 from kata_zun.tests.functional import base
 
 RESTORED = b'restored from template'
 COLD = b'booting cold'
+BACKGROUND = b'being built in the background'
+# A template build is a cold boot and a save of the guest's RAM: far
+# longer than that on a loaded TCG host means it is stuck.
+BUILD_WAIT = 600
 
 
 class TemplatingTestCase(base.KataZunFunctionalTest):
@@ -25,6 +38,9 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
     # first); those that break theirs get their own.
     own_templates = ('test_corrupt_template_falls_back_to_a_cold_boot',
                      'test_missing_ram_falls_back_to_a_cold_boot',
+                     'test_killed_builder_leaves_nothing',
+                     'test_pod_restores_with_its_containers_apart',
+                     'test_guest_build_prebuilds_the_default_shape',
                      'test_templating_off_boots_cold')
 
     @classmethod
@@ -69,7 +85,47 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         return [p for p in glob.glob(os.path.join(self.template_dir, '*'))
                 if len(os.path.basename(p)) == 16]
 
+    def builders(self):
+        """:returns: pids of the background builders of this test."""
+        out = subprocess.run(
+            ['pgrep', '-f', 'kata_zun.cmd.templatebuild.*%s' %
+             self.conf_file], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def wait_built(self):
+        """Wait until no builder of this test runs; :returns: the
+        templates then.
+        """
+        deadline = time.monotonic() + BUILD_WAIT
+        while self.builders() or template.Store(
+                self.template_dir).building():
+            self.assertLess(time.monotonic(), deadline, self.build_log())
+            time.sleep(0.2)
+        return self._templates()
+
+    def build_log(self):
+        try:
+            with open(os.path.join(self.template_dir, 'build.log')) as f:
+                return f.read()[-3000:]
+        except FileNotFoundError:
+            return '(no build.log)'
+
+    def warm(self):
+        """Make sure the template of busybox's default shape exists: the
+        first start of the shape boots cold at once (never waiting for a
+        build) and leaves the build to a background builder.
+        """
+        if self._templates():
+            return
+        self.kz('run', '--name', 'warm-up', 'busybox', 'true', check=0)
+        log = self._shim_log('warm-up')
+        self.assertIn(BACKGROUND, log, log[-3000:])
+        self.assertNotIn(RESTORED, log)
+        self.assertEqual(1, len(self.wait_built()), self.build_log())
+        self.kz('rm', 'warm-up', check=0)
+
     def test_clones_never_share_randomness_or_identity(self):
+        self.warm()
         # What each container reads first, before anything else runs in
         # it: 32 bytes of /dev/urandom, its boot id, machine-id, hostname.
         script = ('head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; '
@@ -97,6 +153,7 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertLess(abs(int(out.text) - time.time()), 30)
 
     def test_writes_stay_in_their_clone(self):
+        self.warm()
         self.kz('run', '-d', '--name', 'writer', 'busybox', 'sh', '-c',
                 'echo disk > /written-on-disk; '
                 'echo ram > /dev/shm/written-in-ram; '
@@ -119,6 +176,7 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertEqual(b'disk\nram\n', r.out)
 
     def test_disks_have_their_own_size_and_content(self):
+        self.warm()
         # The template booted on 1 MiB placeholders: each clone must see
         # its own disks' sizes (the guest probes them again) and data.
         self.kz('run', '-d', '--name', 'small', '--storage-opt',
@@ -151,6 +209,7 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
             r = self.kz('exec', name, 'ls', '/bin/busybox', check=0)
 
     def test_corrupt_template_falls_back_to_a_cold_boot(self):
+        self.warm()
         self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
         self.assertRestored('first')
         [path] = self._templates()
@@ -165,23 +224,115 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertEqual(b'still runs\n', r.out)
         log = self._shim_log('after')
         self.assertIn(COLD, log)
-        # The broken template is gone; the next start builds a new one
-        # and restores it.
+        # The broken template is gone; the next start boots cold and
+        # has a new one built, which the start after it restores.
+        self.assertEqual([], self.wait_built())
+        self.warm()
         r = self.kz('run', '--name', 'rebuilt', 'busybox', 'echo', 'ok',
                     check=0)
         self.assertEqual(b'ok\n', r.out)
         self.assertRestored('rebuilt')
 
     def test_missing_ram_falls_back_to_a_cold_boot(self):
-        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        self.warm()
         [path] = self._templates()
         os.unlink(os.path.join(path, 'ram'))
         r = self.kz('run', '--name', 'after', 'busybox', 'echo', 'runs',
                     check=0)
         self.assertEqual(b'runs\n', r.out)
-        # Rebuilt at once (lazily, by this very start) and restored.
-        self.assertRestored('after')
-        self.assertIn(b'retired', self._shim_log('after'))
+        # Retired, this start booted cold and a new one is built in the
+        # background; the next start restores it.
+        log = self._shim_log('after')
+        self.assertIn(b'retired', log)
+        self.assertIn(BACKGROUND, log)
+        self.assertEqual(1, len(self.wait_built()), self.build_log())
+        self.kz('run', '--name', 'again', 'busybox', 'true', check=0)
+        self.assertRestored('again')
+
+    def test_killed_builder_leaves_nothing(self):
+        # SIGKILL the background builder while its VM runs (it stops
+        # itself at the template-build fault point, its QEMU up): its
+        # QEMU dies with it, no template appears, and the next build
+        # (started by the next cold start) removes the dead one's
+        # directory.
+        with fixtures.EnvironmentVariable(faultpoint.ENV,
+                                          'template-build'):
+            self.kz('run', '-d', '--name', 'first', 'busybox', 'sleep',
+                    '1000', check=0)
+        deadline = time.monotonic() + BUILD_WAIT
+        while faultpoint.MARKER not in self.build_log().encode():
+            self.assertTrue(self.builders(), self.build_log())
+            self.assertLess(time.monotonic(), deadline, self.build_log())
+            time.sleep(0.1)
+        [builder] = self.builders()
+        out = subprocess.run(['pgrep', '-P', str(builder)],
+                             capture_output=True, text=True).stdout
+        qemu = [int(p) for p in out.split()]
+        self.assertEqual(1, len(qemu), out)
+        os.kill(builder, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while os.path.exists('/proc/%d' % qemu[0]):
+            with open('/proc/%d/stat' % qemu[0]) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    break
+            self.assertLess(time.monotonic(), deadline,
+                            'QEMU %d outlived its builder' % qemu[0])
+            time.sleep(0.1)
+        self.assertEqual([], self._templates())
+        self.assertTrue(glob.glob(os.path.join(self.template_dir,
+                                               '*.build-*')))
+        self.kz('rm', '-f', 'first', check=0)
+        self.warm()
+        self.assertEqual([], glob.glob(os.path.join(self.template_dir,
+                                                    '*.build-*')))
+        self.kz('run', '--name', 'again', 'busybox', 'true', check=0)
+        self.assertRestored('again')
+
+    def test_pod_restores_with_its_containers_apart(self):
+        # Two pods of one shape (two containers: four disks): the first
+        # boots cold and has the shape's template built, the second is
+        # restored from it; in each, the client reaches its own pod's
+        # server over localhost and each container has its own disks.
+        for n, pod in enumerate(('pa', 'pb')):
+            self.kz('pod', 'create', '--name', pod, '--restart', 'no',
+                    check=0)
+            self.kz('run', '--pod', pod, '--name', 'srv', 'busybox', 'sh',
+                    '-c', 'mkdir -p /www && echo from-%s > /www/index.html'
+                    ' && exec httpd -f -p 8080 -h /www' % pod, check=0)
+            self.kz('run', '--pod', pod, '--name', 'cli', 'busybox', 'sh',
+                    '-c', 'until wget -q -O - http://localhost:8080/; do '
+                    'sleep 0.2; done; test -e /www && echo has-www || '
+                    'echo no-www; exec sleep 100000', check=0)
+            self.kz('pod', 'start', '--wait', pod, check=0)
+            if n == 0:
+                self.assertEqual(1, len(self.wait_built()),
+                                 self.build_log())
+        for pod in ('pa', 'pb'):
+            deadline = time.monotonic() + 120
+            while True:
+                out = self.kz('logs', pod + '-cli', check=0).text
+                if '-www' in out or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            self.assertIn('from-%s' % pod, out)
+            # /www is the server's, not in the client's writable layer.
+            self.assertIn('no-www', out)
+        info = json.loads(self.kz('pod', 'inspect', 'pb', check=0).out)[0]
+        with open(os.path.join(self.state_path, 'pods', info['Id'],
+                               'shim.log'), 'rb') as f:
+            log = f.read()
+        self.assertIn(RESTORED, log, log[-3000:])
+        self.kz('pod', 'rm', '-f', 'pa', 'pb', check=0)
+
+    def test_guest_build_prebuilds_the_default_shape(self):
+        # ``guest build`` (the assets exist: nothing to rebuild) has the
+        # default shape's template built in the background, so that even
+        # the first default container restores one.
+        r = self.kz('guest', 'build', check=0)
+        self.assertIn(b'being built in the background', r.err)
+        self.assertEqual(1, len(self.wait_built()), self.build_log())
+        self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
+        self.assertRestored('first')
 
     def test_templating_off_boots_cold(self):
         self.configure('vm_templating = false\n')

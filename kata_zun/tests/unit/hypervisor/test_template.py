@@ -347,10 +347,61 @@ class TryRestoreTestCase(base.BaseTestCase):
                             cpu_model='max', jailed=True)
         self.log = self.useFixture(fixtures.FakeLogger())
 
-    def test_build_failure_boots_cold_with_a_warning(self):
-        self.hv.launch.side_effect = template.TemplateError(reason='no')
-        self.assertIsNone(clone.try_restore(self.hv, _config(self.tmp)))
-        self.assertIn('booting cold', self.log.output)
+    def test_no_template_boots_cold_and_builds_in_the_background(self):
+        config = _config(self.tmp)
+        with mock.patch.object(clone.templatebuild, 'spawn',
+                               return_value=True) as spawn:
+            self.assertIsNone(clone.try_restore(self.hv, config))
+        self.hv.launch.assert_not_called()
+        self.assertIn('being built in the background', self.log.output)
+        spec = spawn.call_args[0][0]
+        key = clone.template_key(self.hv, config)
+        self.assertEqual(key.digest, spec['digest'])
+        # The builder rebuilds the same shape, hence the same key, from
+        # the spec alone (through JSON, as on its command line).
+        again = clone.config_from_spec(json.loads(json.dumps(spec)),
+                                       self.tmp)
+        self.assertEqual(key, clone.template_key(self.hv, again))
+
+    def test_no_second_builder_while_one_builds(self):
+        store = template.Store()
+        store.ensure_root()
+        import fcntl
+        fd = os.open(os.path.join(store.root, template.BUILD_LOCK),
+                     os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with mock.patch.object(clone.templatebuild, 'spawn') as spawn:
+            self.assertIsNone(clone.try_restore(self.hv, _config(self.tmp)))
+        spawn.assert_not_called()
+        self.assertIn('another template is being built', self.log.output)
+        # A builder started anyway builds nothing and does not wait.
+        key = clone.template_key(self.hv, _config(self.tmp))
+        self.assertIsNone(store.build_if_idle(key, _fake_build))
+        self.assertIsNone(store.find(key))
+
+    def test_builder_refuses_another_shape_and_bad_specs(self):
+        config = _config(self.tmp)
+        with mock.patch.object(clone, 'build') as build:
+            self.assertIsNone(clone.build_now(self.hv, config, '0' * 16))
+        build.assert_not_called()
+        spec = clone.build_spec(config, clone.template_key(self.hv, config))
+        for bad in ({'vcpus': '2'}, {'vcpus': True}, {'disks': 'x'},
+                    {'disks': [1]}, {'disks': [True] * 65},
+                    {'kernel_params': [3]}, {'kernel': None}):
+            self.assertRaises(ValueError, clone.config_from_spec,
+                              dict(spec, **bad), self.tmp)
+
+    def test_builder_builds_once(self):
+        config = _config(self.tmp)
+        key = clone.template_key(self.hv, config)
+        with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
+                               _fake_build(w, memory_mb=1)) as build:
+            tmpl = clone.build_now(self.hv, config, key.digest)
+            self.assertEqual(key, tmpl.key)
+            self.assertEqual(tmpl, clone.build_now(self.hv, config,
+                                                   key.digest))
+        self.assertEqual(1, build.call_count)
 
     def test_shared_dirs_boot_cold_quietly(self):
         config = _config(self.tmp,
@@ -360,11 +411,14 @@ class TryRestoreTestCase(base.BaseTestCase):
         self.hv.launch.assert_not_called()
 
     def test_restore_failure_retires_the_template(self):
+        config = _config(self.tmp)
         with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
                                _fake_build(w, memory_mb=1)), \
                 mock.patch.object(clone, 'restore', side_effect=(
                     clone.TemplateLoadError(reason='bad state'))):
-            self.assertIsNone(clone.try_restore(self.hv, _config(self.tmp)))
+            clone.build_now(self.hv, config,
+                            clone.template_key(self.hv, config).digest)
+            self.assertIsNone(clone.try_restore(self.hv, config))
         self.assertIn('bad state', self.log.output)
         self.assertEqual([], [n for n in os.listdir(
             os.path.join(self.tmp, 't')) if len(n) == 16])
