@@ -520,10 +520,26 @@ class KataDriver(zun_images.ImageDriverMixin,
             try:
                 out, err, code = client.collect(
                     handle, timeout=CONF.kata_agent.request_timeout * 10)
-            except exception.ShimError:
-                raise zun_exc.Conflict('Timeout on executing command: %s' %
-                                       command)
+            except exception.ShimError as exc:
+                # Not always a timeout: the sandbox may have died under
+                # the command (its record says how).
+                raise zun_exc.Conflict('Command %s did not complete: %s%s' % (
+                    command, guestdata.printable(exc), self._gone(cid)))
         return (out + err).decode('utf-8', 'replace'), code
+
+    def _gone(self, cid):
+        """:returns: ' (the container exited: <why>)' for a container
+            that no longer runs, else ''.
+        """
+        try:
+            c = self.rt.get(cid)
+        except exception.KataZunException:
+            return ' (the container is gone)'
+        if c.status in manager.LIVE:
+            return ''
+        return ' (the container %s: %s)' % (
+            c.status, guestdata.printable(c.error or 'exit code %s' %
+                                          c.exit_code, 200))
 
     def execute_resize(self, exec_id, height, width):
         try:

@@ -48,6 +48,33 @@ class DriverVerbsTestCase(base.BaseTestCase):
         self.assertIn('\uff05cpu', str(e))
         self.driver.rt.call.assert_not_called()
 
+    def test_exec_whose_sandbox_died_says_so_not_timeout(self):
+        # Found by tools/fault-matrix-zun.py (exec x qemu): QEMU killed
+        # under an exec was reported as "Timeout on executing command".
+        client = mock.MagicMock()
+        client.__enter__.return_value = client
+        client.collect.side_effect = exception.ShimError(
+            reason='the shim closed the connection')
+        self.driver.rt.exec_client.return_value = (client, 7, None)
+        self.driver.rt.get.return_value = types.SimpleNamespace(
+            status='exited', error='agent link lost', exit_code=255)
+        exec_id = self.driver.execute_create(None, self.container,
+                                             'sleep 8')
+        e = self.assertRaises(zun_exc.Conflict, self.driver.execute_run,
+                              exec_id, 'sleep 8')
+        self.assertNotIn('Timeout', str(e))
+        self.assertIn('the shim closed the connection', str(e))
+        self.assertIn('the container exited: agent link lost', str(e))
+        # A container that still runs: the shim's reason alone.
+        self.driver.rt.get.return_value = types.SimpleNamespace(
+            status='running', error=None, exit_code=None)
+        exec_id = self.driver.execute_create(None, self.container,
+                                             'sleep 8')
+        e = self.assertRaises(zun_exc.Conflict, self.driver.execute_run,
+                              exec_id, 'sleep 8')
+        self.assertTrue(str(e).endswith('the shim closed the connection'),
+                        str(e))
+
     def test_search_image_exact_match_and_glance(self):
         store = self.driver.rt.images
         store.list.return_value = [

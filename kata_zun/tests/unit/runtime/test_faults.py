@@ -42,6 +42,24 @@ class FaultPointTestCase(base.BaseTestCase):
             faultpoint.MARKER + ('rm %d\n' % os.getpid()).encode(),
             write.call_args[0][1])
 
+    def test_armed_file_stops_once_and_says_where(self):
+        self.useFixture(fixtures.EnvironmentVariable(faultpoint.ENV))
+        armed = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                             'point')
+        self.useFixture(fixtures.EnvironmentVariable(faultpoint.FILE_ENV,
+                                                     armed))
+        with open(armed, 'w') as f:
+            f.write('zun-pull\n')
+        with mock.patch('os.kill') as kill, mock.patch('os.write'):
+            faultpoint.reached('rm')            # another point: armed still
+            self.assertTrue(os.path.exists(armed))
+            faultpoint.reached('zun-pull')
+            faultpoint.reached('zun-pull')      # taken: no second stop
+        kill.assert_called_once_with(os.getpid(), signal.SIGSTOP)
+        self.assertFalse(os.path.exists(armed))
+        with open(armed + '.reached') as f:
+            self.assertEqual('zun-pull %d\n' % os.getpid(), f.read())
+
 
 class RuntimeFaultsTestCase(base.BaseTestCase):
 
