@@ -238,6 +238,27 @@ class ZunMatrix(fm.Env):
                    '%s still shown %d s after delete' % (name, timeout))
             time.sleep(0.5)
 
+    def actions(self, name, action):
+        """:returns: zun's ``action`` records of container ``name``."""
+        if getattr(self, '_client', None) is None:
+            self._client = self.zun.zun_client()
+        return [a for a in self._client.actions.list(name)
+                if a.action == action]
+
+    def wait_action(self, name, action, before):
+        """Wait until zun-compute finished the action after the
+        ``before`` first ones (a cast: the API answered at once).
+        """
+        deadline = time.monotonic() + WAIT
+        while True:
+            acts = self.actions(name, action)
+            if len(acts) > before and all(
+                    getattr(a, 'finish_time', None) for a in acts):
+                return
+            _check(time.monotonic() < deadline,
+                   '%s of %s not finished in %d s' % (action, name, WAIT))
+            time.sleep(0.5)
+
     def uuid_of(self, name):
         """The uuid of a container from zun's database (``show`` would
         ask a stopped zun-compute and wait for the RPC timeout).
@@ -257,6 +278,7 @@ class ZunMatrix(fm.Env):
                    '--image-pull-policy', 'ifnotpresent', *extra,
                    'busybox', 'sh', '-c', MAIN)
         info = self.wait_status(name, ('Running',))
+        note('%s running' % name)
         cid = info['uuid'].replace('-', '')
         self.wait_log(cid, b'main-up')
         return cid
@@ -282,7 +304,9 @@ class ZunMatrix(fm.Env):
         reached = self.point_file + '.reached'
         deadline = time.monotonic() + timeout
         while not os.path.exists(reached):
-            if op is not None and op.poll() is not None and not \
+            # Most zun verbs are casts: the command ends at once; one
+            # that failed never reaches zun-compute.
+            if op is not None and op.poll() not in (None, 0) and not \
                     os.path.exists(reached):
                 _check(False, 'openstack ended (%s) before zun-compute '
                        'reached %s: %s' % (op.returncode, point,
@@ -310,6 +334,7 @@ class ZunMatrix(fm.Env):
         """SIGKILL zun-compute (only it: its children see it die) and
         start it again; its privsep daemons must end on their own.
         """
+        note('killing zun-compute')
         before = self.zun.compute_service() or {}
         pid = self.compute_pid()
         helpers = self.privsep_daemons()
@@ -324,6 +349,7 @@ class ZunMatrix(fm.Env):
         self.zun._start_compute([self.zun.host])
         self.zun._wait_compute(min_report_count=before.get(
             'report_count', 0), need_provider=False)
+        note('zun-compute up again')
 
     def resume_compute(self):
         os.kill(self.compute_pid(), signal.SIGCONT)
@@ -344,6 +370,14 @@ class ZunMatrix(fm.Env):
             super().kill(target, cid, cli)
         self.resume_compute()
         return False
+
+
+def note(text):
+    """A timestamped progress line on stderr (where a slow cell spends
+    its time).
+    """
+    print('%s %s' % (time.strftime('%H:%M:%S'), text), file=sys.stderr,
+          flush=True)
 
 
 def _ppid(pid):
@@ -385,6 +419,7 @@ def settle(m, name, cid):
 
     :returns: its zun record (status, status_reason).
     """
+    note('settling %s' % name)
     deadline = time.monotonic() + WAIT
     while True:
         info = m.wait_status(name, SETTLED)
@@ -412,11 +447,14 @@ def next_operation(m, name, cid, info):
         m.os_ok('appcontainer', 'unpause', name)
         info = m.wait_status(name, ('Running',))
     if info['status'] != 'Running':
+        before = len(m.actions(name, 'start'))
         code, _out, err = m.os('appcontainer', 'start', name)
         if code != 0:
             _check(err.strip(), 'start failed with no reason')
-            return said + '; start refused: %s' % err.strip()[-120:]
-        info = m.wait_status(name, ('Running', 'Error'))
+            return said + '; start refused: %s' % err.strip().split(
+                '\n')[0][:160]
+        m.wait_action(name, 'start', before)
+        info = m.wait_status(name, SETTLED)
         if info['status'] == 'Error':
             _check(info.get('status_reason'), 'start: Error, no reason')
             return said + '; start failed: %s' % info['status_reason']
@@ -428,9 +466,11 @@ def next_operation(m, name, cid, info):
 
 
 def delete_and_check(m, name, cid):
+    note('deleting %s' % name)
     m.os_ok('appcontainer', 'delete', '--force', name)
     m.wait_gone(name)
     m.check_gone(cid)
+    note('%s gone, nothing left' % name)
 
 
 def wait_point_or_fail(m, point, op):
@@ -588,7 +628,7 @@ def cell_volume(m, target, name, cids):
                      'source=%s,destination=/data' % name, 'busybox', 'sh',
                      '-c', MAIN)
         wait_point_or_fail(m, 'zun-volume-attached', op)
-            cid = m.uuid_of(name).replace('-', '')
+        cid = m.uuid_of(name).replace('-', '')
         cids.append(cid)
         m.kill(target, cid)
         _finish(op, 'appcontainer run')

@@ -272,6 +272,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         return container
 
     def delete(self, context, container, force):
+        if not container.container_id:
+            # zun-compute died in the middle of its create: the record it
+            # was making, if any, is incomplete; remove it with the
+            # container, not at some later create.
+            self.rt.sweep_incomplete()
         if container.container_id:
             try:
                 self.rt.remove(container.container_id, force=True)

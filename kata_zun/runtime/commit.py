@@ -24,8 +24,8 @@ from oslo_log import log as logging
 from kata_zun.agent import protocol
 from kata_zun import conf
 from kata_zun import exception
-from kata_zun.runtime import faultpoint
 from kata_zun.image import reference
+from kata_zun.runtime import faultpoint
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)

@@ -75,6 +75,17 @@ class DriverVerbsTestCase(base.BaseTestCase):
         self.assertTrue(str(e).endswith('the shim closed the connection'),
                         str(e))
 
+    def test_delete_of_a_create_that_died_sweeps_its_record(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): a
+        # container whose create zun-compute never finished has no
+        # container_id; its half-made record must go with it.
+        self.container.container_id = None
+        self.container.addresses = {}
+        self.container.exposed_ports = None
+        self.driver.delete(None, self.container, True)
+        self.driver.rt.sweep_incomplete.assert_called_once_with()
+        self.driver.rt.remove.assert_not_called()
+
     def test_search_image_exact_match_and_glance(self):
         store = self.driver.rt.images
         store.list.return_value = [

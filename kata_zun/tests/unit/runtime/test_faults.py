@@ -96,6 +96,18 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         self.assertFalse(os.path.exists(orphan))
         self.assertEqual([c.id], [x.id for x in self.rt.list()])
 
+    def test_incomplete_records_swept_on_demand(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): zun
+        # deleted the container, its half-made record stayed until the
+        # next create on the host.
+        orphan = os.path.join(self.rt.containers_dir, 'a' * 64)
+        os.makedirs(orphan)
+        open(os.path.join(orphan, 'rw.img'), 'w').close()
+        whole = self._record({'status': 'created'})
+        self.rt.sweep_incomplete()
+        self.assertFalse(os.path.exists(orphan))
+        self.assertTrue(os.path.exists(whole))
+
     def test_shim_killed_during_boot_is_explained(self):
         # state.json as the shim left it mid-boot, the shim gone.
         self._record({'status': 'created', 'shim_pid': 999999999,
