@@ -130,7 +130,7 @@ class ZunMatrix(fm.Env):
     CLI matrix's checks read its kata-zun state (``fm.Env``).
     """
 
-    def __init__(self, guest_dir, cinder=False, keep=False):
+    def __init__(self, guest_dir, cinder=False, glance=False, keep=False):
         self.keep = keep
         self.root = tempfile.mkdtemp(prefix='kz-fault-zun-')
         self.state_path = os.path.join(self.root, 'kata')
@@ -151,7 +151,8 @@ class ZunMatrix(fm.Env):
             'kata_image': {'default_registry': '127.0.0.1:9'}})
         self.zun = ComputeUnderTest(sys.prefix,
                                     os.path.join(self.root, 'zun'),
-                                    driver='kata', extra_conf=extra)
+                                    driver='kata', extra_conf=extra,
+                                    glance=glance)
         self.zun.point_file = self.point_file
         self.cinder = None
         if cinder:
@@ -720,7 +721,10 @@ def main(argv=None):
     else:
         cells = [(s, t) for s in STEPS for t in TARGETS if applicable(s, t)]
     start = time.monotonic()
+    # Cinder for the volume cells; Glance for commit (zun makes the
+    # Glance image before it asks the driver to commit).
     m = ZunMatrix(guest_dir, cinder=any(s == 'volume' for s, _t in cells),
+                  glance=any(s == 'commit' for s, _t in cells),
                   keep=args.keep)
     results = {}
     try:

@@ -221,6 +221,13 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     @_wrap
     def start(self, context, container):
+        if not container.container_id:
+            # Not "No such container: None": zun-compute died before the
+            # create finished (zun then says "failed to create").
+            raise zun_exc.Conflict(
+                'container %s has no sandbox: its create never finished '
+                '(zun-compute stopped during it); delete it and create it '
+                'again' % container.uuid)
         self._bind_volumes(context, container)
         _c, client = self.rt.start(container.container_id)
         client.close()

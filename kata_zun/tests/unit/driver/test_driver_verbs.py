@@ -86,6 +86,16 @@ class DriverVerbsTestCase(base.BaseTestCase):
         self.driver.rt.sweep_incomplete.assert_called_once_with()
         self.driver.rt.remove.assert_not_called()
 
+    def test_start_of_a_create_that_died_says_why(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): its start
+        # failed with "No such container: None".
+        self.container.container_id = None
+        e = self.assertRaises(zun_exc.Conflict, self.driver.start, None,
+                              self.container)
+        self.assertIn('its create never finished', str(e))
+        self.assertNotIn('None', str(e))
+        self.driver.rt.start.assert_not_called()
+
     def test_search_image_exact_match_and_glance(self):
         store = self.driver.rt.images
         store.list.return_value = [
