@@ -225,6 +225,13 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     @_wrap
     def start(self, context, container):
+        if not container.container_id:
+            # Not "No such container: None": zun-compute died before the
+            # create finished (zun then says "failed to create").
+            raise zun_exc.Conflict(
+                'container %s has no sandbox: its create never finished '
+                '(zun-compute stopped during it); delete it and create it '
+                'again' % container.uuid)
         self._bind_volumes(context, container)
         _c, client = self.rt.start(container.container_id)
         client.close()
@@ -276,6 +283,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         return container
 
     def delete(self, context, container, force):
+        if not container.container_id:
+            # zun-compute died in the middle of its create: the record it
+            # was making, if any, is incomplete; remove it with the
+            # container, not at some later create.
+            self.rt.sweep_incomplete()
         if container.container_id:
             try:
                 self.rt.remove(container.container_id, force=True)
@@ -535,10 +547,26 @@ class KataDriver(zun_images.ImageDriverMixin,
             try:
                 out, err, code = client.collect(
                     handle, timeout=CONF.kata_agent.request_timeout * 10)
-            except exception.ShimError:
-                raise zun_exc.Conflict('Timeout on executing command: %s' %
-                                       command)
+            except exception.ShimError as exc:
+                # Not always a timeout: the sandbox may have died under
+                # the command (its record says how).
+                raise zun_exc.Conflict('Command %s did not complete: %s%s' % (
+                    command, guestdata.printable(exc), self._gone(cid)))
         return (out + err).decode('utf-8', 'replace'), code
+
+    def _gone(self, cid):
+        """:returns: ' (the container exited: <why>)' for a container
+            that no longer runs, else ''.
+        """
+        try:
+            c = self.rt.get(cid)
+        except exception.KataZunException:
+            return ' (the container is gone)'
+        if c.status in manager.LIVE:
+            return ''
+        return ' (the container %s: %s)' % (
+            c.status, guestdata.printable(c.error or 'exit code %s' %
+                                          c.exit_code, 200))
 
     def execute_resize(self, exec_id, height, width):
         try:

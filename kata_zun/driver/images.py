@@ -19,6 +19,7 @@ from kata_zun import conf
 from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun import exception
+from kata_zun.runtime import faultpoint
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -142,6 +143,8 @@ class ImageDriverMixin(object):
             return self._pull_glance(context, repo, tag, image_pull_policy,
                                      registry)
         if image_pull_policy != 'never':
+            # The fault matrix (tools/fault-matrix-zun.py) kills here.
+            faultpoint.reached('zun-pull')
             credentials = None
             if registry is not None and getattr(registry, 'username', None):
                 credentials = {'username': registry.username,

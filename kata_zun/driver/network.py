@@ -14,6 +14,7 @@ from zun.common import exception as zun_exc
 from kata_zun import conf
 from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import manager
 
 CONF = conf.CONF
@@ -189,6 +190,8 @@ class NetworkDriverMixin(object):
         a created or stopped one gets it at its next start. A paused one
         is refused (its guest cannot take the NIC).
         """
+        # The fault matrix (tools/fault-matrix-zun.py) kills here.
+        faultpoint.reached('zun-network-attach')
         net_id = requested_network['network']
         if net_id in (container.addresses or {}):
             raise zun_exc.ZunException(

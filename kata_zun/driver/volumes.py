@@ -43,6 +43,7 @@ from zun import objects
 
 from kata_zun.driver import common
 from kata_zun import exception
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import manager
 from kata_zun.volume import spec as volume_spec
@@ -173,6 +174,9 @@ class VolumeDriverMixin(object):
             path = device['path']
         else:
             path = cinder.attach_volume(volmap)
+        # The fault matrix kills here: connected on this host (os-brick's
+        # privsep daemon up), not yet in any VM.
+        faultpoint.reached('zun-volume-attached')
         try:
             _check_block_device(path, volmap.cinder_volume_id)
         except zun_exc.ZunException:

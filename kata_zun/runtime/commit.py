@@ -25,6 +25,7 @@ from kata_zun.agent import protocol
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.image import reference
+from kata_zun.runtime import faultpoint
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -182,6 +183,9 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
         if repause:
             rt.unpause(c.id)
         try:
+            # The fault matrix kills here: a paused container's VM runs
+            # for the read.
+            faultpoint.reached('commit-read')
             report('Reading the writable layer of %s' % c.id[:12])
             diff_id = read_layer(rt, c, layer_path, report)
         finally:

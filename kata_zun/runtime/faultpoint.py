@@ -9,12 +9,20 @@ process that reaches :func:`reached` with that name writes one line,
 SIGKILL). Without the variable (always, outside the matrix) this does
 nothing: the hook only pauses the process that has it in its own
 environment.
+
+A long-lived process (zun-compute) cannot be given a new environment per
+fault: with ``KATA_ZUN_FAULT_POINT_FILE=<path>`` in its environment, the
+point named in that file (written by the matrix when it arms a cell) is
+taken once: the file is removed before the process stops, so a restarted
+process never stops at it again, and ``<path>.reached`` says ``<name>
+<pid>`` (written atomically) for a watcher that cannot read its stderr.
 """
 
 import os
 import signal
 
 ENV = 'KATA_ZUN_FAULT_POINT'
+FILE_ENV = 'KATA_ZUN_FAULT_POINT_FILE'
 MARKER = b'kata-zun-fault-point: '
 
 
@@ -24,7 +32,32 @@ def reached(name):
     :param name: the point's name (e.g. ``rm-cleanup``).
     :returns: None (after a SIGCONT, when paused).
     """
-    if os.environ.get(ENV) != name:
+    armed = os.environ.get(FILE_ENV)
+    if os.environ.get(ENV) != name and not (armed and _take(armed, name)):
         return
-    os.write(2, MARKER + ('%s %d\n' % (name, os.getpid())).encode())
+    line = ('%s %d\n' % (name, os.getpid())).encode()
+    if armed:
+        tmp = '%s.reached.%d' % (armed, os.getpid())
+        with open(tmp, 'wb') as f:
+            f.write(line)
+        os.rename(tmp, armed + '.reached')
+    os.write(2, MARKER + line)
     os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _take(path, name):
+    """:returns: True if ``path`` names this point and this process took
+        it (removed the file: one stop per arming).
+    """
+    try:
+        with open(path, 'rb') as f:
+            wanted = f.read(256).decode('utf-8', 'replace').strip()
+    except OSError:
+        return False
+    if wanted != name:
+        return False
+    try:
+        os.unlink(path)
+    except OSError:
+        return False                # another process took it first
+    return True

@@ -708,6 +708,18 @@ class Runtime(pods.PodMixin):
         self._event('create', c)
         return c
 
+    def sweep_incomplete(self):
+        """Remove the records whose creator died before finishing them
+        (:meth:`_sweep_incomplete`), now rather than at the next create:
+        zun-compute killed in a create deletes that container without a
+        record id.
+        """
+        lock = self._lock()
+        try:
+            self._sweep_incomplete()
+        finally:
+            os.close(lock)
+
     def _sweep_incomplete(self):
         """Remove the records whose creator died before finishing them.
 

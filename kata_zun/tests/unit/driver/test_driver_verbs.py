@@ -48,6 +48,54 @@ class DriverVerbsTestCase(base.BaseTestCase):
         self.assertIn('\uff05cpu', str(e))
         self.driver.rt.call.assert_not_called()
 
+    def test_exec_whose_sandbox_died_says_so_not_timeout(self):
+        # Found by tools/fault-matrix-zun.py (exec x qemu): QEMU killed
+        # under an exec was reported as "Timeout on executing command".
+        client = mock.MagicMock()
+        client.__enter__.return_value = client
+        client.collect.side_effect = exception.ShimError(
+            reason='the shim closed the connection')
+        self.driver.rt.exec_client.return_value = (client, 7, None)
+        self.driver.rt.get.return_value = types.SimpleNamespace(
+            status='exited', error='agent link lost', exit_code=255)
+        exec_id = self.driver.execute_create(None, self.container,
+                                             'sleep 8')
+        e = self.assertRaises(zun_exc.Conflict, self.driver.execute_run,
+                              exec_id, 'sleep 8')
+        self.assertNotIn('Timeout', str(e))
+        self.assertIn('the shim closed the connection', str(e))
+        self.assertIn('the container exited: agent link lost', str(e))
+        # A container that still runs: the shim's reason alone.
+        self.driver.rt.get.return_value = types.SimpleNamespace(
+            status='running', error=None, exit_code=None)
+        exec_id = self.driver.execute_create(None, self.container,
+                                             'sleep 8')
+        e = self.assertRaises(zun_exc.Conflict, self.driver.execute_run,
+                              exec_id, 'sleep 8')
+        self.assertTrue(str(e).endswith('the shim closed the connection'),
+                        str(e))
+
+    def test_delete_of_a_create_that_died_sweeps_its_record(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): a
+        # container whose create zun-compute never finished has no
+        # container_id; its half-made record must go with it.
+        self.container.container_id = None
+        self.container.addresses = {}
+        self.container.exposed_ports = None
+        self.driver.delete(None, self.container, True)
+        self.driver.rt.sweep_incomplete.assert_called_once_with()
+        self.driver.rt.remove.assert_not_called()
+
+    def test_start_of_a_create_that_died_says_why(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): its start
+        # failed with "No such container: None".
+        self.container.container_id = None
+        e = self.assertRaises(zun_exc.Conflict, self.driver.start, None,
+                              self.container)
+        self.assertIn('its create never finished', str(e))
+        self.assertNotIn('None', str(e))
+        self.driver.rt.start.assert_not_called()
+
     def test_search_image_exact_match_and_glance(self):
         store = self.driver.rt.images
         store.list.return_value = [

@@ -42,6 +42,24 @@ class FaultPointTestCase(base.BaseTestCase):
             faultpoint.MARKER + ('rm %d\n' % os.getpid()).encode(),
             write.call_args[0][1])
 
+    def test_armed_file_stops_once_and_says_where(self):
+        self.useFixture(fixtures.EnvironmentVariable(faultpoint.ENV))
+        armed = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                             'point')
+        self.useFixture(fixtures.EnvironmentVariable(faultpoint.FILE_ENV,
+                                                     armed))
+        with open(armed, 'w') as f:
+            f.write('zun-pull\n')
+        with mock.patch('os.kill') as kill, mock.patch('os.write'):
+            faultpoint.reached('rm')            # another point: armed still
+            self.assertTrue(os.path.exists(armed))
+            faultpoint.reached('zun-pull')
+            faultpoint.reached('zun-pull')      # taken: no second stop
+        kill.assert_called_once_with(os.getpid(), signal.SIGSTOP)
+        self.assertFalse(os.path.exists(armed))
+        with open(armed + '.reached') as f:
+            self.assertEqual('zun-pull %d\n' % os.getpid(), f.read())
+
 
 class RuntimeFaultsTestCase(base.BaseTestCase):
 
@@ -77,6 +95,18 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         c = self.rt.create('busybox', name='box')
         self.assertFalse(os.path.exists(orphan))
         self.assertEqual([c.id], [x.id for x in self.rt.list()])
+
+    def test_incomplete_records_swept_on_demand(self):
+        # Found by tools/fault-matrix-zun.py (create x compute): zun
+        # deleted the container, its half-made record stayed until the
+        # next create on the host.
+        orphan = os.path.join(self.rt.containers_dir, 'a' * 64)
+        os.makedirs(orphan)
+        open(os.path.join(orphan, 'rw.img'), 'w').close()
+        whole = self._record({'status': 'created'})
+        self.rt.sweep_incomplete()
+        self.assertFalse(os.path.exists(orphan))
+        self.assertTrue(os.path.exists(whole))
 
     def test_shim_killed_during_boot_is_explained(self):
         # state.json as the shim left it mid-boot, the shim gone.
