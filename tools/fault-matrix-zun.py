@@ -571,6 +571,14 @@ def cell_stop(m, target, name, cids):
     else:
         fm.Env.kill(m, target, cid, None)
     _finish(op, 'appcontainer stop')
+    # The shim had the stop (SIGTERM, SIGKILL after 6 s) when the kill
+    # came: it finishes it whoever asked. Until then zun and the host
+    # both still say running, and a settle would take that moment for
+    # the outcome (seen in CI: exec then met zun's Stopped).
+    deadline = time.monotonic() + WAIT
+    while m.processes(cid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _check(not m.settle(cid), 'the stopped sandbox still runs')
     info = settle(m, name, cid)
     said = next_operation(m, name, cid, info)
     delete_and_check(m, name, cid)
