@@ -354,6 +354,19 @@ class Store(object):
             raise TemplateError(reason='%s is corrupt (checksum)'
                                 % os.path.join(path, STATE_DEV))
 
+    def usable(self, key):
+        """:returns: the verified :class:`Template` of ``key``, or None
+            when there is none or it was damaged (then retired with a
+            warning: the next build makes it again).
+        :raises: TemplateError if the store's directory is not ours.
+        """
+        self.ensure_root()
+        try:
+            return self.find(key)
+        except TemplateError as exc:
+            LOG.warning('VM template %s retired: %s', key.digest, exc)
+            return None
+
     # ------------------------------------------------------------- build
     def get_or_build(self, key, build):
         """The template of ``key``, built by ``build(tmp_dir)`` if there
@@ -364,12 +377,7 @@ class Store(object):
         :returns: a :class:`Template`.
         :raises: TemplateError
         """
-        self.ensure_root()
-        try:
-            found = self.find(key)
-        except TemplateError as exc:
-            LOG.warning('VM template %s retired: %s', key.digest, exc)
-            found = None
+        found = self.usable(key)
         if found is not None:
             return found
         with self._flock(key.digest + '.lock', BUILD_WAIT):

@@ -377,7 +377,7 @@ def config_from_spec(spec, work):
         kernel_params=tuple(params))
 
 
-def build_in_background(hv, config, key):
+def build_in_background(config, key):
     """Start a detached builder for ``key``'s template and return at
     once (the caller boots cold meanwhile). Nothing is started while
     another build runs on this host.
@@ -407,14 +407,12 @@ def prebuild_default(hv, assets):
                base.Disk('layer', 'layer')))
     try:
         key = template_key(hv, config)
-        store = template.Store()
-        store.ensure_root()
-        if store.find(key) is not None:
+        if template.Store().usable(key) is not None:
             return False
     except (exception.HypervisorError, OSError, ValueError) as exc:
         LOG.warning('no VM template prebuild: %s', exc)
         return False
-    return build_in_background(hv, config, key)
+    return build_in_background(config, key)
 
 
 def build_now(hv, config, digest):
@@ -455,14 +453,9 @@ def try_restore(hv, config):
     try:
         key = template_key(hv, config)
         store = template.Store()
-        store.ensure_root()
-        try:
-            tmpl = store.find(key)
-        except template.TemplateError as exc:
-            LOG.warning('VM template %s retired: %s', key.digest, exc)
-            tmpl = None
+        tmpl = store.usable(key)
         if tmpl is None:
-            spawned = build_in_background(hv, config, key)
+            spawned = build_in_background(config, key)
             LOG.info('VM %s boots cold: no VM template %s yet (%s)',
                      config.name, key.digest,
                      'being built in the background' if spawned else
