@@ -480,6 +480,17 @@ def delete_and_check(m, name, cid):
     note('%s gone, nothing left' % name)
 
 
+def outcome(m, name, cid):
+    """After the fault: settle, the next operation, delete and check.
+
+    :returns: what happened, as text.
+    """
+    info = settle(m, name, cid)
+    said = next_operation(m, name, cid, info)
+    delete_and_check(m, name, cid)
+    return said
+
+
 def wait_point_or_fail(m, point, op):
     try:
         m.wait_point(point, op)
@@ -490,36 +501,34 @@ def wait_point_or_fail(m, point, op):
 
 # ------------------------------------------------------------------- cells
 
-def cell_create(m, target, name, cids):
-    m.arm(POINTS['create'])
-    op = m.os_bg('appcontainer', 'run', '--name', name,
-                 '--image-pull-policy', 'ifnotpresent', 'busybox', 'sh',
-                 '-c', MAIN)
-    wait_point_or_fail(m, 'create', op)
+def _run_killed_at(m, target, name, cids, step, *options):
+    """``appcontainer run`` with zun-compute stopping at ``step``'s
+    fault point, where ``target`` is killed.
+
+    :param options: more ``appcontainer run`` options.
+    :returns: the container's runtime id.
+    """
+    m.arm(POINTS[step])
+    op = m.os_bg('appcontainer', 'run', '--name', name, *(options + (
+        'busybox', 'sh', '-c', MAIN)))
+    wait_point_or_fail(m, POINTS[step], op)
     cid = m.uuid_of(name).replace('-', '')
     cids.append(cid)
     m.kill(target, cid)
     _finish(op, 'appcontainer run')
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    return cid
+
+
+def cell_create(m, target, name, cids):
+    cid = _run_killed_at(m, target, name, cids, 'create',
+                         '--image-pull-policy', 'ifnotpresent')
+    return outcome(m, name, cid)
 
 
 def cell_pull(m, target, name, cids):
-    m.arm(POINTS['pull'])
-    op = m.os_bg('appcontainer', 'run', '--name', name,
-                 '--image-pull-policy', 'always', 'busybox', 'sh', '-c',
-                 MAIN)
-    wait_point_or_fail(m, 'zun-pull', op)
-    cid = m.uuid_of(name).replace('-', '')
-    cids.append(cid)
-    m.kill(target, cid)
-    _finish(op, 'appcontainer run')
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    cid = _run_killed_at(m, target, name, cids, 'pull',
+                         '--image-pull-policy', 'always')
+    return outcome(m, name, cid)
 
 
 def _during(m, target, name, cid, point, *op_args):
@@ -538,10 +547,7 @@ def cell_start(m, target, name, cids):
     m.wait_status(name, ('Stopped',))
     _during(m, target, name, cid, 'start-spawned', 'appcontainer', 'start',
             name)
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    return outcome(m, name, cid)
 
 
 def cell_exec(m, target, name, cids):
@@ -555,10 +561,7 @@ def cell_exec(m, target, name, cids):
     else:
         fm.Env.kill(m, target, cid, None)
     _finish(op, 'appcontainer exec')
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    return outcome(m, name, cid)
 
 
 def cell_stop(m, target, name, cids):
@@ -579,10 +582,7 @@ def cell_stop(m, target, name, cids):
     while m.processes(cid) and time.monotonic() < deadline:
         time.sleep(0.1)
     _check(not m.settle(cid), 'the stopped sandbox still runs')
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    return outcome(m, name, cid)
 
 
 def cell_rm(m, target, name, cids):
@@ -604,9 +604,7 @@ def cell_commit(m, target, name, cids):
     repo = 'zf-commit-%s' % target
     _during(m, target, name, cid, 'commit-read', 'appcontainer', 'commit',
             name, repo)
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
+    said = outcome(m, name, cid)
     # The image was committed or not at all: never half-stored.
     code, out, _err = m.kz('images')
     if code == 0 and repo in out.split():
@@ -621,10 +619,7 @@ def cell_network(m, target, name, cids):
     code, err = _during(m, target, name, cid, 'zun-network-attach',
                         'appcontainer', 'network', 'attach', '--network',
                         fake_neutron.NETWORK_NAME, name)
-    info = settle(m, name, cid)
-    said = next_operation(m, name, cid, info)
-    delete_and_check(m, name, cid)
-    return said
+    return outcome(m, name, cid)
 
 
 def cell_volume(m, target, name, cids):
@@ -637,19 +632,10 @@ def cell_volume(m, target, name, cids):
         _check(time.monotonic() < deadline, 'volume not available')
         time.sleep(1)
     try:
-        m.arm(POINTS['volume'])
-        op = m.os_bg('appcontainer', 'run', '--name', name,
-                     '--image-pull-policy', 'ifnotpresent', '--mount',
-                     'source=%s,destination=/data' % name, 'busybox', 'sh',
-                     '-c', MAIN)
-        wait_point_or_fail(m, 'zun-volume-attached', op)
-        cid = m.uuid_of(name).replace('-', '')
-        cids.append(cid)
-        m.kill(target, cid)
-        _finish(op, 'appcontainer run')
-        info = settle(m, name, cid)
-        said = next_operation(m, name, cid, info)
-        delete_and_check(m, name, cid)
+        cid = _run_killed_at(m, target, name, cids, 'volume',
+                             '--image-pull-policy', 'ifnotpresent',
+                             '--mount', 'source=%s,destination=/data' % name)
+        said = outcome(m, name, cid)
         deadline = time.monotonic() + WAIT
         while True:
             status = json.loads(m.os_ok('volume', 'show', '-f', 'json',
