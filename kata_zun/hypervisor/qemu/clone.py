@@ -105,11 +105,12 @@ def _capabilities(vm, ignore_shared, timeout=10.0):
 
 
 def _give_fd(vm, fd, timeout=10.0):
-    try:
-        vm.execute('getfd', {'fdname': STATE_FD_NAME}, fds=(fd,),
-                   timeout=timeout)
-    finally:
-        os.close(fd)
+    """Pass ``fd`` to QEMU as :data:`STATE_FD_NAME`. QEMU receives a
+    copy: the caller still owns ``fd`` and closes it, whether this or
+    anything before it failed.
+    """
+    vm.execute('getfd', {'fdname': STATE_FD_NAME}, fds=(fd,),
+               timeout=timeout)
 
 
 def _wait_migration(vm, timeout):
@@ -137,8 +138,11 @@ def save_state(vm, path, ignore_shared):
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC |
                  os.O_NOFOLLOW, 0o600)
-    _capabilities(vm, ignore_shared)
-    _give_fd(vm, fd)
+    try:
+        _capabilities(vm, ignore_shared)
+        _give_fd(vm, fd)
+    finally:
+        os.close(fd)
     vm.execute('migrate', {'uri': 'fd:%s' % STATE_FD_NAME})
     _wait_migration(vm, SAVE_TIMEOUT)
     os.chmod(path, 0o400)
@@ -291,13 +295,19 @@ def restore(hv, config, tmpl):
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         vm = hv.launch(shaped, memory=memory, incoming=True)
-    except BaseException:
+        try:
+            deadline = _Deadline(vm.pid)
+            _capabilities(vm, ignore_shared, timeout=deadline.left())
+            _give_fd(vm, fd, timeout=deadline.left())
+        except BaseException:
+            vm.kill()
+            raise
+    finally:
+        # QEMU has its own copy by now (or failed): a restore that fails
+        # early must not leak a descriptor of the template's state in a
+        # long-lived shim.
         os.close(fd)
-        raise
     try:
-        deadline = _Deadline(vm.pid)
-        _capabilities(vm, ignore_shared, timeout=deadline.left())
-        _give_fd(vm, fd, timeout=deadline.left())
         try:
             vm.execute('migrate-incoming', {'uri': 'fd:%s' % STATE_FD_NAME},
                        timeout=deadline.left())

@@ -422,3 +422,82 @@ class TryRestoreTestCase(base.BaseTestCase):
         self.assertIn('bad state', self.log.output)
         self.assertEqual([], [n for n in os.listdir(
             os.path.join(self.tmp, 't')) if len(n) == 16])
+
+
+class StateFdTestCase(base.BaseTestCase):
+    """The descriptor of a template's state file is closed on every path
+    (a shim restores many times: a leak per failed restore adds up).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.state = os.path.join(self.tmp, template.STATE_FULL)
+        with open(self.state, 'wb') as f:
+            f.write(b'state')
+        self.opened = []
+        real_open = os.open
+
+        def spy(path, *args, **kwargs):
+            fd = real_open(path, *args, **kwargs)
+            if path.startswith(self.tmp):
+                self.opened.append((fd, os.path.realpath(path)))
+            return fd
+        self.useFixture(fixtures.MockPatchObject(clone.os, 'open', spy))
+        # wait() None: the QEMU still runs, its error is passed on.
+        self.vm = mock.Mock(pid=os.getpid(), **{'wait.return_value': None})
+        self.hv = mock.Mock(jailed=True)
+        self.hv.launch.return_value = self.vm
+
+    def _fail(self, command):
+        def execute(cmd, *args, **kwargs):
+            if cmd == command:
+                raise clone.exception.HypervisorError(reason='QMP gone')
+            return {}
+        self.vm.execute.side_effect = execute
+
+    def assertAllClosed(self):
+        self.assertTrue(self.opened)
+        for fd, path in self.opened:
+            try:
+                still = os.path.realpath('/proc/self/fd/%d' % fd)
+            except OSError:
+                continue
+            self.assertNotEqual(path, still)
+
+    def _restore(self):
+        tmpl = mock.Mock(state_full=self.state)
+        with mock.patch.object(clone, '_Deadline') as deadline:
+            deadline.return_value.left.return_value = 10.0
+            return clone.restore(self.hv, _config(self.tmp), tmpl)
+
+    def test_restore_closes_it_when_capabilities_fail(self):
+        self._fail('migrate-set-capabilities')
+        self.assertRaises(clone.exception.HypervisorError, self._restore)
+        self.vm.kill.assert_called_once_with()
+        self.assertAllClosed()
+
+    def test_restore_closes_it_when_the_deadline_fails(self):
+        with mock.patch.object(clone, '_Deadline',
+                               side_effect=template.TemplateError(
+                                   reason='no such process')):
+            self.assertRaises(template.TemplateError, clone.restore,
+                              self.hv, _config(self.tmp),
+                              mock.Mock(state_full=self.state))
+        self.vm.kill.assert_called_once_with()
+        self.assertAllClosed()
+
+    def test_restore_closes_it_when_handed_over_or_launch_fails(self):
+        self._fail('migrate-incoming')
+        self.assertRaises(clone.exception.HypervisorError, self._restore)
+        self.assertAllClosed()
+        self.hv.launch.side_effect = OSError(12, 'no memory')
+        self.assertRaises(OSError, self._restore)
+        self.assertAllClosed()
+
+    def test_save_closes_it_when_capabilities_fail(self):
+        self._fail('migrate-set-capabilities')
+        self.assertRaises(clone.exception.HypervisorError, clone.save_state,
+                          self.vm, os.path.join(self.tmp, 'saved'), True)
+        self.assertAllClosed()
