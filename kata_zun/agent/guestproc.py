@@ -33,8 +33,10 @@ write_file = guestutil.write_file
 
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 # Output is read in big chunks from 1 MiB pipes: under TCG every pass
-# through the Python loop is expensive, bytes are not.
-OUTPUT_READ = 512 * 1024
+# through the Python loop is expensive, bytes are not. Defined by the
+# protocol: the host's frame limit ([kata_agent] max_frame_bytes) is
+# bounded below by the frames these reads make.
+OUTPUT_READ = protocol.OUTPUT_READ
 # Reads of one output in a row while the host link keeps up.
 OUTPUT_BURST = 4
 PIPE_SIZE = 1024 * 1024

@@ -47,6 +47,14 @@ HANDLE = struct.Struct('>I')
 STREAM_HEAD = struct.Struct('>BII')
 
 DEFAULT_MAX_FRAME = 1024 * 1024
+# Output bytes the agent reads into one stream frame (it reads output in
+# big chunks: kata_zun.agent.guestproc).
+OUTPUT_READ = 512 * 1024
+# The largest stream frame the agent sends (length as the header gives
+# it: the process handle and a full read of output). A reader's
+# ``max_frame`` must be at least this, or the first large output of a
+# process closes the link.
+MAX_AGENT_STREAM_FRAME = HANDLE.size + OUTPUT_READ
 # Payload bytes the sender puts in one stream frame: well under any limit.
 STREAM_CHUNK = 64 * 1024
 # Deepest nesting of objects and arrays a control payload may have. The

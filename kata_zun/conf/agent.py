@@ -1,5 +1,7 @@
 from oslo_config import cfg
 
+from kata_zun.agent import protocol
+
 GROUP = cfg.OptGroup('kata_agent', title='Guest agent link options')
 
 OPTS = [
@@ -16,10 +18,18 @@ OPTS = [
                       'answering is stopped.'),
     cfg.IntOpt('request_timeout', default=30, min=1,
                help='Seconds a control request to the agent may take.'),
-    cfg.IntOpt('max_frame_bytes', default=1024 * 1024, min=4096,
+    cfg.IntOpt('max_frame_bytes', default=1024 * 1024,
+               # The guest agent sends a process's output in frames of
+               # up to this size: a smaller limit would close the link
+               # (and lose the container) on the first large output.
+               min=protocol.MAX_AGENT_STREAM_FRAME,
                max=16 * 1024 * 1024,
                help='Largest frame accepted from the guest. A bigger frame '
-                    'closes the link.'),
+                    'closes the link. At least %d bytes: the guest agent '
+                    'sends process output in frames of up to %d KiB plus '
+                    'a %d-byte process handle.'
+                    % (protocol.MAX_AGENT_STREAM_FRAME,
+                       protocol.OUTPUT_READ // 1024, protocol.HANDLE.size)),
 ]
 
 
