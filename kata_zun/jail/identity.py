@@ -8,8 +8,17 @@ and nobody sees a lease half-written. The lease directory is one per host
 by the CLI and zun-compute whatever their state paths. A uid that any
 process on the host runs as is never leased; a lease whose holder is
 gone (its QEMU died with its shim) is taken over.
+
+A lease file is removed only under an exclusive flock on that very file,
+after checking that its name still leads to it (:func:`_remove_if`):
+two shims that both judged a lease stale would otherwise both remove
+"it" (the second one removing the lease the first had just published)
+and both lease the uid. Creating a lease needs no lock: linking fails
+while the name exists.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -65,14 +74,83 @@ def _holder_alive(lease):
     return started is not None and started == lease.get('started')
 
 
+def _parse_lease(data):
+    try:
+        lease = json.loads(data) if len(data) <= _MAX_LEASE else None
+    except ValueError:
+        lease = None
+    return lease if isinstance(lease, dict) else {}
+
+
 def _read_lease(path):
     try:
         with open(path, 'rb') as f:
             data = f.read(_MAX_LEASE + 1)
-        lease = json.loads(data) if len(data) <= _MAX_LEASE else None
-    except (OSError, ValueError):
-        lease = None
-    return lease if isinstance(lease, dict) else {}
+    except OSError:
+        return {}
+    return _parse_lease(data)
+
+
+@contextlib.contextmanager
+def _locked_lease(path, wait):
+    """Lock the lease file ``path`` names now, for removing it.
+
+    Leases are never changed in place (a new lease is a new file), so
+    the lock is on the file: whoever removes a lease holds it, and
+    checks under it that ``path`` still names the same file.
+
+    :param wait: wait for the lock (a holder only checks and unlinks);
+        else give up at once when another process holds it.
+    :returns: a context giving the lease's record, or None when there is
+        no lease at ``path`` or (not waiting) someone else is removing it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            same = os.path.samestat(os.fstat(fd), os.lstat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            # Removed (and maybe replaced) while we waited for the lock:
+            # what we opened is no lease any more.
+            yield None
+            return
+        # Its inode number is not reused while we keep it open, and no
+        # one else unlinks it while we hold its lock: ``path`` names
+        # this lease until we are done.
+        yield _parse_lease(os.pread(fd, _MAX_LEASE + 1, 0))
+    finally:
+        os.close(fd)
+
+
+def _remove_stale(path):
+    """Remove the lease at ``path`` if its holder is gone.
+
+    :returns: True if ``path`` names no lease now (the caller may publish
+        its own: linking decides between racing shims), False if a live
+        holder has it or another shim is taking it over right now.
+    """
+    if not os.path.lexists(path):
+        return True
+    with _locked_lease(path, wait=False) as lease:
+        if lease is None:
+            # Another shim holds it to take it over (or released it
+            # meanwhile): free only if no lease is there now.
+            return not os.path.lexists(path)
+        if _holder_alive(lease):
+            return False
+        # A stale lease: its holder is gone and nothing runs as uid.
+        os.unlink(path)
+        return True
 
 
 def _publish(directory, path, record):
@@ -127,14 +205,8 @@ def lease(lease_dir, sandbox, start, size, pid=None):
         if uid in running:
             continue
         path = os.path.join(directory, str(uid))
-        if uid in taken:
-            if _holder_alive(_read_lease(path)):
-                continue
-            # A stale lease: its holder is gone and nothing runs as uid.
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        if uid in taken and not _remove_stale(path):
+            continue
         if _publish(directory, path, record):
             return uid
     raise exception.JailError(
@@ -148,11 +220,11 @@ def release(lease_dir, uid, sandbox):
     :returns: None
     """
     path = os.path.join(lease_dir, str(int(uid)))
-    if _read_lease(path).get('sandbox') == sandbox:
-        try:
+    if _read_lease(path).get('sandbox') != sandbox:
+        return
+    with _locked_lease(path, wait=True) as lease:
+        if lease is not None and lease.get('sandbox') == sandbox:
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 def release_all(lease_dir, sandbox):

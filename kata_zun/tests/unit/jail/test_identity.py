@@ -89,6 +89,55 @@ class LeaseTestCase(base.BaseTestCase):
         self.assertEqual([], os.listdir(self.dir))
         self.assertEqual(5000, identity.lease(self.dir, 'b', 5000, 3))
 
+    def _stale(self, uid):
+        with self._mkdir_open(str(uid)) as f:
+            json.dump({'sandbox': 'dead', 'pid': 2 ** 22 + 7,
+                       'started': 1, 'boot_id': 'x'}, f)
+
+    def _holders(self):
+        return {name: json.load(open(os.path.join(self.dir, name)))[
+            'sandbox'] for name in os.listdir(self.dir)}
+
+    def test_two_takeovers_of_one_stale_lease_only_one_wins(self):
+        # Regression: both judged the lease stale; the second one then
+        # removed the lease the first had just published in its place,
+        # published its own, and both sandboxes ran as one uid.
+        self._stale(5000)
+        real_alive = identity._holder_alive
+        other = []
+
+        def alive(lease):
+            verdict = real_alive(lease)
+            if not other and lease.get('sandbox') == 'dead':
+                # 'a' has judged the lease stale: 'b' takes it over now.
+                other.append(None)
+                other[0] = identity.lease(self.dir, 'b', 5000, 3)
+            return verdict
+        with fixtures.MockPatchObject(identity, '_holder_alive', alive):
+            first = identity.lease(self.dir, 'a', 5000, 3)
+        self.assertNotEqual(first, other[0])
+        self.assertEqual({str(first): 'a', str(other[0]): 'b'},
+                         self._holders())
+
+    def test_a_lease_replaced_before_the_lock_is_not_removed(self):
+        # 'a' opened the stale lease; before it locked it, the lease was
+        # released and 'b' leased the uid: 'a' must leave b's lease.
+        self._stale(5000)
+        real_flock = identity.fcntl.flock
+        other = []
+
+        def flock(fd, op):
+            if not other:
+                other.append(None)
+                identity.release(self.dir, 5000, 'dead')
+                other[0] = identity.lease(self.dir, 'b', 5000, 3)
+            return real_flock(fd, op)
+        with fixtures.MockPatchObject(identity.fcntl, 'flock', flock):
+            first = identity.lease(self.dir, 'a', 5000, 3)
+        self.assertEqual(5000, other[0])
+        self.assertEqual(5001, first)
+        self.assertEqual({'5000': 'b', '5001': 'a'}, self._holders())
+
     def test_release_only_by_its_holder(self):
         uid = identity.lease(self.dir, 'a', 5000, 3)
         identity.release(self.dir, uid, 'someone-else')
