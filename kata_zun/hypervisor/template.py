@@ -12,7 +12,8 @@ On disk, under ``[kata] template_dir`` (root only)::
     index.lock            serialises index updates
     build.lock            held by the host's one background build
     build.log             what background builds said (capped)
-    <digest>.lock         held while that template is built
+    <digest>.lock         held while that template is built (removed
+                          by the GC once the template is gone)
     <digest>/ram          the guest RAM (written through while it ran)
     <digest>/state.dev    device state without the RAM (x-ignore-shared)
     <digest>/state.full   device state with the RAM (jailed clones)
@@ -238,22 +239,65 @@ class Store(object):
 
     @contextlib.contextmanager
     def _flock(self, name, timeout):
-        fd = os.open(os.path.join(self.root, name),
-                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        """Hold the lock file ``name`` exclusively.
+
+        The GC removes the lock file of a template that is gone
+        (:meth:`_remove_lock`), holding it: a locker that opened it
+        before may then get the lock of a file no one else will ever
+        open. So once locked, the file must still be the one ``name``
+        leads to; if not, the lock is taken again on the current file.
+
+        :raises: TemplateError if not locked within ``timeout`` seconds.
+        """
+        path = os.path.join(self.root, name)
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NOFOLLOW, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise TemplateError(
+                                reason='%s is held for more than %d s'
+                                % (name, timeout))
+                        time.sleep(0.05)
+                if _names(path, fd):
                     break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TemplateError(
-                            reason='%s is held for more than %d s'
-                            % (name, timeout))
-                    time.sleep(0.05)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)        # removed under us: lock the new one
+        try:
             yield
+        finally:
+            os.close(fd)
+
+    def _remove_lock(self, digest):
+        """Remove ``<digest>.lock`` if its template is gone and no one
+        holds it (else empty lock files of every template ever built
+        pile up in the store, on a tmpfs by default).
+
+        Removed while locked, after checking under the lock that the
+        template is still absent (a build renames it into place holding
+        the lock); lockers that opened the file before notice it is
+        gone (:meth:`_flock`).
+        """
+        path = os.path.join(self.root, digest + '.lock')
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return          # a build (or its waiter) holds it
+            if _names(path, fd) and not os.path.lexists(self.path(digest)):
+                os.unlink(path)
         finally:
             os.close(fd)
 
@@ -474,7 +518,8 @@ class Store(object):
     def gc(self, now=None, max_count=None, max_age=None):
         """Remove templates unused for ``[kata] template_max_age``, then
         the least recently used beyond ``[kata] template_max_count``,
-        and leftovers of builds that died.
+        leftovers of builds that died and the lock files of templates
+        that are gone.
 
         :returns: the digests removed.
         """
@@ -485,10 +530,14 @@ class Store(object):
             return []
         index = self.read_index()
         present = set()
+        locks = set()
         for name in os.listdir(self.root):
             full = os.path.join(self.root, name)
             if len(name) == 16 and set(name) <= _DIGEST_CHARS:
                 present.add(name)
+            elif name.endswith('.lock') and len(name) == 21 and \
+                    set(name[:16]) <= _DIGEST_CHARS:
+                locks.add(name[:16])
             elif ('.build-' in name or '.retired-' in name) and \
                     os.path.isdir(full):
                 pid = name.rsplit('-', 1)[1]
@@ -512,6 +561,11 @@ class Store(object):
         for digest in doomed:
             LOG.info('VM template %s removed (unused)', digest)
             self.retire(digest)
+        for digest in locks - (present - set(doomed)):
+            try:
+                self._remove_lock(digest)
+            except OSError as exc:
+                LOG.warning('VM template lock %s: %s', digest, exc)
         stale = set(index) - present - set(doomed)
         if stale:
             def change(index):
@@ -522,6 +576,16 @@ class Store(object):
             except (OSError, ValueError, TemplateError):
                 pass
         return doomed
+
+
+def _names(path, fd):
+    """:returns: whether ``path`` leads to the file open as ``fd`` (not
+        removed, nor removed and created again).
+    """
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _alive(pid):

@@ -1,4 +1,5 @@
 import dataclasses
+import fcntl
 import json
 import os
 import threading
@@ -331,6 +332,75 @@ class StoreTestCase(base.BaseTestCase):
         self.assertEqual(sorted([keys[0].digest, keys[1].digest]), left)
         self.assertEqual(sorted(left), sorted(self.store.read_index()))
 
+    def _lock(self, digest):
+        return os.path.join(self.root, digest + '.lock')
+
+    def _held(self, path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def test_gc_removes_lock_files_of_templates_gone(self):
+        # Regression: every template ever built left an empty
+        # <digest>.lock behind in the store (a tmpfs by default).
+        keys = [dataclasses.replace(self.key, vcpus=i) for i in range(1, 4)]
+        for k in keys:
+            self.store.get_or_build(k, _fake_build)
+        self.store.retire(keys[0].digest)
+        # keys[1]'s template is gone too, but someone holds its lock (a
+        # build of it is starting).
+        self.store.retire(keys[1].digest)
+        held = os.open(self._lock(keys[1].digest), os.O_RDONLY)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            self.store.gc()
+        finally:
+            os.close(held)
+        self.assertFalse(os.path.exists(self._lock(keys[0].digest)))
+        self.assertTrue(os.path.exists(self._lock(keys[1].digest)))
+        # keys[2]'s template exists: its lock stays.
+        self.assertTrue(os.path.exists(self._lock(keys[2].digest)))
+        # Released, and then the last template gone: nothing is left.
+        self.store.gc()
+        self.assertFalse(os.path.exists(self._lock(keys[1].digest)))
+        self.store.retire(keys[2].digest)
+        self.store.gc()
+        self.assertEqual(['index.json', 'index.lock'],
+                         sorted(os.listdir(self.root)))
+
+    def test_a_lock_removed_under_a_builder_is_taken_again(self):
+        # A builder opened <digest>.lock; the GC removed it before the
+        # builder locked it. The builder must not build holding the lock
+        # of a file no one else can open: it locks the new one.
+        real_flock = fcntl.flock
+        lock = self._lock(self.key.digest)
+        self.store.ensure_root()
+        open(lock, 'w').close()
+        raced = []
+
+        def flock(fd, op):
+            if not raced and os.path.realpath(
+                    '/proc/self/fd/%d' % fd) == lock:
+                raced.append(True)
+                self.store.gc()             # no template: lock removed
+                self.assertFalse(os.path.exists(lock))
+            return real_flock(fd, op)
+        seen = []
+
+        def build(work):
+            seen.append(self._held(lock))
+            _fake_build(work)
+        with mock.patch.object(template.fcntl, 'flock', flock):
+            self.store.get_or_build(self.key, build)
+        self.assertEqual([True], raced)
+        self.assertEqual([True], seen)
+        self.assertTrue(os.path.exists(lock))
+
 
 class TryRestoreTestCase(base.BaseTestCase):
     """Whatever goes wrong with a template, the caller boots cold."""
@@ -366,7 +436,6 @@ class TryRestoreTestCase(base.BaseTestCase):
     def test_no_second_builder_while_one_builds(self):
         store = template.Store()
         store.ensure_root()
-        import fcntl
         fd = os.open(os.path.join(store.root, template.BUILD_LOCK),
                      os.O_RDWR | os.O_CREAT)
         self.addCleanup(os.close, fd)
