@@ -7,6 +7,7 @@ import os
 import sys
 
 from kata_zun import exception
+from kata_zun.runtime import fileutils
 
 
 def _progress_reporter():
@@ -63,11 +64,15 @@ def cmd_save(rt, args):
         with open(tmp, 'wb') as f:
             writer = progress.CountingWriter(f, report, args.output)
             rt.images.export(args.images, writer)
+            # On disk before the name is: a crash must not leave an
+            # empty or short tar named as the output.
+            fileutils.fsync_file(f)
         if report.tty:      # docker save prints nothing otherwise
             report(progress.Update('%s: saved %s' % (
                 args.output, progress.human(writer.done)),
                 key=args.output))
         os.replace(tmp, args.output)
+        fileutils.fsync_dir(os.path.dirname(os.path.abspath(args.output)))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

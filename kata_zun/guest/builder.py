@@ -41,6 +41,7 @@ from oslo_log import log as logging
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.guest import cpio
+from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -414,7 +415,10 @@ def extract_vmlinux(bzimage, dest):
             except OSError as exc:
                 raise exception.GuestAssetError(reason='lz4: %s' % exc)
         if _elf_complete(tmp):
+            # Synced before it is named: the cache is trusted as it is.
+            fileutils.fsync_path(tmp)
             os.replace(tmp, dest)
+            fileutils.fsync_dir(os.path.dirname(dest) or '.')
             return
         start = data.find(LZ4_MAGIC, start + 1)
     try:
@@ -796,6 +800,10 @@ def build(force=False, progress=None, agent_dir=None):
         try:
             assets = _build_into(tmp, dest, version, inputs, input_key,
                                  packages, agent_dir, say)
+            # Every file on disk before the directory is named: a crash
+            # right after the rename must not leave a version whose
+            # manifest says complete over an empty initrd.
+            fileutils.fsync_tree(tmp)
             if os.path.exists(dest):
                 old = tempfile.mkdtemp(prefix='.old-', dir=gdir)
                 os.rename(dest, os.path.join(old, 'v'))
@@ -803,6 +811,7 @@ def build(force=False, progress=None, agent_dir=None):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, dest)
+            fileutils.fsync_dir(gdir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         _prune(keep=2)

@@ -32,16 +32,57 @@ def boot_id():
         return None
 
 
+def _fsync_path(path, flags):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path):
     """fsync a directory: a rename or new file in it survives a crash.
 
     :raises: OSError
     """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path, os.O_DIRECTORY)
+
+
+def fsync_path(path):
+    """fsync the file ``path`` (written by someone else, e.g. a child
+    process) before it is renamed into place (see :func:`fsync_file`).
+
+    :raises: OSError (ELOOP for a symbolic link)
+    """
+    _fsync_path(path, os.O_NOFOLLOW)
+
+
+def fsync_file(f):
+    """Flush and fsync an open file before it is renamed into place: a
+    rename can reach the disk before the data does, and a crash then
+    leaves the final name with empty or short contents.
+
+    :param f: a file object open for writing.
+    :raises: OSError
+    """
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_tree(top):
+    """fsync every regular file and directory under ``top`` (``top``
+    too), before ``top`` is renamed into place (see :func:`fsync_file`;
+    the caller then fsyncs the directory it was renamed in). Symbolic
+    links are not followed.
+
+    :raises: OSError
+    """
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                fsync_path(path)
+        fsync_dir(dirpath)
 
 
 def write_atomic(path, data, mode=0o600):
@@ -66,8 +107,7 @@ def write_atomic(path, data, mode=0o600):
             # check that readers see the old content or the new one.
             faultpoint.reached('atomic-write-half')
             f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         os.chmod(tmp, mode)
         faultpoint.reached('atomic-write-replace')
         os.replace(tmp, path)

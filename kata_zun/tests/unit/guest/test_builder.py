@@ -11,6 +11,7 @@ from oslotest import base
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.guest import builder
+from kata_zun.tests.unit import durability
 
 MODULES_DEP = """\
 kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko \
@@ -120,6 +121,18 @@ class KernelTestCase(base.BaseTestCase):
         with open(dest, 'rb') as f:
             self.assertEqual(vmlinux, f.read())
 
+    def test_extracted_vmlinux_is_synced_before_it_is_named(self):
+        # Regression: the cached vmlinux was renamed into place unsynced;
+        # after a crash the cache could hold an empty kernel, trusted as
+        # it is by every later build.
+        raw = self._write('raw', _elf(os.urandom(5000)))
+        subprocess.run(['lz4', '-q', '-l', '-f', raw, raw + '.lz4'],
+                       check=True)
+        dest = os.path.join(self.dir, 'vmlinux')
+        rec = self.useFixture(durability.SyncRecorder())
+        builder.extract_vmlinux(raw + '.lz4', dest)
+        self.assertEqual([], rec.unsynced(dest))
+
     def test_extract_vmlinux_rejects_non_lz4_and_truncated_elf(self):
         dest = os.path.join(self.dir, 'vmlinux')
         self.assertRaises(exception.GuestAssetError, builder.extract_vmlinux,
@@ -228,6 +241,33 @@ class FindTestCase(base.BaseTestCase):
                              builder._apt_candidates(['libc6', 'zlib1g']))
             self.assertRaises(exception.GuestAssetError,
                               builder._apt_candidates, ['libc6', 'libnope'])
+
+    def test_built_assets_are_synced_before_they_are_named(self):
+        # Regression: the build directory was renamed into place with
+        # nothing fsynced: after a crash the version could be there, its
+        # manifest naming an empty initrd.
+        def build_into(tmp, dest, version, *args):
+            os.mkdir(os.path.join(tmp, 'sub'))
+            for rel in ('vmlinux', 'initrd.img', 'sub/x'):
+                with open(os.path.join(tmp, rel), 'wb') as f:
+                    f.write(b'data')
+            with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+                json.dump({'version': version, 'built_at': 1,
+                           'kernel': os.path.join(dest, 'vmlinux')}, f)
+            return builder.GuestAssets(os.path.join(dest, 'vmlinux'),
+                                       os.path.join(dest, 'initrd.img'),
+                                       version)
+        self.useFixture(fixtures.MockPatchObject(
+            builder, '_apt_candidates', return_value={}))
+        self.useFixture(fixtures.MockPatchObject(builder, '_build_into',
+                                                 build_into))
+        rec = self.useFixture(durability.SyncRecorder())
+        assets = builder.build(agent_dir=self.agent)
+        dest = os.path.dirname(assets.initrd)
+        self.assertEqual([], rec.unsynced(dest))
+        # A forced rebuild replaces the version the same way.
+        builder.build(force=True, agent_dir=self.agent)
+        self.assertEqual([], rec.unsynced(dest))
 
     def test_prune_keeps_newest_and_recent_versions(self):
         import time

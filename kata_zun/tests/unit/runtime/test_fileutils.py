@@ -5,6 +5,7 @@ import fixtures
 from oslotest import base
 
 from kata_zun.runtime import fileutils
+from kata_zun.tests.unit import durability
 
 
 class FileutilsTestCase(base.BaseTestCase):
@@ -51,3 +52,20 @@ class FileutilsTestCase(base.BaseTestCase):
             f.write('[' * 100000)
         self.assertRaisesRegex(ValueError, 'nested too deeply',
                                fileutils.read_json, path)
+
+
+class FsyncTreeTestCase(base.BaseTestCase):
+
+    def test_every_file_and_directory_but_links(self):
+        top = self.useFixture(fixtures.TempDir()).join('top')
+        os.makedirs(os.path.join(top, 'a', 'b'))
+        for rel in ('f', 'a/g', 'a/b/h'):
+            with open(os.path.join(top, rel), 'w') as f:
+                f.write(rel)
+        os.symlink('/nonexistent', os.path.join(top, 'a', 'dangling'))
+        os.symlink('b', os.path.join(top, 'a', 'dirlink'))
+        rec = self.useFixture(durability.SyncRecorder())
+        fileutils.fsync_tree(top)
+        os.rename(top, top + '.done')
+        fileutils.fsync_dir(os.path.dirname(top))
+        self.assertEqual([], rec.unsynced(top + '.done'))
