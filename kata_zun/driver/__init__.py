@@ -41,6 +41,7 @@ from kata_zun.driver.common import runtime_id
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.driver import images as zun_images
 from kata_zun.driver import network as zun_network
+from kata_zun.driver import orphans as zun_orphans
 from kata_zun.driver import status as zun_status
 from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
@@ -113,6 +114,10 @@ class KataDriver(zun_images.ImageDriverMixin,
         # served from zun-compute itself, in green threads. Started now in
         # zun-compute (eventlet-patched), on first use anywhere else.
         self._console = None
+        # In zun-compute (eventlet-patched), the first list() is
+        # init_containers' at start-up, before any request is served:
+        # then, and only then, a hostless create is an orphan.
+        self._adopt_pending = patcher.is_monkey_patched('socket')
         if patcher.is_monkey_patched('socket'):
             # In zun-compute: bring back what the host's restart stopped.
             eventlet.spawn_n(self._resume_after_host_restart)
@@ -340,6 +345,15 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     def list(self, context):
         """:returns: (local, non_existent) as zun-compute expects."""
+        if self._adopt_pending:
+            self._adopt_pending = False
+            try:
+                zun_orphans.adopt_cut_creates(context, CONF.host)
+            except Exception:
+                # Never stop zun-compute's start for it: the orphans stay
+                # as zun left them (Creating), and the log says why.
+                LOG.exception('adopting creates cut by a zun-compute '
+                              'stop failed')
         sandboxes = {c.id: c for c in self.rt.list()}
         by_host = objects.Container.list_by_host(context, CONF.host)
         local, missing = [], []

@@ -1133,6 +1133,10 @@ class ZunEnvironment(ServiceHarness):
             'placement_client': {'region_name': REGION},
             'cinder_client': {'region_name': REGION},
             'glance_client': {'region_name': REGION},
+            # Not the default 2375: two environments on one host (two
+            # test workers, a soak next to a matrix) would both want it,
+            # and the second one's console would not listen.
+            'kata_console': {'listen_port': _free_port()},
         }
         if 'zun-wsproxy' in self.services:
             port = self.ports['zun-wsproxy']

@@ -1,0 +1,103 @@
+"""A create cut by a zun-compute stop before zun's claim (issue 14's
+Zun fault matrix, ``volume x compute``): zun leaves it Creating with no
+host, which zun-compute's start-up never fails and zun-api's delete only
+drops from the database.
+"""
+
+import types
+from unittest import mock
+
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+
+
+class CutCreatesTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        from kata_zun.driver import orphans
+        self.orphans = orphans
+
+    def _c(self, uuid, status='Creating', host=None):
+        return types.SimpleNamespace(
+            uuid=uuid, status=status, host=host, task_state='container_'
+            'creating', status_reason=None, save=mock.Mock())
+
+    def _run(self, containers, volmaps):
+        with mock.patch('zun.objects.Container.list',
+                        return_value=containers) as lst, \
+                mock.patch('zun.objects.VolumeMapping.list_by_container',
+                           side_effect=lambda ctx, uuid: volmaps.get(
+                               uuid, [])):
+            n = self.orphans.adopt_cut_creates('ctx', 'me')
+        lst.assert_called_once_with('ctx', filters={'status': 'Creating'})
+        return n
+
+    def test_only_hostless_creates_with_a_volume_of_this_host(self):
+        mine = self._c('mine')
+        other_host = self._c('other')
+        claimed = self._c('claimed', host='me')     # zun's init fails it
+        no_volume = self._c('novol')                # not ours to judge
+        vm = types.SimpleNamespace
+        n = self._run([mine, other_host, claimed, no_volume], {
+            'mine': [vm(host='me')], 'other': [vm(host='them')],
+            'claimed': [vm(host='me')]})
+        self.assertEqual(1, n)
+        self.assertEqual(('me', 'Error', None),
+                         (mine.host, mine.status, mine.task_state))
+        self.assertIn('stopped while it connected the volumes',
+                      mine.status_reason)
+        mine.save.assert_called_once_with('ctx')
+        for c in (other_host, claimed, no_volume):
+            self.assertFalse(c.save.called)
+            self.assertEqual('Creating', c.status)
+
+    def test_a_container_deleted_meanwhile_is_skipped(self):
+        from zun.common import exception as zun_exc
+        gone = self._c('gone')
+        gone.save.side_effect = zun_exc.ContainerNotFound(container='gone')
+        n = self._run([gone], {'gone': [types.SimpleNamespace(host='me')]})
+        self.assertEqual(0, n)
+
+
+class DriverAdoptsOnceTestCase(base.BaseTestCase):
+    """The driver adopts at its first list() in zun-compute only: later,
+    a hostless create is one in flight, not an orphan.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        conf.CONF.set_override('host', 'me')
+        from kata_zun import driver
+        with mock.patch.object(driver.manager, 'Runtime') as rt:
+            self.driver = driver.KataDriver()
+        rt.return_value.list.return_value = []
+        self.mod = driver
+
+    def _list(self):
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[]), \
+                mock.patch.object(self.mod.zun_orphans,
+                                  'adopt_cut_creates') as adopt:
+            self.driver.list('ctx')
+        return adopt
+
+    def test_outside_zun_compute_never(self):
+        self.assertFalse(self._list().called)
+
+    def test_in_zun_compute_at_the_first_list_only(self):
+        self.driver._adopt_pending = True
+        self._list().assert_called_once_with('ctx', 'me')
+        self.assertFalse(self._list().called)
+
+    def test_a_failure_does_not_fail_the_list(self):
+        self.driver._adopt_pending = True
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[]), \
+                mock.patch.object(self.mod.zun_orphans, 'adopt_cut_creates',
+                                  side_effect=RuntimeError('db down')):
+            self.assertEqual(([], []), self.driver.list('ctx'))
