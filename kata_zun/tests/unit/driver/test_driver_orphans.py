@@ -26,40 +26,55 @@ class CutCreatesTestCase(base.BaseTestCase):
             uuid=uuid, status=status, host=host, task_state='container_'
             'creating', status_reason=None, save=mock.Mock())
 
-    def _run(self, containers, volmaps):
+    def _run(self, containers, volmaps, allocs):
+        node = types.SimpleNamespace(rp_uuid='rp-me')
         with mock.patch('zun.objects.Container.list',
                         return_value=containers) as lst, \
+                mock.patch('zun.objects.ComputeNode.get_by_name',
+                           return_value=node) as get_node, \
                 mock.patch('zun.objects.VolumeMapping.list_by_container',
                            side_effect=lambda ctx, uuid: volmaps.get(
                                uuid, [])):
-            n = self.orphans.adopt_cut_creates('ctx', 'me')
+            n = self.orphans.adopt_cut_creates(
+                'ctx', 'me', lambda ctx, uuid: allocs.get(uuid, set()))
         lst.assert_called_once_with('ctx', filters={'status': 'Creating'})
+        get_node.assert_called_once_with('ctx', 'me')
         return n
 
-    def test_only_hostless_creates_with_a_volume_of_this_host(self):
+    def test_only_hostless_creates_begun_here(self):
         mine = self._c('mine')
         other_host = self._c('other')
         claimed = self._c('claimed', host='me')     # zun's init fails it
-        no_volume = self._c('novol')                # not ours to judge
-        vm = types.SimpleNamespace
-        n = self._run([mine, other_host, claimed, no_volume], {
-            'mine': [vm(host='me')], 'other': [vm(host='them')],
-            'claimed': [vm(host='me')]})
+        # Its RPC may still wait in the queue: not begun, not ours yet.
+        queued = self._c('queued')
+        vm = [types.SimpleNamespace(host=None)]
+        n = self._run([mine, other_host, claimed, queued], {
+            'mine': vm, 'other': vm, 'claimed': vm},
+            {'mine': {'rp-me'}, 'other': {'rp-them'}, 'claimed': {'rp-me'},
+             'queued': {'rp-me'}})
         self.assertEqual(1, n)
         self.assertEqual(('me', 'Error', None),
                          (mine.host, mine.status, mine.task_state))
         self.assertIn('stopped while it connected the volumes',
                       mine.status_reason)
         mine.save.assert_called_once_with('ctx')
-        for c in (other_host, claimed, no_volume):
+        for c in (other_host, claimed, queued):
             self.assertFalse(c.save.called)
             self.assertEqual('Creating', c.status)
+
+    def test_no_hostless_create_no_query(self):
+        with mock.patch('zun.objects.Container.list', return_value=[
+                self._c('claimed', host='me')]), \
+                mock.patch('zun.objects.ComputeNode.get_by_name') as node:
+            self.assertEqual(0, self.orphans.adopt_cut_creates('ctx', 'me'))
+        self.assertFalse(node.called)
 
     def test_a_container_deleted_meanwhile_is_skipped(self):
         from zun.common import exception as zun_exc
         gone = self._c('gone')
         gone.save.side_effect = zun_exc.ContainerNotFound(container='gone')
-        n = self._run([gone], {'gone': [types.SimpleNamespace(host='me')]})
+        n = self._run([gone], {'gone': [types.SimpleNamespace()]},
+                      {'gone': {'rp-me'}})
         self.assertEqual(0, n)
 
 
