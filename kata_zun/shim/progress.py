@@ -19,14 +19,33 @@ shim watches the CPU time of the VM's QEMU process:
 
 Either ends the wait with a reason. Nothing else does, so the deadline
 scales with the host's load instead of guessing it.
+
+A low share alone cannot tell a starved guest from an idle one: when 50
+VMs boot on 2 cores, or QEMU is blocked in the host's kernel (reclaim,
+a slow disk), a booting guest can get less than any threshold, and the
+1-minute load average lags a sudden burst, so the fair share it gives
+is too high. What does tell them apart is the state of QEMU's vCPU
+threads (named ``CPU n/TCG`` or ``CPU n/KVM`` with ``-name
+...,debug-threads=on``): an idle guest's vCPU sleeps (the guest halted
+and waits for an interrupt); a starved one is runnable (``R``, waiting
+for a host CPU) or blocked in the kernel (``D``). A window in which the
+vCPUs were runnable or blocked in most samples is **starved**, never
+stalled: only the CPU budget, and the caller's own ceiling, end it.
+(The other threads do not count: under load, an idle VM's main loop
+waits for a CPU at each timer it serves.)
 """
 
 import collections
 import os
+import re
 import time
 
 #: CPU ticks per second, for /proc/PID/stat.
 _TICKS = os.sysconf('SC_CLK_TCK')
+#: QEMU's vCPU thread names (``-name ...,debug-threads=on``).
+VCPU_COMM = re.compile(rb'^CPU \d+/(TCG|KVM)$')
+#: Share of a window's samples with a busy vCPU that makes it starved.
+STARVED = 0.75
 
 
 def cpu_seconds(pid):
@@ -67,6 +86,35 @@ def io_bytes(pid):
     return total
 
 
+def vcpu_busy(pid):
+    """Whether a vCPU thread of QEMU ``pid`` wants a CPU right now.
+
+    :returns: True when one is runnable or blocked in the kernel (state
+        ``R`` or ``D``), False when all sleep, None when no thread is
+        named as a vCPU (QEMU without ``debug-threads=on``) or QEMU is
+        gone.
+    """
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return None
+    seen = False
+    for tid in tids:
+        try:
+            with open('/proc/%d/task/%s/stat' % (pid, tid), 'rb') as f:
+                data = f.read(512)
+        except OSError:
+            continue            # the thread ended meanwhile
+        # "tid (comm) S ...": comm may hold spaces and parentheses.
+        comm = data[data.find(b'(') + 1:data.rfind(b')')]
+        if not VCPU_COMM.match(comm):
+            continue
+        seen = True
+        if data[data.rfind(b')') + 2:data.rfind(b')') + 3] in (b'R', b'D'):
+            return True
+    return False if seen else None
+
+
 def host_load():
     """:returns: (online CPUs, 1-minute load average)."""
     try:
@@ -91,11 +139,13 @@ class BootProgress(object):
     :param cpu: callable pid -> CPU seconds or None (tests).
     :param load: callable -> (CPUs, 1-minute load average) (tests).
     :param io: callable pid -> storage bytes so far (tests).
+    :param busy: callable pid -> whether a vCPU wants a CPU, or None when
+        unknown (tests).
     """
 
     def __init__(self, pid, window=30.0, min_share=0.02, cpu_budget=120.0,
                  clock=time.monotonic, cpu=cpu_seconds, load=host_load,
-                 io=io_bytes):
+                 io=io_bytes, busy=vcpu_busy):
         self.pid = pid
         self.window = float(window)
         self.min_share = float(min_share)
@@ -104,12 +154,15 @@ class BootProgress(object):
         self._cpu = cpu
         self._load = load
         self._io = io
+        self._busy = busy
         now = clock()
         first = cpu(pid) or 0.0
         self.started = now
         self._cpu0 = first
-        # (time, cpu, io bytes) samples covering the last window.
-        self._samples = collections.deque([(now, first, io(pid))])
+        # (time, cpu, io bytes, vCPU busy) samples covering the last
+        # window.
+        self._samples = collections.deque([(now, first, io(pid),
+                                            busy(pid))])
 
     def check(self):
         """Take a sample.
@@ -122,7 +175,7 @@ class BootProgress(object):
         if used is None:
             raise NoProgress('QEMU (pid %d) is gone' % self.pid)
         done_io = self._io(self.pid)
-        self._samples.append((now, used, done_io))
+        self._samples.append((now, used, done_io, self._busy(self.pid)))
         # Keep one sample at or before the window's start.
         while len(self._samples) > 2 and \
                 self._samples[1][0] <= now - self.window:
@@ -132,14 +185,23 @@ class BootProgress(object):
             raise NoProgress(
                 'the VM used %.0f CPU seconds without its agent answering '
                 '(a boot needs a few)' % (used - self._cpu0))
-        t_old, cpu_old, io_old = self._samples[0]
+        t_old, cpu_old, io_old, _busy = self._samples[0]
         if now - t_old >= self.window and done_io == io_old:
             share = (used - cpu_old) / (now - t_old)
             cpus, load = self._load()
             fair = cpus / max(load, 1.0)
-            if share < min(self.min_share, fair / 4):
+            if share < min(self.min_share, fair / 4) and \
+                    not self._starved():
                 raise NoProgress(
                     'the VM made no progress for %.0f s (QEMU got %.1f %% '
                     'of a CPU; %.0f s since the boot began)'
                     % (now - t_old, share * 100, waited))
         return waited
+
+    def _starved(self):
+        """:returns: whether the vCPUs wanted a CPU in most samples of the
+            window (False when their state is unknown).
+        """
+        known = [b for _t, _c, _i, b in self._samples if b is not None]
+        return bool(known) and \
+            sum(1 for b in known if b) >= STARVED * len(known)

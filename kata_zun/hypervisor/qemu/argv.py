@@ -78,10 +78,14 @@ class Globals:
 
 @dataclasses.dataclass(frozen=True)
 class Name:
+    """The VM's name; ``debug-threads=on`` names QEMU's threads (``CPU
+    0/TCG``...), so that the shim can tell a starved guest from an idle
+    one by its vCPU threads (:mod:`kata_zun.shim.progress`).
+    """
     name: str
 
     def args(self):
-        return ['-name', _esc(self.name)]
+        return ['-name', '%s,debug-threads=on' % _esc(self.name)]
 
 
 @dataclasses.dataclass(frozen=True)

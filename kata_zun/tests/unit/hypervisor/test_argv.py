@@ -59,7 +59,7 @@ class BuildArgvTestCase(base.BaseTestCase):
         self.assertEqual([
             QEMU,
             '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-            '-name', 'sb1',
+            '-name', 'sb1,debug-threads=on',
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,memory-backend=mem',
             '-accel', 'tcg',
@@ -104,7 +104,7 @@ class BuildArgvTestCase(base.BaseTestCase):
         self.assertEqual([
             QEMU,
             '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-            '-name', 'sb1',
+            '-name', 'sb1,debug-threads=on',
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
             '-accel', 'tcg,tb-size=64',
@@ -167,7 +167,7 @@ class BuildArgvTestCase(base.BaseTestCase):
         self.assertEqual([
             '/opt/qemu',
             '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-            '-name', 'sb1',
+            '-name', 'sb1,debug-threads=on',
             '-machine', 'q35,acpi=on,vmport=off,memory-backend=mem',
             '-accel', 'kvm',
             '-cpu', 'host',

@@ -65,7 +65,7 @@ class TemplateArgvTestCase(base.BaseTestCase):
         return [
             QEMU,
             '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-            '-name', 'sb1',
+            '-name', 'sb1,debug-threads=on',
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
             '-accel', 'tcg,tb-size=64',

@@ -19,12 +19,17 @@ class FakeVM(object):
         self.gone = False
         self.load = 0.5
         self.io = 0
+        # Whether a vCPU thread wants a CPU (None: unknown).
+        self.busy = None
 
     def load_of_host(self):
         return 2, self.load
 
     def io_of(self, pid):
         return self.io
+
+    def busy_of(self, pid):
+        return self.busy
 
     def clock(self):
         return self.now
@@ -42,7 +47,7 @@ class BootProgressTestCase(base.BaseTestCase):
     def _watch(self, vm, **kw):
         return progress.BootProgress(42, clock=vm.clock, cpu=vm.cpu_of,
                                      load=vm.load_of_host, io=vm.io_of,
-                                     **kw)
+                                     busy=vm.busy_of, **kw)
 
     def test_a_starved_boot_is_awaited_as_long_as_it_moves(self):
         vm = FakeVM()
@@ -62,6 +67,75 @@ class BootProgressTestCase(base.BaseTestCase):
         self.assertRaises(progress.NoProgress,
                           lambda: [(vm.run(0.5, 0.015), watch.check())
                                    for _ in range(120)])
+
+    def test_a_starved_vcpu_is_never_a_stall(self):
+        vm = FakeVM()
+        watch = self._watch(vm, window=30)
+        # A burst: the load average still says 1, QEMU gets 0.5 % of a
+        # CPU, but its vCPU is runnable in 4 samples of 5.
+        vm.load = 1.0
+        for i in range(600):
+            vm.busy = i % 5 != 0
+            vm.run(0.5, 0.005)
+            watch.check()
+        # The same share with a sleeping vCPU is an idle guest: given up
+        # within one window.
+        with self.assertRaisesRegex(progress.NoProgress, 'no progress'):
+            for i in range(70):
+                vm.busy = i % 5 == 0
+                vm.run(0.5, 0.005)
+                watch.check()
+
+    def test_a_vcpu_blocked_in_the_kernel_is_awaited(self):
+        # vcpu_busy counts D (uninterruptible) as busy: the same rule.
+        vm = FakeVM()
+        watch = self._watch(vm, window=30)
+        vm.busy = True
+        for _ in range(600):
+            vm.run(0.5, 0.0)
+            watch.check()
+
+    def test_vcpu_busy_of_real_threads(self):
+        # A process with a thread named as QEMU names a vCPU, which spins
+        # or sleeps as told on stdin.
+        code = (
+            'import sys, threading, time\n'
+            'mode = ["sleep"]\n'
+            'def vcpu():\n'
+            '    import ctypes, ctypes.util\n'
+            '    libc = ctypes.CDLL(ctypes.util.find_library("c"))\n'
+            '    libc.prctl(15, b"CPU 0/TCG", 0, 0, 0)\n'
+            '    print("named", flush=True)\n'
+            '    while True:\n'
+            '        if mode[0] == "sleep":\n'
+            '            time.sleep(0.05)\n'
+            'threading.Thread(target=vcpu, daemon=True).start()\n'
+            'for line in sys.stdin:\n'
+            '    mode[0] = line.strip()\n')
+        proc = subprocess.Popen(['python3', '-c', code], text=True,
+                                stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        self.assertEqual('named', proc.stdout.readline().strip())
+        # Sampled, as the shim does: a sleeping vCPU is mostly not busy,
+        # a spinning one mostly is (a busy host may preempt either).
+
+        def share(samples=40):
+            got = []
+            for _ in range(samples):
+                got.append(progress.vcpu_busy(proc.pid))
+                time.sleep(0.005)
+            self.assertNotIn(None, got)
+            return sum(got) / samples
+        self.assertLess(share(), 0.5)
+        proc.stdin.write('spin\n')
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while share() < 0.75:
+            self.assertLess(time.monotonic(), deadline)
+        self.assertIsNone(progress.vcpu_busy(os.getpid()))
+        self.assertIsNone(progress.vcpu_busy(2 ** 22 + 12345))
 
     def test_an_idle_guest_is_given_up_after_the_window(self):
         vm = FakeVM()
