@@ -13,7 +13,7 @@ tools/install-base.sh
 
 # The "test" packages of bindep.txt.
 PACKAGES="skopeo docker-registry apache2-utils openssl pciutils tinyproxy
-openvswitch-switch"
+openvswitch-switch libfaketime"
 
 # shellcheck source=tools/install-packages.sh
 source tools/install-packages.sh
