@@ -311,6 +311,13 @@ class KataDriver(zun_images.ImageDriverMixin,
             return False
 
     # -------------------------------------------------------------- state
+    def _sandbox_or_none(self, cid):
+        """:returns: the sandbox ``cid`` of this host, or None."""
+        try:
+            return self.rt.get(cid)
+        except exception.ContainerNotFound:
+            return None
+
     def _refresh(self, container, c=None):
         """Copy the sandbox state into the Zun object (never raises)."""
         if c is None:
@@ -383,6 +390,9 @@ class KataDriver(zun_images.ImageDriverMixin,
                 zun_capsule.sync_capsule(self.rt, context, capsule)
         if capsules and len(capsules) == len(containers):
             return
+        zun_orphans.settle_lost_results(
+            context, containers, CONF.host, self._sandbox_or_none,
+            self._refresh)
         local, missing = self.list(context)
         local_by_id = {c.container_id: c for c in local if c.container_id}
         for container in containers:

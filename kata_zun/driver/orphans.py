@@ -114,3 +114,80 @@ def adopt_cut_creates(context, host, allocations=placement_allocations):
                     'releases them', container.uuid)
         adopted += 1
     return adopted
+
+
+#: The task states of zun-compute operations that hold zun's lock on the
+#: container (``utils.synchronized(container.uuid)``) from start to end.
+LOCKED_TASKS = (consts.CONTAINER_CREATING, consts.CONTAINER_STARTING,
+                consts.CONTAINER_STOPPING, consts.CONTAINER_REBOOTING,
+                consts.CONTAINER_PAUSING, consts.CONTAINER_UNPAUSING,
+                consts.CONTAINER_KILLING)
+
+LOST_CREATE = ('zun-compute could not save the end of its create (its '
+               'database was unreachable); the container was created: '
+               'start it')
+FAILED_CREATE = ('the create failed while zun-compute could not reach its '
+                 'database; delete it and create it again')
+
+
+def settle_lost_results(context, containers, host, sandbox_of, refresh):
+    """Finish the record of operations whose end zun could not save.
+
+    zun-compute saves an operation's result (and clears its task state)
+    once the driver returned; when the database is away at that moment
+    (a MariaDB restart), the save fails, zun's attempt to record the
+    failure fails too, and the row keeps the task state for ever: the
+    periodic sync leaves containers with a task state alone, and the
+    operation is over. zun holds its lock on the container for the
+    whole operation, so a container that has such a task state while
+    nobody in this zun-compute holds that lock has lost its result. The
+    sandbox is the truth: the row is refreshed from it, under the lock
+    and from a fresh read (the sync's copy may be older than an
+    operation that just ended).
+
+    :param context: an admin context over all projects.
+    :param containers: the sync's containers (only Container objects of
+        ``host`` with one of :data:`LOCKED_TASKS` are looked at).
+    :param host: this zun-compute's host name.
+    :param sandbox_of: callable (runtime id) -> the sandbox or None.
+    :param refresh: callable (zun container, sandbox) copying its state.
+    :returns: the uuids settled.
+    """
+    from oslo_concurrency import lockutils
+
+    from kata_zun.driver.common import runtime_id_of
+    settled = []
+    for stale in containers:
+        if (not isinstance(stale, objects.Container) or
+                stale.host != host or stale.task_state not in LOCKED_TASKS):
+            continue
+        try:
+            with lockutils.internal_lock(stale.uuid, blocking=False):
+                container = objects.Container.get_by_uuid(context,
+                                                          stale.uuid)
+                if container.task_state not in LOCKED_TASKS:
+                    continue        # it ended and was saved meanwhile
+                task = container.task_state
+                sandbox = sandbox_of(runtime_id_of(container.uuid))
+                container.task_state = None
+                if sandbox is not None:
+                    container.container_id = sandbox.id
+                    refresh(container, sandbox)
+                    if task == consts.CONTAINER_CREATING:
+                        container.status_reason = LOST_CREATE
+                elif task == consts.CONTAINER_CREATING:
+                    container.status = consts.ERROR
+                    container.status_reason = FAILED_CREATE
+                # else: no sandbox after a start or a stop: the ordinary
+                # sync says "sandbox missing" at its next pass.
+                container.save(context)
+        except lockutils.AcquireLockFailedException:
+            continue                # an operation is at work on it
+        except zun_exc.ContainerNotFound:
+            continue
+        LOG.warning('Container %s kept task state %s after its operation '
+                    'ended (zun-compute could not save the result): '
+                    'settled as %s from its sandbox', container.uuid, task,
+                    container.status)
+        settled.append(container.uuid)
+    return settled

@@ -116,3 +116,79 @@ class DriverAdoptsOnceTestCase(base.BaseTestCase):
                 mock.patch.object(self.mod.zun_orphans, 'adopt_cut_creates',
                                   side_effect=RuntimeError('db down')):
             self.assertEqual(([], []), self.driver.list('ctx'))
+
+
+class LostResultsTestCase(base.BaseTestCase):
+    """zun could not save an operation's end (its database restarted):
+    the row kept the task state for ever (issue 14's MariaDB restart).
+    """
+
+    def setUp(self):
+        super().setUp()
+        from kata_zun.driver import orphans
+        self.orphans = orphans
+
+    def _c(self, uuid='11111111-2222-3333-4444-555555555555',
+           task='container_starting', status='Created', host='me'):
+        from zun import objects
+        c = mock.Mock(spec=objects.Container)
+        c.uuid, c.task_state, c.status, c.host = uuid, task, status, host
+        c.container_id = None
+        c.status_reason = None
+        return c
+
+    def _settle(self, stale, fresh, sandbox=None):
+        refreshed = []
+
+        def refresh(container, sb):
+            refreshed.append(sb)
+            container.status = sb.status
+        with mock.patch('zun.objects.Container.get_by_uuid',
+                        return_value=fresh):
+            got = self.orphans.settle_lost_results(
+                'ctx', [stale], 'me', lambda cid: sandbox, refresh)
+        return got, refreshed
+
+    def test_a_lost_start_is_settled_from_the_sandbox(self):
+        stale, fresh = self._c(), self._c()
+        sandbox = types.SimpleNamespace(id='1' * 32, status='Running')
+        got, refreshed = self._settle(stale, fresh, sandbox)
+        self.assertEqual([fresh.uuid], got)
+        self.assertEqual([sandbox], refreshed)
+        self.assertEqual((None, 'Running', '1' * 32), (
+            fresh.task_state, fresh.status, fresh.container_id))
+        fresh.save.assert_called_once_with('ctx')
+        self.assertFalse(stale.save.called)     # never the sync's copy
+
+    def test_a_lost_create(self):
+        sandbox = types.SimpleNamespace(id='1' * 32, status='Created')
+        fresh = self._c(task='container_creating', status='Creating')
+        self._settle(self._c(task='container_creating'), fresh, sandbox)
+        self.assertEqual(('Created', '1' * 32), (fresh.status,
+                                                 fresh.container_id))
+        self.assertIn('start it', fresh.status_reason)
+        fresh = self._c(task='container_creating', status='Creating')
+        self._settle(self._c(task='container_creating'), fresh, None)
+        self.assertEqual('Error', fresh.status)
+        self.assertIn('could not reach its database', fresh.status_reason)
+
+    def test_an_operation_at_work_is_left_alone(self):
+        from oslo_concurrency import lockutils
+        stale, fresh = self._c(), self._c()
+        with lockutils.lock(stale.uuid):        # as zun's synchronized
+            got, _r = self._settle(stale, fresh, mock.Mock())
+        self.assertEqual([], got)
+        self.assertFalse(fresh.save.called)
+
+    def test_an_operation_that_ended_meanwhile_is_left_alone(self):
+        stale, fresh = self._c(), self._c(task=None, status='Running')
+        got, _r = self._settle(stale, fresh, mock.Mock())
+        self.assertEqual([], got)
+        self.assertFalse(fresh.save.called)
+
+    def test_only_this_hosts_locked_tasks(self):
+        for stale in (self._c(host='other'), self._c(task=None),
+                      self._c(task='container_committing'),
+                      self._c(task='container_deleting')):
+            got, _r = self._settle(stale, self._c(), mock.Mock())
+            self.assertEqual([], got)
