@@ -393,6 +393,12 @@ class ZunInfraFaultsTest(base.BaseTestCase):
             self.clock.step(offset)
             now = self.clock.now()
             self.assertAlmostEqual(time.time() + offset, now, delta=60)
+            # zun-api judges zun-compute by the age of its last report,
+            # which the step makes an hour old (or an hour ahead): the
+            # host is "not up" (zun-api answers 500 to exec, upstream
+            # zun's servicegroup) until zun-compute reports again, which
+            # its periodic task (on the monotonic clock) does at once.
+            self.wait_compute_reports()
             # Probes go on (scheduled on the monotonic clock) and see the
             # new wall clock; the keeper stays healthy.
             _wait('keeper probes after the step to %+d' % offset,
