@@ -412,13 +412,19 @@ class ZunMatrix(fm.Env):
             time.sleep(0.005)
 
     def privsep_daemons(self, context=None):
-        """:returns: pids of privsep-helper children of zun-compute
+        """:returns: pids of the privsep daemons of this zun-compute
             (only those of ``context``, bytes of their command line).
+
+        A daemon is not zun-compute's child: privsep-helper forks it
+        and exits, init adopts it. It has zun-compute's environment,
+        and with it this matrix's own fault point file.
         """
-        compute = self.compute_pid()
-        return [pid for pid in fm._pids() if _ppid(pid) == compute and
-                b'privsep-helper' in fm._cmdline(pid) and
-                (context is None or context in fm._cmdline(pid))]
+        mark = b'\0%s=%s\0' % (faultpoint.FILE_ENV.encode(),
+                               self.point_file.encode())
+        return [pid for pid in fm._pids()
+                if b'privsep-helper' in fm._cmdline(pid) and
+                (context is None or context in fm._cmdline(pid)) and
+                mark in _environ(pid)]
 
     def kill_compute(self):
         """SIGKILL zun-compute (only it: its children see it die) and
@@ -475,13 +481,12 @@ def note(text):
           flush=True)
 
 
-def _ppid(pid):
+def _environ(pid):
     try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b')') + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return b'\0' + f.read()
+    except OSError:
+        return b''
 
 
 def _stopped(pid):
