@@ -128,8 +128,15 @@ PRIVSEP_POINTS = {'create': 'neutron-tap-created',
 NO_VM = ('create', 'pull', 'volume')
 
 
+#: ``--at``: another fault point for the cells hit by one (e.g. a
+#: zun-compute killed in the middle of a network attach).
+POINT_OVERRIDE = None
+
+
 def point_of(step, target):
     """:returns: the fault point where ``target`` is killed in ``step``."""
+    if POINT_OVERRIDE:
+        return POINT_OVERRIDE
     if target == 'privsep':
         return PRIVSEP_POINTS[step]
     return POINTS[step]
@@ -642,6 +649,9 @@ def check_all_gone(m, cid, ports):
     m.check_gone(cid)
     if not m.neutron:
         return
+    # Which ports the check covers (an empty set would check little).
+    note('network leak check of %s: its ports %s' % (
+        cid[:12], sorted(ports)))
     deadline = time.monotonic() + fm.SETTLE
     while True:
         left = network_leaks(m, cid, ports)
@@ -786,8 +796,8 @@ def cell_commit(m, target, name, cids):
     m.os_ok('appcontainer', 'exec', name, 'sh', '-c',
             'echo committed > /marker')
     repo = 'zf-commit-%s' % target
-    _during(m, target, name, cid, 'commit-read', 'appcontainer', 'commit',
-            name, repo)
+    _during(m, target, name, cid, point_of('commit', target),
+            'appcontainer', 'commit', name, repo)
     said = outcome(m, name, cid)
     # The image was committed or not at all: never half-stored.
     code, out, _err = m.kz('images')
@@ -915,9 +925,15 @@ def main(argv=None):
                         action='store_false',
                         help='the stand-in Neutron (the default of '
                         '--quick and --cell)')
+    parser.add_argument('--at', metavar='POINT',
+                        help='stop zun-compute at this fault point instead '
+                        'of the usual one (cells hit by a point: create, '
+                        'start, rm, commit, pull, volume, network)')
     parser.add_argument('--keep', action='store_true',
                         help='keep the state directory (for debugging)')
     args = parser.parse_args(argv)
+    global POINT_OVERRIDE
+    POINT_OVERRIDE = args.at
     if os.geteuid() != 0:
         print('fault-matrix-zun: needs root', file=sys.stderr)
         return 2
