@@ -4,7 +4,7 @@
 For each step of a container's life driven through real zun-api and
 zun-compute (create, start, exec, stop, rm, commit, pull, Cinder volume
 attach, network attach) and each process that can die during it
-(zun-compute, os-brick's privsep daemon, QEMU, the sandbox shim), SIGKILL
+(zun-compute, kata_zun's privsep daemon, QEMU, the sandbox shim), SIGKILL
 that process while the step is in flight, then check:
 
 * no container lost: zun's record exists (or is gone after a delete) and,
@@ -68,11 +68,13 @@ privileged command: no privsep daemon exists to kill (``volume x
 privsep``).
 
 Run: ``.venv/bin/python tools/fault-matrix-zun.py [--quick] [--neutron]
-[--cell STEP:TARGET]``. It starts its own Zun (and, for the volume cells,
-its own Cinder; with ``--neutron`` its own Neutron and Open vSwitch) with
-a state path of its own: it never touches anyone's containers. Shared
-with the CLI matrix: :mod:`fault-matrix <tools>`'s process, leak and
-sandbox checks.
+[--cell STEP:TARGET] [--at POINT]`` (``--at``: another fault point for
+the cells hit by one, e.g. ``--neutron --cell network:compute --at
+neutron-tap-created`` kills zun-compute in the middle of an attach).
+It starts its own Zun (and, for the volume cells, its own Cinder; with
+``--neutron`` its own Neutron and Open vSwitch) with a state path of its
+own: it never touches anyone's containers. Shared with the CLI matrix:
+:mod:`fault-matrix <tools>`'s process, leak and sandbox checks.
 """
 
 import argparse
