@@ -4,7 +4,7 @@
 For each step of a container's life driven through real zun-api and
 zun-compute (create, start, exec, stop, rm, commit, pull, Cinder volume
 attach, network attach) and each process that can die during it
-(zun-compute, os-brick's privsep daemon, QEMU, the sandbox shim), SIGKILL
+(zun-compute, kata_zun's privsep daemon, QEMU, the sandbox shim), SIGKILL
 that process while the step is in flight, then check:
 
 * no container lost: zun's record exists (or is gone after a delete) and,
@@ -35,20 +35,46 @@ logs the SIGTERM of ``stop --timeout 6``. The victim is then killed, and
 a zun-compute that was not the victim gets SIGCONT; a killed one is
 started again, as an operator's service manager would.
 
-Cells that cannot exist are not run (``n/a``): no QEMU nor shim exists
-while a container is created, pulled for or has its volume connected;
-os-brick's privsep daemon is only at work while a Cinder volume is
-connected. kata_zun's own privsep daemon (CAP_NET_ADMIN) only starts for
-Neutron ports: this environment uses the stand-in Neutron of the other
-Zun tests (``[kata_network] zun_network = none``), so a network attach is
-refused by the driver with a clear reason, and the cells check that a
-kill while it is in flight loses nothing.
+Networks: with ``--neutron`` (the default of the full matrix) Zun
+runs with a real Neutron (ML2/OVS agent, its own Open vSwitch; see
+:mod:`kata_zun.tests.functional.neutron_env`) and every container gets a
+Neutron port (``--net network=...``): a tap made by kata_zun's privsep
+daemon (CAP_NET_ADMIN, ``kata_zun.privsep.sys_admin_pctxt``), added to
+the integration bridge by os-vif. That daemon is the ``privsep`` target
+of the steps that use it: a container's first start (``appcontainer
+run``: ``create``), a later ``start`` (the port is plugged again), a
+network attach (the NIC's tap) and ``rm`` (the tap is deleted). It is
+killed while zun-compute stands at ``neutron-tap-created`` (the daemon
+has just made the tap; the OVS port is not there yet) or, for ``rm``,
+at ``rm-cleanup`` (the VM gone, the network not yet unplugged), and
+must be restarted by oslo.privsep at its next use: the cell checks a new
+daemon runs once the container is deleted (the unplug used it). After
+each delete nothing of the container may be left on the network path:
+no tap of its ports, no OVS port of it on any bridge (by name or by
+``external_ids:vm-uuid``), nothing of it in ``nft list ruleset``, no
+network record or lease of it in the state path, and no Neutron port
+with its ``device_id`` (the ports the driver made are deleted).
+``--quick`` and ``--cell`` without ``--neutron`` use the stand-in
+Neutron of the other Zun tests (``[kata_network] zun_network = none``):
+a network attach is then refused by the driver with a clear reason,
+and the cells check that a kill while it is in flight loses nothing.
 
-Run: ``.venv/bin/python tools/fault-matrix-zun.py [--quick] [--cell
-STEP:TARGET]``. It starts its own Zun (and, for the volume cells, its
-own Cinder) with a state path of its own: it never touches anyone's
-containers. Shared with the CLI matrix: :mod:`fault-matrix <tools>`'s
-process, leak and sandbox checks.
+Cells that cannot exist are not run (``n/a``, the reason is printed
+under the table): no QEMU nor shim exists while a container is created,
+pulled for or has its volume connected; kata_zun's privsep daemon only
+works for Neutron ports, in the steps above. The Cinder stand-in's
+volumes are connected by os-brick's ``local`` connector, which runs no
+privileged command: no privsep daemon exists to kill (``volume x
+privsep``).
+
+Run: ``.venv/bin/python tools/fault-matrix-zun.py [--quick] [--neutron]
+[--cell STEP:TARGET] [--at POINT]`` (``--at``: another fault point for
+the cells hit by one, e.g. ``--neutron --cell network:compute --at
+neutron-tap-created`` kills zun-compute in the middle of an attach).
+It starts its own Zun (and, for the volume cells, its own Cinder; with
+``--neutron`` its own Neutron and Open vSwitch) with a state path of its
+own: it never touches anyone's containers. Shared with the CLI matrix:
+:mod:`fault-matrix <tools>`'s process, leak and sandbox checks.
 """
 
 import argparse
@@ -68,6 +94,11 @@ sys.path.insert(0, REPO)
 from kata_zun.runtime import faultpoint  # noqa: E402
 from kata_zun.tests.functional import fake_neutron  # noqa: E402
 from kata_zun.tests.functional import zun_env  # noqa: E402
+
+NEUTRON_CIDR = '10.78.1.0/24'
+NEUTRON_CIDR2 = '10.78.9.0/24'
+#: kata_zun's own privsep daemon (taps), as its command line names it.
+KATA_PRIVSEP = b'kata_zun.privsep.sys_admin_pctxt'
 
 
 def _load_cli_matrix():
@@ -89,16 +120,50 @@ STEPS = ('create', 'start', 'exec', 'stop', 'rm', 'commit', 'pull',
 POINTS = {'create': 'create', 'start': 'start-spawned', 'rm': 'rm',
           'commit': 'commit-read', 'pull': 'zun-pull',
           'volume': 'zun-volume-attached', 'network': 'zun-network-attach'}
+#: Where zun-compute stops when kata_zun's privsep daemon is the
+#: victim: right after it made the container's tap, or before a delete
+#: unplugs the network.
+PRIVSEP_POINTS = {'create': 'neutron-tap-created',
+                  'start': 'neutron-tap-created',
+                  'network': 'neutron-tap-created', 'rm': 'rm-cleanup'}
 #: Steps with no VM of the container yet: no QEMU nor shim to kill.
 NO_VM = ('create', 'pull', 'volume')
 
 
-def applicable(step, target):
+#: ``--at``: another fault point for the cells hit by one (e.g. a
+#: zun-compute killed in the middle of a network attach).
+POINT_OVERRIDE = None
+
+
+def point_of(step, target):
+    """:returns: the fault point where ``target`` is killed in ``step``."""
+    if POINT_OVERRIDE:
+        return POINT_OVERRIDE
     if target == 'privsep':
-        return step == 'volume'
-    if target in ('qemu', 'shim'):
-        return step not in NO_VM
-    return True
+        return PRIVSEP_POINTS[step]
+    return POINTS[step]
+
+
+def not_applicable(step, target, neutron):
+    """:returns: why a cell cannot exist (text), or None if it can."""
+    if target == 'privsep':
+        if step == 'volume':
+            return ("the Cinder stand-in's volumes use os-brick's local "
+                    "connector, which runs nothing privileged: no "
+                    "privsep daemon")
+        if not neutron:
+            return ("stand-in Neutron: kata_zun's privsep daemon (taps) "
+                    "never starts")
+        if step not in PRIVSEP_POINTS:
+            return "the step makes no privileged call"
+        return None
+    if target in ('qemu', 'shim') and step in NO_VM:
+        return 'no VM yet'
+    return None
+
+
+def applicable(step, target, neutron=False):
+    return not_applicable(step, target, neutron) is None
 
 
 #: One cell per kind of landing (a runtime point, an observed event, a
@@ -131,8 +196,14 @@ class ZunMatrix(fm.Env):
     CLI matrix's checks read its kata-zun state (``fm.Env``).
     """
 
-    def __init__(self, guest_dir, cinder=False, glance=False, keep=False):
+    def __init__(self, guest_dir, cinder=False, glance=False, keep=False,
+                 neutron_venv=None):
         self.keep = keep
+        self.neutron = neutron_venv is not None
+        #: Neutron networks of the containers (real Neutron only).
+        self.net_id = self.net2_id = None
+        #: kata_zun privsep daemons this cell killed.
+        self.privsep_killed = []
         self.root = tempfile.mkdtemp(prefix='kz-fault-zun-')
         self.state_path = os.path.join(self.root, 'kata')
         os.makedirs(self.state_path)
@@ -153,7 +224,8 @@ class ZunMatrix(fm.Env):
         self.zun = ComputeUnderTest(sys.prefix,
                                     os.path.join(self.root, 'zun'),
                                     driver='kata', extra_conf=extra,
-                                    glance=glance)
+                                    glance=glance, neutron=self.neutron,
+                                    neutron_venv=neutron_venv)
         self.zun.point_file = self.point_file
         self.cinder = None
         if cinder:
@@ -173,6 +245,22 @@ class ZunMatrix(fm.Env):
         else:
             self.zun.start()
         self.load_busybox()
+        if self.neutron:
+            self.net_id = self._network('zf-net', NEUTRON_CIDR)
+            self.net2_id = self._network('zf-net2', NEUTRON_CIDR2)
+
+    def _network(self, name, cidr):
+        net = json.loads(self.os_ok('network', 'create', '-f', 'json',
+                                    name))
+        self.os_ok('subnet', 'create', '-f', 'json', '--network',
+                   net['id'], '--subnet-range', cidr, name + '-sub')
+        return net['id']
+
+    def net_options(self):
+        """``appcontainer run`` options for the container's network."""
+        if not self.neutron:
+            return ()
+        return ('--net', 'network=%s' % self.net_id)
 
     def close(self):
         # Not fm.Env.close: it removes self.root, where zun's state is,
@@ -282,7 +370,8 @@ class ZunMatrix(fm.Env):
         :returns: its kata-zun id.
         """
         self.os_ok('appcontainer', 'run', '--name', name,
-                   '--image-pull-policy', 'ifnotpresent', *extra,
+                   '--image-pull-policy', 'ifnotpresent',
+                   *(self.net_options() + extra),
                    'busybox', 'sh', '-c', MAIN)
         info = self.wait_status(name, ('Running',))
         note('%s running' % name)
@@ -331,11 +420,20 @@ class ZunMatrix(fm.Env):
         while fm._alive(int(pid)) and not _stopped(int(pid)):
             time.sleep(0.005)
 
-    def privsep_daemons(self):
-        """:returns: pids of privsep-helper children of zun-compute."""
-        compute = self.compute_pid()
-        return [pid for pid in fm._pids() if _ppid(pid) == compute and
-                b'privsep-helper' in fm._cmdline(pid)]
+    def privsep_daemons(self, context=None):
+        """:returns: pids of the privsep daemons of this zun-compute
+            (only those of ``context``, bytes of their command line).
+
+        A daemon is not zun-compute's child: privsep-helper forks it
+        and exits, init adopts it. It has zun-compute's environment,
+        and with it this matrix's own fault point file.
+        """
+        mark = b'\0%s=%s\0' % (faultpoint.FILE_ENV.encode(),
+                               self.point_file.encode())
+        return [pid for pid in fm._pids()
+                if b'privsep-helper' in fm._cmdline(pid) and
+                (context is None or context in fm._cmdline(pid)) and
+                mark in _environ(pid)]
 
     def kill_compute(self):
         """SIGKILL zun-compute (only it: its children see it die) and
@@ -369,10 +467,15 @@ class ZunMatrix(fm.Env):
             self.kill_compute()
             return True
         if target == 'privsep':
-            helpers = self.privsep_daemons()
-            _check(helpers, 'no privsep daemon of zun-compute to kill')
+            # kata_zun's own daemon (taps); os-vif's (OVS, its own
+            # context) is not the target.
+            helpers = self.privsep_daemons(KATA_PRIVSEP)
+            _check(helpers, "no kata_zun privsep daemon of zun-compute "
+                   "to kill")
+            note('killing privsep daemon %s' % helpers)
             for pid in helpers:
                 os.kill(pid, signal.SIGKILL)
+            self.privsep_killed += helpers
         else:
             super().kill(target, cid, cli)
         self.resume_compute()
@@ -387,13 +490,12 @@ def note(text):
           flush=True)
 
 
-def _ppid(pid):
+def _environ(pid):
     try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b')') + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            return b'\0' + f.read()
+    except OSError:
+        return b''
 
 
 def _stopped(pid):
@@ -474,10 +576,102 @@ def next_operation(m, name, cid, info):
 
 def delete_and_check(m, name, cid):
     note('deleting %s' % name)
+    ports = neutron_ports(m, cid)
     m.os_ok('appcontainer', 'delete', '--force', name)
     m.wait_gone(name)
-    m.check_gone(cid)
+    check_all_gone(m, cid, ports)
     note('%s gone, nothing left' % name)
+
+
+def neutron_ports(m, cid):
+    """:returns: ids of the Neutron ports of container ``cid`` (its
+        ``device_id``), for the leak check after its delete.
+    """
+    if not m.neutron:
+        return set()
+    return {p['id'] for p in m.zun.neutron.call(
+        'GET', '/v2.0/ports?device_id=%s' % _uuid(cid))['ports']}
+
+
+def _uuid(cid):
+    return '%s-%s-%s-%s-%s' % (cid[:8], cid[8:12], cid[12:16], cid[16:20],
+                               cid[20:32])
+
+
+def network_leaks(m, cid, ports):
+    """:returns: what is left of a deleted container on the network
+        path, as text: taps, OVS ports, nftables rules, network records
+        and leases, Neutron ports.
+    """
+    from kata_zun.network import neutron as kz_neutron
+    left = []
+    uuid = _uuid(cid)
+    now = {p['id']: p for p in m.zun.neutron.call(
+        'GET', '/v2.0/ports?device_id=%s' % uuid)['ports']}
+    for port in now.values():
+        left.append('Neutron port %s (device_id %s, %s)' % (
+            port['id'], uuid, port.get('device_owner')))
+    taps = {kz_neutron.tap_name(p) for p in set(ports) | set(now)}
+    for tap in sorted(taps):
+        if os.path.lexists(os.path.join('/sys/class/net', tap)):
+            left.append('tap %s' % tap)
+    vsctl = m.zun.neutron.vsctl
+    for bridge in vsctl('list-br').split():
+        for port in vsctl('list-ports', bridge).split():
+            if port in taps:
+                left.append('OVS port %s on %s' % (port, bridge))
+    for iface in vsctl('--bare', '--columns=name', 'find', 'Interface',
+                       'external_ids:vm-uuid=%s' % uuid).split():
+        left.append('OVS interface %s of vm-uuid %s' % (iface, uuid))
+    proc = subprocess.run(['nft', 'list', 'ruleset'], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if proc.returncode:
+        left.append('nft list ruleset failed: %s' % proc.stderr.strip())
+    for line in proc.stdout.splitlines():
+        if cid in line or uuid in line or any(t in line for t in taps):
+            left.append('nftables: %s' % line.strip())
+    network_dir = os.path.join(m.state_path, 'network')
+    for root, _dirs, files in os.walk(network_dir):
+        for fname in files:
+            path = os.path.join(root, fname)
+            try:
+                with open(path, 'rb') as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if cid in fname or cid.encode() in text:
+                left.append('network record or lease %s' % path)
+    return left
+
+
+def check_all_gone(m, cid, ports):
+    """The CLI matrix's leak checks, and the network path's with a real
+    Neutron (its delete may still be unplugging: bounded wait).
+    """
+    m.check_gone(cid)
+    if not m.neutron:
+        return
+    # Which ports the check covers (an empty set would check little).
+    note('network leak check of %s: its ports %s' % (
+        cid[:12], sorted(ports)))
+    deadline = time.monotonic() + fm.SETTLE
+    while True:
+        left = network_leaks(m, cid, ports)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    _check(not left, 'leaked on the network path: %s' % '; '.join(left))
+
+
+def check_privsep_restarted(m):
+    """A killed kata_zun privsep daemon was replaced at its next use
+    (the cell's delete unplugged the network through it).
+    """
+    now = m.privsep_daemons(KATA_PRIVSEP)
+    fresh = [p for p in now if p not in m.privsep_killed]
+    _check(fresh, 'no kata_zun privsep daemon after the delete: the '
+           'killed one (%s) was not restarted' % m.privsep_killed)
+    return 'privsep daemon %s restarted as %s' % (m.privsep_killed, fresh)
 
 
 def outcome(m, name, cid):
@@ -508,10 +702,11 @@ def _run_killed_at(m, target, name, cids, step, *options):
     :param options: more ``appcontainer run`` options.
     :returns: the container's runtime id.
     """
-    m.arm(POINTS[step])
-    op = m.os_bg('appcontainer', 'run', '--name', name, *(options + (
-        'busybox', 'sh', '-c', MAIN)))
-    wait_point_or_fail(m, POINTS[step], op)
+    point = point_of(step, target)
+    m.arm(point)
+    op = m.os_bg('appcontainer', 'run', '--name', name, *(
+        m.net_options() + options + ('busybox', 'sh', '-c', MAIN)))
+    wait_point_or_fail(m, point, op)
     cid = m.uuid_of(name).replace('-', '')
     cids.append(cid)
     m.kill(target, cid)
@@ -545,8 +740,8 @@ def cell_start(m, target, name, cids):
     cids.append(cid)
     m.os_ok('appcontainer', 'stop', '--timeout', '1', name)
     m.wait_status(name, ('Stopped',))
-    _during(m, target, name, cid, 'start-spawned', 'appcontainer', 'start',
-            name)
+    _during(m, target, name, cid, point_of('start', target), 'appcontainer',
+            'start', name)
     return outcome(m, name, cid)
 
 
@@ -588,11 +783,12 @@ def cell_stop(m, target, name, cids):
 def cell_rm(m, target, name, cids):
     cid = m.run(name)
     cids.append(cid)
-    code, err = _during(m, target, name, cid, 'rm', 'appcontainer',
-                        'delete', '--force', name)
+    ports = neutron_ports(m, cid)
+    code, err = _during(m, target, name, cid, point_of('rm', target),
+                        'appcontainer', 'delete', '--force', name)
     _check(code == 0, 'delete --force failed: %s' % err[-300:])
     m.wait_gone(name)
-    m.check_gone(cid)
+    check_all_gone(m, cid, ports)
     return 'deleted'
 
 
@@ -602,8 +798,8 @@ def cell_commit(m, target, name, cids):
     m.os_ok('appcontainer', 'exec', name, 'sh', '-c',
             'echo committed > /marker')
     repo = 'zf-commit-%s' % target
-    _during(m, target, name, cid, 'commit-read', 'appcontainer', 'commit',
-            name, repo)
+    _during(m, target, name, cid, point_of('commit', target),
+            'appcontainer', 'commit', name, repo)
     said = outcome(m, name, cid)
     # The image was committed or not at all: never half-stored.
     code, out, _err = m.kz('images')
@@ -616,10 +812,20 @@ def cell_commit(m, target, name, cids):
 def cell_network(m, target, name, cids):
     cid = m.run(name)
     cids.append(cid)
-    code, err = _during(m, target, name, cid, 'zun-network-attach',
+    network = m.net2_id if m.neutron else fake_neutron.NETWORK_NAME
+    code, err = _during(m, target, name, cid, point_of('network', target),
                         'appcontainer', 'network', 'attach', '--network',
-                        fake_neutron.NETWORK_NAME, name)
-    return outcome(m, name, cid)
+                        network, name)
+    said = ''
+    if m.neutron and target != 'compute':
+        # The attach is a cast that zun-compute carried on with: wait
+        # for its end, then tell what zun made of it. (A killed
+        # zun-compute never finishes the action's record.)
+        m.wait_action(name, 'network_attach', 0)
+        attached = network in (m._client.containers.get(name).addresses
+                               or {})
+        said = 'attach %s; ' % ('done' if attached else 'not done')
+    return said + outcome(m, name, cid)
 
 
 def cell_volume(m, target, name, cids):
@@ -659,8 +865,12 @@ def run_cell(m, step, target):
     """:returns: (passed, text)."""
     name = 'zf-%s-%s' % (step, target)
     cids = []
+    m.privsep_killed = []
     try:
-        return True, CELLS[step](m, target, name, cids)
+        said = CELLS[step](m, target, name, cids)
+        if target == 'privsep':
+            said += '; ' + check_privsep_restarted(m)
+        return True, said
     except CellFailed as exc:
         return False, str(exc)
     except Exception as exc:            # a bug of the cell: still a fail
@@ -676,7 +886,7 @@ def run_cell(m, step, target):
             pass
 
 
-def print_table(results):
+def print_table(results, neutron=False):
     width = max(len(t) for t in TARGETS) + 4
     print('\n%-9s' % 'step' + ''.join('%-*s' % (width, t) for t in TARGETS))
     for step in STEPS:
@@ -684,13 +894,24 @@ def print_table(results):
             continue
         row = []
         for target in TARGETS:
-            if not applicable(step, target):
+            if not applicable(step, target, neutron):
                 row.append('n/a')
             elif (step, target) not in results:
                 row.append('-')
             else:
                 row.append('PASS' if results[(step, target)][0] else 'FAIL')
         print('%-9s' % step + ''.join('%-*s' % (width, c) for c in row))
+    reasons = {}
+    for step in STEPS:
+        if not any((step, t) in results for t in TARGETS):
+            continue
+        for target in TARGETS:
+            why = not_applicable(step, target, neutron)
+            if why:
+                reasons.setdefault(why, []).append('%s x %s' % (step,
+                                                                target))
+    for why, cells in reasons.items():
+        print('n/a: %s: %s' % (', '.join(cells), why))
 
 
 def main(argv=None):
@@ -699,9 +920,22 @@ def main(argv=None):
                         help='a few cells, no Cinder (for CI)')
     parser.add_argument('--cell', action='append', default=[],
                         metavar='STEP:TARGET', help='run only these cells')
+    parser.add_argument('--neutron', action='store_true', default=None,
+                        help='a real Neutron (the default of the full '
+                        'matrix; needs .venv-neutron)')
+    parser.add_argument('--no-neutron', dest='neutron',
+                        action='store_false',
+                        help='the stand-in Neutron (the default of '
+                        '--quick and --cell)')
+    parser.add_argument('--at', metavar='POINT',
+                        help='stop zun-compute at this fault point instead '
+                        'of the usual one (cells hit by a point: create, '
+                        'start, rm, commit, pull, volume, network)')
     parser.add_argument('--keep', action='store_true',
                         help='keep the state directory (for debugging)')
     args = parser.parse_args(argv)
+    global POINT_OVERRIDE
+    POINT_OVERRIDE = args.at
     if os.geteuid() != 0:
         print('fault-matrix-zun: needs root', file=sys.stderr)
         return 2
@@ -710,27 +944,46 @@ def main(argv=None):
         print('fault-matrix-zun: no guest assets in %s: run '
               'tools/install.sh' % guest_dir, file=sys.stderr)
         return 2
+    neutron = args.neutron
+    if neutron is None:
+        neutron = not (args.quick or args.cell)
+    neutron_venv = None
+    if neutron:
+        from kata_zun.tests.functional import test_neutron_env
+        neutron_venv = test_neutron_env.neutron_venv()
+        if neutron_venv is None:
+            print('fault-matrix-zun: a real Neutron needs the virtualenv '
+                  'with neutron (.venv-neutron, or $KATA_ZUN_NEUTRON_VENV): '
+                  'run tools/install-neutron.sh, or use --no-neutron (the '
+                  'stand-in: no privsep cell of the network path)',
+                  file=sys.stderr)
+            return 2
     if args.cell:
         cells = [tuple(c.split(':', 1)) for c in args.cell]
         for cell in cells:
             if len(cell) != 2 or cell[0] not in STEPS or \
-                    cell[1] not in TARGETS or not applicable(*cell):
+                    cell[1] not in TARGETS:
                 parser.error('no cell %s' % ':'.join(cell))
+            why = not_applicable(cell[0], cell[1], neutron)
+            if why:
+                parser.error('cell %s is n/a: %s' % (':'.join(cell), why))
     elif args.quick:
         cells = list(QUICK)
     else:
-        cells = [(s, t) for s in STEPS for t in TARGETS if applicable(s, t)]
+        cells = [(s, t) for s in STEPS for t in TARGETS
+                 if applicable(s, t, neutron)]
     start = time.monotonic()
     # Cinder for the volume cells; Glance for commit (zun makes the
     # Glance image before it asks the driver to commit).
     m = ZunMatrix(guest_dir, cinder=any(s == 'volume' for s, _t in cells),
                   glance=any(s == 'commit' for s, _t in cells),
-                  keep=args.keep)
+                  keep=args.keep, neutron_venv=neutron_venv)
     results = {}
     try:
         m.start()
-        print('environment up in %.0f s' % (time.monotonic() - start),
-              flush=True)
+        print('environment up in %.0f s (%s Neutron)' % (
+            time.monotonic() - start, 'real' if neutron else 'stand-in'),
+            flush=True)
         for step, target in cells:
             t0 = time.monotonic()
             passed, text = run_cell(m, step, target)
@@ -743,7 +996,7 @@ def main(argv=None):
     stray = [pid for pid in fm._pids() if pid != os.getpid() and (
         m.state_path.encode() in fm._cmdline(pid) or
         m.run_path.encode() in fm._cmdline(pid))]
-    print_table(results)
+    print_table(results, neutron)
     passed = sum(1 for ok, _t in results.values() if ok)
     print('\n%d/%d cells passed in %.0f s' % (
         passed, len(results), time.monotonic() - start))

@@ -185,13 +185,16 @@ class KataDriver(zun_images.ImageDriverMixin,
         volume_requests = zun_volumes.requests(
             (requested_volumes or {}).get(container.uuid) or [])
         # --- network (Zun mode): Neutron ports now, plugged at start
+        before = dict(container.addresses or {})
         addresses, net_request = self._setup_network(
-            context, container, requested_networks)
+            context, container, requested_networks, persist=True)
         try:
             c = self._rt_create(container, record, env, memory, policy,
                                 net_request, volume_requests)
         except BaseException:
             self._release_network(context, container, addresses)
+            if addresses:
+                self._persist_addresses(context, container, before)
             raise
         container.container_id = c.id
         container.status = consts.CREATED

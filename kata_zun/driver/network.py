@@ -31,10 +31,13 @@ class NetworkDriverMixin(object):
         from zun.network import neutron as zun_neutron
         return zun_neutron.NeutronAPI(context)
 
-    def _setup_network(self, context, container, requested_networks):
+    def _setup_network(self, context, container, requested_networks,
+                       persist=False):
         """Make (or take) a Neutron port per requested network, as zun's
         own drivers do.
 
+        :param persist: save each port into ``container.addresses`` as
+            soon as Neutron made it (see :meth:`_persist_addresses`).
         :returns: (Zun addresses, the runtime's network request or None)
         """
         if not requested_networks or \
@@ -48,6 +51,7 @@ class NetworkDriverMixin(object):
         if not container.host:
             container.host = CONF.host
         addresses, nics = {}, []
+        before = dict(container.addresses or {})
         try:
             for requested in requested_networks:
                 net_id = requested['network']
@@ -57,11 +61,32 @@ class NetworkDriverMixin(object):
                     container, net_id, requested, self.DEVICE_OWNER,
                     security_groups=sg_ids, set_binding_host=True)
                 addresses[net_id] = addrs
+                if persist:
+                    self._persist_addresses(context, container,
+                                            {**before, **addresses})
                 nics.append(self._nic(api, container, port))
         except BaseException:
             self._release_network(context, container, addresses)
+            if persist:
+                self._persist_addresses(context, container, before)
             raise
         return addresses, {'network': 'neutron', 'nics': nics}
+
+    @staticmethod
+    def _persist_addresses(context, container, addresses):
+        """Save ``container.addresses`` now: zun's record names every
+        port Neutron made for the container before anything else is done
+        with it, so a zun-compute that dies from then on (the fault
+        matrix: killed in a network attach or a create) leaves ports that
+        the container's delete releases, not ports nobody knows of.
+        A failed save is logged: the caller's own error goes on.
+        """
+        container.addresses = addresses
+        try:
+            container.save(context)
+        except Exception:
+            LOG.exception('saving the Neutron ports of %s',
+                          container.uuid)
 
     def _nic(self, api, container, port):
         """What the host and the guest need of a bound port."""
@@ -202,17 +227,18 @@ class NetworkDriverMixin(object):
                                   'host %s: no Neutron ports' % CONF.host)
         c, request = self._runtime_request(container)
         self._check_not_paused(c)
+        before = dict(container.addresses or {})
         addresses, new = self._setup_network(context, container,
-                                             [requested_network])
+                                             [requested_network],
+                                             persist=True)
         nics = [n for n in request.get('nics') or []] + new['nics']
         try:
             self.rt.set_network(c.id, {'network': 'neutron', 'nics': nics})
         except BaseException:
             self._release_network(context, container, addresses)
+            self._persist_addresses(context, container, before)
             raise
-        merged = dict(container.addresses or {})
-        merged.update(addresses)
-        container.addresses = merged
+        container.addresses = {**before, **addresses}
         container.save(context)
 
     @_wrap

@@ -47,6 +47,7 @@ from kata_zun import conf
 from kata_zun import exception
 from kata_zun.network import base
 from kata_zun.network import hostnet
+from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 
 CONF = conf.CONF
@@ -304,6 +305,9 @@ class NeutronPlugin(base.NetworkPlugin):
                 uuid = instance_uuid(cid, nic)
                 priv.create_tap(tap_name(nic['port_id']), None, nic['mtu'],
                                 owner=os.geteuid())
+                # The fault matrix kills the privsep daemon here: it
+                # just did its work and is needed again (unplug).
+                faultpoint.reached('neutron-tap-created')
                 done.append(nic)
                 self.vswitch.plug(nic, uuid)
         except Exception as exc:
@@ -339,6 +343,7 @@ class NeutronPlugin(base.NetworkPlugin):
         try:
             priv.create_tap(tap_name(nic['port_id']), None, nic['mtu'],
                             owner=os.geteuid())
+            faultpoint.reached('neutron-tap-created')
             self.vswitch.plug(nic, instance_uuid(cid, nic))
         except Exception as exc:
             try:

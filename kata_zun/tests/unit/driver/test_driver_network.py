@@ -91,7 +91,38 @@ class DriverNetworkTest(base.BaseTestCase):
             'ips': [{'address': '10.0.0.5', 'prefix': 24,
                      'gateway': '10.0.0.1', 'version': 4,
                      'subnet_id': 's1'}]}], request['nics'])
-        c.save.assert_called_once_with('ctx')
+        # Saved once the port was made, and once created.
+        self.assertEqual([mock.call('ctx')] * 2, c.save.call_args_list)
+
+    def _saved_addresses(self, c):
+        """Record what zun's database holds: c.addresses at each save."""
+        saved = []
+        c.save.side_effect = lambda ctx: saved.append(
+            dict(c.addresses or {}))
+        return saved
+
+    def test_create_saves_ports_before_the_runtime_runs(self):
+        # Found by tools/fault-matrix-zun.py --neutron (zun-compute
+        # killed after the port was made): zun's record did not name the
+        # port, so the delete left it in Neutron.
+        c = self.container()
+        saved = self._saved_addresses(c)
+        self.rt.create.side_effect = lambda *a, **kw: self.assertEqual(
+            [{NET: self.addrs}], saved) or mock.Mock(id=UUID.replace('-',
+                                                                     ''))
+        self.create(c, [{'network': NET, 'preserve_on_delete': False}])
+        self.rt.create.assert_called_once()
+
+    def test_create_failure_forgets_released_ports(self):
+        c = self.container()
+        saved = self._saved_addresses(c)
+        self.rt.create.side_effect = RuntimeError('no guest')
+        self.assertRaises(RuntimeError, self.create, c,
+                          [{'network': NET, 'preserve_on_delete': False}])
+        self.api.delete_or_unbind_ports.assert_called_once_with(
+            {PORT}, {PORT})
+        self.assertEqual({}, c.addresses)
+        self.assertEqual([{NET: self.addrs}, {}], saved)
 
     def test_bridge_from_configuration_when_not_reported(self):
         self.cfg.config(group='kata_network', integration_bridge='br-x')
@@ -196,6 +227,42 @@ class DriverNetworkTest(base.BaseTestCase):
         self.api.update_port.side_effect = n_exc.BadRequest('no')
         self.assertRaises(zun_exc.SecurityGroupCannotBeApplied,
                           self.driver.add_security_group, 'ctx', c, 'sg')
+
+    def _stopped_sandbox(self):
+        sandbox = mock.Mock(id='ab' * 16, status='exited', shim_alive=False,
+                            config={'network': {'network': 'neutron',
+                                                'nics': [{'net_id': 'other',
+                                                          'port_id': 'p0'}]}})
+        self.rt.get.return_value = sandbox
+        return sandbox
+
+    def test_attach_saves_the_port_before_plugging_it(self):
+        # Found by tools/fault-matrix-zun.py --neutron --at
+        # neutron-tap-created (network x compute): zun-compute killed
+        # while the runtime plugged the new port; zun's record did not
+        # name it and the container's delete left it in Neutron, bound.
+        c = self.container(container_id='ab' * 16, addresses={'other': []})
+        self._stopped_sandbox()
+        saved = self._saved_addresses(c)
+        self.rt.set_network.side_effect = lambda *a: self.assertEqual(
+            [{'other': [], NET: self.addrs}], saved)
+        self.driver.network_attach('ctx', c, {'network': NET,
+                                              'preserve_on_delete': False})
+        self.rt.set_network.assert_called_once()
+        self.assertEqual({'other': [], NET: self.addrs}, c.addresses)
+
+    def test_failed_attach_forgets_the_released_port(self):
+        c = self.container(container_id='ab' * 16, addresses={'other': []})
+        self._stopped_sandbox()
+        saved = self._saved_addresses(c)
+        self.rt.set_network.side_effect = RuntimeError('hotplug failed')
+        self.assertRaises(RuntimeError, self.driver.network_attach,
+                          'ctx', c, {'network': NET,
+                                     'preserve_on_delete': False})
+        self.api.delete_or_unbind_ports.assert_called_once_with(
+            {PORT}, {PORT})
+        self.assertEqual({'other': []}, c.addresses)
+        self.assertEqual({'other': []}, saved[-1])
 
     def test_attach_and_detach_unless_paused(self):
         c = self.container(container_id='ab' * 16,

@@ -155,6 +155,25 @@ class PluginTest(base.BaseTestCase):
         self.assertTrue(os.path.exists(self.record()))
         self.assertEqual('10.0.0.5', att['address'])
 
+    def test_fault_point_between_tap_and_ovs_port(self):
+        # The fault matrix (tools/fault-matrix-zun.py) kills the privsep
+        # daemon at this point: the tap made, the OVS port not yet.
+        calls = mock.Mock()
+        calls.attach_mock(self.priv.create_tap, 'create_tap')
+        calls.attach_mock(self.vswitch.plug, 'ovs_plug')
+        with mock.patch('kata_zun.runtime.faultpoint.reached') as reached:
+            calls.attach_mock(reached, 'reached')
+            self.plugin.plug(CID, 'w', {'network': 'neutron',
+                                        'nics': [nic()]})
+            self.plugin.plug_nic(CID, nic(port_id=PORT2))
+        # (fileutils' atomic writes have points of their own.)
+        self.assertEqual(['create_tap', 'neutron-tap-created',
+                          'ovs_plug'] * 2,
+                         [c[1][0] if c[0] == 'reached' else c[0]
+                          for c in calls.mock_calls
+                          if c[0] != 'reached' or
+                          not c[1][0].startswith('atomic-write')])
+
     def test_failed_plug_undoes_everything(self):
         self.vswitch.plug.side_effect = RuntimeError('ovsdb down')
         self.assertRaises(net_base.NetworkError, self.plugin.plug, CID, 'w',
