@@ -255,16 +255,10 @@ class Store(object):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC |
                          os.O_NOFOLLOW, 0o600)
             try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise TemplateError(
-                                reason='%s is held for more than %d s'
-                                % (name, timeout))
-                        time.sleep(0.05)
+                if not fileutils.poll_flock(fd, deadline):
+                    raise TemplateError(
+                        reason='%s is held for more than %d s'
+                        % (name, timeout))
                 if _names(path, fd):
                     break
             except BaseException:

@@ -24,7 +24,6 @@ import base64
 import concurrent.futures
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import http.client
 import io
@@ -986,22 +985,13 @@ def _download(client, config, layers, directory, report):
 def _file_lock(path, report, what, deadline):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        waited = False
-        while True:
-            # Polled, not blocking: a green thread must not block its hub
-            # (zun-compute), and flock also excludes this process's
-            # threads.
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PullTimeout(registry=what.registry,
-                                      seconds=CONF.kata_image.pull_timeout)
-                if not waited:
-                    report('Waiting for another pull of %s' % what)
-                    waited = True
-                time.sleep(LOCK_POLL)
+        # Polled (flock also excludes this process's threads): one try,
+        # then say why we wait.
+        if not fileutils.poll_flock(fd, deadline=0):
+            report('Waiting for another pull of %s' % what)
+            if not fileutils.poll_flock(fd, deadline, LOCK_POLL):
+                raise PullTimeout(registry=what.registry,
+                                  seconds=CONF.kata_image.pull_timeout)
         yield
     finally:
         os.close(fd)

@@ -3,10 +3,12 @@
 Standard library only (the shim and the CLI must not need zun).
 """
 
+import fcntl
 import functools
 import json
 import os
 import tempfile
+import time
 
 from kata_zun.runtime import faultpoint
 
@@ -83,6 +85,28 @@ def fsync_tree(top):
             if os.path.isfile(path) and not os.path.islink(path):
                 fsync_path(path)
         fsync_dir(dirpath)
+
+
+def poll_flock(fd, deadline=None, interval=0.05):
+    """Take an exclusive ``flock`` on ``fd``, polling.
+
+    Never a blocking ``flock()``: in zun-compute (eventlet) it would stop
+    every green thread, and ``time.sleep`` is green there.
+
+    :param fd: an open descriptor of the lock file.
+    :param deadline: ``time.monotonic()`` value to give up at, or None to
+        wait for ever.
+    :param interval: seconds between tries.
+    :returns: True once locked, False when the deadline passed.
+    """
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
 
 
 def write_atomic(path, data, mode=0o600):

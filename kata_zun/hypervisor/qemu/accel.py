@@ -14,7 +14,6 @@ the probe runs again only after a reboot or an upgrade.
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -196,12 +195,7 @@ def _probe_lock(cache_path):
         yield
         return
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                time.sleep(0.05)
+        fileutils.poll_flock(fd)
         yield
     finally:
         os.close(fd)

@@ -69,3 +69,23 @@ class FsyncTreeTestCase(base.BaseTestCase):
         os.rename(top, top + '.done')
         fileutils.fsync_dir(os.path.dirname(top))
         self.assertEqual([], rec.unsynced(top + '.done'))
+
+
+class PollFlockTestCase(base.BaseTestCase):
+
+    def test_takes_a_free_lock_and_gives_up_on_a_held_one(self):
+        import fcntl
+        import time
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'l')
+        holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, holder)
+        other = os.open(path, os.O_RDWR)
+        self.addCleanup(os.close, other)
+        self.assertTrue(fileutils.poll_flock(holder, deadline=0))
+        # Another open file description of it: held, one try only.
+        self.assertFalse(fileutils.poll_flock(other, deadline=0))
+        t = time.monotonic()
+        self.assertFalse(fileutils.poll_flock(other, t + 0.2, 0.01))
+        self.assertGreaterEqual(time.monotonic() - t, 0.2)
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        self.assertTrue(fileutils.poll_flock(other))
