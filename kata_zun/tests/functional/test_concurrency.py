@@ -107,14 +107,16 @@ class ConcurrencyTestCase(base.KataZunFunctionalTest):
         """:returns: pids of the QEMUs of containers ``ids`` (default:
             every container this test created).
         """
-        names = [b'kz-' + i[:12].encode() + b'\0'
-                 for i in (ids or self.all_ids())]
+        names = set(b'kz-' + i[:12].encode()
+                    for i in (ids or self.all_ids()))
         found = []
         for pid in _pids():
-            cmdline = _cmdline(pid)
-            if cmdline.startswith(b'/usr/bin/qemu') or b'qemu-system' in \
-                    cmdline.split(b'\0')[0]:
-                if any(n in cmdline for n in names):
+            argv = _cmdline(pid).split(b'\0')
+            if argv[0].startswith(b'/usr/bin/qemu') or \
+                    b'qemu-system' in argv[0]:
+                # "-name kz-<id>,debug-threads=on": the name is the first
+                # field of the option's value.
+                if any(a.split(b',')[0] in names for a in argv[1:]):
                     found.append(pid)
         return found
 
