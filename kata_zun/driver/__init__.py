@@ -185,7 +185,9 @@ class KataDriver(zun_images.ImageDriverMixin,
         volume_requests = zun_volumes.requests(
             (requested_volumes or {}).get(container.uuid) or [])
         # --- network (Zun mode): Neutron ports now, plugged at start
-        before = dict(container.addresses or {})
+        # (A Zun Container always has addresses; a caller's lighter
+        # object may not.)
+        before = dict(getattr(container, 'addresses', None) or {})
         addresses, net_request = self._setup_network(
             context, container, requested_networks, persist=True)
         try:
