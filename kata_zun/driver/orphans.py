@@ -10,7 +10,9 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Creates that a dead zun-compute cut before zun could see them.
+"""What zun lost track of: creates a dead zun-compute cut before zun
+could see them (below), and operations whose end zun could not save
+(:func:`settle_lost_results`). Both are settled from the host's side.
 
 zun-compute connects a container's volumes *before* its resource claim
 tags the container with the host (``_attach_volumes`` runs ahead of
@@ -40,10 +42,13 @@ A create cut before its first volume mapping (no volumes, or before
 keeps it ``Creating``, as it would with any driver.
 """
 
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from zun.common import consts
 from zun.common import exception as zun_exc
 from zun import objects
+
+from kata_zun.driver.common import runtime_id_of
 
 LOG = logging.getLogger(__name__)
 
@@ -153,9 +158,6 @@ def settle_lost_results(context, containers, host, sandbox_of, refresh):
     :param refresh: callable (zun container, sandbox) copying its state.
     :returns: the uuids settled.
     """
-    from oslo_concurrency import lockutils
-
-    from kata_zun.driver.common import runtime_id_of
     settled = []
     for stale in containers:
         if (not isinstance(stale, objects.Container) or
