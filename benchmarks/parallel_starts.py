@@ -106,6 +106,8 @@ def main(argv=None):
     parser.add_argument('--form', default='cli',
                         help='comma-separated: cli (kata-zun run -d), '
                         'zun (openstack appcontainer run)')
+    parser.add_argument('--zun-logs', metavar='DIR',
+                        help='copy the Zun services\' logs here at the end')
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(',')]
     rows = []
@@ -116,7 +118,7 @@ def main(argv=None):
                 lambda n, s=sandbox: run_count(s, n))
         elif form == 'zun':
             import zun_starts  # benchmarks/zun_starts.py
-            sandbox = zun_starts.ZunStarts()
+            sandbox = zun_starts.ZunStarts(logs_to=args.zun_logs)
             prepare, count_of = sandbox.start, sandbox.run_count
         else:
             parser.error('unknown form %r' % form)

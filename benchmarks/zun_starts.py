@@ -12,6 +12,7 @@ is a failure, with Zun's status reason.
 
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,8 +28,10 @@ class ZunStarts(object):
     """A Zun environment of its own (temporary work, state and run paths).
     """
 
-    def __init__(self):
+    def __init__(self, logs_to=None):
         from kata_zun.tests.functional import zun_env
+        #: Where the services' logs are copied when the benchmark ends.
+        self.logs_to = logs_to
         self.iso = isolated.Isolated('kzzun')
         self.env = zun_env.ZunEnvironment(
             sys.prefix, os.path.join(self.iso.root, 'zun'), driver='kata',
@@ -152,6 +155,10 @@ class ZunStarts(object):
                 self.delete_all()
         finally:
             try:
+                if self.logs_to:
+                    shutil.copytree(self.env.log_dir, self.logs_to,
+                                    dirs_exist_ok=True)
+                    print('  service logs copied to %s' % self.logs_to)
                 self.env.stop()
             finally:
                 # Whatever zun left: no VM outlives the benchmark.

@@ -43,6 +43,7 @@ from kata_zun.driver import images as zun_images
 from kata_zun.driver import network as zun_network
 from kata_zun.driver import orphans as zun_orphans
 from kata_zun.driver import status as zun_status
+from kata_zun.driver import steadyclock
 from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
@@ -107,6 +108,8 @@ class KataDriver(zun_images.ImageDriverMixin,
 
     def __init__(self):
         super().__init__()
+        # Before zun-compute's clients pace a request on the wall clock.
+        steadyclock.install()
         self.rt = manager.Runtime()
         # Non-interactive execs, from execute_create to execute_run.
         self._execs = collections.OrderedDict()
