@@ -114,8 +114,8 @@ CellFailed = fm.CellFailed
 _check = fm._check
 
 TARGETS = ('compute', 'privsep', 'qemu', 'shim')
-STEPS = ('create', 'start', 'exec', 'stop', 'rm', 'commit', 'pull',
-         'volume', 'network')
+STEPS = ('create', 'start', 'exec', 'attach', 'stop', 'rm', 'commit',
+         'pull', 'volume', 'network')
 #: Where zun-compute stops for each step hit by a fault point.
 POINTS = {'create': 'create', 'start': 'start-spawned', 'rm': 'rm',
           'commit': 'commit-read', 'pull': 'zun-pull',
@@ -215,7 +215,13 @@ class ZunMatrix(fm.Env):
         if cinder:
             from kata_zun.tests.functional import cinder_env
             extra = cinder_env.CinderEnvironment.zun_conf(sys.prefix)
+        # Attach goes through zun-wsproxy to the kata console, which
+        # zun-compute serves where zun expects Docker.
+        console_port = zun_env._free_port()
         extra.update({
+            'kata_console': {'listen_host': zun_env.HOST_IP,
+                             'listen_port': console_port},
+            'docker': {'docker_remote_api_port': console_port},
             'DEFAULT': {'sync_container_state_interval': '5'},
             'kata': {'state_path': self.state_path,
                      'run_path': self.run_path,
@@ -225,7 +231,7 @@ class ZunMatrix(fm.Env):
                                     os.path.join(self.root, 'zun'),
                                     driver='kata', extra_conf=extra,
                                     glance=glance, neutron=self.neutron,
-                                    neutron_venv=neutron_venv)
+                                    neutron_venv=neutron_venv, wsproxy=True)
         self.zun.point_file = self.point_file
         self.cinder = None
         if cinder:
@@ -759,6 +765,57 @@ def cell_exec(m, target, name, cids):
     return outcome(m, name, cid)
 
 
+def _attach(m, name):
+    """``openstack appcontainer attach`` in a pseudo-terminal, once the
+    container's output reaches it.
+    """
+    from kata_zun.tests.functional import test_zun_console_e2e as console
+    argv = [m.zun._bin('openstack'), '--os-container-api-version',
+            zun_env.CONTAINER_API_VERSION, 'appcontainer', 'attach', name]
+    term = console.Terminal(argv, m.zun._env(**m.zun.os_environ()))
+    try:
+        term.expect(b'tick', timeout=WAIT)
+    except AssertionError as exc:
+        term.close()
+        raise CellFailed('attach: %s' % str(exc)[-300:])
+    return term
+
+
+def _ended(term):
+    """The attach client ends once its stream is cut (not hangs)."""
+    try:
+        return term.wait(timeout=WAIT)
+    except AssertionError:
+        raise CellFailed('attach still runs %d s after the kill: %r' % (
+            WAIT, term.output[-200:]))
+    finally:
+        term.close()
+
+
+def cell_attach(m, target, name, cids):
+    # Zun attaches only to interactive containers (a TTY, stdin open).
+    m.os_ok('appcontainer', 'create', '--name', name, '--interactive',
+            '--image-pull-policy', 'ifnotpresent', *(m.net_options() + (
+                'busybox', 'sh', '-c', fm.TICKS)))
+    m.wait_status(name, ('Created',))
+    m.os_ok('appcontainer', 'start', name)
+    info = m.wait_status(name, ('Running',))
+    cid = info['uuid'].replace('-', '')
+    cids.append(cid)
+    term = _attach(m, name)
+    if target == 'compute':
+        # The console dies with zun-compute; the container must not.
+        m.kill_compute()
+    else:
+        fm.Env.kill(m, target, cid, None)
+    _ended(term)
+    if target == 'compute':
+        _check(m.settle(cid), 'the container died with zun-compute')
+        # The restarted zun-compute's console serves a new attach.
+        _attach(m, name).close()
+    return outcome(m, name, cid)
+
+
 def cell_stop(m, target, name, cids):
     cid = m.run(name)
     cids.append(cid)
@@ -857,8 +914,9 @@ def cell_volume(m, target, name, cids):
 
 
 CELLS = {'create': cell_create, 'start': cell_start, 'exec': cell_exec,
-         'stop': cell_stop, 'rm': cell_rm, 'commit': cell_commit,
-         'pull': cell_pull, 'volume': cell_volume, 'network': cell_network}
+         'attach': cell_attach, 'stop': cell_stop, 'rm': cell_rm,
+         'commit': cell_commit, 'pull': cell_pull, 'volume': cell_volume,
+         'network': cell_network}
 
 
 def run_cell(m, step, target):

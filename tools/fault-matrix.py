@@ -75,14 +75,18 @@ DEFAULT_GUEST_DIR = '/var/lib/kata-zun/guest'
 LEASE_DIR = '/run/kata-zun-jail/uids'
 CGROUP_PARENT = 'kata_zun'
 TARGETS = ('qemu', 'shim', 'cli')
-STEPS = ('create', 'boot', 'volume', 'start', 'exec', 'stop', 'rm')
+STEPS = ('create', 'boot', 'volume', 'start', 'exec', 'attach', 'stop',
+         'rm')
 # Nothing to kill: no QEMU nor shim exists while a record is created.
 NOT_APPLICABLE = {('create', 'qemu'), ('create', 'shim')}
 QUICK = (('create', 'cli'), ('boot', 'cli'), ('start', 'shim'),
-         ('exec', 'qemu'), ('stop', 'cli'), ('rm', 'shim'))
+         ('exec', 'qemu'), ('attach', 'shim'), ('stop', 'cli'),
+         ('rm', 'shim'))
 # The container's process: logs SIGTERM and goes on (stop must SIGKILL).
 MAIN = ("trap 'echo got-term' TERM; echo main-up; "
         "while :; do sleep 1 & wait; done")
+# The attach step's process: a line a second for the attached client.
+TICKS = 'echo main-up; while :; do echo tick; sleep 1; done'
 # Seconds: generous, for a loaded 2-core TCG host (a boot takes 1.5-10 s,
 # far more while dozens of VMs boot at once): a slow host makes a cell
 # slower, never a failure.
@@ -611,6 +615,48 @@ def cell_exec(env, target, name, cids):
     return said
 
 
+def cell_attach(env, target, name, cids):
+    cid = env.ok('run', '-d', '--name', name, 'busybox', 'sh', '-c',
+                 TICKS).strip()
+    cids.append(cid)
+    env.wait_log(cid, b'main-up')
+    fds = env.shim_fds(cid)
+    attach = ['attach', '--no-stdin', '--sig-proxy', 'false', name]
+    cli = Cli(env, attach)
+    cli.wait_for('the attached output', b'tick')
+    env.kill(target, cid, cli)
+    if target == 'cli':
+        _check(env.settle(cid), 'the container died with its attached '
+               'client')
+        deadline = time.monotonic() + SETTLE
+        while env.shim_fds(cid) > fds and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _check(env.shim_fds(cid) <= fds, 'the shim kept %d fds more' % (
+            env.shim_fds(cid) - fds))
+        # The next client is served as the first was.
+        again = Cli(env, attach)
+        again.wait_for('output to a new attach', b'tick')
+        again.kill()
+        said = 'running; the shim dropped the client'
+    else:
+        code = cli.wait()
+        _check(code != 0, 'attach exited 0 with its %s killed' % target)
+        _no_traceback(cli)
+        _check(not env.settle(cid), 'the sandbox still runs')
+        info = env.inspect(name)
+        said = _explained(info, 'after the kill')
+        # attach ends as the container did: its exit code, or one clear
+        # error line.
+        _check(code == info['State']['ExitCode'] or
+               b'kata-zun: error: ' in cli.err,
+               'attach exit %d, the container\'s %s, no error line: %s' % (
+                   code, info['State']['ExitCode'], cli.text()))
+        _restarts(env, name, cid)
+    env.ok('rm', '-f', name)
+    env.check_gone(cid)
+    return said
+
+
 def cell_stop(env, target, name, cids):
     cid = env.run_container(name)
     cids.append(cid)
@@ -664,7 +710,8 @@ def cell_volume(env, target, name, cids):
 
 CELLS = {'create': cell_create, 'boot': cell_boot, 'volume': cell_volume,
          'start': cell_start,
-         'exec': cell_exec, 'stop': cell_stop, 'rm': cell_rm}
+         'exec': cell_exec, 'attach': cell_attach, 'stop': cell_stop,
+         'rm': cell_rm}
 
 
 def run_cell(env, step, target):

@@ -792,4 +792,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # Run as ``python -m kata_zun.cmd.cli`` this file is ``__main__``, and
+    # the command modules that import kata_zun.cmd.cli get a second copy
+    # of it, with a CliError of its own that this copy's main() would not
+    # catch (a traceback instead of one error line): run that copy's.
+    from kata_zun.cmd import cli as _imported
+    sys.exit(_imported.main())

@@ -140,3 +140,30 @@ class CliBrokenPipeTestCase(base.BaseTestCase):
         _out, err = proc.communicate(timeout=60)
         self.assertEqual(141, proc.returncode, err)
         self.assertNotIn(b'Traceback', err)
+
+
+class CliRunAsModuleTestCase(base.BaseTestCase):
+
+    def test_errors_of_command_modules_are_one_line(self):
+        # ``python -m kata_zun.cmd.cli`` (how the tests, the benchmarks
+        # and the fault matrix run it): the command modules raise the
+        # CliError of the imported kata_zun.cmd.cli, a different class
+        # from __main__'s; it must still end as one error line and its
+        # code, not a traceback (the fault matrix's attach cells found it).
+        import subprocess
+        import sys
+        proc = subprocess.run(
+            [sys.executable, '-c',
+             'import runpy, sys\n'
+             'from unittest import mock\n'
+             'from kata_zun.cmd import cli\n'
+             'def refuse(rt, args):\n'
+             '    raise cli.CliError("refused on purpose", 3)\n'
+             'sys.argv = ["kata-zun", "version"]\n'
+             'with mock.patch("kata_zun.cmd.verbs.cmd_version", refuse):\n'
+             '    runpy.run_module("kata_zun.cmd.cli", run_name="__main__",\n'
+             '                     alter_sys=True)\n'],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(3, proc.returncode, proc.stderr)
+        self.assertIn('kata-zun: error: refused on purpose', proc.stderr)
+        self.assertNotIn('Traceback', proc.stderr)
