@@ -108,6 +108,11 @@ def main(argv=None):
                         'zun (openstack appcontainer run)')
     parser.add_argument('--zun-logs', metavar='DIR',
                         help='copy the Zun services\' logs here at the end')
+    parser.add_argument('--zun-cpu', type=float,
+                        help='vCPUs of each Zun container (zun: 1)')
+    parser.add_argument('--zun-cpu-allocation-ratio', type=float,
+                        help="zun-compute's [compute] cpu_allocation_ratio "
+                        "(zun: 16 vCPUs a host core)")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(',')]
     rows = []
@@ -118,7 +123,10 @@ def main(argv=None):
                 lambda n, s=sandbox: run_count(s, n))
         elif form == 'zun':
             import zun_starts  # benchmarks/zun_starts.py
-            sandbox = zun_starts.ZunStarts(logs_to=args.zun_logs)
+            sandbox = zun_starts.ZunStarts(logs_to=args.zun_logs,
+                                           cpu=args.zun_cpu,
+                                           cpu_ratio=(
+                                               args.zun_cpu_allocation_ratio))
             prepare, count_of = sandbox.start, sandbox.run_count
         else:
             parser.error('unknown form %r' % form)

@@ -28,10 +28,13 @@ class ZunStarts(object):
     """A Zun environment of its own (temporary work, state and run paths).
     """
 
-    def __init__(self, logs_to=None):
+    def __init__(self, logs_to=None, cpu=None, cpu_ratio=None):
         from kata_zun.tests.functional import zun_env
         #: Where the services' logs are copied when the benchmark ends.
         self.logs_to = logs_to
+        #: ``appcontainer run --cpu`` (zun's default is 1 vCPU: placement
+        #: holds 16 per host core, 32 on a 2-core host).
+        self.cpu = cpu
         self.iso = isolated.Isolated('kzzun')
         self.env = zun_env.ZunEnvironment(
             sys.prefix, os.path.join(self.iso.root, 'zun'), driver='kata',
@@ -40,6 +43,10 @@ class ZunStarts(object):
                 # placement refuse most of 50 on this host's disk: a
                 # busybox needs far less.
                 'DEFAULT': {'default_disk': '1'},
+                # VCPU capacity in placement: 16 per host core by default
+                # (32 here); zun claims at least 1 a container.
+                'compute': ({'cpu_allocation_ratio': str(cpu_ratio)}
+                            if cpu_ratio else {}),
                 'kata': {'state_path': self.iso.state,
                          'run_path': self.iso.run},
                 # Nothing leaves this machine.
@@ -76,9 +83,10 @@ class ZunStarts(object):
             text=True, timeout=900, stdin=subprocess.DEVNULL)
 
     def _launch(self, name):
+        cpu = ('--cpu', str(self.cpu)) if self.cpu else ()
         code, out, err = self.env.openstack(
             'appcontainer', 'run', '--name', name, '--image-pull-policy',
-            'ifnotpresent', 'busybox', 'sleep', '3600', timeout=600)
+            'ifnotpresent', *cpu, 'busybox', 'sleep', '3600', timeout=600)
         return code, err.strip()[-300:]
 
     def run_count(self, count):
