@@ -131,3 +131,9 @@ class ContainerStartFailed(KataZunException):
 
 class ShimError(KataZunException):
     msg_fmt = 'Sandbox shim error: %(reason)s'
+
+
+class ShimUnresponsive(ShimError):
+    """The shim took the connection but did not shake hands in time:
+    late (a starved host) or hung, not known to be gone.
+    """

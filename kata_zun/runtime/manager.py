@@ -1038,11 +1038,32 @@ class Runtime(pods.PodMixin):
                                       os.path.join(c.dir, 'shim.log'))
 
     def connect(self, c, timeout=10.0):
-        """:returns: a ShimClient connected to a running container."""
+        """Connect to the shim of a running container.
+
+        A shim that takes the connection but does not answer within
+        ``timeout`` while its process lives is asked again: on a host
+        starved of CPU or memory its answer is late, not lost (a fixed
+        deadline failed a stop of a healthy container in the soak while
+        the host's memory ran out). ``[kata] shim_start_timeout`` bounds
+        a shim that lives and never answers.
+
+        :param c: the container.
+        :param timeout: seconds for one attempt at the handshake.
+        :returns: a connected ShimClient.
+        :raises: ShimError when the shim is gone or never answers.
+        """
         if self.pod_of(c):
             return self._member_client(c, timeout)
-        return shim_client.ShimClient(
-            os.path.join(self._run_dir(c.id), 'shim.sock'), timeout=timeout)
+        path = os.path.join(self._run_dir(c.id), 'shim.sock')
+        give_up = time.monotonic() + CONF.kata.shim_start_timeout
+        while True:
+            try:
+                return shim_client.ShimClient(path, timeout=timeout)
+            except exception.ShimUnresponsive as exc:
+                if time.monotonic() >= give_up or not _pid_is_shim(
+                        c.state.get('shim_pid'), c.id):
+                    raise
+                LOG.warning('%s; its process lives: asking again', exc)
 
     def _running_client(self, ref):
         c = self.get(ref)

@@ -25,7 +25,8 @@ class ShimClient(object):
 
         :param path: the shim's API socket.
         :param timeout: seconds for connecting and the handshake.
-        :raises: ShimError if the shim does not answer.
+        :raises: ShimUnresponsive if it does not answer within
+            ``timeout``, ShimError if it cannot be reached.
         """
         self.path = path
         self.decoder = protocol.Decoder(max_frame or
@@ -44,6 +45,11 @@ class ShimClient(object):
                 frame = self._next(deadline)
                 if frame.type == protocol.HELLO:
                     break
+        except socket.timeout as exc:
+            self.sock.close()
+            raise exception.ShimUnresponsive(
+                reason='the shim at %s did not answer within %.0f s: %s' % (
+                    path, timeout, exc))
         except OSError as exc:
             self.sock.close()
             raise exception.ShimError(reason='cannot talk to the shim at '
