@@ -117,6 +117,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         # served from zun-compute itself, in green threads. Started now in
         # zun-compute (eventlet-patched), on first use anywhere else.
         self._console = None
+        # auto_heal: containers that were running when a heal began and
+        # are not running again yet (uuid -> True). A heal whose rebuild
+        # fails leaves the container Error; the next heal must still
+        # start it, not only create it.
+        self._heal_to_run = {}
         # In zun-compute (eventlet-patched), the first list() is
         # init_containers' at start-up, before any request is served:
         # then, and only then, a hostless create is an orphan.
@@ -459,16 +464,22 @@ class KataDriver(zun_images.ImageDriverMixin,
                     'rebuilding it (auto_heal)', container.uuid)
         ctx = copy.copy(context)
         ctx.project_id = container.project_id
+        run = (container.status == consts.RUNNING or
+               self._heal_to_run.get(container.uuid, False))
+        if run:
+            self._heal_to_run[container.uuid] = True
         try:
             objects.ContainerAction.action_start(
                 ctx, container.uuid, container_actions.REBUILD,
                 want_result=False)
-            manager_.container_rebuild(ctx, container,
-                                       container.status == consts.RUNNING)
+            manager_.container_rebuild(ctx, container, run)
         except Exception:
             LOG.exception('auto_heal of container %s failed',
                           container.uuid)
             return False
+        finally:
+            if container.status == consts.RUNNING or not run:
+                self._heal_to_run.pop(container.uuid, None)
         return True
 
     # ------------------------------------------------------------ I/O

@@ -103,6 +103,39 @@ class DriverTestCase(base.BaseTestCase):
                                        want_result=False)
         self.assertFalse(heal.save.called)   # the rebuild owns it now
 
+    def test_auto_heal_keeps_starting_after_a_failed_rebuild(self):
+        # A rebuild of a running container fails (zun saves it Error);
+        # the next heal still starts it (CI: it ended Created).
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+
+        def fails(ctx, container, run):
+            container.status = 'Error'
+        manager_ = mock.Mock()
+        manager_.container_rebuild.side_effect = fails
+        self.rt.list.return_value = []
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[heal]), \
+                mock.patch('zun.objects.ContainerAction.action_start'):
+            self.driver.update_containers_states(
+                mock.Mock(project_id=None), [heal], manager_)
+            self.assertEqual('Error', heal.status)
+
+            def works(ctx, container, run):
+                container.status = 'Running' if run else 'Created'
+            manager_.container_rebuild.side_effect = works
+            self.driver.update_containers_states(
+                mock.Mock(project_id=None), [heal], manager_)
+        self.assertEqual([True, True], [
+            c[0][2] for c in manager_.container_rebuild.call_args_list])
+        self.assertEqual('Running', heal.status)
+        self.assertEqual({}, self.driver._heal_to_run)
+        # A container that was not running is healed as created.
+        heal.status = 'Stopped'
+        manager_, _a = self._sync([heal])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, heal, False)
+
     def test_missing_without_auto_heal_is_an_error(self):
         c = self._container(auto_heal=False, save=mock.Mock())
         manager_, _a = self._sync([c])
