@@ -505,6 +505,17 @@ def _restarts(env, name, cid):
     _check(out.strip() == 'alive', 'exec after start printed %r' % out)
 
 
+def _shim_dropped_client(env, cid, fds):
+    """The shim closes a killed client's connection: within SETTLE s it
+    holds no more descriptors than the ``fds`` it had before the client.
+    """
+    deadline = time.monotonic() + SETTLE
+    while env.shim_fds(cid) > fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _check(env.shim_fds(cid) <= fds, 'the shim kept %d fds more' % (
+        env.shim_fds(cid) - fds))
+
+
 def cell_create(env, target, name, cids):
     cli = Cli(env, ['run', '-d', '--name', name, 'busybox', 'sleep', '600'],
               point='create')
@@ -597,11 +608,7 @@ def cell_exec(env, target, name, cids):
         _check(env.settle(cid), 'the container died with its exec client')
         out = env.ok('exec', name, 'echo', 'alive')
         _check(out.strip() == 'alive', 'exec printed %r' % out)
-        deadline = time.monotonic() + SETTLE
-        while env.shim_fds(cid) > fds and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _check(env.shim_fds(cid) <= fds, 'the shim kept %d fds more' % (
-            env.shim_fds(cid) - fds))
+        _shim_dropped_client(env, cid, fds)
         said = 'running; the shim dropped the client'
     else:
         code = cli.wait()
@@ -628,11 +635,7 @@ def cell_attach(env, target, name, cids):
     if target == 'cli':
         _check(env.settle(cid), 'the container died with its attached '
                'client')
-        deadline = time.monotonic() + SETTLE
-        while env.shim_fds(cid) > fds and time.monotonic() < deadline:
-            time.sleep(0.1)
-        _check(env.shim_fds(cid) <= fds, 'the shim kept %d fds more' % (
-            env.shim_fds(cid) - fds))
+        _shim_dropped_client(env, cid, fds)
         # The next client is served as the first was.
         again = Cli(env, attach)
         again.wait_for('output to a new attach', b'tick')
