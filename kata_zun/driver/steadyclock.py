@@ -30,21 +30,16 @@ LOG = logging.getLogger(__name__)
 
 
 class SteadyTime(object):
-    """The ``time`` module with a ``time()`` that never steps.
+    """The ``time`` module with a ``time()`` that never steps."""
 
-    :param wall: the wall clock to start from (default ``time.time``).
-    :param monotonic: the monotonic clock (default ``time.monotonic``).
-    """
-
-    def __init__(self, wall=None, monotonic=None):
-        self._monotonic = monotonic or time.monotonic
-        self._offset = (wall or time.time)() - self._monotonic()
+    def __init__(self):
+        self._offset = time.time() - time.monotonic()
 
     def time(self):
-        """:returns: seconds, as ``time.time()`` at install plus the
-            monotonic time elapsed since.
+        """:returns: seconds, as ``time.time()`` when this was made plus
+            the monotonic time elapsed since.
         """
-        return self._monotonic() + self._offset
+        return time.monotonic() + self._offset
 
     def __getattr__(self, name):
         # sleep() and the rest: the time module's, looked up at each call
