@@ -478,7 +478,7 @@ class KataDriver(zun_images.ImageDriverMixin,
                           container.uuid)
             return False
         finally:
-            if container.status == consts.RUNNING or not run:
+            if container.status == consts.RUNNING:
                 self._heal_to_run.pop(container.uuid, None)
         return True
 
