@@ -1385,10 +1385,16 @@ class ZunEnvironment(ServiceHarness):
                 os.path.join(pl_dir, 'placement.conf'), 'db', 'sync'],
             env=env), 'placement db sync')
         t = time.monotonic()
-        self._gunicorn('placement', pl_dir, self.ports['placement'], env)
+        self._serve_placement()
+        self._phase('placement up', t)
+
+    def _serve_placement(self):
+        """Start placement's server (its schema ready); wait for it."""
+        pl_dir = os.path.join(self.workdir, 'placement')
+        self._gunicorn('placement', pl_dir, self.ports['placement'],
+                       self._env(OS_PLACEMENT_CONFIG_DIR=pl_dir))
         self._wait_http('placement', 'http://%s:%s/' % (
             HOST_IP, self.ports['placement']), self.timeout)
-        self._phase('placement up', t)
 
     def _glance_api(self, db_ready):
         gl_dir = os.path.join(self.workdir, 'glance')
@@ -1412,11 +1418,15 @@ class ZunEnvironment(ServiceHarness):
             'upgrade']), 'zun-db-manage upgrade')
         mq_ready.result()
         t = time.monotonic()
+        self._serve_zun_api()
+        self._phase('zun-api up', t)
+
+    def _serve_zun_api(self):
+        """Start zun-api (its schema ready); wait until it answers."""
         self._spawn('zun-api', [self._bin('zun-api'), '--config-file',
                                 self.conf_path], env=self._zun_env())
         self._wait_http('zun-api', 'http://%s:%s/' % (
             HOST_IP, self.ports['zun-api']), self.timeout)
-        self._phase('zun-api up', t)
 
     def _fake_neutron(self):
         self._spawn('fake-neutron', [
@@ -1765,15 +1775,8 @@ class ZunEnvironment(ServiceHarness):
         t = time.monotonic()
         for name in ('zun-api', 'placement'):
             self._kill(name, signal.SIGTERM)
-        pl_dir = os.path.join(self.workdir, 'placement')
-        self._gunicorn('placement', pl_dir, self.ports['placement'],
-                       self._env(OS_PLACEMENT_CONFIG_DIR=pl_dir))
-        self._spawn('zun-api', [self._bin('zun-api'), '--config-file',
-                                self.conf_path], env=self._zun_env())
-        self._wait_http('placement', 'http://%s:%s/' % (
-            HOST_IP, self.ports['placement']), self.timeout)
-        self._wait_http('zun-api', 'http://%s:%s/' % (
-            HOST_IP, self.ports['zun-api']), self.timeout)
+        self._serve_placement()
+        self._serve_zun_api()
         self._phase('restart_token_checkers', t)
         return self.timings['restart_token_checkers']
 
