@@ -24,7 +24,10 @@ arguments (the os-vif style)::
      |    +-- AgentProtocolError   malformed/oversized frame: link closed
      |    +-- AgentTimeout
      |    +-- AgentRequestFailed   the agent answered with an error
+     +-- ContainerStartFailed    the container's process did not start
+     +-- InsufficientResources   the host cannot fit a start (memory)
      +-- ShimError               talking to a sandbox shim
+          +-- ShimUnresponsive     connected, but no handshake in time
 """
 
 
@@ -127,6 +130,14 @@ class AgentRequestFailed(AgentError):
 
 class ContainerStartFailed(KataZunException):
     msg_fmt = 'The container process could not start: %(reason)s'
+
+
+class InsufficientResources(KataZunException):
+    """A start does not fit on this host (see
+    :mod:`kata_zun.runtime.admission`); zun shows it as its own
+    ResourcesUnavailable.
+    """
+    msg_fmt = 'Insufficient resources: %(reason)s'
 
 
 class ShimError(KataZunException):

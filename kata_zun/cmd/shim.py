@@ -223,8 +223,25 @@ def main(argv=None):
                                templates=CONF.kata.vm_templating),
                            **shim_args)
         make_config = vm_config
+    from kata_zun import exception
+    from kata_zun.runtime import admission
     try:
-        shim.boot(make_config(shim, args.run_dir))
+        config = make_config(shim, args.run_dir)
+        # Held until the boot is done: then MemAvailable shows what this
+        # VM took, and the next start is judged on that.
+        with admission.Ledger().reservation(config.name) as reservation:
+            shim.boot(config, admit=reservation.need)
+    except exception.InsufficientResources as exc:
+        # Nothing ran: the container stays created, and can be started
+        # once the host has room (as Docker keeps a container whose
+        # start failed).
+        LOG.warning('sandbox %s not started: %s', shim.cid, exc)
+        if shim.vm is not None:
+            shim.vm.stop(0)
+        shim.save_state(status='created', shim_pid=None, vm_pid=None,
+                        error=str(exc))
+        _report(ready_fd, admission.REFUSED + str(exc))
+        return 1
     except Exception as exc:
         LOG.exception('sandbox %s failed to start', shim.cid)
         message = boot_error(shim, exc)

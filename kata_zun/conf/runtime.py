@@ -18,6 +18,18 @@ OPTS = [
                     'progress ([kata_agent] connect_timeout and '
                     'boot_cpu_budget), however long a busy host makes a '
                     'boot; this only bounds a shim that hangs.'),
+    cfg.BoolOpt('memory_admission', default=True,
+                help='Refuse a sandbox start that would not fit in the '
+                     'host\'s available memory (MemAvailable, less '
+                     'host_memory_reserve_mb and what the starts in '
+                     'flight may still touch) with an "insufficient '
+                     'resources" error, instead of letting it boot and '
+                     'the host run out of memory. A start that fits once '
+                     'the starts in flight are done waits for them.'),
+    cfg.IntOpt('host_memory_reserve_mb', default=512, min=0,
+               help='Host memory, in MiB, that sandbox starts leave free '
+                    'for the host itself (like Nova\'s '
+                    'reserved_host_memory_mb); see memory_admission.'),
     cfg.IntOpt('stop_timeout', default=10, min=0,
                help='Default seconds between SIGTERM and SIGKILL on stop.'),
     cfg.IntOpt('console_log_max_bytes', default=1024 * 1024, min=4096,

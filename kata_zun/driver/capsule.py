@@ -195,7 +195,7 @@ def _sync(rt, capsule, context=None):
         if c is None:
             continue
         zc.container_id = c.id
-        zun_status.copy_state(zc, c)
+        zun_status.copy_state(zc, c, failed_start_is_error=False)
         if context is not None:
             _save(context, zc)
     phase = pod.status

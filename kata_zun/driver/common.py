@@ -62,5 +62,7 @@ def _translated(func, self, *args, **kwargs):
         raise zun_exc.Conflict(_zun_text(exc))
     except exception.InvalidInput as exc:
         raise zun_exc.Invalid(_zun_text(exc))
+    except exception.InsufficientResources as exc:
+        raise zun_exc.ResourcesUnavailable(_zun_text(exc))
     except exception.KataZunException as exc:
         raise zun_exc.ZunException(_zun_text(exc))

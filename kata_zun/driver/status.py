@@ -44,9 +44,14 @@ def _ago(ts):
     return '%d seconds' % seconds
 
 
-def copy_state(container, c):
+def copy_state(container, c, failed_start_is_error=True):
     """Copy the state of runtime record ``c`` into the Zun object
     ``container`` (never raises).
+
+    :param failed_start_is_error: show a container whose last start
+        failed before it ran as Error (a container's); False keeps it
+        Created with its reason (a capsule's member that was never
+        started because an init container failed).
     """
     status = c.status
     if c.lost == 'host-restart':
@@ -70,6 +75,14 @@ def copy_state(container, c):
         container.status_reason = guestdata.printable(c.error)
         container.status_detail = 'Exited(%s) %s ago (error)' % (
             c.exit_code, _ago(c.state.get('finished_at')))
+        return
+    if status == manager.CREATED and c.error and failed_start_is_error:
+        # Its last start failed before the container ran (refused for
+        # memory, or abandoned by its starter): the CLI shows it created
+        # like Docker, zun as a failed start. Zun may start it again.
+        container.status = consts.ERROR
+        container.status_reason = guestdata.printable(c.error)
+        container.status_detail = 'Created (start failed)'
         return
     container.status = STATUS.get(status, consts.UNKNOWN)
     if status == manager.RUNNING:

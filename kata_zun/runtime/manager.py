@@ -35,6 +35,7 @@ from oslo_log import log as logging
 
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.runtime import admission
 from kata_zun.runtime import events
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
@@ -1032,6 +1033,9 @@ class Runtime(pods.PodMixin):
         finally:
             os.close(read_fd)
         text = message.decode('utf-8', 'replace').strip()
+        if text.startswith(admission.REFUSED):
+            raise exception.InsufficientResources(
+                text[len(admission.REFUSED):])
         if text != 'ok':
             raise exception.ShimError(reason=text or 'the shim died while '
                                       'starting; see %s' %

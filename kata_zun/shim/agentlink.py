@@ -58,14 +58,17 @@ class AgentLink(object):
     _woken = False
 
     # ------------------------------------------------------------ set-up
-    def boot(self, vm_config):
+    def boot(self, vm_config, admit=None):
         """Boot the VM, shake hands with the agent and create the
         container in it. Blocking: runs before the API is served.
 
-        :raises: ShimSetupError, HypervisorError, OSError
+        :param admit: the host memory admission hook (see
+            :meth:`kata_zun.hypervisor.base.Hypervisor.start`).
+        :raises: ShimSetupError, HypervisorError, OSError,
+            InsufficientResources
         """
         t0 = time.monotonic()
-        self.vm = self.hypervisor.start(vm_config)
+        self.vm = self.hypervisor.start(vm_config, admit=admit)
         self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
                         boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}

@@ -96,13 +96,16 @@ class PodShim(server.Shim):
         return [m for m in self.members if not m.init]
 
     # ------------------------------------------------------------- boot
-    def boot(self, vm_config):
+    def boot(self, vm_config, admit=None):
         """Boot the VM, shake hands and create every container in it.
 
-        :raises: ShimSetupError, HypervisorError, OSError
+        :param admit: the host memory admission hook (see
+            :meth:`kata_zun.hypervisor.base.Hypervisor.start`).
+        :raises: ShimSetupError, HypervisorError, OSError,
+            InsufficientResources
         """
         t0 = time.monotonic()
-        self.vm = self.hypervisor.start(vm_config)
+        self.vm = self.hypervisor.start(vm_config, admit=admit)
         common = {'shim_pid': os.getpid(), 'vm_pid': self.vm.pid,
                   'boot_id': fileutils.boot_id()}
         self.save_state(**common)

@@ -444,16 +444,38 @@ def build_now(hv, config, digest):
         key, lambda work: build(hv, config, work))
 
 
-def try_restore(hv, config):
+def restore_cost_mib(hv, config, tmpl):
+    """:returns: MiB a restore of ``config`` from ``tmpl`` may touch
+        before its boot is done: QEMU's own (as for a cold boot), plus,
+        jailed, the template's RAM it loads into private memory
+        (unjailed, the RAM stays the template's shared file until
+        written). Never more than a cold boot.
+    """
+    from kata_zun.hypervisor.qemu import vm as qemu_vm
+    cold = qemu_vm.cold_cost_mib(config)
+    loaded = 0
+    if hv.jailed:
+        try:
+            loaded = -(-os.stat(tmpl.state_full).st_size // (1 << 20))
+        except OSError:
+            return cold
+    return min(cold, loaded + CONF.kata_jail.memory_overhead_mb)
+
+
+def try_restore(hv, config, admit=None):
     """The fast start path.
 
     :param hv: the :class:`QemuHypervisor`.
     :param config: the sandbox's VMConfig.
+    :param admit: see :meth:`kata_zun.hypervisor.base.Hypervisor.start`;
+        called with :func:`restore_cost_mib` once a template is found.
     :returns: a running :class:`QemuVM` restored from a template, or
         None when the VM must boot cold (its shape has no template yet:
         one is built in the background; or the template could not be
         used: a warning says why).
-    :raises: nothing but KeyboardInterrupt-like exceptions
+    :raises: what ``admit`` raises (InsufficientResources: a cold boot
+        would need more), else nothing but KeyboardInterrupt-like
+        exceptions
     """
     reason = template.unsupported(config, hv.machine_type)
     if reason:
@@ -471,6 +493,9 @@ def try_restore(hv, config):
                      'being built in the background' if spawned else
                      'another template is being built')
             return None
+        if admit is not None:
+            admit(restore_cost_mib(hv, config, tmpl))
+            started = time.monotonic()      # not the wait for admission
         try:
             vm = restore(hv, config, tmpl)
         except TemplateLoadError:

@@ -26,6 +26,24 @@ def tail_file(path, size):
     return fileutils.tail(path, size)
 
 
+def processes_under(path):
+    """:returns: pids of the processes whose command line names ``path``
+        (the QEMUs and shims of one run path).
+    """
+    needle = path.encode()
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 class Result(object):
     def __init__(self, proc):
         self.code = proc.returncode

@@ -21,24 +21,6 @@ from kata_zun.tests.functional import base
 from kata_zun.tests.functional import registry_fixture as rf
 
 
-def _processes_under(path):
-    """:returns: pids of the processes whose command line names
-        ``path`` (the QEMUs and shims of one run path).
-    """
-    needle = path.encode()
-    found = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as f:
-                if needle in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 class ConcurrencyTestCase(base.KataZunFunctionalTest):
 
     def setUp(self):
@@ -123,10 +105,10 @@ class ConcurrencyTestCase(base.KataZunFunctionalTest):
     def assert_no_leak(self):
         """No QEMU or shim of this test left, no record half-made."""
         deadline = time.monotonic() + 30
-        while (_processes_under(self.run_path) or self.vms()) and \
+        while (base.processes_under(self.run_path) or self.vms()) and \
                 time.monotonic() < deadline:
             time.sleep(0.2)
-        self.assertEqual([], _processes_under(self.run_path))
+        self.assertEqual([], base.processes_under(self.run_path))
         self.assertEqual([], self.vms())
         containers = os.path.join(self.state_path, 'containers')
         for cid in os.listdir(containers):

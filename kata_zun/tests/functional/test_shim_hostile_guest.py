@@ -66,7 +66,7 @@ class FakeGuest(hv_base.Hypervisor):
         self.script = script
         self.thread = None
 
-    def start(self, config):
+    def start(self, config, admit=None):
         path = os.path.join(config.run_dir, 'agent.sock')
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)

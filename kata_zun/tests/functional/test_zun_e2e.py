@@ -112,6 +112,10 @@ class ZunEndToEndBase(base.BaseTestCase):
                            capture_output=True,
                            timeout=functional.CLI_TIMEOUT)
 
+    def _write_conf(self, text):
+        from kata_zun.runtime import fileutils
+        fileutils.write_atomic(self.env.conf_path, text.encode())
+
     def _attach_logs(self, exc_info):
         attach_compute_logs(self, self.env, self.state_path)
 
@@ -251,6 +255,30 @@ class ZunEndToEndTest(ZunEndToEndBase):
         self.assertIn('executable file not found', info['status_reason'])
         self.os('appcontainer', 'delete', '--force', 'nocmd')
         self.os('appcontainer', 'delete', '--force', 'noimg')
+
+        # A start the host cannot fit (memory admission, issue 14): Error
+        # with the reason (zun's ResourcesUnavailable). Each shim reads
+        # zun-compute's zun.conf anew: no restart needed.
+        with open(self.env.conf_path) as f:
+            conf_text = f.read()
+        self.addCleanup(self._write_conf, conf_text)
+        self._write_conf(conf_text + '\n[kata]\nhost_memory_reserve_mb = '
+                         '1073741824\n')
+        self.os('appcontainer', 'run', '--name', 'nomem',
+                '--image-pull-policy', 'ifnotpresent', 'busybox', 'sleep',
+                '1000')
+        info = self.wait_status('nomem', ('Error',))
+        self.assertRegex(info['status_reason'],
+                         r'Insufficient resources: not enough '
+                         r'host memory to start kz-[0-9a-f]{12}: it needs '
+                         r'\d+ MiB, the host has \d+ MiB available and '
+                         r'keeps 1073741824 MiB free')
+        self._no_vm_left()
+        # With room again, the same container starts.
+        self._write_conf(conf_text)
+        self.os('appcontainer', 'start', 'nomem')
+        self.wait_status('nomem', ('Running',))
+        self.os('appcontainer', 'delete', '--force', 'nomem')
 
         # Sandboxes removed behind zun's back: reported as Error, or
         # rebuilt and started again with --auto-heal.

@@ -65,6 +65,36 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual([mock.call('a' * 64), mock.call('u' * 64)],
                          self.rt.start.call_args_list)
 
+    def test_a_start_refused_for_memory_is_zuns_resources_unavailable(self):
+        from zun.common import exception as zun_exc
+        self.rt.start.side_effect = exception.InsufficientResources(
+            reason='not enough host memory to start kz-ab: it needs 612 MiB')
+        c = self._container(status='Created')
+        with mock.patch.object(self.driver, '_bind_volumes'):
+            exc = self.assertRaises(zun_exc.ResourcesUnavailable,
+                                    self.driver.start, None, c)
+        self.assertIn('not enough host memory to start kz-ab: it needs '
+                      '612 MiB', str(exc))
+
+    def test_a_failed_start_shows_as_error_and_may_start_again(self):
+        c = self._container(status='Created')
+        s = self._sandbox('created', error='Insufficient resources: not '
+                          'enough host memory to start kz-ab')
+        s.lost = None
+        self.rt.get.return_value = s
+        self.driver.show(None, c)
+        self.assertEqual(('Error', 'Insufficient resources: not enough '
+                          'host memory to start kz-ab', 'Created (start '
+                          'failed)'), (c.status, c.status_reason,
+                                       c.status_detail))
+        # A capsule's member never started (an init container failed)
+        # stays Created with its reason.
+        from kata_zun.driver import status
+        c = self._container(status='Created', status_reason=None)
+        status.copy_state(c, s, failed_start_is_error=False)
+        self.assertEqual(('Created', 'Created'), (c.status,
+                                                  c.status_detail))
+
     def test_health_in_status_detail_and_reason(self):
         c = self._container()
         self.rt.get.return_value = self._sandbox(

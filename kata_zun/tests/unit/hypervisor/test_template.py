@@ -11,9 +11,11 @@ from oslo_config import fixture as config_fixture
 from oslotest import base
 
 from kata_zun import conf
+from kata_zun import exception
 from kata_zun.hypervisor import base as hv_base
 from kata_zun.hypervisor.qemu import argv
 from kata_zun.hypervisor.qemu import clone
+from kata_zun.hypervisor.qemu import vm
 from kata_zun.hypervisor import template
 
 QEMU = '/usr/bin/qemu-system-x86_64'
@@ -402,8 +404,8 @@ class StoreTestCase(base.BaseTestCase):
         self.assertTrue(os.path.exists(lock))
 
 
-class TryRestoreTestCase(base.BaseTestCase):
-    """Whatever goes wrong with a template, the caller boots cold."""
+class _StoreTestCase(base.BaseTestCase):
+    """A template store of its own, and TCG."""
 
     def setUp(self):
         super().setUp()
@@ -413,6 +415,13 @@ class TryRestoreTestCase(base.BaseTestCase):
                         group='kata')
         self.cfg.config(accelerator='tcg', tsc_khz=1000,
                         group='kata_hypervisor')
+
+
+class TryRestoreTestCase(_StoreTestCase):
+    """Whatever goes wrong with a template, the caller boots cold."""
+
+    def setUp(self):
+        super().setUp()
         self.hv = mock.Mock(machine_type='microvm', qemu_path=QEMU,
                             cpu_model='max', jailed=True)
         self.log = self.useFixture(fixtures.FakeLogger())
@@ -491,6 +500,79 @@ class TryRestoreTestCase(base.BaseTestCase):
         self.assertIn('bad state', self.log.output)
         self.assertEqual([], [n for n in os.listdir(
             os.path.join(self.tmp, 't')) if len(n) == 16])
+
+
+class AdmissionHookTestCase(_StoreTestCase):
+    """A start tells admission (kata_zun.runtime.admission) what it may
+    touch before QEMU runs: a restore what it loads, a cold boot its
+    whole limit; a refusal runs no QEMU.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.cfg.config(memory_overhead_mb=100, group='kata_jail')
+        self.config = _config(self.tmp, memory_mb=512)
+        self.hv = vm.QemuHypervisor(qemu_path=QEMU, machine_type='microvm',
+                                    cpu_model='max', jailed=True,
+                                    templates=True)
+
+    def _build(self, full_mib):
+        def fake(hv, c, work):
+            _fake_build(work, memory_mb=512)
+            with open(os.path.join(work, template.STATE_FULL), 'wb') as f:
+                f.truncate(full_mib * 1024 * 1024 - 5)
+        with mock.patch.object(clone, 'build', side_effect=fake):
+            clone.build_now(self.hv, self.config, clone.template_key(
+                self.hv, self.config).digest)
+
+    def test_cold_boot_claims_its_whole_limit(self):
+        calls = []
+        with mock.patch.object(clone.templatebuild, 'spawn'), \
+                mock.patch.object(self.hv, 'launch',
+                                  side_effect=lambda c: calls.append('qemu')):
+            self.hv.start(self.config, admit=calls.append)
+        self.assertEqual([612, 'qemu'], calls)
+
+    def test_restore_claims_what_it_loads(self):
+        self._build(full_mib=40)
+        calls = []
+        with mock.patch.object(clone, 'restore',
+                               side_effect=lambda *a: calls.append('qemu')
+                               or 'the clone'):
+            self.assertEqual('the clone',
+                             self.hv.start(self.config, admit=calls.append))
+        # 40 MiB of state (rounded up) plus QEMU's own 100.
+        self.assertEqual([140, 'qemu'], calls)
+        # Unjailed, the RAM stays the template's file until written.
+        tmpl = template.Store().usable(clone.template_key(self.hv,
+                                                          self.config))
+        self.hv.jailed = False
+        self.assertEqual(100, clone.restore_cost_mib(self.hv, self.config,
+                                                     tmpl))
+
+    def test_a_failed_restore_claims_more_for_the_cold_boot(self):
+        self._build(full_mib=40)
+        calls = []
+        with mock.patch.object(clone, 'restore', side_effect=(
+                exception.HypervisorError(reason='x'))), \
+                mock.patch.object(self.hv, 'launch',
+                                  side_effect=lambda c: calls.append('qemu')):
+            self.hv.start(self.config, admit=calls.append)
+        self.assertEqual([140, 612, 'qemu'], calls)
+
+    def test_a_refusal_runs_no_qemu(self):
+        def refuse(mib):
+            raise exception.InsufficientResources(reason='full')
+        for build in (False, True):
+            if build:
+                self._build(full_mib=40)
+            with mock.patch.object(clone.templatebuild, 'spawn'), \
+                    mock.patch.object(clone, 'restore') as restore, \
+                    mock.patch.object(self.hv, 'launch') as launch:
+                self.assertRaises(exception.InsufficientResources,
+                                  self.hv.start, self.config, admit=refuse)
+            restore.assert_not_called()
+            launch.assert_not_called()
 
 
 class StateFdTestCase(base.BaseTestCase):

@@ -1,0 +1,138 @@
+"""Host memory admission with real VMs through the real CLI (issue 14:
+43 cold VMs started at once ran the host out of memory; a start that
+cannot fit must get a clear resource error, and a start that fits once
+the starts in flight are done must wait for them, not fail).
+
+The test plays "a start in flight" itself by holding a claim in the
+host's admission ledger (the same ``flock``-ed file a shim holds while it
+boots); the starts it judges are real shims booting real QEMU VMs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from kata_zun.runtime import admission
+from kata_zun.tests.functional import base
+
+
+class MemoryAdmissionTestCase(base.KataZunFunctionalTest):
+
+    def setUp(self):
+        super().setUp()
+        self.load_busybox()
+        self.ledger_dir = os.path.join(self.run_path, admission.LEDGER_DIR)
+
+    def set_kata(self, **options):
+        """Later values of a section win in oslo.config."""
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata]\n' + ''.join('%s = %s\n' % kv
+                                         for kv in options.items()))
+
+    def state(self, ref):
+        return json.loads(self.kz('inspect', ref, check=0).out)[0]['State']
+
+    def hold_claim(self):
+        """Be a start in flight that holds more than the host has.
+
+        Its own judge reads a MemAvailable big enough to admit it; the
+        shims judge against the real one.
+        """
+        meminfo = os.path.join(self.state_path, 'meminfo-of-the-claim')
+        with open(meminfo, 'w') as f:
+            f.write('MemAvailable: %d kB\n' % (2 << 40))
+        claim = admission.Ledger(self.ledger_dir, reserve_mib=0,
+                                 enabled=True, meminfo=meminfo
+                                 ).reservation('kz-test-claim')
+        claim.need(1 << 30)
+        self.addCleanup(claim.release)
+        return claim
+
+    def claims(self):
+        return sorted(n for n in os.listdir(self.ledger_dir)
+                      if n != admission.LEDGER_LOCK)
+
+    def assert_no_vm(self):
+        self.assertEqual([], [p for p in base.processes_under(self.run_path)
+                              if p != os.getpid()])
+
+    def test_a_start_that_cannot_fit_is_refused_at_once(self):
+        self.set_kata(host_memory_reserve_mb=1 << 30)
+        r = self.kz('run', '-d', '--name', 'big', 'busybox', 'sleep', '300')
+        self.assertNotEqual(0, r.code, r)
+        self.assertRegex(
+            r.err.decode(), r'Insufficient resources: not enough host '
+            r'memory to start kz-[0-9a-f]{12}: it needs \d+ MiB, the host '
+            r'has \d+ MiB available and keeps 1073741824 MiB free')
+        # Nothing ran, nothing is held, and the container stays created
+        # with the reason (as Docker keeps one whose start failed).
+        self.assert_no_vm()
+        self.assertEqual([], self.claims())
+        state = self.state('big')
+        self.assertEqual('created', state['Status'])
+        self.assertIn('not enough host memory', state['Error'])
+        cid = json.loads(self.kz('inspect', 'big', check=0).out)[0]['Id']
+        # No guest ever wrote a console.
+        self.assertFalse(os.path.exists(os.path.join(
+            self.state_path, 'containers', cid, 'console.log')))
+        # Once the host has room, the same container starts.
+        self.set_kata(host_memory_reserve_mb=0)
+        self.kz('start', 'big', check=0)
+        self.assertEqual('running', self.state('big')['Status'])
+        self.assertEqual([], self.claims())
+        r = self.kz('exec', 'big', 'echo', 'fits', check=0)
+        self.assertEqual(b'fits\n', r.out)
+
+    def test_a_start_waits_for_the_starts_in_flight(self):
+        self.set_kata(host_memory_reserve_mb=0)
+        claim = self.hold_claim()
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+             self.conf_file, 'run', '-d', '--name', 'waiter', 'busybox',
+             'sleep', '300'], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        # Its shim says it waits, and no QEMU runs meanwhile.
+        deadline = time.monotonic() + base.CLI_TIMEOUT
+        waiting = None
+        while waiting is None:
+            self.assertLess(time.monotonic(), deadline, 'no shim waits')
+            if proc.poll() is not None:
+                self.fail('the start ended before it waited: %s' %
+                          proc.communicate()[1].decode()[-3000:])
+            for cid in os.listdir(os.path.join(self.state_path,
+                                               'containers')):
+                log = os.path.join(self.state_path, 'containers', cid,
+                                   'shim.log')
+                if os.path.exists(log) and 'waits for starts in flight' \
+                        in base.tail_file(log, 65536):
+                    waiting = log
+            time.sleep(0.2)
+        self.assertIn('1 start(s) in flight hold 1073741824 MiB',
+                      base.tail_file(waiting, 65536))
+        self.assertFalse([p for p in base.processes_under(self.run_path)
+                          if b'qemu' in open('/proc/%d/cmdline' % p,
+                                             'rb').read().split(b'\0')[0]])
+        # The start in flight is done: the waiter is admitted and boots.
+        claim.release()
+        out, err = proc.communicate(timeout=base.CLI_TIMEOUT)
+        self.assertEqual(0, proc.returncode, err.decode()[-3000:])
+        self.assertEqual('running', self.state('waiter')['Status'])
+        self.assertIn('admitted after waiting',
+                      base.tail_file(waiting, 65536))
+        self.assertEqual([], self.claims())
+
+    def test_a_wait_is_bounded_by_half_the_shim_start_timeout(self):
+        self.set_kata(host_memory_reserve_mb=0, shim_start_timeout=10)
+        self.hold_claim()
+        r = self.kz('run', '-d', '--name', 'late', 'busybox', 'true')
+        self.assertNotEqual(0, r.code, r)
+        self.assertRegex(r.err.decode(),
+                         r'Insufficient resources: not enough host '
+                         r'memory .* 1 start\(s\) in flight hold 1073741824 '
+                         r'MiB, and they were not done after 5 s')
+        self.assert_no_vm()
+        self.assertEqual('created', self.state('late')['Status'])
+        self.assertEqual(1, len(self.claims()))      # the test's own

@@ -1,0 +1,216 @@
+"""Host memory admission (issue 14: 43 cold VMs started at once ran the
+host out of memory; a start that cannot fit must get a clear resource
+error). MemAvailable is read from a file the test writes; the ledger's
+locks are real ``flock`` locks, held by this process or by a child.
+"""
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from kata_zun import conf
+from kata_zun import exception
+from kata_zun.runtime import admission
+
+
+class AdmissionTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cfg = self.useFixture(config_fixture.Config(conf.CONF))
+        self.dir = tempfile.mkdtemp(prefix='kz-adm-')
+        self.addCleanup(subprocess.call, ['rm', '-rf', self.dir])
+        self.root = os.path.join(self.dir, 'admission')
+        self.meminfo = os.path.join(self.dir, 'meminfo')
+        self.set_available(4096)
+
+    def set_available(self, mib):
+        with open(self.meminfo + '.new', 'w') as f:
+            f.write('MemTotal:       24683660 kB\nMemFree:  1 kB\n'
+                    'MemAvailable:   %d kB\nBuffers:  1 kB\n' % (mib * 1024))
+        os.rename(self.meminfo + '.new', self.meminfo)
+
+    def ledger(self, reserve=512, enabled=True):
+        return admission.Ledger(self.root, reserve_mib=reserve,
+                                enabled=enabled, meminfo=self.meminfo)
+
+    def entries(self):
+        return sorted(n for n in os.listdir(self.root)
+                      if n != admission.LEDGER_LOCK)
+
+    def test_a_start_that_fits_holds_its_claim_until_released(self):
+        r = self.ledger().reservation('kz-a')
+        r.need(1000)
+        [name] = self.entries()
+        with open(os.path.join(self.root, name)) as f:
+            self.assertEqual(1000, json.load(f)['mib'])
+        self.assertEqual((1, 1000), self.ledger().in_flight())
+        r.release()
+        self.assertEqual([], self.entries())
+        r.release()                      # idempotent
+
+    def test_refused_at_once_when_it_cannot_fit_even_alone(self):
+        self.set_available(1000)
+        started = time.monotonic()
+        with self.ledger(reserve=512).reservation('kz-big') as r:
+            exc = self.assertRaises(exception.InsufficientResources,
+                                    r.need, 600,
+                                    deadline=time.monotonic() + 60)
+        # At once: the starts in flight can only take more.
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn('not enough host memory to start kz-big: it needs '
+                      '600 MiB, the host has 1000 MiB available and keeps '
+                      '512 MiB free', str(exc))
+        self.assertEqual([], self.entries())
+
+    def test_claims_in_flight_count_and_a_start_waits_for_them(self):
+        first = self.ledger().reservation('kz-first')
+        first.need(3000)
+        # 4096 - 512 - 3000 = 584 MiB left: 1000 does not fit yet.
+        timer = threading.Timer(0.6, first.release)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        second = self.ledger().reservation('kz-second')
+        started = time.monotonic()
+        second.need(1000, deadline=time.monotonic() + 30)
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        self.assertEqual(1000, second.mib)
+        self.assertEqual((1, 1000), self.ledger().in_flight())
+        second.release()
+
+    def test_a_wait_is_bounded_and_says_why(self):
+        first = self.ledger().reservation('kz-first')
+        first.need(3000)
+        self.addCleanup(first.release)
+        second = self.ledger().reservation('kz-second')
+        exc = self.assertRaises(exception.InsufficientResources,
+                                second.need, 1000,
+                                deadline=time.monotonic() + 0.5)
+        self.assertIn('1 start(s) in flight hold 3000 MiB', str(exc))
+        self.assertIn('they were not done after', str(exc))
+        self.assertEqual(1, len(self.entries()))
+
+    def test_the_default_wait_is_half_the_shim_start_timeout(self):
+        self.cfg.config(shim_start_timeout=2, group='kata')
+        first = self.ledger().reservation('kz-first')
+        first.need(3000)
+        self.addCleanup(first.release)
+        started = time.monotonic()
+        self.assertRaises(exception.InsufficientResources,
+                          self.ledger().reservation('kz-second').need, 1000)
+        waited = time.monotonic() - started
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertLess(waited, 1.9)
+
+    def test_a_growing_claim_replaces_its_own(self):
+        r = self.ledger().reservation('kz-grow')
+        r.need(200)
+        # A restore fell back to a cold boot: its own 200 MiB is not
+        # counted against it.
+        r.need(3500)
+        self.assertEqual((1, 3500), self.ledger().in_flight())
+        self.assertEqual(1, len(self.entries()))
+        r.release()
+
+    def test_a_dead_starters_claim_ends_with_it(self):
+        code = ('import sys, time\n'
+                'from kata_zun.runtime import admission\n'
+                'l = admission.Ledger(%r, reserve_mib=0, enabled=True, '
+                'meminfo=%r)\n'
+                'r = l.reservation("kz-dead")\n'
+                'r.need(3000)\n'
+                'print("held", flush=True)\n'
+                'time.sleep(600)\n' % (self.root, self.meminfo))
+        proc = subprocess.Popen([sys.executable, '-c', code],
+                                stdout=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        self.assertEqual(b'held\n', proc.stdout.readline())
+        self.assertEqual((1, 3000), self.ledger().in_flight())
+        proc.kill()
+        proc.wait()
+        # Its file stays, but nobody holds it: not counted, and removed.
+        self.assertEqual(1, len(self.entries()))
+        with self.ledger().locked():
+            self.assertEqual((0, 0), self.ledger().in_flight())
+        self.assertEqual([], self.entries())
+        with self.ledger().reservation('kz-next') as r:
+            r.need(3000, deadline=time.monotonic())
+
+    def test_hostile_entries_are_bounded(self):
+        os.makedirs(self.root)
+        # Live entries whose claims cannot be believed: held, counted 0.
+        held = []
+        for name, data in (('garbage', b'\xff{not json'),
+                           ('huge', json.dumps({'mib': 1 << 50}).encode()),
+                           ('negative', b'{"mib": -5}'),
+                           ('boolean', b'{"mib": true}'),
+                           ('nested', b'[' * 100000 + b']' * 100000),
+                           ('oversized', b'{"mib": 1, "x": "' +
+                            b'a' * (8 << 20) + b'"}')):
+            path = os.path.join(self.root, name)
+            with open(path, 'wb') as f:
+                f.write(data)
+            fd = os.open(path, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.append(fd)
+        self.addCleanup(lambda: [os.close(fd) for fd in held])
+        # Not entries at all: left alone, never followed.
+        outside = os.path.join(self.dir, 'outside')
+        with open(outside, 'w') as f:
+            f.write('{"mib": 100000}')
+        os.symlink(outside, os.path.join(self.root, 'link'))
+        os.mkdir(os.path.join(self.root, 'subdir'))
+        os.mkfifo(os.path.join(self.root, 'fifo'))
+        with self.ledger().locked():
+            self.assertEqual((6, 0), self.ledger().in_flight())
+        self.assertTrue(os.path.exists(outside))
+        with self.ledger().reservation('kz-ok') as r:
+            r.need(1000, deadline=time.monotonic())
+
+    def test_many_stale_entries_are_swept(self):
+        os.makedirs(self.root)
+        for i in range(300):
+            with open(os.path.join(self.root, 'stale-%d' % i), 'w') as f:
+                f.write('{"mib": 100000}')
+        with self.ledger().reservation('kz-ok') as r:
+            r.need(1000, deadline=time.monotonic())
+            self.assertEqual(1, len(self.entries()))
+
+    def test_unreadable_meminfo_refuses_with_the_reason(self):
+        for text in (None, 'MemTotal: 1 kB\n', 'MemAvailable: lots kB\n'):
+            if text is None:
+                os.unlink(self.meminfo)
+            else:
+                with open(self.meminfo, 'w') as f:
+                    f.write(text)
+            with self.ledger().reservation('kz-x') as r:
+                exc = self.assertRaises(exception.InsufficientResources,
+                                        r.need, 10)
+            self.assertIn('host memory', str(exc))
+        self.assertEqual([], self.entries())
+
+    def test_disabled_admission_judges_nothing(self):
+        self.set_available(0)
+        with self.ledger(enabled=False).reservation('kz-off') as r:
+            r.need(100000)
+        self.assertFalse(os.path.exists(self.root))
+
+    def test_defaults_come_from_the_configuration(self):
+        self.cfg.config(run_path=self.dir, host_memory_reserve_mb=77,
+                        memory_admission=False, group='kata')
+        ledger = admission.Ledger()
+        self.assertEqual(self.root, ledger.root)
+        self.assertEqual(77, ledger.reserve_mib)
+        self.assertFalse(ledger.enabled)
+
+    def test_real_meminfo(self):
+        self.assertGreater(admission.mem_available_mib(), 0)
