@@ -406,6 +406,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         zun_orphans.settle_lost_results(
             context, containers, CONF.host, self._sandbox_or_none,
             self._refresh)
+        self._release_orphan_networks()
         local, missing = self.list(context)
         local_by_id = {c.container_id: c for c in local if c.container_id}
         for container in containers:
@@ -434,6 +435,22 @@ class KataDriver(zun_images.ImageDriverMixin,
                 container.status_reason = ('sandbox missing on host %s' %
                                            CONF.host)
             self._save(context, container)
+
+    def _release_orphan_networks(self):
+        """Retry the network releases that failed for removed containers
+        (an OVS port of a deleted container once stayed on the bridge
+        until the host's next start). A failure is logged; the next sync
+        tries again.
+        """
+        try:
+            done = self.rt.release_orphan_networks()
+        except Exception as exc:
+            LOG.warning('releasing the networks of removed containers: %s',
+                        guestdata.printable(exc))
+            return
+        if done:
+            LOG.info('released the networks of removed containers: %s',
+                     ', '.join(cid[:12] for cid in done))
 
     @staticmethod
     def _save(context, container):

@@ -885,8 +885,21 @@ class Runtime(pods.PodMixin):
         except Exception as exc:
             if not force:
                 raise
-            # The lease stays: the next start's reconciliation retries.
+            # The lease stays: the next start's reconciliation retries,
+            # or zun-compute's periodic sync (release_orphan_networks).
             LOG.warning('removing the network of %s: %s', c.id, exc)
+
+    def release_orphan_networks(self):
+        """Release what networks still hold for removed containers (taps,
+        OVS ports, leases, rules whose removal failed and was "kept for a
+        retry"). Each start does it before it plugs; zun-compute's
+        periodic sync does it too, so that a failed release does not wait
+        for the host's next start.
+
+        :returns: the container ids cleaned up.
+        """
+        from kata_zun import network
+        return network.reconcile(self.state_path, self._record_exists)
 
     def release_network(self, cid):
         """Release the network of a container whose shim removed its

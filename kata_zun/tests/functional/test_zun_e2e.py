@@ -28,6 +28,10 @@ def attach_compute_logs(test, env, state_path):
     from testtools import content
     test.addDetail('zun-compute.log', content.text_content(
         kz_base.tail_file(env.compute_log, 20000)))
+    # The tail alone hid why two CI failures happened (a warning minutes
+    # before the end): every warning and error of the whole log too.
+    test.addDetail('zun-compute-problems.log', content.text_content(
+        problems(env.compute_log)))
     containers = os.path.join(state_path, 'containers')
     for cid in sorted(os.listdir(containers)) if os.path.isdir(
             containers) else ():
@@ -37,6 +41,23 @@ def attach_compute_logs(test, env, state_path):
                 test.addDetail('%s-%s' % (cid[:12], name),
                                content.text_content(
                                    kz_base.tail_file(path, 4000)))
+
+
+def problems(path, keep=400):
+    """:returns: the last ``keep`` WARNING, ERROR and CRITICAL lines (a
+        traceback's lines included: oslo.log prefixes each) of a log.
+    """
+    import collections
+    found = collections.deque(maxlen=keep)
+    try:
+        with open(path, 'rb') as f:
+            for line in f:
+                if any(level in line for level in (
+                        b' WARNING ', b' ERROR ', b' CRITICAL ')):
+                    found.append(line[:2000].decode('utf-8', 'replace'))
+    except OSError as exc:
+        return '(no log: %s)' % exc
+    return ''.join(found)
 
 
 class ZunEndToEndBase(base.BaseTestCase):

@@ -121,6 +121,22 @@ class DriverTestCase(base.BaseTestCase):
                 mock.Mock(project_id=None), containers, manager_)
         return manager_, a
 
+    def test_the_sync_retries_failed_network_releases(self):
+        # An OVS port of a deleted container stayed on the bridge until
+        # the host's next start (test_zun_neutron_e2e): the sync retries.
+        self.rt.release_orphan_networks.return_value = ['cd' * 32]
+        self._sync([])
+        self.rt.release_orphan_networks.assert_called_once_with()
+        # A release that fails again is logged, and the sync goes on.
+        from kata_zun.network import base as net_base
+        self.rt.release_orphan_networks.side_effect = net_base.NetworkError(
+            reason='ovsdb timed out')
+        gone = self._container(save=mock.Mock(), status='Running',
+                               auto_heal=False)
+        self._sync([gone])
+        self.assertEqual('Error', gone.status)
+        self.assertEqual(2, self.rt.release_orphan_networks.call_count)
+
     def test_auto_heal_rebuilds_missing_sandboxes(self):
         heal = self._container(auto_heal=True, project_id='p1',
                                save=mock.Mock())
