@@ -183,9 +183,9 @@ class Hypervisor(metaclass=abc.ABCMeta):
         :param config: a :class:`VMConfig`.
         :param admit: optional callable(mib) called before the VM runs
             with the host memory, in MiB, the start may touch before its
-            boot is done (the path taken decides: a cold boot its whole
-            memory limit, a restore what it loads); called again with
-            more if the start falls back to a costlier path. It raises
+            boot is done (the path taken decides, e.g. a restore that
+            shares its template's RAM costs less than a cold boot);
+            called again if the start falls back to another path. It raises
             to refuse (:mod:`kata_zun.runtime.admission`).
         :returns: a :class:`VM` whose agent socket accepts connections.
         :raises: kata_zun.exception.HypervisorError, or what ``admit``

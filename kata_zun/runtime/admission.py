@@ -15,9 +15,9 @@ The rule, checked against the kernel's ``MemAvailable``:
   all read the same MemAvailable before the first touched a page. So
   each start holds a *reservation* for what it may touch
   (:func:`kata_zun.hypervisor.base.Hypervisor.start` says how much: a
-  cold boot its whole memory limit, a restore from a VM template only
-  what the restore loads) until its boot is done and MemAvailable shows
-  what it really took.
+  cold boot or a jailed restore from a VM template its whole memory
+  limit, an unjailed restore only QEMU's own) until its boot is done and
+  MemAvailable shows what it really took.
 - A start that does not fit in MemAvailable minus ``[kata]
   host_memory_reserve_mb`` is refused at once (:class:`InsufficientResources`):
   the starts in flight can only take more.

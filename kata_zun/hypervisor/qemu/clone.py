@@ -444,22 +444,20 @@ def build_now(hv, config, digest):
         key, lambda work: build(hv, config, work))
 
 
-def restore_cost_mib(hv, config, tmpl):
-    """:returns: MiB a restore of ``config`` from ``tmpl`` may touch
-        before its boot is done: QEMU's own (as for a cold boot), plus,
-        jailed, the template's RAM it loads into private memory
-        (unjailed, the RAM stays the template's shared file until
-        written). Never more than a cold boot.
+def restore_cost_mib(hv, config):
+    """:returns: MiB a restore of ``config`` may touch before its boot is
+        done. Unjailed: QEMU's own only (the RAM stays the template's
+        shared file until written). Jailed: as much as a cold boot. The
+        whole RAM is loaded into a private memfd, and QEMU 7.2 reads
+        every page it loads, zero pages included, to see whether to
+        write it; a read of a memfd page allocates it. Measured: 396 of
+        608 MiB and 120 of 256 MiB resident right after a restore,
+        where the saved state held ~105 and ~89 MiB.
     """
     from kata_zun.hypervisor.qemu import vm as qemu_vm
-    cold = qemu_vm.cold_cost_mib(config)
-    loaded = 0
     if hv.jailed:
-        try:
-            loaded = -(-os.stat(tmpl.state_full).st_size // (1 << 20))
-        except OSError:
-            return cold
-    return min(cold, loaded + CONF.kata_jail.memory_overhead_mb)
+        return qemu_vm.cold_cost_mib(config)
+    return CONF.kata_jail.memory_overhead_mb
 
 
 def try_restore(hv, config, admit=None):
@@ -494,7 +492,7 @@ def try_restore(hv, config, admit=None):
                      'another template is being built')
             return None
         if admit is not None:
-            admit(restore_cost_mib(hv, config, tmpl))
+            admit(restore_cost_mib(hv, config))
             started = time.monotonic()      # not the wait for admission
         try:
             vm = restore(hv, config, tmpl)
