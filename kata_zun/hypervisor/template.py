@@ -129,13 +129,10 @@ def unsupported(config, machine_type):
     if config.shared_dirs:
         # vhost-user devices (virtiofsd) cannot be migrated.
         return 'shared directories (virtio-fs) cannot be restored'
-    if config.nics:
-        # A clone's NICs are hotplugged after the restore; on a real
-        # Neutron (Open vSwitch) an OVS port once outlived its tap after
-        # such a sandbox was deleted (test_zun_neutron_e2e), and the
-        # path is not proven since: a sandbox with a NIC boots cold.
-        return 'sandboxes with NICs boot cold (hotplugged NICs of clones '\
-            'are not proven on Open vSwitch yet)'
+    from kata_zun.hypervisor.qemu import argv as qargv
+    if len(config.nics) > qargv.MAX_PCI_SLOTS:
+        # A clone's NICs are hotplugged after the restore, one a slot.
+        return 'more NICs than hotplug slots'
     return None
 
 

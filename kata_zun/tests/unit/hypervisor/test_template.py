@@ -148,7 +148,11 @@ class TemplateArgvTestCase(base.BaseTestCase):
         shared = _config(tmp, shared_dirs=(hv_base.SharedDir('/x', 't'),))
         self.assertIn('virtio-fs', template.unsupported(shared, 'microvm'))
         one = _config(tmp, nics=(hv_base.Nic('kzt1', '02:00:00:00:00:01'),))
-        self.assertIn('NICs boot cold', template.unsupported(one, 'microvm'))
+        self.assertIsNone(template.unsupported(one, 'microvm'))
+        many = _config(tmp, nics=tuple(
+            hv_base.Nic('kzt%d' % i, '02:00:00:00:00:%02x' % i)
+            for i in range(argv.MAX_PCI_SLOTS + 1)))
+        self.assertIn('slots', template.unsupported(many, 'microvm'))
 
 
 class KeyTestCase(base.BaseTestCase):
