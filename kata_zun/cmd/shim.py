@@ -230,7 +230,7 @@ def main(argv=None):
         # Held until the boot is done: then MemAvailable shows what this
         # VM took, and the next start is judged on that.
         with admission.Ledger().reservation(config.name) as reservation:
-            shim.boot(config, admit=reservation.need)
+            shim.boot(config, reservation=reservation)
     except exception.InsufficientResources as exc:
         # Nothing ran: the container stays created, and can be started
         # once the host has room (as Docker keeps a container whose

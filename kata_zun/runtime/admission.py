@@ -16,8 +16,11 @@ The rule, checked against the kernel's ``MemAvailable``:
   each start holds a *reservation* for what it may touch
   (:func:`kata_zun.hypervisor.base.Hypervisor.start` says how much: a
   cold boot or a jailed restore from a VM template its whole memory
-  limit, an unjailed restore only QEMU's own) until its boot is done and
-  MemAvailable shows what it really took.
+  limit, an unjailed restore only QEMU's own) until its boot is done.
+  Once its QEMU runs, the claim counts only what that QEMU has not
+  touched yet (its claim less its resident memory): what it touched is
+  already missing from MemAvailable, and counting it twice held back 20
+  Zun starts at once.
 - A start that does not fit in MemAvailable minus ``[kata]
   host_memory_reserve_mb`` is refused at once (:class:`InsufficientResources`):
   the starts in flight can only take more.
@@ -104,6 +107,7 @@ class Reservation(object):
         self.mib = 0
         self._fd = None
         self._path = None
+        self._vm_pid = None
 
     def need(self, mib, deadline=None):
         """Claim ``mib`` MiB in all (replacing an earlier claim of this
@@ -151,8 +155,10 @@ class Reservation(object):
             time.sleep(_POLL)
 
     def _write(self, mib):
-        data = json.dumps({'name': self.name, 'pid': os.getpid(),
-                           'mib': mib}).encode('ascii')
+        entry = {'name': self.name, 'pid': os.getpid(), 'mib': mib}
+        if self._vm_pid:
+            entry['vm_pid'] = self._vm_pid
+        data = json.dumps(entry).encode('ascii')
         if self._fd is None:
             path = os.path.join(self.ledger.root, '%s.%d.%d' % (
                 self.name, os.getpid(), id(self)))
@@ -164,6 +170,23 @@ class Reservation(object):
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
         self.mib = mib
+
+    def attach(self, vm_pid):
+        """Name the QEMU this claim is for, once it runs: from then on
+        the claim counts only what that process has not touched yet.
+
+        :param vm_pid: the QEMU's pid.
+        """
+        if self._fd is None or not isinstance(vm_pid, int) or vm_pid <= 0:
+            return
+        self._vm_pid = vm_pid
+        try:
+            with self.ledger.locked():      # judges read entries locked
+                self._write(self.mib)
+        except (exception.InsufficientResources, OSError) as exc:
+            # The whole claim keeps counting: conservative, not wrong.
+            LOG.warning('%s: cannot name its QEMU in the admission '
+                        'ledger: %s', self.name, exc)
 
     def release(self):
         """Give the claim back (the boot is done or failed). Idempotent."""
@@ -310,6 +333,9 @@ def _held_claim(path):
             claim = entry['mib']
         except (OSError, ValueError, TypeError, KeyError):
             claim = None
+        else:
+            vm_pid = entry.get('vm_pid') if isinstance(entry, dict) \
+                else None
         if isinstance(claim, bool) or not isinstance(claim, int) or \
                 not 0 <= claim <= 1 << 40:
             # Entries are written under the ledger lock, so a live one
@@ -319,6 +345,22 @@ def _held_claim(path):
             LOG.warning('memory admission entry %s is unreadable: counted '
                         'as 0 MiB', path)
             return 0
-        return claim
+        return max(0, claim - _resident_mib(vm_pid))
     finally:
         os.close(fd)
+
+
+def _resident_mib(pid):
+    """:returns: MiB resident in process ``pid`` (0 if unknown). A stale
+        or lying pid can only make a claim count less than it says, down
+        to what MemAvailable already shows; a live start's own QEMU is
+        what the shim names.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return 0
+    try:
+        with open('/proc/%d/statm' % pid, 'rb') as f:
+            resident = int(f.read(256).split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return resident * os.sysconf('SC_PAGE_SIZE') // (1 << 20)

@@ -58,17 +58,20 @@ class AgentLink(object):
     _woken = False
 
     # ------------------------------------------------------------ set-up
-    def boot(self, vm_config, admit=None):
+    def boot(self, vm_config, reservation=None):
         """Boot the VM, shake hands with the agent and create the
         container in it. Blocking: runs before the API is served.
 
-        :param admit: the host memory admission hook (see
-            :meth:`kata_zun.hypervisor.base.Hypervisor.start`).
+        :param reservation: the start's host memory claim
+            (:class:`kata_zun.runtime.admission.Reservation`), or None.
         :raises: ShimSetupError, HypervisorError, OSError,
             InsufficientResources
         """
         t0 = time.monotonic()
-        self.vm = self.hypervisor.start(vm_config, admit=admit)
+        self.vm = self.hypervisor.start(
+            vm_config, admit=reservation.need if reservation else None)
+        if reservation is not None:
+            reservation.attach(self.vm.pid)
         self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
                         boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}
