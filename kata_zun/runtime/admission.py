@@ -19,8 +19,8 @@ The rule, checked against the kernel's ``MemAvailable``:
   limit, an unjailed restore only QEMU's own) until its boot is done.
   Once its QEMU runs, the claim counts only what that QEMU has not
   touched yet (its claim less its resident memory): what it touched is
-  already missing from MemAvailable, and counting it twice held back 20
-  Zun starts at once.
+  already missing from MemAvailable, and counting it twice would hold
+  back starts there is room for.
 - A start that does not fit in MemAvailable minus ``[kata]
   host_memory_reserve_mb`` is refused at once (:class:`InsufficientResources`):
   the starts in flight can only take more.

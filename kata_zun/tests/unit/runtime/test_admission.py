@@ -147,7 +147,7 @@ class AdmissionTestCase(base.BaseTestCase):
 
     def test_a_claim_counts_only_what_its_qemu_has_not_touched(self):
         # What the VM touched is already missing from MemAvailable:
-        # counted twice, it held back 20 Zun starts at once.
+        # counted twice, it would hold back starts there is room for.
         code = ('import sys, time\n'
                 'b = bytearray(96 << 20)\n'
                 'for i in range(0, len(b), 4096): b[i] = 1\n'
