@@ -232,12 +232,10 @@ def main(argv=None):
         with admission.Ledger().reservation(config.name) as reservation:
             shim.boot(config, reservation=reservation)
     except exception.InsufficientResources as exc:
-        # Nothing ran: the container stays created, and can be started
-        # once the host has room (as Docker keeps a container whose
-        # start failed).
+        # Nothing ran (admission refuses before any QEMU runs): the
+        # container stays created, and can be started once the host has
+        # room (as Docker keeps a container whose start failed).
         LOG.warning('sandbox %s not started: %s', shim.cid, exc)
-        if shim.vm is not None:
-            shim.vm.stop(0)
         shim.save_state(status='created', shim_pid=None, vm_pid=None,
                         error=str(exc))
         _report(ready_fd, admission.REFUSED + str(exc))

@@ -120,13 +120,11 @@ def _guest():
 def _memory():
     hv = CONF.kata_hypervisor
     need = hv.default_memory_mb + hv.memory_overhead_mb
+    from kata_zun.runtime import admission
     try:
-        with open('/proc/meminfo') as f:
-            match = re.search(r'^MemAvailable:\s+(\d+) kB', f.read(), re.M)
-        avail = int(match.group(1)) // 1024
-    except (OSError, AttributeError, ValueError) as exc:
-        return CheckResult('memory', False, 'cannot read /proc/meminfo: %s'
-                           % exc)
+        avail = admission.mem_available_mib()
+    except exception.InsufficientResources as exc:
+        return CheckResult('memory', False, exc.message)
     return CheckResult('memory', avail >= need,
                        '%d MiB available, one default VM needs ~%d MiB'
                        % (avail, need))

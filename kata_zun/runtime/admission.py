@@ -330,12 +330,11 @@ def _held_claim(path):
             return None
         try:
             entry = json.loads(os.pread(fd, _ENTRY_MAX, 0))
-            claim = entry['mib']
-        except (OSError, ValueError, TypeError, KeyError):
-            claim = None
-        else:
-            vm_pid = entry.get('vm_pid') if isinstance(entry, dict) \
-                else None
+        except (OSError, ValueError):
+            entry = None
+        if not isinstance(entry, dict):
+            entry = {}
+        claim = entry.get('mib')
         if isinstance(claim, bool) or not isinstance(claim, int) or \
                 not 0 <= claim <= 1 << 40:
             # Entries are written under the ledger lock, so a live one
@@ -345,7 +344,7 @@ def _held_claim(path):
             LOG.warning('memory admission entry %s is unreadable: counted '
                         'as 0 MiB', path)
             return 0
-        return max(0, claim - _resident_mib(vm_pid))
+        return max(0, claim - _resident_mib(entry.get('vm_pid')))
     finally:
         os.close(fd)
 
