@@ -11,6 +11,7 @@ from logging import handlers
 import os
 import shutil
 import sys
+import time
 
 from oslo_log import log as logging
 
@@ -179,6 +180,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.foreground:
         _daemonize(os.path.join(args.state_dir, 'shim.log'))
+    # The starter's shim_start_timeout runs from about here (its child
+    # has just exited): admission's wait is measured from here too.
+    started = time.monotonic()
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=args.config_file)
     # The config may be zun.conf: never write into zun-compute's log file,
@@ -229,7 +233,8 @@ def main(argv=None):
         config = make_config(shim, args.run_dir)
         # Held until the boot is done: then MemAvailable shows what this
         # VM took, and the next start is judged on that.
-        with admission.Ledger().reservation(config.name) as reservation:
+        with admission.Ledger().reservation(
+                config.name, started=started) as reservation:
             shim.boot(config, reservation=reservation)
     except exception.InsufficientResources as exc:
         # Nothing ran (admission refuses before any QEMU runs): the

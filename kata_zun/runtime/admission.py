@@ -101,9 +101,10 @@ class Reservation(object):
     :param name: who holds it (the sandbox's VM name), for messages.
     """
 
-    def __init__(self, ledger, name):
+    def __init__(self, ledger, name, started=None):
         self.ledger = ledger
         self.name = name
+        self.started = started
         self.mib = 0
         self._fd = None
         self._path = None
@@ -116,16 +117,18 @@ class Reservation(object):
         :param mib: MiB this start may touch before its boot is done.
         :param deadline: ``time.monotonic()`` value after which waiting
             for the starts in flight is given up (default: half of
-            ``[kata] shim_start_timeout`` from now, leaving the other
-            half to the boot, so that the starter hears this reason and
-            not its own time-out).
+            ``[kata] shim_start_timeout`` from when the starter began to
+            wait, the reservation's ``started``, else from now: the
+            other half is left to the boot, so that the starter hears
+            this reason and not its own time-out, however long a busy
+            host made the shim's own start).
         :raises: InsufficientResources
         """
         mib = max(0, int(mib))
         if not self.ledger.enabled:
             self.mib = mib
             return
-        started = time.monotonic()
+        started = time.monotonic() if self.started is None else self.started
         if deadline is None:
             deadline = started + CONF.kata.shim_start_timeout / 2.0
         waited = None
@@ -228,9 +231,12 @@ class Ledger(object):
                         else enabled)
         self.meminfo = meminfo
 
-    def reservation(self, name):
-        """:returns: an empty :class:`Reservation` for ``name``."""
-        return Reservation(self, name)
+    def reservation(self, name, started=None):
+        """:param started: ``time.monotonic()`` when the start began (its
+            wait is bounded from then).
+        :returns: an empty :class:`Reservation` for ``name``.
+        """
+        return Reservation(self, name, started)
 
     @contextlib.contextmanager
     def locked(self):
