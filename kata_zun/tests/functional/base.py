@@ -18,6 +18,15 @@ DEFAULT_GUEST_DIR = '/var/lib/kata-zun/guest'
 CLI_TIMEOUT = 180
 # The discard port on loopback: nothing listens there.
 CLOSED_REGISTRY = '127.0.0.1:9'
+# ``accelerator = auto`` probes KVM once per run path (the verdict is
+# cached there, keyed by the host's boot id, QEMU and kernel), and every
+# test has a run path of its own: on a host without usable KVM that was
+# a 15 s probe in nearly every test. The suite keeps the first verdict
+# here and seeds each new run path with it; the probe itself stays real
+# (the first test of a boot runs it; test_qemu_boot and the unit tests
+# cover it).
+SUITE_PROBE_CACHE = '/tmp/kata-zun-functional-accel-probe.json'
+PROBE_CACHE_NAME = 'accel-probe.json'
 
 
 def tail_file(path, size):
@@ -42,6 +51,32 @@ def processes_under(path):
         except OSError:
             continue
     return found
+
+
+def seed_probe_cache(run_path):
+    """Give a new run path the suite's KVM probe verdict, if there is
+    one (see :data:`SUITE_PROBE_CACHE`).
+    """
+    try:
+        shutil.copyfile(SUITE_PROBE_CACHE,
+                        os.path.join(run_path, PROBE_CACHE_NAME))
+    except OSError:
+        pass
+
+
+def keep_probe_cache(run_path):
+    """Keep a run path's KVM probe verdict for the suite's later tests,
+    if the suite has none yet (written atomically: two workers).
+    """
+    src = os.path.join(run_path, PROBE_CACHE_NAME)
+    if os.path.exists(SUITE_PROBE_CACHE) or not os.path.exists(src):
+        return
+    tmp = '%s.%d' % (SUITE_PROBE_CACHE, os.getpid())
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, SUITE_PROBE_CACHE)
+    except OSError:
+        pass
 
 
 class Result(object):
@@ -83,6 +118,7 @@ class KataZunFunctionalTest(base.BaseTestCase):
         # Unix socket paths must stay short: not under the deep TempDir.
         self.run_path = tempfile.mkdtemp(prefix='kz', dir='/tmp')
         self.addCleanup(self._cleanup_run_path)
+        seed_probe_cache(self.run_path)
         self.conf_file = os.path.join(root, 'kata-zun.conf')
         with open(self.conf_file, 'w') as f:
             f.write('[DEFAULT]\n'
@@ -91,6 +127,10 @@ class KataZunFunctionalTest(base.BaseTestCase):
                     'state_path = %s\n'
                     'run_path = %s\n'
                     'writable_layer_mb = 256\n'
+                    # The suite's tests share the host's template store
+                    # and use more shapes than the default keeps: no
+                    # rebuild of a shape another test evicted.
+                    'template_max_count = 12\n'
                     '[kata_hypervisor]\n'
                     'accelerator = %s\n'
                     '[kata_image]\n'
@@ -105,6 +145,7 @@ class KataZunFunctionalTest(base.BaseTestCase):
         self.addCleanup(self._remove_all)
 
     def _cleanup_run_path(self):
+        keep_probe_cache(self.run_path)
         shutil.rmtree(self.run_path, ignore_errors=True)
 
     def _remove_all(self):

@@ -85,6 +85,7 @@ class ZunEndToEndBase(base.BaseTestCase):
                                   kz_base.DEFAULT_GUEST_DIR),
                    os.path.join(self.state_path, 'guest'))
         self.run_path = tempfile.mkdtemp(prefix='kz', dir='/tmp')
+        kz_base.seed_probe_cache(self.run_path)
         self.addCleanup(shutil.rmtree, self.run_path, True)
         kata = {'state_path': self.state_path, 'run_path': self.run_path,
                 'writable_layer_mb': '256'}

@@ -132,6 +132,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
                                   kz_base.DEFAULT_GUEST_DIR),
                    os.path.join(cls.state_path, 'guest'))
         cls.run_path = tempfile.mkdtemp(prefix='kz', dir='/tmp')
+        kz_base.seed_probe_cache(cls.run_path)
         cls.volume_dir = os.path.join(cls.work, 'zun-volumes')
         policy = os.path.join(cls.work, 'policy.yaml')
         with open(policy, 'w') as f:

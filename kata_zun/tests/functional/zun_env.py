@@ -1138,6 +1138,10 @@ class ZunEnvironment(ServiceHarness):
             # and the second one's console would not listen.
             'kata_console': {'listen_port': _free_port()},
         }
+        if self.driver == 'kata':
+            # The host's template store is shared with the CLI tests,
+            # which use more shapes than the default keeps.
+            conf['kata'] = {'template_max_count': 12}
         if 'zun-wsproxy' in self.services:
             port = self.ports['zun-wsproxy']
             conf['websocket_proxy'] = {
