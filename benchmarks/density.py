@@ -9,9 +9,11 @@ In one run, in a state path of its own (see benchmarks/isolated.py)::
 - exec round trip of ``true`` through the API (median, p90);
 - stdout guest -> host through the API (MB/s, every byte counted);
 - host memory (PSS, from /proc/PID/smaps_rollup) per idle sandbox with
-  ``--sandboxes`` running: QEMU, shim, both; with free page reporting
-  (``[kata_hypervisor] free_page_reporting``) as configured, and with
-  ``--compare-reporting`` once more with it off, for the difference.
+  ``--sandboxes`` running, all restored from the template of their shape
+  once it is built (the count of clones is printed): QEMU, shim, both;
+  with free page reporting (``[kata_hypervisor] free_page_reporting``)
+  as configured, and with ``--compare-reporting`` once more with it
+  off, for the difference.
 
 It prints figures; it asserts nothing (the exit status says whether the
 stream lost bytes).
@@ -77,6 +79,10 @@ def idle_pss(conf_file, count):
         time.sleep(SETTLE_SECONDS)
         from kata_zun.runtime import manager
         rt = manager.Runtime()
+        clones = sum(1 for name in started if restored(name))
+        print('%d of %d idle sandboxes restored from a template; template '
+              'RAM holders: %.1f MiB PSS in all' % (
+                  clones, len(started), holders_pss() / 1024.0))
         qemu, shim = [], []
         for name in started:
             state = rt.get(name).state
@@ -88,6 +94,49 @@ def idle_pss(conf_file, count):
             subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                             '--config-file', conf_file, 'rm', '-f', name],
                            capture_output=True)
+
+
+def warm_template(conf_file, timeout=600):
+    """Have the template of the idle sandboxes' shape built (the first
+    start of a shape boots cold and builds it in the background), so
+    that every measured sandbox is a clone.
+
+    :returns: seconds it took.
+    """
+    from kata_zun.hypervisor import template
+    started = time.monotonic()
+    coldstart.cli(conf_file, 'run', '--rm', 'busybox', 'true')
+    store = template.Store()
+    while time.monotonic() - started < timeout:
+        names = os.listdir(store.root) if os.path.isdir(store.root) else []
+        if any(len(n) == 16 for n in names) and not store.building():
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def restored(name):
+    """:returns: whether sandbox ``name`` was restored from a template
+        (its shim says so).
+    """
+    from kata_zun.runtime import manager
+    c = manager.Runtime().get(name)
+    path = os.path.join(CONF.kata.state_path, 'containers', c.id,
+                        'shim.log')
+    try:
+        with open(path, 'rb') as f:
+            return b'restored from template' in f.read()
+    except OSError:
+        return False
+
+
+def holders_pss():
+    """:returns: KiB of the template RAM holders' PSS (one per template;
+        their memfd pages are counted where clones map them).
+    """
+    out = subprocess.run(['pgrep', '-f', 'kata_zun.hypervisor.ramholder'],
+                         capture_output=True, text=True).stdout
+    return sum(pss_kib(int(p)) for p in out.split())
 
 
 def print_pss(label, qemu, shim):
@@ -149,6 +198,8 @@ def main():
             reporting = CONF.kata_hypervisor.free_page_reporting
         except cfg.NoSuchOptError:     # a kata-zun before the option
             reporting = False
+        print('%-46s %8.1f s' % ('template of the idle shape ready after',
+                                 warm_template(conf_file)))
         qemu, shim = idle_pss(conf_file, args.sandboxes)
         print_pss('PSS per idle sandbox, %d running (reporting %s)'
                   % (args.sandboxes, 'on' if reporting else 'off'),

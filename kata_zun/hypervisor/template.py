@@ -26,14 +26,18 @@ template. The first sandbox of a shape does not wait for its template:
 it boots cold while a detached builder (:mod:`kata_zun.cmd.templatebuild`,
 one at a time per host) makes the template for the next ones.
 
-Why two state files: an unjailed clone maps ``ram`` private copy-on-write
-(``share=off``) and loads only the device state: its pages stay shared
-with every other clone until written (like KSM). A jailed QEMU cannot be
-given that file: QEMU 7.2 opens a RAM file read-write whatever the
-mapping, and a file a jailed QEMU can write would let one sandbox poison
-every later clone. Jailed clones therefore load the whole RAM from
-``state.full`` (handed over as a read-only descriptor) into their own
-private memory: still far faster than a boot, with no page shared.
+How clones get the RAM: an unjailed clone maps ``ram`` private
+copy-on-write (``share=off``) and loads only the device state: its pages
+stay shared with every other clone until written (like KSM). A jailed
+QEMU cannot be given that file: QEMU 7.2 opens a RAM file read-write
+whatever the mapping, and a file a jailed QEMU can write would let one
+sandbox poison every later clone. It maps instead a sealed copy of
+``ram`` that no one can change (:mod:`.ramholder`, kept by one small
+holder process per template, which writes ``holder.json`` and
+``holder.log`` here), and loads only the device state too. When the
+sealed copy cannot be had, a jailed clone loads the whole RAM from
+``state.full`` (handed over as a read-only descriptor) into its own
+private memory: still far faster than a boot, but with no page shared.
 """
 
 import contextlib

@@ -108,7 +108,7 @@ def _kvm_group():
 
 
 def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
-            accel='tcg', lease_dir=None, cpuset=None):
+            accel='tcg', lease_dir=None, cpuset=None, own_proc=False):
     """Lease an identity, make the cgroup and plan the root of one QEMU.
 
     :param sandbox: the sandbox id.
@@ -122,6 +122,8 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
     :param lease_dir: where uid leases live (default [kata_jail]
         lease_dir).
     :param cpuset: (CPU ids, NUMA node ids) to confine QEMU to, or None.
+    :param own_proc: give QEMU a ``/proc`` that shows only its own
+        processes (it opens inherited RAM by ``/proc/self/fd/N``).
     :returns: a :class:`Jail`.
     :raises: kata_zun.exception.JailError
     """
@@ -131,7 +133,8 @@ def prepare(sandbox, mountpoint, kernel, initrd, memory_mb, cpus,
     devices = ('/dev/kvm',) if accel == 'kvm' else ()
     root = rootfs.plan(mountpoint, CONF.kata_hypervisor.qemu_path, kernel,
                        initrd, opts.qemu_data_dirs, devices,
-                       os.path.join(CONF.kata.run_path, 'jail-libs.json'))
+                       os.path.join(CONF.kata.run_path, 'jail-libs.json'),
+                       own_proc=own_proc)
     uid = identity.lease(lease_dir, sandbox, opts.uid_range_start,
                          opts.uid_range_size)
     try:

@@ -9,6 +9,12 @@ each planned file read-only (``nosuid,nodev,noexec`` except the QEMU
 binary and the loader's libraries, which must be mappable), pivots into
 it and detaches the host's tree. The tmpfs exists only in QEMU's mount
 namespace: nothing is left on the host when QEMU dies.
+
+A clone of a VM template also gets a read-only ``/proc`` that shows
+its own processes only (``hidepid=invisible``: the jail's uid is the
+sandbox's alone; ``subset=pid``: no system-wide file): QEMU 7.2 takes
+guest RAM only by path, and the template's sealed RAM is an inherited
+memfd it reopens as ``/proc/self/fd/N``.
 """
 
 import ctypes
@@ -35,6 +41,8 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 SYS_PIVOT_ROOT = 155            # x86_64
 GUEST_DIR = '/guest'
+PROC_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+PROC_OPTIONS = 'hidepid=invisible,subset=pid'
 # Top-level symlinks of a merged-/usr host, made again in the jail so the
 # loader finds /lib64/ld-linux-x86-64.so.2 and libraries under /lib.
 _TOP_LINKS = ('bin', 'lib', 'lib32', 'lib64', 'libx32', 'sbin')
@@ -67,6 +75,9 @@ class RootPlan:
     kernel: str                  # paths as QEMU sees them
     initrd: str
     qemu: str
+    # A /proc of QEMU's own processes only (hidepid=invisible: the jail's
+    # uid is the sandbox's alone; subset=pid: no system-wide files).
+    own_proc: bool = False
 
 
 _ldd_cache = {}
@@ -132,7 +143,7 @@ def _in_jail(path):
 
 
 def plan(mountpoint, qemu_path, kernel, initrd, data_dirs=(),
-         devices=(), cache_file=None):
+         devices=(), cache_file=None, own_proc=False):
     """List what a jailed QEMU may see.
 
     :param mountpoint: an existing empty directory (root-owned).
@@ -143,6 +154,7 @@ def plan(mountpoint, qemu_path, kernel, initrd, data_dirs=(),
         that do not exist are left out.
     :param devices: device nodes QEMU opens (e.g. /dev/kvm).
     :param cache_file: see :func:`libraries`.
+    :param own_proc: see :attr:`RootPlan.own_proc`.
     :returns: a :class:`RootPlan`.
     :raises: kata_zun.exception.JailError
     """
@@ -162,7 +174,7 @@ def plan(mountpoint, qemu_path, kernel, initrd, data_dirs=(),
     links = tuple((name, os.readlink('/' + name)) for name in _TOP_LINKS
                   if os.path.islink('/' + name))
     return RootPlan(mountpoint, tuple(binds), links, guest_kernel,
-                    guest_initrd, qemu)
+                    guest_initrd, qemu, own_proc)
 
 
 def _check(ret, what):
@@ -213,6 +225,9 @@ def enter(root_plan):
         if not (bind.executable or bind.device):
             flags |= MS_NOEXEC
         mount(None, target, None, flags)
+    if root_plan.own_proc:
+        os.mkdir(top + '/proc', 0o555)
+        mount('proc', top + '/proc', 'proc', PROC_FLAGS, PROC_OPTIONS)
     os.chdir(top)
     # pivot_root(".", "."): the old root ends up stacked on the new one
     # and is detached at once (no directory for it is needed).

@@ -178,6 +178,21 @@ def read_json(path, limit=RECORD_LIMIT):
         raise ValueError('%s is nested too deeply' % path)
 
 
+def proc_stat_fields(pid):
+    """:returns: the fields of ``/proc/<pid>/stat`` after the command
+        name (the first is the state, field 3 of proc(5)), or None when
+        the process is gone.
+    """
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            data = f.read(4096)
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields
+    # start after the last ')'.
+    return data[data.rfind(b')') + 2:].split()
+
+
 def tail(path, size):
     """:returns: the last ``size`` bytes of a text file ('' if missing)."""
     try:

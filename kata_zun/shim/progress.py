@@ -40,6 +40,8 @@ import os
 import re
 import time
 
+from kata_zun.runtime import fileutils
+
 #: CPU ticks per second, for /proc/PID/stat.
 _TICKS = os.sysconf('SC_CLK_TCK')
 #: QEMU's vCPU thread names (``-name ...,debug-threads=on``).
@@ -52,17 +54,10 @@ def cpu_seconds(pid):
     """:returns: user + system CPU seconds of process ``pid`` (threads
         included), or None when it is gone.
     """
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            data = f.read(4096)
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start
-    # after the last ')'.
-    fields = data[data.rfind(b')') + 2:].split()
+    fields = fileutils.proc_stat_fields(pid)
     try:
         return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (IndexError, ValueError):
+    except (IndexError, TypeError, ValueError):
         return None
 
 

@@ -158,6 +158,10 @@ class Memory:
             backend += ',share=on'
         return ['-m', size, '-object', backend]
 
+    def fds(self):
+        """:returns: the fds QEMU must inherit for this part: none."""
+        return ()
+
 
 @dataclasses.dataclass(frozen=True)
 class FileMemory:
@@ -180,6 +184,35 @@ class FileMemory:
                 'memory-backend-file,id=%s,size=%s,mem-path=%s,share=%s,'
                 'prealloc=off' % (self.backend_id, size, _esc(self.path),
                                   'on' if self.share else 'off')]
+
+    def fds(self):
+        """:returns: the fds QEMU must inherit for this part: none."""
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SealedMemory:
+    """A jailed clone's RAM: the template's sealed memfd
+    (:mod:`kata_zun.hypervisor.ramholder`), inherited as ``fd`` and
+    mapped private copy-on-write. QEMU 7.2 takes RAM only from a path
+    and opens it read-write: ``/proc/self/fd/N`` reopens the memfd,
+    whose seals refuse every change but a private mapping's own copies.
+    The jail mounts a ``/proc`` that shows QEMU only itself for this.
+    """
+    size_mb: int
+    fd: int
+    backend_id: str = MEMORY_BACKEND_ID
+
+    def args(self):
+        size = '%dM' % self.size_mb
+        return ['-m', size, '-object',
+                'memory-backend-file,id=%s,size=%s,'
+                'mem-path=/proc/self/fd/%d,share=off,prealloc=off'
+                % (self.backend_id, size, _fd(self.fd))]
+
+    def fds(self):
+        """:returns: the fds QEMU must inherit for this part."""
+        return (self.fd,)
 
 
 @dataclasses.dataclass(frozen=True)

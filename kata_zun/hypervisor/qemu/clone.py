@@ -35,6 +35,7 @@ from kata_zun import exception
 from kata_zun.hypervisor import base
 from kata_zun.hypervisor.qemu import accel
 from kata_zun.hypervisor.qemu import argv as qargv
+from kata_zun.hypervisor import sealedram
 from kata_zun.hypervisor import template
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
@@ -52,6 +53,9 @@ SAVE_TIMEOUT = 300.0
 RESTORE_LIMIT = 600.0
 # Seconds over which a restoring QEMU must show progress.
 RESTORE_WINDOW = 30.0
+# Waiting for a template's sealed RAM: another start's copy of it, or
+# our own (a memory copy of the guest RAM at most).
+SEALED_RAM_TIMEOUT = 60.0
 _POLL = 0.005
 _POLL_MAX = 0.1
 
@@ -274,20 +278,27 @@ def _load_and_run(vm, deadline):
     vm.execute('cont', timeout=deadline.left())
 
 
-def restore(hv, config, tmpl):
+def restore(hv, config, tmpl, sealed_ram=None):
     """Start ``config``'s VM from ``tmpl``.
 
-    Jailed: the whole RAM is loaded from the full state into private
-    memory (a jailed QEMU is never given the template's files, only a
-    read-only descriptor of the state). Unjailed: the template's RAM
-    file is mapped private copy-on-write and only the device state is
-    loaded.
+    Unjailed: the template's RAM file is mapped private copy-on-write
+    and only the device state is loaded. Jailed, a jailed QEMU is never
+    given the template's files: with ``sealed_ram`` it maps the
+    template's sealed RAM (:mod:`kata_zun.hypervisor.ramholder`) private
+    copy-on-write and loads only the device state, as unjailed; without,
+    the whole RAM is loaded from the full state into private memory
+    (read-only descriptors of the state files in both cases).
 
+    :param sealed_ram: a descriptor of the template's sealed RAM (the
+        caller keeps and closes it), or None.
     :returns: a running :class:`QemuVM` with ``config``'s NICs.
     :raises: TemplateError, HypervisorError
     """
     shaped = template.template_config(config)
-    if hv.jailed:
+    if hv.jailed and sealed_ram is not None:
+        memory = qargv.SealedMemory(config.memory_mb, sealed_ram)
+        state, ignore_shared = tmpl.state_dev, True
+    elif hv.jailed:
         memory, state, ignore_shared = None, tmpl.state_full, False
     else:
         memory = qargv.FileMemory(config.memory_mb, tmpl.ram, share=False)
@@ -440,22 +451,41 @@ def build_now(hv, config, digest):
         LOG.info('VM template %s: the shape changed (now %s), not built',
                  digest, key.digest)
         return None
-    return template.Store().build_if_idle(
+    tmpl = template.Store().build_if_idle(
         key, lambda work: build(hv, config, work))
+    if tmpl is not None and hv.jailed:
+        # The first clone then finds the sealed RAM ready.
+        sealed_ram(tmpl, config)
+    return tmpl
 
 
-def restore_cost_mib(hv, config):
+def sealed_ram(tmpl, config):
+    """:returns: a descriptor of ``tmpl``'s sealed RAM for a jailed
+        clone (the caller closes it), or None with a warning (the clone
+        then loads the whole RAM from the full state).
+    """
+    try:
+        return sealedram.open_ram(tmpl.path, config.memory_mb * 1024 * 1024,
+                                  SEALED_RAM_TIMEOUT)
+    except sealedram.SealedRamError as exc:
+        LOG.warning('VM template %s: %s; loading the whole RAM instead',
+                    tmpl.key.digest, exc)
+        return None
+
+
+def restore_cost_mib(hv, config, sealed=False):
     """:returns: MiB a restore of ``config`` may touch before its boot is
-        done. Unjailed: QEMU's own only (the RAM stays the template's
-        shared file until written). Jailed: as much as a cold boot. The
-        whole RAM is loaded into a private memfd, and QEMU 7.2 reads
-        every page it loads, zero pages included, to see whether to
-        write it; a read of a memfd page allocates it. Measured: 396 of
-        608 MiB and 120 of 256 MiB resident right after a restore,
-        where the saved state held ~105 and ~89 MiB.
+        done. Unjailed, or jailed with the template's sealed RAM: QEMU's
+        own only (the RAM stays the template's shared pages until
+        written). Jailed without: as much as a cold boot. The whole RAM
+        is loaded into a private memfd, and QEMU 7.2 reads every page it
+        loads, zero pages included, to see whether to write it; a read
+        of a memfd page allocates it. Measured: 396 of 608 MiB and 120
+        of 256 MiB resident right after a restore, where the saved state
+        held ~105 and ~89 MiB.
     """
     from kata_zun.hypervisor.qemu import vm as qemu_vm
-    if hv.jailed:
+    if hv.jailed and not sealed:
         return qemu_vm.cold_cost_mib(config)
     return CONF.kata_jail.memory_overhead_mb
 
@@ -491,14 +521,18 @@ def try_restore(hv, config, admit=None):
                      'being built in the background' if spawned else
                      'another template is being built')
             return None
-        if admit is not None:
-            admit(restore_cost_mib(hv, config))
-            started = time.monotonic()      # not the wait for admission
+        ram = sealed_ram(tmpl, config) if hv.jailed else None
         try:
-            vm = restore(hv, config, tmpl)
+            if admit is not None:
+                admit(restore_cost_mib(hv, config, sealed=ram is not None))
+                started = time.monotonic()  # not the wait for admission
+            vm = restore(hv, config, tmpl, ram)
         except TemplateLoadError:
             store.retire(key.digest)
             raise
+        finally:
+            if ram is not None:
+                os.close(ram)
     except (exception.HypervisorError, OSError, ValueError) as exc:
         if isinstance(exc, exception.JailError):
             raise       # the cold boot would fail the same way

@@ -459,6 +459,9 @@ class QemuHypervisor(base.Hypervisor):
         try:
             kernel, initrd = config.kernel, config.initrd
             qemu_path = self.qemu_path
+            # RAM handed over as a descriptor (a clone's sealed
+            # template RAM) is reached through /proc/self/fd.
+            memory_fds = tuple(memory.fds()) if memory else ()
             if jailed:
                 from kata_zun.jail import launch
                 jail = launch.prepare(
@@ -466,7 +469,8 @@ class QemuHypervisor(base.Hypervisor):
                     config.kernel, config.initrd, config.memory_mb,
                     config.cpu_quota, chosen.name,
                     cpuset=((config.cpuset_cpus, config.cpuset_mems)
-                            if config.cpuset_cpus else None))
+                            if config.cpuset_cpus else None),
+                    own_proc=bool(memory_fds))
                 kernel, initrd = jail.root.kernel, jail.root.initrd
                 qemu_path = jail.root.qemu
             # virtiofsd daemons join the sandbox's cgroup with QEMU.
@@ -487,8 +491,8 @@ class QemuHypervisor(base.Hypervisor):
             log_host, log_vm = socket.socketpair()
             try:
                 try:
-                    proc = spawn(cmd, log_vm, fds.fds(), jail,
-                                 cpus=config.cpuset_cpus)
+                    proc = spawn(cmd, log_vm, fds.fds() + memory_fds,
+                                 jail, cpus=config.cpuset_cpus)
                 except (OSError, subprocess.SubprocessError) as exc:
                     raise exception.HypervisorError(
                         reason='cannot run %s: %s' % (self.qemu_path, exc))

@@ -6,7 +6,9 @@ real, by entering the same jail in a forked child instead of QEMU.
 """
 
 import errno
+import fcntl
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -83,14 +85,27 @@ class JailedQemuTestCase(base.KataZunFunctionalTest):
                                 os.readlink('/proc/%d/ns/%s' % (pid, ns)),
                                 ns)
         # Its root: QEMU's own files and the guest's, nothing of the host.
+        # A clone of a VM template (its RAM the template's sealed memfd,
+        # reopened as /proc/self/fd/N) also has a /proc of its own
+        # processes only, read-only; a cold boot has none.
         root = '/proc/%d/root' % pid
-        self.assertEqual({'guest', 'usr'}, {
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            clone = b'mem-path=/proc/self/fd/' in f.read()
+        self.assertEqual({'guest', 'usr'} | ({'proc'} if clone else set()), {
             n for n in os.listdir(root)
             if not os.path.islink(os.path.join(root, n))})
         self.assertEqual(['initrd.img', 'vmlinux'],
                          sorted(os.listdir(root + '/guest')))
-        for absent in ('etc', 'proc', 'sys', 'dev', 'var', 'tmp', 'root',
-                       'run'):
+        with open('/proc/%d/mountinfo' % pid) as f:
+            procs = [line.split() for line in f if ' - proc ' in line]
+        self.assertEqual(1 if clone else 0, len(procs), procs)
+        for fields in procs:
+            self.assertEqual('/proc', fields[4])
+            self.assertIn('ro', fields[5].split(','))
+            self.assertIn('hidepid=invisible', fields[-1])
+            self.assertIn('subset=pid', fields[-1])
+        for absent in ('etc', 'sys', 'dev', 'var', 'tmp', 'root', 'run') + (
+                () if clone else ('proc',)):
             self.assertFalse(os.path.lexists(os.path.join(root, absent)),
                              absent)
         # Disks, sockets and the console are inherited descriptors.
@@ -221,15 +236,22 @@ def _peak_memory(group):
 
 
 # What a process with a jailed QEMU's credentials tries, once inside.
-def _escape_attempts(host_pid, other_file):
-    results = {}
-
+def _attempter(results):
+    """:returns: ``attempt(name, func)``, which records in ``results``
+        'ok' or the errno name ``func()`` failed with.
+    """
     def attempt(name, func):
         try:
             func()
             results[name] = 'ok'
         except OSError as exc:
             results[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+    return attempt
+
+
+def _escape_attempts(host_pid, other_file):
+    results = {}
+    attempt = _attempter(results)
 
     attempt('open /etc/shadow', lambda: open('/etc/shadow').close())
     attempt('open a host file by its path',
@@ -301,6 +323,68 @@ class JailEscapeTestCase(base.KataZunFunctionalTest):
         with open('/proc/self/mountinfo') as f:
             self.assertNotIn(run_dir, f.read())
         os.kill(parent, 0)       # and we are untouched
+
+    def test_a_compromised_clone_cannot_change_the_template_ram(self):
+        """A clone's jail adds a /proc and an inherited sealed memfd (the
+        template's RAM): through them it can change nothing and see no
+        other process.
+        """
+        from kata_zun.hypervisor import ramholder
+        run_dir = tempfile.mkdtemp(prefix='kzj', dir='/tmp')
+        self.addCleanup(shutil.rmtree, run_dir, True)
+        cfg = self.useFixture(config_fixture.Config(CONF))
+        cfg.config(state_path=self.state_path, group='kata')
+        ram = os.path.join(run_dir, 'ram')
+        with open(ram, 'wb') as f:
+            f.truncate(1024 * 1024)
+            f.write(b'template')
+        memfd = ramholder.seal_copy(ram, 1024 * 1024)
+        self.addCleanup(os.close, memfd)
+        os.set_inheritable(memfd, True)
+        assets = builder.find()
+        jail = launch.prepare('kz-escape-clone', os.path.join(run_dir, 'j'),
+                              assets.kernel, assets.initrd, 64, 0.5,
+                              own_proc=True)
+        self.addCleanup(jail.release)
+        parent = os.getpid()
+
+        def compromised_clone():
+            jail.child_setup(parent)
+            results = {}
+            attempt = _attempter(results)
+            rw = os.open('/proc/self/fd/%d' % memfd, os.O_RDWR)
+            attempt('write the template RAM',
+                    lambda: os.pwrite(rw, b'EVIL', 0))
+            attempt('truncate it', lambda: os.ftruncate(rw, 0))
+            attempt('grow it', lambda: os.ftruncate(rw, 1 << 30))
+            attempt('lift its seals',
+                    lambda: fcntl.fcntl(rw, ramholder.F_ADD_SEALS, 0))
+            attempt('map it shared and writable', lambda: mmap.mmap(
+                rw, 4096, mmap.MAP_SHARED, mmap.PROT_WRITE))
+            attempt("read the host's init", lambda: open(
+                '/proc/1/environ').close())
+            attempt('read host memory figures',
+                    lambda: open('/proc/meminfo').close())
+            attempt('signal a host process', lambda: os.kill(parent, 0))
+            results['processes seen'] = sorted(
+                n for n in os.listdir('/proc') if n.isdigit()) == [
+                    str(os.getpid())]
+            return json.dumps(results).encode()
+        code, report = forked.run(compromised_clone)
+        self.assertEqual(0, code, report)
+        self.assertTrue(report.startswith(b'{'), report)
+        self.assertEqual({
+            'write the template RAM': 'EPERM',
+            'truncate it': 'EPERM',
+            'grow it': 'EPERM',
+            'lift its seals': 'EPERM',
+            'map it shared and writable': 'EPERM',
+            "read the host's init": 'ENOENT',
+            'read host memory figures': 'ENOENT',
+            'signal a host process': 'EPERM',
+            'processes seen': True,
+        }, json.loads(report))
+        self.assertEqual(b'template', os.pread(memfd, 8, 0))
 
 
 # A hostile guest: floods its serial console, then says READY.

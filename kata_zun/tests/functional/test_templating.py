@@ -9,6 +9,7 @@ tests check that line so that a silent cold boot can never pass for a
 clone.
 """
 
+import fcntl
 import glob
 import json
 import os
@@ -175,6 +176,65 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
                     '/dev/shm/written-in-ram', check=0)
         self.assertEqual(b'disk\nram\n', r.out)
 
+    def _qemu(self, ref):
+        info = json.loads(self.kz('inspect', ref, check=0).out)[0]
+        pid = info['State']['VMPid']
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return pid, f.read()
+
+    def test_jailed_clones_share_the_sealed_template_ram(self):
+        from kata_zun.hypervisor import ramholder
+        self.warm()
+        for name in ('s1', 's2'):
+            self.kz('run', '-d', '--name', name, 'busybox', 'sleep', '1000',
+                    check=0)
+            self.assertRestored(name)
+        [path] = self._templates()
+        with open(os.path.join(path, ramholder.HOLDER)) as f:
+            holder = json.load(f)
+        os.kill(holder['pid'], 0)
+        for name in ('s1', 's2'):
+            pid, cmdline = self._qemu(name)
+            # Jailed (its own uid), its RAM the inherited memfd.
+            self.assertNotEqual(0, os.stat('/proc/%d' % pid).st_uid)
+            self.assertIn(b'mem-path=/proc/self/fd/', cmdline)
+            num = int(cmdline.split(b'mem-path=/proc/self/fd/')[1]
+                      .split(b',')[0])
+            # Opened read-write as QEMU does, even by root: the holder's
+            # memfd, and nothing about it can be changed.
+            fd = os.open('/proc/%d/fd/%d' % (pid, num), os.O_RDWR)
+            try:
+                st = os.fstat(fd)
+                self.assertEqual((holder['dev'], holder['ino']),
+                                 (st.st_dev, st.st_ino))
+                self.assertEqual(ramholder.SEALS, fcntl.fcntl(
+                    fd, ramholder.F_GET_SEALS))
+                for change in (lambda: os.pwrite(fd, b'x', 4096),
+                               lambda: os.ftruncate(fd, 4096)):
+                    self.assertRaises(PermissionError, change)
+            finally:
+                os.close(fd)
+            # Its template pages are mapped by both clones.
+            with open('/proc/%d/smaps' % pid) as f:
+                smaps = f.read()
+            mapping = smaps.split(ramholder.MEMFD_NAME, 1)[1]
+            shared = int(mapping.split('Shared_Clean:', 1)[1].split()[0])
+            self.assertGreater(shared, 0, mapping[:800])
+        # Without the sealed RAM (the holder gone and none can start), a
+        # jailed clone loads the whole RAM instead, and says so.
+        os.kill(holder['pid'], signal.SIGKILL)
+        blocker = os.path.join(path, 'holder.log')
+        os.unlink(blocker)
+        os.mkdir(blocker)
+        try:
+            r = self.kz('run', '--name', 's3', 'busybox', 'echo', 'runs',
+                        check=0)
+        finally:
+            os.rmdir(blocker)
+        self.assertEqual(b'runs\n', r.out)
+        self.assertRestored('s3')
+        self.assertIn(b'loading the whole RAM instead', self._shim_log('s3'))
+
     def test_disks_have_their_own_size_and_content(self):
         self.warm()
         # The template booted on 1 MiB placeholders: each clone must see
@@ -213,12 +273,20 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.kz('run', '--name', 'first', 'busybox', 'true', check=0)
         self.assertRestored('first')
         [path] = self._templates()
-        # Same size, other bytes: only loading it can tell. (The VMs
-        # here are jailed: they load the state with the RAM in it.)
-        full = os.path.join(path, 'state.full')
-        os.chmod(full, 0o600)
-        with open(full, 'r+b') as f:
+        # Same size, other bytes, and a meta.json that agrees: only
+        # loading it can tell. (The VMs here are jailed clones with the
+        # template's sealed RAM: they load the device state.)
+        dev = os.path.join(path, 'state.dev')
+        os.chmod(dev, 0o600)
+        with open(dev, 'r+b') as f:
             f.write(os.urandom(64))
+        meta_path = os.path.join(path, 'meta.json')
+        with open(meta_path) as f:
+            meta = json.load(f)
+        meta['files']['state.dev'] = template.file_meta(
+            dev, template.STATE_DEV_MAX)
+        with open(meta_path, 'w') as f:
+            json.dump(meta, f)
         r = self.kz('run', '--name', 'after', 'busybox', 'echo', 'still runs',
                     check=0)
         self.assertEqual(b'still runs\n', r.out)

@@ -126,7 +126,18 @@ class TemplateArgvTestCase(base.BaseTestCase):
             'mem-path=/dev/shm/t/x/ram,share=off,prealloc=off']) +
             ['-incoming', 'defer'] + list(argv.Sandbox().args()), got)
 
-    def test_jailed_clone_has_private_memfd_ram(self):
+    def test_jailed_clone_maps_the_sealed_ram_private(self):
+        got = self._argv(argv.SealedMemory(512, 9), True)
+        self.assertEqual(self._common([
+            '-m', '512M', '-object',
+            'memory-backend-file,id=mem,size=512M,'
+            'mem-path=/proc/self/fd/9,share=off,prealloc=off']) +
+            ['-incoming', 'defer'] + list(argv.Sandbox().args()), got)
+        self.assertEqual((9,), argv.SealedMemory(512, 9).fds())
+        self.assertRaises(exception.HypervisorError,
+                          argv.SealedMemory(512, 1).args)
+
+    def test_jailed_clone_without_sealed_ram_has_private_memfd_ram(self):
         got = self._argv(None, True)
         self.assertEqual(self._common([
             '-m', '512M', '-object',
@@ -419,6 +430,11 @@ class _StoreTestCase(base.BaseTestCase):
                         group='kata')
         self.cfg.config(accelerator='tcg', tsc_khz=1000,
                         group='kata_hypervisor')
+        # No holder processes here (test_sealedram runs them).
+        self.open_ram = self.useFixture(fixtures.MockPatchObject(
+            clone.sealedram, 'open_ram', side_effect=(
+                clone.sealedram.SealedRamError(reason='not here'))
+        )).mock
 
 
 class TryRestoreTestCase(_StoreTestCase):
@@ -492,6 +508,33 @@ class TryRestoreTestCase(_StoreTestCase):
         self.assertNotIn('WARNING', self.log.output)
         self.hv.launch.assert_not_called()
 
+    def test_sealed_ram_is_closed_when_the_restore_fails(self):
+        config = _config(self.tmp)
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.open_ram.side_effect = None
+        self.open_ram.return_value = fd
+        with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
+                               _fake_build(w, memory_mb=1)), \
+                mock.patch.object(clone, 'restore', side_effect=(
+                    exception.HypervisorError(reason='no QEMU'))):
+            clone.build_now(self.hv, config,
+                            clone.template_key(self.hv, config).digest)
+            self.assertIsNone(clone.try_restore(self.hv, config))
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertIn('no QEMU', self.log.output)
+
+    def test_a_jailed_build_has_its_sealed_ram_made(self):
+        config = _config(self.tmp)
+        with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
+                               _fake_build(w, memory_mb=1)):
+            tmpl = clone.build_now(self.hv, config,
+                                   clone.template_key(self.hv, config).digest)
+        self.open_ram.assert_called_once_with(
+            tmpl.path, config.memory_mb * 1024 * 1024,
+            clone.SEALED_RAM_TIMEOUT)
+        # It could not be made: said, and a clone loads the whole RAM.
+        self.assertIn('loading the whole RAM instead', self.log.output)
+
     def test_restore_failure_retires_the_template(self):
         config = _config(self.tmp)
         with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
@@ -538,13 +581,26 @@ class AdmissionHookTestCase(_StoreTestCase):
         self._build()
         calls = []
         with mock.patch.object(clone, 'restore',
-                               side_effect=lambda *a: calls.append('qemu')
+                               side_effect=lambda *a: calls.append(a[3])
                                or 'the clone'):
             self.assertEqual('the clone',
                              self.hv.start(self.config, admit=calls.append))
-        # Jailed, the whole RAM may be touched by the load (QEMU reads
-        # every page, and reading a memfd page allocates it).
-        self.assertEqual([612, 'qemu'], calls)
+        # Jailed without the sealed RAM, the whole RAM may be touched by
+        # the load (QEMU reads every page, and reading a memfd page
+        # allocates it).
+        self.assertEqual([612, None], calls)
+        # Jailed with it, only what QEMU itself touches; the restore gets
+        # the descriptor, and it is closed once QEMU has its own.
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.open_ram.side_effect = None
+        self.open_ram.return_value = fd
+        calls = []
+        with mock.patch.object(clone, 'restore',
+                               side_effect=lambda *a: calls.append(a[3])
+                               or 'the clone'):
+            self.hv.start(self.config, admit=calls.append)
+        self.assertEqual([100, fd], calls)
+        self.assertRaises(OSError, os.fstat, fd)
         # Unjailed, the RAM stays the template's file until written.
         self.hv.jailed = False
         self.assertEqual(100, clone.restore_cost_mib(self.hv, self.config))

@@ -1,5 +1,6 @@
 """What a jailed QEMU may see, planned from the real binary."""
 
+import json
 import os
 import shutil
 
@@ -76,3 +77,76 @@ class PlanTestCase(base.BaseTestCase):
             f.write('#!/bin/sh\n')
         os.chmod(script, 0o755)
         self.assertRaises(exception.JailError, rootfs.libraries, script)
+
+
+class OwnProcTestCase(base.BaseTestCase):
+    """The /proc a jailed clone gets to reopen its inherited RAM: only its
+    own processes, nothing system-wide, read-only (a real jail entered
+    by a forked child, as root).
+    """
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0 or not os.path.exists(QEMU):
+            self.skipTest('needs root and QEMU')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        for name in ('vmlinux', 'initrd.img'):
+            open(os.path.join(self.dir, name), 'w').close()
+        os.mkdir(os.path.join(self.dir, 'root'), 0o700)
+
+    def _in_jail(self, own_proc, probe):
+        plan = rootfs.plan(os.path.join(self.dir, 'root'), QEMU,
+                           os.path.join(self.dir, 'vmlinux'),
+                           os.path.join(self.dir, 'initrd.img'),
+                           own_proc=own_proc)
+        memfd = os.memfd_create('probe')
+        os.ftruncate(memfd, 4096)
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(rfd)
+                rootfs.enter(plan)
+                os.setresgid(65533, 65533, 65533)
+                os.setresuid(65533, 65533, 65533)
+                os.write(wfd, json.dumps(probe(memfd)).encode())
+            except BaseException as exc:
+                os.write(wfd, json.dumps(['error', str(exc)]).encode())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        os.close(memfd)
+        data = b''
+        while True:
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        os.close(rfd)
+        os.waitpid(pid, 0)
+        return json.loads(data.decode())
+
+    def test_own_proc_shows_only_itself(self):
+        def probe(memfd):
+            names = sorted(os.listdir('/proc'))
+            rw = os.open('/proc/self/fd/%d' % memfd, os.O_RDWR)
+            os.close(rw)
+            try:
+                open('/proc/meminfo').close()
+                meminfo = 'readable'
+            except OSError:
+                meminfo = 'hidden'
+            try:
+                os.mkdir('/proc/x')
+                mkdir = 'made'
+            except OSError:
+                mkdir = 'refused'
+            return names, str(os.getpid()), meminfo, mkdir
+        names, me, meminfo, mkdir = self._in_jail(True, probe)
+        self.assertEqual(sorted([me, 'self', 'thread-self']), names)
+        self.assertEqual('hidden', meminfo)
+        self.assertEqual('refused', mkdir)
+
+    def test_no_proc_unless_asked(self):
+        self.assertIs(False, self._in_jail(
+            False, lambda memfd: os.path.exists('/proc/self')))
