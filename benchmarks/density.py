@@ -13,7 +13,9 @@ In one run, in a state path of its own (see benchmarks/isolated.py)::
   once it is built (the count of clones is printed): QEMU, shim, both;
   with free page reporting (``[kata_hypervisor] free_page_reporting``)
   as configured, and with ``--compare-reporting`` once more with it
-  off, for the difference.
+  off, for the difference; with ``--compare-sealed`` once more with
+  jailed clones loading the whole RAM instead of mapping the template's
+  sealed RAM (``[kata_jail] share_template_ram = false``).
 
 It prints figures; it asserts nothing (the exit status says whether the
 stream lost bytes).
@@ -154,6 +156,10 @@ def main():
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--sandboxes', type=int, default=20)
     parser.add_argument('--stream-mb', type=int, default=100)
+    parser.add_argument('--compare-sealed', action='store_true',
+                        help='measure idle PSS once more with jailed '
+                             'clones loading the whole RAM ([kata_jail] '
+                             'share_template_ram = false)')
     parser.add_argument('--compare-reporting', action='store_true',
                         help='measure idle PSS with free page reporting '
                              'off as well')
@@ -204,6 +210,14 @@ def main():
         print_pss('PSS per idle sandbox, %d running (reporting %s)'
                   % (args.sandboxes, 'on' if reporting else 'off'),
                   qemu, shim)
+        if args.compare_sealed:
+            with open(conf_file, 'a') as f:
+                f.write('[kata_jail]\nshare_template_ram = false\n')
+            qemu, shim = idle_pss(conf_file, args.sandboxes)
+            print_pss('PSS per idle sandbox, %d running (no sealed RAM)'
+                      % args.sandboxes, qemu, shim)
+            with open(conf_file, 'a') as f:
+                f.write('[kata_jail]\nshare_template_ram = true\n')
         if args.compare_reporting and reporting:
             with open(conf_file, 'a') as f:
                 f.write('[kata_hypervisor]\nfree_page_reporting = false\n')

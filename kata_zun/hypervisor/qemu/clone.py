@@ -453,7 +453,7 @@ def build_now(hv, config, digest):
         return None
     tmpl = template.Store().build_if_idle(
         key, lambda work: build(hv, config, work))
-    if tmpl is not None and hv.jailed:
+    if tmpl is not None and hv.jailed and CONF.kata_jail.share_template_ram:
         # The first clone then finds the sealed RAM ready.
         sealed_ram(tmpl, config)
     return tmpl
@@ -521,7 +521,8 @@ def try_restore(hv, config, admit=None):
                      'being built in the background' if spawned else
                      'another template is being built')
             return None
-        ram = sealed_ram(tmpl, config) if hv.jailed else None
+        ram = (sealed_ram(tmpl, config) if hv.jailed and
+               CONF.kata_jail.share_template_ram else None)
         try:
             if admit is not None:
                 admit(restore_cost_mib(hv, config, sealed=ram is not None))

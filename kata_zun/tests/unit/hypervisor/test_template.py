@@ -601,6 +601,16 @@ class AdmissionHookTestCase(_StoreTestCase):
             self.hv.start(self.config, admit=calls.append)
         self.assertEqual([100, fd], calls)
         self.assertRaises(OSError, os.fstat, fd)
+        # An operator who turned sharing off: no holder is asked.
+        self.cfg.config(share_template_ram=False, group='kata_jail')
+        self.open_ram.reset_mock()
+        calls = []
+        with mock.patch.object(clone, 'restore',
+                               side_effect=lambda *a: calls.append(a[3])
+                               or 'the clone'):
+            self.hv.start(self.config, admit=calls.append)
+        self.assertEqual([612, None], calls)
+        self.open_ram.assert_not_called()
         # Unjailed, the RAM stays the template's file until written.
         self.hv.jailed = False
         self.assertEqual(100, clone.restore_cost_mib(self.hv, self.config))
