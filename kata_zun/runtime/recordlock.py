@@ -25,6 +25,8 @@ from kata_zun import exception
 
 LOCK_FILE = 'op.lock'
 _MAX_WORD = 32
+# Looks, 10 ms apart, at a lock file its new holder has not written yet.
+_WORD_LOOKS = 20
 
 
 @contextlib.contextmanager
@@ -54,8 +56,7 @@ def held(record_dir, cid, doing, wait=0.0):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, _MAX_WORD, 0).decode(
-                        'ascii', 'replace').strip() or 'changed'
+                    holder = _holder_word(fd) or 'changed'
                     raise exception.Conflict(
                         reason='container %s is being %s by another '
                         'request: try again when it is done'
@@ -67,12 +68,28 @@ def held(record_dir, cid, doing, wait=0.0):
             # new lock file in its dying directory; leave nothing behind.
             _unlink_record_lock(record_dir)
             raise exception.ContainerNotFound(ref=cid[:12])
-        # What we do, for the error of whoever comes next.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, doing.encode('ascii')[:_MAX_WORD], 0)
+        # What we do, for the error of whoever comes next: one write of
+        # a fixed width, so that it is never seen half-replaced.
+        os.pwrite(fd, doing.encode('ascii')[:_MAX_WORD].ljust(_MAX_WORD),
+                  0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder_word(fd):
+    """:returns: what the lock's holder said it does, '' if nothing.
+
+    A new holder writes its word right after it got the lock: a request
+    that looks in between finds the file empty (CI, stop 16: "being
+    changed" for a start), so an empty file is read again for a moment.
+    """
+    for _ in range(_WORD_LOOKS):
+        word = os.pread(fd, _MAX_WORD, 0).decode('ascii', 'replace').strip()
+        if word:
+            return word
+        time.sleep(0.01)
+    return ''
 
 
 def _unlink_record_lock(record_dir):

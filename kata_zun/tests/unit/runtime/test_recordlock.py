@@ -38,6 +38,24 @@ class RecordLockTest(base.BaseTestCase):
         with recordlock.held(self.record, CID, 'removed'):
             pass
 
+    def test_a_holder_that_has_not_said_yet_is_waited_for(self):
+        # Locked, its word not written yet (the moment between a new
+        # holder's flock and its write): the other request reads again
+        # rather than say "being changed".
+        import fcntl
+        fd = os.open(os.path.join(self.record, recordlock.LOCK_FILE),
+                     os.O_RDWR | os.O_CREAT)
+        self.addCleanup(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        timer = threading.Timer(0.05, os.pwrite, (fd, b'started', 0))
+        timer.start()
+        self.addCleanup(timer.join)
+        with self.assertRaises(exception.Conflict) as ctx:
+            with recordlock.held(self.record, CID, 'started'):
+                self.fail('got a held lock')
+        self.assertIn('is being started by another request',
+                      str(ctx.exception))
+
     def test_waits_for_the_holder_when_asked(self):
         release = threading.Event()
         taken = threading.Event()
