@@ -58,6 +58,17 @@ class AgentLink(object):
     _woken = False
 
     # ------------------------------------------------------------ set-up
+    def start_vm(self, vm_config, reservation=None):
+        """Start the VM (``self.vm``), admitted by ``reservation``, which
+        then names its QEMU (its claim shrinks by what QEMU touched).
+
+        :raises: HypervisorError, InsufficientResources
+        """
+        self.vm = self.hypervisor.start(
+            vm_config, admit=reservation.need if reservation else None)
+        if reservation is not None:
+            reservation.attach(self.vm.pid)
+
     def boot(self, vm_config, reservation=None):
         """Boot the VM, shake hands with the agent and create the
         container in it. Blocking: runs before the API is served.
@@ -68,10 +79,7 @@ class AgentLink(object):
             InsufficientResources
         """
         t0 = time.monotonic()
-        self.vm = self.hypervisor.start(
-            vm_config, admit=reservation.need if reservation else None)
-        if reservation is not None:
-            reservation.attach(self.vm.pid)
+        self.start_vm(vm_config, reservation)
         self.save_state(shim_pid=os.getpid(), vm_pid=self.vm.pid,
                         boot_id=fileutils.boot_id())
         timing = {'vmm_started': time.monotonic() - t0}

@@ -105,10 +105,7 @@ class PodShim(server.Shim):
             InsufficientResources
         """
         t0 = time.monotonic()
-        self.vm = self.hypervisor.start(
-            vm_config, admit=reservation.need if reservation else None)
-        if reservation is not None:
-            reservation.attach(self.vm.pid)
+        self.start_vm(vm_config, reservation)
         common = {'shim_pid': os.getpid(), 'vm_pid': self.vm.pid,
                   'boot_id': fileutils.boot_id()}
         self.save_state(**common)

@@ -204,11 +204,8 @@ class SealedMemory:
     backend_id: str = MEMORY_BACKEND_ID
 
     def args(self):
-        size = '%dM' % self.size_mb
-        return ['-m', size, '-object',
-                'memory-backend-file,id=%s,size=%s,'
-                'mem-path=/proc/self/fd/%d,share=off,prealloc=off'
-                % (self.backend_id, size, _fd(self.fd))]
+        return FileMemory(self.size_mb, '/proc/self/fd/%d' % _fd(self.fd),
+                          share=False, backend_id=self.backend_id).args()
 
     def fds(self):
         """:returns: the fds QEMU must inherit for this part."""

@@ -453,17 +453,23 @@ def build_now(hv, config, digest):
         return None
     tmpl = template.Store().build_if_idle(
         key, lambda work: build(hv, config, work))
-    if tmpl is not None and hv.jailed and CONF.kata_jail.share_template_ram:
+    if tmpl is not None:
         # The first clone then finds the sealed RAM ready.
-        sealed_ram(tmpl, config)
+        ram = sealed_ram(hv, tmpl, config)
+        if ram is not None:
+            os.close(ram)
     return tmpl
 
 
-def sealed_ram(tmpl, config):
+def sealed_ram(hv, tmpl, config):
     """:returns: a descriptor of ``tmpl``'s sealed RAM for a jailed
-        clone (the caller closes it), or None with a warning (the clone
-        then loads the whole RAM from the full state).
+        clone (the caller closes it); None for an unjailed one or with
+        ``[kata_jail] share_template_ram`` off, and None with a warning
+        when it cannot be had (the clone then loads the whole RAM from
+        the full state).
     """
+    if not (hv.jailed and CONF.kata_jail.share_template_ram):
+        return None
     try:
         return sealedram.open_ram(tmpl.path, config.memory_mb * 1024 * 1024,
                                   SEALED_RAM_TIMEOUT)
@@ -521,8 +527,7 @@ def try_restore(hv, config, admit=None):
                      'being built in the background' if spawned else
                      'another template is being built')
             return None
-        ram = (sealed_ram(tmpl, config) if hv.jailed and
-               CONF.kata_jail.share_template_ram else None)
+        ram = sealed_ram(hv, tmpl, config)
         try:
             if admit is not None:
                 admit(restore_cost_mib(hv, config, sealed=ram is not None))

@@ -510,9 +510,12 @@ class TryRestoreTestCase(_StoreTestCase):
 
     def test_sealed_ram_is_closed_when_the_restore_fails(self):
         config = _config(self.tmp)
-        fd = os.open(os.devnull, os.O_RDONLY)
-        self.open_ram.side_effect = None
-        self.open_ram.return_value = fd
+        given = []
+
+        def open_ram(*args):
+            given.append(os.open(os.devnull, os.O_RDONLY))
+            return given[-1]
+        self.open_ram.side_effect = open_ram
         with mock.patch.object(clone, 'build', side_effect=lambda hv, c, w:
                                _fake_build(w, memory_mb=1)), \
                 mock.patch.object(clone, 'restore', side_effect=(
@@ -520,7 +523,10 @@ class TryRestoreTestCase(_StoreTestCase):
             clone.build_now(self.hv, config,
                             clone.template_key(self.hv, config).digest)
             self.assertIsNone(clone.try_restore(self.hv, config))
-        self.assertRaises(OSError, os.fstat, fd)
+        # The build's (it only has the holder started) and the clone's.
+        self.assertEqual(2, len(given))
+        for fd in given:
+            self.assertRaises(OSError, os.fstat, fd)
         self.assertIn('no QEMU', self.log.output)
 
     def test_a_jailed_build_has_its_sealed_ram_made(self):
