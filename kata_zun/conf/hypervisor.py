@@ -15,7 +15,10 @@ OPTS = [
                help='auto: use KVM when a probe really runs the guest '
                     'kernel on it, else TCG with a warning.'),
     cfg.StrOpt('cpu_model', default='max',
-               help='QEMU -cpu model. With KVM, "max" means the host CPU.'),
+               help='QEMU -cpu model. With KVM, "max" means the host CPU. '
+                    'Under TCG the erms and fsrm features are turned off '
+                    '(TCG runs the string instructions they select one '
+                    'byte at a time) unless this value names them.'),
     cfg.IntOpt('default_vcpus', default=1, min=1, max=64,
                help='vCPUs of a VM when the container sets no CPU limit.'),
     cfg.IntOpt('default_memory_mb', default=256, min=64,

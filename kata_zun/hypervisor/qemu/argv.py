@@ -131,12 +131,37 @@ class Accelerator:
         return ['-accel', self.name]
 
 
+# CPU features a TCG guest is better off without: with them the guest
+# kernel's copy_*_user and clear_user, and glibc's memcpy, use
+# ``rep movsb``/``rep stosb``, which TCG runs one byte per loop. Without
+# them they move 8 or 16 bytes a step: measured on this 2-core host,
+# guest -> host stdout through a pipe went from 82 to 301 MB/s and a raw
+# virtio-serial stream from 207 to 729 MB/s. Under KVM the host CPU runs
+# them natively and they stay.
+TCG_SLOW_FEATURES = ('erms', 'fsrm')
+
+
 @dataclasses.dataclass(frozen=True)
 class Cpu:
+    """``-cpu``: the operator's model; under TCG, without the string
+    instructions TCG runs byte by byte (:data:`TCG_SLOW_FEATURES`), unless
+    the model names them itself.
+    """
     model: str = 'max'
+    accel: str = 'kvm'
+
+    @property
+    def effective(self):
+        """:returns: the ``-cpu`` value QEMU gets."""
+        if self.accel != 'tcg':
+            return self.model
+        named = {word.lstrip('+-').split('=')[0]
+                 for word in self.model.split(',')[1:]}
+        dropped = [f for f in TCG_SLOW_FEATURES if f not in named]
+        return ','.join([self.model] + ['-' + f for f in dropped])
 
     def args(self):
-        return ['-cpu', self.model]
+        return ['-cpu', self.effective]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -739,7 +764,7 @@ def build_argv(config, accel, machine_type, cpu_model, qemu_path,
     params = tuple(kernel_params(config, tsc_khz, machine_type))
     parts = [Globals(), Name(config.name),
              Machine(machine_type, pcie=bool(slots)),
-             Accelerator(accel, tcg_cache_mb), Cpu(cpu_model),
+             Accelerator(accel, tcg_cache_mb), Cpu(cpu_model, accel),
              memory or Memory(config.memory_mb,
                               share=bool(config.shared_dirs)),
              Smp(config.vcpus)]

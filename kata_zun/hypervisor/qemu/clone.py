@@ -351,7 +351,10 @@ def template_key(hv, config):
                           hv.machine_type)
     shaped = template.template_config(config)
     return template.key_for(
-        config, chosen.name, hv.machine_type, hv.cpu_model, hv.qemu_path,
+        config, chosen.name, hv.machine_type,
+        # What QEMU gets: a template made with other CPU features is
+        # another template.
+        qargv.Cpu(hv.cpu_model, chosen.name).effective, hv.qemu_path,
         CONF.kata_jail.tcg_cache_mb, CONF.kata_hypervisor.seccomp_sandbox,
         qargv.kernel_params(shaped, machine_type=hv.machine_type))
 

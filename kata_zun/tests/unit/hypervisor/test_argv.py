@@ -63,7 +63,7 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,memory-backend=mem',
             '-accel', 'tcg',
-            '-cpu', 'max',
+            '-cpu', 'max,-erms,-fsrm',
             '-m', '512M', '-object', 'memory-backend-memfd,id=mem,size=512M',
             '-smp', '2',
             '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.img',
@@ -108,7 +108,7 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
             '-accel', 'tcg,tb-size=64',
-            '-cpu', 'max',
+            '-cpu', 'max,-erms,-fsrm',
             '-m', '512M', '-object', 'memory-backend-memfd,id=mem,size=512M',
             '-smp', '2',
             '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
@@ -192,6 +192,21 @@ class BuildArgvTestCase(base.BaseTestCase):
                          '"filename":"/img/a,b.raw"}}',
             '-device', 'virtio-blk-pci,drive=disk0,serial=a',
         ], argv.build_argv(config, 'kvm', 'q35', 'host', '/opt/qemu'))
+
+    def test_tcg_cpu_drops_byte_wise_string_ops(self):
+        # Under TCG only; a model that names a feature keeps the
+        # operator's word for it.
+        self.assertEqual(['-cpu', 'max,-erms,-fsrm'],
+                         argv.Cpu('max', 'tcg').args())
+        self.assertEqual(['-cpu', 'max'], argv.Cpu('max', 'kvm').args())
+        self.assertEqual(['-cpu', 'host'], argv.Cpu('host', 'kvm').args())
+        self.assertEqual(['-cpu', 'Skylake-Client,+erms,-fsrm'],
+                         argv.Cpu('Skylake-Client,+erms', 'tcg').args())
+        self.assertEqual(['-cpu', 'max,erms=on,fsrm=on'],
+                         argv.Cpu('max,erms=on,fsrm=on', 'tcg').args())
+        # Idempotent: what a template key records builds the same argv.
+        eff = argv.Cpu('max', 'tcg').effective
+        self.assertEqual(eff, argv.Cpu(eff, 'tcg').effective)
 
     def test_no_tsc_no_tsc_param(self):
         self.cfg.config(tsc_khz=0, group='kata_hypervisor')

@@ -71,7 +71,7 @@ class TemplateArgvTestCase(base.BaseTestCase):
             '-machine', 'microvm,x-option-roms=off,pit=off,pic=off,rtc=on,'
                         'isa-serial=on,acpi=on,pcie=on,memory-backend=mem',
             '-accel', 'tcg,tb-size=64',
-            '-cpu', 'max',
+            '-cpu', 'max,-erms,-fsrm',
         ] + memory + [
             '-smp', '1',
             '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
