@@ -343,6 +343,12 @@ class ProcessOps(object):
         for proc in list(self.procs.values()):
             if proc.reported or proc.reaped_at is None:
                 continue
+            if proc.out_fds and not self.chan.pending_out:
+                # Most processes closed their output as they exited: read
+                # it to the end now rather than a pass of the loop later
+                # (a pass costs more than a read under TCG).
+                for fd in list(proc.out_fds):
+                    self._read_output(proc, fd)
             if proc.out_fds and now < proc.reaped_at + EXIT_DRAIN_GRACE:
                 continue
             for fd in list(proc.out_fds):

@@ -69,6 +69,7 @@ _RUNNER = """
 import json, os, sys
 from kata_zun.agent import guestcaps, guestseccomp, guestspawn
 cgroup, helper, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+guestspawn.USE_SERVER = spec['serve']
 fds = [os.open('/proc/self/ns/pid', os.O_RDONLY),
        os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)]
 fds += [os.open('/proc/self/ns/' + ns, os.O_RDONLY)
@@ -80,9 +81,12 @@ cmd = spec.get('raw') or guestspawn.command(
     spec['argv'], spec['workdir'], spec['user'], False,
     spec['privileged'], guestcaps.mask(guestcaps.DEFAULT_CAPS),
     guestcaps.last_cap(), guestseccomp.compiled())
-pid, error, err = guestspawn.spawn(cmd, {'PATH': '/usr/bin:/bin'},
-                                   (null, out_w, out_w) + tuple(fds),
-                                   helper=helper)
+for _ in range(spec['times']):
+    pid, error, err = guestspawn.spawn(cmd, {'PATH': '/usr/bin:/bin'},
+                                       (null, out_w, out_w) + tuple(fds),
+                                       helper=helper)
+server = guestspawn._server is not None
+guestspawn.stop_server()
 os.close(out_w)
 with os.fdopen(out_r, 'rb') as f:
     output = f.read().decode()
@@ -94,7 +98,7 @@ while True:            # the helper and the process: both our children
         break
     codes[child] = os.waitstatus_to_exitcode(status)
 print(json.dumps({'pid': pid, 'error': error, 'code': codes.get(pid),
-                  'out': output}))
+                  'out': output, 'server': server, 'children': len(codes)}))
 """
 
 
@@ -133,10 +137,13 @@ class HelperTestCase(base.BaseTestCase):
         if not self.tmp:
             self.skipTest('needs root, unshare and gcc')
 
+    serve = False
+
     def _run(self, argv=None, workdir='', user=(0, 0, [], '/'),
-             privileged=False, raw=None):
+             privileged=False, raw=None, times=1):
         spec = {'argv': argv, 'workdir': workdir, 'user': user,
-                'privileged': privileged, 'raw': raw}
+                'privileged': privileged, 'raw': raw, 'serve': self.serve,
+                'times': times}
         root = os.path.dirname(os.path.dirname(os.path.dirname(SOURCE)))
         proc = subprocess.run(
             ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
@@ -147,6 +154,7 @@ class HelperTestCase(base.BaseTestCase):
             env=dict(os.environ, PYTHONPATH=root))
         self.assertEqual(0, proc.returncode, proc.stderr)
         result = json.loads(proc.stdout)
+        self.last = result
         return (result['pid'], result['error'], result['code'],
                 result['out'])
 
@@ -205,3 +213,101 @@ class HelperTestCase(base.BaseTestCase):
         _pid, error, code, _out = self._run(raw=cmd)
         self.assertEqual(126, code)
         self.assertIn('seccomp filter', error)
+
+
+class ServerTestCase(HelperTestCase):
+    """The same process through the spawn server (``kz-spawn --serve``),
+    which then exits when its socket closes (every child reaped), and
+    hostile requests to it.
+    """
+
+    serve = True
+
+    def test_served_and_reused(self):
+        pid, error, code, out = self._run(['sh', '-c', 'echo x'], times=3)
+        self.assertIsNone(error)
+        self.assertEqual(0, code)
+        self.assertEqual('x\nx\nx\n', out)
+        self.assertTrue(self.last['server'])
+        # Three processes and one server, all reaped: one server served
+        # the three.
+        self.assertEqual(4, self.last['children'])
+
+    def test_bad_arguments_fail_closed(self):
+        # A request the server refuses whole, like the one-shot helper.
+        pid, error, _code, _out = self._run(
+            raw=[self.helper, '-', '0', '0', '0', '0', '', '', '', 'x',
+                 'true'])
+        self.assertIsNone(pid)
+        self.assertIn('bad request', error)
+
+    def _raw_server(self, packets):
+        """Send hostile packets straight to a server; :returns: what each
+        status pipe held and whether the server still serves a good one.
+        """
+        script = """
+import array, json, os, socket, sys
+helper = sys.argv[1]
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+theirs.set_inheritable(True)
+null = os.open('/dev/null', os.O_RDWR)
+os.posix_spawn(helper, [helper, '--serve'], {}, file_actions=[
+    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
+theirs.close()
+out = []
+fds = [os.open('/proc/self/ns/pid', os.O_RDONLY), null]
+fds += [os.open('/proc/self/ns/' + ns, os.O_RDONLY)
+        for ns in ('ipc', 'uts', 'cgroup', 'mnt')]
+fds.append(os.open('/', os.O_RDONLY))
+for packet, nfds in json.loads(sys.stdin.read()):
+    r, w = os.pipe()
+    sent = [null, null, null, w] + fds
+    ours.sendmsg([bytes.fromhex(packet)], [(socket.SOL_SOCKET,
+        socket.SCM_RIGHTS, array.array('i', sent[:nfds]))] if nfds else [])
+    os.close(w)
+    if nfds == 11:
+        with os.fdopen(r, 'rb') as f:
+            out.append(f.read(8192).decode('utf-8', 'replace'))
+    else:
+        os.close(r)
+        out.append(None)
+ours.close()
+print(json.dumps({'out': out, 'code': os.waitpid(-1, 0)[1]}))
+"""
+        proc = subprocess.run(
+            [sys.executable, '-c', script, self.helper],
+            input=json.dumps(packets).encode(), capture_output=True,
+            timeout=60)
+        self.assertEqual(0, proc.returncode, proc.stderr)
+        return json.loads(proc.stdout)
+
+    def test_hostile_requests(self):
+        head = guestspawn._REQUEST_HEAD
+        big = head.pack(2 ** 31, 2 ** 31)
+        lying = head.pack(12, 0) + b'a\0' * 3
+        no_nul = head.pack(10, 0) + b'x' * 100
+        deep = head.pack(10, 0) + b'\0' * 10       # no "--" at 9
+        result = self._raw_server([
+            # (An empty packet reads as end of file: the server exits,
+            # and the agent starts another at its next exec.)
+            [b'\x01'.hex(), 11], [big.hex(), 11],
+            [lying.hex(), 11], [no_nul.hex(), 11], [deep.hex(), 11],
+            [lying.hex(), 3],                          # fds missing
+            [lying.hex(), 0],
+            # Over the server's buffer: cut short, so refused whole.
+            [(head.pack(10, 0) + b'y' * (guestspawn.SERVE_MAX + 10)).hex(),
+             11],
+            # A well-formed one: answered (this cgroup fd is /dev/null,
+            # so the clone fails, and says so).
+            [guestspawn._request(guestspawn.command(
+                ['true'], '', (0, 0, [], '/'), False, True, 0, 40, b''),
+                {'PATH': '/bin'}).hex(), 11],
+        ])
+        out = result['out']
+        for text in out[:5]:
+            self.assertIn('bad request', text)
+        self.assertEqual([None, None], out[5:7])
+        self.assertIn('request too big', out[7])
+        self.assertTrue(out[8].startswith('fail 9 clone3'), out[8])
+        # Still serving after all that, then gone at end of file.
+        self.assertEqual(0, result['code'])
