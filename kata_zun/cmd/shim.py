@@ -194,15 +194,9 @@ def main(argv=None):
     if not args.foreground:
         _cap_log(os.path.join(args.state_dir, 'shim.log'),
                  CONF.kata.shim_log_max_bytes)
-    if CONF.kata_jail.enabled and os.geteuid() == 0:
-        # Out of our starter's cgroup (zun-compute's service): stopping
-        # it must not take the sandbox along.
-        from kata_zun import exception
+    if CONF.kata_jail.enabled:
         from kata_zun.jail import cgroup
-        try:
-            cgroup.join_shims(CONF.kata_jail.cgroup_parent)
-        except exception.JailError as exc:
-            LOG.warning('%s', exc)
+        cgroup.leave_starter(CONF.kata_jail.cgroup_parent, LOG)
 
     from kata_zun.hypervisor.qemu import vm as qemu_vm
     from kata_zun.shim import server

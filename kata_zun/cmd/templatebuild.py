@@ -94,6 +94,11 @@ def main(argv=None):
         CONF.set_override(opt, None)
     CONF.set_override('use_syslog', False)
     logging.setup(CONF, 'kata-zun-templatebuild')
+    if CONF.kata_jail.enabled:
+        # Like a shim: the template's RAM holder, which the build starts,
+        # must outlive zun-compute's service.
+        from kata_zun.jail import cgroup
+        cgroup.leave_starter(CONF.kata_jail.cgroup_parent, LOG)
     try:
         if len(args.spec) > SPEC_MAX_BYTES:
             raise ValueError('template spec is too long')

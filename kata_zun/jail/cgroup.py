@@ -457,6 +457,23 @@ def join_shims(parent, pid=0, layout=None):
                                   '%s' % (parent, SHIMS, exc))
 
 
+def leave_starter(parent, log):
+    """Move the calling daemon (a shim, a template builder and the RAM
+    holder it starts) into ``<parent>/shims``, out of its starter's
+    cgroup: stopping the starter's service (zun-compute's) must not take
+    the daemon along. Only root can; a failure is logged, and the daemon
+    then only shares its starter's fate.
+
+    :param log: the caller's logger.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        join_shims(parent)
+    except exception.JailError as exc:
+        log.warning('%s', exc)
+
+
 def for_sandbox(parent, sandbox, layout=None):
     """:param layout: the result of :func:`detect` (default: detect now).
     :returns: a :class:`SandboxCgroup` (not created yet).

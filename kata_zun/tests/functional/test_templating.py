@@ -193,6 +193,14 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         with open(os.path.join(path, ramholder.HOLDER)) as f:
             holder = json.load(f)
         os.kill(holder['pid'], 0)
+        # Out of its starter's cgroup, with the shims (the template was
+        # built by a background builder that left its starter's).
+        info = json.loads(self.kz('inspect', 's1', check=0).out)[0]
+        with open('/proc/%d/cgroup' % info['State']['ShimPid']) as f:
+            shim_cgroups = f.read()
+        with open('/proc/%d/cgroup' % holder['pid']) as f:
+            self.assertEqual(shim_cgroups, f.read())
+        self.assertIn('/shims', shim_cgroups)
         for name in ('s1', 's2'):
             pid, cmdline = self._qemu(name)
             # Jailed (its own uid), its RAM the inherited memfd.

@@ -148,6 +148,21 @@ class CgroupV2TestCase(base.BaseTestCase):
         self.assertEqual('1234', _read(os.path.join(
             self.root, 'kata_zun', 'shims', 'cgroup.procs')))
 
+    def test_leaving_the_starter_never_fails_the_daemon(self):
+        from unittest import mock
+        log = mock.Mock()
+        with mock.patch.object(os, 'geteuid', return_value=1000), \
+                mock.patch.object(cgroup, 'join_shims') as join:
+            cgroup.leave_starter('kata_zun', log)
+        join.assert_not_called()               # only root can move it
+        with mock.patch.object(os, 'geteuid', return_value=0), \
+                mock.patch.object(cgroup, 'join_shims',
+                                  side_effect=exception.JailError(
+                                      reason='no room')) as join:
+            cgroup.leave_starter('kata_zun', log)
+        join.assert_called_once_with('kata_zun')
+        self.assertIn('no room', str(log.warning.call_args))
+
 
 class CpusetTestCase(base.BaseTestCase):
     """Sandboxes pinned to CPUs and NUMA nodes (issue 15)."""
