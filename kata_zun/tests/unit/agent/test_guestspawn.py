@@ -81,8 +81,10 @@ cmd = spec.get('raw') or guestspawn.command(
     spec['argv'], spec['workdir'], spec['user'], False,
     spec['privileged'], guestcaps.mask(guestcaps.DEFAULT_CAPS),
     guestcaps.last_cap(), guestseccomp.compiled())
+env = {'PATH': '/usr/bin:/bin'}
+env.update(('PAD%d' % i, 'x' * 1024) for i in range(spec['pad']))
 for _ in range(spec['times']):
-    pid, error, err = guestspawn.spawn(cmd, {'PATH': '/usr/bin:/bin'},
+    pid, error, err = guestspawn.spawn(cmd, env,
                                        (null, out_w, out_w) + tuple(fds),
                                        helper=helper)
 server = guestspawn._server is not None
@@ -140,10 +142,10 @@ class HelperTestCase(base.BaseTestCase):
     serve = False
 
     def _run(self, argv=None, workdir='', user=(0, 0, [], '/'),
-             privileged=False, raw=None, times=1):
+             privileged=False, raw=None, times=1, pad=0):
         spec = {'argv': argv, 'workdir': workdir, 'user': user,
                 'privileged': privileged, 'raw': raw, 'serve': self.serve,
-                'times': times}
+                'times': times, 'pad': pad}
         root = os.path.dirname(os.path.dirname(os.path.dirname(SOURCE)))
         proc = subprocess.run(
             ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
@@ -232,6 +234,27 @@ class ServerTestCase(HelperTestCase):
         # Three processes and one server, all reaped: one server served
         # the three.
         self.assertEqual(4, self.last['children'])
+
+    def test_too_big_for_the_server_goes_one_shot(self):
+        # 200 KiB of environment: more than a server request holds, not
+        # more than an exec takes. The one-shot helper runs it; no
+        # server was started for it.
+        _pid, error, code, out = self._run(
+            ['sh', '-c', 'echo ${#PAD199}'], pad=200)
+        self.assertIsNone(error)
+        self.assertEqual(0, code)
+        self.assertEqual('1024\n', out)
+        self.assertFalse(self.last['server'])
+        self.assertEqual(2, self.last['children'])   # helper and process
+
+    def test_requests_the_server_cannot_take(self):
+        cmd = guestspawn.command(['true'], '', (0, 0, [], '/'), False,
+                                 True, 0, 40, b'')
+        self.assertIsNotNone(guestspawn._request(cmd, {'A': 'b'}))
+        self.assertIsNone(guestspawn._request(cmd, {'A': 'b\0c'}))
+        self.assertIsNone(guestspawn._request(cmd + ['a\0b'], {}))
+        self.assertIsNone(guestspawn._request(
+            cmd, {'A': 'x' * guestspawn.SERVE_MAX}))
 
     def test_bad_arguments_fail_closed(self):
         # A request the server refuses whole, like the one-shot helper.
