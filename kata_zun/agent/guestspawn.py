@@ -177,14 +177,14 @@ def _request(cmd, env):
     a NUL inside a string (the one-shot path refuses that with its own
     error).
     """
-    strings = [os.fsencode(a) for a in cmd[1:]]
+    args = [os.fsencode(a) for a in cmd[1:]]
     entries = [os.fsencode(k) + b'=' + os.fsencode(v)
                for k, v in env.items()]
-    size = _REQUEST_HEAD.size + sum(len(x) + 1 for x in strings + entries)
-    if size > SERVE_MAX or any(b'\0' in x for x in strings + entries):
+    body = b'\0'.join(args + entries) + b'\0'
+    if body.count(b'\0') != len(args) + len(entries) or \
+            _REQUEST_HEAD.size + len(body) > SERVE_MAX:
         return None
-    return b''.join([_REQUEST_HEAD.pack(len(strings), len(entries))] +
-                    [x + b'\0' for x in strings + entries])
+    return _REQUEST_HEAD.pack(len(args), len(entries)) + body
 
 
 def _server_socket(helper):

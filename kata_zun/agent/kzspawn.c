@@ -255,28 +255,33 @@ static long clone_into(int cgroup_fd)
 	return syscall(SYS_clone3, &args, sizeof(args));
 }
 
-static void status(int fd, const char *fmt, ...)
+/* The pid line on the status pipe: one write (atomic, under PIPE_BUF)
+ * that starts with a NUL, so the process's own error text, written
+ * before or after it, is never inside it (parse_status).
+ * Returns 0, or -1 when it could not be written whole. */
+static int report_pid(int fd, long pid)
+{
+	char msg[64];
+	int n = 1 + snprintf(msg + 1, sizeof(msg) - 1, "pid %ld\n", pid);
+
+	msg[0] = '\0';
+	return write(fd, msg, n) == n ? 0 : -1;
+}
+
+/* A refused request on the status pipe: "fail <errno> <text>". */
+static void report_fail(int fd, const char *fmt, ...)
 {
 	char msg[256];
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(msg + 1, sizeof(msg) - 1, fmt, ap);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (n < 0)
+	if (n > (int)sizeof(msg) - 1)
+		n = sizeof(msg) - 1;
+	if (n > 0 && write(fd, msg, n) < 0)
 		return;
-	if (n > (int)sizeof(msg) - 2)
-		n = sizeof(msg) - 2;
-	/* "fail ..." has no leading NUL, the pid line has (parse_status). */
-	if (msg[1] == 'p') {
-		msg[0] = '\0';
-		n++;
-		if (write(fd, msg, n) < 0)
-			return;
-	} else if (write(fd, msg + 1, n) < 0) {
-		return;
-	}
 }
 
 /* One request: the fds are ours (close-on-exec) and closed here. */
@@ -290,13 +295,13 @@ static void serve_one(char *buf, size_t len, int *fds, int nfds)
 	if (nfds != SERVE_FDS)
 		goto out;              /* no status pipe to tell */
 	if (len < 8) {
-		status(fds[ST], "fail 22 kz-spawn: bad request");
+		report_fail(fds[ST], "fail 22 kz-spawn: bad request");
 		goto out;
 	}
 	memcpy(&nargs, buf, 4);
 	memcpy(&nenv, buf + 4, 4);
 	if (nargs < 10 || nargs > SERVE_MAX / 2 || nenv > SERVE_MAX / 2) {
-		status(fds[ST], "fail 22 kz-spawn: bad request");
+		report_fail(fds[ST], "fail 22 kz-spawn: bad request");
 		goto out;
 	}
 	args[0] = "kz-spawn";
@@ -304,7 +309,7 @@ static void serve_one(char *buf, size_t len, int *fds, int nfds)
 		char *nul = memchr(p, '\0', end - p);
 
 		if (!nul) {
-			status(fds[ST], "fail 22 kz-spawn: bad request");
+			report_fail(fds[ST], "fail 22 kz-spawn: bad request");
 			goto out;
 		}
 		if (i < nargs)
@@ -316,11 +321,11 @@ static void serve_one(char *buf, size_t len, int *fds, int nfds)
 	args[nargs + 1] = NULL;
 	env[nenv] = NULL;
 	if (p != end || strcmp(args[9], "--") != 0) {
-		status(fds[ST], "fail 22 kz-spawn: bad request");
+		report_fail(fds[ST], "fail 22 kz-spawn: bad request");
 		goto out;
 	}
 	if (setns(fds[FD_PIDNS], CLONE_NEWPID) != 0) {
-		status(fds[ST], "fail %d setns pid: %s", errno, strerror(errno));
+		report_fail(fds[ST], "fail %d setns pid: %s", errno, strerror(errno));
 		goto out;
 	}
 	pid = clone_into(fds[FD_CGROUP]);
@@ -339,9 +344,9 @@ static void serve_one(char *buf, size_t len, int *fds, int nfds)
 		run(args);
 	}
 	if (pid < 0)
-		status(fds[ST], "fail %d clone3: %s", errno, strerror(errno));
+		report_fail(fds[ST], "fail %d clone3: %s", errno, strerror(errno));
 	else
-		status(fds[ST], "pid %ld\n", pid);
+		report_pid(fds[ST], pid);
 	/* Back to our own PID namespace: a request whose setns fails must
 	 * not clone into the previous one's. */
 	if (setns(SERVE_OWN_PIDNS, CLONE_NEWPID) != 0)
@@ -409,7 +414,7 @@ static int serve(void)
 		if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
 			/* Cut short: never act on part of a request. */
 			if (nfds == SERVE_FDS)
-				status(fds[ST], "fail 7 kz-spawn: request too big");
+				report_fail(fds[ST], "fail 7 kz-spawn: request too big");
 			while (nfds)
 				close(fds[--nfds]);
 			continue;
@@ -420,9 +425,7 @@ static int serve(void)
 
 int main(int argc, char **argv)
 {
-	char msg[64];
 	long pid;
-	int n;
 
 	if (argc == 2 && strcmp(argv[1], "--serve") == 0)
 		return serve();
@@ -443,11 +446,5 @@ int main(int argc, char **argv)
 	}
 	if (pid < 0)
 		fail(126, "fail %d clone3: %s", errno, strerror(errno));
-	/* One write (atomic, under PIPE_BUF) that starts with a NUL: the
-	 * process may have written its own error first, never inside it. */
-	msg[0] = '\0';
-	n = 1 + snprintf(msg + 1, sizeof(msg) - 1, "pid %ld\n", pid);
-	if (write(ST, msg, n) != n)
-		return 126;
-	return 0;
+	return report_pid(ST, pid) == 0 ? 0 : 126;
 }
