@@ -18,6 +18,18 @@ OPTS = [
                     'progress ([kata_agent] connect_timeout and '
                     'boot_cpu_budget), however long a busy host makes a '
                     'boot; this only bounds a shim that hangs.'),
+    cfg.BoolOpt('shim_forkserver', default=True,
+                help='Start shims by forking them from a server that has '
+                     'imported their code (one per run_path, started on '
+                     'the first shim start, exiting after 10 idle '
+                     'minutes or when the installed code changes), '
+                     'instead of starting a new Python each time: the '
+                     'shims then share that code\'s memory, and a start '
+                     'saves the imports\' CPU time. Each shim still gets '
+                     'its starter\'s command line, environment, umask, '
+                     'resource limits, working directory and output. '
+                     'When the server cannot serve a start, the shim is '
+                     'started on its own.'),
     cfg.BoolOpt('memory_admission', default=True,
                 help='Refuse a sandbox start that would not fit in the '
                      'host\'s available memory (MemAvailable, less '

@@ -44,6 +44,7 @@ from kata_zun.runtime import layer
 from kata_zun.runtime import pods
 from kata_zun.runtime import recordlock
 from kata_zun.shim import client as shim_client
+from kata_zun.shim import forkserver
 from kata_zun.shim import logs
 
 LOG = logging.getLogger(__name__)
@@ -1011,22 +1012,47 @@ class Runtime(pods.PodMixin):
 
     # ------------------------------------------- end network
 
-    def _spawn_shim(self, c, run_dir, pod=False):
+    def _launch_shim(self, c, run_dir, pod=False):
+        """Start the shim of ``c``.
+
+        :returns: the read end of its ready pipe.
+        """
+        def argv(ready_fd):
+            argv = [sys.executable, '-m', 'kata_zun.cmd.shim',
+                    '--state-dir', c.dir, '--run-dir', run_dir,
+                    '--ready-fd', str(ready_fd)] + (['--pod'] if pod else [])
+            for path in CONF.config_file or []:
+                argv += ['--config-file', path]
+            return argv
+
+        run_path = CONF.kata.run_path
+        if CONF.kata.shim_forkserver:
+            read_fd, write_fd = os.pipe()
+            if forkserver.spawn(run_path, argv(write_fd), read_fd,
+                                write_fd):
+                return read_fd
+            os.close(read_fd)
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, '-m', 'kata_zun.cmd.shim',
-                '--state-dir', c.dir, '--run-dir', run_dir,
-                '--ready-fd', str(write_fd)] + (['--pod'] if pod else [])
-        for path in CONF.config_file or []:
-            argv += ['--config-file', path]
         try:
             # The shim daemonizes (double fork): this child exits at once,
             # so neither the CLI nor zun-compute keeps a zombie.
-            proc = subprocess.Popen(argv, pass_fds=(write_fd,),
+            proc = subprocess.Popen(argv(write_fd), pass_fds=(write_fd,),
                                     stdin=subprocess.DEVNULL,
                                     close_fds=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         proc.wait()
+        if CONF.kata.shim_forkserver:
+            # For the next start.
+            forkserver.ensure(run_path, CONF.kata_jail.cgroup_parent
+                              if CONF.kata_jail.enabled else None)
+        return read_fd
+
+    def _spawn_shim(self, c, run_dir, pod=False):
+        read_fd = self._launch_shim(c, run_dir, pod)
         message = b''
         deadline = time.monotonic() + CONF.kata.shim_start_timeout
         try:
