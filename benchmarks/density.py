@@ -15,7 +15,10 @@ In one run, in a state path of its own (see benchmarks/isolated.py)::
   as configured, and with ``--compare-reporting`` once more with it
   off, for the difference; with ``--compare-sealed`` once more with
   jailed clones loading the whole RAM instead of mapping the template's
-  sealed RAM (``[kata_jail] share_template_ram = false``).
+  sealed RAM (``[kata_jail] share_template_ram = false``); with
+  ``--compare-forkserver`` once more with every shim started as a Python
+  of its own (``[kata] shim_forkserver = false``). The shim fork
+  server's own PSS is printed apart, as the template RAM holders' is.
 
 It prints figures; it asserts nothing (the exit status says whether the
 stream lost bytes).
@@ -83,8 +86,9 @@ def idle_pss(conf_file, count):
         rt = manager.Runtime()
         clones = sum(1 for name in started if restored(name))
         print('%d of %d idle sandboxes restored from a template; template '
-              'RAM holders: %.1f MiB PSS in all' % (
-                  clones, len(started), holders_pss() / 1024.0))
+              'RAM holders: %.1f MiB PSS in all; shim fork server: %.1f '
+              'MiB PSS' % (clones, len(started), holders_pss() / 1024.0,
+                           forkserver_pss(CONF.kata.run_path) / 1024.0))
         qemu, shim = [], []
         for name in started:
             state = rt.get(name).state
@@ -141,6 +145,24 @@ def holders_pss():
     return sum(pss_kib(int(p)) for p in out.split())
 
 
+def forkserver_pss(run_path):
+    """:returns: KiB of the run path's shim fork server's PSS (it holds
+        the run path open), 0 if there is none.
+    """
+    out = subprocess.run(['pgrep', '-f', 'kata_zun.shim.forkserver'],
+                         capture_output=True, text=True).stdout
+    total = 0
+    for pid in out.split():
+        try:
+            fds = os.listdir('/proc/%s/fd' % pid)
+            if any(os.path.realpath('/proc/%s/fd/%s' % (pid, fd)) ==
+                   os.path.realpath(run_path) for fd in fds):
+                total += pss_kib(int(pid))
+        except OSError:
+            continue
+    return total
+
+
 def print_pss(label, qemu, shim):
     mib = 1024.0
     total = [q + s for q, s in zip(qemu, shim)]
@@ -160,6 +182,10 @@ def main():
                         help='measure idle PSS once more with jailed '
                              'clones loading the whole RAM ([kata_jail] '
                              'share_template_ram = false)')
+    parser.add_argument('--compare-forkserver', action='store_true',
+                        help='measure idle PSS once more with every shim '
+                             'a Python of its own ([kata] shim_forkserver '
+                             '= false)')
     parser.add_argument('--compare-reporting', action='store_true',
                         help='measure idle PSS with free page reporting '
                              'off as well')
@@ -218,6 +244,14 @@ def main():
                       % args.sandboxes, qemu, shim)
             with open(conf_file, 'a') as f:
                 f.write('[kata_jail]\nshare_template_ram = true\n')
+        if args.compare_forkserver:
+            with open(conf_file, 'a') as f:
+                f.write('[kata]\nshim_forkserver = false\n')
+            qemu, shim = idle_pss(conf_file, args.sandboxes)
+            print_pss('PSS per idle sandbox, %d running (no fork server)'
+                      % args.sandboxes, qemu, shim)
+            with open(conf_file, 'a') as f:
+                f.write('[kata]\nshim_forkserver = true\n')
         if args.compare_reporting and reporting:
             with open(conf_file, 'a') as f:
                 f.write('[kata_hypervisor]\nfree_page_reporting = false\n')

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""How many idle sandboxes this host holds with new starts still fast.
+
+In one run, in a state path of its own (see benchmarks/isolated.py)::
+
+    .venv/bin/python benchmarks/capacity.py [--max 300]
+
+- the floor: a bare QEMU boot of the same kernel (benchmarks/coldstart.py);
+- the warm median: the median of the first ``--baseline`` timed
+  ``run -d busybox sleep`` starts, all restored from the template of
+  their shape (built first);
+- then more idle sandboxes, one after the other, each start timed, until
+  ``--max`` run, a start fails or is refused (memory admission: the
+  host's memory limit), or the median of the last ``--window`` starts
+  is over twice the warm median;
+- printed on the way every ``--every`` sandboxes: starts (median of the
+  window), MemAvailable, PSS of QEMU, shim and the shim fork server.
+
+It prints figures; it asserts nothing. Every sandbox is removed at the
+end.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from oslo_log import log as logging
+
+from kata_zun import conf
+from kata_zun.guest import builder
+from kata_zun.hypervisor.qemu import accel as qemu_accel
+
+import coldstart  # benchmarks/coldstart.py
+import density  # benchmarks/density.py
+import isolated  # benchmarks/isolated.py
+
+CONF = conf.CONF
+
+
+def mem_available_mib():
+    with open('/proc/meminfo') as f:
+        for line in f:
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def start(conf_file, name):
+    """:returns: (seconds, error text or None)."""
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
+         conf_file, 'run', '-d', '--name', name, 'busybox', 'sleep',
+         '86400'], capture_output=True)
+    took = time.monotonic() - began
+    if proc.returncode:
+        return took, proc.stderr.decode('utf-8', 'replace').strip()[-300:]
+    return took, None
+
+
+def pss_line(rt, names, run_path):
+    qemu, shim = [], []
+    for name in names:
+        state = rt.get(name).state
+        qemu.append(density.pss_kib(int(state.get('vm_pid') or 0)))
+        shim.append(density.pss_kib(int(state.get('shim_pid') or 0)))
+    server = density.forkserver_pss(run_path)
+    n = len(names)
+    return ('PSS per sandbox: QEMU %.1f + shim %.1f + fork server %.1f = '
+            '%.1f MiB; all: %.0f MiB' % (
+                statistics.median(qemu) / 1024.0,
+                statistics.median(shim) / 1024.0, server / 1024.0 / n,
+                (statistics.median(qemu) + statistics.median(shim) +
+                 server / n) / 1024.0,
+                (sum(qemu) + sum(shim) + server) / 1024.0))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--max', type=int, default=300)
+    parser.add_argument('--baseline', type=int, default=10)
+    parser.add_argument('--window', type=int, default=5)
+    parser.add_argument('--every', type=int, default=25)
+    parser.add_argument('--runs', type=int, default=3,
+                        help='bare boots for the floor')
+    args = parser.parse_args()
+    iso = isolated.Isolated('kz-capacity-',
+                            '[kata]\nwritable_layer_mb = 256\n')
+    conf_file = iso.conf
+    logging.register_options(CONF)
+    CONF([], project='kata-zun', default_config_files=[conf_file])
+    names = []
+    try:
+        assets = builder.find()
+        accel = qemu_accel.choose(assets.kernel)
+        accel_name = getattr(accel, 'name', accel)
+        from kata_zun.image import busybox
+        archive = os.path.join(iso.root, 'busybox.tar')
+        busybox.write_docker_archive(archive)
+        coldstart.cli(conf_file, 'load', '-i', archive)
+        floor = statistics.median(
+            coldstart.bare_boot(assets, iso.root, accel_name)
+            for _ in range(args.runs))
+        print('kata-zun idle capacity (accelerator: %s, %d MiB per '
+              'sandbox, MemAvailable %.0f MiB at the start)' % (
+                  accel_name, CONF.kata_hypervisor.default_memory_mb,
+                  mem_available_mib()))
+        print('%-44s %8.3f s' % ('floor: bare QEMU boot -> /init -> '
+                                 'poweroff', floor))
+        print('%-44s %8.1f s' % ('template of the idle shape ready after',
+                                 density.warm_template(conf_file)))
+        sys.stdout.flush()
+        from kata_zun.runtime import manager
+        rt = manager.Runtime()
+        times = []
+        warm = None
+        why = 'reached --max'
+        while len(names) < args.max:
+            name = 'idle%d' % len(names)
+            took, error = start(conf_file, name)
+            if error:
+                why = 'start %d failed: %s' % (len(names) + 1, error)
+                break
+            names.append(name)
+            times.append(took)
+            if len(times) == args.baseline:
+                warm = statistics.median(times)
+                print('%-44s %8.3f s (%.2fx the floor; median of the '
+                      'first %d)' % ('warm median of run -d', warm,
+                                     warm / floor, args.baseline))
+            window = statistics.median(times[-args.window:])
+            if len(names) % args.every == 0:
+                print('%4d running: start %.3f s (median of the last %d), '
+                      'MemAvailable %.0f MiB; %s' % (
+                          len(names), window, args.window,
+                          mem_available_mib(),
+                          pss_line(rt, names, CONF.kata.run_path)))
+                sys.stdout.flush()
+            if warm and len(times) > args.baseline and window > 2 * warm:
+                why = ('the median of the last %d starts, %.3f s, is over '
+                       'twice the warm median' % (args.window, window))
+                break
+        print('%-44s %8d (%s)' % ('idle sandboxes running', len(names),
+                                  why))
+        if names:
+            print('%4d running: MemAvailable %.0f MiB; %s' % (
+                len(names), mem_available_mib(),
+                pss_line(rt, names, CONF.kata.run_path)))
+        return 0
+    finally:
+        for i in range(0, len(names), 20):
+            subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                            '--config-file', conf_file, 'rm', '-f'] +
+                           names[i:i + 20], capture_output=True)
+        iso.close()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
