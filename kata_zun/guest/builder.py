@@ -62,6 +62,10 @@ AGENT_ROOT = 'opt/kata-agent'
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',
                 'erofs', 'ext4', 'virtiofs', 'virtio_balloon')
+# Shipped but not loaded by /init: the agent loads it when the sandbox is
+# created (kata_zun.agent.guestidentity.probe_disks), so that a VM
+# template never probes its clones' placeholder disks.
+DEFERRED_MODULES = ('virtio_blk',)
 BUSYBOX = '/bin/busybox'
 BUSYBOX_APPLETS = ('sh', 'ash', 'cat', 'cp', 'dmesg', 'echo', 'grep', 'insmod',
                    'ip', 'kill', 'ln', 'ls', 'lsmod', 'mkdir', 'mknod',
@@ -659,7 +663,9 @@ def _make_root(root, pkgroot, release, agent_dir, say):
     with open(os.path.join(root, moddir.lstrip('/'), 'modules.dep'),
               'w') as f:
         f.writelines('%s:%s\n' % (rel, deps[rel]) for rel in modules)
-    init = INIT_SH % {'modules': ' '.join(_modname(m) for m in modules)}
+    init = INIT_SH % {'modules': ' '.join(
+        _modname(m) for m in modules
+        if _modname(m) not in DEFERRED_MODULES)}
     with open(os.path.join(root, 'init'), 'w') as f:
         f.write(init)
     os.chmod(os.path.join(root, 'init'), 0o755)

@@ -81,6 +81,7 @@ class GuestIdentityTestCase(base.BaseTestCase):
 
     def test_renew_reseeds_and_only_restored_guests_reprobe(self):
         with mock.patch.object(guestidentity, 'reseed') as reseed, \
+                mock.patch.object(guestidentity, 'probe_disks') as probe, \
                 mock.patch.object(guestidentity, 'revalidate_disks',
                                   return_value=3) as reprobe:
             self.assertEqual({'restored': False, 'disks': 0},
@@ -92,3 +93,35 @@ class GuestIdentityTestCase(base.BaseTestCase):
             # Reseeded even without host entropy (the CRNG is forced to
             # reseed from what the guest kernel has).
             self.assertEqual(2, reseed.call_count)
+            # The disk driver is loaded (if it is not yet) either way.
+            self.assertEqual(2, probe.call_count)
+
+    def _modprobe(self, code):
+        """A stand-in for the guest's modprobe (the host's must not
+        run): it records its arguments and makes the driver's directory.
+        """
+        driver = os.path.join(self.tmp, 'virtio_blk')
+        script = os.path.join(self.tmp, 'modprobe')
+        with open(script, 'w') as f:
+            f.write('#!/bin/sh\necho "$@" > %s/args\nmkdir %s\nexit %d\n'
+                    % (self.tmp, driver, code))
+        os.chmod(script, 0o755)
+        return driver, script
+
+    def test_probe_disks_loads_the_driver_once(self):
+        driver, script = self._modprobe(0)
+        self.assertTrue(guestidentity.probe_disks(driver, script))
+        with open(os.path.join(self.tmp, 'args')) as f:
+            self.assertEqual('virtio_blk\n', f.read())
+        os.unlink(os.path.join(self.tmp, 'args'))
+        # There already (loaded, or built in): nothing run.
+        self.assertFalse(guestidentity.probe_disks(driver, script))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'args')))
+
+    def test_probe_disks_failure_is_an_error(self):
+        driver, script = self._modprobe(1)
+        os.makedirs(os.path.join(self.tmp, 'elsewhere'))
+        e = self.assertRaises(OSError, guestidentity.probe_disks,
+                              os.path.join(self.tmp, 'elsewhere', 'x'),
+                              script)
+        self.assertIn('exited with 1', str(e))
