@@ -127,7 +127,10 @@ class AttachEventsPruneTestCase(base.KataZunFunctionalTest):
         self.assertIn(b'VSZ', r.err)
         self.assertIn(b'Supported:', r.err)
 
-        follow = self.popen('events', '--filter', 'container=sig')
+        # From now on (--since): a follower still starting (a busy host)
+        # when the kill comes would not see it otherwise.
+        follow = self.popen('events', '--since', '%f' % time.time(),
+                            '--filter', 'container=sig')
         attach = self.popen('attach', 'sig')
         self.read_until(attach.stdout, b'tick')
         attach.send_signal(signal.SIGINT)
