@@ -172,7 +172,9 @@ class Agent(guestproc.ProcessOps):
                       for p in self.procs.values()
                       if p.reaped_at and not p.reported]
         future = [d - now for d in deadlines if d > now]
-        return int(min(future) * 1000) + 1 if future else 1000
+        # Nothing due: sleep until an event (signals come through
+        # sig_r); an idle agent that woke each second cost its host CPU.
+        return int(min(future) * 1000) + 1 if future else -1
 
     def _port_event(self, ev):
         if ev & select.POLLOUT:

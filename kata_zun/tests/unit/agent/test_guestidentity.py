@@ -108,20 +108,48 @@ class GuestIdentityTestCase(base.BaseTestCase):
         os.chmod(script, 0o755)
         return driver, script
 
+    def _sys_block(self):
+        """A /sys/block of two virtio disks (one without writeback
+        throttling) and a loop device.
+        """
+        root = os.path.join(self.tmp, 'block')
+        for name, wbt in (('vda', '75000'), ('vdb', None), ('loop0', '2000')):
+            os.makedirs(os.path.join(root, name, 'queue'))
+            if wbt is not None:
+                with open(os.path.join(root, name, 'queue',
+                                       'wbt_lat_usec'), 'w') as f:
+                    f.write(wbt)
+        return root
+
+    def _wbt(self, root, name):
+        with open(os.path.join(root, name, 'queue', 'wbt_lat_usec')) as f:
+            return f.read()
+
     def test_probe_disks_loads_the_driver_once(self):
         driver, script = self._modprobe(0)
-        self.assertTrue(guestidentity.probe_disks(driver, script))
+        block = self._sys_block()
+        self.assertTrue(guestidentity.probe_disks(driver, script, block))
+        # The VM's disks without writeback throttling; nothing else.
+        self.assertEqual('0', self._wbt(block, 'vda'))
+        self.assertEqual('2000', self._wbt(block, 'loop0'))
         with open(os.path.join(self.tmp, 'args')) as f:
             self.assertEqual('virtio_blk\n', f.read())
         os.unlink(os.path.join(self.tmp, 'args'))
         # There already (loaded, or built in): nothing run.
-        self.assertFalse(guestidentity.probe_disks(driver, script))
+        self.assertFalse(guestidentity.probe_disks(driver, script, block))
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'args')))
+
+    def test_quiet_disks_without_a_sys_block(self):
+        self.assertEqual(0, guestidentity.quiet_disks(
+            os.path.join(self.tmp, 'none')))
+        self.assertEqual(1, guestidentity.quiet_disks(self._sys_block()))
 
     def test_probe_disks_failure_is_an_error(self):
         driver, script = self._modprobe(1)
         os.makedirs(os.path.join(self.tmp, 'elsewhere'))
+        block = self._sys_block()
         e = self.assertRaises(OSError, guestidentity.probe_disks,
                               os.path.join(self.tmp, 'elsewhere', 'x'),
-                              script)
+                              script, block)
+        self.assertEqual('75000', self._wbt(block, 'vda'))
         self.assertIn('exited with 1', str(e))

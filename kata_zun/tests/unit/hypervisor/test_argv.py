@@ -68,7 +68,8 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-smp', '2',
             '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.img',
             '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
-                       'cryptomgr.notests rdinit=/init quiet kz.debug=1',
+                       'cryptomgr.notests tsc=reliable rdinit=/init quiet '
+                       'kz.debug=1',
             '-chardev', 'file,id=console,path=/var/log/kz/sb1,,console.log',
             '-serial', 'chardev:console',
             '-chardev', 'socket,id=qmp,path=/run/kz/sb1/qmp.sock,server=on,'
@@ -113,7 +114,7 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-smp', '2',
             '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
             '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
-                       'cryptomgr.notests rdinit=/init quiet '
+                       'cryptomgr.notests tsc=reliable rdinit=/init quiet '
                        'pcie_ports=native',
             '-chardev', 'socket,id=console,fd=7,server=off',
             '-serial', 'chardev:console',
@@ -175,7 +176,8 @@ class BuildArgvTestCase(base.BaseTestCase):
             '-smp', '1',
             '-kernel', '/g/vmlinux', '-initrd', '/g/initrd.img',
             '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
-                       'cryptomgr.notests rdinit=/init quiet loglevel=3 '
+                       'cryptomgr.notests tsc=reliable rdinit=/init quiet '
+                       'loglevel=3 '
                        'kz.x=1',
             '-chardev', 'file,id=console,path=/c.log',
             '-serial', 'chardev:console',
@@ -212,7 +214,8 @@ class BuildArgvTestCase(base.BaseTestCase):
         self.cfg.config(tsc_khz=0, group='kata_hypervisor')
         self.useFixture(fixtures.MockPatchObject(argv, '_tsc_cache', [None]))
         self.assertEqual(['console=ttyS0', 'reboot=k', 'panic=-1',
-                          'cryptomgr.notests', 'rdinit=/init', 'quiet'],
+                          'cryptomgr.notests', 'tsc=reliable', 'rdinit=/init',
+                          'quiet'],
                          argv.kernel_params(_config()))
 
     def test_rejects_smuggled_kernel_param(self):

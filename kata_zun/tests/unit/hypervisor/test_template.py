@@ -76,7 +76,7 @@ class TemplateArgvTestCase(base.BaseTestCase):
             '-smp', '1',
             '-kernel', '/guest/vmlinux', '-initrd', '/guest/initrd.img',
             '-append', 'console=ttyS0 reboot=k panic=-1 tsc_early_khz=2596138 '
-                       'cryptomgr.notests rdinit=/init quiet '
+                       'cryptomgr.notests tsc=reliable rdinit=/init quiet '
                        'pcie_ports=native',
             '-chardev', 'socket,id=console,fd=7,server=off',
             '-serial', 'chardev:console',
