@@ -1018,12 +1018,12 @@ class Runtime(pods.PodMixin):
         :returns: the read end of its ready pipe.
         """
         def argv(ready_fd):
-            argv = [sys.executable, '-m', 'kata_zun.cmd.shim',
-                    '--state-dir', c.dir, '--run-dir', run_dir,
-                    '--ready-fd', str(ready_fd)] + (['--pod'] if pod else [])
+            words = [sys.executable, '-m', 'kata_zun.cmd.shim',
+                     '--state-dir', c.dir, '--run-dir', run_dir,
+                     '--ready-fd', str(ready_fd)] + (['--pod'] if pod else [])
             for path in CONF.config_file or []:
-                argv += ['--config-file', path]
-            return argv
+                words += ['--config-file', path]
+            return words
 
         run_path = CONF.kata.run_path
         if CONF.kata.shim_forkserver:

@@ -281,10 +281,9 @@ def ensure(run_path, cgroup_parent=None):
         argv = [sys.executable, '-m', __name__, '--dir-fd', str(dir_fd)]
         if cgroup_parent:
             argv += ['--cgroup-parent', cgroup_parent]
-        env = dict(os.environ)
         # Nothing of the starter's fault arming: the server runs none of
         # it, its shims get their starter's environment.
-        env = {k: v for k, v in env.items()
+        env = {k: v for k, v in os.environ.items()
                if not k.startswith('KATA_ZUN_FAULT_POINT')}
         env[TITLE_ROOM_ENV] = ' ' * TITLE_ROOM
         # The server daemonizes: this child exits at once.
@@ -334,17 +333,23 @@ def _title_area():
     return start, min(end - start, 4096)
 
 
+def _title_fits(area, title):
+    """:returns: whether ``title`` (bytes) and its NUL fit ``area``."""
+    return area is not None and len(title) < area[1]
+
+
 def _set_title(area, title):
-    """Show ``title`` as this process's command line (ps, pgrep -f and
-    the runtime's own checks of a shim's pid read it), as setproctitle
-    does: over the strings of the server's argv and environment, which
-    nothing references any more (the environment was replaced).
+    """Show ``title`` (bytes) as this process's command line (ps,
+    pgrep -f and the runtime's own checks of a shim's pid read it), as
+    setproctitle does: over the strings of the server's argv and
+    environment, which nothing references any more (the environment was
+    replaced).
 
     :returns: False if it does not fit.
     """
-    data = title.encode('utf-8', 'replace') + b'\0'
-    if area is None or len(data) > area[1]:
+    if not _title_fits(area, title):
         return False
+    data = title + b'\0'
     start, size = area
     ctypes.memmove(start, data, len(data))
     ctypes.memset(start + len(data), 0, size - len(data))
@@ -402,6 +407,8 @@ class Request(object):
             raise Refused('%d descriptors for %d' %
                           (len(fds), 3 + len(targets)))
         self.argv, self.env, self.umask = argv, env, umask
+        # What ps shows for the shim (see _set_title).
+        self.title = ' '.join(argv).encode('utf-8', 'replace')
         self.rlimits = rlimits
         self.cwd, self.stdout, self.stderr = fds[:3]
         self.passed = list(zip(fds[3:], targets))
@@ -488,12 +495,10 @@ class Server(object):
                 return False
             if threading.active_count() != 1:
                 raise Refused('the server is not single-threaded')
-            title = ' '.join(request.argv).encode('utf-8', 'replace')
-            if self.title_area is None or \
-                    len(title) >= self.title_area[1]:
+            if not _title_fits(self.title_area, request.title):
                 # The runtime knows a shim's pid by its command line.
                 raise Refused('no room for a command line of %d bytes' %
-                              len(title))
+                              len(request.title))
             pid = os.fork()
             if pid == 0:
                 self._become_shim(request, conn)     # never returns
@@ -524,7 +529,7 @@ class Server(object):
             os.environ.clear()
             os.environ.update(request.env)
             argv = request.argv
-            _set_title(self.title_area, ' '.join(argv))
+            _set_title(self.title_area, request.title)
             os.umask(request.umask)
             for res, soft, hard in request.rlimits:
                 try:
@@ -656,6 +661,7 @@ def main(argv=None):
     import importlib
     for module in PRELOAD:
         importlib.import_module(module)
+    _warm_config()
     if args.cgroup_parent:
         from kata_zun.jail import cgroup
         cgroup.leave_starter(args.cgroup_parent, LOG)
@@ -674,7 +680,6 @@ def main(argv=None):
     server = Server(listener, dir_fd, name, idle_exit=args.idle_exit)
     LOG.info('serving %d modules', len(server.files))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    _warm_config()
     # What every shim forked from here shares, kept out of the
     # collector's sight so that no collection writes to those pages.
     gc.collect()
