@@ -21,7 +21,6 @@ end.
 """
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -62,11 +61,7 @@ def start(conf_file, name):
 
 
 def pss_line(rt, names, run_path):
-    qemu, shim = [], []
-    for name in names:
-        state = rt.get(name).state
-        qemu.append(density.pss_kib(int(state.get('vm_pid') or 0)))
-        shim.append(density.pss_kib(int(state.get('shim_pid') or 0)))
+    qemu, shim = density.sandbox_pss(rt, names)
     server = density.forkserver_pss(run_path)
     n = len(names)
     return ('PSS per sandbox: QEMU %.1f + shim %.1f + fork server %.1f = '
@@ -97,10 +92,7 @@ def main():
         assets = builder.find()
         accel = qemu_accel.choose(assets.kernel)
         accel_name = getattr(accel, 'name', accel)
-        from kata_zun.image import busybox
-        archive = os.path.join(iso.root, 'busybox.tar')
-        busybox.write_docker_archive(archive)
-        coldstart.cli(conf_file, 'load', '-i', archive)
+        coldstart.load_busybox(conf_file, iso.root)
         floor = statistics.median(
             coldstart.bare_boot(assets, iso.root, accel_name)
             for _ in range(args.runs))

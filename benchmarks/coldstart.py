@@ -79,6 +79,16 @@ def cli(conf_file, *args, stdout=subprocess.DEVNULL):
                           stderr=subprocess.PIPE)
 
 
+def load_busybox(conf_file, where):
+    """Load a busybox image made from the host's busybox-static (no
+    registry), writing its archive in the directory ``where``.
+    """
+    from kata_zun.image import busybox
+    archive = os.path.join(where, 'busybox.tar')
+    busybox.write_docker_archive(archive)
+    cli(conf_file, 'load', '-i', archive)
+
+
 def timed(fn):
     start = time.monotonic()
     result = fn()
@@ -132,10 +142,7 @@ def main():
         assets = builder.find()
         accel = qemu_accel.choose(assets.kernel)
         name = getattr(accel, 'name', accel)
-        from kata_zun.image import busybox
-        archive = os.path.join(tmp, 'busybox.tar')
-        busybox.write_docker_archive(archive)
-        cli(conf_file, 'load', '-i', archive)
+        load_busybox(conf_file, tmp)
 
         floor = [bare_boot(assets, tmp, name) for _ in range(args.runs)]
         # What NIC hotplug costs at boot: the VMs of Zun's Neutron

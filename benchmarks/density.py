@@ -89,17 +89,24 @@ def idle_pss(conf_file, count):
               'RAM holders: %.1f MiB PSS in all; shim fork server: %.1f '
               'MiB PSS' % (clones, len(started), holders_pss() / 1024.0,
                            forkserver_pss(CONF.kata.run_path) / 1024.0))
-        qemu, shim = [], []
-        for name in started:
-            state = rt.get(name).state
-            qemu.append(pss_kib(int(state.get('vm_pid') or 0)))
-            shim.append(pss_kib(int(state.get('shim_pid') or 0)))
-        return qemu, shim
+        return sandbox_pss(rt, started)
     finally:
         for name in names:
             subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                             '--config-file', conf_file, 'rm', '-f', name],
                            capture_output=True)
+
+
+def sandbox_pss(rt, names):
+    """:param rt: a :class:`kata_zun.runtime.manager.Runtime`.
+    :returns: (QEMU KiB list, shim KiB list), one entry per sandbox.
+    """
+    qemu, shim = [], []
+    for name in names:
+        state = rt.get(name).state
+        qemu.append(pss_kib(int(state.get('vm_pid') or 0)))
+        shim.append(pss_kib(int(state.get('shim_pid') or 0)))
+    return qemu, shim
 
 
 def warm_template(conf_file, timeout=600):
@@ -199,10 +206,7 @@ def main():
         assets = builder.find()
         accel = qemu_accel.choose(assets.kernel)
         name = getattr(accel, 'name', accel)
-        from kata_zun.image import busybox
-        archive = os.path.join(iso.root, 'busybox.tar')
-        busybox.write_docker_archive(archive)
-        coldstart.cli(conf_file, 'load', '-i', archive)
+        coldstart.load_busybox(conf_file, iso.root)
         floor = [coldstart.bare_boot(assets, iso.root, name)
                  for _ in range(args.runs)]
 
@@ -236,28 +240,23 @@ def main():
         print_pss('PSS per idle sandbox, %d running (reporting %s)'
                   % (args.sandboxes, 'on' if reporting else 'off'),
                   qemu, shim)
-        if args.compare_sealed:
+        # Each comparison: one option changed, then set back.
+        for wanted, label, group, option in (
+                (args.compare_sealed, 'no sealed RAM', 'kata_jail',
+                 'share_template_ram'),
+                (args.compare_forkserver, 'no fork server', 'kata',
+                 'shim_forkserver'),
+                (args.compare_reporting and reporting, 'reporting off',
+                 'kata_hypervisor', 'free_page_reporting')):
+            if not wanted:
+                continue
             with open(conf_file, 'a') as f:
-                f.write('[kata_jail]\nshare_template_ram = false\n')
+                f.write('[%s]\n%s = false\n' % (group, option))
             qemu, shim = idle_pss(conf_file, args.sandboxes)
-            print_pss('PSS per idle sandbox, %d running (no sealed RAM)'
-                      % args.sandboxes, qemu, shim)
+            print_pss('PSS per idle sandbox, %d running (%s)'
+                      % (args.sandboxes, label), qemu, shim)
             with open(conf_file, 'a') as f:
-                f.write('[kata_jail]\nshare_template_ram = true\n')
-        if args.compare_forkserver:
-            with open(conf_file, 'a') as f:
-                f.write('[kata]\nshim_forkserver = false\n')
-            qemu, shim = idle_pss(conf_file, args.sandboxes)
-            print_pss('PSS per idle sandbox, %d running (no fork server)'
-                      % args.sandboxes, qemu, shim)
-            with open(conf_file, 'a') as f:
-                f.write('[kata]\nshim_forkserver = true\n')
-        if args.compare_reporting and reporting:
-            with open(conf_file, 'a') as f:
-                f.write('[kata_hypervisor]\nfree_page_reporting = false\n')
-            qemu, shim = idle_pss(conf_file, args.sandboxes)
-            print_pss('PSS per idle sandbox, %d running (reporting off)'
-                      % args.sandboxes, qemu, shim)
+                f.write('[%s]\n%s = true\n' % (group, option))
         return 0 if got == size else 1
     finally:
         subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',

@@ -101,11 +101,8 @@ def main():
         assets = builder.find()
         accel = qemu_accel.choose(assets.kernel)
         name = getattr(accel, 'name', accel)
-        from kata_zun.image import busybox
         for iso in (cold, warm):
-            archive = os.path.join(iso.root, 'busybox.tar')
-            busybox.write_docker_archive(archive)
-            coldstart.cli(iso.conf, 'load', '-i', archive)
+            coldstart.load_busybox(iso.conf, iso.root)
         # The KVM probe's verdict is cached per run path: give the warm
         # side its verdict now, so that its first start below is timed
         # without the probe (up to [kata_hypervisor]
