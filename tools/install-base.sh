@@ -27,5 +27,9 @@ fi
 .venv/bin/pip install -q -U pip
 .venv/bin/pip install -q -r requirements.txt
 .venv/bin/pip install -q -e .
+# Installed in place (-e): compile its bytecode now, as a regular install
+# does, so that no CLI run, shim or agent build compiles it again where
+# Python may not write its cache (PYTHONDONTWRITEBYTECODE).
+.venv/bin/python -m compileall -q kata_zun > /dev/null
 
 .venv/bin/kata-zun guest build

@@ -25,6 +25,10 @@ install_missing_packages $PACKAGES
 .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt \
     -r e2e-requirements.txt -r doc/requirements.txt
 .venv/bin/pip install -q -e '.[zun]'
+# Installed in place (-e): compile its bytecode now, as a regular install
+# does, so that no CLI run, shim or agent build compiles it again where
+# Python may not write its cache (PYTHONDONTWRITEBYTECODE).
+.venv/bin/python -m compileall -q kata_zun > /dev/null
 # neutron for the real-Neutron tests, in a virtualenv of its own.
 tools/install-neutron.sh
 # cinder for the real-Cinder tests, in a virtualenv of its own.

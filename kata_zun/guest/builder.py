@@ -62,9 +62,11 @@ AGENT_ROOT = 'opt/kata-agent'
 BASE_MODULES = ('virtio_mmio', 'virtio_pci', 'virtio_console', 'virtio_blk',
                 'virtio_net', 'vmw_vsock_virtio_transport', 'overlay',
                 'erofs', 'ext4', 'virtiofs', 'virtio_balloon')
-# Shipped but not loaded by /init: the agent loads it when the sandbox is
-# created (kata_zun.agent.guestidentity.probe_disks), so that a VM
-# template never probes its clones' placeholder disks.
+# Shipped but not loaded by /init, so that a VM template never probes its
+# clones' placeholder disks: a template's agent loads it with the bus's
+# autoprobe off (kata_zun.agent.guestidentity.load_disk_driver) and each
+# clone binds its own disks; a cold-booted guest loads it when its
+# sandbox is created (guestidentity.probe_disks).
 DEFERRED_MODULES = ('virtio_blk',)
 BUSYBOX = '/bin/busybox'
 BUSYBOX_APPLETS = ('sh', 'ash', 'cat', 'cp', 'dmesg', 'echo', 'grep', 'insmod',

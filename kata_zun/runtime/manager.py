@@ -1136,8 +1136,25 @@ class Runtime(pods.PodMixin):
     def _wait_shim_gone(self, c, timeout=15.0):
         deadline = time.monotonic() + timeout
         pid = c.state.get('shim_pid')
-        while _pid_is_shim(pid, c.id) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # A pidfd wakes us when the shim exits (no poll interval on every
+        # stop). Opened before the check below, so it cannot name a
+        # process that took a reused pid.
+        try:
+            fd = os.pidfd_open(int(pid)) if pid else None
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        try:
+            while _pid_is_shim(pid, c.id):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                if fd is None:
+                    time.sleep(min(0.02, left))
+                else:
+                    select.select([fd], [], [], min(1.0, left))
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def restart(self, ref, timeout=None):
         """Stop a container if it runs, then start it (``docker

@@ -344,7 +344,7 @@ class AgentLink(object):
             if self._should_restart(code):
                 return self._schedule_restart(code, oom)
             self._container_exited(code, oom)
-            self._agent_call('shutdown', {}, lambda r, e: self._stop_vm())
+            self._shutdown_vm()
             # A guest that never answers must not keep the VM alive.
             self.timers.append((time.monotonic() + 5, self._stop_vm))
 

@@ -61,8 +61,7 @@ class Lifecycle(object):
             if not self.exited:
                 self._container_exited(self.state.get('exit_code', 0),
                                        self.state.get('oom_killed', False))
-                self._agent_call('shutdown', {},
-                                 lambda r, e: self._stop_vm())
+                self._shutdown_vm()
             return
 
         def started(result, error):
@@ -70,8 +69,7 @@ class Lifecycle(object):
             if error or run['proc'] is None:
                 self._container_exited(255, False, error='restart failed: '
                                        '%s' % guestdata.error_text(error))
-                self._agent_call('shutdown', {},
-                                 lambda r, e: self._stop_vm())
+                self._shutdown_vm()
                 return
             self.main = run['proc']
             self.save_state(status='running', started_at=time.time(),
@@ -173,9 +171,23 @@ class Lifecycle(object):
                 'oom_killed': self.state.get('oom_killed', False),
                 'error': self.state.get('error')}
 
-    def _stop_vm(self):
+    def _shutdown_vm(self):
+        """Have the agent end every process and flush the disks, then
+        stop the VM.
+
+        Once the agent has answered, the guest's disks are synced and
+        nothing it does after matters: QEMU is told to quit at once
+        rather than waited for while the guest powers itself off (tens
+        of ms per stop under TCG). Without an answer, the guest gets its
+        power-off grace as before.
+        """
+        self._agent_call('shutdown', {},
+                         lambda r, e: self._stop_vm(synced=not e))
+
+    def _stop_vm(self, synced=False):
+        """:param synced: the agent has flushed the guest's disks."""
         if self.vm is not None and self.vm.poll() is None:
-            self.vm.stop(0 if self.agent.closed else 3)
+            self.vm.stop(0 if synced or self.agent.closed else 3)
         self._vm_exited()
 
     def _vm_exited(self):

@@ -145,7 +145,7 @@ class ApiOps(object):
         if self.state.get('status') == 'created':
             # Never started: there is no process to signal.
             self._container_exited(0, False)
-            self._agent_call('shutdown', {}, lambda r, e: self._stop_vm())
+            self._shutdown_vm()
             return self._respond(client, rid, result=self._exit_info())
         self.waiters.append((client, rid, None))
         sig = int(args.get('signal', signal.SIGTERM))

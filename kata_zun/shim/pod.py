@@ -282,7 +282,7 @@ class PodShim(server.Shim):
         if self.exited:
             return
         self._container_exited(code, False, error=error)
-        self._agent_call('shutdown', {}, lambda r, e: self._stop_vm())
+        self._shutdown_vm()
         self.timers.append((time.monotonic() + 5, self._stop_vm))
 
     def _container_exited(self, code, oom, error=None):

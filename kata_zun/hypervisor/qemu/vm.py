@@ -8,6 +8,7 @@ start VMs from the main thread (eventlet green threads all are).
 
 import ctypes
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -85,6 +86,20 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _wait_exit(pid, timeout):
+    """Wait up to ``timeout`` seconds for process ``pid`` (a child) to
+    exit, without reaping it (select: green under eventlet).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):      # gone already, or no pidfd
+        return
+    try:
+        select.select([fd], [], [], max(0.0, timeout))
+    finally:
+        os.close(fd)
 
 
 class QemuVM(base.VM):
@@ -318,6 +333,12 @@ class QemuVM(base.VM):
         :param timeout: seconds, or None for ever.
         :returns: the exit status, or None on timeout.
         """
+        if timeout is not None and self._proc.poll() is None:
+            # Popen.wait(timeout) polls, up to 50 ms apart: a stop that
+            # waits for the guest's power-off would lose that much per
+            # sandbox. A pidfd wakes us when QEMU exits.
+            _wait_exit(self._proc.pid, timeout)
+            return self._proc.poll()
         try:
             return self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

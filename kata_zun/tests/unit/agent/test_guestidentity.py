@@ -96,17 +96,42 @@ class GuestIdentityTestCase(base.BaseTestCase):
             # The disk driver is loaded (if it is not yet) either way.
             self.assertEqual(2, probe.call_count)
 
-    def _modprobe(self, code):
-        """A stand-in for the guest's modprobe (the host's must not
-        run): it records its arguments and makes the driver's directory.
+    def _bus(self, bound=('virtio0', 'virtio1')):
+        """A stand-in /sys/bus/virtio (never the host's): a console, two
+        disks (``bound`` ones have a driver) and a network device.
         """
-        driver = os.path.join(self.tmp, 'virtio_blk')
+        bus = os.path.join(self.tmp, 'bus')
+        for name, kind in (('virtio0', '0x0003'), ('virtio1', '0x0002'),
+                           ('virtio2', '0x0001'), ('virtio3', '0x0002')):
+            path = os.path.join(bus, 'devices', name)
+            os.makedirs(path)
+            with open(os.path.join(path, 'device'), 'w') as f:
+                f.write(kind + '\n')
+            if name in bound:
+                os.symlink('../../drivers/other', os.path.join(path,
+                                                               'driver'))
+        with open(os.path.join(bus, 'drivers_autoprobe'), 'w') as f:
+            f.write('1')
+        os.makedirs(os.path.join(bus, 'drivers'))
+        return bus
+
+    def _modprobe(self, code, bus):
+        """A stand-in for the guest's modprobe (the host's must not
+        run): it records its arguments and the bus's autoprobe setting
+        when it ran, and registers the driver (makes its directory).
+        """
         script = os.path.join(self.tmp, 'modprobe')
         with open(script, 'w') as f:
-            f.write('#!/bin/sh\necho "$@" > %s/args\nmkdir %s\nexit %d\n'
-                    % (self.tmp, driver, code))
+            f.write('#!/bin/sh\necho "$@" > %s/args\n'
+                    'cat %s/drivers_autoprobe > %s/autoprobe\n'
+                    'mkdir %s/drivers/virtio_blk\nexit %d\n'
+                    % (self.tmp, bus, self.tmp, bus, code))
         os.chmod(script, 0o755)
-        return driver, script
+        return script
+
+    def _read(self, *path):
+        with open(os.path.join(*path)) as f:
+            return f.read()
 
     def _sys_block(self):
         """A /sys/block of two virtio disks (one without writeback
@@ -126,18 +151,61 @@ class GuestIdentityTestCase(base.BaseTestCase):
             return f.read()
 
     def test_probe_disks_loads_the_driver_once(self):
-        driver, script = self._modprobe(0)
+        bus = self._bus()
+        script = self._modprobe(0, bus)
         block = self._sys_block()
-        self.assertTrue(guestidentity.probe_disks(driver, script, block))
+        # Loaded now, with the bus's autoprobe as it was: the driver
+        # probed every disk itself.
+        self.assertEqual(-1, guestidentity.probe_disks(bus, script, block))
+        self.assertEqual('1', self._read(self.tmp, 'autoprobe'))
         # The VM's disks without writeback throttling; nothing else.
         self.assertEqual('0', self._wbt(block, 'vda'))
         self.assertEqual('2000', self._wbt(block, 'loop0'))
-        with open(os.path.join(self.tmp, 'args')) as f:
-            self.assertEqual('virtio_blk\n', f.read())
+        self.assertEqual('virtio_blk\n', self._read(self.tmp, 'args'))
         os.unlink(os.path.join(self.tmp, 'args'))
-        # There already (loaded, or built in): nothing run.
-        self.assertFalse(guestidentity.probe_disks(driver, script, block))
+        # There already (loaded, or built in): nothing run; the disks
+        # no driver has (virtio3 here; virtio1 has one) are bound.
+        writes = []
+        with mock.patch.object(guestidentity, '_write',
+                               side_effect=lambda p, d: writes.append((p, d))):
+            self.assertEqual(1, guestidentity.probe_disks(bus, script,
+                                                          block))
+        self.assertEqual([(os.path.join(bus, 'drivers', 'virtio_blk',
+                                        'bind'), b'virtio3')], writes)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'args')))
+
+    def test_unbound_disks_are_block_devices_without_a_driver(self):
+        bus = self._bus(bound=())
+        self.assertEqual(['virtio1', 'virtio3'],
+                         guestidentity.unbound_disks(bus))
+        # A device whose type cannot be read is not a disk of ours.
+        with open(os.path.join(bus, 'devices', 'virtio1', 'device'),
+                  'w') as f:
+            f.write('junk')
+        os.unlink(os.path.join(bus, 'devices', 'virtio3', 'device'))
+        self.assertEqual([], guestidentity.unbound_disks(bus))
+
+    def test_template_loads_the_driver_with_autoprobe_off(self):
+        bus = self._bus(bound=())
+        script = self._modprobe(0, bus)
+        self.assertTrue(guestidentity.load_disk_driver(bus, script))
+        # modprobe ran while the bus did not bind new drivers to devices,
+        # and the setting is back afterwards.
+        self.assertEqual('0', self._read(self.tmp, 'autoprobe'))
+        self.assertEqual('1', self._read(bus, 'drivers_autoprobe'))
+        self.assertEqual('virtio_blk\n', self._read(self.tmp, 'args'))
+        os.unlink(os.path.join(self.tmp, 'args'))
+        # Loaded already: nothing run.
+        self.assertFalse(guestidentity.load_disk_driver(bus, script))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'args')))
+
+    def test_template_driver_load_failure_restores_autoprobe(self):
+        bus = self._bus(bound=())
+        script = self._modprobe(3, bus)
+        e = self.assertRaises(OSError, guestidentity.load_disk_driver, bus,
+                              script)
+        self.assertIn('exited with 3', str(e))
+        self.assertEqual('1', self._read(bus, 'drivers_autoprobe'))
 
     def test_quiet_disks_without_a_sys_block(self):
         self.assertEqual(0, guestidentity.quiet_disks(
@@ -145,11 +213,21 @@ class GuestIdentityTestCase(base.BaseTestCase):
         self.assertEqual(1, guestidentity.quiet_disks(self._sys_block()))
 
     def test_probe_disks_failure_is_an_error(self):
-        driver, script = self._modprobe(1)
-        os.makedirs(os.path.join(self.tmp, 'elsewhere'))
+        bus = self._bus()
+        script = self._modprobe(1, bus)
+        os.rmdir(os.path.join(bus, 'drivers'))
         block = self._sys_block()
-        e = self.assertRaises(OSError, guestidentity.probe_disks,
-                              os.path.join(self.tmp, 'elsewhere', 'x'),
+        e = self.assertRaises(OSError, guestidentity.probe_disks, bus,
                               script, block)
         self.assertEqual('75000', self._wbt(block, 'vda'))
         self.assertIn('exited with 1', str(e))
+
+    def test_warm_up_imports_and_loads_the_disk_driver(self):
+        # Mocked: the host's own /sys/bus/virtio must never be touched.
+        with mock.patch.object(guestidentity, 'load_disk_driver') as load, \
+                mock.patch('importlib.import_module') as imp:
+            self.assertEqual(len(guestidentity.WARM_MODULES),
+                             guestidentity.warm_up())
+        load.assert_called_once_with()
+        self.assertEqual([mock.call(n) for n in guestidentity.WARM_MODULES],
+                         imp.call_args_list)

@@ -215,3 +215,36 @@ class NicHotplugTestCase(base.BaseTestCase):
         exc = self.assertRaises(exception.NicHotplugError, vm.add_nic,
                                 hv_base.Nic('kzt1', '02:00:00:00:00:02'))
         self.assertIn('without hotplug slots', str(exc))
+
+
+class WaitExitTestCase(base.BaseTestCase):
+    """``_wait_exit`` wakes when the process ends (a pidfd), not on a
+    poll interval, leaves it to be reaped, and is bounded.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.Timeout(60, gentle=True))
+
+    def test_wakes_on_exit_and_does_not_reap(self):
+        r, w = os.pipe()
+        proc = subprocess.Popen([sys.executable, '-c',
+                                 'import os; os.read(0, 1)'], stdin=r)
+        os.close(r)
+        self.addCleanup(proc.kill)
+        os.write(w, b'x')         # let it exit now
+        os.close(w)
+        qemu_vm._wait_exit(proc.pid, 50)
+        # Ended (a zombie until reaped): the caller's poll reaps it.
+        self.assertEqual(0, proc.poll())
+
+    def test_bounded_and_gone_processes(self):
+        proc = subprocess.Popen(['sleep', '30'])
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        qemu_vm._wait_exit(proc.pid, 0.05)
+        self.assertIsNone(proc.poll())
+        proc.kill()
+        proc.wait()
+        # A pid that names no process: nothing to wait for.
+        qemu_vm._wait_exit(proc.pid, 50)
