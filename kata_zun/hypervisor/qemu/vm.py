@@ -91,15 +91,19 @@ def _unlink(path):
 def _wait_exit(pid, timeout):
     """Wait up to ``timeout`` seconds for process ``pid`` (a child) to
     exit, without reaping it (select: green under eventlet).
+
+    :returns: False if it could not wait (no pidfd here): the caller
+        waits its own way.
     """
     try:
         fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):      # gone already, or no pidfd
-        return
+    except (AttributeError, OSError):      # no pidfd, or gone already
+        return False
     try:
         select.select([fd], [], [], max(0.0, timeout))
     finally:
         os.close(fd)
+    return True
 
 
 class QemuVM(base.VM):
@@ -333,11 +337,11 @@ class QemuVM(base.VM):
         :param timeout: seconds, or None for ever.
         :returns: the exit status, or None on timeout.
         """
-        if timeout is not None and self._proc.poll() is None:
+        if (timeout is not None and self._proc.poll() is None and
+                _wait_exit(self._proc.pid, timeout)):
             # Popen.wait(timeout) polls, up to 50 ms apart: a stop that
             # waits for the guest's power-off would lose that much per
             # sandbox. A pidfd wakes us when QEMU exits.
-            _wait_exit(self._proc.pid, timeout)
             return self._proc.poll()
         try:
             return self._proc.wait(timeout)

@@ -234,7 +234,7 @@ class WaitExitTestCase(base.BaseTestCase):
         self.addCleanup(proc.kill)
         os.write(w, b'x')         # let it exit now
         os.close(w)
-        qemu_vm._wait_exit(proc.pid, 50)
+        self.assertTrue(qemu_vm._wait_exit(proc.pid, 50))
         # Ended (a zombie until reaped): the caller's poll reaps it.
         self.assertEqual(0, proc.poll())
 
@@ -242,9 +242,20 @@ class WaitExitTestCase(base.BaseTestCase):
         proc = subprocess.Popen(['sleep', '30'])
         self.addCleanup(proc.wait)
         self.addCleanup(proc.kill)
-        qemu_vm._wait_exit(proc.pid, 0.05)
+        self.assertTrue(qemu_vm._wait_exit(proc.pid, 0.05))
         self.assertIsNone(proc.poll())
         proc.kill()
         proc.wait()
-        # A pid that names no process: nothing to wait for.
-        qemu_vm._wait_exit(proc.pid, 50)
+        # A pid that names no process (reaped): the caller waits its own
+        # way (Popen knows it is done).
+        self.assertFalse(qemu_vm._wait_exit(proc.pid, 50))
+
+    def test_without_pidfds_the_wait_still_waits(self):
+        vm = qemu_vm.QemuVM.__new__(qemu_vm.QemuVM)
+        vm._proc = subprocess.Popen([sys.executable, '-c',
+                                     'import time; time.sleep(0.3)'])
+        self.addCleanup(vm._proc.wait)
+        self.addCleanup(vm._proc.kill)
+        with mock.patch.object(os, 'pidfd_open',
+                               side_effect=OSError(38, 'ENOSYS')):
+            self.assertEqual(0, vm.wait(50))
