@@ -438,6 +438,57 @@ def detect(mounts_file=MOUNTS, root=ROOT, fallback=FALLBACK,
     return found
 
 
+def _stat_value(path, key):
+    """:returns: the value of ``key`` in a memory.stat file (0 if absent)."""
+    try:
+        with open(path) as f:
+            for line in f.read(65536).splitlines():
+                name, _, value = line.partition(' ')
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def memory_headroom(parent, layout=None):
+    """What the sandboxes' parent cgroup can still take under its memory
+    limit, if it has one (an operator may cap all sandboxes together):
+    its limit less its working set (usage less the inactive file pages,
+    which the kernel reclaims before an allocation fails there).
+
+    :param parent: ``[kata_jail] cgroup_parent``.
+    :param layout: the result of :func:`detect` (default: detect now).
+    :returns: bytes (0 or more), or None when the parent has no memory
+        limit, does not exist yet or cannot be read.
+    :raises: kata_zun.exception.JailError on a bad name or no cgroups.
+    """
+    kind, where = layout or detect()
+    parent = _check_name(parent, 'parent')
+    if kind == 'v2':
+        directory = os.path.join(where, parent)
+        files = ('memory.max', 'memory.current', 'inactive_file')
+    else:
+        directory = os.path.join(where['memory'], parent)
+        files = ('memory.limit_in_bytes', 'memory.usage_in_bytes',
+                 'total_inactive_file')
+    try:
+        limit = _read(os.path.join(directory, files[0]))
+        usage = int(_read(os.path.join(directory, files[1])))
+    except (OSError, ValueError):
+        return None
+    if limit == 'max':
+        return None
+    try:
+        limit = int(limit)
+    except ValueError:
+        return None
+    if limit >= 2 ** 62:               # v1's "no limit"
+        return None
+    inactive = _stat_value(os.path.join(directory, 'memory.stat'), files[2])
+    return max(0, limit - max(0, usage - inactive))
+
+
 def join_shims(parent, pid=0, layout=None):
     """Move a shim (0: the caller) into ``<parent>/shims``.
 

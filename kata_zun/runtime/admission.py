@@ -220,16 +220,24 @@ class Ledger(object):
         host_memory_reserve_mb``).
     :param enabled: judge at all (default ``[kata] memory_admission``).
     :param meminfo: where MemAvailable is read.
+    :param cgroup_headroom: a callable returning the MiB the sandboxes'
+        parent cgroup can still take under its memory limit, or None
+        (default: :func:`cgroup_headroom_mib` when the jail is on: the
+        sandboxes are in that cgroup then).
     """
 
     def __init__(self, root=None, reserve_mib=None, enabled=None,
-                 meminfo='/proc/meminfo'):
+                 meminfo='/proc/meminfo', cgroup_headroom=None):
         self.root = root or os.path.join(CONF.kata.run_path, LEDGER_DIR)
         self.reserve_mib = (CONF.kata.host_memory_reserve_mb
                             if reserve_mib is None else reserve_mib)
         self.enabled = (CONF.kata.memory_admission if enabled is None
                         else enabled)
         self.meminfo = meminfo
+        if cgroup_headroom is None:
+            cgroup_headroom = (cgroup_headroom_mib if CONF.kata_jail.enabled
+                               else lambda: None)
+        self.cgroup_headroom = cgroup_headroom
 
     def reservation(self, name, started=None):
         """:param started: ``time.monotonic()`` when the start began (its
@@ -295,19 +303,43 @@ class Ledger(object):
         """
         available = mem_available_mib(self.meminfo)
         usable = available - self.reserve_mib
+        where = ('the host has %d MiB available and keeps %d MiB free'
+                 % (available, self.reserve_mib))
+        option = ' ([kata] host_memory_reserve_mb)'
+        headroom = self.cgroup_headroom()
+        if headroom is not None and headroom < usable:
+            # The sandboxes' cgroups are under a parent with a memory
+            # limit: a start the host has room for would be OOM-killed
+            # there.
+            usable = headroom
+            where = ('the sandboxes\' cgroup %s has %d MiB left under its '
+                     'memory limit' % (CONF.kata_jail.cgroup_parent,
+                                       headroom))
+            option = ''
         if mib > usable:
-            return True, ('it needs %d MiB, the host has %d MiB available '
-                          'and keeps %d MiB free ([kata] '
-                          'host_memory_reserve_mb)' % (
-                              mib, available, self.reserve_mib))
+            return True, 'it needs %d MiB, %s%s' % (mib, where, option)
         count, held = self.in_flight(exclude)
         if mib > usable - held:
-            return False, ('it needs %d MiB, the host has %d MiB available '
-                           'and keeps %d MiB free, and %d start(s) in '
-                           'flight hold %d MiB' % (
-                               mib, available, self.reserve_mib, count,
-                               held))
+            return False, ('it needs %d MiB, %s, and %d start(s) in '
+                           'flight hold %d MiB' % (mib, where, count, held))
         return None
+
+
+def cgroup_headroom_mib():
+    """:returns: MiB the sandboxes' parent cgroup (``[kata_jail]
+        cgroup_parent``) can still take under its memory limit, or None
+        when it has none (see
+        :func:`kata_zun.jail.cgroup.memory_headroom`).
+    :raises: InsufficientResources when the cgroups cannot be read.
+    """
+    from kata_zun.jail import cgroup
+    try:
+        headroom = cgroup.memory_headroom(CONF.kata_jail.cgroup_parent)
+    except exception.JailError as exc:
+        raise exception.InsufficientResources(
+            reason='the memory limit of the sandboxes\' cgroup cannot be '
+            'judged: %s' % exc)
+    return None if headroom is None else headroom // (1024 * 1024)
 
 
 def _held_claim(path):

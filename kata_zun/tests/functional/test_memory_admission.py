@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
+from kata_zun.jail import cgroup
 from kata_zun.runtime import admission
 from kata_zun.tests.functional import base
 
@@ -155,3 +157,79 @@ class MemoryAdmissionTestCase(base.KataZunFunctionalTest):
         self.assert_no_vm()
         self.assertEqual('created', self.state('late')['Status'])
         self.assertEqual(1, len(self.claims()))      # the test's own
+
+    def capped_parent(self, limit_mib):
+        """A cgroup parent of the test's own with a memory limit, named
+        in the test's config; removed at the end (its processes, the
+        shims and the run path's fork server, moved out first).
+
+        :returns: a function that sets another limit (MiB).
+        """
+        parent = 'kz-cap-%s' % uuid.uuid4().hex[:8]
+        kind, where = cgroup.detect()
+        roots = [where] if kind == 'v2' else sorted(
+            {where[c] for c in cgroup.CONTROLLERS})
+        memory = os.path.join(where if kind == 'v2' else where['memory'],
+                              parent)
+        limit_file = os.path.join(memory, 'memory.max' if kind == 'v2'
+                                  else 'memory.limit_in_bytes')
+        os.makedirs(memory)
+
+        def set_limit(mib):
+            with open(limit_file, 'w') as f:
+                f.write(str(mib * 1024 * 1024))
+
+        def remove():
+            self._remove_all()
+            deadline = time.monotonic() + 60
+            for root in roots:
+                top = os.path.join(root, parent)
+                for d in sorted((d for d, _s, _f in os.walk(top)),
+                                key=len, reverse=True):
+                    while os.path.isdir(d):
+                        with open(os.path.join(d, 'cgroup.procs')) as f:
+                            for pid in f.read().split():
+                                try:
+                                    with open(os.path.join(
+                                            root, 'cgroup.procs'),
+                                            'w') as out:
+                                        out.write(pid)
+                                except OSError:
+                                    pass       # gone meanwhile
+                        try:
+                            os.rmdir(d)
+                        except OSError:
+                            self.assertLess(time.monotonic(), deadline, d)
+                            time.sleep(0.2)
+        self.addCleanup(remove)
+        set_limit(limit_mib)
+        with open(self.conf_file, 'a') as f:
+            f.write('[kata_jail]\ncgroup_parent = %s\n' % parent)
+        return parent, set_limit
+
+    def test_the_sandboxes_cgroup_memory_limit_is_judged(self):
+        """An operator caps all sandboxes together with a memory limit on
+        their parent cgroup: a start the host has room for, but that
+        cgroup has not, is refused with the reason (not run to be
+        OOM-killed there); it starts once the limit allows it.
+        """
+        self.set_kata(host_memory_reserve_mb=0)
+        # A restore claims [kata_jail] memory_overhead_mb (256), a cold
+        # boot more; the shims in the cgroup take a few tens of MiB.
+        parent, set_limit = self.capped_parent(200)
+        r = self.kz('run', '-d', '--name', 'capped', 'busybox', 'sleep',
+                    '300')
+        self.assertNotEqual(0, r.code, r)
+        self.assertRegex(
+            r.err.decode(), r'Insufficient resources: not enough host '
+            r'memory to start kz-[0-9a-f]{12}: it needs \d+ MiB, the '
+            r"sandboxes' cgroup %s has \d+ MiB left under its memory "
+            r'limit' % parent)
+        self.assert_no_vm()
+        self.assertEqual([], self.claims())
+        self.assertEqual('created', self.state('capped')['Status'])
+        set_limit(4096)
+        self.kz('start', 'capped', check=0)
+        self.assertEqual('running', self.state('capped')['Status'])
+        r = self.kz('exec', 'capped', 'echo', 'fits', check=0)
+        self.assertEqual(b'fits\n', r.out)

@@ -262,3 +262,59 @@ class CpusetTestCase(base.BaseTestCase):
         exc = self.assertRaises(exception.JailError, group.create,
                                 1 << 30, None, 64, cpuset=((0,), ()))
         self.assertIn('cpuset', str(exc))
+
+
+class MemoryHeadroomTestCase(base.BaseTestCase):
+    """The parent cgroup's room under its memory limit (a directory tree
+    stands in for the cgroup file systems).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.root = self.useFixture(fixtures.TempDir()).path
+
+    def _files(self, directory, **files):
+        os.makedirs(directory, exist_ok=True)
+        for name, text in files.items():
+            with open(os.path.join(directory, name.replace('_', '.', 1)),
+                      'w') as f:
+                f.write(text)
+
+    def test_v2_limit_less_working_set(self):
+        self._files(os.path.join(self.root, 'kz'), memory_max='1073741824\n',
+                    memory_current='536870912\n',
+                    memory_stat='anon 1\ninactive_file 104857600\n'
+                                'active_file 5\n')
+        # 1 GiB - (512 MiB - 100 MiB of reclaimable file pages).
+        self.assertEqual((1024 - 412) * 1024 * 1024, cgroup.memory_headroom(
+            'kz', layout=('v2', self.root)))
+
+    def test_v2_no_limit_or_no_parent_yet(self):
+        self._files(os.path.join(self.root, 'kz'), memory_max='max\n',
+                    memory_current='5\n')
+        self.assertIsNone(cgroup.memory_headroom('kz', ('v2', self.root)))
+        self.assertIsNone(cgroup.memory_headroom('other', ('v2', self.root)))
+
+    def test_v1_limit_and_its_no_limit_value(self):
+        memory = os.path.join(self.root, 'memory')
+        self._files(os.path.join(memory, 'kz'),
+                    memory_limit_in_bytes='209715200\n',
+                    memory_usage_in_bytes='314572800\n',
+                    memory_stat='cache 1\ntotal_inactive_file 0\n')
+        # Over its limit (reclaiming): no room, never a negative one.
+        self.assertEqual(0, cgroup.memory_headroom(
+            'kz', ('v1', {'memory': memory})))
+        self._files(os.path.join(memory, 'kz'),
+                    memory_limit_in_bytes='9223372036854771712\n')
+        self.assertIsNone(cgroup.memory_headroom(
+            'kz', ('v1', {'memory': memory})))
+
+    def test_unreadable_values_and_bad_names(self):
+        self._files(os.path.join(self.root, 'kz'), memory_max='junk\n',
+                    memory_current='5\n')
+        self.assertIsNone(cgroup.memory_headroom('kz', ('v2', self.root)))
+        # No memory.stat: nothing counted as reclaimable.
+        self._files(os.path.join(self.root, 'kz'), memory_max='100\n')
+        self.assertEqual(95, cgroup.memory_headroom('kz', ('v2', self.root)))
+        self.assertRaises(exception.JailError, cgroup.memory_headroom,
+                          '../x', ('v2', self.root))

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from unittest import mock
 
 from oslo_config import fixture as config_fixture
 from oslotest import base
@@ -38,9 +39,11 @@ class AdmissionTestCase(base.BaseTestCase):
                     'MemAvailable:   %d kB\nBuffers:  1 kB\n' % (mib * 1024))
         os.rename(self.meminfo + '.new', self.meminfo)
 
-    def ledger(self, reserve=512, enabled=True):
+    def ledger(self, reserve=512, enabled=True, headroom=None):
+        # Never the host's own cgroups: the parent's headroom is given.
         return admission.Ledger(self.root, reserve_mib=reserve,
-                                enabled=enabled, meminfo=self.meminfo)
+                                enabled=enabled, meminfo=self.meminfo,
+                                cgroup_headroom=lambda: headroom)
 
     def entries(self):
         return sorted(n for n in os.listdir(self.root)
@@ -142,7 +145,7 @@ class AdmissionTestCase(base.BaseTestCase):
         code = ('import sys, time\n'
                 'from kata_zun.runtime import admission\n'
                 'l = admission.Ledger(%r, reserve_mib=0, enabled=True, '
-                'meminfo=%r)\n'
+                'meminfo=%r, cgroup_headroom=lambda: None)\n'
                 'r = l.reservation("kz-dead")\n'
                 'r.need(3000)\n'
                 'print("held", flush=True)\n'
@@ -244,6 +247,51 @@ class AdmissionTestCase(base.BaseTestCase):
                                         r.need, 10)
             self.assertIn('host memory', str(exc))
         self.assertEqual([], self.entries())
+
+    def test_the_sandboxes_cgroup_limit_is_judged_too(self):
+        # The host has room (4096 MiB available, 512 kept), their parent
+        # cgroup only 700 MiB under its limit.
+        with self.ledger(headroom=700).reservation('kz-capped') as r:
+            exc = self.assertRaises(exception.InsufficientResources,
+                                    r.need, 800,
+                                    deadline=time.monotonic() + 60)
+        self.assertIn('not enough host memory to start kz-capped: it '
+                      'needs 800 MiB, the sandboxes\' cgroup kata_zun has '
+                      '700 MiB left under its memory limit', str(exc))
+        self.assertNotIn('host_memory_reserve_mb', str(exc))
+        self.assertEqual([], self.entries())
+        # What fits there is admitted; a start in flight counts against
+        # the cgroup's headroom as it does against the host's.
+        first = self.ledger(headroom=700).reservation('kz-first')
+        first.need(600)
+        self.addCleanup(first.release)
+        verdict = self.ledger(headroom=700).judge(200)
+        self.assertEqual((False, 'it needs 200 MiB, the sandboxes\' cgroup '
+                          'kata_zun has 700 MiB left under its memory '
+                          'limit, and 1 start(s) in flight hold 600 MiB'),
+                         verdict)
+        # A cgroup with more room than the host: the host decides.
+        self.assertIn('the host has 4096 MiB available',
+                      self.ledger(headroom=10 ** 6).judge(4000)[1])
+        first.release()
+        self.assertIsNone(self.ledger(headroom=700).judge(700))
+
+    def test_the_cgroup_is_judged_only_with_the_jail(self):
+        self.cfg.config(enabled=False, group='kata_jail')
+        with mock.patch.object(admission, 'cgroup_headroom_mib') as cg:
+            self.assertIsNone(admission.Ledger(
+                self.root, meminfo=self.meminfo).cgroup_headroom())
+        cg.assert_not_called()
+        self.cfg.config(enabled=True, group='kata_jail')
+        self.assertIs(admission.cgroup_headroom_mib, admission.Ledger(
+            self.root, meminfo=self.meminfo).cgroup_headroom)
+
+    def test_unreadable_cgroups_are_a_clear_refusal(self):
+        with mock.patch('kata_zun.jail.cgroup.memory_headroom',
+                        side_effect=exception.JailError(reason='no cgroup')):
+            exc = self.assertRaises(exception.InsufficientResources,
+                                    admission.cgroup_headroom_mib)
+        self.assertIn('no cgroup', str(exc))
 
     def test_disabled_admission_judges_nothing(self):
         self.set_available(0)
