@@ -73,6 +73,62 @@ def pss_line(rt, names, run_path):
                 (sum(qemu) + sum(shim) + server) / 1024.0))
 
 
+def fill(conf_file, names, most, baseline=10, window=5, every=25,
+         floor=None):
+    """Start idle sandboxes one after the other until ``most`` run, a
+    start fails (or is refused), or the median of the last ``window``
+    starts is over twice the warm median (the median of the first
+    ``baseline``), printing figures every ``every`` sandboxes.
+
+    :param names: a list the started sandboxes' names are added to (the
+        caller removes them).
+    :returns: (number running, why it stopped, warm median or None)
+    """
+    from kata_zun.runtime import manager
+    rt = manager.Runtime()
+    times = []
+    warm = None
+    why = 'reached the most asked for (%d)' % most
+    while len(names) < most:
+        name = 'idle%d' % len(names)
+        took, error = start(conf_file, name)
+        if error:
+            why = 'start %d failed: %s' % (len(names) + 1, error)
+            break
+        names.append(name)
+        times.append(took)
+        if len(times) == baseline:
+            warm = statistics.median(times)
+            print('%-44s %8.3f s (%s; median of the first %d)' % (
+                'warm median of run -d', warm,
+                '%.2fx the floor' % (warm / floor) if floor else
+                'no floor', baseline))
+        last = statistics.median(times[-window:])
+        if len(names) % every == 0:
+            print('%4d running: start %.3f s (median of the last %d), '
+                  'MemAvailable %.0f MiB; %s' % (
+                      len(names), last, window, mem_available_mib(),
+                      pss_line(rt, names, CONF.kata.run_path)))
+            sys.stdout.flush()
+        if warm and len(times) > baseline and last > 2 * warm:
+            why = ('the median of the last %d starts, %.3f s, is over '
+                   'twice the warm median' % (window, last))
+            break
+    print('%-44s %8d (%s)' % ('idle sandboxes running', len(names), why))
+    if names:
+        print('%4d running: MemAvailable %.0f MiB; %s' % (
+            len(names), mem_available_mib(),
+            pss_line(rt, names, CONF.kata.run_path)))
+    return len(names), why, warm
+
+
+def remove(conf_file, names):
+    for i in range(0, len(names), 20):
+        subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                        '--config-file', conf_file, 'rm', '-f'] +
+                       names[i:i + 20], capture_output=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--max', type=int, default=300)
@@ -105,48 +161,11 @@ def main():
         print('%-44s %8.1f s' % ('template of the idle shape ready after',
                                  density.warm_template(conf_file)))
         sys.stdout.flush()
-        from kata_zun.runtime import manager
-        rt = manager.Runtime()
-        times = []
-        warm = None
-        why = 'reached --max'
-        while len(names) < args.max:
-            name = 'idle%d' % len(names)
-            took, error = start(conf_file, name)
-            if error:
-                why = 'start %d failed: %s' % (len(names) + 1, error)
-                break
-            names.append(name)
-            times.append(took)
-            if len(times) == args.baseline:
-                warm = statistics.median(times)
-                print('%-44s %8.3f s (%.2fx the floor; median of the '
-                      'first %d)' % ('warm median of run -d', warm,
-                                     warm / floor, args.baseline))
-            window = statistics.median(times[-args.window:])
-            if len(names) % args.every == 0:
-                print('%4d running: start %.3f s (median of the last %d), '
-                      'MemAvailable %.0f MiB; %s' % (
-                          len(names), window, args.window,
-                          mem_available_mib(),
-                          pss_line(rt, names, CONF.kata.run_path)))
-                sys.stdout.flush()
-            if warm and len(times) > args.baseline and window > 2 * warm:
-                why = ('the median of the last %d starts, %.3f s, is over '
-                       'twice the warm median' % (args.window, window))
-                break
-        print('%-44s %8d (%s)' % ('idle sandboxes running', len(names),
-                                  why))
-        if names:
-            print('%4d running: MemAvailable %.0f MiB; %s' % (
-                len(names), mem_available_mib(),
-                pss_line(rt, names, CONF.kata.run_path)))
+        fill(conf_file, names, args.max, args.baseline, args.window,
+             args.every, floor)
         return 0
     finally:
-        for i in range(0, len(names), 20):
-            subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
-                            '--config-file', conf_file, 'rm', '-f'] +
-                           names[i:i + 20], capture_output=True)
+        remove(conf_file, names)
         iso.close()
 
 

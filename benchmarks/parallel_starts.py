@@ -33,11 +33,13 @@ CLI_TIMEOUT = 900
 
 
 class Sandbox(isolated.Isolated):
-    """An isolated CLI configuration."""
+    """An isolated CLI configuration (no registry: a closed loopback
+    port), with ``extra_config`` text.
+    """
 
-    def __init__(self):
-        super().__init__('kzconc', '[kata_image]\n'
-                         'default_registry = 127.0.0.1:9\n')
+    def __init__(self, prefix='kzconc', extra_config=''):
+        super().__init__(prefix, '[kata_image]\n'
+                         'default_registry = 127.0.0.1:9\n' + extra_config)
 
     def cli(self, *args, timeout=CLI_TIMEOUT):
         return subprocess.run(
