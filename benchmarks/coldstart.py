@@ -72,8 +72,11 @@ def bare_boot(assets, tmp, accel, pci_slots=0):
 
 
 def cli(conf_file, *args, stdout=subprocess.DEVNULL):
-    return subprocess.run([os.path.join(os.path.dirname(sys.executable),
-                                        'kata-zun'),
+    # The same interpreter path as every other CLI run of the benchmarks:
+    # the shim fork server is one per interpreter path and installation,
+    # and a second spelling of the same Python (the venv's kata-zun
+    # script names python3) would start a second server.
+    return subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                            '--config-file', conf_file] + list(args),
                           check=True, timeout=300, stdout=stdout,
                           stderr=subprocess.PIPE)
