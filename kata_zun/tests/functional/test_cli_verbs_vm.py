@@ -12,6 +12,10 @@ import time
 from kata_zun.tests.functional import base
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class AttachEventsPruneTestCase(base.KataZunFunctionalTest):
 
     def setUp(self):
@@ -19,10 +23,15 @@ class AttachEventsPruneTestCase(base.KataZunFunctionalTest):
         self.load_busybox()
 
     def popen(self, *args, stdin=subprocess.DEVNULL):
+        # SIGINT as at a terminal, whatever the test runner inherited (a
+        # runner started in the background by a non-interactive shell
+        # ignores it, and so would a CLI it starts: Python then never
+        # turns SIGINT into KeyboardInterrupt).
         proc = subprocess.Popen(
             [sys.executable, '-m', 'kata_zun.cmd.cli', '--config-file',
              self.conf_file] + list(args), stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint)
         self.addCleanup(self._reap, proc)
         return proc
 
