@@ -129,6 +129,27 @@ def stdout_throughput(rt, ref, size):
                     return got, elapsed
 
 
+def data_plane(conf_file, execs, size):
+    """Exec round trips and one stdout stream through the API, in a
+    sandbox of their own (``bench``, removed after).
+
+    :returns: (exec round trip seconds, stdout bytes received, seconds
+        the stream took)
+    """
+    cli(conf_file, 'run', '-d', '--name', 'bench', 'busybox', 'sleep',
+        '3600')
+    try:
+        from kata_zun.runtime import manager
+        rt = manager.Runtime()
+        rtt = exec_round_trips(rt, 'bench', execs)
+        got, elapsed = stdout_throughput(rt, 'bench', size)
+    finally:
+        subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
+                        '--config-file', conf_file, 'rm', '-f', 'bench'],
+                       capture_output=True)
+    return rtt, got, elapsed
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument('--runs', type=int, default=5)

@@ -210,14 +210,9 @@ def main():
         floor = [coldstart.bare_boot(assets, iso.root, name)
                  for _ in range(args.runs)]
 
-        coldstart.cli(conf_file, 'run', '-d', '--name', 'bench', 'busybox',
-                      'sleep', '3600')
-        from kata_zun.runtime import manager
-        rt = manager.Runtime()
-        rtt = coldstart.exec_round_trips(rt, 'bench', max(args.runs, 20))
         size = args.stream_mb * 1000 * 1000
-        got, elapsed = coldstart.stdout_throughput(rt, 'bench', size)
-        coldstart.cli(conf_file, 'rm', '-f', 'bench')
+        rtt, got, elapsed = coldstart.data_plane(conf_file,
+                                                 max(args.runs, 20), size)
 
         print('kata-zun data plane and density (accelerator: %s, machine: '
               '%s)' % (name, CONF.kata_hypervisor.machine_type))
@@ -259,9 +254,6 @@ def main():
                 f.write('[%s]\n%s = true\n' % (group, option))
         return 0 if got == size else 1
     finally:
-        subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
-                        '--config-file', conf_file, 'rm', '-f', 'bench'],
-                       capture_output=True)
         iso.close()
 
 

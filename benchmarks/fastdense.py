@@ -28,9 +28,7 @@ floors, a minimal agent on the same kernel, are benchmarks/dataplane.py's.)
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 
 from oslo_log import log as logging
 
@@ -42,6 +40,7 @@ import capacity  # benchmarks/capacity.py
 import coldstart  # benchmarks/coldstart.py
 import density  # benchmarks/density.py
 import parallel_starts  # benchmarks/parallel_starts.py
+import templating  # benchmarks/templating.py
 
 CONF = conf.CONF
 
@@ -50,16 +49,6 @@ def set_templating(conf_file, on):
     """Later values of a section win in oslo.config (read by each CLI)."""
     with open(conf_file, 'a') as f:
         f.write('[kata]\nvm_templating = %s\n' % ('true' if on else 'false'))
-
-
-def run_rm(conf_file, runs):
-    """:returns: seconds of each ``run --rm busybox true``."""
-    times = []
-    for _ in range(runs):
-        began = time.monotonic()
-        coldstart.cli(conf_file, 'run', '--rm', 'busybox', 'true')
-        times.append(time.monotonic() - began)
-    return times
 
 
 def fmt(value, unit, missing='-'):
@@ -105,13 +94,13 @@ def main():
                                  'poweroff', floor))
         sys.stdout.flush()
 
-        for label, templating in (('cold', False), ('warm', True)):
-            set_templating(conf_file, templating)
-            if templating:
+        for label, restored in (('cold', False), ('warm', True)):
+            set_templating(conf_file, restored)
+            if restored:
                 print('%-44s %8.1f s' % (
                     'template of the shape ready after',
                     density.warm_template(conf_file)))
-            one = run_rm(conf_file, args.runs)
+            one = templating.timed_runs(conf_file, args.runs)
             times, failures, wall = parallel_starts.run_count(
                 env, args.concurrent)
             for why in failures:
@@ -134,14 +123,9 @@ def main():
                 p99(times) if times else None,
                 'all up, p99 <= 2x p50'))
 
-        coldstart.cli(conf_file, 'run', '-d', '--name', 'bench', 'busybox',
-                      'sleep', '3600')
-        from kata_zun.runtime import manager
-        rt = manager.Runtime()
-        rtt = coldstart.exec_round_trips(rt, 'bench', max(args.runs, 20))
         size = args.stream_mb * 1000 * 1000
-        got, elapsed = coldstart.stdout_throughput(rt, 'bench', size)
-        coldstart.cli(conf_file, 'rm', '-f', 'bench')
+        rtt, got, elapsed = coldstart.data_plane(conf_file,
+                                                 max(args.runs, 20), size)
         rows.append(('exec round trip (API, exec true)',
                      statistics.median(rtt) * 1000, 'ms',
                      p99(rtt) * 1000, '<= 15 ms'))
@@ -176,9 +160,6 @@ def main():
         return 0
     finally:
         capacity.remove(conf_file, names)
-        subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
-                        '--config-file', conf_file, 'rm', '-f', 'bench'],
-                       capture_output=True)
         env.close()
 
 
