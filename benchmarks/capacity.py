@@ -29,8 +29,6 @@ import time
 from oslo_log import log as logging
 
 from kata_zun import conf
-from kata_zun.guest import builder
-from kata_zun.hypervisor.qemu import accel as qemu_accel
 
 import coldstart  # benchmarks/coldstart.py
 import density  # benchmarks/density.py
@@ -145,13 +143,9 @@ def main():
     CONF([], project='kata-zun', default_config_files=[conf_file])
     names = []
     try:
-        assets = builder.find()
-        accel = qemu_accel.choose(assets.kernel)
-        accel_name = getattr(accel, 'name', accel)
         coldstart.load_busybox(conf_file, iso.root)
-        floor = statistics.median(
-            coldstart.bare_boot(assets, iso.root, accel_name)
-            for _ in range(args.runs))
+        accel_name, boots = coldstart.floor(iso.root, args.runs)
+        floor = statistics.median(boots)
         print('kata-zun idle capacity (accelerator: %s, %d MiB per '
               'sandbox, MemAvailable %.0f MiB at the start)' % (
                   accel_name, CONF.kata_hypervisor.default_memory_mb,

@@ -71,6 +71,17 @@ def bare_boot(assets, tmp, accel, pci_slots=0):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def floor(tmp, runs):
+    """The floor of the guest assets in use: ``runs`` bare boots.
+
+    :returns: (the accelerator's name, seconds of each boot)
+    """
+    assets = builder.find()
+    accel = qemu_accel.choose(assets.kernel)
+    name = getattr(accel, 'name', accel)
+    return name, [bare_boot(assets, tmp, name) for _ in range(runs)]
+
+
 def cli(conf_file, *args, stdout=subprocess.DEVNULL):
     # The same interpreter path as every other CLI run of the benchmarks:
     # the shim fork server is one per interpreter path and installation,

@@ -35,8 +35,6 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from kata_zun import conf
-from kata_zun.guest import builder
-from kata_zun.hypervisor.qemu import accel as qemu_accel
 
 import coldstart  # benchmarks/coldstart.py
 import isolated  # benchmarks/isolated.py
@@ -203,12 +201,8 @@ def main():
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=[conf_file])
     try:
-        assets = builder.find()
-        accel = qemu_accel.choose(assets.kernel)
-        name = getattr(accel, 'name', accel)
         coldstart.load_busybox(conf_file, iso.root)
-        floor = [coldstart.bare_boot(assets, iso.root, name)
-                 for _ in range(args.runs)]
+        name, floor = coldstart.floor(iso.root, args.runs)
 
         size = args.stream_mb * 1000 * 1000
         rtt, got, elapsed = coldstart.data_plane(conf_file,

@@ -33,8 +33,6 @@ import sys
 from oslo_log import log as logging
 
 from kata_zun import conf
-from kata_zun.guest import builder
-from kata_zun.hypervisor.qemu import accel as qemu_accel
 
 import capacity  # benchmarks/capacity.py
 import coldstart  # benchmarks/coldstart.py
@@ -76,16 +74,11 @@ def main():
     conf_file = env.conf
     logging.register_options(CONF)
     CONF([], project='kata-zun', default_config_files=[conf_file])
-    names = []
     rows = []
     try:
-        assets = builder.find()
-        accel = qemu_accel.choose(assets.kernel)
-        accel_name = getattr(accel, 'name', accel)
         env.load_busybox()
-        floor = statistics.median(
-            coldstart.bare_boot(assets, env.root, accel_name)
-            for _ in range(args.runs))
+        accel_name, boots = coldstart.floor(env.root, args.runs)
+        floor = statistics.median(boots)
         print('kata-zun, fast and dense (accelerator: %s, machine: %s, %d '
               'MiB per sandbox)' % (accel_name,
                                     CONF.kata_hypervisor.machine_type,
@@ -142,9 +135,10 @@ def main():
         sys.stdout.flush()
 
         if args.capacity_max:
-            count = capacity.fill(conf_file, names, args.capacity_max,
+            count = capacity.fill(conf_file, [], args.capacity_max,
                                   floor=floor)[0]
-            # Why it stopped is printed by fill().
+            # Why it stopped is printed by fill(); env.close() removes
+            # the sandboxes.
             rows.append(('idle sandboxes, new starts within 2x warm', count,
                          '', None, '>= 300 (or the memory limit)'))
 
@@ -159,8 +153,7 @@ def main():
                 goal))
         return 0
     finally:
-        capacity.remove(conf_file, names)
-        env.close()
+        env.close()           # removes every container it started
 
 
 if __name__ == '__main__':

@@ -473,17 +473,11 @@ def memory_headroom(parent, layout=None):
         files = ('memory.limit_in_bytes', 'memory.usage_in_bytes',
                  'total_inactive_file')
     try:
-        limit = _read(os.path.join(directory, files[0]))
+        limit = _int_or_none(_read(os.path.join(directory, files[0])))
         usage = int(_read(os.path.join(directory, files[1])))
     except (OSError, ValueError):
         return None
-    if limit == 'max':
-        return None
-    try:
-        limit = int(limit)
-    except ValueError:
-        return None
-    if limit >= 2 ** 62:               # v1's "no limit"
+    if limit is None or limit >= 2 ** 62:      # v2's and v1's "no limit"
         return None
     inactive = _stat_value(os.path.join(directory, 'memory.stat'), files[2])
     return max(0, limit - max(0, usage - inactive))

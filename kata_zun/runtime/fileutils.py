@@ -193,6 +193,18 @@ def proc_stat_fields(pid):
     return data[data.rfind(b')') + 2:].split()
 
 
+def open_pidfd(pid):
+    """:returns: a pidfd of process ``pid`` (the caller closes it; it
+        polls readable once the process has exited), or None when there
+        is none to have: no such process, or no pidfds (Linux before
+        5.3).
+    """
+    try:
+        return os.pidfd_open(int(pid))
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+
+
 def tail(path, size):
     """:returns: the last ``size`` bytes of a text file ('' if missing)."""
     try:

@@ -1139,10 +1139,7 @@ class Runtime(pods.PodMixin):
         # A pidfd wakes us when the shim exits (no poll interval on every
         # stop). Opened before the check below, so it cannot name a
         # process that took a reused pid.
-        try:
-            fd = os.pidfd_open(int(pid)) if pid else None
-        except (AttributeError, OSError, ValueError):
-            fd = None
+        fd = fileutils.open_pidfd(pid) if pid else None
         try:
             while _pid_is_shim(pid, c.id):
                 left = deadline - time.monotonic()

@@ -95,9 +95,8 @@ def _wait_exit(pid, timeout):
     :returns: False if it could not wait (no pidfd here): the caller
         waits its own way.
     """
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):      # no pidfd, or gone already
+    fd = fileutils.open_pidfd(pid)
+    if fd is None:                         # no pidfd, or gone already
         return False
     try:
         select.select([fd], [], [], max(0.0, timeout))
