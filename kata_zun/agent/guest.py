@@ -76,6 +76,7 @@ class Container(object):
         self.cgroup = os.path.join(CGROUP_ROOT, 'kz-' + cid)
         self.main = None
         self.init_pid = None
+        self.join_fds = None          # (init_pid, ns fds, root, cgroup)
         self.user = None
         self.oom_base = 0
 

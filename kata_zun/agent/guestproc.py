@@ -244,6 +244,8 @@ class ProcessOps(object):
                 self._reaped(proc, status)
 
     def _reaped(self, proc, status):
+        if proc is proc.container.main:
+            self._release_join_fds(proc.container)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             proc.status = (128 + sig, sig)
@@ -489,28 +491,12 @@ class ProcessOps(object):
         :returns: None, or the spawn or exec error text (the process then
                   exits 126/127 like Docker reports it).
         """
-        ns_fds = {}
-        fds = []
-        try:
-            for ns in ('pid',) + JOINED_NAMESPACES:
-                ns_fds[ns] = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
-                                     os.O_RDONLY | os.O_CLOEXEC)
-                fds.append(ns_fds[ns])
-            root_fd = os.open('/proc/%d/root' % c.init_pid,
-                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fds.append(root_fd)
-            cgroup_fd = os.open(c.cgroup, os.O_RDONLY | os.O_DIRECTORY |
-                                os.O_CLOEXEC)
-            fds.append(cgroup_fd)
-        except OSError:
-            for fd in fds:
-                os.close(fd)
-            raise OpError('state', 'container is not running')
+        ns_fds, root_fd, cgroup_fd = self._join_fds(c)
         if not c.spec['privileged']:
             guestseccomp.compiled()    # once, here, not in every child
         if guestspawn.available():
             return self._spawn_small(c, proc, argv, env, workdir, user,
-                                     ns_fds, root_fd, cgroup_fd, fds)
+                                     ns_fds, root_fd, cgroup_fd)
         child_io, parent_fds, close_after = self._stdio(proc)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -542,7 +528,7 @@ class ProcessOps(object):
                 except BaseException:
                     pass
             os._exit(code)
-        for fd in fds + close_after + [err_w]:
+        for fd in close_after + [err_w]:
             os.close(fd)
         for fd in parent_fds:
             self.fd_owner[fd] = proc
@@ -569,12 +555,54 @@ class ProcessOps(object):
             return text
         return None
 
+    def _join_fds(self, c):
+        """What a process joining the running container ``c`` enters:
+        its namespaces, root and cgroup, opened at its first exec and
+        kept until its main process is reaped (:meth:`_release_join_fds`).
+        Under TCG, opening the seven of them cost about as much as a
+        tenth of an exec round trip.
+
+        :returns: ({namespace: fd}, root fd, cgroup fd)
+        :raises: OpError when the container is not running.
+        """
+        held = c.join_fds
+        if held is not None and held[0] == c.init_pid:
+            return held[1:]
+        self._release_join_fds(c)
+        ns_fds = {}
+        fds = []
+        try:
+            for ns in ('pid',) + JOINED_NAMESPACES:
+                ns_fds[ns] = os.open('/proc/%d/ns/%s' % (c.init_pid, ns),
+                                     os.O_RDONLY | os.O_CLOEXEC)
+                fds.append(ns_fds[ns])
+            root_fd = os.open('/proc/%d/root' % c.init_pid,
+                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds.append(root_fd)
+            cgroup_fd = os.open(c.cgroup, os.O_RDONLY | os.O_DIRECTORY |
+                                os.O_CLOEXEC)
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise OpError('state', 'container is not running')
+        c.join_fds = (c.init_pid, ns_fds, root_fd, cgroup_fd)
+        return ns_fds, root_fd, cgroup_fd
+
+    @staticmethod
+    def _release_join_fds(c):
+        """Close what :meth:`_join_fds` holds for ``c``: held past its
+        main process, they would keep its namespaces and mounts alive.
+        """
+        held, c.join_fds = c.join_fds, None
+        if held is not None:
+            for fd in list(held[1].values()) + [held[2], held[3]]:
+                os.close(fd)
+
     def _spawn_small(self, c, proc, argv, env, workdir, user, ns_fds,
-                     root_fd, cgroup_fd, fds):
+                     root_fd, cgroup_fd):
         """:meth:`_spawn_joined` through the small helper
         (:mod:`kata_zun.agent.guestspawn`): the same process, without a
-        fork of this interpreter. ``fds`` (the namespaces, root and
-        cgroup) are closed here.
+        fork of this interpreter.
 
         :returns: None, or the spawn or exec error text.
         """
@@ -589,7 +617,7 @@ class ProcessOps(object):
                 ns_fds['pid'], cgroup_fd, ns_fds['ipc'], ns_fds['uts'],
                 ns_fds['cgroup'], ns_fds['mnt'], root_fd))
         finally:
-            for fd in fds + close_after:
+            for fd in close_after:
                 os.close(fd)
         for fd in parent_fds:
             self.fd_owner[fd] = proc

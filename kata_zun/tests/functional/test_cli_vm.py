@@ -351,6 +351,37 @@ class RestartPolicyTestCase(base.KataZunFunctionalTest):
                 'busybox', 'true', check=0)
         self.assertEqual(0, self._wait_exited('ok')['RestartCount'])
 
+    def test_exec_joins_the_restarted_process(self):
+        # The agent keeps what an exec joins (namespaces, root, cgroup)
+        # per main process: after a restart in the same VM an exec must
+        # land in the new process's namespaces, not the dead ones.
+        self.load_busybox()
+        self.kz('run', '-d', '--name', 'x', '--restart', 'on-failure:1',
+                'busybox', 'sh', '-c',
+                'if [ -e /second ]; then exec sleep 600; fi; touch /second; '
+                'while [ ! -e /go ]; do sleep 0.1; done; exit 1', check=0)
+
+        def init_started():
+            # Field 22 of /proc/1/stat: when the PID namespace's init
+            # started (clock ticks since boot).
+            out = self.kz('exec', 'x', 'cat', '/proc/1/stat', check=0).out
+            return out.split()[21]
+        first = init_started()
+        self.kz('exec', 'x', 'touch', '/go', check=0)
+        deadline = time.time() + 60
+        while True:
+            state = self._state('x')
+            if state['RestartCount'] == 1 and state['Status'] == 'running':
+                break
+            self.assertLess(time.time(), deadline)
+            time.sleep(0.2)
+        second = init_started()
+        self.assertNotEqual(first, second)
+        self.assertEqual(b'sleep 600', self.kz(
+            'exec', 'x', 'sh', '-c', 'tr "\\0" " " < /proc/1/cmdline',
+            check=0).out.strip())
+        self.kz('rm', '-f', 'x', check=0)
+
     def test_always_until_stopped(self):
         self.load_busybox()
         self.kz('run', '-d', '--name', 'a', '--restart', 'always',

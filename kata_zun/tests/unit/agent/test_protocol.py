@@ -61,6 +61,10 @@ class DecoderTestCase(base.BaseTestCase):
         ok = b'{"a":' * depth + b'1' + b'}' * depth
         self.assertEqual(1, len(protocol.Frame(protocol.RESPONSE,
                                                ok).json()))
+        shallow = {'a': [[i] for i in range(100)], 'b': [{}] * 100}
+        frame = protocol.Frame(protocol.RESPONSE, protocol.encode_json(
+            protocol.RESPONSE, shallow)[protocol.HEADER.size:])
+        self.assertEqual(shallow, frame.json())
         text = {'s': '[{' * 5000 + '\\"]' + '[' * 99}
         frame = protocol.Frame(protocol.RESPONSE, protocol.encode_json(
             protocol.RESPONSE, text)[protocol.HEADER.size:])
