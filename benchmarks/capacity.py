@@ -59,16 +59,18 @@ def start(conf_file, name):
 
 
 def pss_line(rt, names, run_path):
-    qemu, shim = density.sandbox_pss(rt, names)
+    qemu, shim, tcg = density.sandbox_pss(rt, names)
     server = density.forkserver_pss(run_path)
     n = len(names)
     return ('PSS per sandbox: QEMU %.1f + shim %.1f + fork server %.1f = '
-            '%.1f MiB; all: %.0f MiB' % (
+            '%.1f MiB; all: %.0f MiB; TCG translation cache %.1f MiB of '
+            'QEMU\'s' % (
                 statistics.median(qemu) / 1024.0,
                 statistics.median(shim) / 1024.0, server / 1024.0 / n,
                 (statistics.median(qemu) + statistics.median(shim) +
                  server / n) / 1024.0,
-                (sum(qemu) + sum(shim) + server) / 1024.0))
+                (sum(qemu) + sum(shim) + server) / 1024.0,
+                statistics.median(tcg) / 1024.0))
 
 
 def fill(conf_file, names, most, baseline=10, window=5, every=25,

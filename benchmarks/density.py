@@ -57,6 +57,29 @@ def pss_kib(pid):
     return 0
 
 
+def tcg_cache_kib(pid):
+    """:returns: the PSS (KiB) of ``pid``'s anonymous writable and
+    executable mappings: in QEMU under TCG, the translation cache (its
+    only such mapping; under KVM there is none). 0 if it is gone.
+    """
+    total = 0
+    try:
+        with open('/proc/%d/smaps' % pid) as f:
+            candidate = False
+            for line in f:
+                fields = line.split()
+                if '-' in fields[0] and len(fields) >= 5:
+                    # A mapping's header: range, perms, offset, dev,
+                    # inode[, path].
+                    candidate = ('w' in fields[1] and 'x' in fields[1] and
+                                 len(fields) == 5)
+                elif candidate and fields[0] == 'Pss:':
+                    total += int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
 def med_p90(values):
     ordered = sorted(values)
     return (statistics.median(ordered),
@@ -66,7 +89,7 @@ def med_p90(values):
 def idle_pss(conf_file, count):
     """Start ``count`` idle sandboxes, let them settle, read their PSS.
 
-    :returns: (QEMU KiB list, shim KiB list), one entry per sandbox.
+    :returns: :func:`sandbox_pss`'s lists.
     """
     names = ['idle%d' % i for i in range(count)]
     started = []
@@ -97,14 +120,17 @@ def idle_pss(conf_file, count):
 
 def sandbox_pss(rt, names):
     """:param rt: a :class:`kata_zun.runtime.manager.Runtime`.
-    :returns: (QEMU KiB list, shim KiB list), one entry per sandbox.
+    :returns: (QEMU KiB list, shim KiB list, KiB list of QEMU's TCG
+        translation cache, part of QEMU's), one entry per sandbox.
     """
-    qemu, shim = [], []
+    qemu, shim, tcg = [], [], []
     for name in names:
         state = rt.get(name).state
-        qemu.append(pss_kib(int(state.get('vm_pid') or 0)))
+        vm_pid = int(state.get('vm_pid') or 0)
+        qemu.append(pss_kib(vm_pid))
+        tcg.append(tcg_cache_kib(vm_pid))
         shim.append(pss_kib(int(state.get('shim_pid') or 0)))
-    return qemu, shim
+    return qemu, shim, tcg
 
 
 def warm_template(conf_file, timeout=600):
@@ -168,14 +194,14 @@ def forkserver_pss(run_path):
     return total
 
 
-def print_pss(label, qemu, shim):
+def print_pss(label, qemu, shim, tcg):
     mib = 1024.0
     total = [q + s for q, s in zip(qemu, shim)]
     print('%-46s QEMU %6.1f + shim %5.1f = %6.1f MiB  (median of %d; '
-          'all: %.0f MiB)' % (
+          'all: %.0f MiB; TCG translation cache %.1f MiB of QEMU\'s)' % (
               label, statistics.median(qemu) / mib,
               statistics.median(shim) / mib, statistics.median(total) / mib,
-              len(total), sum(total) / mib))
+              len(total), sum(total) / mib, statistics.median(tcg) / mib))
 
 
 def main():
@@ -225,10 +251,10 @@ def main():
             reporting = False
         print('%-46s %8.1f s' % ('template of the idle shape ready after',
                                  warm_template(conf_file)))
-        qemu, shim = idle_pss(conf_file, args.sandboxes)
+        qemu, shim, tcg = idle_pss(conf_file, args.sandboxes)
         print_pss('PSS per idle sandbox, %d running (reporting %s)'
                   % (args.sandboxes, 'on' if reporting else 'off'),
-                  qemu, shim)
+                  qemu, shim, tcg)
         # Each comparison: one option changed, then set back.
         for wanted, label, group, option in (
                 (args.compare_sealed, 'no sealed RAM', 'kata_jail',
@@ -241,9 +267,9 @@ def main():
                 continue
             with open(conf_file, 'a') as f:
                 f.write('[%s]\n%s = false\n' % (group, option))
-            qemu, shim = idle_pss(conf_file, args.sandboxes)
+            qemu, shim, tcg = idle_pss(conf_file, args.sandboxes)
             print_pss('PSS per idle sandbox, %d running (%s)'
-                      % (args.sandboxes, label), qemu, shim)
+                      % (args.sandboxes, label), qemu, shim, tcg)
             with open(conf_file, 'a') as f:
                 f.write('[%s]\n%s = true\n' % (group, option))
         return 0 if got == size else 1
