@@ -115,6 +115,24 @@ def load(libc):
     return _bpf(libc, BPF_PROG_LOAD, attr)
 
 
+_program = None
+
+
+def program(libc):
+    """:returns: the agent's one loaded device program (its fd, which is
+    close-on-exec), loaded on first use. Every container of the VM gets
+    the same program: it is immutable once loaded, and loading it again
+    per container ran the kernel's verifier and JIT each time (a VM
+    template loads it once for all its clones, see guestidentity).
+
+    :raises: OSError if the kernel refuses.
+    """
+    global _program
+    if _program is None:
+        _program = load(libc)
+    return _program
+
+
 def restrict(libc, cgroup_dir):
     """Attach the device program to ``cgroup_dir`` (cgroup v2).
 
@@ -122,15 +140,11 @@ def restrict(libc, cgroup_dir):
         start: never less protection than asked for).
     """
     import os
-    prog_fd = load(libc)
+    prog_fd = program(libc)
+    cg_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        cg_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            # No flags: nothing below this cgroup may replace it.
-            _bpf(libc, BPF_PROG_ATTACH,
-                 struct.pack('<IIIII', cg_fd, prog_fd, BPF_CGROUP_DEVICE,
-                             0, 0))
-        finally:
-            os.close(cg_fd)
+        # No flags: nothing below this cgroup may replace it.
+        _bpf(libc, BPF_PROG_ATTACH,
+             struct.pack('<IIIII', cg_fd, prog_fd, BPF_CGROUP_DEVICE, 0, 0))
     finally:
-        os.close(prog_fd)
+        os.close(cg_fd)

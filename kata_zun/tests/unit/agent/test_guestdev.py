@@ -6,7 +6,9 @@ import ctypes
 import os
 import platform
 import struct
+import tempfile
 
+import fixtures
 from oslotest import base
 
 from kata_zun.agent import guestdev as gd
@@ -107,3 +109,42 @@ class KernelTestCase(base.BaseTestCase):
         fd = gd.load(libc)
         self.assertGreater(fd, 2)
         os.close(fd)
+
+
+class OneProgramTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.MonkeyPatch(
+            'kata_zun.agent.guestdev._program', None))
+        self.load = self.useFixture(fixtures.MockPatchObject(
+            gd, 'load', return_value=41)).mock
+        self.bpf = self.useFixture(fixtures.MockPatchObject(gd, '_bpf')).mock
+
+    def test_loaded_once_attached_to_each_cgroup(self):
+        first, second = tempfile.mkdtemp(), tempfile.mkdtemp()
+        for path in (first, second):
+            self.addCleanup(os.rmdir, path)
+            gd.restrict('libc', path)
+        self.load.assert_called_once_with('libc')
+        self.assertEqual(2, self.bpf.call_count)
+        for call in self.bpf.call_args_list:
+            _libc, cmd, attr = call[0]
+            self.assertEqual(gd.BPF_PROG_ATTACH, cmd)
+            _cg, prog, kind, _flags, _x = struct.unpack('<IIIII', attr)
+            self.assertEqual((41, gd.BPF_CGROUP_DEVICE), (prog, kind))
+
+    def test_a_refused_load_is_an_error_and_tried_again(self):
+        self.load.side_effect = [OSError(1, 'no'), 42]
+        path = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, path)
+        self.assertRaises(OSError, gd.restrict, 'libc', path)
+        self.bpf.assert_not_called()
+        gd.restrict('libc', path)
+        self.assertEqual(42, gd._program)
+
+    def test_a_refused_attach_is_an_error(self):
+        self.bpf.side_effect = OSError(22, 'bad')
+        path = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, path)
+        self.assertRaises(OSError, gd.restrict, 'libc', path)

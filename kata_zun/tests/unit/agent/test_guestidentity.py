@@ -223,11 +223,15 @@ class GuestIdentityTestCase(base.BaseTestCase):
         self.assertIn('exited with 1', str(e))
 
     def test_warm_up_imports_and_loads_the_disk_driver(self):
-        # Mocked: the host's own /sys/bus/virtio must never be touched.
+        # Mocked: the host's own /sys/bus/virtio must never be touched,
+        # nor a BPF program loaded into the host's kernel.
+        from kata_zun.agent import guestdev
         with mock.patch.object(guestidentity, 'load_disk_driver') as load, \
+                mock.patch.object(guestdev, 'program') as program, \
                 mock.patch('importlib.import_module') as imp:
             self.assertEqual(len(guestidentity.WARM_MODULES),
                              guestidentity.warm_up())
         load.assert_called_once_with()
+        program.assert_called_once_with(mock.ANY)
         self.assertEqual([mock.call(n) for n in guestidentity.WARM_MODULES],
                          imp.call_args_list)
