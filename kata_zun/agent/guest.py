@@ -4,8 +4,9 @@ Runs as PID 1 inside the VM (exec'd by the initrd's tiny /init), standard
 library only, single-threaded: one ``poll`` loop serves the host link, the
 stdio of every container process and child reaping. Heavy modules (ctypes,
 termios) are imported lazily: under TCG every import costs milliseconds of
-boot time. Processes (spawn, stdio, exits) are in
-:mod:`kata_zun.agent.guestproc`, shared helpers in
+boot time. Processes (the table, stdio, exits) are in
+:mod:`kata_zun.agent.guestproc`, starting them in
+:mod:`kata_zun.agent.guestlaunch`, shared helpers in
 :mod:`kata_zun.agent.guestutil`.
 
 The host talks to us over the virtio-serial port named ``agent.0`` using
@@ -23,6 +24,7 @@ import sys
 import time
 
 from kata_zun.agent import guestdev
+from kata_zun.agent import guestlaunch
 from kata_zun.agent import guestproc
 from kata_zun.agent import guestroot
 from kata_zun.agent import guestutil
@@ -31,9 +33,9 @@ from kata_zun.agent import protocol
 # Shared helpers under their old names: guestroot, guestvolumes and
 # the tests reach them here.
 EXIT_DRAIN_GRACE = guestproc.EXIT_DRAIN_GRACE
-exec_path = guestproc.exec_path
+exec_path = guestlaunch.exec_path
 Process = guestproc.Process
-resolve_user = guestproc.resolve_user
+resolve_user = guestlaunch.resolve_user
 _bool = guestutil._bool
 _id = guestutil._id
 _num = guestutil._num

@@ -5,7 +5,7 @@
  * The agent (a large Python process) starts this static binary with
  * posix_spawn (vfork: no copy of its page tables, no copy-on-write
  * faults); it does in a few system calls what the agent's forked child
- * did in Python (kata_zun.agent.guestproc, _spawn_joined and _become):
+ * did in Python (kata_zun.agent.guestlaunch, _spawn_joined and _become):
  *
  *   spawner: join the container's PID namespace for children, then
  *            clone3(CLONE_INTO_CGROUP | CLONE_PARENT): the process is

@@ -50,7 +50,7 @@ AGENT_FILES = ('__init__.py', 'protocol.py', 'guest.py', 'guestnet.py',
                'guestlayer.py', 'guestvolumes.py', 'guestroot.py',
                'guestcaps.py', 'guestseccomp.py', 'guestdev.py',
                'guestshare.py', 'guestproc.py', 'guestutil.py',
-               'guestidentity.py', 'guestspawn.py')
+               'guestidentity.py', 'guestspawn.py', 'guestlaunch.py')
 # The small spawn helper of exec (kata_zun/agent/guestspawn.py), built
 # static with the host's C compiler when it has one.
 SPAWN_SOURCE = 'kzspawn.c'
