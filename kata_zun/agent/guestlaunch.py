@@ -187,6 +187,22 @@ def exec_path(argv, env):
     return error or OSError(errno.ENOENT, 'not found')
 
 
+def _read_to_eof(fd, limit):
+    """:returns: what the pipe ``fd`` holds up to its end of file, at most
+    ``limit`` bytes of it (the rest is read and dropped); ``fd`` is
+    closed.
+    """
+    data = b''
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return data
+            data += chunk[:limit - len(data)]
+    finally:
+        os.close(fd)
+
+
 class LaunchOps(object):
     """The spawning half of the agent's processes (a mixin of
     ``ProcessOps``).
@@ -235,21 +251,9 @@ class LaunchOps(object):
             os._exit(126)
         for fd in close_after + [pid_w, err_pipe_w]:
             os.close(fd)
-        raw = b''
-        while True:
-            chunk = os.read(pid_r, 16)
-            if not chunk:
-                break
-            raw += chunk
-        os.close(pid_r)
+        raw = _read_to_eof(pid_r, 16)
         _, istatus = os.waitpid(child, 0)
-        error = b''
-        while True:
-            chunk = os.read(err_pipe_r, 4096)
-            if not chunk:
-                break
-            error += chunk
-        os.close(err_pipe_r)
+        error = _read_to_eof(err_pipe_r, 4096)
         for fd in parent_fds:
             self.fd_owner[fd] = proc
         if not raw:
@@ -336,13 +340,7 @@ class LaunchOps(object):
         proc.pid = pid
         self.pid_proc[pid] = proc
         # Until the exec (the pipe is close-on-exec) or an error.
-        error = b''
-        while True:
-            chunk = os.read(err_r, 4096)
-            if not chunk:
-                break
-            error += chunk[:4096 - len(error)]
-        os.close(err_r)
+        error = _read_to_eof(err_r, 4096)
         self._drain_signals()          # it may be gone already
         if error:
             text = error.decode('utf-8', 'replace')

@@ -91,3 +91,14 @@ class JoinFdsTestCase(base.BaseTestCase):
         self.assertRaises(guestproc.OpError, self.ops._join_fds, self.c)
         self.assertEqual(before, self.open_fds())
         self.assertIsNone(self.c.join_fds)
+
+
+class ReadToEofTestCase(base.BaseTestCase):
+
+    def test_bounded_and_closed(self):
+        from kata_zun.agent import guestlaunch
+        r, w = os.pipe()
+        os.write(w, b'x' * 10000)
+        os.close(w)
+        self.assertEqual(b'x' * 4096, guestlaunch._read_to_eof(r, 4096))
+        self.assertRaises(OSError, os.fstat, r)
