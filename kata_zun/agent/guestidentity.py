@@ -295,7 +295,8 @@ def bind_container_ids(container_dir, root, mount, write_file, bind_flag):
 # Imported by the first requests of every sandbox: a template imports
 # them once (see :func:`warm_up`) so that no clone pays for it.
 WARM_MODULES = ('base64', 'binascii', 'fcntl', 'socket',
-                'kata_zun.agent.guestnet', 'kata_zun.agent.guestvolumes')
+                'kata_zun.agent.guestnet', 'kata_zun.agent.guestshare',
+                'kata_zun.agent.guestvolumes')
 
 
 def warm_up():
