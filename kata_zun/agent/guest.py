@@ -290,14 +290,17 @@ class Agent(guestproc.ProcessOps):
                             self.restored)
         # --- network (issue 5): interfaces, routes; lo up even without NICs
         network = args.get('network')
-        if network is not None:
-            from kata_zun.agent import guestnet
-            try:
-                return {'network': guestnet.configure(network)}
-            except ValueError as exc:
-                raise OpError('invalid', 'network: %s' % exc)
+        from kata_zun.agent import guestnet
+        if network is None:
+            # No network (--network none): still a loopback, as Docker
+            # gives one (a clone's template brought it up already).
+            guestnet.loopback_up()
+            return {}
+        try:
+            return {'network': guestnet.configure(network)}
+        except ValueError as exc:
+            raise OpError('invalid', 'network: %s' % exc)
         # --- end network
-        return {}
 
     def op_add_interface(self, args):
         """Configure a NIC the host has just hotplugged (waits a bounded

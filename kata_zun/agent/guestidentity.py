@@ -302,19 +302,23 @@ WARM_MODULES = ('base64', 'binascii', 'fcntl', 'socket',
 def warm_up():
     """Import what the first requests of a sandbox import, load the disk
     driver with no disk bound (:func:`load_disk_driver`) and the device
-    program every default container gets (``guestdev.program``): called
-    in a template before it is saved, so that no clone does it again
-    (Python starts ~17x slower under TCG, and QEMU translates the
-    kernel's BPF verifier and JIT anew in every clone).
+    program every default container gets (``guestdev.program``), bring
+    ``lo`` up: called in a template before it is saved, so that no clone
+    does it again (Python starts ~17x slower under TCG, and QEMU
+    translates the kernel code of each of these steps anew in every
+    clone).
 
     :returns: the number of modules imported.
-    :raises: OSError when the driver or the program cannot be loaded.
+    :raises: OSError when the driver or the program cannot be loaded, or
+        ``lo`` cannot be brought up.
     """
     import importlib
     for name in WARM_MODULES:
         importlib.import_module(name)
     load_disk_driver()
     from kata_zun.agent import guestdev
+    from kata_zun.agent import guestnet
     from kata_zun.agent import guestutil
     guestdev.program(guestutil.libc())
+    guestnet.loopback_up()
     return len(WARM_MODULES)

@@ -325,7 +325,7 @@ def configure(spec, sys_net=SYS_NET, resolv_conf=RESOLV_CONF):
     ifaces = validate(spec)
     done = []
     with Netlink() as nl:
-        nl.link_set(socket.if_nametoindex('lo'), up=True)
+        loopback_up(nl)
         for iface in ifaces:
             done.append(_bring_up(nl, iface, sys_net))
     dns = spec.get('dns') or []
@@ -335,6 +335,19 @@ def configure(spec, sys_net=SYS_NET, resolv_conf=RESOLV_CONF):
             f.write(''.join('nameserver %s\n' % s for s in dns))
     return {'interfaces': done,
             'seconds': round(time.monotonic() - t0, 4)}
+
+
+def loopback_up(nl=None):
+    """Bring ``lo`` up (a no-op when it is: a VM template brings it up
+    before it is saved, so that no clone adds its routes again).
+
+    :param nl: an open :class:`Netlink` (default: one of its own).
+    :raises: OSError when the kernel refuses.
+    """
+    if nl is None:
+        with Netlink() as own:
+            return loopback_up(own)
+    nl.link_set(socket.if_nametoindex('lo'), up=True)
 
 
 def _bring_up(nl, iface, sys_net):

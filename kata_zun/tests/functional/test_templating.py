@@ -26,6 +26,8 @@ from kata_zun.runtime import faultpoint
 from kata_zun.tests.functional import base
 
 RESTORED = b'restored from template'
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
 COLD = b'booting cold'
 BACKGROUND = b'being built in the background'
 # A template build is a cold boot and a save of the guest's RAM: far
@@ -418,3 +420,18 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         log = self._shim_log('cold')
         self.assertNotIn(RESTORED, log)
         self.assertEqual([], self._templates())
+        # Without a network a cold VM has a loopback up, as a clone has
+        # (its template brought it up) and as Docker gives one.
+        r = self.kz('run', '--rm', '--network', 'none', 'busybox', 'cat',
+                    '/sys/class/net/lo/flags', check=0)
+        self.assertEqual(IFF_UP | IFF_LOOPBACK, int(r.out, 16) & 0xF)
+
+    def test_a_clone_without_network_has_its_loopback(self):
+        self.warm()
+        r = self.kz('run', '--name', 'lo', '--network', 'none', 'busybox',
+                    'sh', '-c', 'cat /sys/class/net/lo/flags; '
+                    'ls /sys/class/net', check=0)
+        self.assertRestored('lo')
+        flags, names = r.out.split(b'\n', 1)
+        self.assertEqual(IFF_UP | IFF_LOOPBACK, int(flags, 16) & 0xF)
+        self.assertEqual(b'lo\n', names)
