@@ -303,7 +303,9 @@ def warm_up():
     """Import what the first requests of a sandbox import, load the disk
     driver with no disk bound (:func:`load_disk_driver`) and the device
     program every default container gets (``guestdev.program``), bring
-    ``lo`` up: called in a template before it is saved, so that no clone
+    ``lo`` up and start the spawn server of exec
+    (``guestspawn.start_server``): called in a template before it is
+    saved, so that no clone
     does it again (Python starts ~17x slower under TCG, and QEMU
     translates the kernel code of each of these steps anew in every
     clone).
@@ -318,7 +320,10 @@ def warm_up():
     load_disk_driver()
     from kata_zun.agent import guestdev
     from kata_zun.agent import guestnet
+    from kata_zun.agent import guestspawn
     from kata_zun.agent import guestutil
     guestdev.program(guestutil.libc())
     guestnet.loopback_up()
+    # Not required: without it the first exec starts the server.
+    guestspawn.start_server()
     return len(WARM_MODULES)

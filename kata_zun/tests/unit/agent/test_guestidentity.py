@@ -227,14 +227,17 @@ class GuestIdentityTestCase(base.BaseTestCase):
         # nor a BPF program loaded into the host's kernel.
         from kata_zun.agent import guestdev
         from kata_zun.agent import guestnet
+        from kata_zun.agent import guestspawn
         with mock.patch.object(guestidentity, 'load_disk_driver') as load, \
                 mock.patch.object(guestdev, 'program') as program, \
                 mock.patch.object(guestnet, 'loopback_up') as lo, \
+                mock.patch.object(guestspawn, 'start_server') as spawn, \
                 mock.patch('importlib.import_module') as imp:
             self.assertEqual(len(guestidentity.WARM_MODULES),
                              guestidentity.warm_up())
         load.assert_called_once_with()
         program.assert_called_once_with(mock.ANY)
         lo.assert_called_once_with()
+        spawn.assert_called_once_with()
         self.assertEqual([mock.call(n) for n in guestidentity.WARM_MODULES],
                          imp.call_args_list)

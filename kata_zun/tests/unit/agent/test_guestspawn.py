@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from oslotest import base
 
@@ -334,3 +335,29 @@ print(json.dumps({'out': out, 'code': os.waitpid(-1, 0)[1]}))
         self.assertTrue(out[8].startswith('fail 9 clone3'), out[8])
         # Still serving after all that, then gone at end of file.
         self.assertEqual(0, result['code'])
+
+
+class StartServerTestCase(base.BaseTestCase):
+    """Started ahead of the first exec only where an exec would use it."""
+
+    def test_started_when_the_helper_is_there(self):
+        with mock.patch.object(guestspawn, 'available', return_value=True), \
+                mock.patch.object(guestspawn, '_server_socket',
+                                  return_value=object()) as start:
+            self.assertTrue(guestspawn.start_server('/h'))
+        start.assert_called_once_with('/h')
+
+    def test_nothing_without_a_helper_or_when_exec_does_not_serve(self):
+        for avail, serve in ((False, True), (True, False)):
+            with mock.patch.object(guestspawn, 'available',
+                                   return_value=avail), \
+                    mock.patch.object(guestspawn, 'USE_SERVER', serve), \
+                    mock.patch.object(guestspawn, '_server_socket') as start:
+                self.assertFalse(guestspawn.start_server('/h'))
+            start.assert_not_called()
+
+    def test_a_server_that_cannot_start_is_no_error(self):
+        with mock.patch.object(guestspawn, 'available', return_value=True), \
+                mock.patch.object(guestspawn, '_server_socket',
+                                  return_value=None):
+            self.assertFalse(guestspawn.start_server('/h'))
