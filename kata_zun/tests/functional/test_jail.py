@@ -396,6 +396,11 @@ def main():
     for _ in range(LINES):
         os.write(tty, line)
     os.write(tty, b'LAST-LINE\\n')
+    # A tty write returns once the bytes are queued, not sent: wait until
+    # the UART has sent them, or READY may reach the host (which then
+    # kills the VM) before the last line does.
+    import termios
+    termios.tcdrain(tty)
     fd = open_agent_port()
     os.write(fd, b'READY\\n')
     os.read(fd, 100)
