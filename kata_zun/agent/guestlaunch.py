@@ -256,21 +256,11 @@ class LaunchOps(object):
         error = _read_to_eof(err_pipe_r, 4096)
         for fd in parent_fds:
             self.fd_owner[fd] = proc
+        text = error.decode('utf-8', 'replace')
         if not raw:
             # The intermediate failed before forking: no process exists.
-            text = error.decode('utf-8', 'replace') or 'spawn failed'
-            proc.status = (126, 0)
-            proc.reaped_at = time.monotonic()
-            self._stderr_note(proc, text)
-            return text
-        proc.pid = int(raw)
-        self.pid_proc[proc.pid] = proc
-        self._drain_signals()          # it may be gone already
-        if error:
-            text = error.decode('utf-8', 'replace')
-            self._stderr_note(proc, text)
-            return text
-        return None
+            return self._not_started(proc, text or 'spawn failed')
+        return self._started(proc, int(raw), text)
 
     def _spawn_joined(self, c, proc, argv, env, workdir, user):
         """Fork a process into a running container in one step (exec,
@@ -333,20 +323,10 @@ class LaunchOps(object):
             self.fd_owner[fd] = proc
         if pid is None:
             os.close(err_r)
-            proc.status = (126, 0)
-            proc.reaped_at = time.monotonic()
-            self._stderr_note(proc, text)
-            return text
-        proc.pid = pid
-        self.pid_proc[pid] = proc
+            return self._not_started(proc, text)
         # Until the exec (the pipe is close-on-exec) or an error.
         error = _read_to_eof(err_r, 4096)
-        self._drain_signals()          # it may be gone already
-        if error:
-            text = error.decode('utf-8', 'replace')
-            self._stderr_note(proc, text)
-            return text
-        return None
+        return self._started(proc, pid, error.decode('utf-8', 'replace'))
 
     def _join_fds(self, c):
         """What a process joining the running container ``c`` enters:
@@ -415,11 +395,27 @@ class LaunchOps(object):
         for fd in parent_fds:
             self.fd_owner[fd] = proc
         if pid is None:
-            text = FORK_REFUSED if guestspawn.refused(err) else error
-            proc.status = (126, 0)
-            proc.reaped_at = time.monotonic()
-            self._stderr_note(proc, text)
-            return text
+            return self._not_started(
+                proc, FORK_REFUSED if guestspawn.refused(err) else error)
+        return self._started(proc, pid, error)
+
+    def _not_started(self, proc, text):
+        """No process was made: ``proc`` ends as exit 126 with ``text``
+        on its stderr.
+
+        :returns: ``text``
+        """
+        proc.status = (126, 0)
+        proc.reaped_at = time.monotonic()
+        self._stderr_note(proc, text)
+        return text
+
+    def _started(self, proc, pid, error):
+        """``proc`` runs as ``pid``; ``error`` is what it wrote before it
+        could exec (then it exits 126/127), or empty.
+
+        :returns: ``error`` or None
+        """
         proc.pid = pid
         self.pid_proc[pid] = proc
         self._drain_signals()          # it may be gone already
