@@ -423,7 +423,7 @@ class ZunMatrix(fm.Env):
                '%s (pid %s) stopped at %s, not zun-compute' % (
                    fm._cmdline(int(pid))[:80], pid, name))
         # SIGSTOP follows the file: wait until it took effect.
-        while fm._alive(int(pid)) and not _stopped(int(pid)):
+        while fm._alive(int(pid)) and not faultpoint.stopped(int(pid)):
             time.sleep(0.005)
 
     def privsep_daemons(self, context=None):
@@ -502,15 +502,6 @@ def _environ(pid):
             return b'\0' + f.read()
     except OSError:
         return b''
-
-
-def _stopped(pid):
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            stat = f.read()
-        return stat[stat.rindex(b')') + 2:][:1] in (b'T', b't')
-    except (OSError, ValueError):
-        return False
 
 
 def _finish(op, what):
@@ -936,7 +927,8 @@ def run_cell(m, step, target):
     finally:
         m.disarm()
         try:
-            if fm._alive(m.compute_pid()) and _stopped(m.compute_pid()):
+            pid = m.compute_pid()
+            if fm._alive(pid) and faultpoint.stopped(pid):
                 m.resume_compute()
             m.os('appcontainer', 'delete', '--force', name)
             m.cleanup(cids)

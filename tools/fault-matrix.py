@@ -133,6 +133,8 @@ class Cli(object):
     def __init__(self, env, args, point=None):
         child_env = dict(os.environ)
         child_env.pop(faultpoint.ENV, None)
+        # A CLI that hangs is made to print where (SIGABRT, below).
+        child_env['PYTHONFAULTHANDLER'] = '1'
         if point:
             child_env[faultpoint.ENV] = point
         self.out = bytearray()
@@ -171,16 +173,43 @@ class Cli(object):
                    '%s not reached in %d s' % (what, timeout))
             time.sleep(0.01)
 
+    def wait_for_point(self, point, timeout=WAIT):
+        """Wait until the CLI stopped itself at its fault point: its
+        line comes just before its SIGSTOP, and a SIGCONT sent in
+        between would be lost.
+        """
+        self.wait_for('the %s fault point' % point, faultpoint.MARKER,
+                      timeout)
+        _check(faultpoint.wait_stopped(self.proc.pid, timeout),
+               'the CLI did not stop at the %s fault point: %s' % (
+                   point, self.text()))
+
     def wait(self, timeout=CLI_TIMEOUT):
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            where = self._where()
             self.proc.kill()
             self.proc.wait()
-            raise CellFailed('the CLI hung for %d s' % timeout)
+            raise CellFailed('the CLI hung for %d s%s' % (timeout, where))
         for t in self._threads:
             t.join(5)
         return code
+
+    def _where(self):
+        """:returns: what a hung CLI was doing, for the failure."""
+        if faultpoint.stopped(self.proc.pid):
+            return ' (stopped: a SIGCONT was lost)'
+        size = len(self.err)
+        self.proc.send_signal(signal.SIGABRT)   # faulthandler's dump
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        for t in self._threads:
+            t.join(1)
+        dump = bytes(self.err[size:][-3000:]).decode('utf-8', 'replace')
+        return ': %s' % dump.strip().replace('\n', ' | ')
 
     def kill(self):
         self.proc.kill()
@@ -519,7 +548,7 @@ def _shim_dropped_client(env, cid, fds):
 def cell_create(env, target, name, cids):
     cli = Cli(env, ['run', '-d', '--name', name, 'busybox', 'sleep', '600'],
               point='create')
-    cli.wait_for('the create fault point', faultpoint.MARKER)
+    cli.wait_for_point('create')
     orphans = [c for c in os.listdir(env.containers) if not os.path.exists(
         os.path.join(env.containers, c, 'config.json')) and
         not c.startswith('.')]
@@ -573,7 +602,7 @@ def cell_boot(env, target, name, cids, volume=False):
 def cell_start(env, target, name, cids):
     cli = Cli(env, ['run', '-d', '--name', name, 'busybox', 'sh', '-c',
                     MAIN], point='start-spawned')
-    cli.wait_for('the start-spawned fault point', faultpoint.MARKER)
+    cli.wait_for_point('start-spawned')
     cid = env.cid_of(name)
     cids.append(cid)
     env.kill(target, cid, cli)
@@ -689,7 +718,7 @@ def cell_rm(env, target, name, cids):
     cids.append(cid)
     point = 'rm-cleanup' if target == 'cli' else 'rm'
     cli = Cli(env, ['rm', '-f', name], point=point)
-    cli.wait_for('the %s fault point' % point, faultpoint.MARKER)
+    cli.wait_for_point(point)
     env.kill(target, cid, cli)
     if target != 'cli':
         cli.proc.send_signal(signal.SIGCONT)

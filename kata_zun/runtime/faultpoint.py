@@ -5,10 +5,14 @@ or the CLI itself while an operation is at a given step, not at a guessed
 moment. With ``KATA_ZUN_FAULT_POINT=<name>`` in its environment, a
 process that reaches :func:`reached` with that name writes one line,
 ``kata-zun-fault-point: <name> <pid>``, to its stderr and stops itself
-(SIGSTOP): whoever watches does its harm, then sends SIGCONT (or
-SIGKILL). Without the variable (always, outside the matrix) this does
-nothing: the hook only pauses the process that has it in its own
-environment.
+(SIGSTOP): whoever watches waits until it has stopped
+(:func:`wait_stopped`), does its harm, then sends SIGCONT (or SIGKILL).
+The line comes before the stop: a watcher that acted on the line alone
+could send its SIGCONT before the SIGSTOP took effect, and the process
+would then stay stopped for good (the fault matrix met it once, as a CLI
+that "hung" for 400 s). Without the variable (always, outside the
+matrix) this does nothing: the hook only pauses the process that has it
+in its own environment.
 
 A long-lived process (zun-compute) cannot be given a new environment per
 fault: with ``KATA_ZUN_FAULT_POINT_FILE=<path>`` in its environment, the
@@ -20,6 +24,7 @@ process never stops at it again, and ``<path>.reached`` says ``<name>
 
 import os
 import signal
+import time
 
 ENV = 'KATA_ZUN_FAULT_POINT'
 FILE_ENV = 'KATA_ZUN_FAULT_POINT_FILE'
@@ -61,3 +66,41 @@ def _take(path, name):
     except OSError:
         return False                # another process took it first
     return True
+
+
+def _state(pid):
+    """:returns: the one-letter state of ``pid`` (b'T': stopped, b'Z':
+        a zombie), or b'' if there is no such process.
+    """
+    try:
+        with open('/proc/%d/stat' % pid, 'rb') as f:
+            stat = f.read(4096)
+        return stat[stat.rindex(b')') + 2:][:1]
+    except (OSError, ValueError):
+        return b''
+
+
+def stopped(pid):
+    """:returns: True if process ``pid`` is stopped (by a signal or a
+        tracer), False if it runs, exited or never was.
+    """
+    return _state(pid) in (b'T', b't')
+
+
+def wait_stopped(pid, timeout):
+    """Wait until ``pid``, which said it reached a point, has stopped.
+
+    :param pid: the process that wrote the marker line.
+    :param timeout: seconds (the stop follows the line at once; a loaded
+        host may delay it, never by seconds).
+    :returns: True once it is stopped; False if it ended, or did not stop
+        within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _state(pid)
+        if state in (b'T', b't'):
+            return True
+        if state in (b'', b'Z', b'X') or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)

@@ -71,9 +71,8 @@ class ConcurrencyTestCase(base.KataZunFunctionalTest):
                 self.fail('exited before its fault point: %r'
                           % (proc.communicate(timeout=60),))
         # The marker is written just before SIGSTOP: wait for the stop.
-        while _state(proc.pid) != 'T':
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.01)
+        self.assertTrue(faultpoint.wait_stopped(
+            proc.pid, max(0.0, deadline - time.monotonic())))
 
     def all_ids(self):
         """:returns: the id of every container this test created (from
@@ -268,14 +267,3 @@ def _cmdline(pid):
             return f.read()
     except OSError:
         return b''
-
-
-def _state(pid):
-    """:returns: the one-letter state of process ``pid`` ('T': stopped).
-    """
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            data = f.read()
-    except OSError:
-        return ''
-    return data[data.rfind(b')') + 2:][:1].decode()

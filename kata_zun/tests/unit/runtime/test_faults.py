@@ -5,6 +5,9 @@ started or removed, and leaks nothing.
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from unittest import mock
 
 import fixtures
@@ -59,6 +62,44 @@ class FaultPointTestCase(base.BaseTestCase):
         self.assertFalse(os.path.exists(armed))
         with open(armed + '.reached') as f:
             self.assertEqual('zun-pull %d\n' % os.getpid(), f.read())
+
+
+class WaitStoppedTestCase(base.BaseTestCase):
+    """A watcher waits for the stop itself, not only for the line before
+    it: a SIGCONT sent in between is lost and the process stays stopped
+    for good (a fault matrix cell once "hung" 400 s on it).
+    """
+
+    def _child(self, code):
+        proc = subprocess.Popen([sys.executable, '-c', code],
+                                stdout=subprocess.PIPE)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def test_waits_for_a_stop_that_comes_after_the_line(self):
+        # The line, then a delay a loaded host could give, then the stop.
+        proc = self._child(
+            'import os, signal, sys, time\n'
+            'sys.stdout.write("line\\n"); sys.stdout.flush()\n'
+            'time.sleep(0.5)\n'
+            'os.kill(os.getpid(), signal.SIGSTOP)\n')
+        self.assertEqual(b'line\n', proc.stdout.readline())
+        self.assertFalse(faultpoint.stopped(proc.pid))
+        self.assertTrue(faultpoint.wait_stopped(proc.pid, 60))
+        self.assertTrue(faultpoint.stopped(proc.pid))
+        os.kill(proc.pid, signal.SIGCONT)
+        self.assertEqual(0, proc.wait(60))
+
+    def test_a_process_that_ends_or_never_stops_is_not_waited_for(self):
+        proc = self._child('pass')
+        proc.wait()
+        self.assertFalse(faultpoint.stopped(proc.pid))
+        self.assertFalse(faultpoint.wait_stopped(proc.pid, 60))
+        running = self._child('import time; time.sleep(60)')
+        t0 = time.monotonic()
+        self.assertFalse(faultpoint.wait_stopped(running.pid, 0.2))
+        self.assertLess(time.monotonic() - t0, 30)
 
 
 class RuntimeFaultsTestCase(base.BaseTestCase):
