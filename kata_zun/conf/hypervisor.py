@@ -36,7 +36,12 @@ OPTS = [
                      'the host, so idle sandboxes cost the host what they '
                      'use, not what they once touched. The balloon is '
                      'never inflated and cannot give a guest more than its '
-                     'memory size.'),
+                     'memory size. Only cold-booted VMs give memory back: '
+                     'QEMU (7.2 and later) discards a range of a VM '
+                     'template clone\'s RAM by punching a hole in the '
+                     'template\'s sealed RAM, which the seal refuses, so '
+                     'a clone keeps the pages it once wrote (see '
+                     '[kata] vm_templating).'),
     cfg.IntOpt('tsc_khz', default=0, min=0,
                help='Host TSC rate passed as tsc_early_khz (microvm hangs '
                     'in calibration without it). 0 reads it from the '

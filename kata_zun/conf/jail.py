@@ -39,16 +39,18 @@ OPTS = [
                help='Size of the TCG translation cache (QEMU\'s default '
                     'is 1 GiB per VM, which no memory limit could allow).'),
     cfg.BoolOpt('share_template_ram', default=True,
-                help='Jailed sandboxes restored from a VM template map '
-                     'the template\'s RAM as a sealed memfd that no one '
-                     'can change (kept by one small holder process per '
-                     'template), so that clones share its pages until '
-                     'they write them; their jail then has a read-only '
-                     '/proc showing only their own processes, through '
-                     'which QEMU reopens the memfd. With false, each '
-                     'jailed clone loads the whole RAM into private '
-                     'memory instead (no /proc, nothing shared, about as '
-                     'much host memory as a cold boot).'),
+                help='Sandboxes restored from a VM template, jailed or '
+                     'not, map the template\'s RAM as a sealed memfd '
+                     'that no one can change (kept by one small holder '
+                     'process per template), so that clones share its '
+                     'pages until they write them; a jail then has a '
+                     'read-only /proc showing only its own processes, '
+                     'through which QEMU reopens the memfd. With false, '
+                     'each clone loads the whole RAM into private memory '
+                     'instead (no /proc, nothing shared, about as much '
+                     'host memory as a cold boot). A clone never maps '
+                     'the template\'s RAM file itself: QEMU would punch '
+                     'holes in it for its guest\'s free page reports.'),
     cfg.IntOpt('pids_max', default=256, min=32,
                help='Threads and processes a sandbox\'s QEMU may have.'),
     cfg.ListOpt('qemu_data_dirs',

@@ -26,18 +26,28 @@ template. The first sandbox of a shape does not wait for its template:
 it boots cold while a detached builder (:mod:`kata_zun.cmd.templatebuild`,
 one at a time per host) makes the template for the next ones.
 
-How clones get the RAM: an unjailed clone maps ``ram`` private
+How clones get the RAM: no clone's QEMU is given ``ram``, jailed or
+not. QEMU 7.2 opens a RAM file read-write whatever the mapping, so a
+file a clone's QEMU can write would let one sandbox poison every later
+clone; and even an unjailed QEMU that never writes it on purpose punches
+holes in it for its guest's free page reports (``fallocate``: a private
+mapping does not stop it), zeroing pages under every clone that still
+maps them. A clone maps instead a sealed copy of ``ram`` that no one can
+change (:mod:`.ramholder`, kept by one small holder process per
+template, which writes ``holder.json`` and ``holder.log`` here) private
 copy-on-write (``share=off``) and loads only the device state: its pages
-stay shared with every other clone until written (like KSM). A jailed
-QEMU cannot be given that file: QEMU 7.2 opens a RAM file read-write
-whatever the mapping, and a file a jailed QEMU can write would let one
-sandbox poison every later clone. It maps instead a sealed copy of
-``ram`` that no one can change (:mod:`.ramholder`, kept by one small
-holder process per template, which writes ``holder.json`` and
-``holder.log`` here), and loads only the device state too. When the
-sealed copy cannot be had, a jailed clone loads the whole RAM from
+stay shared with every other clone until written (like KSM). When the
+sealed copy cannot be had, a clone loads the whole RAM from
 ``state.full`` (handed over as a read-only descriptor) into its own
 private memory: still far faster than a boot, but with no page shared.
+
+The cost of the seal: the memory a clone's guest frees is not given back
+to the host. QEMU "discards" a reported range of file-backed RAM by
+punching the file first and dropping its own copy only if that worked;
+the seal refuses the hole (EPERM), so the clone keeps its private copies
+of pages it once wrote. Free page reporting returns memory for cold
+VMs only (``[kata_hypervisor] free_page_reporting``). A fix needs a QEMU
+that drops a private mapping's copies without touching the file.
 """
 
 import contextlib

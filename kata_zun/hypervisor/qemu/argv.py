@@ -220,12 +220,12 @@ class FileMemory:
 
 @dataclasses.dataclass(frozen=True)
 class SealedMemory:
-    """A jailed clone's RAM: the template's sealed memfd
+    """A clone's RAM: the template's sealed memfd
     (:mod:`kata_zun.hypervisor.ramholder`), inherited as ``fd`` and
     mapped private copy-on-write. QEMU 7.2 takes RAM only from a path
     and opens it read-write: ``/proc/self/fd/N`` reopens the memfd,
     whose seals refuse every change but a private mapping's own copies.
-    The jail mounts a ``/proc`` that shows QEMU only itself for this.
+    A jail mounts a ``/proc`` that shows QEMU only itself for this.
     """
     size_mb: int
     fd: int

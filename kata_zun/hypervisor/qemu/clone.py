@@ -281,13 +281,19 @@ def _load_and_run(vm, deadline):
 def restore(hv, config, tmpl, sealed_ram=None):
     """Start ``config``'s VM from ``tmpl``.
 
-    Unjailed: the template's RAM file is mapped private copy-on-write
-    and only the device state is loaded. Jailed, a jailed QEMU is never
-    given the template's files: with ``sealed_ram`` it maps the
-    template's sealed RAM (:mod:`kata_zun.hypervisor.ramholder`) private
-    copy-on-write and loads only the device state, as unjailed; without,
-    the whole RAM is loaded from the full state into private memory
-    (read-only descriptors of the state files in both cases).
+    A clone's QEMU is never given the template's files, jailed or not:
+    with ``sealed_ram`` it maps the template's sealed RAM
+    (:mod:`kata_zun.hypervisor.ramholder`) private copy-on-write and
+    loads only the device state; without, the whole RAM is loaded from
+    the full state into private memory (read-only descriptors of the
+    state files in both cases). Why unjailed too: QEMU opens a RAM file
+    read-write however it maps it, and its free page reporting "discards"
+    what the guest reports free by punching holes in that file
+    (``fallocate``), which a private mapping does not stop: the template
+    file of every clone, handed to an unjailed QEMU, would lose whatever
+    ranges a guest (untrusted, kernel included) reports, under every
+    other clone that still maps them and every later one. The sealed
+    memfd refuses the hole.
 
     :param sealed_ram: a descriptor of the template's sealed RAM (the
         caller keeps and closes it), or None.
@@ -295,14 +301,11 @@ def restore(hv, config, tmpl, sealed_ram=None):
     :raises: TemplateError, HypervisorError
     """
     shaped = template.template_config(config)
-    if hv.jailed and sealed_ram is not None:
+    if sealed_ram is not None:
         memory = qargv.SealedMemory(config.memory_mb, sealed_ram)
         state, ignore_shared = tmpl.state_dev, True
-    elif hv.jailed:
-        memory, state, ignore_shared = None, tmpl.state_full, False
     else:
-        memory = qargv.FileMemory(config.memory_mb, tmpl.ram, share=False)
-        state, ignore_shared = tmpl.state_dev, True
+        memory, state, ignore_shared = None, tmpl.state_full, False
     fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         vm = hv.launch(shaped, memory=memory, incoming=True)
@@ -465,13 +468,12 @@ def build_now(hv, config, digest):
 
 
 def sealed_ram(hv, tmpl, config):
-    """:returns: a descriptor of ``tmpl``'s sealed RAM for a jailed
-        clone (the caller closes it); None for an unjailed one or with
-        ``[kata_jail] share_template_ram`` off, and None with a warning
-        when it cannot be had (the clone then loads the whole RAM from
-        the full state).
+    """:returns: a descriptor of ``tmpl``'s sealed RAM for a clone,
+        jailed or not (the caller closes it); None with ``[kata_jail]
+        share_template_ram`` off, and None with a warning when it cannot
+        be had (the clone then loads the whole RAM from the full state).
     """
-    if not (hv.jailed and CONF.kata_jail.share_template_ram):
+    if not CONF.kata_jail.share_template_ram:
         return None
     try:
         return sealedram.open_ram(tmpl.path, config.memory_mb * 1024 * 1024,
@@ -484,17 +486,17 @@ def sealed_ram(hv, tmpl, config):
 
 def restore_cost_mib(hv, config, sealed=False):
     """:returns: MiB a restore of ``config`` may touch before its boot is
-        done. Unjailed, or jailed with the template's sealed RAM: QEMU's
-        own only (the RAM stays the template's shared pages until
-        written). Jailed without: as much as a cold boot. The whole RAM
-        is loaded into a private memfd, and QEMU 7.2 reads every page it
-        loads, zero pages included, to see whether to write it; a read
-        of a memfd page allocates it. Measured: 396 of 608 MiB and 120
-        of 256 MiB resident right after a restore, where the saved state
-        held ~105 and ~89 MiB.
+        done. With the template's sealed RAM: QEMU's own only (the RAM
+        stays the template's shared pages until written). Without: as
+        much as a cold boot. The whole RAM is loaded into private
+        memory, and QEMU 7.2 reads every page it loads, zero pages
+        included, to see whether to write it; a read of a memfd page
+        allocates it. Measured: 396 of 608 MiB and 120 of 256 MiB
+        resident right after a restore, where the saved state held ~105
+        and ~89 MiB.
     """
     from kata_zun.hypervisor.qemu import vm as qemu_vm
-    if hv.jailed and not sealed:
+    if not sealed:
         return qemu_vm.cold_cost_mib(config)
     return CONF.kata_jail.memory_overhead_mb
 

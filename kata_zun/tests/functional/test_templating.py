@@ -245,6 +245,49 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertRestored('s3')
         self.assertIn(b'loading the whole RAM instead', self._shim_log('s3'))
 
+    def test_unjailed_clones_map_the_sealed_ram_never_its_file(self):
+        # QEMU opens a RAM file read-write however it maps it, and
+        # "discards" what its guest reports free by punching holes in
+        # it: an unjailed clone given the template's file would zero
+        # those pages under every clone that still maps them (seen with
+        # strace before the fix: fallocate(PUNCH_HOLE) = 0 on it).
+        from kata_zun.hypervisor import ramholder
+        self.warm()
+        [path] = self._templates()
+        ram = os.path.join(path, ramholder.RAM)
+        self.assertTrue(os.path.exists(ram))
+        with open(self.conf_file, 'a') as f:
+            f.write('\n[kata_jail]\nenabled = false\n')
+        self.kz('run', '-d', '--name', 'u1', 'busybox', 'sleep', '1000',
+                check=0)
+        self.assertRestored('u1')
+        pid, cmdline = self._qemu('u1')
+        self.assertEqual(0, os.stat('/proc/%d' % pid).st_uid)  # no jail
+        self.assertNotIn(ram.encode(), cmdline)
+        self.assertIn(b'mem-path=/proc/self/fd/', cmdline)
+        links = []
+        for fd in os.listdir('/proc/%d/fd' % pid):
+            try:
+                links.append(os.readlink('/proc/%d/fd/%s' % (pid, fd)))
+            except OSError:
+                pass
+        self.assertNotIn(ram, links)
+        with open('/proc/%d/maps' % pid) as f:
+            maps = f.read()
+        self.assertNotIn(ram, maps)
+        self.assertIn(ramholder.MEMFD_NAME, maps)
+        # The memfd it maps is the holder's, sealed.
+        num = int(cmdline.split(b'mem-path=/proc/self/fd/')[1]
+                  .split(b',')[0])
+        fd = os.open('/proc/%d/fd/%d' % (pid, num), os.O_RDWR)
+        try:
+            self.assertEqual(ramholder.SEALS,
+                             fcntl.fcntl(fd, ramholder.F_GET_SEALS))
+        finally:
+            os.close(fd)
+        self.assertEqual(b'up\n', self.kz('exec', 'u1', 'echo', 'up',
+                                          check=0).out)
+
     def test_disks_have_their_own_size_and_content(self):
         self.warm()
         # The template booted on 1 MiB placeholders: each clone must see

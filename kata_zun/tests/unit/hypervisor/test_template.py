@@ -117,16 +117,7 @@ class TemplateArgvTestCase(base.BaseTestCase):
             'mem-path=/dev/shm/t/ab,,c/ram,share=on,prealloc=off']) +
             list(argv.Sandbox().args()), got)
 
-    def test_unjailed_clone_maps_it_private_and_waits_for_state(self):
-        got = self._argv(argv.FileMemory(512, '/dev/shm/t/x/ram', False),
-                         True)
-        self.assertEqual(self._common([
-            '-m', '512M', '-object',
-            'memory-backend-file,id=mem,size=512M,'
-            'mem-path=/dev/shm/t/x/ram,share=off,prealloc=off']) +
-            ['-incoming', 'defer'] + list(argv.Sandbox().args()), got)
-
-    def test_jailed_clone_maps_the_sealed_ram_private(self):
+    def test_clone_maps_the_sealed_ram_private(self):
         got = self._argv(argv.SealedMemory(512, 9), True)
         self.assertEqual(self._common([
             '-m', '512M', '-object',
@@ -137,7 +128,7 @@ class TemplateArgvTestCase(base.BaseTestCase):
         self.assertRaises(exception.HypervisorError,
                           argv.SealedMemory(512, 1).args)
 
-    def test_jailed_clone_without_sealed_ram_has_private_memfd_ram(self):
+    def test_clone_without_sealed_ram_has_private_memfd_ram(self):
         got = self._argv(None, True)
         self.assertEqual(self._common([
             '-m', '512M', '-object',
@@ -575,6 +566,18 @@ class AdmissionHookTestCase(_StoreTestCase):
             clone.build_now(self.hv, self.config, clone.template_key(
                 self.hv, self.config).digest)
 
+    def _start_restored(self):
+        """:returns: what admission was asked, then the sealed RAM
+            descriptor the restore got.
+        """
+        calls = []
+        with mock.patch.object(clone, 'restore',
+                               side_effect=lambda *a: calls.append(a[3])
+                               or 'the clone'):
+            self.assertEqual('the clone',
+                             self.hv.start(self.config, admit=calls.append))
+        return calls
+
     def test_cold_boot_claims_its_whole_limit(self):
         calls = []
         with mock.patch.object(clone.templatebuild, 'spawn'), \
@@ -585,12 +588,7 @@ class AdmissionHookTestCase(_StoreTestCase):
 
     def test_restore_claims_what_it_may_touch(self):
         self._build()
-        calls = []
-        with mock.patch.object(clone, 'restore',
-                               side_effect=lambda *a: calls.append(a[3])
-                               or 'the clone'):
-            self.assertEqual('the clone',
-                             self.hv.start(self.config, admit=calls.append))
+        calls = self._start_restored()
         # Jailed without the sealed RAM, the whole RAM may be touched by
         # the load (QEMU reads every page, and reading a memfd page
         # allocates it).
@@ -600,30 +598,33 @@ class AdmissionHookTestCase(_StoreTestCase):
         fd = os.open(os.devnull, os.O_RDONLY)
         self.open_ram.side_effect = None
         self.open_ram.return_value = fd
-        calls = []
-        with mock.patch.object(clone, 'restore',
-                               side_effect=lambda *a: calls.append(a[3])
-                               or 'the clone'):
-            self.hv.start(self.config, admit=calls.append)
+        calls = self._start_restored()
         self.assertEqual([100, fd], calls)
         self.assertRaises(OSError, os.fstat, fd)
         # An operator who turned sharing off: no holder is asked.
         self.cfg.config(share_template_ram=False, group='kata_jail')
         self.open_ram.reset_mock()
-        calls = []
-        with mock.patch.object(clone, 'restore',
-                               side_effect=lambda *a: calls.append(a[3])
-                               or 'the clone'):
-            self.hv.start(self.config, admit=calls.append)
+        calls = self._start_restored()
         self.assertEqual([612, None], calls)
         self.open_ram.assert_not_called()
-        # Unjailed, the RAM stays the template's file until written.
+        # Unjailed the same: a clone's QEMU never maps the template's
+        # RAM file (its free page reports would punch holes in it).
+        self.cfg.config(share_template_ram=True, group='kata_jail')
         self.hv.jailed = False
-        self.assertEqual(100, clone.restore_cost_mib(self.hv, self.config))
+        for sealed, mib in ((True, 100), (False, 612)):
+            self.assertEqual(mib, clone.restore_cost_mib(
+                self.hv, self.config, sealed=sealed))
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.open_ram.return_value = fd
+        calls = self._start_restored()
+        self.assertEqual([100, fd], calls)
+        self.assertRaises(OSError, os.fstat, fd)
 
     def test_a_failed_restore_claims_again_for_the_cold_boot(self):
         self._build()
         self.hv.jailed = False
+        self.open_ram.side_effect = lambda *a: os.open(os.devnull,
+                                                       os.O_RDONLY)
         calls = []
         with mock.patch.object(clone, 'restore', side_effect=(
                 exception.HypervisorError(reason='x'))), \
@@ -645,6 +646,59 @@ class AdmissionHookTestCase(_StoreTestCase):
                                   self.hv.start, self.config, admit=refuse)
             restore.assert_not_called()
             launch.assert_not_called()
+
+
+class RestoreMemoryTestCase(base.BaseTestCase):
+    """What RAM a clone's QEMU gets, jailed or not: the template's
+    sealed RAM, or private memory loaded from the full state; never the
+    template's RAM file (QEMU opens it read-write and punches holes in
+    it for its guest's free page reports: every other clone's pages).
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(config_fixture.Config(conf.CONF))
+        for name in (template.STATE_FULL, template.STATE_DEV):
+            with open(os.path.join(self.tmp, name), 'wb') as f:
+                f.write(name.encode())
+        self.tmpl = mock.Mock(
+            ram=os.path.join(self.tmp, 'ram'),
+            state_full=os.path.join(self.tmp, template.STATE_FULL),
+            state_dev=os.path.join(self.tmp, template.STATE_DEV))
+        self.given = []
+        # Which state file QEMU is handed (read while it is open).
+        self.useFixture(fixtures.MockPatchObject(
+            clone, '_give_fd', side_effect=lambda vm, fd, timeout:
+            self.given.append(os.readlink('/proc/self/fd/%d' % fd))))
+        self.useFixture(fixtures.MockPatchObject(clone, '_Deadline'))
+        self.useFixture(fixtures.MockPatchObject(clone, '_load_and_run'))
+
+    def _restore(self, jailed, sealed):
+        vm_ = mock.Mock(**{'execute.return_value': {}})
+        hv = mock.Mock(jailed=jailed)
+        hv.launch.return_value = vm_
+        clone.restore(hv, _config(self.tmp), self.tmpl, sealed)
+        [(_args, kwargs)] = [tuple(c) for c in hv.launch.call_args_list]
+        return kwargs['memory'], vm_
+
+    def test_jailed_or_not_a_clone_maps_only_the_sealed_ram(self):
+        for jailed in (True, False):
+            self.given = []
+            memory, vm_ = self._restore(jailed, 9)
+            self.assertEqual(argv.SealedMemory(1, 9), memory)
+            self.assertNotIn(self.tmpl.ram, ' '.join(memory.args()))
+            self.assertEqual([self.tmpl.state_dev], self.given)
+            caps = vm_.execute.call_args_list[0][0][1]['capabilities']
+            self.assertIn({'capability': 'x-ignore-shared',
+                           'state': True}, caps)
+
+    def test_without_sealed_ram_a_clone_loads_the_whole_ram(self):
+        for jailed in (True, False):
+            self.given = []
+            memory, vm_ = self._restore(jailed, None)
+            self.assertIsNone(memory)
+            self.assertEqual([self.tmpl.state_full], self.given)
 
 
 class StateFdTestCase(base.BaseTestCase):
