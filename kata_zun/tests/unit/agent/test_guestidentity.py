@@ -232,9 +232,14 @@ class GuestIdentityTestCase(base.BaseTestCase):
                 mock.patch.object(guestdev, 'program') as program, \
                 mock.patch.object(guestnet, 'loopback_up') as lo, \
                 mock.patch.object(guestspawn, 'start_server') as spawn, \
+                mock.patch.object(guestidentity, 'gc') as gc, \
                 mock.patch('importlib.import_module') as imp:
+            gc.freeze.side_effect = lambda: self.assertTrue(
+                spawn.called and gc.collect.called)
             self.assertEqual(len(guestidentity.WARM_MODULES),
                              guestidentity.warm_up())
+        # The heap frozen last, once the rest made what it makes.
+        gc.freeze.assert_called_once_with()
         load.assert_called_once_with()
         program.assert_called_once_with(mock.ANY)
         lo.assert_called_once_with()
