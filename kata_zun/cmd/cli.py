@@ -59,6 +59,24 @@ def parse_signal(value):
     raise CliError('invalid signal: %s' % value)
 
 
+def memory_size(value):
+    """The argparse type of ``--memory``: MiB from Docker's sizes
+    (``512m``, ``1g``, ``1.5G``, ``1GiB``: 1024-based units, rounded up
+    to a whole MiB). A bare number is MiB, as this option always took
+    (Docker reads it as bytes).
+
+    :raises: argparse.ArgumentTypeError
+    """
+    text = str(value).strip()
+    if text.isascii() and text.isdigit() and len(text) <= 16:
+        return int(text)
+    from kata_zun.runtime import layer
+    try:
+        return layer.parse_size(text)
+    except exception.InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 # ------------------------------------------------------------ the terminal
 
 @contextlib.contextmanager
@@ -568,7 +586,10 @@ def add_create_options(p):
     p.add_argument('--rm', action='store_true')
     p.add_argument('--name')
     p.add_argument('--hostname')
-    p.add_argument('--memory', type=int, metavar='MiB')
+    p.add_argument('-m', '--memory', type=memory_size, metavar='SIZE',
+                   help='memory limit: 512m, 1g (1024-based units); a '
+                        'bare number is MiB. The VM gets [kata_hypervisor] '
+                        'memory_overhead_mb on top')
     p.add_argument('--cpus', type=float)
     p.add_argument('--cpuset-cpus', metavar='LIST',
                    help='host CPUs the VM runs on (e.g. 0-3,8; every '

@@ -20,6 +20,28 @@ class CliHelpersTestCase(base.BaseTestCase):
         self.assertEqual('', cli._ports_text(
             types.SimpleNamespace(config={})))
 
+    def test_memory_sizes_as_docker_writes_them(self):
+        for text, mib in (('512m', 512), ('1g', 1024), ('1.5G', 1536),
+                          ('1GiB', 1024), ('2048k', 2), ('1k', 1),
+                          (' 64M ', 64), ('64', 64), ('300', 300)):
+            self.assertEqual(mib, cli.memory_size(text), text)
+        # Refused before anything runs (argparse says why): garbage,
+        # negative, unknown units, Unicode digits, huge.
+        for bad in ('', 'm', '-1', '1x', '1.g', '\u00b2', '1e9g',
+                    '9' * 40, '12 gb tb'):
+            self.assertRaises(cli.argparse.ArgumentTypeError,
+                              cli.memory_size, bad)
+
+    def test_memory_reaches_the_runtime_in_mib(self):
+        parser = cli.build_parser()
+        for argv, mib in ((['-m', '1g'], 1024), (['--memory', '256m'], 256),
+                          (['--memory', '96'], 96), ([], None)):
+            args = parser.parse_args(['run'] + argv + ['busybox'])
+            self.assertEqual(mib, args.memory, argv)
+        with fixtures.MockPatch('sys.stderr'):
+            self.assertRaises(SystemExit, parser.parse_args,
+                              ['run', '-m', 'lots', 'busybox'])
+
     def test_parse_signal(self):
         self.assertEqual(9, cli.parse_signal('KILL'))
         self.assertEqual(15, cli.parse_signal('sigterm'))
