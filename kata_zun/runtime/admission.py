@@ -15,8 +15,9 @@ The rule, checked against the kernel's ``MemAvailable``:
   all read the same MemAvailable before the first touched a page. So
   each start holds a *reservation* for what it may touch
   (:func:`kata_zun.hypervisor.base.Hypervisor.start` says how much: a
-  cold boot or a jailed restore from a VM template its whole memory
-  limit, an unjailed restore only QEMU's own) until its boot is done.
+  cold boot, or a restore from a VM template that loads the whole RAM,
+  its whole memory limit; a restore that maps the template's sealed RAM
+  only QEMU's own) until its boot is done.
   Once its QEMU runs, the claim counts only what that QEMU has not
   touched yet (its claim less its resident memory): what it touched is
   already missing from MemAvailable, and counting it twice would hold
@@ -36,8 +37,10 @@ removed. ``ledger.lock`` serialises the judging (held for microseconds).
 
 Running sandboxes that later grow into their limits are not reserved
 for: that is the overcommit the operator chose (each one is bounded by
-its sandbox cgroup). Admission keeps the *starts* from running the host
-out of memory, and tells the user why.
+its sandbox cgroup). A clone of a VM template grows one way only: it
+cannot give back what its guest frees (see
+:mod:`kata_zun.hypervisor.template`). Admission keeps the *starts*
+from running the host out of memory, and tells the user why.
 """
 
 import contextlib
