@@ -461,13 +461,13 @@ def build_now(hv, config, digest):
         key, lambda work: build(hv, config, work))
     if tmpl is not None:
         # The first clone then finds the sealed RAM ready.
-        ram = sealed_ram(hv, tmpl, config)
+        ram = sealed_ram(tmpl, config)
         if ram is not None:
             os.close(ram)
     return tmpl
 
 
-def sealed_ram(hv, tmpl, config):
+def sealed_ram(tmpl, config):
     """:returns: a descriptor of ``tmpl``'s sealed RAM for a clone,
         jailed or not (the caller closes it); None with ``[kata_jail]
         share_template_ram`` off, and None with a warning when it cannot
@@ -484,7 +484,7 @@ def sealed_ram(hv, tmpl, config):
         return None
 
 
-def restore_cost_mib(hv, config, sealed=False):
+def restore_cost_mib(config, sealed=False):
     """:returns: MiB a restore of ``config`` may touch before its boot is
         done. With the template's sealed RAM: QEMU's own only (the RAM
         stays the template's shared pages until written). Without: as
@@ -532,10 +532,10 @@ def try_restore(hv, config, admit=None):
                      'being built in the background' if spawned else
                      'another template is being built')
             return None
-        ram = sealed_ram(hv, tmpl, config)
+        ram = sealed_ram(tmpl, config)
         try:
             if admit is not None:
-                admit(restore_cost_mib(hv, config, sealed=ram is not None))
+                admit(restore_cost_mib(config, sealed=ram is not None))
                 started = time.monotonic()  # not the wait for admission
             vm = restore(hv, config, tmpl, ram)
         except TemplateLoadError:

@@ -613,7 +613,7 @@ class AdmissionHookTestCase(_StoreTestCase):
         self.hv.jailed = False
         for sealed, mib in ((True, 100), (False, 612)):
             self.assertEqual(mib, clone.restore_cost_mib(
-                self.hv, self.config, sealed=sealed))
+                self.config, sealed=sealed))
         fd = os.open(os.devnull, os.O_RDONLY)
         self.open_ram.return_value = fd
         calls = self._start_restored()
