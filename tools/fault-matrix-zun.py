@@ -422,9 +422,11 @@ class ZunMatrix(fm.Env):
         _check(name == point and int(pid) == self.compute_pid(),
                '%s (pid %s) stopped at %s, not zun-compute' % (
                    fm._cmdline(int(pid))[:80], pid, name))
-        # SIGSTOP follows the file: wait until it took effect.
-        while fm._alive(int(pid)) and not faultpoint.stopped(int(pid)):
-            time.sleep(0.005)
+        # SIGSTOP follows the file: wait until it took effect (a
+        # zun-compute that died meanwhile is the cell's to judge).
+        _check(faultpoint.wait_stopped(int(pid), max(
+            0.0, deadline - time.monotonic())) or not fm._alive(int(pid)),
+            'zun-compute did not stop at %s in %d s' % (point, timeout))
 
     def privsep_daemons(self, context=None):
         """:returns: pids of the privsep daemons of this zun-compute
