@@ -184,6 +184,16 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         with open('/proc/%d/cmdline' % pid, 'rb') as f:
             return pid, f.read()
 
+    def _open_ram(self, pid, cmdline):
+        """:returns: a read-write descriptor (the caller closes it) of
+            what QEMU ``pid`` maps as RAM: the inherited descriptor its
+            command line names as ``/proc/self/fd/N``.
+        """
+        self.assertIn(b'mem-path=/proc/self/fd/', cmdline)
+        num = int(cmdline.split(b'mem-path=/proc/self/fd/')[1]
+                  .split(b',')[0])
+        return os.open('/proc/%d/fd/%d' % (pid, num), os.O_RDWR)
+
     def test_jailed_clones_share_the_sealed_template_ram(self):
         from kata_zun.hypervisor import ramholder
         self.warm()
@@ -207,12 +217,9 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
             pid, cmdline = self._qemu(name)
             # Jailed (its own uid), its RAM the inherited memfd.
             self.assertNotEqual(0, os.stat('/proc/%d' % pid).st_uid)
-            self.assertIn(b'mem-path=/proc/self/fd/', cmdline)
-            num = int(cmdline.split(b'mem-path=/proc/self/fd/')[1]
-                      .split(b',')[0])
             # Opened read-write as QEMU does, even by root: the holder's
             # memfd, and nothing about it can be changed.
-            fd = os.open('/proc/%d/fd/%d' % (pid, num), os.O_RDWR)
+            fd = self._open_ram(pid, cmdline)
             try:
                 st = os.fstat(fd)
                 self.assertEqual((holder['dev'], holder['ino']),
@@ -264,7 +271,6 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         pid, cmdline = self._qemu('u1')
         self.assertEqual(0, os.stat('/proc/%d' % pid).st_uid)  # no jail
         self.assertNotIn(ram.encode(), cmdline)
-        self.assertIn(b'mem-path=/proc/self/fd/', cmdline)
         links = []
         for fd in os.listdir('/proc/%d/fd' % pid):
             try:
@@ -277,9 +283,7 @@ class TemplatingTestCase(base.KataZunFunctionalTest):
         self.assertNotIn(ram, maps)
         self.assertIn(ramholder.MEMFD_NAME, maps)
         # The memfd it maps is the holder's, sealed.
-        num = int(cmdline.split(b'mem-path=/proc/self/fd/')[1]
-                  .split(b',')[0])
-        fd = os.open('/proc/%d/fd/%d' % (pid, num), os.O_RDWR)
+        fd = self._open_ram(pid, cmdline)
         try:
             self.assertEqual(ramholder.SEALS,
                              fcntl.fcntl(fd, ramholder.F_GET_SEALS))
