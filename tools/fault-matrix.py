@@ -115,12 +115,7 @@ def _cmdline(pid):
 
 def _alive(pid):
     """:returns: True if ``pid`` runs (a zombie does not)."""
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            stat = f.read()
-        return stat[stat.rindex(b')') + 2:][:1] not in (b'Z', b'X')
-    except (OSError, ValueError):
-        return False
+    return faultpoint.state(pid) not in (b'', b'Z', b'X')
 
 
 def _pids():

@@ -68,7 +68,7 @@ def _take(path, name):
     return True
 
 
-def _state(pid):
+def state(pid):
     """:returns: the one-letter state of ``pid`` (b'T': stopped, b'Z':
         a zombie), or b'' if there is no such process.
     """
@@ -84,7 +84,7 @@ def stopped(pid):
     """:returns: True if process ``pid`` is stopped (by a signal or a
         tracer), False if it runs, exited or never was.
     """
-    return _state(pid) in (b'T', b't')
+    return state(pid) in (b'T', b't')
 
 
 def wait_stopped(pid, timeout):
@@ -98,9 +98,9 @@ def wait_stopped(pid, timeout):
     """
     deadline = time.monotonic() + timeout
     while True:
-        state = _state(pid)
-        if state in (b'T', b't'):
+        now = state(pid)
+        if now in (b'T', b't'):
             return True
-        if state in (b'', b'Z', b'X') or time.monotonic() >= deadline:
+        if now in (b'', b'Z', b'X') or time.monotonic() >= deadline:
             return False
         time.sleep(0.002)
