@@ -129,12 +129,12 @@ def _pump(client, handle, stdin, keys):
 
 
 def cmd_attach(rt, args):
-    from kata_zun.runtime import manager
+    from kata_zun.runtime import record
     c = rt.get(args.container)
-    if c.status == manager.PAUSED:
+    if c.status == record.PAUSED:
         raise cli.CliError('You cannot attach to a paused container, '
                            'unpause it first')
-    if not c.shim_alive or c.status != manager.RUNNING:
+    if not c.shim_alive or c.status != record.RUNNING:
         raise cli.CliError('You cannot attach to a stopped container, '
                            'start it first')
     spec = c.config['agent_spec']

@@ -169,10 +169,10 @@ def create_container(rt, args):
     """Pull (per ``--pull``) and create the container of a ``run`` or
     ``create`` command line.
 
-    :returns: the :class:`kata_zun.runtime.manager.Container`.
+    :returns: the :class:`kata_zun.runtime.record.Container`.
     """
     from kata_zun.runtime import layer
-    from kata_zun.runtime import manager
+    from kata_zun.runtime import validate
     from kata_zun.volume import cli as volumecli
     if args.rm and args.restart != 'no':
         raise CliError('--rm and --restart cannot be combined', 125)
@@ -188,7 +188,7 @@ def create_container(rt, args):
         env=args.env, workdir=args.workdir, user=args.user, tty=args.tty,
         stdin=args.interactive, memory_mb=args.memory, cpus=args.cpus,
         name=args.name, hostname=args.hostname, auto_remove=args.rm,
-        restart_policy=manager.parse_restart_policy(args.restart),
+        restart_policy=validate.parse_restart_policy(args.restart),
         # --- network (issue 5)
         network=args.network or CONF.kata_network.driver,
         ports=args.publish, healthcheck=_healthcheck(args),

@@ -196,8 +196,8 @@ def _container_bytes(c):
 
 
 def _running(c):
-    from kata_zun.runtime import manager
-    return c.shim_alive or c.status in manager.LIVE
+    from kata_zun.runtime import record
+    return c.shim_alive or c.status in record.LIVE
 
 
 def disk_usage(rt):

@@ -96,8 +96,8 @@ def published_ports(container):
 
     :returns: sorted list of (container port, proto, host ip, host port).
     """
-    from kata_zun.runtime import manager
-    if container.status not in (manager.RUNNING, manager.PAUSED):
+    from kata_zun.runtime import record
+    if container.status not in (record.RUNNING, record.PAUSED):
         return []
     ports = container.to_dict()['NetworkSettings'].get('Ports') or {}
     out = []

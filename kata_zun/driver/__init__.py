@@ -47,6 +47,8 @@ from kata_zun.driver import steadyclock
 from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
+from kata_zun.runtime import record
+from kata_zun.runtime import validate
 from kata_zun.shim import guestdata
 from kata_zun.shim import logs
 
@@ -177,8 +179,8 @@ class KataDriver(zun_images.ImageDriverMixin,
                 container.image_driver, getattr(container, 'registry', None))
         ref = '%s:%s' % (image['repo'], image['tag']) if image.get('tag') \
             else image['repo']
-        record = self.rt.images.get(image.get('id') or ref)
-        zun_status.fill_from_image(container, record.config)
+        image_rec = self.rt.images.get(image.get('id') or ref)
+        zun_status.fill_from_image(container, image_rec.config)
         env = ['%s=%s' % (k, v) for k, v in
                (container.environment or {}).items()]
         memory = int(container.memory) if container.memory else None
@@ -186,7 +188,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         if container.restart_policy:
             name = container.restart_policy.get('Name') or 'no'
             count = container.restart_policy.get('MaximumRetryCount')
-            policy = manager.parse_restart_policy(
+            policy = validate.parse_restart_policy(
                 '%s:%s' % (name, count) if name == 'on-failure' and count
                 else name)
         # Attached by zun-compute before create (attach_volume).
@@ -199,7 +201,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         addresses, net_request = self._setup_network(
             context, container, requested_networks, persist=True)
         try:
-            c = self._rt_create(container, record, env, memory, policy,
+            c = self._rt_create(container, image_rec, env, memory, policy,
                                 net_request, volume_requests)
         except BaseException:
             self._release_network(context, container, addresses)
@@ -215,11 +217,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         container.save(context)
         return container
 
-    def _rt_create(self, container, record, env, memory, policy,
+    def _rt_create(self, container, image_rec, env, memory, policy,
                    net_request, volume_requests=()):
         cpuset_cpus, cpuset_mems = _cpuset(container)
         return self.rt.create(
-            record.id, command=list(container.command or []) or None,
+            image_rec.id, command=list(container.command or []) or None,
             entrypoint=(list(container.entrypoint)
                         if container.entrypoint else None),
             env=env, workdir=container.workdir, tty=bool(container.tty),
@@ -622,7 +624,7 @@ class KataDriver(zun_images.ImageDriverMixin,
             c = self.rt.get(cid)
         except exception.KataZunException:
             return ' (the container is gone)'
-        if c.status in manager.LIVE:
+        if c.status in record.LIVE:
             return ''
         return ' (the container %s: %s)' % (
             c.status, guestdata.printable(c.error or 'exit code %s' %
@@ -735,7 +737,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         counts = {'total': 0, 'running': 0, 'paused': 0, 'stopped': 0}
         for c in self.rt.list():
             counts['total'] += 1
-            key = {manager.RUNNING: 'running', manager.PAUSED: 'paused'}.get(
+            key = {record.RUNNING: 'running', record.PAUSED: 'paused'}.get(
                 c.status, 'stopped')
             counts[key] += 1
         uname = platform.uname()

@@ -49,6 +49,7 @@ from kata_zun.driver import volumes as zun_volumes
 from kata_zun import exception
 from kata_zun.runtime import manager
 from kata_zun.runtime import podspec
+from kata_zun.runtime import record
 from kata_zun.shim import guestdata
 
 CONF = conf.CONF
@@ -223,8 +224,8 @@ def _reason(pod, zun_containers):
     names = {zc.container_id: zc.name for zc in zun_containers}
     for c in pod.init_containers + pod.containers:
         code = c.exit_code
-        if c.status == manager.EXITED and (c.error or code not in (0,
-                                                                   None)):
+        if c.status == record.EXITED and (c.error or
+                                          code not in (0, None)):
             kind = 'init container' if c in pod.init_containers \
                 else 'container'
             text = '%s %s exited with %s' % (
@@ -267,10 +268,10 @@ class KataCapsuleDriver(zun_images.ImageDriverMixin,
         return self.rt.images.get(image['id'])
 
     def _spec(self, context, zc, mounts, index, init):
-        record = self._member_image(context, zc)
-        zun_status.fill_from_image(zc, record.config)
+        image_rec = self._member_image(context, zc)
+        zun_status.fill_from_image(zc, image_rec.config)
         return podspec.ContainerSpec(
-            name=('init%d' if init else 'c%d') % index, image=record.id,
+            name=('init%d' if init else 'c%d') % index, image=image_rec.id,
             # The member's id is the Zun container's, as for a container.
             cid=runtime_id(zc),
             # zun's command is Docker's Cmd (zun-api joined the

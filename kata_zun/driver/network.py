@@ -15,7 +15,7 @@ from kata_zun import conf
 from kata_zun.driver import common
 from kata_zun.driver.common import wrap as _wrap
 from kata_zun.runtime import faultpoint
-from kata_zun.runtime import manager
+from kata_zun.runtime import record
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class NetworkDriverMixin(object):
 
     @staticmethod
     def _check_not_paused(c):
-        if c.status == manager.PAUSED:
+        if c.status == record.PAUSED:
             raise zun_exc.Conflict(
                 'container %s is paused: its guest cannot take or give up '
                 'a NIC; unpause it first' % c.id[:12])

@@ -8,15 +8,15 @@ import time
 
 from zun.common import consts
 
-from kata_zun.runtime import manager
+from kata_zun.runtime import record
 from kata_zun.shim import guestdata
 
 STATUS = {
-    manager.CREATED: consts.CREATED,
-    manager.RUNNING: consts.RUNNING,
-    manager.PAUSED: consts.PAUSED,
-    manager.RESTARTING: consts.RESTARTING,
-    manager.EXITED: consts.STOPPED,
+    record.CREATED: consts.CREATED,
+    record.RUNNING: consts.RUNNING,
+    record.PAUSED: consts.PAUSED,
+    record.RESTARTING: consts.RESTARTING,
+    record.EXITED: consts.STOPPED,
 }
 
 
@@ -63,20 +63,20 @@ def copy_state(container, c, failed_start_is_error=True):
         container.status_detail = 'Exited(255) %s ago' % _ago(
             c.state.get('started_at'))
         return
-    if status == manager.UNKNOWN:
+    if status == record.UNKNOWN:
         # A damaged record: shown with its error, never dropped (nor
         # rebuilt by auto_heal as if it were missing).
         container.status = consts.UNKNOWN
         container.status_reason = guestdata.printable(c.error)
         container.status_detail = 'Unknown'
         return
-    if status == manager.EXITED and c.error:
+    if status == record.EXITED and c.error:
         container.status = consts.ERROR
         container.status_reason = guestdata.printable(c.error)
         container.status_detail = 'Exited(%s) %s ago (error)' % (
             c.exit_code, _ago(c.state.get('finished_at')))
         return
-    if status == manager.CREATED and c.error and failed_start_is_error:
+    if status == record.CREATED and c.error and failed_start_is_error:
         # Its last start failed before the container ran (refused for
         # memory, or abandoned by its starter): the CLI shows it created
         # like Docker, zun as a failed start. Zun may start it again.
@@ -85,7 +85,7 @@ def copy_state(container, c, failed_start_is_error=True):
         container.status_detail = 'Created (start failed)'
         return
     container.status = STATUS.get(status, consts.UNKNOWN)
-    if status == manager.RUNNING:
+    if status == record.RUNNING:
         container.status_detail = 'Up %s' % _ago(
             c.state.get('started_at'))
         # Like docker ps: "Up 2 minutes (healthy)".
@@ -103,12 +103,12 @@ def copy_state(container, c, failed_start_is_error=True):
                     guestdata.printable(
                         output.strip() if isinstance(output, str)
                         else '', 200)))
-    elif status == manager.RESTARTING:
+    elif status == record.RESTARTING:
         container.status_detail = 'Restarting'
-    elif status == manager.PAUSED:
+    elif status == record.PAUSED:
         container.status_detail = 'Up %s (paused)' % _ago(
             c.state.get('started_at'))
-    elif status == manager.EXITED:
+    elif status == record.EXITED:
         container.status_detail = 'Exited(%s) %s ago' % (
             c.exit_code, _ago(c.state.get('finished_at')))
         if c.state.get('oom_killed'):

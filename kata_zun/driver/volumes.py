@@ -45,7 +45,7 @@ from kata_zun.driver import common
 from kata_zun import exception
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
-from kata_zun.runtime import manager
+from kata_zun.runtime import record
 from kata_zun.volume import spec as volume_spec
 
 LOG = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class VolumeDriverMixin(object):
             c = self.rt.get(cid)
         except exception.KataZunException:
             return
-        if c.status in manager.LIVE:
+        if c.status in record.LIVE:
             LOG.warning('Volume %s is detached from container %s while '
                         'its VM runs: stopping the VM first',
                         volmap.volume_id, volmap.container_uuid)

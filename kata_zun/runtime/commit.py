@@ -152,7 +152,7 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
     :raises: ContainerNotFound, Conflict (no running VM), InvalidInput,
         ImageError, ImageLimitExceeded
     """
-    from kata_zun.runtime import manager
+    from kata_zun.runtime import record
     report = progress or (lambda message: None)
     name = reference.parse(repo_tag).name if repo_tag else None
     for key in changes or {}:
@@ -160,9 +160,9 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
             raise exception.InvalidInput(reason='cannot change %r in a '
                                          'commit' % key)
     c = rt.get(ref)
-    if not c.shim_alive or c.status not in (manager.RUNNING,
-                                            manager.PAUSED,
-                                            manager.CREATED):
+    if not c.shim_alive or c.status not in (record.RUNNING,
+                                            record.PAUSED,
+                                            record.CREATED):
         raise exception.Conflict(
             reason='container %s is %s: commit needs its VM running (its '
             'writable layer is only mounted in the guest)' % (c.id[:12],
@@ -179,7 +179,7 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
         layout = os.path.join(work, 'image')
         os.makedirs(os.path.join(layout, 'layers'))
         layer_path = os.path.join(layout, 'layers', 'new.tar')
-        repause = c.status == manager.PAUSED
+        repause = c.status == record.PAUSED
         if repause:
             rt.unpause(c.id)
         try:

@@ -31,7 +31,7 @@ class Pod(object):
     """A pod record with its containers' records.
 
     :ivar containers: the regular containers
-        (:class:`kata_zun.runtime.manager.Container`), in order.
+        (:class:`kata_zun.runtime.record.Container`), in order.
     :ivar init_containers: the init containers, in order.
     """
 

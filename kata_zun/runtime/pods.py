@@ -61,8 +61,11 @@ from kata_zun import exception
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import layer
+from kata_zun.runtime import liveness
 from kata_zun.runtime import podrecord
 from kata_zun.runtime import podspec
+from kata_zun.runtime import record
+from kata_zun.runtime import validate
 from kata_zun.shim import client as shim_client
 
 LOG = logging.getLogger(__name__)
@@ -95,7 +98,6 @@ class PodMixin(object):
 
     # ------------------------------------------------------------ reading
     def _load_pod(self, pod_id):
-        from kata_zun.runtime import manager
         directory = self._pod_dir(pod_id)
         try:
             config = fileutils.read_json(os.path.join(directory,
@@ -116,13 +118,13 @@ class PodMixin(object):
             state = {}
         if not isinstance(state, dict):
             state = {}
-        alive = manager._pid_is_shim(state.get('shim_pid'), pod_id)
+        alive = liveness.pid_is_shim(state.get('shim_pid'), pod_id)
         members = {}
         for cid in config.get('init_containers', []) + config.get(
                 'containers', []):
             c = self._load(cid) if _POD_ID_RE.match(str(cid)) else None
             if c is None:
-                c = manager.Container.unreadable_record(
+                c = record.Container.unreadable_record(
                     os.path.join(self.containers_dir, str(cid)), str(cid),
                     'the record of a container of pod %s is missing' %
                     config['name'])
@@ -190,7 +192,6 @@ class PodMixin(object):
             port taken), NetworkError
         """
         from kata_zun import network as network_mod
-        from kata_zun.runtime import manager
         from kata_zun.volume import devices as volume_devices
         from kata_zun.volume import spec as volume_spec
         containers = list(containers)
@@ -200,11 +201,11 @@ class PodMixin(object):
             raise exception.InvalidInput(reason='pod id must be 32 to 64 '
                                          'lowercase hex digits')
         name = name or 'kz-pod-' + pod_id[:12]
-        if not manager._NAME_RE.match(name):
+        if not record.NAME_RE.match(name):
             raise exception.InvalidInput(reason='invalid pod name %r' %
                                          name)
         hostname = hostname or re.sub(r'[^A-Za-z0-9.-]', '-', name[:63])
-        if not manager._HOSTNAME_RE.match(hostname):
+        if not validate.HOSTNAME_RE.match(hostname):
             raise exception.InvalidInput(reason='invalid hostname %r' %
                                          hostname)
         policy = podspec.RESTART_POLICIES.get(restart_policy or 'always')
@@ -219,9 +220,9 @@ class PodMixin(object):
                                          'same name')
         podspec.check_containers(containers, init_containers, set(names),
                                  need_one=False)
-        manager._check_sizes('labels', ['%s=%s' % kv for kv in
+        validate.check_sizes('labels', ['%s=%s' % kv for kv in
                                         (labels or {}).items()],
-                             manager.MAX_LABEL_BYTES)
+                             validate.MAX_LABEL_BYTES)
         all_ports = list(ports)
         for spec in containers:
             all_ports += spec.ports
@@ -241,8 +242,8 @@ class PodMixin(object):
             containers, init_containers,
             CONF.kata_hypervisor.memory_overhead_mb,
             CONF.kata_hypervisor.default_vcpus,
-            CONF.kata_hypervisor.default_memory_mb, manager._host_cpus())
-        host_mb = manager._host_memory_mb()
+            CONF.kata_hypervisor.default_memory_mb, validate.host_cpus())
+        host_mb = validate.host_memory_mb()
         if host_mb and vm_memory > host_mb:
             raise exception.InvalidInput(
                 reason='a VM of %d MiB does not fit in this host\'s %d MiB '
@@ -344,19 +345,18 @@ class PodMixin(object):
 
         :raises: InvalidInput, ImageNotFound
         """
-        from kata_zun.runtime import manager
         image = self.images.get(spec.image)
         image_config = image.config or {}
         for item in spec.env:
-            if not manager._ENV_RE.match(item):
+            if not validate.ENV_RE.match(item):
                 raise exception.InvalidInput(
                     reason='container %s: invalid environment entry %r' %
                     (spec.name, item))
-        manager._check_sizes('environment', spec.env, manager.MAX_ENV_BYTES)
-        manager._check_sizes('command', list(spec.command or ()) +
-                             list(spec.args or ()), manager.MAX_ARGV_BYTES)
+        validate.check_sizes('environment', spec.env, validate.MAX_ENV_BYTES)
+        validate.check_sizes('command', list(spec.command or ()) +
+                             list(spec.args or ()), validate.MAX_ARGV_BYTES)
         try:
-            argv = manager.Runtime._argv(image_config, spec.args,
+            argv = validate.command_line(image_config, spec.args,
                                          spec.command)
         except exception.InvalidInput:
             raise exception.InvalidInput(reason='container %s: no command '
@@ -380,7 +380,7 @@ class PodMixin(object):
             'network': None,
             'agent_spec': {
                 'argv': argv,
-                'env': manager._merge_env(image_config.get('Env') or [],
+                'env': validate.merge_env(image_config.get('Env') or [],
                                           spec.env),
                 'workdir': workdir,
                 'user': image_config.get('User') or '',
@@ -466,7 +466,6 @@ class PodMixin(object):
             key = 'init_containers' if init else 'containers'
             config[key] = config[key] + [cid]
             # The VM is sized again for all its containers.
-            from kata_zun.runtime import manager
 
             def specs_of(members):
                 return [podspec.ContainerSpec(
@@ -478,7 +477,7 @@ class PodMixin(object):
             vcpus, memory_mb = podspec.vm_size(
                 regular, inits, CONF.kata_hypervisor.memory_overhead_mb,
                 CONF.kata_hypervisor.default_vcpus,
-                CONF.kata_hypervisor.default_memory_mb, manager._host_cpus())
+                CONF.kata_hypervisor.default_memory_mb, validate.host_cpus())
             config['vm'] = {'vcpus': vcpus, 'memory_mb': memory_mb}
             try:
                 fileutils.write_json(os.path.join(pod.dir, 'config.json'),
@@ -602,9 +601,8 @@ class PodMixin(object):
             except exception.KataZunException as exc:
                 LOG.warning('stopping pod %s before removal: %s', pod.id,
                             exc)
-            from kata_zun.runtime import manager
             pid = pod.state.get('shim_pid')
-            if manager._pid_is_shim(pid, pod.id):
+            if liveness.pid_is_shim(pid, pod.id):
                 os.kill(pid, 9)
             self._wait_shim_gone(pod)
         faultpoint.reached('pod-rm-cleanup')

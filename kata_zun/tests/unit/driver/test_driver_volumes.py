@@ -189,10 +189,10 @@ class VolumeDriverTest(base.BaseTestCase):
                           [_volmap(container_path='relative')])
 
     def test_detach_stops_a_running_vm_first(self):
-        from kata_zun.runtime import manager
+        from kata_zun.runtime import record
         calls = []
         self.rt.get.side_effect = None
-        self.rt.get.return_value = mock.Mock(status=manager.RUNNING)
+        self.rt.get.return_value = mock.Mock(status=record.RUNNING)
         self.rt.stop.side_effect = lambda cid: calls.append(('stop', cid))
         self.workflow.detach_volume.side_effect = (
             lambda ctx, vm: calls.append(('detach', vm.cinder_volume_id)))

@@ -18,6 +18,7 @@ from oslotest import base
 from kata_zun.agent import protocol
 from kata_zun import conf
 from kata_zun import exception
+from kata_zun.runtime import liveness
 from kata_zun.runtime import manager
 
 
@@ -69,7 +70,7 @@ class ConnectPatienceTestCase(base.BaseTestCase):
                                         _run_dir=lambda cid: self.dir)
         self.c = types.SimpleNamespace(id='a' * 64,
                                        state={'shim_pid': 4242})
-        self.alive = mock.patch.object(manager, '_pid_is_shim',
+        self.alive = mock.patch.object(liveness, 'pid_is_shim',
                                        return_value=True)
 
     def _shim(self, answer_on):
@@ -89,7 +90,7 @@ class ConnectPatienceTestCase(base.BaseTestCase):
 
     def test_a_dead_shim_is_not_waited_for(self):
         shim = self._shim(answer_on=3)
-        with mock.patch.object(manager, '_pid_is_shim',
+        with mock.patch.object(liveness, 'pid_is_shim',
                                return_value=False):
             exc = self.assertRaises(exception.ShimUnresponsive,
                                     self._connect)

@@ -19,6 +19,7 @@ from kata_zun import conf
 from kata_zun import exception
 from kata_zun.runtime import faultpoint
 from kata_zun.runtime import fileutils
+from kata_zun.runtime import liveness
 from kata_zun.runtime import manager
 
 CID = 'c' * 64
@@ -173,7 +174,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         open(os.path.join(self.rt._run_dir(CID), 'shim.sock'), 'w').close()
         client = mock.Mock()
         client.call.side_effect = [{'main': 1}, {'error': None}]
-        with mock.patch.object(manager, '_pid_is_shim', return_value=True), \
+        with mock.patch.object(liveness, 'pid_is_shim', return_value=True), \
                 mock.patch.object(self.rt, 'connect',
                                   return_value=client), \
                 mock.patch.object(self.rt, '_spawn_shim') as spawn:
@@ -185,7 +186,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
 
     def test_start_while_another_boots_it_is_a_conflict(self):
         self._record({'status': 'created', 'shim_pid': 42})
-        with mock.patch.object(manager, '_pid_is_shim', return_value=True):
+        with mock.patch.object(liveness, 'pid_is_shim', return_value=True):
             exc = self.assertRaises(exception.Conflict, self.rt.start, CID)
         self.assertIn('being started', str(exc))
 
@@ -210,7 +211,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
             order.append('poll')
             return alive.pop(0)
         self.cleanup.side_effect = lambda name: order.append('cleanup')
-        with mock.patch.object(manager, '_pid_is_vm', side_effect=is_vm), \
+        with mock.patch.object(liveness, 'pid_is_vm', side_effect=is_vm), \
                 mock.patch('time.sleep'):
             self.rt.remove(CID)
         self.assertEqual(['poll', 'poll', 'poll', 'cleanup'], order)
@@ -227,7 +228,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         def is_shim(pid, cid):
             return alive.pop(0) if len(alive) > 1 else alive[0]
 
-        with mock.patch.object(manager, '_pid_is_shim',
+        with mock.patch.object(liveness, 'pid_is_shim',
                                side_effect=is_shim), \
                 mock.patch.object(self.rt, '_wait_vm_gone'):
             self.rt.remove(CID)
@@ -235,7 +236,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
 
     def test_rm_of_an_exited_container_whose_shim_stays(self):
         self._record({'status': 'exited', 'shim_pid': 42, 'exit_code': 0})
-        with mock.patch.object(manager, '_pid_is_shim', return_value=True), \
+        with mock.patch.object(liveness, 'pid_is_shim', return_value=True), \
                 mock.patch.object(manager, 'SHIM_TEARDOWN_WAIT', 0.1):
             exc = self.assertRaises(exception.Conflict, self.rt.remove, CID)
         self.assertIn('still shutting down', str(exc))
@@ -243,7 +244,7 @@ class RuntimeFaultsTestCase(base.BaseTestCase):
         fileutils.write_json(os.path.join(self.rt.containers_dir, CID,
                                           'state.json'),
                              {'status': 'running', 'shim_pid': 42})
-        with mock.patch.object(manager, '_pid_is_shim', return_value=True):
+        with mock.patch.object(liveness, 'pid_is_shim', return_value=True):
             exc = self.assertRaises(exception.Conflict, self.rt.remove, CID)
         self.assertIn('stop it first', str(exc))
 
@@ -308,15 +309,15 @@ class VmPidTestCase(base.BaseTestCase):
         name = ('kz-' + CID[:12]).encode()
         with self._proc({'cmdline': b'qemu\0-name\0' + name + b'\0',
                          'cgroup': b''}):
-            self.assertTrue(manager._pid_is_vm(7, CID))
+            self.assertTrue(liveness.pid_is_vm(7, CID))
         with self._proc({'cmdline': b'', 'cgroup':
                          b'4:memory:/kata_zun/' + name + b'/vmm\n'}):
-            self.assertTrue(manager._pid_is_vm(7, CID))
+            self.assertTrue(liveness.pid_is_vm(7, CID))
         with self._proc({'cmdline': b'', 'cgroup': b'4:memory:/\n'}):
-            self.assertFalse(manager._pid_is_vm(7, CID))
+            self.assertFalse(liveness.pid_is_vm(7, CID))
         with self._proc({'cmdline': None, 'cgroup': None}):
-            self.assertFalse(manager._pid_is_vm(7, CID))
-        self.assertFalse(manager._pid_is_vm(None, CID))
+            self.assertFalse(liveness.pid_is_vm(7, CID))
+        self.assertFalse(liveness.pid_is_vm(None, CID))
 
     def test_a_cgroup_with_a_process_left_is_busy(self):
         procs = self.useFixture(fixtures.TempDir()).path
@@ -332,9 +333,9 @@ class VmPidTestCase(base.BaseTestCase):
                 mock.patch('kata_zun.jail.cgroup.for_sandbox',
                            return_value=group) as for_sandbox:
             group.procs_files.return_value = [empty, busy]
-            self.assertTrue(manager._vm_cgroup_busy(CID))
+            self.assertTrue(liveness.vm_cgroup_busy(CID))
             group.procs_files.return_value = [empty, procs + '/gone']
-            self.assertFalse(manager._vm_cgroup_busy(CID))
+            self.assertFalse(liveness.vm_cgroup_busy(CID))
             for_sandbox.side_effect = exception.JailError(reason='none')
-            self.assertFalse(manager._vm_cgroup_busy(CID))
+            self.assertFalse(liveness.vm_cgroup_busy(CID))
         for_sandbox.assert_called_with('kata_zun', 'kz-' + CID[:12])

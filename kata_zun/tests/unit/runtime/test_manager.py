@@ -8,18 +8,21 @@ from oslotest import base
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun import network
+from kata_zun.runtime import archiveops
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import manager
+from kata_zun.runtime import record
+from kata_zun.runtime import validate
 
 
 class ManagerHelpersTestCase(base.BaseTestCase):
 
     def test_clean_stat_bounds_what_the_guest_says(self):
         self.assertEqual({'name': '', 'size': 0, 'mode': 0, 'mtime': 0,
-                          'linkTarget': ''}, manager._clean_stat('junk'))
-        stat = manager._clean_stat({'name': 'x' * 10000, 'size': -1,
-                                    'mode': True, 'mtime': 1.5,
-                                    'linkTarget': ['a']})
+                          'linkTarget': ''}, archiveops._clean_stat('junk'))
+        stat = archiveops._clean_stat({'name': 'x' * 10000, 'size': -1,
+                                       'mode': True, 'mtime': 1.5,
+                                       'linkTarget': ['a']})
         self.assertEqual(4096, len(stat['name']))
         self.assertEqual((0, 0, 1.5, ''), (stat['size'], stat['mode'],
                                            stat['mtime'],
@@ -27,27 +30,27 @@ class ManagerHelpersTestCase(base.BaseTestCase):
 
     def test_restart_policies(self):
         self.assertEqual({'name': 'no', 'max_retries': 0},
-                         manager.parse_restart_policy(None))
+                         validate.parse_restart_policy(None))
         self.assertEqual({'name': 'on-failure', 'max_retries': 3},
-                         manager.parse_restart_policy('on-failure:3'))
+                         validate.parse_restart_policy('on-failure:3'))
         self.assertEqual({'name': 'always', 'max_retries': 0},
-                         manager.parse_restart_policy('always'))
+                         validate.parse_restart_policy('always'))
         for bad in ('sometimes', 'always:3', 'on-failure:x', 'on-failure:'):
             self.assertRaises(exception.InvalidInput,
-                              manager.parse_restart_policy, bad)
+                              validate.parse_restart_policy, bad)
 
     def test_env_merge_keeps_order_and_overrides(self):
         self.assertEqual(['A=1', 'B=3', 'C=4'],
-                         manager._merge_env(['A=1', 'B=2'], ['B=3', 'C=4']))
+                         validate.merge_env(['A=1', 'B=2'], ['B=3', 'C=4']))
 
 
 class LostSandboxTestCase(base.BaseTestCase):
 
     def container(self, state, alive):
-        return manager.Container('/nowhere', {'id': 'c' * 64}, state, alive)
+        return record.Container('/nowhere', {'id': 'c' * 64}, state, alive)
 
     def test_host_restart_crash_and_clean_exit(self):
-        with mock.patch.object(manager.fileutils, 'boot_id',
+        with mock.patch.object(fileutils, 'boot_id',
                                return_value='boot-2'):
             c = self.container({'status': 'running', 'boot_id': 'boot-1',
                                 'exit_code': None}, alive=False)
@@ -117,7 +120,7 @@ class DamagedRecordsTestCase(base.BaseTestCase):
         self.assertIsNone(listed[good].error)
         for cid in damaged:
             c = listed[cid]
-            self.assertEqual(manager.UNKNOWN, c.status, cid)
+            self.assertEqual(record.UNKNOWN, c.status, cid)
             self.assertIn('damaged sandbox record', c.error)
             self.assertNotIn('\n', c.error)
             self.assertEqual(cid, self.rt.get(cid).id)
@@ -176,7 +179,7 @@ class LiveNetworkChangeTestCase(base.BaseTestCase):
         network.write_attachment(cdir, 'web', self.request)
         self.dir = cdir
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True))
         self.order = mock.Mock()
         self.client = self.order.client
         self.client.__enter__ = mock.Mock(return_value=self.client)
@@ -327,7 +330,7 @@ class RebindVolumesTestCase(base.BaseTestCase):
         fileutils.write_json(os.path.join(self.dir, 'state.json'),
                              self.state)
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=False))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=False))
 
     def _config(self):
         return fileutils.read_json(os.path.join(self.dir, 'config.json'))
@@ -365,7 +368,7 @@ class RebindVolumesTestCase(base.BaseTestCase):
 
     def test_a_live_vm_keeps_its_devices(self):
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True))
         fileutils.write_json(os.path.join(self.dir, 'state.json'), {
             'status': 'running', 'shim_pid': 1, 'boot_id':
             fileutils.boot_id()})

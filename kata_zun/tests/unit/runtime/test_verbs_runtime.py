@@ -14,6 +14,7 @@ from kata_zun import conf
 from kata_zun import exception
 from kata_zun.runtime import fileutils
 from kata_zun.runtime import manager
+from kata_zun.runtime import record
 
 
 class RecordsTestCase(base.BaseTestCase):
@@ -121,7 +122,7 @@ class WaitTestCase(RecordsTestCase):
         self.record('a' * 64, 'run', state={'status': 'running',
                                             'shim_pid': 1})
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True))
         client = mock.MagicMock()
         client.__enter__.return_value = client
         client.call.return_value = {'exited': True, 'exit_code': 7}
@@ -133,7 +134,7 @@ class WaitTestCase(RecordsTestCase):
         cdir = self.record('a' * 64, 'run', state={'status': 'running',
                                                    'shim_pid': 1})
         alive = self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True)).mock
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True)).mock
         client = mock.MagicMock()
         client.__enter__.return_value = client
 
@@ -167,12 +168,12 @@ class RestartTestCase(RecordsTestCase):
         cdir = self.record('a' * 64, 'web', state={'status': 'running',
                                                    'shim_pid': 1})
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True))
         marks = []
 
         def stop(cid, timeout=None):
             marks.append(os.path.exists(os.path.join(
-                cdir, manager.RESTART_MARK)))
+                cdir, record.RESTART_MARK)))
             self.assertEqual(5, timeout)
         with mock.patch.object(self.rt, 'stop', side_effect=stop), \
                 mock.patch.object(self.rt, 'start',
@@ -180,18 +181,18 @@ class RestartTestCase(RecordsTestCase):
             self.rt.restart('web', timeout=5)
         self.assertEqual([True], marks)
         self.assertFalse(os.path.exists(os.path.join(
-            cdir, manager.RESTART_MARK)))
+            cdir, record.RESTART_MARK)))
         start.assert_called_once_with('a' * 64)
 
     def test_failed_stop_removes_the_mark(self):
         cdir = self.record('a' * 64, 'web', state={'status': 'running',
                                                    'shim_pid': 1})
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.runtime.manager._pid_is_shim', return_value=True))
+            'kata_zun.runtime.liveness.pid_is_shim', return_value=True))
         with mock.patch.object(self.rt, 'stop', side_effect=exception.
                                ShimError(reason='x')), \
                 mock.patch.object(self.rt, 'start') as start:
             self.assertRaises(exception.ShimError, self.rt.restart, 'web')
         start.assert_not_called()
         self.assertFalse(os.path.exists(os.path.join(
-            cdir, manager.RESTART_MARK)))
+            cdir, record.RESTART_MARK)))
