@@ -15,8 +15,9 @@ file descriptors; the shim daemonizes and reports on its ready pipe as
 it does when started with ``python -m``.
 
 Protocol, over a SOCK_SEQPACKET socket at ``<run_path>/shim-forkserver-
-<key>.sock`` (key: the interpreter and the package's path): one packet
-per connection, a JSON object (:data:`MAX_REQUEST` bytes at most) ::
+<key>.sock`` (key: the Python environment and the package's path, see
+:func:`key`): one packet per connection, a JSON object
+(:data:`MAX_REQUEST` bytes at most) ::
 
     {"argv": [python, "-m", "kata_zun.cmd.shim", ...],
      "env": {...}, "umask": 18, "rlimits": [[resource, soft, hard], ...],
@@ -117,11 +118,25 @@ class Refused(Exception):
 
 def key():
     """:returns: what tells one installation's server from another's on
-        the same run path: the interpreter and the package's location.
+        the same run path: its Python environment and the package's
+        location, each resolved (``.venv/bin/python`` and
+        ``.venv/bin/python3`` are one installation, and must find one
+        server, not start a second).
     """
-    where = '%s\0%s' % (sys.executable,
-                        os.path.dirname(os.path.abspath(kata_zun.__file__)))
+    where = '%s\0%s' % (
+        os.path.realpath(sys.prefix),
+        os.path.realpath(os.path.dirname(os.path.abspath(kata_zun.__file__))))
     return hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
+def _this_interpreter(path):
+    """:returns: True if ``path`` names the interpreter this process
+        runs, however it is spelled.
+    """
+    try:
+        return os.path.realpath(path) == os.path.realpath(sys.executable)
+    except (OSError, ValueError):
+        return False
 
 
 def socket_name():
@@ -384,7 +399,7 @@ class Request(object):
         if not (isinstance(argv, list) and 3 <= len(argv) <= MAX_ARGS and
                 all(isinstance(a, str) and '\0' not in a for a in argv)):
             raise Refused('bad argv')
-        if argv[:3] != [sys.executable, '-m', entry]:
+        if argv[1:3] != ['-m', entry] or not _this_interpreter(argv[0]):
             raise Refused('not a shim of this installation: %r' %
                           argv[:3])
         if not (isinstance(env, dict) and len(env) <= MAX_ENV and
