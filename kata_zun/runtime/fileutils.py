@@ -87,7 +87,7 @@ def fsync_tree(top):
         fsync_dir(dirpath)
 
 
-def poll_flock(fd, deadline=None, interval=0.05):
+def poll_flock(fd, deadline=None, interval=0.05, first=None):
     """Take an exclusive ``flock`` on ``fd``, polling.
 
     Never a blocking ``flock()``: in zun-compute (eventlet) it would stop
@@ -96,17 +96,25 @@ def poll_flock(fd, deadline=None, interval=0.05):
     :param fd: an open descriptor of the lock file.
     :param deadline: ``time.monotonic()`` value to give up at, or None to
         wait for ever.
-    :param interval: seconds between tries.
+    :param interval: seconds between tries (the longest wait, with
+        ``first``).
+    :param first: seconds before the second try, doubled at each try up
+        to ``interval``: a lock held briefly is taken soon after it is
+        free, one held long is not polled hot. None: ``interval``.
     :returns: True once locked, False when the deadline passed.
     """
+    delay = interval if first is None else min(first, interval)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
-            if deadline is not None and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
-            time.sleep(interval)
+            time.sleep(delay if deadline is None
+                       else max(0.0, min(delay, deadline - now)))
+            delay = min(delay * 2, interval)
 
 
 def write_atomic(path, data, mode=0o600):

@@ -32,7 +32,6 @@ module:
 This module knows nothing about Zun.
 """
 
-import fcntl
 import math
 import os
 import secrets
@@ -110,17 +109,12 @@ class Runtime(pods.PodMixin, netops.NetworkMixin, archiveops.ArchiveMixin,
         """
         fd = os.open(os.path.join(self.containers_dir, '.lock'),
                      os.O_RDWR | os.O_CREAT, 0o600)
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            except BaseException:
-                os.close(fd)
-                raise
+        try:
+            fileutils.poll_flock(fd, first=0.001)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _load(self, cid):
         """Read a container record.

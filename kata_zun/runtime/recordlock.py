@@ -17,11 +17,11 @@ including the one that holds the lock (``time.sleep`` yields).
 """
 
 import contextlib
-import fcntl
 import os
 import time
 
 from kata_zun import exception
+from kata_zun.runtime import fileutils
 
 LOCK_FILE = 'op.lock'
 _MAX_WORD = 32
@@ -48,21 +48,12 @@ def held(record_dir, cid, doing, wait=0.0):
     except FileNotFoundError:
         raise exception.ContainerNotFound(ref=cid[:12])
     try:
-        deadline = time.monotonic() + wait
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _holder_word(fd) or 'changed'
-                    raise exception.Conflict(
-                        reason='container %s is being %s by another '
-                        'request: try again when it is done'
-                        % (cid[:12], holder))
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        if not fileutils.poll_flock(fd, time.monotonic() + wait,
+                                    interval=0.1, first=0.005):
+            holder = _holder_word(fd) or 'changed'
+            raise exception.Conflict(
+                reason='container %s is being %s by another request: try '
+                'again when it is done' % (cid[:12], holder))
         if not os.path.exists(os.path.join(record_dir, 'config.json')):
             # An rm removed the record while we waited: our open made a
             # new lock file in its dying directory; leave nothing behind.

@@ -89,3 +89,27 @@ class PollFlockTestCase(base.BaseTestCase):
         self.assertGreaterEqual(time.monotonic() - t, 0.2)
         fcntl.flock(holder, fcntl.LOCK_UN)
         self.assertTrue(fileutils.poll_flock(other))
+
+    def test_backs_off_from_first_to_interval_and_stops_at_deadline(self):
+        import fcntl
+        path = os.path.join(self.useFixture(fixtures.TempDir()).path, 'l')
+        holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, holder)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        other = os.open(path, os.O_RDWR)
+        self.addCleanup(os.close, other)
+        clock = [100.0]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            clock[0] += seconds
+        with mock.patch.object(fileutils.time, 'sleep', side_effect=sleep), \
+                mock.patch.object(fileutils.time, 'monotonic',
+                                  side_effect=lambda: clock[0]):
+            self.assertFalse(fileutils.poll_flock(
+                other, deadline=100.1, interval=0.04, first=0.005))
+        # Doubling up to the interval; the last wait ends at the deadline.
+        self.assertEqual([0.005, 0.01, 0.02, 0.04], slept[:4])
+        self.assertTrue(all(s == 0.04 for s in slept[4:-1]), slept)
+        self.assertAlmostEqual(100.1, clock[0])
