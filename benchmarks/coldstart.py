@@ -83,10 +83,8 @@ def floor(tmp, runs):
 
 
 def cli(conf_file, *args, stdout=subprocess.DEVNULL):
-    # The same interpreter path as every other CLI run of the benchmarks:
-    # the shim fork server is one per interpreter path and installation,
-    # and a second spelling of the same Python (the venv's kata-zun
-    # script names python3) would start a second server.
+    # The benchmark's own interpreter, as every other CLI run of the
+    # benchmarks: the CLI under test is the tree the benchmark imports.
     return subprocess.run([sys.executable, '-m', 'kata_zun.cmd.cli',
                            '--config-file', conf_file] + list(args),
                           check=True, timeout=300, stdout=stdout,

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 
+import coldstart  # benchmarks/coldstart.py
 import isolated  # benchmarks/isolated.py
 
 CLI_TIMEOUT = 900
@@ -48,12 +49,10 @@ class Sandbox(isolated.Isolated):
             timeout=timeout, stdin=subprocess.DEVNULL)
 
     def load_busybox(self):
-        from kata_zun.image import busybox
-        archive = os.path.join(self.root, 'busybox.tar')
-        busybox.write_docker_archive(archive)
-        r = self.cli('load', '-i', archive)
-        if r.returncode:
-            raise SystemExit('load failed: %s' % r.stderr)
+        try:
+            coldstart.load_busybox(self.conf, self.root)
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit('load failed: %s' % exc.stderr)
 
     def remove_all(self):
         ids = self.cli('ps', '-a', '-q').stdout.split()
