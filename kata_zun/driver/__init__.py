@@ -28,7 +28,6 @@ from oslo_log import log as logging
 from oslo_utils import units
 from zun.common import consts
 from zun.common import exception as zun_exc
-from zun.compute import container_actions
 from zun.container import driver as zun_driver
 from zun import objects
 
@@ -39,6 +38,7 @@ from kata_zun.driver import capsule as zun_capsule
 from kata_zun.driver import common
 from kata_zun.driver.common import runtime_id
 from kata_zun.driver.common import wrap as _wrap
+from kata_zun.driver import heal as zun_heal
 from kata_zun.driver import images as zun_images
 from kata_zun.driver import network as zun_network
 from kata_zun.driver import orphans as zun_orphans
@@ -119,11 +119,7 @@ class KataDriver(zun_images.ImageDriverMixin,
         # served from zun-compute itself, in green threads. Started now in
         # zun-compute (eventlet-patched), on first use anywhere else.
         self._console = None
-        # auto_heal: containers that were running when a heal began and
-        # are not running again yet (uuid -> True). A heal whose rebuild
-        # fails leaves the container Error; the next heal must still
-        # start it, not only create it.
-        self._heal_to_run = {}
+        self._healer = zun_heal.Healer()
         # In zun-compute (eventlet-patched), the first list() is
         # init_containers' at start-up, before any request is served:
         # then, and only then, a hostless create is an orphan.
@@ -356,6 +352,10 @@ class KataDriver(zun_images.ImageDriverMixin,
             if container.auto_remove:
                 container.status = consts.DELETED
             else:
+                # A show may see the loss before the periodic sync: the
+                # heal must still start what was running (it once
+                # rebuilt a container Error, and left it Created).
+                self._healer.lost(container)
                 container.status = consts.ERROR
                 container.status_reason = ('the sandbox of this container '
                                            'is gone from host %s' %
@@ -403,8 +403,13 @@ class KataDriver(zun_images.ImageDriverMixin,
         for capsule in capsules:
             if capsule.host == CONF.host:
                 zun_capsule.sync_capsule(self.rt, context, capsule)
-        if capsules and len(capsules) == len(containers):
+        if all(isinstance(c, objects.Capsule) for c in containers):
+            # The capsule call (or no container at all). Containers are
+            # not synced again: with no capsules this call (an empty
+            # list) healed every missing container a second time.
+            self._release_orphan_networks()
             return
+        self._healer.forget_others(c.uuid for c in containers)
         zun_orphans.settle_lost_results(
             context, containers, CONF.host, self._sandbox_or_none,
             self._refresh)
@@ -428,7 +433,7 @@ class KataDriver(zun_images.ImageDriverMixin,
                 continue    # never got a sandbox (e.g. its image failed)
             if container.auto_remove:
                 container.status = consts.DELETED
-            elif self._heal(context, container, manager_):
+            elif self._healer.heal(context, container, manager_):
                 continue
             elif container.status == consts.ERROR:
                 continue    # keep the reason it already has
@@ -464,42 +469,6 @@ class KataDriver(zun_images.ImageDriverMixin,
         except Exception as exc:
             LOG.warning('saving the status of container %s: %s',
                         container.uuid, guestdata.printable(exc))
-
-    def _heal(self, context, container, manager_):
-        """auto_heal: rebuild a container whose sandbox is gone.
-
-        zun-compute's own rebuild makes it again from its image (a new VM
-        and writable layer; the Neutron ports are kept) and starts it if
-        it was running. zun's docker driver means to do the same but
-        calls ``container_rebuild`` without ``run``, which fails.
-
-        :returns: True when a rebuild was started.
-        """
-        if (not container.auto_heal or container.task_state or
-                container.status not in (consts.CREATED, consts.RUNNING,
-                                         consts.STOPPED, consts.ERROR)):
-            return False
-        LOG.warning('The sandbox of container %s is missing on this host: '
-                    'rebuilding it (auto_heal)', container.uuid)
-        ctx = copy.copy(context)
-        ctx.project_id = container.project_id
-        run = (container.status == consts.RUNNING or
-               self._heal_to_run.get(container.uuid, False))
-        if run:
-            self._heal_to_run[container.uuid] = True
-        try:
-            objects.ContainerAction.action_start(
-                ctx, container.uuid, container_actions.REBUILD,
-                want_result=False)
-            manager_.container_rebuild(ctx, container, run)
-        except Exception:
-            LOG.exception('auto_heal of container %s failed',
-                          container.uuid)
-            return False
-        finally:
-            if container.status == consts.RUNNING:
-                self._heal_to_run.pop(container.uuid, None)
-        return True
 
     # ------------------------------------------------------------ I/O
     @_wrap

@@ -25,7 +25,8 @@ class DriverTestCase(base.BaseTestCase):
             uuid='6f1c7a56-6a8e-4b5e-9f5e-0d1b2c3d4e5f',
             container_id='ab' * 16,
             status='Running', status_reason=None, status_detail=None,
-            task_state=None, auto_remove=False, name='c1', host='h')
+            task_state=None, auto_remove=False, auto_heal=False, name='c1',
+            host='h')
         c.__dict__.update(kw)
         return c
 
@@ -160,9 +161,12 @@ class DriverTestCase(base.BaseTestCase):
         manager_ = mock.Mock()
         manager_.container_rebuild.side_effect = fails
         self.rt.list.return_value = []
+        finished = mock.Mock(finish_time='2026-12-06T12:00:00')
         with mock.patch('zun.objects.Container.list_by_host',
                         return_value=[heal]), \
-                mock.patch('zun.objects.ContainerAction.action_start'):
+                mock.patch('zun.objects.ContainerAction.action_start'), \
+                mock.patch('zun.objects.ContainerAction.get_by_request_id',
+                           return_value=finished):
             self.driver.update_containers_states(
                 mock.Mock(project_id=None), [heal], manager_)
             self.assertEqual('Error', heal.status)
@@ -175,12 +179,69 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual([True, True], [
             c[0][2] for c in manager_.container_rebuild.call_args_list])
         self.assertEqual('Running', heal.status)
-        self.assertEqual({}, self.driver._heal_to_run)
+        self.assertEqual({}, self.driver._healer.to_run)
         # A container that was not running is healed as created.
         heal.status = 'Stopped'
         manager_, _a = self._sync([heal])
         manager_.container_rebuild.assert_called_once_with(
             mock.ANY, heal, False)
+
+    def test_the_capsule_call_heals_nothing_again(self):
+        # zun-compute's sync calls the driver a second time with its
+        # capsules: an empty list when there are none. That call healed
+        # every missing container a second time (two rebuilds; CI saw the
+        # container end Created).
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+        manager_ = mock.Mock()
+        self.rt.list.return_value = []
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[heal]), \
+                mock.patch('zun.objects.ContainerAction.action_start'), \
+                mock.patch('zun.objects.ContainerAction.get_by_request_id',
+                           return_value=mock.Mock(finish_time=None)):
+            ctx = mock.Mock(project_id=None)
+            self.driver.update_containers_states(ctx, [heal], manager_)
+            self.rt.release_orphan_networks.reset_mock()
+            self.driver.update_containers_states(ctx, [], manager_)
+        self.assertEqual(1, manager_.container_rebuild.call_count)
+        # It still retries failed network releases.
+        self.rt.release_orphan_networks.assert_called_once_with()
+
+    def test_a_heal_under_way_is_not_started_again(self):
+        # The rebuild is a green thread of zun-compute: until it runs the
+        # next sync still sees no sandbox and no task_state.
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+        manager_ = mock.Mock()
+        self.rt.list.return_value = []
+        action = mock.Mock(finish_time=None)
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[heal]), \
+                mock.patch('zun.objects.ContainerAction.action_start') as a, \
+                mock.patch('zun.objects.ContainerAction.get_by_request_id',
+                           return_value=action) as get:
+            ctx = mock.Mock(project_id=None, request_id='req-sync')
+            for _ in range(3):
+                self.driver.update_containers_states(ctx, [heal], manager_)
+            self.assertEqual(1, manager_.container_rebuild.call_count)
+            # Its own request id, under which its action is found.
+            rebuild_ctx = manager_.container_rebuild.call_args[0][0]
+            self.assertNotEqual('req-sync', rebuild_ctx.request_id)
+            self.assertEqual(rebuild_ctx.request_id,
+                             a.call_args[0][0].request_id)
+            self.assertEqual((heal.uuid, rebuild_ctx.request_id),
+                             get.call_args[0][1:])
+            # Finished (and still no sandbox): healed again.
+            action.finish_time = '2026-12-06T12:00:00'
+            self.driver.update_containers_states(ctx, [heal], manager_)
+            self.assertEqual(2, manager_.container_rebuild.call_count)
+        # A deleted container is forgotten by the next sync.
+        self.assertIn(heal.uuid, self.driver._healer.started)
+        other = self._container(uuid='other', container_id='cd' * 16,
+                                save=mock.Mock())
+        self._sync([other], sandboxes=[mock.Mock(id='cd' * 16)])
+        self.assertEqual({}, self.driver._healer.started)
 
     def test_missing_without_auto_heal_is_an_error(self):
         c = self._container(auto_heal=False, save=mock.Mock())
@@ -234,6 +295,26 @@ class DriverTestCase(base.BaseTestCase):
         self.rt.get.reset_mock()
         self.driver.show(None, c)
         self.assertFalse(self.rt.get.called)
+
+    def test_a_show_before_the_heal_still_gets_it_started(self):
+        # A GET saw the sandbox gone first (zun-compute saves the Error
+        # it shows); the heal that followed rebuilt the container without
+        # starting it, and it stayed Created (CI).
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+        self.rt.get.side_effect = exception.ContainerNotFound(ref='x')
+        self.driver.show(None, heal)
+        self.assertEqual('Error', heal.status)
+        manager_, _a = self._sync([heal])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, heal, True)
+        # What was not running is rebuilt, not started.
+        stopped = self._container(uuid='s1', auto_heal=True, project_id='p1',
+                                  status='Stopped', save=mock.Mock())
+        self.driver.show(None, stopped)
+        manager_, _a = self._sync([stopped])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, stopped, False)
 
     def test_show_of_a_container_being_deleted(self):
         # zun-compute clears task_state after the driver's delete, then
