@@ -165,8 +165,17 @@ class ZunEndToEndBase(base.BaseTestCase):
         return code, out, err
 
     def show(self, name):
-        return json.loads(self.os('appcontainer', 'show', '-f', 'json',
-                                  name)[1])
+        """What ``openstack appcontainer show -f json`` prints, read
+        through the API (polls spawn no client process; see
+        :meth:`ZunEnvironment.api`).
+        """
+        info = self.env.show('containers', name)
+        self.assertIsNotNone(info, 'no container %s' % name)
+        return info
+
+    def gone(self, *names):
+        """:returns: True once zun-api knows none of ``names``."""
+        return all(self.env.show('containers', n) is None for n in names)
 
     def wait_status(self, name, want, timeout=120):
         deadline = time.time() + timeout
@@ -232,7 +241,11 @@ class ZunEndToEndTest(ZunEndToEndBase):
 
         # zun-compute crashes and comes back: the VM never noticed.
         self.env.restart_compute(kill=True)
-        self.assertEqual('Running', self.show('c1')['status'])
+        # As the user sees it, through the client (polls use the API).
+        shown = json.loads(self.os('appcontainer', 'show', '-f', 'json',
+                                   'c1')[1])
+        self.assertEqual(('Running', info['uuid']),
+                         (shown['status'], shown['uuid']))
         out = self.os('appcontainer', 'exec', 'c1', 'echo', 'still here')[1]
         self.assertIn('still here', out)
         code, _out, _err = self.os('appcontainer', 'exec', 'c1', 'sh', '-c',
@@ -259,9 +272,13 @@ class ZunEndToEndTest(ZunEndToEndBase):
         self.wait_status('c1', ('Stopped',))
         self.os('appcontainer', 'delete', 'c1')
         deadline = time.time() + 60
-        while self.os('appcontainer', 'show', 'c1', check=False)[0] == 0:
+        while not self.gone('c1'):
             self.assertLess(time.time(), deadline)
             time.sleep(1)
+        # The user's own view of it, through the client.
+        code, _out, err = self.os('appcontainer', 'show', 'c1', check=False)
+        self.assertNotEqual(0, code)
+        self.assertIn('c1', err)
 
     def test_failures_end_in_error_with_a_reason(self):
         self.os('appcontainer', 'run', '--name', 'noimg',
@@ -321,8 +338,7 @@ class ZunEndToEndTest(ZunEndToEndBase):
         self.assertIn('sandbox', info['status_reason'])
         deadline = time.time() + 180
         while True:
-            actions = self.os('appcontainer', 'action', 'list', '-f',
-                              'value', '-c', 'Action', 'healed')[1].split()
+            actions = [a['action'] for a in self.env.actions('healed')]
             if 'rebuild' in actions and self.show('healed')[
                     'status'] == 'Running':
                 break

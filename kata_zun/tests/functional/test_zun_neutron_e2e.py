@@ -83,9 +83,10 @@ class ZunNeutronBase(test_zun_e2e.ZunEndToEndBase):
         return json.loads(self.os(*(args + ('-f', 'json')))[1])
 
     def ping(self, name, address, count=1):
-        code, out, err = self.os('appcontainer', 'exec', name, 'ping',
-                                 '-c', str(count), '-W', '2', address,
-                                 check=False)
+        # Polled: through the API (see ZunEnvironment.api), not a new
+        # client process per try.
+        code, _out = self.env.exec_(name, 'ping', '-c', str(count), '-W',
+                                    '2', address)
         return code == 0
 
     def wait_ping(self, name, address, ok, timeout=60):
@@ -103,13 +104,11 @@ class ZunNeutronBase(test_zun_e2e.ZunEndToEndBase):
         deadline = time.time() + timeout
         while True:
             done = []
-            for row in self.osj('appcontainer', 'action', 'list', name):
-                row = {k.lower().replace(' ', '_'): v
-                       for k, v in row.items()}
+            for row in self.env.actions(name):
                 if row.get('action') != action:
                     continue
-                events = self.osj('appcontainer', 'action', 'show', name,
-                                  row['request_id']).get('events') or []
+                events = self.env.actions(
+                    name, row['request_id']).get('events') or []
                 if events and all(e.get('finish_time') for e in events):
                     done.append(row)
             if len(done) >= nth:
@@ -123,12 +122,11 @@ class ZunNeutronBase(test_zun_e2e.ZunEndToEndBase):
 
         :returns: (exit code, md5 of the body as ``md5sum`` prints it).
         """
-        code, out, _err = self.os(
-            'appcontainer', 'exec', name, 'sh', '-c',
+        code, out = self.env.exec_(
+            name, 'sh', '-c',
             # busybox wget's own -T crashes (SIGSEGV) in the guest.
             'rm -f /tmp/got; timeout 10 wget -q -O /tmp/got %s && '
-            'md5sum /tmp/got' % url,
-            check=False)
+            'md5sum /tmp/got' % url)
         return code, out.split()[0] if code == 0 and out.split() else None
 
     def wait_fetch(self, name, url, ok, timeout=60):
@@ -355,8 +353,7 @@ class ZunNeutronEndToEndTest(ZunNeutronBase):
         for name in ('c1', 'c2', 'c3'):
             self.os('appcontainer', 'delete', '--stop', name)
         deadline = time.time() + 120
-        while any(self.os('appcontainer', 'show', n, check=False)[0] == 0
-                  for n in ('c1', 'c2', 'c3')):
+        while not self.gone('c1', 'c2', 'c3'):
             self.assertLess(time.time(), deadline)
             time.sleep(1)
         # The driver's port is gone; the user's is kept, unbound.
@@ -392,7 +389,7 @@ class ZunNeutronCapsuleTest(ZunNeutronBase):
         ref = self.osj('capsule', 'create', '--file', path)['uuid']
         deadline = time.time() + 600
         while True:
-            info = self.osj('capsule', 'show', ref)
+            info = self.env.show('capsules', ref)
             if info['status'] == 'Running':
                 break
             self.assertNotIn(info['status'], ('Error', 'Stopped'), info)
@@ -419,7 +416,7 @@ class ZunNeutronCapsuleTest(ZunNeutronBase):
         members = [c['uuid'].replace('-', '') for c in info['containers']]
         self.os('capsule', 'delete', ref)
         deadline = time.time() + 180
-        while self.os('capsule', 'show', ref, check=False)[0] == 0:
+        while self.env.show('capsules', ref) is not None:
             self.assertLess(time.time(), deadline, ref)
             time.sleep(1)
         # No VM, record, tap or port left.

@@ -271,7 +271,6 @@ class ZunTwoHostsTest(test_zun_e2e.ZunEndToEndBase):
 
     def _wait_gone(self, names, timeout=180):
         deadline = time.time() + timeout
-        while any(self.os('appcontainer', 'show', n, check=False)[0] == 0
-                  for n in names):
+        while not self.gone(*names):
             self.assertLess(time.time(), deadline, names)
             time.sleep(1)

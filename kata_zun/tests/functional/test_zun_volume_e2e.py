@@ -232,7 +232,12 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         return json.loads(self.os(*args)[1])
 
     def show(self, name):
-        return self.osj('appcontainer', 'show', '-f', 'json', name)
+        """``openstack appcontainer show -f json``, through the API (a
+        poll spawns no client process: see ``ZunEnvironment.api``).
+        """
+        info = self.env.show('containers', name)
+        self.assertIsNotNone(info, 'no container %s' % name)
+        return info
 
     def wait_status(self, name, want, timeout=STATUS_TIMEOUT):
         deadline = time.time() + timeout
@@ -250,13 +255,16 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
     def delete_container(self, name):
         self.os('appcontainer', 'delete', '--force', name)
         deadline = time.time() + STATUS_TIMEOUT
-        while self.os('appcontainer', 'show', name, check=False)[0] == 0:
+        while self.env.show('containers', name) is not None:
             self.assertLess(time.time(), deadline,
                             '%s still there after delete' % name)
             time.sleep(1)
 
     def volume(self, ref):
-        return self.osj('volume', 'show', '-f', 'json', ref)
+        """A volume as cinder-api shows it (through the API: polls spawn
+        no client process).
+        """
+        return self.cinder.call('GET', '/volumes/%s' % ref)['volume']
 
     def wait_volume(self, ref, want):
         deadline = time.time() + STATUS_TIMEOUT
@@ -270,8 +278,8 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
 
     def wait_volume_gone(self, volume_id):
         deadline = time.time() + STATUS_TIMEOUT
-        while volume_id in [v['ID'] for v in self.osj(
-                'volume', 'list', '-f', 'json')]:
+        while volume_id in [v['id'] for v in self.cinder.call(
+                'GET', '/volumes')['volumes']]:
             self.assertLess(time.time(), deadline, volume_id)
             time.sleep(1)
 
@@ -478,7 +486,9 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         return info['uuid']
 
     def capsule(self, ref):
-        return self.osj('capsule', 'show', '-f', 'json', ref)
+        info = self.env.show('capsules', ref)
+        self.assertIsNotNone(info, 'no capsule %s' % ref)
+        return info
 
     def wait_capsule(self, ref, want):
         deadline = time.time() + STATUS_TIMEOUT * 2
@@ -494,7 +504,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
     def delete_capsule(self, ref, pod_id, member_ids):
         self.os('capsule', 'delete', ref)
         deadline = time.time() + STATUS_TIMEOUT
-        while self.os('capsule', 'show', ref, check=False)[0] == 0:
+        while self.env.show('capsules', ref) is not None:
             self.assertLess(time.time(), deadline,
                             'capsule %s still there' % ref)
             time.sleep(1)

@@ -1819,6 +1819,64 @@ class ZunEnvironment(ServiceHarness):
                               else subprocess.DEVNULL)
         return proc.returncode, proc.stdout, proc.stderr
 
+    def api(self):
+        """The environment's python-zunclient client, made once: one
+        keystone token for the environment's life.
+
+        For polls. ``openstack appcontainer show`` each second cost some
+        2 s of CPU per call (a new Python importing the whole client, and
+        a password check in keystone): CPU that the VMs under test boot
+        with, on a 2-core host. What a user does still goes through
+        :meth:`openstack`.
+
+        :returns: a ``zunclient.v1.client.Client``.
+        """
+        if getattr(self, '_api', None) is None:
+            self._api = self.zun_client()
+        return self._api
+
+    def show(self, kind, ref):
+        """What ``openstack appcontainer show -f json REF`` (kind
+        ``containers``) or ``openstack capsule show -f json REF`` (kind
+        ``capsules``) prints, read through :meth:`api`.
+
+        :returns: the dict, or None when zun-api answers 404.
+        """
+        from zunclient.common import utils as zun_utils
+        from zunclient import exceptions as zun_exceptions
+        try:
+            obj = getattr(self.api(), kind).get(ref)
+        except zun_exceptions.NotFound:
+            return None
+        # As the OSC plugin shows them: addresses as one string.
+        zun_utils.format_container_addresses(obj)
+        return dict(obj._info)
+
+    def actions(self, ref, request_id=None):
+        """The actions of a container (``openstack appcontainer action
+        list``), or one of them with its events (``... action show``),
+        read through :meth:`api`.
+
+        :returns: a list of dicts (``action``, ``request_id``,
+            ``message``, ``start_time``...), or with ``request_id`` one
+            dict (and its ``events``).
+        """
+        if request_id is not None:
+            return dict(self.api().actions.get(ref, request_id)._info)
+        return [dict(a._info) for a in self.api().actions.list(ref)]
+
+    def exec_(self, ref, *argv):
+        """``openstack appcontainer exec REF ARGV...`` through
+        :meth:`api`: the same request to zun-api, its argv quoted as the
+        client quotes it.
+
+        :returns: ``(exit code, output)``.
+        """
+        from zunclient.common import utils as zun_utils
+        result = self.api().containers.execute(
+            ref, command=zun_utils.parse_command(list(argv)))
+        return result['exit_code'], result['output']
+
     def zun_client(self):
         """A python-zunclient client of the admin (keystoneauth1 session).
 
