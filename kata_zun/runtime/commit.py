@@ -168,7 +168,8 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
             'writable layer is only mounted in the guest)' % (c.id[:12],
                                                               c.status))
     store = rt.images
-    record, config_file, layers = store.open_blobs(c.config['image']['id'])
+    base_image, config_file, layers = store.open_blobs(
+        c.config['image']['id'])
     try:
         base = json.loads(config_file.read().decode('utf-8'))
     finally:
@@ -191,12 +192,12 @@ def commit(rt, ref, repo_tag=None, changes=None, comment=None,
         finally:
             if repause:
                 rt.pause(c.id)
-        container_config = effective_config(record.config,
+        container_config = effective_config(base_image.config,
                                             c.config['agent_spec'])
         container_config.update(changes or {})
         doc = new_config(base, diff_id, container_config, comment)
         names = []
-        for i, digest in enumerate(record.layers):
+        for i, digest in enumerate(base_image.layers):
             dest = os.path.join(layout, 'layers', '%d.tar' % i)
             os.link(store.blob_path(digest), dest)
             names.append('layers/%d.tar' % i)
