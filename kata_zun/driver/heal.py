@@ -83,9 +83,20 @@ class Healer(object):
                 want_result=False)
             self.started[container.uuid] = ctx.request_id
             manager_.container_rebuild(ctx, container, run)
-        except Exception:
+        except Exception as exc:
             LOG.exception('auto_heal of container %s failed',
                           container.uuid)
+            if self.started.pop(container.uuid, None) is not None:
+                # Its action would stay unfinished: finish it as failed,
+                # and the next sync heals again.
+                try:
+                    objects.ContainerAction.action_finish(
+                        ctx, container.uuid, container_actions.REBUILD,
+                        exc_val=exc, exc_tb=exc.__traceback__,
+                        want_result=False)
+                except Exception as finish_exc:
+                    LOG.warning('finishing the rebuild action of %s: %s',
+                                container.uuid, finish_exc)
             return False
         finally:
             if container.status == consts.RUNNING:

@@ -243,6 +243,28 @@ class DriverTestCase(base.BaseTestCase):
         self._sync([other], sandboxes=[mock.Mock(id='cd' * 16)])
         self.assertEqual({}, self.driver._healer.started)
 
+    def test_a_rebuild_that_fails_to_start_is_tried_again(self):
+        heal = self._container(auto_heal=True, project_id='p1',
+                               save=mock.Mock())
+        manager_ = mock.Mock()
+        manager_.container_rebuild.side_effect = [RuntimeError('rpc'),
+                                                  None]
+        self.rt.list.return_value = []
+        with mock.patch('zun.objects.Container.list_by_host',
+                        return_value=[heal]), \
+                mock.patch('zun.objects.ContainerAction.action_start'), \
+                mock.patch('zun.objects.ContainerAction.action_finish') as f, \
+                mock.patch('zun.objects.ContainerAction.get_by_request_id',
+                           return_value=mock.Mock(finish_time=None)):
+            ctx = mock.Mock(project_id=None)
+            self.driver.update_containers_states(ctx, [heal], manager_)
+            # Its action finished as failed, nothing kept as under way.
+            self.assertEqual('rebuild', f.call_args[0][2])
+            self.assertIsInstance(f.call_args[1]['exc_val'], RuntimeError)
+            self.assertEqual({}, self.driver._healer.started)
+            self.driver.update_containers_states(ctx, [heal], manager_)
+        self.assertEqual(2, manager_.container_rebuild.call_count)
+
     def test_missing_without_auto_heal_is_an_error(self):
         c = self._container(auto_heal=False, save=mock.Mock())
         manager_, _a = self._sync([c])
