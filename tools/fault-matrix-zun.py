@@ -321,11 +321,6 @@ class ZunMatrix(fm.Env):
         except Exception as exc:
             raise CellFailed('show %s: %s' % (name, exc))
 
-    def volume_status(self, volume_id):
-        """:returns: a Cinder volume's status, through its API."""
-        return self.cinder.call('GET', '/volumes/%s' % volume_id)[
-            'volume']['status']
-
     def wait_status(self, name, want, timeout=WAIT):
         deadline = time.monotonic() + timeout
         while True:
@@ -890,7 +885,7 @@ def cell_volume(m, target, name, cids):
     vol = json.loads(m.os_ok('volume', 'create', '-f', 'json', '--size',
                              '1', name))
     deadline = time.monotonic() + WAIT
-    while m.volume_status(vol['id']) != 'available':
+    while m.cinder.volume(vol['id'])['status'] != 'available':
         _check(time.monotonic() < deadline, 'volume not available')
         time.sleep(1)
     try:
@@ -900,7 +895,7 @@ def cell_volume(m, target, name, cids):
         said = outcome(m, name, cid)
         deadline = time.monotonic() + WAIT
         while True:
-            status = m.volume_status(vol['id'])
+            status = m.cinder.volume(vol['id'])['status']
             if status == 'available':
                 break
             _check(time.monotonic() < deadline,

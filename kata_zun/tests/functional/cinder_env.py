@@ -402,6 +402,12 @@ class CinderEnvironment(zun_env.ProcessGroupServices,
         status, resp = self.request(method, path, body, headers)
         return zun_env._check(status, resp, '%s %s' % (method, path), ok)
 
+    def volume(self, volume_id):
+        """:returns: a volume as the cinder API shows it (for polls:
+            no client process per look).
+        """
+        return self.call('GET', '/volumes/%s' % volume_id)['volume']
+
     def _register(self):
         """The ``cinder`` user, the services and their endpoints.
 

@@ -260,16 +260,10 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
                             '%s still there after delete' % name)
             time.sleep(1)
 
-    def volume(self, ref):
-        """A volume as cinder-api shows it (through the API: polls spawn
-        no client process).
-        """
-        return self.cinder.call('GET', '/volumes/%s' % ref)['volume']
-
     def wait_volume(self, ref, want):
         deadline = time.time() + STATUS_TIMEOUT
         while True:
-            vol = self.volume(ref)
+            vol = self.cinder.volume(ref)
             if vol['status'] == want:
                 return vol
             self.assertNotIn(vol['status'], ('error', 'error_deleting'), vol)
@@ -322,7 +316,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
                            'source=%s,destination=/data' % name,
                            'busybox', 'sleep', '600')
         self.wait_status('w1', ('Running',))
-        self.assertEqual('in-use', self.volume(vol['id'])['status'])
+        self.assertEqual('in-use', self.cinder.volume(vol['id'])['status'])
         # A blank volume got its file system inside the VM.
         out = self.exec_('w1', 'cat', '/proc/mounts')[1]
         self.assertRegex(out, r'/dev/vd[a-z]+ /data ext4 rw')
@@ -334,7 +328,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         self.env.restart_compute(kill=True)
         self.assertEqual('Running', self.show('w1')['status'])
         self.exec_('w1', 'sh', '-c', 'echo second >> /data/f && sync')
-        self.assertEqual('in-use', self.volume(vol['id'])['status'])
+        self.assertEqual('in-use', self.cinder.volume(vol['id'])['status'])
         self.assert_never_mounted_on_host(vol['id'])
         # Stop and start: the VM boots again with the same volume.
         self.os('appcontainer', 'stop', '--timeout', '1', 'w1')
@@ -561,7 +555,7 @@ class ZunVolumeEndToEndTest(base.BaseTestCase):
         # a VolumeMapping has no such field), never mounted on the host.
         vol, = [v for v in self.osj('volume', 'list', '-f', 'json')
                 if v['ID'] not in volumes_before]
-        self.assertEqual('in-use', self.volume(vol['ID'])['status'])
+        self.assertEqual('in-use', self.cinder.volume(vol['ID'])['status'])
         self.assert_never_mounted_on_host(vol['ID'])
         self.kz('exec', client['Id'], 'sh', '-c', 'echo c > /data/c')
         self.assertEqual('c', self.kz('exec', server['Id'], 'cat',
