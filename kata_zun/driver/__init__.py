@@ -416,6 +416,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         self._release_orphan_networks()
         local, missing = self.list(context)
         local_by_id = {c.container_id: c for c in local if c.container_id}
+        lost = {c.uuid for c in missing}
+        self._healer.found(
+            c.uuid for c in local if c.container_id and c.uuid not in lost
+            and c.status not in (consts.CREATING, consts.DELETING,
+                                 consts.DELETED))
         for container in containers:
             if (not isinstance(container, objects.Container) or
                     container.host != CONF.host or container.task_state):

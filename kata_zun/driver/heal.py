@@ -32,10 +32,12 @@ class Healer(object):
     """The auto_heal state of one zun-compute process."""
 
     def __init__(self):
-        # Containers that were running when a heal began and are not
-        # running again yet (uuid -> True). A heal whose rebuild fails
-        # leaves the container Error; the next heal must still start it,
-        # not only create it.
+        # Containers that were running when their sandbox went missing,
+        # kept until a sync finds a sandbox for them again (uuid -> True).
+        # A heal whose rebuild fails leaves the container Error and still
+        # without a sandbox; the next heal must start it, not only create
+        # it. Kept no longer: a container healed, later stopped by its
+        # user and then lost again must not be started by that heal.
         self.to_run = {}
         # The request id of each container's last heal (uuid -> id).
         self.started = {}
@@ -98,9 +100,6 @@ class Healer(object):
                     LOG.warning('finishing the rebuild action of %s: %s',
                                 container.uuid, finish_exc)
             return False
-        finally:
-            if container.status == consts.RUNNING:
-                self.to_run.pop(container.uuid, None)
         return True
 
     def _under_way(self, context, uuid):
@@ -121,6 +120,13 @@ class Healer(object):
             return True
         del self.started[uuid]
         return False
+
+    def found(self, uuids):
+        """Note that a sync found a sandbox for each of ``uuids``: whether
+        they were running before a loss no longer matters.
+        """
+        for uuid in uuids:
+            self.to_run.pop(uuid, None)
 
     def forget_others(self, uuids):
         """Drop what is kept for containers not in ``uuids`` (deleted

@@ -179,10 +179,42 @@ class DriverTestCase(base.BaseTestCase):
         self.assertEqual([True, True], [
             c[0][2] for c in manager_.container_rebuild.call_args_list])
         self.assertEqual('Running', heal.status)
+        # Kept until a sync finds its sandbox again.
+        self.assertEqual({heal.uuid: True}, self.driver._healer.to_run)
+        self._sync([heal], sandboxes=[mock.Mock(id=heal.container_id)])
         self.assertEqual({}, self.driver._healer.to_run)
         # A container that was not running is healed as created.
         heal.status = 'Stopped'
         manager_, _a = self._sync([heal])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, heal, False)
+
+    def test_a_healed_container_stopped_later_is_not_started(self):
+        # Healed from Error (so started because it had been running),
+        # later stopped by its user, then lost again: that heal must not
+        # start it. The healer once kept "was running" for good.
+        heal = self._container(auto_heal=True, project_id='p1',
+                               status='Running', save=mock.Mock())
+
+        def show_finds_it_gone():
+            self.rt.get.side_effect = exception.ContainerNotFound(
+                container=heal.container_id)
+            self.driver.show(None, heal)
+            self.rt.get.side_effect = None
+            self.assertEqual('Error', heal.status)
+        show_finds_it_gone()
+        manager_, _a = self._sync([heal])
+        manager_.container_rebuild.assert_called_once_with(
+            mock.ANY, heal, True)
+        # It runs again, with a sandbox; its user stops it.
+        heal.status = 'Running'
+        self._sync([heal], sandboxes=[mock.Mock(id=heal.container_id)])
+        self.assertEqual({}, self.driver._healer.to_run)
+        # Lost again while stopped.
+        heal.status = 'Stopped'
+        with mock.patch('zun.objects.ContainerAction.get_by_request_id',
+                        return_value=mock.Mock(finish_time='done')):
+            manager_, _a = self._sync([heal])
         manager_.container_rebuild.assert_called_once_with(
             mock.ANY, heal, False)
 
