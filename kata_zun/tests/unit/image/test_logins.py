@@ -99,7 +99,7 @@ class LoginStoreTestCase(base.BaseTestCase):
     def test_pull_uses_the_login(self):
         from kata_zun.image import registry
         logins.save(self.store, 'reg.example:5000', 'alice', 'pw')
-        with mock.patch.object(registry, 'Client',
+        with mock.patch.object(registry.client, 'Client',
                                side_effect=RuntimeError('stop')) as client:
             self.assertRaises(RuntimeError, self.store.pull,
                               'reg.example:5000/app:1')

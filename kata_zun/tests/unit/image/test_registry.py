@@ -11,6 +11,8 @@ from oslotest import base
 from kata_zun import conf
 from kata_zun import exception
 from kata_zun.image import registry
+from kata_zun.image.registry import manifests
+from kata_zun.image.registry import transport
 
 CONF = conf.CONF
 HEX = 'b' * 64
@@ -156,37 +158,37 @@ class ManifestChecksTestCase(base.BaseTestCase):
                                          'architecture': 'arm64'}},
             {'digest': 'b', 'platform': {'os': 'linux',
                                          'architecture': 'amd64'}}]}
-        self.assertEqual('b', registry._select_platform(index, 'x')['digest'])
+        self.assertEqual('b', manifests.select_platform(index, 'x')['digest'])
         del index['manifests'][1]
         e = self.assertRaises(exception.ImageError,
-                              registry._select_platform, index, 'img')
+                              manifests.select_platform, index, 'img')
         self.assertIn('img has no linux/amd64 image (it has linux/arm64)',
                       str(e))
 
     def test_limits(self):
-        config, layers = registry._check_manifest(self.manifest(2), 'x')
+        config, layers = manifests.check_manifest(self.manifest(2), 'x')
         self.assertEqual(100, config['size'])
         self.assertEqual(2, len(layers))
         self.flags(max_layers=1, group='kata_image')
         self.assertRaises(exception.ImageLimitExceeded,
-                          registry._check_manifest, self.manifest(2), 'x')
+                          manifests.check_manifest, self.manifest(2), 'x')
         self.flags(max_unpacked_mb=1, group='kata_image')
         self.assertRaises(exception.ImageLimitExceeded,
-                          registry._check_manifest,
+                          manifests.check_manifest,
                           self.manifest(1, size=2 * 1024 * 1024), 'x')
 
     def test_bad_layers(self):
         e = self.assertRaises(
-            exception.ImageError, registry._check_manifest,
+            exception.ImageError, manifests.check_manifest,
             self.manifest(layer_type='application/vnd.oci.image.layer.v1'
                                      '.tar+zstd'), 'x')
         self.assertIn('zstd', str(e))
-        e = self.assertRaises(exception.ImageError, registry._check_manifest,
+        e = self.assertRaises(exception.ImageError, manifests.check_manifest,
                               self.manifest(layer_type='text/plain'), 'x')
         self.assertIn("unsupported media type 'text/plain'", str(e))
         doc = self.manifest()
         doc['layers'][0] = dict(doc['layers'][0], size=-1)
-        self.assertRaises(exception.ImageError, registry._check_manifest,
+        self.assertRaises(exception.ImageError, manifests.check_manifest,
                           doc, 'x')
 
 
@@ -240,16 +242,16 @@ class RetryDelayTestCase(base.BaseTestCase):
 
     def test_backoff_and_retry_after(self):
         self.assertEqual([0.5, 1.0, 2.0, 8.0],
-                         [registry._retry_delay(n) for n in (1, 2, 3, 9)])
+                         [transport.retry_delay(n) for n in (1, 2, 3, 9)])
         resp = mock.Mock()
         resp.getheader.return_value = '3'
-        self.assertEqual(3.0, registry._retry_delay(1, resp))
+        self.assertEqual(3.0, transport.retry_delay(1, resp))
         resp.getheader.return_value = '86400'
-        self.assertEqual(registry.MAX_RETRY_AFTER,
-                         registry._retry_delay(1, resp))
+        self.assertEqual(transport.MAX_RETRY_AFTER,
+                         transport.retry_delay(1, resp))
         # An HTTP date is not worth parsing: back off as usual.
         resp.getheader.return_value = 'Wed, 21 Oct 2026 07:28:00 GMT'
-        self.assertEqual(1.0, registry._retry_delay(2, resp))
+        self.assertEqual(1.0, transport.retry_delay(2, resp))
 
 
 class LoopbackTestCase(base.BaseTestCase):
@@ -268,9 +270,9 @@ class LoopbackTestCase(base.BaseTestCase):
             insecure_registries=['reg.example:5000'], group='kata_image')
         for netloc in ('reg.example:5000', '127.0.0.1:5000', 'localhost',
                        '[::1]:5000'):
-            self.assertTrue(registry._plain_http_allowed(netloc), netloc)
+            self.assertTrue(transport.plain_http_allowed(netloc), netloc)
         for netloc in ('reg.example', 'reg.example:5001', 'other:5000'):
-            self.assertFalse(registry._plain_http_allowed(netloc), netloc)
+            self.assertFalse(transport.plain_http_allowed(netloc), netloc)
         # Configured: plain HTTP at once; loopback: HTTPS first.
         self.assertEqual('http', registry.Client('reg.example:5000',
                                                  'a/b').scheme)
@@ -285,16 +287,16 @@ class LoopbackTestCase(base.BaseTestCase):
         other = ssl.SSLError(1, '[SSL: SSLV3_ALERT_HANDSHAKE_FAILURE] ...')
         other.reason = 'SSLV3_ALERT_HANDSHAKE_FAILURE'
         for e in (plain, newer):
-            self.assertTrue(registry._speaks_plain_http(e))
-            self.assertTrue(registry._tls_protocol_error(e))
-        self.assertFalse(registry._speaks_plain_http(other))
-        self.assertTrue(registry._tls_protocol_error(other))
+            self.assertTrue(transport.speaks_plain_http(e))
+            self.assertTrue(transport.tls_protocol_error(e))
+        self.assertFalse(transport.speaks_plain_http(other))
+        self.assertTrue(transport.tls_protocol_error(other))
         for e in (ssl.SSLEOFError(8, 'EOF occurred in violation of '
                                      'protocol'),
                   ssl.SSLCertVerificationError(1, 'verify failed'),
                   ConnectionResetError(), OSError('x')):
-            self.assertFalse(registry._tls_protocol_error(e), e)
-            self.assertFalse(registry._speaks_plain_http(e), e)
+            self.assertFalse(transport.tls_protocol_error(e), e)
+            self.assertFalse(transport.speaks_plain_http(e), e)
 
 
 class PlainHTTPServerTestCase(base.BaseTestCase):
@@ -328,7 +330,7 @@ class PlainHTTPServerTestCase(base.BaseTestCase):
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.address = '127.0.0.1:%d' % server.server_address[1]
         self.sleep = self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.time.sleep')).mock
+            'kata_zun.image.registry.client.time.sleep')).mock
 
     def get(self, client):
         conn, resp = client._send_retrying(
@@ -351,7 +353,7 @@ class PlainHTTPServerTestCase(base.BaseTestCase):
     def test_other_host_gets_a_hint_and_no_retry(self):
         # The host is classified as remote: its traffic stays here.
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback', return_value=False))
         client = registry.Client(self.address, 'library/busybox')
         e = self.assertRaises(registry.RegistryError, self.get, client)
         self.assertIn('%s answers in plain HTTP, not HTTPS' % self.address,
@@ -369,7 +371,7 @@ class PlainHTTPServerTestCase(base.BaseTestCase):
 
     def test_plain_http_redirect_refused_for_other_hosts(self):
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback', return_value=False))
         client = registry.Client('reg.example', 'library/busybox')
         e = self.assertRaises(registry.RegistryError, client._send,
                               'http://%s/v2/' % self.address, {})
