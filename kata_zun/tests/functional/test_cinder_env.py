@@ -146,6 +146,7 @@ class CinderEnvironmentTest(base.BaseTestCase):
         from keystoneauth1 import identity
         from keystoneauth1 import session
 
+        zun_env.quiet_keystoneauth()
         auth = identity.Password(
             auth_url=self.keystone.auth_url, username='admin',
             password=self.keystone.admin_password, project_name='admin',

@@ -48,6 +48,7 @@ import glob
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -759,6 +760,14 @@ class ServiceHarness(object):
             if tmp:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+def quiet_keystoneauth():
+    """keystoneauth1 logs every request and answer body at DEBUG: the
+    tests' API polls doubled the log a CI run prints. Its warnings and
+    errors still show.
+    """
+    logging.getLogger('keystoneauth').setLevel(logging.INFO)
 
 
 class ZunEnvironment(ServiceHarness):
@@ -1888,6 +1897,7 @@ class ZunEnvironment(ServiceHarness):
         from keystoneauth1 import session
         from zunclient import client
 
+        quiet_keystoneauth()
         auth = identity.Password(auth_url=self.auth_url, username='admin',
                                  password=self.admin_password,
                                  project_name='admin',
