@@ -436,6 +436,11 @@ class KataDriver(zun_images.ImageDriverMixin,
         for container in missing:
             if not container.container_id:
                 continue    # never got a sandbox (e.g. its image failed)
+            if container.task_state:
+                # Another operation owns it: a rebuild between its delete
+                # and its create has no sandbox, and an Error saved now
+                # could land after the rebuild saved it Created.
+                continue
             if container.auto_remove:
                 container.status = consts.DELETED
             elif self._healer.heal(context, container, manager_):

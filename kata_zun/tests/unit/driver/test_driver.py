@@ -318,6 +318,19 @@ class DriverTestCase(base.BaseTestCase):
         manager_, _a = self._sync([c])
         self.assertFalse(manager_.container_rebuild.called)
 
+    def test_a_missing_sandbox_under_an_operation_is_left_alone(self):
+        # A rebuild (user's or auto_heal's) deletes the sandbox, then
+        # makes a new one: a sync in between must not save it Error (the
+        # save could land after the rebuild's).
+        for auto_heal in (False, True):
+            c = self._container(auto_heal=auto_heal, status='Running',
+                                task_state='container_rebuilding',
+                                save=mock.Mock())
+            manager_, _a = self._sync([c])
+            self.assertEqual('Running', c.status)
+            self.assertFalse(c.save.called)
+            self.assertFalse(manager_.container_rebuild.called)
+
     def test_show_maps_statuses(self):
         c = self._container()
         for status, state, want in (
