@@ -13,7 +13,8 @@ Layout under the store root::
                         and export; a blob is referenced by the records
                         naming it and removed with the last of them
     tmp/<work>/         archives being loaded (flock held by the loader)
-    registry/           pull locks and manifest digests (see registry/pulling.py)
+    registry/           pull locks and manifest digests (see
+                        registry/pulling.py)
     projects/<key>/     tags.json and digests/ of one Zun project (see
                         :meth:`ImageStore.scoped`)
 

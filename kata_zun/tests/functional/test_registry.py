@@ -190,7 +190,8 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.push_busybox(reg)
         self.flags(insecure_registries=[], group='kata_image')
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.transport.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback',
+            return_value=False))
         sends = self.useFixture(fixtures.MockPatchObject(
             registry.Client, '_send', autospec=True,
             side_effect=registry.Client._send)).mock
@@ -273,7 +274,8 @@ class PullTestCase(oslo_base.BaseTestCase):
         self.assertEqual(image_id, self.pull('busybox').id)
         self.store.remove('busybox')
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.transport.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback',
+            return_value=False))
         e = self.assertRaises(registry.RegistryError, self.pull, 'busybox')
         self.assertIn('refusing %s' % reg.issuer.realm, str(e))
         self.assertStoreClean(pulled_before=True)

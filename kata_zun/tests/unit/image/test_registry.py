@@ -353,7 +353,8 @@ class PlainHTTPServerTestCase(base.BaseTestCase):
     def test_other_host_gets_a_hint_and_no_retry(self):
         # The host is classified as remote: its traffic stays here.
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.transport.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback',
+            return_value=False))
         client = registry.Client(self.address, 'library/busybox')
         e = self.assertRaises(registry.RegistryError, self.get, client)
         self.assertIn('%s answers in plain HTTP, not HTTPS' % self.address,
@@ -371,7 +372,8 @@ class PlainHTTPServerTestCase(base.BaseTestCase):
 
     def test_plain_http_redirect_refused_for_other_hosts(self):
         self.useFixture(fixtures.MockPatch(
-            'kata_zun.image.registry.transport.is_loopback', return_value=False))
+            'kata_zun.image.registry.transport.is_loopback',
+            return_value=False))
         client = registry.Client('reg.example', 'library/busybox')
         e = self.assertRaises(registry.RegistryError, client._send,
                               'http://%s/v2/' % self.address, {})
