@@ -464,8 +464,8 @@ class Client(object):
             raise errors.bad('%s is not an object' % what)
         media_type = doc.get('mediaType') or content_type
         if media_type not in archive.MANIFEST_TYPES + archive.INDEX_TYPES:
-            raise errors.bad('%s has unsupported media type %r' % (what,
-                                                                   media_type))
+            raise errors.bad('%s has unsupported media type %r' % (
+                what, media_type))
         return manifests.Manifest(digest, media_type, data, doc)
 
     def fetch_blob(self, desc, path, report=None, abort=None):

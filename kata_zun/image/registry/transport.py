@@ -157,9 +157,9 @@ def read(resp, size, some=False):
     try:
         return resp.read1(size) if some else resp.read(size)
     except (OSError, http.client.HTTPException) as e:
-        raise errors.ConnectionFailed(registry=resp.url_netloc,
-                                      reason='reading %s: %s' % (resp.url_path,
-                                                                 e or repr(e)))
+        raise errors.ConnectionFailed(
+            registry=resp.url_netloc,
+            reason='reading %s: %s' % (resp.url_path, e or repr(e)))
 
 
 def read_limited(resp, limit, what):
