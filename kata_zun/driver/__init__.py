@@ -378,7 +378,7 @@ class KataDriver(zun_images.ImageDriverMixin,
                               'stop failed')
         sandboxes = {c.id: c for c in self.rt.list()}
         by_host = objects.Container.list_by_host(context, CONF.host)
-        local, missing = [], []
+        local, missing, found = [], [], []
         for container in by_host:
             local.append(container)
             if container.status in (consts.CREATING, consts.DELETING,
@@ -387,13 +387,17 @@ class KataDriver(zun_images.ImageDriverMixin,
             c = sandboxes.get(container.container_id)
             if c is None:
                 missing.append(container)
-            elif not container.task_state:
+                continue
+            found.append(container.uuid)
+            if not container.task_state:
                 try:
                     self._refresh(container, c)
                 except Exception as exc:
                     # One odd record must not stop the sync of the rest.
                     LOG.warning('refreshing container %s: %s',
                                 container.uuid, guestdata.printable(exc))
+        # Found again: whether they ran before a loss no longer matters.
+        self._healer.found(found)
         return local, missing
 
     def update_containers_states(self, context, containers, manager_):
@@ -416,11 +420,6 @@ class KataDriver(zun_images.ImageDriverMixin,
         self._release_orphan_networks()
         local, missing = self.list(context)
         local_by_id = {c.container_id: c for c in local if c.container_id}
-        lost = {c.uuid for c in missing}
-        self._healer.found(
-            c.uuid for c in local if c.container_id and c.uuid not in lost
-            and c.status not in (consts.CREATING, consts.DELETING,
-                                 consts.DELETED))
         for container in containers:
             if (not isinstance(container, objects.Container) or
                     container.host != CONF.host or container.task_state):

@@ -33,12 +33,12 @@ class Healer(object):
 
     def __init__(self):
         # Containers that were running when their sandbox went missing,
-        # kept until a sync finds a sandbox for them again (uuid -> True).
+        # kept until a sync finds a sandbox for them again (uuids).
         # A heal whose rebuild fails leaves the container Error and still
         # without a sandbox; the next heal must start it, not only create
         # it. Kept no longer: a container healed, later stopped by its
         # user and then lost again must not be started by that heal.
-        self.to_run = {}
+        self.to_run = set()
         # The request id of each container's last heal (uuid -> id).
         self.started = {}
 
@@ -47,7 +47,7 @@ class Healer(object):
         (by a show): if it was running, its heal starts it again.
         """
         if container.auto_heal and container.status == consts.RUNNING:
-            self.to_run[container.uuid] = True
+            self.to_run.add(container.uuid)
 
     def heal(self, context, container, manager_):
         """Start the rebuild of ``container``, whose sandbox is missing,
@@ -76,9 +76,9 @@ class Healer(object):
         # is as old as zun-compute.
         ctx.timestamp = timeutils.utcnow()
         run = (container.status == consts.RUNNING or
-               self.to_run.get(container.uuid, False))
+               container.uuid in self.to_run)
         if run:
-            self.to_run[container.uuid] = True
+            self.to_run.add(container.uuid)
         try:
             objects.ContainerAction.action_start(
                 ctx, container.uuid, container_actions.REBUILD,
@@ -125,14 +125,13 @@ class Healer(object):
         """Note that a sync found a sandbox for each of ``uuids``: whether
         they were running before a loss no longer matters.
         """
-        for uuid in uuids:
-            self.to_run.pop(uuid, None)
+        self.to_run.difference_update(uuids)
 
     def forget_others(self, uuids):
         """Drop what is kept for containers not in ``uuids`` (deleted
         ones): called by each sync with every container zun knows.
         """
         keep = set(uuids)
-        for table in (self.to_run, self.started):
-            for uuid in [u for u in table if u not in keep]:
-                del table[uuid]
+        self.to_run &= keep
+        for uuid in [u for u in self.started if u not in keep]:
+            del self.started[uuid]

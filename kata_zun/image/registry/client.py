@@ -120,7 +120,7 @@ class Client(object):
         """
         self.registry = registry
         self.repository = repository
-        self.host = names.HUB_API if registry == names.HUB else registry
+        self.host = names.api_host(registry)
         # Loopback registries start with HTTPS too and fall back to plain
         # HTTP when the answer is not TLS (see _send), as Docker does.
         self.scheme = ('http' if transport.plain_http_first(registry)

@@ -35,7 +35,7 @@ class Remote(object):
     @property
     def host(self):
         """Where the API is: Docker Hub's differs from its name."""
-        return HUB_API if self.registry == HUB else self.registry
+        return api_host(self.registry)
 
     @property
     def name(self):
@@ -50,6 +50,11 @@ class Remote(object):
         if self.tag:
             text += ':' + self.tag
         return text + ('@' + self.digest if self.digest else '')
+
+
+def api_host(registry):
+    """Where a registry's API is: Docker Hub's differs from its name."""
+    return HUB_API if registry == HUB else registry
 
 
 def default_registry():

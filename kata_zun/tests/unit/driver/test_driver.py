@@ -180,9 +180,9 @@ class DriverTestCase(base.BaseTestCase):
             c[0][2] for c in manager_.container_rebuild.call_args_list])
         self.assertEqual('Running', heal.status)
         # Kept until a sync finds its sandbox again.
-        self.assertEqual({heal.uuid: True}, self.driver._healer.to_run)
+        self.assertEqual({heal.uuid}, self.driver._healer.to_run)
         self._sync([heal], sandboxes=[mock.Mock(id=heal.container_id)])
-        self.assertEqual({}, self.driver._healer.to_run)
+        self.assertEqual(set(), self.driver._healer.to_run)
         # A container that was not running is healed as created.
         heal.status = 'Stopped'
         manager_, _a = self._sync([heal])
@@ -209,7 +209,7 @@ class DriverTestCase(base.BaseTestCase):
         # It runs again, with a sandbox; its user stops it.
         heal.status = 'Running'
         self._sync([heal], sandboxes=[mock.Mock(id=heal.container_id)])
-        self.assertEqual({}, self.driver._healer.to_run)
+        self.assertEqual(set(), self.driver._healer.to_run)
         # Lost again while stopped.
         heal.status = 'Stopped'
         with mock.patch('zun.objects.ContainerAction.get_by_request_id',
